@@ -1,0 +1,473 @@
+//! linkrelay's configuration: the TOML schema, its validation (every problem reported with
+//! `file:line:col` and what to write instead), link matching and choosing a user by sender.
+//!
+//! The file lives at [`default_config_path`] (or wherever `--config` says); its schema is in
+//! `docs/architecture.md`, and [`STARTER_CONFIG`] shows every option. Without a file the agent
+//! uses [`Config::embedded_default`].
+//!
+//! ```
+//! use linkrelay_config::{Config, LinkFacts};
+//! use std::path::Path;
+//!
+//! let config = Config::parse(
+//!     r#"
+//! [[link]]
+//! name = "isp-a"
+//! match = { id = "ISP-A" }
+//!
+//! [[relay]]
+//! name = "relay-a"
+//! host = "smtp.isp-a.example"
+//! tls = "starttls"
+//!
+//! [[user]]
+//! name = "alice"
+//! from = ["alice@isp-a.example"]
+//! routes = { isp-a = ["relay-a"] }
+//! "#,
+//!     Path::new("config.toml"),
+//! )?;
+//! let facts = LinkFacts { id: "ISP-A".into(), ..LinkFacts::default() };
+//! let link = config.match_link(&facts).map(|l| l.name.as_str());
+//! assert_eq!(link, Some("isp-a"));
+//! let user = config.user_for_sender("Alice@ISP-A.example").map(|u| u.name.as_str());
+//! assert_eq!(user, Some("alice"));
+//! # Ok::<(), linkrelay_config::ConfigError>(())
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+mod diag;
+mod glob;
+mod parse;
+#[cfg(test)]
+mod tests;
+
+pub use diag::{ConfigError, Diagnostic, Diagnostics};
+
+/// The starter config that `linkrelay config init` writes: every option, commented where
+/// optional. As written it parses, and behaves like [`Config::embedded_default`] (one user
+/// named `default`, so mail already queued without a config stays in the same outbox).
+pub const STARTER_CONFIG: &str = include_str!("starter.toml");
+
+/// A loaded, valid configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file it was read from ([`Config::load`]) or the origin given to [`Config::parse`];
+    /// `None` for [`Config::embedded_default`].
+    pub path: Option<PathBuf>,
+    /// `[agent]`
+    pub agent: AgentSettings,
+    /// `[retry]`
+    pub retry: RetrySettings,
+    /// `[[link]]` tables, in file order (the order [`Config::match_link`] tries them in).
+    pub links: Vec<LinkRule>,
+    /// `[[relay]]` tables, in file order.
+    pub relays: Vec<Relay>,
+    /// `[[user]]` tables, in file order (the order [`Config::user_for_sender`] tries them in).
+    pub users: Vec<User>,
+}
+
+/// `[agent]`: how the agent watches links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentSettings {
+    /// `source`: where link state comes from. Default [`SourceKind::Auto`].
+    pub source: SourceKind,
+    /// `debounce`: how long a link must be stable before the route follows it. Default 300 ms.
+    pub debounce: Duration,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        AgentSettings {
+            source: SourceKind::Auto,
+            debounce: Duration::from_millis(300),
+        }
+    }
+}
+
+/// `[agent] source`: where link state comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SourceKind {
+    /// `"auto"`: NetworkManager if it is on the system bus, else netlink.
+    #[default]
+    Auto,
+    /// `"networkmanager"`: NetworkManager's active connections, over the system bus.
+    NetworkManager,
+    /// `"netlink"`: the interface that carries the default route.
+    Netlink,
+}
+
+impl SourceKind {
+    /// The word used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Auto => "auto",
+            SourceKind::NetworkManager => "networkmanager",
+            SourceKind::Netlink => "netlink",
+        }
+    }
+}
+
+impl fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `[retry]`: backoff and lifetime of queued messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetrySettings {
+    /// `min`: the first retry delay; it doubles (with jitter) up to `max`. Default 5 minutes.
+    pub min: Duration,
+    /// `max`: the longest retry delay. Default 1 hour. Never less than `min`.
+    pub max: Duration,
+    /// `lifetime`: after this a message moves to `failed/` and the user is told. Default 5 days.
+    pub lifetime: Duration,
+    /// `refusal_memory`: how long a (relay, link) refusal is remembered. Default 30 minutes.
+    pub refusal_memory: Duration,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        RetrySettings {
+            min: Duration::from_secs(5 * 60),
+            max: Duration::from_secs(60 * 60),
+            lifetime: Duration::from_secs(5 * 24 * 60 * 60),
+            refusal_memory: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// `[[link]]`: a named kind of network link, recognised by its [`LinkMatch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkRule {
+    /// `name`: `[a-z0-9][a-z0-9._-]*`, unique among links; users' `routes` refer to it.
+    pub name: String,
+    /// `match = { ... }`: which links this rule stands for.
+    pub matcher: LinkMatch,
+    /// `metered` (and `metered_max_size`): what to do when the link is metered.
+    pub metered: MeteredPolicy,
+}
+
+/// `[[link]] metered`: what to do with mail while the link is metered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MeteredPolicy {
+    /// `"send"`: send as usual (the default).
+    #[default]
+    Send,
+    /// `"hold"`: keep everything queued until the link is no longer metered.
+    Hold,
+    /// `"small"`: send only messages of at most `max_size` bytes (`metered_max_size`,
+    /// default [`MeteredPolicy::DEFAULT_MAX_SIZE`]); hold the others.
+    Small {
+        /// Largest message, in bytes, sent over the metered link.
+        max_size: u64,
+    },
+}
+
+impl MeteredPolicy {
+    /// `metered_max_size` when not given: 1 MiB.
+    pub const DEFAULT_MAX_SIZE: u64 = 1024 * 1024;
+
+    /// The word used in the config file: `send`, `hold` or `small`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MeteredPolicy::Send => "send",
+            MeteredPolicy::Hold => "hold",
+            MeteredPolicy::Small { .. } => "small",
+        }
+    }
+}
+
+impl fmt::Display for MeteredPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MeteredPolicy::Small { max_size } => write!(f, "small (at most {max_size} bytes)"),
+            other => f.write_str(other.as_str()),
+        }
+    }
+}
+
+/// `[[link]] match = { ... }`: globs on the facts of a link; every one given must match.
+///
+/// Globs: `*` any run of characters, `?` one character, `[a-z]` / `[!a-z]` a character (not)
+/// in a set, `\x` the character `x`; a glob matches the whole value. `domain` is matched
+/// without regard to case (DNS names); the others are case-sensitive. A field left `None` is
+/// not looked at; an all-`None` match (the `Default`) matches every link, which a config file
+/// is not allowed to say. A glob that is not valid (the config file rejects those) matches
+/// nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LinkMatch {
+    /// `id`: NetworkManager's connection id (its name), e.g. `"ISP-A"`.
+    pub id: Option<String>,
+    /// `uuid`: NetworkManager's connection uuid.
+    pub uuid: Option<String>,
+    /// `type`: NetworkManager's connection type, e.g. `"802-3-ethernet"`, `"802-11-wireless"`.
+    pub conn_type: Option<String>,
+    /// `interface`: the network interface, e.g. `"eth*"`.
+    pub interface: Option<String>,
+    /// `ssid`: the Wi-Fi network name; a link without one does not match.
+    pub ssid: Option<String>,
+    /// `gateway`: the default gateway's address; a link without one does not match.
+    pub gateway: Option<String>,
+    /// `domain`: matches if any of the link's DNS search domains matches (case-insensitive; a
+    /// trailing `.` on the link's domain is ignored).
+    pub domain: Option<String>,
+}
+
+impl LinkMatch {
+    /// Whether no field is given.
+    pub fn is_empty(&self) -> bool {
+        self == &LinkMatch::default()
+    }
+
+    /// Whether the link described by `facts` matches every field given.
+    pub fn matches(&self, facts: &LinkFacts) -> bool {
+        let field = |pattern: &Option<String>, value: &str| {
+            pattern
+                .as_deref()
+                .is_none_or(|p| glob::matches(p, value, false))
+        };
+        let optional = |pattern: &Option<String>, value: &Option<String>| match pattern {
+            None => true,
+            Some(p) => value.as_deref().is_some_and(|v| glob::matches(p, v, false)),
+        };
+        field(&self.id, &facts.id)
+            && field(&self.uuid, &facts.uuid)
+            && field(&self.conn_type, &facts.conn_type)
+            && field(&self.interface, &facts.interface)
+            && optional(&self.ssid, &facts.ssid)
+            && optional(&self.gateway, &facts.gateway)
+            && self.domain.as_deref().is_none_or(|p| {
+                facts
+                    .domains
+                    .iter()
+                    .any(|d| glob::matches(p, d.trim_end_matches('.'), true))
+            })
+    }
+}
+
+/// What is known about a link, as [`LinkMatch::matches`] sees it (filled in by the link
+/// source: NetworkManager's active connection, or the netlink default-route interface).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkFacts {
+    /// Connection id (NetworkManager's name for it); the interface name under netlink.
+    pub id: String,
+    /// Connection uuid; empty under netlink.
+    pub uuid: String,
+    /// Connection type, e.g. `802-3-ethernet`; empty under netlink.
+    pub conn_type: String,
+    /// Network interface, e.g. `eth0`.
+    pub interface: String,
+    /// Wi-Fi network name, if it is a Wi-Fi link.
+    pub ssid: Option<String>,
+    /// Default gateway address, if known.
+    pub gateway: Option<String>,
+    /// DNS search domains.
+    pub domains: Vec<String>,
+    /// Whether the link is metered.
+    pub metered: bool,
+}
+
+/// `[[relay]]`: an SMTP server we submit mail to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relay {
+    /// `name`: `[a-z0-9][a-z0-9._-]*`, unique among relays; users' `routes` refer to it.
+    pub name: String,
+    /// `host`: host name or address.
+    pub host: String,
+    /// `port`: default by `tls` (see [`TlsMode::default_port`]).
+    pub port: u16,
+    /// `tls`: required.
+    pub tls: TlsMode,
+    /// `helo`: the name we give in EHLO/HELO; `None` = this machine's host name.
+    pub helo: Option<String>,
+    /// `username`: for SMTP AUTH; given together with `password_command`.
+    pub username: Option<String>,
+    /// `password_command`: run with `sh -c`; the first line of its stdout is the password.
+    pub password_command: Option<String>,
+    /// `ca_file`: an extra CA certificate (PEM) to trust besides the system store. A relative
+    /// path in the file is taken relative to the config file's directory.
+    pub ca_file: Option<PathBuf>,
+    /// `timeout`: per SMTP stage. Default 60 s.
+    pub timeout: Duration,
+}
+
+impl Relay {
+    /// `timeout` when not given.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+}
+
+/// `[[relay]] tls`: how the connection to a relay is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// `"starttls"`: plain connection, then STARTTLS, which is required (never downgrades).
+    Starttls,
+    /// `"tls"`: TLS from the first byte ("implicit TLS", "SMTPS").
+    Tls,
+    /// `"none"`: no TLS at all.
+    None,
+}
+
+impl TlsMode {
+    /// The word used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Starttls => "starttls",
+            TlsMode::Tls => "tls",
+            TlsMode::None => "none",
+        }
+    }
+
+    /// The port used when `port` is not given: 587, 465 or 25.
+    pub fn default_port(self) -> u16 {
+        match self {
+            TlsMode::Starttls => 587,
+            TlsMode::Tls => 465,
+            TlsMode::None => 25,
+        }
+    }
+}
+
+impl fmt::Display for TlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `[[user]]`: a person or identity with their own outbox and routes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// `name`: `[a-z0-9][a-z0-9._-]*`, unique among users; also the outbox directory name.
+    pub name: String,
+    /// `from`: globs on the envelope sender, case-insensitive.
+    pub from: Vec<String>,
+    /// `default`: chosen when no user's `from` matches.
+    pub default: bool,
+    /// `routes`: link name (or `"*"`: any link not listed) -> relays tried in order. An empty
+    /// list means: hold mail on that link.
+    pub routes: BTreeMap<String, Vec<String>>,
+}
+
+impl User {
+    /// The relays to try, in order, on the link named `link_name`: its own entry in `routes`,
+    /// else the `"*"` entry, else `None` (no relay for this link).
+    pub fn relays_for(&self, link_name: &str) -> Option<&[String]> {
+        self.routes
+            .get(link_name)
+            .or_else(|| self.routes.get("*"))
+            .map(Vec::as_slice)
+    }
+
+    /// Whether one of this user's `from` globs matches the envelope sender (case-insensitive).
+    pub fn matches_sender(&self, sender: &str) -> bool {
+        self.from.iter().any(|p| glob::matches(p, sender, true))
+    }
+}
+
+impl Config {
+    /// Reads and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Validates config `text`; `origin` is the file name used in diagnostics (and as
+    /// [`Config::path`]; relative `ca_file`s are taken relative to its directory).
+    pub fn parse(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        parse::parse(text, origin).map_err(ConfigError::Invalid)
+    }
+
+    /// The config used when there is no file: no links, no relays, one user `default` with
+    /// `from = ["*"]` (so all mail is held with "no relay"), default agent and retry settings.
+    pub fn embedded_default() -> Config {
+        Config {
+            path: None,
+            agent: AgentSettings::default(),
+            retry: RetrySettings::default(),
+            links: Vec::new(),
+            relays: Vec::new(),
+            users: vec![User {
+                name: "default".to_owned(),
+                from: vec!["*".to_owned()],
+                default: true,
+                routes: BTreeMap::new(),
+            }],
+        }
+    }
+
+    /// The first link rule, in file order, that matches `facts`.
+    pub fn match_link(&self, facts: &LinkFacts) -> Option<&LinkRule> {
+        self.links.iter().find(|l| l.matcher.matches(facts))
+    }
+
+    /// The user whose mail this is: the first user (in file order) one of whose `from` globs
+    /// matches `sender`, else the [default user](Config::default_user).
+    pub fn user_for_sender(&self, sender: &str) -> Option<&User> {
+        self.users
+            .iter()
+            .find(|u| u.matches_sender(sender))
+            .or_else(|| self.default_user())
+    }
+
+    /// The user marked `default = true`, or, if none is, the only user.
+    pub fn default_user(&self) -> Option<&User> {
+        self.users
+            .iter()
+            .find(|u| u.default)
+            .or(match &self.users[..] {
+                [only] => Some(only),
+                _ => None,
+            })
+    }
+
+    /// The user named `name`.
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.users.iter().find(|u| u.name == name)
+    }
+
+    /// The relay named `name`.
+    pub fn relay(&self, name: &str) -> Option<&Relay> {
+        self.relays.iter().find(|r| r.name == name)
+    }
+
+    /// The link rule named `name`.
+    pub fn link(&self, name: &str) -> Option<&LinkRule> {
+        self.links.iter().find(|l| l.name == name)
+    }
+}
+
+/// Where the config file is by default: `$XDG_CONFIG_HOME/linkrelay/config.toml`, else
+/// `$HOME/.config/linkrelay/config.toml`; `None` if neither variable is usable.
+pub fn default_config_path() -> Option<PathBuf> {
+    xdg_dir("XDG_CONFIG_HOME", ".config").map(|d| d.join("linkrelay").join("config.toml"))
+}
+
+/// Where the outboxes are by default: `$XDG_DATA_HOME/linkrelay`, else
+/// `$HOME/.local/share/linkrelay`; `None` if neither variable is usable.
+pub fn default_data_dir() -> Option<PathBuf> {
+    xdg_dir("XDG_DATA_HOME", ".local/share").map(|d| d.join("linkrelay"))
+}
+
+/// `$var` if it is set to an absolute path (the XDG spec says to ignore relative ones), else
+/// `$HOME/fallback` if `HOME` is set to an absolute path.
+fn xdg_dir(var: &str, fallback: &str) -> Option<PathBuf> {
+    xdg_dir_from(|name| std::env::var_os(name), var, fallback)
+}
+
+/// [`xdg_dir`] with the environment given as a function (for tests).
+fn xdg_dir_from(
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+    var: &str,
+    fallback: &str,
+) -> Option<PathBuf> {
+    let absolute = |name: &str| env(name).map(PathBuf::from).filter(|p| p.is_absolute());
+    absolute(var).or_else(|| absolute("HOME").map(|home| home.join(fallback)))
+}
