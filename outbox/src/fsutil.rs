@@ -1,0 +1,131 @@
+//! Small file system helpers: private modes, no symlink following, fsync.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use rustix::fs::{AtFlags, CWD, Mode, OFlags, RenameFlags};
+
+/// Mode of every directory the outbox creates.
+pub(crate) const DIR_MODE: u32 = 0o700;
+/// Mode of every file the outbox creates.
+pub(crate) const FILE_MODE: u32 = 0o600;
+
+fn file_mode() -> Mode {
+    Mode::from_raw_mode(FILE_MODE)
+}
+
+/// Opens a directory for fsync/openat, refusing a symlink (`ELOOP`) and a non-directory
+/// (`ENOTDIR`).
+pub(crate) fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// fsyncs a directory given by path.
+pub(crate) fn fsync_dir(path: &Path) -> io::Result<()> {
+    let fd = open_dir(path)?;
+    rustix::fs::fsync(&fd)?;
+    Ok(())
+}
+
+/// Creates a directory with mode 0700, whatever the umask.
+pub(crate) fn mkdir_private(path: &Path) -> io::Result<()> {
+    rustix::fs::mkdir(path, Mode::RWXU)?;
+    // The umask may have taken bits away; our parent is a private directory of ours, so
+    // nobody can have swapped the new directory for a link in between.
+    fs::set_permissions(path, fs::Permissions::from_mode(DIR_MODE))
+}
+
+/// Creates `name` in `dir` (O_EXCL, never following a link), writes `data`, sets mode 0600
+/// and fsyncs it.
+pub(crate) fn write_new_file(dir: impl AsFd, name: &str, data: &[u8]) -> io::Result<()> {
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        file_mode(),
+    )?;
+    rustix::fs::fchmod(&fd, file_mode())?;
+    let mut file = File::from(fd);
+    file.write_all(data)?;
+    file.sync_all()
+}
+
+/// Reads the regular file `name` in `dir`, never following a link.
+pub(crate) fn read_file_in(dir: impl AsFd, name: &str) -> io::Result<Vec<u8>> {
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+        Mode::empty(),
+    )?;
+    read_regular(File::from(fd))
+}
+
+/// Reads a regular file given by path, never following a link in the last component.
+pub(crate) fn read_file(path: &Path) -> io::Result<Vec<u8>> {
+    let fd = rustix::fs::openat(
+        CWD,
+        path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+        Mode::empty(),
+    )?;
+    read_regular(File::from(fd))
+}
+
+fn read_regular(mut file: File) -> io::Result<Vec<u8>> {
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.read_to_end(&mut data)?;
+    Ok(data)
+}
+
+/// Atomically and durably replaces `name` in `dir` with `data`: writes `<name>.tmp`, fsyncs
+/// it, renames it over `name` and fsyncs the directory.
+pub(crate) fn replace_file_in(dir: impl AsFd, name: &str, data: &[u8]) -> io::Result<()> {
+    let dir = dir.as_fd();
+    let tmp = format!("{name}.tmp");
+    match rustix::fs::unlinkat(dir, tmp.as_str(), AtFlags::empty()) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+        Err(e) => return Err(e.into()),
+    }
+    if let Err(e) = write_new_file(dir, &tmp, data) {
+        let _ = rustix::fs::unlinkat(dir, tmp.as_str(), AtFlags::empty());
+        return Err(e);
+    }
+    if let Err(e) = rustix::fs::renameat(dir, tmp.as_str(), dir, name) {
+        let _ = rustix::fs::unlinkat(dir, tmp.as_str(), AtFlags::empty());
+        return Err(e.into());
+    }
+    rustix::fs::fsync(dir)?;
+    Ok(())
+}
+
+/// Renames `from` to `to`, failing with `EEXIST` instead of replacing an existing `to`
+/// (a directory rename would otherwise replace an empty directory).
+pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    match rustix::fs::renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        // Some file systems do not know RENAME_NOREPLACE; check by hand then.
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
+            match fs::symlink_metadata(to) {
+                Ok(_) => Err(io::Error::from(rustix::io::Errno::EXIST)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => fs::rename(from, to),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,34 @@
+//! linkrelay's per-user durable outbox, shared by the agent (`linkrelayd`) and the CLI's
+//! sendmail mode.
+//!
+//! Layout of an outbox (`$XDG_DATA_HOME/linkrelay/<user>/`, directories 0700, files 0600):
+//!
+//! ```text
+//! tmp/                    work area; anything here is garbage after a crash
+//! new/                    Maildir-style drop for mail clients, see Outbox::ingest_new
+//! queue/<id>/message.eml  the message bytes, never changed after enqueue
+//! queue/<id>/state.json   envelope and delivery state (MessageState), replaced atomically
+//! sent/<id>/              every recipient done, at least one delivered
+//! failed/<id>/            the message is bad or its lifetime ran out; state.json says why
+//! ```
+//!
+//! A message is queued if and only if `queue/<id>/` exists: [`Outbox::enqueue`] builds the
+//! directory in `tmp/`, fsyncs it, and renames it into `queue/`.
+//!
+//! The [`sendmail`] module holds the pure part of sendmail mode: the command line and the
+//! turning of a piped-in message into an [`Envelope`] and the bytes to queue.
+
+mod error;
+mod fsutil;
+mod id;
+mod outbox;
+pub mod sendmail;
+mod state;
+
+pub use error::OutboxError;
+pub use id::validate_id;
+pub use outbox::{Ingested, Outbox};
+pub use state::{Counts, Envelope, Folder, MessageState, RecipientState, RecipientStatus};
+
+#[cfg(test)]
+mod outbox_tests;

@@ -1,0 +1,1152 @@
+//! What `sendmail` mode needs, without I/O: the command line, and turning the bytes a mail
+//! client pipes in (or drops in `new/`) into an envelope and the message to queue.
+//!
+//! The message is normalised the way Postfix's sendmail does it: CRLF line ends, `Bcc:`
+//! removed, `From:`, `Date:` and `Message-ID:` added when missing. 8-bit bytes pass through.
+
+use std::collections::HashSet;
+
+use mailparse::{MailAddr, addrparse_header, parse_header, parse_headers};
+
+use crate::id::now_secs;
+use crate::state::Envelope;
+
+/// The `sendmail` command line, as far as linkrelay uses it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Args {
+    /// `-t`: take the recipients from the To:, Cc: and Bcc: headers too.
+    pub extract_recipients: bool,
+    /// `-i` or `-oi`: a line with a single dot does not end the message.
+    pub ignore_dots: bool,
+    /// `-f addr`, `-faddr` or `-r addr`: the envelope sender (`""` or `"<>"`: null sender).
+    pub from: Option<String>,
+    /// `-F name`: the full name for the From: header if one is added.
+    pub full_name: Option<String>,
+    /// The recipients on the command line.
+    pub recipients: Vec<String>,
+}
+
+/// Why sendmail mode gives up; [`SendmailError::exit_code`] gives the sysexits code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendmailError {
+    /// Bad command line (`EX_USAGE`, 64).
+    #[error("{0}")]
+    Usage(String),
+    /// Bad input message or address (`EX_DATAERR`, 65).
+    #[error("{0}")]
+    DataErr(String),
+}
+
+impl SendmailError {
+    /// The sysexits code to exit with: 64 (`EX_USAGE`) or 65 (`EX_DATAERR`).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            SendmailError::Usage(_) => 64,
+            SendmailError::DataErr(_) => 65,
+        }
+    }
+}
+
+/// Parses the sendmail command line (without `argv[0]`), getopt style: options may be
+/// clustered (`-ti`), values attached or separate (`-faddr`, `-f addr`), options and
+/// recipients may be mixed, and `--` ends the options.
+///
+/// Accepted and ignored, as mail clients pass them: `-o<anything>` (`-oem`, `-odb`, `-oo`,
+/// ... but `-oi` means `-i`), `-O opt=val`, `-v`, `-m`, `-n`, `-G`, `-U`, `-bm`, and with
+/// their values `-N dsn`, `-R ret`, `-V envid`, `-B type`, `-X log`, `-A`, `-C`, `-L`, `-e`,
+/// `-h`, `-p`. Other modes (`-bp`, `-bs`, `-bd`, ...), `-q` and `-I` are
+/// [`SendmailError::Usage`] naming the option, and so is anything unknown.
+pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Args, SendmailError> {
+    let mut args = args.into_iter();
+    let mut out = Args::default();
+    let mut options_done = false;
+    while let Some(arg) = args.next() {
+        if options_done || !arg.starts_with('-') || arg == "-" {
+            out.recipients.push(arg);
+            continue;
+        }
+        if arg == "--" {
+            options_done = true;
+            continue;
+        }
+        let cluster = &arg[1..];
+        for (i, c) in cluster.char_indices() {
+            match c {
+                't' => out.extract_recipients = true,
+                'i' => out.ignore_dots = true,
+                'G' | 'U' | 'm' | 'n' | 'v' => {}
+                'I' => {
+                    return Err(SendmailError::Usage(
+                        "-I (newaliases) is not supported: linkrelay has no aliases".into(),
+                    ));
+                }
+                'q' => {
+                    return Err(SendmailError::Usage(format!(
+                        "-{} (queue run) is not supported: linkrelayd runs the queue \
+                         (see `linkrelay flush`)",
+                        &cluster[i..]
+                    )));
+                }
+                'A' | 'B' | 'C' | 'F' | 'L' | 'N' | 'O' | 'R' | 'V' | 'X' | 'b' | 'e' | 'f'
+                | 'h' | 'o' | 'p' | 'r' => {
+                    let rest = &cluster[i + c.len_utf8()..];
+                    let value = if rest.is_empty() {
+                        args.next().ok_or_else(|| {
+                            SendmailError::Usage(format!("option -{c} needs a value"))
+                        })?
+                    } else {
+                        rest.to_owned()
+                    };
+                    match c {
+                        'F' => out.full_name = Some(value),
+                        'f' | 'r' => out.from = Some(value),
+                        'o' if value == "i" => out.ignore_dots = true,
+                        'b' if value != "m" => {
+                            return Err(SendmailError::Usage(format!(
+                                "-b{value} is not supported: linkrelay's sendmail only reads a \
+                                 message from standard input (-bm)"
+                            )));
+                        }
+                        _ => {}
+                    }
+                    break;
+                }
+                other => {
+                    return Err(SendmailError::Usage(format!(
+                        "unknown option -{other} (in {arg:?})"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Turns what sendmail read on standard input into the envelope and the message to queue.
+///
+/// - Without `-i` a line with a single `.` ends the input. Line ends become CRLF, and the
+///   message ends with CRLF. A leading mbox `From ` line is dropped.
+/// - The message must start with a valid header section, else [`SendmailError::DataErr`].
+/// - Recipients: those of the command line, plus with `-t` every address of To:, Cc: and
+///   Bcc:; duplicates (ignoring case) are dropped, the first spelling is kept. None at all is
+///   `DataErr("no recipients")`, and so is an address with no `@domain`, white space or
+///   control characters.
+/// - Envelope sender: `-f`, else the address of the Sender: header, else of the From:
+///   header, else `default_from`.
+/// - `Bcc:` header fields (with their continuation lines) are removed, with or without
+///   `-t`. A missing `From:` is added with the envelope sender (or `default_from` for a null
+///   sender) and the `-F` name (RFC 2047-encoded if not ASCII); a missing `Date:` and
+///   `Message-ID:` are added too, as Postfix does.
+pub fn prepare(
+    args: &Args,
+    input: &[u8],
+    default_from: &str,
+) -> Result<(Envelope, Vec<u8>), SendmailError> {
+    build(
+        &Request {
+            dot_ends: !args.ignore_dots,
+            extract: args.extract_recipients,
+            recipients: &args.recipients,
+            from: args.from.as_deref(),
+            full_name: args.full_name.as_deref(),
+            default_from: Some(default_from),
+        },
+        input,
+    )
+}
+
+/// Reads the envelope of a complete message file (from the outbox's `new/`): recipients from
+/// To:, Cc: and Bcc:, sender from Sender: else From: (one of them is required). The message
+/// returned has CRLF line ends, no `Bcc:`, and `Date:`/`Message-ID:` added if missing. Dots
+/// are not special.
+pub fn envelope_from_headers(message: &[u8]) -> Result<(Envelope, Vec<u8>), SendmailError> {
+    build(
+        &Request {
+            dot_ends: false,
+            extract: true,
+            recipients: &[],
+            from: None,
+            full_name: None,
+            default_from: None,
+        },
+        message,
+    )
+}
+
+/// Why `addr` cannot be an SMTP envelope address, if it cannot.
+pub(crate) fn address_problem(addr: &str) -> Option<&'static str> {
+    if addr.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Some("contains white space or control characters");
+    }
+    if addr.contains(['<', '>']) {
+        return Some("contains angle brackets");
+    }
+    match addr.rsplit_once('@') {
+        Some((local, domain)) if !local.is_empty() && !domain.is_empty() => None,
+        _ => Some("is not an address (local@domain)"),
+    }
+}
+
+struct Request<'a> {
+    dot_ends: bool,
+    extract: bool,
+    recipients: &'a [String],
+    from: Option<&'a str>,
+    full_name: Option<&'a str>,
+    default_from: Option<&'a str>,
+}
+
+/// One header field: its bytes `start..end` (continuation lines and the final CRLF
+/// included) and its name.
+struct Field {
+    start: usize,
+    end: usize,
+    name: String,
+}
+
+impl Field {
+    fn is(&self, name: &str) -> bool {
+        self.name.eq_ignore_ascii_case(name)
+    }
+}
+
+/// The header section of a normalised message.
+struct Section {
+    fields: Vec<Field>,
+    /// Where the body starts, after the blank line; `None` if there is no blank line.
+    body: Option<usize>,
+}
+
+fn build(req: &Request<'_>, input: &[u8]) -> Result<(Envelope, Vec<u8>), SendmailError> {
+    let msg = normalize(input, req.dot_ends);
+    let section = header_section(&msg)?;
+
+    let mut recipients = Recipients::default();
+    for arg in req.recipients {
+        recipients.add(strip_angle(arg.trim()), "recipient")?;
+    }
+    if req.extract {
+        for field in &section.fields {
+            if field.is("to") || field.is("cc") || field.is("bcc") {
+                for addr in field_addresses(&msg, field)? {
+                    recipients.add(&addr, "recipient")?;
+                }
+            }
+        }
+    }
+    if recipients.list.is_empty() {
+        return Err(SendmailError::DataErr("no recipients".into()));
+    }
+
+    let header_sender = match req.from {
+        Some(_) => None,
+        None => sender_from_headers(&msg, &section)?,
+    };
+    let sender = match (req.from, header_sender, req.default_from) {
+        (Some(f), _, _) => {
+            let f = strip_angle(f.trim());
+            check_address(f, "sender")?;
+            f.to_owned()
+        }
+        (None, Some(addr), _) => addr,
+        (None, None, Some(default)) => {
+            check_address(default, "default sender")?;
+            default.to_owned()
+        }
+        (None, None, None) => {
+            return Err(SendmailError::DataErr(
+                "no sender: the message has neither a From: nor a Sender: header".into(),
+            ));
+        }
+    };
+
+    let has = |name: &str| section.fields.iter().any(|f| f.is(name));
+    let mut added = String::new();
+    // The address that names the sender in headers (for From: and the Message-ID host).
+    let visible_sender = if sender.is_empty() {
+        req.default_from.unwrap_or_default().to_owned()
+    } else {
+        sender.clone()
+    };
+    if !has("from") {
+        if visible_sender.is_empty() {
+            return Err(SendmailError::DataErr(
+                "no sender address for the From: header (give -f or a From: header)".into(),
+            ));
+        }
+        check_address(&visible_sender, "sender")?;
+        added.push_str(&from_field(req.full_name, &visible_sender));
+    }
+    if !has("date") {
+        added.push_str(&format!("Date: {}\r\n", rfc5322_date(now_secs())));
+    }
+    if !has("message-id") {
+        added.push_str(&format!(
+            "Message-ID: <{}.{:016x}@{}>\r\n",
+            now_secs(),
+            rand::random::<u64>(),
+            message_id_host(&visible_sender)
+        ));
+    }
+
+    let mut out = Vec::with_capacity(msg.len() + added.len());
+    for field in section.fields.iter().filter(|f| !f.is("bcc")) {
+        out.extend_from_slice(&msg[field.start..field.end]);
+    }
+    out.extend_from_slice(added.as_bytes());
+    if let Some(body) = section.body {
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&msg[body..]);
+    }
+    Ok((
+        Envelope {
+            from: sender,
+            recipients: recipients.list,
+        },
+        out,
+    ))
+}
+
+/// CRLF line ends (a lone LF becomes CRLF, CRLF stays), a final CRLF, and with `dot_ends` the
+/// input stops at a line holding a single dot.
+fn normalize(input: &[u8], dot_ends: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len() + input.len() / 32 + 2);
+    let mut rest = input;
+    while !rest.is_empty() {
+        let (line, next) = match rest.iter().position(|&b| b == b'\n') {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, &rest[rest.len()..]),
+        };
+        let content = line.strip_suffix(b"\r").unwrap_or(line);
+        if dot_ends && content == b"." {
+            break;
+        }
+        out.extend_from_slice(content);
+        out.extend_from_slice(b"\r\n");
+        rest = next;
+    }
+    out
+}
+
+/// Splits the header section of a normalised message into fields, checking that every line
+/// is a header field or a continuation line.
+fn header_section(msg: &[u8]) -> Result<Section, SendmailError> {
+    let bad = |detail: String| {
+        SendmailError::DataErr(format!("message has no valid header section: {detail}"))
+    };
+    let mut pos = 0;
+    let mut line_no = 1;
+    if msg.starts_with(b"From ") {
+        // An mbox separator line, as some programs pipe in; never a header.
+        pos = line_end(msg, 0).1;
+        line_no += 1;
+    }
+    let start = pos;
+    let mut fields: Vec<Field> = Vec::new();
+    let (end, body) = loop {
+        if pos >= msg.len() {
+            break (pos, None);
+        }
+        let (eol, next) = line_end(msg, pos);
+        let line = &msg[pos..eol];
+        if line.is_empty() {
+            break (pos, Some(next));
+        }
+        if line[0] == b' ' || line[0] == b'\t' {
+            match fields.last_mut() {
+                Some(field) => field.end = next,
+                None => {
+                    return Err(bad(format!("line {line_no} starts with white space")));
+                }
+            }
+        } else {
+            let name = line
+                .iter()
+                .position(|&b| b == b':')
+                .map(|colon| trim_wsp_end(&line[..colon]))
+                .filter(|name| !name.is_empty() && name.iter().all(|&b| (33..=126).contains(&b)));
+            match name {
+                Some(name) => fields.push(Field {
+                    start: pos,
+                    end: next,
+                    name: String::from_utf8_lossy(name).into_owned(),
+                }),
+                None => {
+                    return Err(bad(format!(
+                        "line {line_no} is not a header field: {}",
+                        show(line)
+                    )));
+                }
+            }
+        }
+        pos = next;
+        line_no += 1;
+    };
+    // mailparse must agree, since its parser reads the addresses.
+    parse_headers(&msg[start..end]).map_err(|e| bad(e.to_string()))?;
+    Ok(Section { fields, body })
+}
+
+/// End of the line starting at `pos` (before its CRLF) and the start of the next one.
+fn line_end(msg: &[u8], pos: usize) -> (usize, usize) {
+    match msg[pos..].iter().position(|&b| b == b'\n') {
+        Some(i) => {
+            let nl = pos + i;
+            let eol = if nl > pos && msg[nl - 1] == b'\r' {
+                nl - 1
+            } else {
+                nl
+            };
+            (eol, nl + 1)
+        }
+        None => (msg.len(), msg.len()),
+    }
+}
+
+fn trim_wsp_end(mut s: &[u8]) -> &[u8] {
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// A line for an error message: at most 60 bytes, escaped.
+fn show(line: &[u8]) -> String {
+    let cut = &line[..line.len().min(60)];
+    let text = String::from_utf8_lossy(cut);
+    let mut shown = format!("\"{}\"", text.escape_debug());
+    if line.len() > 60 {
+        shown.push_str("...");
+    }
+    shown
+}
+
+/// The addresses of an address header field (groups flattened).
+fn field_addresses(msg: &[u8], field: &Field) -> Result<Vec<String>, SendmailError> {
+    let raw = &msg[field.start..field.end];
+    let (header, _) = parse_header(raw).map_err(|e| {
+        SendmailError::DataErr(format!("cannot parse the {}: header: {e}", field.name))
+    })?;
+    if header.get_value_raw().iter().all(u8::is_ascii_whitespace) {
+        return Ok(Vec::new());
+    }
+    let list = addrparse_header(&header).map_err(|e| {
+        SendmailError::DataErr(format!(
+            "cannot parse the {}: header {}: {e}",
+            field.name,
+            show(header.get_value_raw())
+        ))
+    })?;
+    // mailparse keeps the comma that follows a group (`g: a@b;, c@d`) in front of the next
+    // address; no address starts with a comma or white space, so trim them.
+    let clean = |addr: &str| {
+        addr.trim_start_matches(|c: char| c == ',' || c.is_whitespace())
+            .trim_end()
+            .to_owned()
+    };
+    let mut out = Vec::new();
+    for addr in list.iter() {
+        match addr {
+            MailAddr::Single(info) => out.push(clean(&info.addr)),
+            MailAddr::Group(group) => out.extend(group.addrs.iter().map(|a| clean(&a.addr))),
+        }
+    }
+    Ok(out)
+}
+
+/// The first address of the Sender: header, else of the From: header.
+fn sender_from_headers(msg: &[u8], section: &Section) -> Result<Option<String>, SendmailError> {
+    for name in ["sender", "from"] {
+        if let Some(field) = section.fields.iter().find(|f| f.is(name))
+            && let Some(addr) = field_addresses(msg, field)?.into_iter().next()
+        {
+            check_address(&addr, "sender")?;
+            return Ok(Some(addr));
+        }
+    }
+    Ok(None)
+}
+
+fn check_address(addr: &str, what: &str) -> Result<(), SendmailError> {
+    if addr.is_empty() && what == "sender" {
+        return Ok(());
+    }
+    match address_problem(addr) {
+        None => Ok(()),
+        Some(problem) => Err(SendmailError::DataErr(format!("{what} {addr:?} {problem}"))),
+    }
+}
+
+/// `<addr>` -> `addr` (and `<>` -> the null sender).
+fn strip_angle(addr: &str) -> &str {
+    addr.strip_prefix('<')
+        .and_then(|a| a.strip_suffix('>'))
+        .unwrap_or(addr)
+}
+
+/// Recipients in order, without case-insensitive duplicates.
+#[derive(Default)]
+struct Recipients {
+    list: Vec<String>,
+    seen: HashSet<String>,
+}
+
+impl Recipients {
+    fn add(&mut self, addr: &str, what: &str) -> Result<(), SendmailError> {
+        if addr.is_empty() {
+            return Err(SendmailError::DataErr(format!("empty {what} address")));
+        }
+        check_address(addr, what)?;
+        if self.seen.insert(addr.to_lowercase()) {
+            self.list.push(addr.to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// `From: addr` or `From: Full Name <addr>`, with CRLF.
+fn from_field(full_name: Option<&str>, addr: &str) -> String {
+    let name: String = full_name
+        .unwrap_or_default()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let name = name.trim();
+    if name.is_empty() {
+        format!("From: {addr}\r\n")
+    } else if name.is_ascii() {
+        format!("From: {} <{addr}>\r\n", quote_phrase(name))
+    } else {
+        format!("From: {} <{addr}>\r\n", encode_words(name))
+    }
+}
+
+/// An ASCII display name as an RFC 5322 phrase: as is if it is made of atoms, else quoted.
+fn quote_phrase(name: &str) -> String {
+    let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c);
+    if name.chars().all(|c| atext(c) || c == ' ') {
+        name.to_owned()
+    } else {
+        let mut quoted = String::with_capacity(name.len() + 2);
+        quoted.push('"');
+        for c in name.chars() {
+            if c == '"' || c == '\\' {
+                quoted.push('\\');
+            }
+            quoted.push(c);
+        }
+        quoted.push('"');
+        quoted
+    }
+}
+
+/// RFC 2047 encoded words (`=?UTF-8?B?...?=`), each under 75 characters, folded.
+fn encode_words(text: &str) -> String {
+    const MAX_CHUNK: usize = 45; // 60 base64 characters + 12 = 72
+    let mut words = Vec::new();
+    let mut chunk = String::new();
+    for c in text.chars() {
+        if chunk.len() + c.len_utf8() > MAX_CHUNK {
+            words.push(format!("=?UTF-8?B?{}?=", base64(chunk.as_bytes())));
+            chunk.clear();
+        }
+        chunk.push(c);
+    }
+    if !chunk.is_empty() {
+        words.push(format!("=?UTF-8?B?{}?=", base64(chunk.as_bytes())));
+    }
+    words.join("\r\n ")
+}
+
+fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The host part for a Message-ID: the sender's domain if it is usable there.
+fn message_id_host(sender: &str) -> String {
+    let domain = sender.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
+    let dot_atom = !domain.is_empty()
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains("..")
+        && domain
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    let literal = domain.starts_with('[')
+        && domain.ends_with(']')
+        && domain.len() > 2
+        && domain[1..domain.len() - 1]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':'));
+    if dot_atom || literal {
+        domain.to_owned()
+    } else {
+        "localhost.localdomain".to_owned()
+    }
+}
+
+/// An RFC 5322 date in UTC: `Sat, 29 Nov 2025 10:56:00 +0000`.
+fn rfc5322_date(secs: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{}, {day:02} {} {year} {:02}:{:02}:{:02} +0000",
+        DAYS[(days % 7) as usize],
+        MONTHS[(month - 1) as usize],
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// (year, month 1..=12, day 1..=31) of a day count since 1970-01-01 (H. Hinnant's
+/// algorithm, for days on or after the epoch).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Result<Args, SendmailError> {
+        parse_args(list.iter().map(|s| s.to_string()))
+    }
+
+    fn text(bytes: &[u8]) -> String {
+        String::from_utf8_lossy(bytes).into_owned()
+    }
+
+    /// Every LF is preceded by a CR, and the message ends with CRLF.
+    fn assert_crlf(bytes: &[u8]) {
+        assert!(bytes.ends_with(b"\r\n"), "{:?}", text(bytes));
+        for (i, &b) in bytes.iter().enumerate() {
+            if b == b'\n' {
+                assert!(
+                    i > 0 && bytes[i - 1] == b'\r',
+                    "lone LF at {i}: {:?}",
+                    text(bytes)
+                );
+            }
+        }
+    }
+
+    fn header_values(message: &[u8], name: &str) -> Vec<String> {
+        let (headers, _) = parse_headers(message).unwrap();
+        headers
+            .iter()
+            .filter(|h| h.get_key_ref().eq_ignore_ascii_case(name))
+            .map(|h| h.get_value())
+            .collect()
+    }
+
+    fn body(message: &[u8]) -> &[u8] {
+        let i = message
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("blank line");
+        &message[i + 4..]
+    }
+
+    #[test]
+    fn parse_args_accepts_what_mail_clients_pass() {
+        // mutt
+        let a = args(&["-oem", "-oi", "--", "bob@example.org", "carol@example.org"]).unwrap();
+        assert!(a.ignore_dots && !a.extract_recipients);
+        assert_eq!(a.recipients, ["bob@example.org", "carol@example.org"]);
+        // git send-email, thunderbird-ish, php mail()
+        let a = args(&["-i", "-t"]).unwrap();
+        assert!(a.ignore_dots && a.extract_recipients && a.recipients.is_empty());
+        let a = args(&["-ti"]).unwrap();
+        assert!(a.ignore_dots && a.extract_recipients);
+        let a = args(&["-t", "-falice@example.net"]).unwrap();
+        assert_eq!(a.from.as_deref(), Some("alice@example.net"));
+        let a = args(&["-f", "alice@example.net", "-F", "Alice Liddell", "x@y.z"]).unwrap();
+        assert_eq!(a.from.as_deref(), Some("alice@example.net"));
+        assert_eq!(a.full_name.as_deref(), Some("Alice Liddell"));
+        assert_eq!(a.recipients, ["x@y.z"]);
+        let a = args(&["-r", "bounce@example.net", "x@y.z"]).unwrap();
+        assert_eq!(a.from.as_deref(), Some("bounce@example.net"));
+        let a = args(&["-tif", "a@b.c"]).unwrap();
+        assert!(a.extract_recipients && a.ignore_dots);
+        assert_eq!(a.from.as_deref(), Some("a@b.c"));
+        let a = args(&[
+            "-odb",
+            "-oee",
+            "-odi",
+            "-odq",
+            "-om",
+            "-oo",
+            "-v",
+            "-bm",
+            "-Ox=y",
+            "-O",
+            "a=b",
+            "-N",
+            "success,failure",
+            "-R",
+            "hdrs",
+            "-V",
+            "envid",
+            "-B",
+            "8BITMIME",
+            "-X",
+            "/tmp/log",
+            "-U",
+            "-G",
+            "-m",
+            "-n",
+            "-oem",
+            "x@y.z",
+        ])
+        .unwrap();
+        assert!(!a.ignore_dots && !a.extract_recipients);
+        assert_eq!(a.recipients, ["x@y.z"]);
+        assert_eq!(a.from, None);
+        // -o with a separate value, and -oi spelled that way.
+        let a = args(&["-o", "i", "x@y.z"]).unwrap();
+        assert!(a.ignore_dots);
+        // Options after recipients (GNU getopt permutes), and -- ending options.
+        let a = args(&["x@y.z", "-i", "--", "-t", "y@z.x"]).unwrap();
+        assert!(a.ignore_dots && !a.extract_recipients);
+        assert_eq!(a.recipients, ["x@y.z", "-t", "y@z.x"]);
+        assert_eq!(args(&[]).unwrap(), Args::default());
+    }
+
+    #[test]
+    fn parse_args_usage_errors_name_the_option() {
+        for (argv, needle) in [
+            (&["-bp"][..], "-bp"),
+            (&["-bs"][..], "-bs"),
+            (&["-bd"][..], "-bd"),
+            (&["-b", "v", "x@y.z"][..], "-bv"),
+            (&["-q"][..], "-q"),
+            (&["-q1h"][..], "-q1h"),
+            (&["-I"][..], "-I"),
+            (&["-Z"][..], "-Z"),
+            (&["-tZ"][..], "-Z"),
+            (&["--help"][..], "--help"),
+            (&["-f"][..], "-f"),
+            (&["x@y.z", "-F"][..], "-F"),
+        ] {
+            match args(argv) {
+                Err(e @ SendmailError::Usage(_)) => {
+                    assert!(e.to_string().contains(needle), "{argv:?}: {e}");
+                    assert_eq!(e.exit_code(), 64);
+                }
+                other => panic!("{argv:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(SendmailError::Usage("x".into()).exit_code(), 64);
+        assert_eq!(SendmailError::DataErr("x".into()).exit_code(), 65);
+        let e = prepare(&Args::default(), b"Subject: x\n\nhi\n", "me@example.net").unwrap_err();
+        assert_eq!(e, SendmailError::DataErr("no recipients".into()));
+        assert_eq!(e.exit_code(), 65);
+    }
+
+    #[test]
+    fn extract_recipients_and_strip_bcc() {
+        let input = b"From: Alice <alice@example.net>\n\
+            To: Bob <bob@example.org>, \"Carol, C.\" <carol@example.org>\n\
+            Cc: friends: dave@example.org, Erin <erin@example.org>;, BOB@example.org\n\
+            Bcc: secret@example.org,\n\
+            \tother-secret@example.org\n\
+            Subject: hello\n\
+            bcc: third@example.org\n\
+            X-After: kept\n\
+            \n\
+            Bcc: this is body text and stays\n";
+        let a = args(&["-t", "-i", "first@example.com", "bob@EXAMPLE.org"]).unwrap();
+        let (env, msg) = prepare(&a, input, "default@example.net").unwrap();
+        assert_eq!(env.from, "alice@example.net");
+        assert_eq!(
+            env.recipients,
+            [
+                "first@example.com",
+                "bob@EXAMPLE.org",
+                "carol@example.org",
+                "dave@example.org",
+                "erin@example.org",
+                "secret@example.org",
+                "other-secret@example.org",
+                "third@example.org",
+            ]
+        );
+        let s = text(&msg);
+        assert!(!s.contains("secret@"), "{s}");
+        assert!(!s.contains("third@"), "{s}");
+        assert!(s.contains("Subject: hello\r\nX-After: kept\r\n"), "{s}");
+        assert!(header_values(&msg, "bcc").is_empty());
+        assert!(
+            s.ends_with("\r\n\r\nBcc: this is body text and stays\r\n"),
+            "{s}"
+        );
+        assert_eq!(header_values(&msg, "To").len(), 1);
+        assert_crlf(&msg);
+    }
+
+    #[test]
+    fn bcc_is_stripped_without_t_too_and_recipients_are_the_arguments() {
+        let input =
+            b"From: alice@example.net\nTo: bob@example.org\nBcc: hidden@example.org\n\nbody\n";
+        let a = args(&["carol@example.org"]).unwrap();
+        let (env, msg) = prepare(&a, input, "x@example.net").unwrap();
+        assert_eq!(env.recipients, ["carol@example.org"]);
+        assert!(!text(&msg).contains("hidden@"));
+    }
+
+    #[test]
+    fn dot_ends_input_without_i() {
+        let input = b"Subject: dots\n\nline\n..two dots stay\n.\nafter the dot\n";
+        let a = args(&["bob@example.org"]).unwrap();
+        let (_, msg) = prepare(&a, input, "me@example.net").unwrap();
+        assert_eq!(body(&msg), b"line\r\n..two dots stay\r\n");
+        // CRLF dot line, and a final dot without newline.
+        let (_, msg) = prepare(&a, b"Subject: x\r\n\r\nA\r\n.\r\nB\r\n", "me@example.net").unwrap();
+        assert_eq!(body(&msg), b"A\r\n");
+        let (_, msg) = prepare(&a, b"Subject: x\n\nA\n.", "me@example.net").unwrap();
+        assert_eq!(body(&msg), b"A\r\n");
+        // " ." and ". " are not the end.
+        let (_, msg) = prepare(&a, b"Subject: x\n\n .\n. \nend\n", "me@example.net").unwrap();
+        assert_eq!(body(&msg), b" .\r\n. \r\nend\r\n");
+    }
+
+    #[test]
+    fn dot_is_data_with_i() {
+        let input = b"Subject: dots\n\nline\n.\nafter the dot\n";
+        let a = args(&["-i", "bob@example.org"]).unwrap();
+        let (_, msg) = prepare(&a, input, "me@example.net").unwrap();
+        assert_eq!(body(&msg), b"line\r\n.\r\nafter the dot\r\n");
+        let a = args(&["-oi", "bob@example.org"]).unwrap();
+        let (_, msg) = prepare(&a, input, "me@example.net").unwrap();
+        assert_eq!(body(&msg), b"line\r\n.\r\nafter the dot\r\n");
+    }
+
+    #[test]
+    fn line_ends_become_crlf() {
+        let input = b"Subject: mixed\r\nX-A: 1\n\nlf\ncrlf\r\nlast line without newline";
+        let a = args(&["-i", "bob@example.org"]).unwrap();
+        let (_, msg) = prepare(&a, input, "me@example.net").unwrap();
+        assert_crlf(&msg);
+        assert!(!msg.windows(3).any(|w| w == b"\r\r\n"));
+        assert_eq!(body(&msg), b"lf\r\ncrlf\r\nlast line without newline\r\n");
+        // A lone CR inside a line is data, left alone.
+        let (_, msg) = prepare(&a, b"Subject: x\n\na\rb\n", "me@example.net").unwrap();
+        assert_eq!(body(&msg), b"a\rb\r\n");
+    }
+
+    #[test]
+    fn eight_bit_body_passes_untouched() {
+        let mut input =
+            b"Subject: caf\xc3\xa9 \xe9t\xe9\nContent-Type: text/plain; charset=latin1\n\n"
+                .to_vec();
+        let body_bytes: Vec<u8> = (0x80..=0xffu8).chain(*b"\xff\xfe\x00\x01 end").collect();
+        input.extend_from_slice(&body_bytes);
+        input.extend_from_slice(b"\r\n");
+        let a = args(&["-i", "bob@example.org"]).unwrap();
+        let (_, msg) = prepare(&a, &input, "me@example.net").unwrap();
+        assert_eq!(body(&msg), [&body_bytes[..], b"\r\n"].concat());
+        assert!(msg.starts_with(b"Subject: caf\xc3\xa9 \xe9t\xe9\r\n"));
+    }
+
+    #[test]
+    fn missing_from_date_message_id_are_added() {
+        let a = args(&["bob@example.org"]).unwrap();
+        let (env, msg) = prepare(&a, b"Subject: hi\n\nbody\n", "me@example.net").unwrap();
+        assert_eq!(env.from, "me@example.net");
+        assert_eq!(header_values(&msg, "From"), ["me@example.net"]);
+        let date = &header_values(&msg, "Date")[0];
+        let when = mailparse::dateparse(date).unwrap();
+        assert!((when - now_secs() as i64).abs() < 100, "{date}");
+        let id = &header_values(&msg, "Message-ID")[0];
+        assert!(id.starts_with('<') && id.ends_with("@example.net>"), "{id}");
+        assert!(mailparse::msgidparse(id).is_ok());
+        assert_eq!(body(&msg), b"body\r\n");
+        assert_crlf(&msg);
+
+        // Present ones are not touched or doubled; -F is ignored when From: exists.
+        let input = b"From: Alice <alice@example.net>\nDate: Sat, 29 Nov 2025 10:56:00 +0000\n\
+            Message-ID: <x@y>\nSubject: hi\n\nbody\n";
+        let a = args(&["-F", "Ignored", "bob@example.org"]).unwrap();
+        let (env, msg) = prepare(&a, input, "me@example.net").unwrap();
+        assert_eq!(env.from, "alice@example.net");
+        assert_eq!(msg, normalize(input, false));
+
+        // Header-only message: still ends with CRLF, headers appended.
+        let (_, msg) = prepare(&a, b"Subject: only headers", "me@example.net").unwrap();
+        assert_crlf(&msg);
+        assert!(
+            text(&msg).starts_with("Subject: only headers\r\nFrom: Ignored <me@example.net>\r\n")
+        );
+
+        // An empty message gets the headers only.
+        let (_, msg) = prepare(&a, b"", "me@example.net").unwrap();
+        assert_eq!(header_values(&msg, "From").len(), 1);
+        assert_crlf(&msg);
+    }
+
+    #[test]
+    fn full_name_and_envelope_sender() {
+        let a = args(&[
+            "-f",
+            "alice@example.net",
+            "-F",
+            "Alice Liddell",
+            "bob@example.org",
+        ])
+        .unwrap();
+        let (env, msg) = prepare(&a, b"Subject: x\n\nb\n", "me@example.net").unwrap();
+        assert_eq!(env.from, "alice@example.net");
+        assert!(text(&msg).contains("\r\nFrom: Alice Liddell <alice@example.net>\r\n"));
+
+        let a = args(&["-F", "A. \"Al\" Liddell", "bob@example.org"]).unwrap();
+        let (_, msg) = prepare(&a, b"Subject: x\n\nb\n", "me@example.net").unwrap();
+        assert!(
+            text(&msg).contains("From: \"A. \\\"Al\\\" Liddell\" <me@example.net>\r\n"),
+            "{}",
+            text(&msg)
+        );
+        let (headers, _) = parse_headers(&msg).unwrap();
+        let from = headers.iter().find(|h| h.get_key() == "From").unwrap();
+        match &addrparse_header(from).unwrap()[0] {
+            MailAddr::Single(info) => {
+                assert_eq!(info.display_name.as_deref(), Some("A. \"Al\" Liddell"));
+                assert_eq!(info.addr, "me@example.net");
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // Non-ASCII names are RFC 2047 encoded, long ones folded into words under 76.
+        let name = "Zoë Ångström-Łukasiewicz, Ärztin für Ökologie und Übersetzung";
+        let a = args(&["-F", name, "bob@example.org"]).unwrap();
+        let (_, msg) = prepare(&a, b"Subject: x\n\nb\n", "me@example.net").unwrap();
+        assert!(msg.is_ascii());
+        let (headers, _) = parse_headers(&msg).unwrap();
+        let from = headers.iter().find(|h| h.get_key() == "From").unwrap();
+        for word in text(from.get_value_raw()).split_whitespace() {
+            assert!(word.len() <= 75, "{word}");
+        }
+        match &addrparse_header(from).unwrap()[0] {
+            MailAddr::Single(info) => {
+                assert_eq!(info.display_name.as_deref(), Some(name));
+                assert_eq!(info.addr, "me@example.net");
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // A control character in -F cannot inject a header.
+        let a = args(&["-F", "Evil\r\nBcc: x@evil.example", "bob@example.org"]).unwrap();
+        let (_, msg) = prepare(&a, b"Subject: x\n\nb\n", "me@example.net").unwrap();
+        assert!(header_values(&msg, "Bcc").is_empty());
+        assert_eq!(header_values(&msg, "From").len(), 1);
+
+        // Sender: beats From: for the envelope; -f beats both.
+        let input = b"From: boss@example.com\nSender: alice@example.net\n\nb\n";
+        let a = args(&["bob@example.org"]).unwrap();
+        assert_eq!(
+            prepare(&a, input, "me@x.y").unwrap().0.from,
+            "alice@example.net"
+        );
+        let a = args(&["-f", "<other@example.net>", "bob@example.org"]).unwrap();
+        assert_eq!(
+            prepare(&a, input, "me@x.y").unwrap().0.from,
+            "other@example.net"
+        );
+
+        // Null sender: the From: header falls back to default_from.
+        for null in ["", "<>"] {
+            let a = args(&["-f", null, "bob@example.org"]).unwrap();
+            let (env, msg) = prepare(&a, b"Subject: bounce\n\nb\n", "me@example.net").unwrap();
+            assert_eq!(env.from, "");
+            assert_eq!(header_values(&msg, "From"), ["me@example.net"]);
+        }
+
+        // A bad -f is a data error naming it.
+        let a = args(&["-f", "not an address", "bob@example.org"]).unwrap();
+        let e = prepare(&a, b"Subject: x\n\nb\n", "me@example.net").unwrap_err();
+        assert!(
+            matches!(&e, SendmailError::DataErr(m) if m.contains("not an address")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_recipients_are_data_errors_naming_them() {
+        for bad in [
+            "bob",
+            "bob@",
+            "@example.org",
+            "bo b@example.org",
+            "bob\u{7}@example.org",
+        ] {
+            let a = Args {
+                recipients: vec![bad.to_owned()],
+                ..Args::default()
+            };
+            match prepare(&a, b"Subject: x\n\nb\n", "me@example.net") {
+                Err(e @ SendmailError::DataErr(_)) => {
+                    assert!(e.to_string().contains(&format!("{bad:?}")), "{bad:?}: {e}");
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        // From headers, with -t.
+        let a = args(&["-t"]).unwrap();
+        let e = prepare(&a, b"To: nobody\n\nb\n", "me@example.net").unwrap_err();
+        assert!(matches!(e, SendmailError::DataErr(_)), "{e}");
+        // No recipients at all: -t and only an empty group.
+        let e = prepare(&a, b"To: undisclosed-recipients:;\n\nb\n", "me@example.net").unwrap_err();
+        assert_eq!(e, SendmailError::DataErr("no recipients".into()));
+        // <addr> on the command line is fine.
+        let a = args(&["<bob@example.org>"]).unwrap();
+        let (env, _) = prepare(&a, b"Subject: x\n\nb\n", "me@example.net").unwrap();
+        assert_eq!(env.recipients, ["bob@example.org"]);
+    }
+
+    #[test]
+    fn invalid_header_sections_are_data_errors() {
+        let a = args(&["bob@example.org"]).unwrap();
+        for input in [
+            &b"hello world, no headers here\n\nbody\n"[..],
+            b" starts with a space\n\n",
+            b": no name\n\n",
+            b"Subject: fine\nthis line is no header\n\nbody\n",
+            b"Bad Name: x\n\n",
+            b"\x00\x01\x02\xff\xfe binary junk",
+        ] {
+            match prepare(&a, input, "me@example.net") {
+                Err(e @ SendmailError::DataErr(_)) => {
+                    assert!(e.to_string().contains("header section"), "{e}");
+                    assert_eq!(e.exit_code(), 65);
+                }
+                other => panic!("{:?}: {other:?}", text(input)),
+            }
+        }
+        // An mbox From_ line is dropped, not an error.
+        let (_, msg) = prepare(
+            &a,
+            b"From alice@example.net Sat Nov 29 10:56:00 2025\nSubject: x\n\nb\n",
+            "me@example.net",
+        )
+        .unwrap();
+        assert!(msg.starts_with(b"Subject: x\r\n"));
+        // Obsolete white space before the colon is tolerated.
+        let a = args(&["-t"]).unwrap();
+        let (env, _) = prepare(&a, b"To : bob@example.org\n\nb\n", "me@example.net").unwrap();
+        assert_eq!(env.recipients, ["bob@example.org"]);
+    }
+
+    #[test]
+    fn envelope_from_headers_for_new_files() {
+        let input =
+            b"From: Alice <alice@example.net>\nTo: bob@example.org\nBcc: carol@example.org\n\
+            Subject: dropped in new/\n\nline\n.\nafter a dot line\n";
+        let (env, msg) = envelope_from_headers(input).unwrap();
+        assert_eq!(env.from, "alice@example.net");
+        assert_eq!(env.recipients, ["bob@example.org", "carol@example.org"]);
+        assert!(!text(&msg).contains("carol"));
+        assert_eq!(body(&msg), b"line\r\n.\r\nafter a dot line\r\n");
+        assert_eq!(header_values(&msg, "Date").len(), 1);
+        assert_eq!(header_values(&msg, "Message-ID").len(), 1);
+        assert_crlf(&msg);
+
+        let (env, _) =
+            envelope_from_headers(b"From: a@example.net\nSender: s@example.net\nCc: c@x.y\n\n")
+                .unwrap();
+        assert_eq!(env.from, "s@example.net");
+        assert_eq!(env.recipients, ["c@x.y"]);
+
+        let e = envelope_from_headers(b"To: bob@example.org\n\nno sender\n").unwrap_err();
+        assert!(
+            matches!(&e, SendmailError::DataErr(m) if m.contains("From")),
+            "{e}"
+        );
+        let e = envelope_from_headers(b"From: a@example.net\n\nno recipient\n").unwrap_err();
+        assert_eq!(e, SendmailError::DataErr("no recipients".into()));
+        let e = envelope_from_headers(b"just some text\n").unwrap_err();
+        assert!(e.to_string().contains("header section"), "{e}");
+    }
+
+    #[test]
+    fn random_input_never_panics() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+        let alphabet: &[u8] = b"ab:@<>\",; \t\r\n.=?\x80\xff()\\[]";
+        let a = args(&["-t", "bob@example.org"]).unwrap();
+        for _ in 0..5000 {
+            let len = rng.random_range(0..120);
+            let input: Vec<u8> = if rng.random_bool(0.5) {
+                (0..len).map(|_| rng.random()).collect()
+            } else {
+                let mut v = b"To: ".to_vec();
+                v.extend((0..len).map(|_| alphabet[rng.random_range(0..alphabet.len())]));
+                v
+            };
+            let _ = prepare(&a, &input, "me@example.net");
+            let _ = envelope_from_headers(&input);
+        }
+    }
+
+    #[test]
+    fn helpers() {
+        assert_eq!(rfc5322_date(0), "Thu, 01 Jan 1970 00:00:00 +0000");
+        assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
+        assert_eq!(
+            rfc5322_date(1_764_413_760),
+            "Sat, 29 Nov 2025 10:56:00 +0000"
+        );
+        assert_eq!(
+            rfc5322_date(4_102_444_799),
+            "Thu, 31 Dec 2099 23:59:59 +0000"
+        );
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(message_id_host("a@example.net"), "example.net");
+        assert_eq!(message_id_host("a@[192.0.2.1]"), "[192.0.2.1]");
+        assert_eq!(message_id_host(""), "localhost.localdomain");
+        assert_eq!(message_id_host("a@b..c"), "localhost.localdomain");
+        assert_eq!(address_problem("a@b"), None);
+        assert!(address_problem("a b@c").is_some());
+        assert!(address_problem("a@b\r\nRCPT TO:<x@y>").is_some());
+        assert!(address_problem("<a@b>").is_some());
+    }
+}
