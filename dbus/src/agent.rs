@@ -1,0 +1,204 @@
+//! The `org.linkrelay.Agent1` interface: names, wire types, errors and the client proxy.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use zbus::{DBusError, Type, proxy};
+
+/// The agent's well-known bus name.
+pub const AGENT_BUS_NAME: &str = "org.linkrelay.Agent";
+/// The object path the agent serves.
+pub const AGENT_PATH: &str = "/org/linkrelay/Agent";
+/// The interface name.
+pub const AGENT_INTERFACE: &str = "org.linkrelay.Agent1";
+/// The checked-in introspection XML of the interface.
+pub const AGENT_INTERFACE_XML: &str = include_str!("../org.linkrelay.Agent1.xml");
+
+/// What the router decided for one user on the current link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct RouteInfo {
+    /// The user (outbox) name from the config.
+    pub user: String,
+    /// Relays to try, in order; empty when held.
+    pub relays: Vec<String>,
+    /// Why mail is held ("no link", "captive portal on link isp-a", ...); empty when sending.
+    pub hold: String,
+}
+
+/// Message counts of one user's outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct QueueCount {
+    /// The user.
+    pub user: String,
+    /// Messages waiting in queue/.
+    pub queued: u32,
+    /// Messages in failed/ (need the user's attention).
+    pub failed: u32,
+    /// Messages in sent/.
+    pub sent: u32,
+}
+
+/// The manual override of the router, if any.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct OverrideInfo {
+    /// "" (none), "link" (act as if this link were up) or "relay" (send through this relay).
+    pub kind: String,
+    /// The link or relay name.
+    pub name: String,
+    /// Unix seconds when it ends; 0 = until cleared.
+    pub expires: u64,
+}
+
+/// One recipient of a queued message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct RecipientInfo {
+    /// The address.
+    pub addr: String,
+    /// "pending", "sent" or "failed".
+    pub state: String,
+    /// The last server reply about it, "" when none.
+    pub reply: String,
+}
+
+/// One message as `ListQueue` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct MessageInfo {
+    /// The message id (unique within the agent).
+    pub id: String,
+    /// The user whose outbox holds it.
+    pub user: String,
+    /// "queue" or "failed".
+    pub folder: String,
+    /// Envelope sender.
+    pub from: String,
+    /// Recipients with their state.
+    pub recipients: Vec<RecipientInfo>,
+    /// Size in bytes.
+    pub size: u64,
+    /// Unix seconds when it was queued.
+    pub queued_at: u64,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    /// Unix seconds of the next attempt; 0 = as soon as the route allows.
+    pub next_attempt: u64,
+    /// The relay of the last attempt, "" when none.
+    pub last_relay: String,
+    /// What happened last (server reply or error), "" when nothing yet.
+    pub last_error: String,
+    /// Why it is waiting right now, in words, or why it failed.
+    pub status: String,
+}
+
+/// Result of a flush for one user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct FlushResult {
+    /// The user.
+    pub user: String,
+    /// Messages delivered during this flush.
+    pub sent: u32,
+    /// Messages still queued afterwards.
+    pub remaining: u32,
+}
+
+/// Errors the agent returns, as D-Bus error names `org.linkrelay.Agent1.Error.*`.
+#[derive(Debug, DBusError, PartialEq)]
+#[zbus(prefix = "org.linkrelay.Agent1.Error")]
+pub enum AgentError {
+    /// A D-Bus level error (transport, unknown method, ...).
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    /// No user of that name in the config.
+    UnknownUser(String),
+    /// No message with that id in any outbox.
+    UnknownId(String),
+    /// No link rule of that name in the config.
+    UnknownLink(String),
+    /// No relay of that name in the config.
+    UnknownRelay(String),
+    /// An argument is malformed (bad id, too long, bad kind...).
+    InvalidArgument(String),
+    /// The caller may not change this agent's state.
+    AccessDenied(String),
+    /// The config file is broken; the old config keeps running.
+    ConfigInvalid(String),
+    /// Reading or writing the outbox failed.
+    Io(String),
+}
+
+/// Client side of `org.linkrelay.Agent1`. See `org.linkrelay.Agent1.xml` for the documentation
+/// of each member.
+#[proxy(
+    interface = "org.linkrelay.Agent1",
+    default_service = "org.linkrelay.Agent",
+    default_path = "/org/linkrelay/Agent"
+)]
+pub trait Agent {
+    /// Sets an override: `kind` "link" or "relay", for `seconds` (0 = until cleared).
+    fn set_override(&self, kind: &str, name: &str, seconds: u64) -> zbus::Result<()>;
+    /// Clears the override.
+    fn clear_override(&self) -> zbus::Result<()>;
+    /// Flushes one user's outbox ("" = all); with `wait`, replies when done.
+    fn flush(&self, user: &str, wait: bool) -> zbus::Result<Vec<FlushResult>>;
+    /// Lists queued and failed messages of one user ("" = all).
+    fn list_queue(&self, user: &str) -> zbus::Result<Vec<MessageInfo>>;
+    /// Makes a message due now (queued) or puts it back in the queue (failed).
+    fn retry(&self, id: &str) -> zbus::Result<()>;
+    /// Deletes a queued or failed message.
+    fn drop(&self, id: &str) -> zbus::Result<()>;
+    /// Re-reads the config file; on error the old config stays.
+    fn reload(&self) -> zbus::Result<()>;
+
+    /// The agent's version.
+    #[zbus(property)]
+    fn version(&self) -> zbus::Result<String>;
+    /// The link source in use: "networkmanager", "netlink" or "none".
+    #[zbus(property)]
+    fn source(&self) -> zbus::Result<String>;
+    /// What is wrong with the link source, and how to fix it; "" when fine.
+    #[zbus(property)]
+    fn source_problem(&self) -> zbus::Result<String>;
+    /// The current link as key/value strings; empty when no link is up.
+    #[zbus(property)]
+    fn link(&self) -> zbus::Result<HashMap<String, String>>;
+    /// The route of each user.
+    #[zbus(property)]
+    fn routes(&self) -> zbus::Result<Vec<RouteInfo>>;
+    /// The override, if any.
+    #[zbus(property, name = "Override")]
+    fn override_(&self) -> zbus::Result<OverrideInfo>;
+    /// Outbox counts of each user.
+    #[zbus(property)]
+    fn queue(&self) -> zbus::Result<Vec<QueueCount>>;
+    /// The config file in use ("" = embedded default).
+    #[zbus(property)]
+    fn config_path(&self) -> zbus::Result<String>;
+    /// The error of the last failed reload; "" when the file in use is the file on disk.
+    #[zbus(property)]
+    fn config_error(&self) -> zbus::Result<String>;
+
+    /// A user's route changed.
+    #[zbus(signal)]
+    fn route_changed(&self, user: &str, relays: Vec<String>, hold: &str) -> zbus::Result<()>;
+    /// A message was delivered to every recipient that will ever take it.
+    #[zbus(signal)]
+    fn message_sent(&self, user: &str, id: &str, relay: &str, reply: &str) -> zbus::Result<()>;
+    /// A message waits for a later attempt.
+    #[zbus(signal)]
+    fn message_deferred(
+        &self,
+        user: &str,
+        id: &str,
+        reason: &str,
+        next_attempt: u64,
+    ) -> zbus::Result<()>;
+    /// A message moved to failed/.
+    #[zbus(signal)]
+    fn message_failed(&self, user: &str, id: &str, reason: &str) -> zbus::Result<()>;
+    /// A relay refused us on this link (the message is kept and another relay tried).
+    #[zbus(signal)]
+    fn relay_refused(&self, user: &str, relay: &str, link: &str, reply: &str)
+    -> zbus::Result<()>;
+    /// A flush of one user finished.
+    #[zbus(signal)]
+    fn flush_finished(&self, user: &str, sent: u32, remaining: u32) -> zbus::Result<()>;
+}

@@ -1,0 +1,13 @@
+//! D-Bus pieces shared by the linkrelay agent and its CLI.
+//!
+//! - [`nm`]: client proxies for the parts of NetworkManager's API the agent reads (one module
+//!   per interface, so their generated signal types never clash).
+//! - [`agent`]: the client proxy of our own `org.linkrelay.Agent1` interface, the wire types its
+//!   properties, methods and signals carry, and its error names. The agent serves the same
+//!   interface; `org.linkrelay.Agent1.xml` beside this crate is the checked-in introspection
+//!   data, compared with what the agent serves by a test.
+
+pub mod agent;
+pub mod nm;
+
+pub use agent::*;
