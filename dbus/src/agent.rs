@@ -139,6 +139,8 @@ pub trait Agent {
     fn clear_override(&self) -> zbus::Result<()>;
     /// Flushes one user's outbox ("" = all); with `wait`, replies when done.
     fn flush(&self, user: &str, wait: bool) -> zbus::Result<Vec<FlushResult>>;
+    /// Tells the agent mail was queued for a user ("" = all); respects retry delays.
+    fn wake(&self, user: &str) -> zbus::Result<()>;
     /// Lists queued and failed messages of one user ("" = all).
     fn list_queue(&self, user: &str) -> zbus::Result<Vec<MessageInfo>>;
     /// Makes a message due now (queued) or puts it back in the queue (failed).
@@ -196,8 +198,7 @@ pub trait Agent {
     fn message_failed(&self, user: &str, id: &str, reason: &str) -> zbus::Result<()>;
     /// A relay refused us on this link (the message is kept and another relay tried).
     #[zbus(signal)]
-    fn relay_refused(&self, user: &str, relay: &str, link: &str, reply: &str)
-    -> zbus::Result<()>;
+    fn relay_refused(&self, user: &str, relay: &str, link: &str, reply: &str) -> zbus::Result<()>;
     /// A flush of one user finished.
     #[zbus(signal)]
     fn flush_finished(&self, user: &str, sent: u32, remaining: u32) -> zbus::Result<()>;

@@ -1,0 +1,858 @@
+//! The event loop: the one task that owns the agent's state (config, link, override, routes,
+//! counts) and reacts to events: link changes, D-Bus commands, flusher reports, timers, signals.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use linkrelay_config::{Config, ConfigError};
+use linkrelay_dbus::{
+    AGENT_BUS_NAME, AGENT_PATH, AgentError, FlushResult, MessageInfo, OverrideInfo, QueueCount,
+    RouteInfo,
+};
+use linkrelay_outbox::{Counts, Folder, MessageState, Outbox, OutboxError, RecipientStatus};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+use zbus::object_server::InterfaceRef;
+
+use crate::flusher::{self, BatchResult, FlushEvent, FlushRequest, FlushSettings, UserRoute, now};
+use crate::link::{LinkState, link_property};
+use crate::memory::RelayMemory;
+use crate::router::{self, Override, Route, Routing};
+use crate::service::{AgentInterface, Command, Published, Reply};
+
+/// Errors that stop the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// D-Bus trouble (no session bus, ...).
+    #[error("D-Bus: {0}")]
+    Bus(#[from] zbus::Error),
+    /// Another agent owns the name.
+    #[error("another linkrelayd already owns {0} on this bus")]
+    AlreadyRunning(String),
+    /// An outbox cannot be opened.
+    #[error("outbox of user {user}: {source}")]
+    Outbox {
+        /// User.
+        user: String,
+        /// Cause.
+        source: OutboxError,
+    },
+    /// Installing a signal handler failed.
+    #[error("signal handler: {0}")]
+    Signal(std::io::Error),
+}
+
+/// Which bus to serve on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServeBus {
+    /// The user's session bus (default).
+    Session,
+    /// The system bus (a system-wide agent).
+    System,
+}
+
+/// How the agent was started.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The config file to reload from (`None`: embedded default, nothing to reload).
+    pub config_path: Option<PathBuf>,
+    /// Where outboxes live (`<data_dir>/<user>/`).
+    pub data_dir: PathBuf,
+    /// The bus to serve on.
+    pub bus: ServeBus,
+}
+
+struct Flusher {
+    handle: flusher::FlusherHandle,
+    outbox: Outbox,
+}
+
+struct Agent {
+    opts: Options,
+    config: Arc<Config>,
+    config_error: Option<String>,
+    link: LinkState,
+    ovr: Option<(Override, u64)>,
+    routing: Routing,
+    flushers: BTreeMap<String, Flusher>,
+    counts: BTreeMap<String, Counts>,
+    next_due: BTreeMap<String, u64>,
+    memory: Arc<Mutex<RelayMemory>>,
+    events_tx: mpsc::UnboundedSender<FlushEvent>,
+    published: Arc<Mutex<Published>>,
+    iface: InterfaceRef<AgentInterface>,
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
+    let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    let published = Arc::new(Mutex::new(Published::default()));
+
+    let builder = match opts.bus {
+        ServeBus::Session => zbus::connection::Builder::session(),
+        ServeBus::System => zbus::connection::Builder::system(),
+    };
+    let conn = builder
+        .serve_at(AGENT_PATH, AgentInterface::new(cmd_tx, published.clone()))
+        .build()
+        .await?;
+    let iface = conn
+        .object_server()
+        .interface::<_, AgentInterface>(AGENT_PATH)
+        .await?;
+
+    let (link_tx, mut link_rx) = watch::channel(LinkState::unknown());
+    start_link_source(&config, link_tx);
+
+    let mut agent = Agent {
+        opts,
+        config: Arc::new(config),
+        config_error: None,
+        link: LinkState::unknown(),
+        ovr: None,
+        routing: Routing {
+            link_name: None,
+            routes: BTreeMap::new(),
+        },
+        flushers: BTreeMap::new(),
+        counts: BTreeMap::new(),
+        next_due: BTreeMap::new(),
+        memory: Arc::new(Mutex::new(RelayMemory::default())),
+        events_tx,
+        published,
+        iface,
+    };
+    agent.sync_flushers()?;
+
+    // Wait briefly for the link source's first reading so the first published state is real.
+    let _ = tokio::time::timeout(Duration::from_secs(2), link_rx.changed()).await;
+    agent.link = link_rx.borrow_and_update().clone();
+    agent.reroute().await;
+    agent.publish_all().await;
+    for f in agent.flushers.values() {
+        let _ = f.handle.requests.send(FlushRequest::default());
+    }
+
+    // Claim the name last: once a client sees it, the state behind it is real.
+    let flags = zbus::fdo::RequestNameFlags::DO_NOT_QUEUE;
+    match conn.request_name_with_flags(AGENT_BUS_NAME, flags).await? {
+        zbus::fdo::RequestNameReply::PrimaryOwner | zbus::fdo::RequestNameReply::AlreadyOwner => {}
+        _ => return Err(RunError::AlreadyRunning(AGENT_BUS_NAME.into())),
+    }
+    info!(bus = ?agent.opts.bus, "linkrelayd ready as {AGENT_BUS_NAME}");
+
+    let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
+    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
+
+    let debounce = agent.config.agent.debounce;
+    let mut last_applied = Instant::now();
+    let mut pending_link: Option<LinkState> = None;
+    let far = Duration::from_secs(365 * 86400);
+
+    loop {
+        let debounce_at = match pending_link {
+            Some(_) => last_applied + debounce,
+            None => Instant::now() + far,
+        };
+        let wake_at = agent.next_wake();
+        tokio::select! {
+            changed = link_rx.changed() => {
+                if changed.is_err() {
+                    warn!("link source ended");
+                    // Keep serving; the state stays what it was last.
+                    link_rx = watch::channel(agent.link.clone()).1;
+                    continue;
+                }
+                let state = link_rx.borrow_and_update().clone();
+                // Leading edge: a change after a quiet period applies at once; changes inside
+                // the debounce window wait for its end, so a flapping link settles first.
+                if pending_link.is_none() && last_applied.elapsed() >= debounce {
+                    agent.link = state;
+                    last_applied = Instant::now();
+                    agent.reroute().await;
+                } else {
+                    pending_link = Some(state);
+                }
+            }
+            _ = tokio::time::sleep_until(debounce_at), if pending_link.is_some() => {
+                if let Some(state) = pending_link.take() {
+                    agent.link = state;
+                    last_applied = Instant::now();
+                    agent.reroute().await;
+                }
+            }
+            _ = sleep_until_unix(wake_at), if wake_at.is_some() => {
+                agent.on_timer().await;
+            }
+            Some(cmd) = cmd_rx.recv() => agent.on_command(cmd).await,
+            Some(ev) = events_rx.recv() => agent.on_flush_event(ev).await,
+            _ = hup.recv() => {
+                if let Err(e) = agent.reload().await {
+                    warn!("reload failed, the running config stays: {e:?}");
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    info!("linkrelayd stopping");
+    Ok(())
+}
+
+fn start_link_source(config: &Config, tx: watch::Sender<LinkState>) {
+    use linkrelay_config::SourceKind;
+    match config.agent.source {
+        SourceKind::Netlink => {
+            let _ = tx.send(LinkState {
+                source: crate::link::SourceName::None,
+                problem: Some(
+                    "the netlink link source is not available in this version; use source = \"networkmanager\" or \"auto\"".into(),
+                ),
+                link: None,
+            });
+        }
+        SourceKind::Auto | SourceKind::NetworkManager => {
+            tokio::spawn(async move {
+                let mut delay = Duration::from_secs(1);
+                loop {
+                    match zbus::Connection::system().await {
+                        Ok(system) => {
+                            delay = Duration::from_secs(1);
+                            if let Err(e) = crate::nm::run(system, tx.clone()).await {
+                                warn!("NetworkManager source: {e}");
+                            }
+                        }
+                        Err(e) => {
+                            let _ = tx.send(LinkState {
+                                source: crate::link::SourceName::None,
+                                problem: Some(format!(
+                                    "cannot connect to the system bus to reach NetworkManager ({e}); is the system dbus-daemon running? Without NetworkManager, use [agent] source = \"netlink\""
+                                )),
+                                link: None,
+                            });
+                        }
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(60));
+                }
+            });
+        }
+    }
+}
+
+async fn sleep_until_unix(at: Option<u64>) {
+    let Some(at) = at else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    let secs = at.saturating_sub(now());
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+}
+
+fn map_outbox_err(e: OutboxError) -> AgentError {
+    match e {
+        OutboxError::BadId(id) => AgentError::InvalidArgument(format!("not a message id: {id:?}")),
+        OutboxError::NotFound(id) => AgentError::UnknownId(id),
+        other => AgentError::Io(other.to_string()),
+    }
+}
+
+impl Agent {
+    fn settings(&self) -> Arc<FlushSettings> {
+        Arc::new(FlushSettings {
+            relays: self
+                .config
+                .relays
+                .iter()
+                .map(|r| (r.name.clone(), r.clone()))
+                .collect(),
+            retry: self.config.retry,
+        })
+    }
+
+    fn user_route(&self, user: &str) -> UserRoute {
+        let link = self
+            .routing
+            .link_name
+            .clone()
+            .or_else(|| self.link.link.as_ref().map(|l| l.facts.id.clone()))
+            .unwrap_or_default();
+        let route = self
+            .routing
+            .routes
+            .get(user)
+            .cloned()
+            .unwrap_or(Route::Hold {
+                reason: "starting".into(),
+            });
+        UserRoute { link, route }
+    }
+
+    /// Starts flushers for new users, stops those of removed users, updates settings.
+    fn sync_flushers(&mut self) -> Result<(), RunError> {
+        let settings = self.settings();
+        let users: Vec<String> = self.config.users.iter().map(|u| u.name.clone()).collect();
+        self.flushers.retain(|name, _| users.contains(name));
+        self.counts.retain(|name, _| users.contains(name));
+        for name in users {
+            if let Some(f) = self.flushers.get(&name) {
+                let _ = f.handle.settings.send(settings.clone());
+                continue;
+            }
+            let outbox = Outbox::open(&self.opts.data_dir.join(&name)).map_err(|source| {
+                RunError::Outbox {
+                    user: name.clone(),
+                    source,
+                }
+            })?;
+            if let Err(e) = outbox.recover() {
+                warn!(user = %name, error = %e, "outbox recovery");
+            }
+            if let Ok(c) = outbox.counts() {
+                self.counts.insert(name.clone(), c);
+            }
+            let handle = flusher::spawn(
+                name.clone(),
+                outbox.clone(),
+                self.user_route(&name),
+                settings.clone(),
+                self.memory.clone(),
+                self.events_tx.clone(),
+            );
+            self.flushers.insert(name, Flusher { handle, outbox });
+        }
+        Ok(())
+    }
+
+    fn override_now(&mut self) -> Option<Override> {
+        if let Some((_, expires)) = &self.ovr
+            && *expires != 0
+            && *expires <= now()
+        {
+            info!("override expired");
+            self.ovr = None;
+        }
+        self.ovr.as_ref().map(|(o, _)| o.clone())
+    }
+
+    /// Recomputes every route; changed ones go to their flusher (which flushes at once, backoff
+    /// reset) and out as RouteChanged.
+    async fn reroute(&mut self) {
+        let ovr = self.override_now();
+        let routing = router::route(&self.config, &self.link, ovr.as_ref());
+        let old = std::mem::replace(&mut self.routing, routing);
+        let link_changed = old.link_name != self.routing.link_name;
+        let emitter = self.iface.signal_emitter().clone();
+        let users: Vec<String> = self.flushers.keys().cloned().collect();
+        for user in users {
+            let new_route = self.user_route(&user);
+            let Some(f) = self.flushers.get(&user) else {
+                continue;
+            };
+            let changed = old.routes.get(&user) != Some(&new_route.route) || link_changed;
+            if !changed {
+                continue;
+            }
+            info!(%user, route = ?new_route.route, "route");
+            let _ = f.handle.route.send(new_route.clone());
+            let _ = f.handle.requests.send(FlushRequest {
+                force: true,
+                done: None,
+            });
+            let info = route_info(&user, &new_route.route);
+            let _ = AgentInterface::route_changed(&emitter, &user, info.relays, &info.hold).await;
+        }
+        self.publish_all().await;
+    }
+
+    async fn publish_all(&mut self) {
+        let ovr = self.override_now();
+        let expires = self.ovr.as_ref().map(|(_, e)| *e).unwrap_or(0);
+        {
+            let mut p = self.published.lock().unwrap_or_else(|p| p.into_inner());
+            p.source = self.link.source.as_str().to_string();
+            p.source_problem = self.link.problem.clone().unwrap_or_default();
+            p.link = link_property(self.link.link.as_ref(), self.routing.link_name.as_deref());
+            p.routes = self
+                .routing
+                .routes
+                .iter()
+                .map(|(u, r)| route_info(u, r))
+                .collect();
+            p.override_info = ovr.map(|o| match o {
+                Override::Link(name) => OverrideInfo {
+                    kind: "link".into(),
+                    name,
+                    expires,
+                },
+                Override::Relay(name) => OverrideInfo {
+                    kind: "relay".into(),
+                    name,
+                    expires,
+                },
+            });
+            p.queue = self.queue_counts();
+            p.config_path = self
+                .opts
+                .config_path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            p.config_error = self.config_error.clone().unwrap_or_default();
+        }
+        // Emit PropertiesChanged; zbus sends one per property and only what we name.
+        let iface = self.iface.get().await;
+        let e = self.iface.signal_emitter();
+        let _ = iface.source_changed(e).await;
+        let _ = iface.source_problem_changed(e).await;
+        let _ = iface.link_changed(e).await;
+        let _ = iface.routes_changed(e).await;
+        let _ = iface.override_changed(e).await;
+        let _ = iface.queue_changed(e).await;
+        let _ = iface.config_path_changed(e).await;
+        let _ = iface.config_error_changed(e).await;
+    }
+
+    async fn publish_queue(&mut self) {
+        {
+            let mut p = self.published.lock().unwrap_or_else(|p| p.into_inner());
+            p.queue = self.queue_counts();
+        }
+        let iface = self.iface.get().await;
+        let _ = iface.queue_changed(self.iface.signal_emitter()).await;
+    }
+
+    fn queue_counts(&self) -> Vec<QueueCount> {
+        self.counts
+            .iter()
+            .map(|(user, c)| QueueCount {
+                user: user.clone(),
+                queued: c.queued as u32,
+                failed: c.failed as u32,
+                sent: c.sent as u32,
+            })
+            .collect()
+    }
+
+    fn next_wake(&self) -> Option<u64> {
+        let due = self.next_due.values().copied().min();
+        let ovr = self.ovr.as_ref().map(|(_, e)| *e).filter(|e| *e != 0);
+        match (due, ovr) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    async fn on_timer(&mut self) {
+        let t = now();
+        if self.ovr.as_ref().is_some_and(|(_, e)| *e != 0 && *e <= t) {
+            self.reroute().await;
+        }
+        let due: Vec<String> = self
+            .next_due
+            .iter()
+            .filter(|(_, at)| **at <= t)
+            .map(|(u, _)| u.clone())
+            .collect();
+        for user in due {
+            self.next_due.remove(&user);
+            if let Some(f) = self.flushers.get(&user) {
+                let _ = f.handle.requests.send(FlushRequest::default());
+            }
+        }
+    }
+
+    async fn on_flush_event(&mut self, ev: FlushEvent) {
+        let e = self.iface.signal_emitter().clone();
+        match ev {
+            FlushEvent::Sent {
+                user,
+                id,
+                relay,
+                reply,
+            } => {
+                let _ = AgentInterface::message_sent(&e, &user, &id, &relay, &reply).await;
+            }
+            FlushEvent::Deferred {
+                user,
+                id,
+                reason,
+                next_attempt,
+            } => {
+                let _ =
+                    AgentInterface::message_deferred(&e, &user, &id, &reason, next_attempt).await;
+            }
+            FlushEvent::Failed { user, id, reason } => {
+                let _ = AgentInterface::message_failed(&e, &user, &id, &reason).await;
+            }
+            FlushEvent::RelayRefused {
+                user,
+                relay,
+                link,
+                reply,
+            } => {
+                let _ = AgentInterface::relay_refused(&e, &user, &relay, &link, &reply).await;
+            }
+            FlushEvent::Finished {
+                user,
+                result,
+                counts,
+                next_due,
+            } => {
+                match next_due {
+                    Some(at) => self.next_due.insert(user.clone(), at),
+                    None => self.next_due.remove(&user),
+                };
+                self.counts.insert(user.clone(), counts);
+                self.publish_queue().await;
+                let _ =
+                    AgentInterface::flush_finished(&e, &user, result.sent, result.remaining).await;
+            }
+        }
+    }
+
+    async fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::SetOverride {
+                kind,
+                name,
+                seconds,
+                reply,
+            } => {
+                let r = self.set_override(&kind, &name, seconds).await;
+                let _ = reply.send(r);
+            }
+            Command::ClearOverride { reply } => {
+                self.ovr = None;
+                self.reroute().await;
+                let _ = reply.send(Ok(()));
+            }
+            Command::Flush { user, wait, reply } => self.flush(&user, wait, reply),
+            Command::Wake { user, reply } => {
+                let r = if user.is_empty() || self.flushers.contains_key(&user) {
+                    for (name, f) in &self.flushers {
+                        if user.is_empty() || *name == user {
+                            let _ = f.handle.requests.send(FlushRequest::default());
+                        }
+                    }
+                    Ok(())
+                } else {
+                    Err(AgentError::UnknownUser(format!("no user named {user:?}")))
+                };
+                let _ = reply.send(r);
+            }
+            Command::ListQueue { user, reply } => {
+                let _ = reply.send(self.list_queue(&user));
+            }
+            Command::Retry { id, reply } => {
+                let r = self.find(&id).and_then(|(user, outbox)| {
+                    outbox.retry(&id).map_err(map_outbox_err)?;
+                    Ok(user)
+                });
+                let r = match r {
+                    Ok(user) => {
+                        if let Some(f) = self.flushers.get(&user) {
+                            let _ = f.handle.requests.send(FlushRequest::default());
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(r);
+            }
+            Command::Drop { id, reply } => {
+                let r = self.find(&id).and_then(|(user, outbox)| {
+                    outbox.remove(&id).map_err(map_outbox_err)?;
+                    info!(%user, %id, "dropped by the user");
+                    if let Ok(c) = outbox.counts() {
+                        self.counts.insert(user, c);
+                    }
+                    Ok(())
+                });
+                if r.is_ok() {
+                    self.publish_queue().await;
+                }
+                let _ = reply.send(r);
+            }
+            Command::Reload { reply } => {
+                let r = self.reload().await;
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    async fn set_override(
+        &mut self,
+        kind: &str,
+        name: &str,
+        seconds: u64,
+    ) -> Result<(), AgentError> {
+        let ovr = match kind {
+            "link" => {
+                if self.config.link(name).is_none() {
+                    let known: Vec<_> = self.config.links.iter().map(|l| l.name.as_str()).collect();
+                    return Err(AgentError::UnknownLink(format!(
+                        "no link named {name:?}; known links: {}",
+                        list_or_none(&known)
+                    )));
+                }
+                Override::Link(name.to_string())
+            }
+            "relay" => {
+                if self.config.relay(name).is_none() {
+                    let known: Vec<_> =
+                        self.config.relays.iter().map(|r| r.name.as_str()).collect();
+                    return Err(AgentError::UnknownRelay(format!(
+                        "no relay named {name:?}; known relays: {}",
+                        list_or_none(&known)
+                    )));
+                }
+                Override::Relay(name.to_string())
+            }
+            other => {
+                return Err(AgentError::InvalidArgument(format!(
+                    "override kind must be \"link\" or \"relay\", not {other:?}"
+                )));
+            }
+        };
+        let expires = if seconds == 0 {
+            0
+        } else {
+            now().saturating_add(seconds)
+        };
+        info!(?ovr, expires, "override set");
+        self.ovr = Some((ovr, expires));
+        self.reroute().await;
+        Ok(())
+    }
+
+    fn flush(&mut self, user: &str, wait: bool, reply: Reply<Vec<FlushResult>>) {
+        let users: Vec<String> = if user.is_empty() {
+            self.flushers.keys().cloned().collect()
+        } else if self.flushers.contains_key(user) {
+            vec![user.to_string()]
+        } else {
+            let _ = reply.send(Err(AgentError::UnknownUser(format!(
+                "no user named {user:?}"
+            ))));
+            return;
+        };
+        let mut waits = Vec::new();
+        for u in &users {
+            let Some(f) = self.flushers.get(u) else {
+                continue;
+            };
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let _ = f.handle.requests.send(FlushRequest {
+                force: true,
+                done: wait.then_some(tx),
+            });
+            waits.push((u.clone(), rx));
+        }
+        if !wait {
+            let now: Vec<FlushResult> = users
+                .iter()
+                .map(|u| FlushResult {
+                    user: u.clone(),
+                    sent: 0,
+                    remaining: self.counts.get(u).map(|c| c.queued as u32).unwrap_or(0),
+                })
+                .collect();
+            let _ = reply.send(Ok(now));
+            return;
+        }
+        // Wait off the event loop: flushes take as long as the relays do.
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            for (user, rx) in waits {
+                let r: BatchResult = rx.await.unwrap_or_default();
+                out.push(FlushResult {
+                    user,
+                    sent: r.sent,
+                    remaining: r.remaining,
+                });
+            }
+            let _ = reply.send(Ok(out));
+        });
+    }
+
+    fn find(&self, id: &str) -> Result<(String, Outbox), AgentError> {
+        linkrelay_outbox::validate_id(id).map_err(map_outbox_err)?;
+        for (user, f) in &self.flushers {
+            match f.outbox.locate(id) {
+                Ok(Some(Folder::Queue | Folder::Failed)) => {
+                    return Ok((user.clone(), f.outbox.clone()));
+                }
+                Ok(_) => {}
+                Err(e) => return Err(map_outbox_err(e)),
+            }
+        }
+        Err(AgentError::UnknownId(format!(
+            "no queued or failed message with id {id}"
+        )))
+    }
+
+    fn list_queue(&self, user: &str) -> Result<Vec<MessageInfo>, AgentError> {
+        if !user.is_empty() && !self.flushers.contains_key(user) {
+            return Err(AgentError::UnknownUser(format!("no user named {user:?}")));
+        }
+        let t = now();
+        let mut out = Vec::new();
+        for (name, f) in &self.flushers {
+            if !user.is_empty() && name != user {
+                continue;
+            }
+            let route = self.user_route(name);
+            for folder in [Folder::Queue, Folder::Failed] {
+                let list = f.outbox.list(folder).map_err(map_outbox_err)?;
+                for m in list {
+                    let status = message_status(&m, folder, &route, t, &self.memory);
+                    out.push(message_info(name, folder, m, status));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn reload(&mut self) -> Result<(), AgentError> {
+        let Some(path) = self.opts.config_path.clone() else {
+            return Err(AgentError::ConfigInvalid(
+                "running on the embedded default config; there is no file to reload (write one with `linkrelay config init`)".into(),
+            ));
+        };
+        match Config::load(&path) {
+            Ok(config) => {
+                info!(path = %path.display(), "config reloaded");
+                self.config = Arc::new(config);
+                self.config_error = None;
+                if let Err(e) = self.sync_flushers() {
+                    error!("after reload: {e}");
+                }
+                self.reroute().await;
+                self.publish_all().await;
+                Ok(())
+            }
+            Err(e) => {
+                let text = match &e {
+                    ConfigError::Invalid(d) => d.to_string(),
+                    other => other.to_string(),
+                };
+                warn!("config reload failed; the running config stays:\n{text}");
+                self.config_error = Some(text.clone());
+                self.publish_all().await;
+                Err(AgentError::ConfigInvalid(text))
+            }
+        }
+    }
+}
+
+fn list_or_none(names: &[&str]) -> String {
+    if names.is_empty() {
+        "(none)".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// The D-Bus form of a route.
+pub fn route_info(user: &str, route: &Route) -> RouteInfo {
+    match route {
+        Route::Send { relays, .. } => RouteInfo {
+            user: user.to_string(),
+            relays: relays.clone(),
+            hold: String::new(),
+        },
+        Route::Hold { reason } => RouteInfo {
+            user: user.to_string(),
+            relays: Vec::new(),
+            hold: reason.clone(),
+        },
+    }
+}
+
+/// Why a message is where it is, in words. Pure apart from reading relay memory.
+fn message_status(
+    m: &MessageState,
+    folder: Folder,
+    route: &UserRoute,
+    t: u64,
+    memory: &Mutex<RelayMemory>,
+) -> String {
+    if folder == Folder::Failed {
+        return format!(
+            "failed: {}",
+            m.failure.clone().unwrap_or_else(|| "unknown reason".into())
+        );
+    }
+    match &route.route {
+        Route::Hold { reason } => format!("held: {reason}"),
+        Route::Send { relays, max_size } => {
+            if let Some(max) = max_size
+                && m.size > *max
+            {
+                return format!(
+                    "held: larger than the {max} bytes allowed on metered link {}",
+                    route.link
+                );
+            }
+            let mem = flusher::lock(memory);
+            if !relays.is_empty()
+                && relays
+                    .iter()
+                    .all(|r| mem.refusal(&route.link, r, t).is_some())
+            {
+                let r = &relays[0];
+                let reply = mem
+                    .refusal(&route.link, r, t)
+                    .map(|f| f.reply.clone())
+                    .unwrap_or_default();
+                return format!("waiting: {r} refuses us on link {} ({reply})", route.link);
+            }
+            if m.next_attempt > t {
+                let when = humantime::format_duration(Duration::from_secs(m.next_attempt - t));
+                format!(
+                    "deferred, next try in {when}: {}",
+                    m.last_error.clone().unwrap_or_default()
+                )
+            } else {
+                "due: sending".into()
+            }
+        }
+    }
+}
+
+fn message_info(user: &str, folder: Folder, m: MessageState, status: String) -> MessageInfo {
+    MessageInfo {
+        id: m.id,
+        user: user.to_string(),
+        folder: folder.to_string(),
+        from: m.from,
+        recipients: m
+            .recipients
+            .into_iter()
+            .map(|r| linkrelay_dbus::RecipientInfo {
+                addr: r.addr,
+                state: match r.status {
+                    RecipientStatus::Pending => "pending",
+                    RecipientStatus::Sent => "sent",
+                    RecipientStatus::Failed => "failed",
+                }
+                .into(),
+                reply: r.reply.unwrap_or_default(),
+            })
+            .collect(),
+        size: m.size,
+        queued_at: m.queued_at,
+        attempts: m.attempts,
+        next_attempt: m.next_attempt,
+        last_relay: m.last_relay.unwrap_or_default(),
+        last_error: m.last_error.unwrap_or_default(),
+        status,
+    }
+}

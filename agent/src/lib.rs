@@ -1,0 +1,17 @@
+//! linkrelayd: follows the network link and flushes each user's outbox through the SMTP relay
+//! that matches it.
+//!
+//! Data flows one way: link source ([`nm`]) -> [`link::LinkState`] -> [`router::route`] (pure)
+//! -> per-user [`flusher`]s -> [`outcome`]s -> outbox state and D-Bus ([`service`]). The event
+//! loop in [`agent`] owns all state.
+
+pub mod agent;
+pub mod backoff;
+pub mod flusher;
+pub mod link;
+pub mod memory;
+pub mod nm;
+pub mod outcome;
+pub mod router;
+pub mod service;
+pub mod smtp;

@@ -1,0 +1,121 @@
+//! `linkrelayd`: the linkrelay agent.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use linkrelay_agent::agent::{Options, ServeBus, run};
+use linkrelay_config::{Config, ConfigError};
+use tracing_subscriber::EnvFilter;
+
+/// sysexits EX_CONFIG.
+const EX_CONFIG: u8 = 78;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum BusArg {
+    Session,
+    System,
+}
+
+/// Sends each user's outgoing mail through the SMTP relay that matches the network link that
+/// is up.
+///
+/// linkrelayd follows NetworkManager (system bus), matches the link against the [[link]] rules
+/// of its config, publishes each user's route on D-Bus as org.linkrelay.Agent, and flushes the
+/// users' outboxes (queued by `linkrelay sendmail`) through the matching relays. Mail is never
+/// bounced because of routing: a relay that refuses us on this link leaves the mail queued.
+///
+/// Runs in the foreground and logs to stderr (RUST_LOG=debug for more). SIGHUP reloads the
+/// config; a broken config keeps the old one running. Without a config file it starts on an
+/// embedded default (link detection and D-Bus work; mail is held: no relays).
+#[derive(Debug, Parser)]
+#[command(name = "linkrelayd", version)]
+struct Args {
+    /// Config file [default: $XDG_CONFIG_HOME/linkrelay/config.toml]
+    #[arg(long, short, env = "LINKRELAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where the outboxes live [default: $XDG_DATA_HOME/linkrelay]
+    #[arg(long, env = "LINKRELAY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Which bus to serve org.linkrelay.Agent on
+    #[arg(long, value_enum, default_value = "session")]
+    bus: BusArg,
+    /// Check the config and exit (0 when fine, 78 with the problems)
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let (config, config_path) = match load_config(args.config.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("linkrelayd: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    if args.check {
+        println!("config ok");
+        return ExitCode::SUCCESS;
+    }
+    match start(args, config, config_path) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("linkrelayd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The config named on the command line (must exist), else the default path if it exists, else
+/// the embedded default.
+fn load_config(explicit: Option<PathBuf>) -> Result<(Config, Option<PathBuf>), String> {
+    let render = |e: ConfigError| match e {
+        ConfigError::Invalid(d) => format!("the config has errors:\n{d}"),
+        other => other.to_string(),
+    };
+    if let Some(path) = explicit {
+        return Config::load(&path).map(|c| (c, Some(path))).map_err(render);
+    }
+    match linkrelay_config::default_config_path() {
+        Some(path) if path.exists() => Config::load(&path).map(|c| (c, Some(path))).map_err(render),
+        _ => {
+            tracing::info!(
+                "no config file; using the embedded default (no relays: mail is held). Write one with `linkrelay config init`."
+            );
+            Ok((Config::embedded_default(), None))
+        }
+    }
+}
+
+fn start(args: Args, config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let data_dir = match args.data_dir {
+        Some(d) => d,
+        None => linkrelay_config::default_data_dir().context(
+            "cannot find a data directory: set XDG_DATA_HOME or HOME, or pass --data-dir",
+        )?,
+    };
+    let opts = Options {
+        config_path,
+        data_dir,
+        bus: match args.bus {
+            BusArg::Session => ServeBus::Session,
+            BusArg::System => ServeBus::System,
+        },
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    runtime.block_on(run(opts, config))?;
+    Ok(())
+}

@@ -1,0 +1,400 @@
+//! The `org.linkrelay.Agent1` interface as served: a thin shim. Properties are read from a
+//! snapshot the event loop publishes; methods check the caller, validate their arguments and
+//! send a command to the event loop, which owns all state.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use linkrelay_dbus::{AgentError, FlushResult, MessageInfo, OverrideInfo, QueueCount, RouteInfo};
+use tokio::sync::{mpsc, oneshot};
+use zbus::message::Header;
+use zbus::object_server::SignalEmitter;
+use zbus::{Connection, interface};
+
+/// Longest string argument accepted (names, ids): anything longer is hostile or a mistake.
+const MAX_ARG: usize = 256;
+
+/// What the properties show; written by the event loop only.
+#[derive(Debug, Clone, Default)]
+pub struct Published {
+    /// Link source in use.
+    pub source: String,
+    /// Link source problem.
+    pub source_problem: String,
+    /// Current link.
+    pub link: HashMap<String, String>,
+    /// Route per user.
+    pub routes: Vec<RouteInfo>,
+    /// Override.
+    pub override_info: Option<OverrideInfo>,
+    /// Queue counts.
+    pub queue: Vec<QueueCount>,
+    /// Config in use.
+    pub config_path: String,
+    /// Last reload error.
+    pub config_error: String,
+}
+
+/// A reply channel for a command.
+pub type Reply<T> = oneshot::Sender<Result<T, AgentError>>;
+
+/// What the interface asks of the event loop.
+#[derive(Debug)]
+pub enum Command {
+    /// Set the override.
+    SetOverride {
+        /// "link" or "relay".
+        kind: String,
+        /// Its name.
+        name: String,
+        /// Duration; 0 = until cleared.
+        seconds: u64,
+        /// Reply.
+        reply: Reply<()>,
+    },
+    /// Clear the override.
+    ClearOverride {
+        /// Reply.
+        reply: Reply<()>,
+    },
+    /// Flush a user ("" = all).
+    Flush {
+        /// User.
+        user: String,
+        /// Reply when done.
+        wait: bool,
+        /// Reply.
+        reply: Reply<Vec<FlushResult>>,
+    },
+    /// Look at a user's outbox now, respecting retry delays.
+    Wake {
+        /// User ("" = all).
+        user: String,
+        /// Reply.
+        reply: Reply<()>,
+    },
+    /// List queued and failed messages.
+    ListQueue {
+        /// User ("" = all).
+        user: String,
+        /// Reply.
+        reply: Reply<Vec<MessageInfo>>,
+    },
+    /// Retry a message.
+    Retry {
+        /// Message id.
+        id: String,
+        /// Reply.
+        reply: Reply<()>,
+    },
+    /// Delete a message.
+    Drop {
+        /// Message id.
+        id: String,
+        /// Reply.
+        reply: Reply<()>,
+    },
+    /// Re-read the config.
+    Reload {
+        /// Reply.
+        reply: Reply<()>,
+    },
+}
+
+/// The served object.
+pub struct AgentInterface {
+    commands: mpsc::UnboundedSender<Command>,
+    published: Arc<Mutex<Published>>,
+    owner_uid: u32,
+}
+
+impl AgentInterface {
+    /// A new interface sending commands to `commands` and reading `published`.
+    pub fn new(commands: mpsc::UnboundedSender<Command>, published: Arc<Mutex<Published>>) -> Self {
+        Self {
+            commands,
+            published,
+            owner_uid: rustix::process::geteuid().as_raw(),
+        }
+    }
+
+    fn snapshot(&self) -> Published {
+        self.published
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Only the agent's own user may talk to it (on a system bus others could try).
+    async fn check_caller(&self, conn: &Connection, header: &Header<'_>) -> Result<(), AgentError> {
+        let Some(sender) = header.sender() else {
+            return Err(AgentError::AccessDenied("no sender".into()));
+        };
+        let dbus = zbus::fdo::DBusProxy::new(conn).await?;
+        let creds = dbus
+            .get_connection_credentials(sender.clone().into())
+            .await
+            .map_err(|e| AgentError::AccessDenied(format!("cannot identify the caller: {e}")))?;
+        match creds.unix_user_id() {
+            Some(uid) if uid == self.owner_uid => Ok(()),
+            Some(uid) => Err(AgentError::AccessDenied(format!(
+                "uid {uid} may not use the agent of uid {}",
+                self.owner_uid
+            ))),
+            None => Err(AgentError::AccessDenied("caller has no uid".into())),
+        }
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, AgentError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .map_err(|_| AgentError::Io("the agent is shutting down".into()))?;
+        rx.await
+            .map_err(|_| AgentError::Io("the agent is shutting down".into()))?
+    }
+}
+
+fn bounded(what: &str, value: &str) -> Result<(), AgentError> {
+    if value.len() > MAX_ARG {
+        return Err(AgentError::InvalidArgument(format!(
+            "{what} is longer than {MAX_ARG} bytes"
+        )));
+    }
+    if value.chars().any(|c| c.is_control()) {
+        return Err(AgentError::InvalidArgument(format!(
+            "{what} contains control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Mail routing by network link: the current link, each user's route, and their outboxes.
+#[interface(name = "org.linkrelay.Agent1")]
+impl AgentInterface {
+    /// Overrides the router. `kind` is "link" (act as if that [[link]] rule matched) or
+    /// "relay" (send every user's mail through that relay). `seconds` = 0 lasts until
+    /// ClearOverride.
+    async fn set_override(
+        &self,
+        kind: String,
+        name: String,
+        seconds: u64,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), AgentError> {
+        self.check_caller(conn, &header).await?;
+        bounded("kind", &kind)?;
+        bounded("name", &name)?;
+        self.ask(|reply| Command::SetOverride {
+            kind,
+            name,
+            seconds,
+            reply,
+        })
+        .await
+    }
+
+    /// Removes the override.
+    async fn clear_override(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), AgentError> {
+        self.check_caller(conn, &header).await?;
+        self.ask(|reply| Command::ClearOverride { reply }).await
+    }
+
+    /// Flushes a user's outbox now, ignoring retry delays ("" = every user). With `wait`, the
+    /// reply comes when the flush is over and says what was sent and what remains.
+    async fn flush(
+        &self,
+        user: String,
+        wait: bool,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<Vec<FlushResult>, AgentError> {
+        self.check_caller(conn, &header).await?;
+        bounded("user", &user)?;
+        self.ask(|reply| Command::Flush { user, wait, reply }).await
+    }
+
+    /// Tells the agent that mail was queued for a user ("" = every user): it looks at the
+    /// outbox now. Unlike Flush it respects retry delays. `linkrelay sendmail` calls it.
+    async fn wake(
+        &self,
+        user: String,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), AgentError> {
+        self.check_caller(conn, &header).await?;
+        bounded("user", &user)?;
+        self.ask(|reply| Command::Wake { user, reply }).await
+    }
+
+    /// Lists the queued and failed messages of a user ("" = every user), each with the reason
+    /// it is waiting.
+    async fn list_queue(
+        &self,
+        user: String,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<Vec<MessageInfo>, AgentError> {
+        self.check_caller(conn, &header).await?;
+        bounded("user", &user)?;
+        self.ask(|reply| Command::ListQueue { user, reply }).await
+    }
+
+    /// Makes a queued message due now, or puts a failed one back in the queue.
+    async fn retry(
+        &self,
+        id: String,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), AgentError> {
+        self.check_caller(conn, &header).await?;
+        bounded("id", &id)?;
+        self.ask(|reply| Command::Retry { id, reply }).await
+    }
+
+    /// Deletes a queued or failed message for good.
+    async fn drop(
+        &self,
+        id: String,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), AgentError> {
+        self.check_caller(conn, &header).await?;
+        bounded("id", &id)?;
+        self.ask(|reply| Command::Drop { id, reply }).await
+    }
+
+    /// Re-reads the config file. A broken file is reported (file:line:col) and the running
+    /// config stays in use.
+    async fn reload(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), AgentError> {
+        self.check_caller(conn, &header).await?;
+        self.ask(|reply| Command::Reload { reply }).await
+    }
+
+    /// The agent's version.
+    #[zbus(property(emits_changed_signal = "const"))]
+    fn version(&self) -> String {
+        env!("CARGO_PKG_VERSION").to_string()
+    }
+
+    /// The link source in use: "networkmanager", "netlink" or "none".
+    #[zbus(property)]
+    fn source(&self) -> String {
+        self.snapshot().source
+    }
+
+    /// What is wrong with the link source and how to fix it; "" when fine.
+    #[zbus(property)]
+    fn source_problem(&self) -> String {
+        self.snapshot().source_problem
+    }
+
+    /// The current link: name (matched [[link]] rule, "" if none), id, uuid, type, interface,
+    /// gateway, ssid, domains (comma-separated), metered (yes/no), connectivity
+    /// (full/portal/limited/none/unknown). Empty when no link is up.
+    #[zbus(property)]
+    fn link(&self) -> HashMap<String, String> {
+        self.snapshot().link
+    }
+
+    /// Each user's route: (user, relays in order, hold reason); relays empty when held.
+    #[zbus(property)]
+    fn routes(&self) -> Vec<RouteInfo> {
+        self.snapshot().routes
+    }
+
+    /// The override: (kind "" | "link" | "relay", name, expires unix seconds or 0).
+    #[zbus(property, name = "Override")]
+    fn override_(&self) -> OverrideInfo {
+        self.snapshot().override_info.unwrap_or(OverrideInfo {
+            kind: String::new(),
+            name: String::new(),
+            expires: 0,
+        })
+    }
+
+    /// Outbox counts: (user, queued, failed, sent).
+    #[zbus(property)]
+    fn queue(&self) -> Vec<QueueCount> {
+        self.snapshot().queue
+    }
+
+    /// The config file in use; "" for the embedded default.
+    #[zbus(property)]
+    fn config_path(&self) -> String {
+        self.snapshot().config_path
+    }
+
+    /// Why the last reload failed (file:line:col: ...); "" when the running config is the
+    /// file on disk.
+    #[zbus(property)]
+    fn config_error(&self) -> String {
+        self.snapshot().config_error
+    }
+
+    /// A user's route changed: relays in order, or empty with the reason mail is held.
+    #[zbus(signal)]
+    pub async fn route_changed(
+        emitter: &SignalEmitter<'_>,
+        user: &str,
+        relays: Vec<String>,
+        hold: &str,
+    ) -> zbus::Result<()>;
+
+    /// A message was delivered (every recipient is done and at least one accepted it).
+    #[zbus(signal)]
+    pub async fn message_sent(
+        emitter: &SignalEmitter<'_>,
+        user: &str,
+        id: &str,
+        relay: &str,
+        reply: &str,
+    ) -> zbus::Result<()>;
+
+    /// A message stays queued until `next_attempt` (unix seconds).
+    #[zbus(signal)]
+    pub async fn message_deferred(
+        emitter: &SignalEmitter<'_>,
+        user: &str,
+        id: &str,
+        reason: &str,
+        next_attempt: u64,
+    ) -> zbus::Result<()>;
+
+    /// A message moved to failed/; it needs the user (retry or drop).
+    #[zbus(signal)]
+    pub async fn message_failed(
+        emitter: &SignalEmitter<'_>,
+        user: &str,
+        id: &str,
+        reason: &str,
+    ) -> zbus::Result<()>;
+
+    /// A relay refused us on a link; its messages stay queued and other relays are tried.
+    #[zbus(signal)]
+    pub async fn relay_refused(
+        emitter: &SignalEmitter<'_>,
+        user: &str,
+        relay: &str,
+        link: &str,
+        reply: &str,
+    ) -> zbus::Result<()>;
+
+    /// A flush of a user ended.
+    #[zbus(signal)]
+    pub async fn flush_finished(
+        emitter: &SignalEmitter<'_>,
+        user: &str,
+        sent: u32,
+        remaining: u32,
+    ) -> zbus::Result<()>;
+}

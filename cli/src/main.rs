@@ -1,0 +1,397 @@
+//! `linkrelay`: the command line of the linkrelay agent, and a sendmail-compatible entry.
+//!
+//! Every verb but `sendmail` and `config` asks the running agent over D-Bus; the CLI holds no
+//! logic beyond enqueueing and formatting.
+
+mod output;
+mod sendmail;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use futures_util::StreamExt;
+use linkrelay_config::{Config, ConfigError};
+use linkrelay_dbus::{AGENT_BUS_NAME, AgentProxy};
+use serde_json::json;
+
+/// sysexits EX_UNAVAILABLE: the agent is not running.
+const EX_UNAVAILABLE: u8 = 69;
+/// sysexits EX_CONFIG.
+const EX_CONFIG: u8 = 78;
+
+/// Query and steer linkrelayd, the agent that sends your mail through the SMTP relay of the
+/// network link that is up; and queue mail (`linkrelay sendmail`, or this binary called as
+/// `sendmail`).
+#[derive(Debug, Parser)]
+#[command(name = "linkrelay", version, propagate_version = true)]
+struct Cli {
+    /// Talk to a system-wide agent on the system bus instead of the session bus
+    #[arg(long, global = true)]
+    system: bool,
+    #[command(subcommand)]
+    verb: Verb,
+}
+
+#[derive(Debug, Subcommand)]
+enum Verb {
+    /// Show the link, each user's route (or why mail is held), the override and queue counts
+    Status(JsonFlag),
+    /// Follow the agent's events (route changes, sent, deferred, failed, refusals) until ^C
+    Watch(JsonFlag),
+    /// Override the router: pretend a link is up, or force a relay
+    Override(OverrideArgs),
+    /// Send queued mail now, ignoring retry delays
+    Flush(FlushArgs),
+    /// List queued and failed messages with each recipient's state and why they wait
+    Queue(QueueArgs),
+    /// Make a queued message due now, or put a failed message back in the queue
+    Retry {
+        /// Message id (see `linkrelay queue`)
+        id: String,
+    },
+    /// Delete a queued or failed message for good
+    Drop {
+        /// Message id (see `linkrelay queue`)
+        id: String,
+    },
+    /// Make the agent re-read its config (a broken file keeps the running config)
+    Reload,
+    /// Check, create or locate the config file
+    #[command(subcommand)]
+    Config(ConfigVerb),
+    /// Queue a message like sendmail(8): reads the message on stdin. Run `linkrelay sendmail
+    /// --help-sendmail` for the options.
+    #[command(disable_help_flag = true)]
+    Sendmail {
+        /// sendmail options and recipients
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Debug, ClapArgs)]
+struct JsonFlag {
+    /// Print JSON instead of text
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, ClapArgs)]
+#[group(required = true, multiple = false)]
+struct OverrideTarget {
+    /// Act as if this [[link]] rule matched the link that is up
+    #[arg(long, value_name = "NAME")]
+    link: Option<String>,
+    /// Send every user's mail through this relay
+    #[arg(long, value_name = "NAME")]
+    relay: Option<String>,
+    /// Remove the override
+    #[arg(long)]
+    clear: bool,
+}
+
+#[derive(Debug, ClapArgs)]
+struct OverrideArgs {
+    #[command(flatten)]
+    target: OverrideTarget,
+    /// How long the override lasts (e.g. 30m, 2h); default: until cleared
+    #[arg(long = "for", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+}
+
+#[derive(Debug, ClapArgs)]
+struct FlushArgs {
+    /// Only this user's outbox
+    #[arg(long)]
+    user: Option<String>,
+    /// Wait until the flush is over and report what was sent
+    #[arg(long)]
+    wait: bool,
+    /// Print JSON instead of text
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, ClapArgs)]
+struct QueueArgs {
+    /// Only this user's outbox
+    #[arg(long)]
+    user: Option<String>,
+    /// Print JSON instead of text
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigVerb {
+    /// Check a config file; prints every problem as file:line:col with a fix
+    Check {
+        /// The file [default: $XDG_CONFIG_HOME/linkrelay/config.toml]
+        path: Option<PathBuf>,
+    },
+    /// Write a commented starter config
+    Init {
+        /// Where [default: $XDG_CONFIG_HOME/linkrelay/config.toml]
+        path: Option<PathBuf>,
+        /// Overwrite an existing file
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print where the config file is looked for
+    Path,
+}
+
+fn main() -> ExitCode {
+    let mut argv: Vec<String> = std::env::args().collect();
+    let called_as = argv
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or("linkrelay")
+        .to_string();
+    if called_as == "sendmail" || called_as.starts_with("sendmail.") {
+        argv.remove(0);
+        return sendmail::main(argv);
+    }
+    let cli = Cli::parse();
+    if let Verb::Sendmail { args } = cli.verb {
+        return sendmail::main(args);
+    }
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("linkrelay: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Verb::Config(c) = &cli.verb {
+        return config_verb(c);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    runtime.block_on(agent_verb(cli))
+}
+
+fn config_verb(verb: &ConfigVerb) -> anyhow::Result<ExitCode> {
+    let default = linkrelay_config::default_config_path();
+    match verb {
+        ConfigVerb::Path => {
+            let p = default.context("neither XDG_CONFIG_HOME nor HOME is set")?;
+            println!("{}", p.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        ConfigVerb::Check { path } => {
+            let path = path
+                .clone()
+                .or(default)
+                .context("no config path: pass one, or set XDG_CONFIG_HOME or HOME")?;
+            match Config::load(&path) {
+                Ok(c) => {
+                    println!(
+                        "{}: ok ({} links, {} relays, {} users)",
+                        path.display(),
+                        c.links.len(),
+                        c.relays.len(),
+                        c.users.len()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(ConfigError::Invalid(d)) => {
+                    eprintln!("{d}");
+                    Ok(ExitCode::from(EX_CONFIG))
+                }
+                Err(e) => {
+                    eprintln!("linkrelay: {e}");
+                    Ok(ExitCode::from(EX_CONFIG))
+                }
+            }
+        }
+        ConfigVerb::Init { path, force } => {
+            let path = path
+                .clone()
+                .or(default)
+                .context("no config path: pass one, or set XDG_CONFIG_HOME or HOME")?;
+            if path.exists() && !force {
+                bail!("{} exists; pass --force to overwrite it", path.display());
+            }
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            std::fs::write(&path, linkrelay_config::STARTER_CONFIG)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            println!(
+                "wrote {}; edit it, then `linkrelay config check` and `linkrelay reload`",
+                path.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Connects to the bus and makes sure the agent is there, with a message that says what to do
+/// when it is not.
+async fn connect(system: bool) -> anyhow::Result<Result<zbus::Connection, String>> {
+    let which = if system { "system" } else { "session" };
+    let conn = if system {
+        zbus::Connection::system().await
+    } else {
+        zbus::Connection::session().await
+    };
+    let conn = match conn {
+        Ok(c) => c,
+        Err(e) => {
+            return Ok(Err(format!(
+                "cannot connect to the {which} bus ({e}); linkrelayd publishes itself there"
+            )));
+        }
+    };
+    let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
+    let name = zbus::names::BusName::try_from(AGENT_BUS_NAME)?;
+    if !dbus.name_has_owner(name).await? {
+        return Ok(Err(format!(
+            "linkrelayd is not running on the {which} bus ({AGENT_BUS_NAME} has no owner); \
+             start it with `linkrelayd{}` (or `systemctl --user start linkrelayd`)",
+            if system { " --bus system" } else { "" }
+        )));
+    }
+    Ok(Ok(conn))
+}
+
+fn dbus_error(e: zbus::Error) -> anyhow::Error {
+    match &e {
+        zbus::Error::MethodError(name, Some(text), _) => {
+            let short = name.as_str().rsplit('.').next().unwrap_or(name.as_str());
+            anyhow!("{text} ({short})")
+        }
+        _ => anyhow!(e),
+    }
+}
+
+async fn agent_verb(cli: Cli) -> anyhow::Result<ExitCode> {
+    let conn = match connect(cli.system).await? {
+        Ok(c) => c,
+        Err(msg) => {
+            eprintln!("linkrelay: {msg}");
+            return Ok(ExitCode::from(EX_UNAVAILABLE));
+        }
+    };
+    let agent = AgentProxy::new(&conn).await?;
+    match cli.verb {
+        Verb::Status(f) => {
+            let s = output::Status::read(&agent).await.map_err(dbus_error)?;
+            if f.json {
+                println!("{}", serde_json::to_string_pretty(&s.to_json())?);
+            } else {
+                print!("{}", s.render());
+            }
+        }
+        Verb::Watch(f) => watch(&conn, &agent, f.json).await?,
+        Verb::Override(o) => {
+            let secs = o.duration.map(|d| d.as_secs().max(1)).unwrap_or(0);
+            if o.target.clear {
+                agent.clear_override().await.map_err(dbus_error)?;
+                println!("override cleared");
+            } else if let Some(link) = o.target.link {
+                agent
+                    .set_override("link", &link, secs)
+                    .await
+                    .map_err(dbus_error)?;
+                println!(
+                    "override: acting as if link {link} were up{}",
+                    output::for_text(secs)
+                );
+            } else if let Some(relay) = o.target.relay {
+                agent
+                    .set_override("relay", &relay, secs)
+                    .await
+                    .map_err(dbus_error)?;
+                println!(
+                    "override: sending through relay {relay}{}",
+                    output::for_text(secs)
+                );
+            }
+        }
+        Verb::Flush(f) => {
+            let user = f.user.unwrap_or_default();
+            // With --wait the reply comes when the flush is over (zbus sets no call timeout).
+            let results = agent.flush(&user, f.wait).await.map_err(dbus_error)?;
+            if f.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&output::flush_json(&results))?
+                );
+            } else {
+                for r in &results {
+                    if f.wait {
+                        println!("{}: sent {}, {} still queued", r.user, r.sent, r.remaining);
+                    } else {
+                        println!("{}: flushing ({} queued)", r.user, r.remaining);
+                    }
+                }
+            }
+        }
+        Verb::Queue(q) => {
+            let list = agent
+                .list_queue(&q.user.unwrap_or_default())
+                .await
+                .map_err(dbus_error)?;
+            if q.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&output::queue_json(&list))?
+                );
+            } else {
+                print!("{}", output::render_queue(&list));
+            }
+        }
+        Verb::Retry { id } => {
+            agent.retry(&id).await.map_err(dbus_error)?;
+            println!("{id}: will be retried now");
+        }
+        Verb::Drop { id } => {
+            agent.drop(&id).await.map_err(dbus_error)?;
+            println!("{id}: deleted");
+        }
+        Verb::Reload => match agent.reload().await {
+            Ok(()) => println!("config reloaded"),
+            Err(e) => {
+                eprintln!("linkrelay: {:#}", dbus_error(e));
+                return Ok(ExitCode::from(EX_CONFIG));
+            }
+        },
+        Verb::Config(_) | Verb::Sendmail { .. } => unreachable!("handled before connecting"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn watch(conn: &zbus::Connection, agent: &AgentProxy<'_>, json: bool) -> anyhow::Result<()> {
+    let rule = zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .sender(AGENT_BUS_NAME)
+        .path(linkrelay_dbus::AGENT_PATH)
+        .build()?;
+    let mut stream = zbus::MessageStream::for_match_rule(rule, conn, None).await?;
+    // Start with where things stand, so a watcher never has to guess.
+    let status = output::Status::read(agent).await.map_err(dbus_error)?;
+    if json {
+        println!("{}", json!({"event": "status", "status": status.to_json()}));
+    } else {
+        print!("{}", status.render());
+    }
+    while let Some(msg) = stream.next().await {
+        let msg = msg?;
+        if let Some(line) = output::event_line(&msg, json) {
+            println!("{line}");
+        }
+    }
+    Ok(())
+}

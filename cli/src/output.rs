@@ -1,0 +1,330 @@
+//! Formatting of what the agent says: text for people, JSON for scripts.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use linkrelay_dbus::{AgentProxy, FlushResult, MessageInfo, OverrideInfo, QueueCount, RouteInfo};
+use serde_json::{Value, json};
+
+/// Everything `linkrelay status` shows.
+pub struct Status {
+    source: String,
+    source_problem: String,
+    link: HashMap<String, String>,
+    routes: Vec<RouteInfo>,
+    ovr: OverrideInfo,
+    queue: Vec<QueueCount>,
+    config_path: String,
+    config_error: String,
+    version: String,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// " for 30m" style suffix for an override of `secs` (0 = until cleared).
+pub fn for_text(secs: u64) -> String {
+    if secs == 0 {
+        " until cleared".into()
+    } else {
+        format!(
+            " for {}",
+            humantime::format_duration(Duration::from_secs(secs))
+        )
+    }
+}
+
+fn until(t: u64) -> String {
+    let left = t.saturating_sub(now());
+    humantime::format_duration(Duration::from_secs(left)).to_string()
+}
+
+impl Status {
+    /// Reads every property of the agent.
+    pub async fn read(agent: &AgentProxy<'_>) -> zbus::Result<Status> {
+        Ok(Status {
+            source: agent.source().await?,
+            source_problem: agent.source_problem().await?,
+            link: agent.link().await?,
+            routes: agent.routes().await?,
+            ovr: agent.override_().await?,
+            queue: agent.queue().await?,
+            config_path: agent.config_path().await?,
+            config_error: agent.config_error().await?,
+            version: agent.version().await?,
+        })
+    }
+
+    /// The JSON form (stable keys).
+    pub fn to_json(&self) -> Value {
+        let link = if self.link.is_empty() {
+            Value::Null
+        } else {
+            json!(self.link)
+        };
+        let ovr = if self.ovr.kind.is_empty() {
+            Value::Null
+        } else {
+            json!({"kind": self.ovr.kind, "name": self.ovr.name,
+                   "expires": if self.ovr.expires == 0 { Value::Null } else { json!(self.ovr.expires) }})
+        };
+        let users: Vec<Value> = self
+            .routes
+            .iter()
+            .map(|r| {
+                let q = self.queue.iter().find(|q| q.user == r.user);
+                json!({
+                    "user": r.user,
+                    "relays": r.relays,
+                    "hold": if r.hold.is_empty() { Value::Null } else { json!(r.hold) },
+                    "queued": q.map(|q| q.queued).unwrap_or(0),
+                    "failed": q.map(|q| q.failed).unwrap_or(0),
+                    "sent": q.map(|q| q.sent).unwrap_or(0),
+                })
+            })
+            .collect();
+        json!({
+            "version": self.version,
+            "source": self.source,
+            "source_problem": if self.source_problem.is_empty() { Value::Null } else { json!(self.source_problem) },
+            "link": link,
+            "override": ovr,
+            "users": users,
+            "config_path": if self.config_path.is_empty() { Value::Null } else { json!(self.config_path) },
+            "config_error": if self.config_error.is_empty() { Value::Null } else { json!(self.config_error) },
+        })
+    }
+
+    /// The text form.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let get = |k: &str| self.link.get(k).map(String::as_str).unwrap_or("");
+        if self.link.is_empty() {
+            let _ = writeln!(out, "link:      none");
+        } else {
+            let name = if get("name").is_empty() {
+                "(no [[link]] rule matches)".to_string()
+            } else {
+                get("name").to_string()
+            };
+            let mut details = vec![format!("{} {}", get("type"), get("id"))];
+            if !get("interface").is_empty() {
+                details.push(format!("on {}", get("interface")));
+            }
+            if !get("ssid").is_empty() {
+                details.push(format!("ssid {}", get("ssid")));
+            }
+            if !get("gateway").is_empty() {
+                details.push(format!("gateway {}", get("gateway")));
+            }
+            if get("metered") == "yes" {
+                details.push("metered".into());
+            }
+            details.push(format!("connectivity {}", get("connectivity")));
+            let _ = writeln!(out, "link:      {name} ({})", details.join(", "));
+        }
+        let _ = writeln!(out, "source:    {}", self.source);
+        if !self.source_problem.is_empty() {
+            let _ = writeln!(out, "problem:   {}", self.source_problem);
+        }
+        if self.ovr.kind.is_empty() {
+            let _ = writeln!(out, "override:  none");
+        } else {
+            let left = if self.ovr.expires == 0 {
+                "until cleared".to_string()
+            } else {
+                format!("for {} more", until(self.ovr.expires))
+            };
+            let _ = writeln!(
+                out,
+                "override:  {} {} ({left})",
+                self.ovr.kind, self.ovr.name
+            );
+        }
+        let cfg = if self.config_path.is_empty() {
+            "embedded default (no relays; `linkrelay config init` writes a starter)".to_string()
+        } else {
+            self.config_path.clone()
+        };
+        let _ = writeln!(out, "config:    {cfg}");
+        if !self.config_error.is_empty() {
+            let _ = writeln!(out, "config error (the previous config is still running):");
+            for line in self.config_error.lines() {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
+        let _ = writeln!(out, "users:");
+        for r in &self.routes {
+            let route = if r.hold.is_empty() {
+                format!("via {}", r.relays.join(" -> "))
+            } else {
+                format!("held: {}", r.hold)
+            };
+            let q = self.queue.iter().find(|q| q.user == r.user);
+            let counts = q
+                .map(|q| format!("queued {}, failed {}, sent {}", q.queued, q.failed, q.sent))
+                .unwrap_or_default();
+            let _ = writeln!(out, "  {:<12} {route}  [{counts}]", r.user);
+        }
+        out
+    }
+}
+
+/// JSON of a flush reply.
+pub fn flush_json(results: &[FlushResult]) -> Value {
+    json!(
+        results
+            .iter()
+            .map(|r| json!({"user": r.user, "sent": r.sent, "remaining": r.remaining}))
+            .collect::<Vec<_>>()
+    )
+}
+
+/// JSON of a queue listing.
+pub fn queue_json(list: &[MessageInfo]) -> Value {
+    json!(list
+        .iter()
+        .map(|m| json!({
+            "id": m.id, "user": m.user, "folder": m.folder, "from": m.from,
+            "recipients": m.recipients.iter().map(|r| json!({
+                "addr": r.addr, "state": r.state,
+                "reply": if r.reply.is_empty() { Value::Null } else { json!(r.reply) }
+            })).collect::<Vec<_>>(),
+            "size": m.size, "queued_at": m.queued_at, "attempts": m.attempts,
+            "next_attempt": if m.next_attempt == 0 { Value::Null } else { json!(m.next_attempt) },
+            "last_relay": if m.last_relay.is_empty() { Value::Null } else { json!(m.last_relay) },
+            "last_error": if m.last_error.is_empty() { Value::Null } else { json!(m.last_error) },
+            "status": m.status,
+        }))
+        .collect::<Vec<_>>())
+}
+
+/// Text of a queue listing.
+pub fn render_queue(list: &[MessageInfo]) -> String {
+    if list.is_empty() {
+        return "no queued or failed messages\n".into();
+    }
+    let mut out = String::new();
+    for m in list {
+        let age =
+            humantime::format_duration(Duration::from_secs(now().saturating_sub(m.queued_at)));
+        let _ = writeln!(
+            out,
+            "{}  {}  {} bytes  from {}  queued {age} ago  attempts {}",
+            m.id,
+            m.user,
+            m.size,
+            if m.from.is_empty() { "<>" } else { &m.from },
+            m.attempts
+        );
+        let _ = writeln!(out, "    {}", m.status);
+        for r in &m.recipients {
+            if r.reply.is_empty() {
+                let _ = writeln!(out, "    {:<8} {}", r.state, r.addr);
+            } else {
+                let _ = writeln!(out, "    {:<8} {}  ({})", r.state, r.addr, r.reply);
+            }
+        }
+    }
+    out
+}
+
+/// One line for `linkrelay watch`, or `None` for signals it does not show.
+pub fn event_line(msg: &zbus::Message, as_json: bool) -> Option<String> {
+    let header = msg.header();
+    let member = header.member()?.to_string();
+    let body = msg.body();
+    let (event, text): (Value, String) = match member.as_str() {
+        "RouteChanged" => {
+            let (user, relays, hold): (String, Vec<String>, String) = body.deserialize().ok()?;
+            let text = if hold.is_empty() {
+                format!("route  {user}: via {}", relays.join(" -> "))
+            } else {
+                format!("route  {user}: held: {hold}")
+            };
+            (
+                json!({"event": "route", "user": user, "relays": relays, "hold": if hold.is_empty() { Value::Null } else { json!(hold) }}),
+                text,
+            )
+        }
+        "MessageSent" => {
+            let (user, id, relay, reply): (String, String, String, String) =
+                body.deserialize().ok()?;
+            let text = format!("sent   {user} {id} via {relay}: {reply}");
+            (
+                json!({"event": "sent", "user": user, "id": id, "relay": relay, "reply": reply}),
+                text,
+            )
+        }
+        "MessageDeferred" => {
+            let (user, id, reason, next): (String, String, String, u64) =
+                body.deserialize().ok()?;
+            let text = format!("defer  {user} {id}: {reason} (next try in {})", until(next));
+            (
+                json!({"event": "deferred", "user": user, "id": id, "reason": reason, "next_attempt": next}),
+                text,
+            )
+        }
+        "MessageFailed" => {
+            let (user, id, reason): (String, String, String) = body.deserialize().ok()?;
+            let text = format!(
+                "FAILED {user} {id}: {reason} (see `linkrelay queue`; `linkrelay retry {id}` or `linkrelay drop {id}`)"
+            );
+            (
+                json!({"event": "failed", "user": user, "id": id, "reason": reason}),
+                text,
+            )
+        }
+        "RelayRefused" => {
+            let (user, relay, link, reply): (String, String, String, String) =
+                body.deserialize().ok()?;
+            let text =
+                format!("refuse {user}: {relay} refuses us on link {link}: {reply} (mail kept)");
+            (
+                json!({"event": "relay_refused", "user": user, "relay": relay, "link": link, "reply": reply}),
+                text,
+            )
+        }
+        "FlushFinished" => {
+            let (user, sent, remaining): (String, u32, u32) = body.deserialize().ok()?;
+            let text = format!("flush  {user}: sent {sent}, {remaining} queued");
+            (
+                json!({"event": "flushed", "user": user, "sent": sent, "remaining": remaining}),
+                text,
+            )
+        }
+        "PropertiesChanged" => {
+            let (_iface, changed, _inv): (
+                String,
+                HashMap<String, zbus::OwnedVariant>,
+                Vec<String>,
+            ) = body.deserialize().ok()?;
+            let link = changed.get("Link")?;
+            let map: HashMap<String, String> = link.try_clone().ok()?.try_into().ok()?;
+            let text = if map.is_empty() {
+                "link   none".to_string()
+            } else {
+                format!(
+                    "link   {} ({} {})",
+                    map.get("name")
+                        .filter(|n| !n.is_empty())
+                        .map(String::as_str)
+                        .unwrap_or("(no rule)"),
+                    map.get("type").map(String::as_str).unwrap_or(""),
+                    map.get("id").map(String::as_str).unwrap_or("")
+                )
+            };
+            (
+                json!({"event": "link", "link": if map.is_empty() { Value::Null } else { json!(map) }}),
+                text,
+            )
+        }
+        _ => return None,
+    };
+    Some(if as_json { event.to_string() } else { text })
+}

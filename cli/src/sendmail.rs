@@ -1,0 +1,180 @@
+//! sendmail mode: queue a message straight into the user's outbox (works while the agent is
+//! down), durably, then nudge the agent. Exit codes follow sysexits(3), as mail clients expect.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use linkrelay_config::{Config, ConfigError};
+use linkrelay_outbox::Outbox;
+use linkrelay_outbox::sendmail::{parse_args, prepare};
+
+const EX_USAGE: u8 = 64;
+const EX_NOUSER: u8 = 67;
+const EX_SOFTWARE: u8 = 70;
+const EX_TEMPFAIL: u8 = 75;
+const EX_CONFIG: u8 = 78;
+
+const HELP: &str = "\
+usage: linkrelay sendmail [options] [recipient...] < message
+       sendmail [options] [recipient...] < message
+
+Queues the message in your linkrelay outbox; linkrelayd sends it through the relay that
+matches the link that is up. Exits 0 only once the message is safely on disk.
+
+  -t            take recipients from To:, Cc: and Bcc: (Bcc: is removed), plus any given
+  -i, -oi       a line with a single dot does not end the message
+  -f ADDR       envelope sender (also -r ADDR); default: the From: header
+  -F NAME       full name for an added From: header
+  --user NAME   queue for this linkrelay user instead of choosing by sender
+  --config PATH the config to read users from
+Other sendmail options that mail clients pass (-oem, -odb, -v, ...) are accepted and ignored.
+Exit codes: 0 queued, 64 usage, 65 bad message, 67 no user for the sender, 75 try again
+(disk full, I/O), 78 config broken.";
+
+fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("sendmail: {msg}");
+    ExitCode::from(code)
+}
+
+/// Runs sendmail mode with `args` (without argv[0]).
+pub fn main(args: Vec<String>) -> ExitCode {
+    let mut user: Option<String> = None;
+    let mut config_path: Option<PathBuf> = std::env::var_os("LINKRELAY_CONFIG").map(PathBuf::from);
+    let mut rest = Vec::new();
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--help" | "--help-sendmail" => {
+                println!("{HELP}");
+                return ExitCode::SUCCESS;
+            }
+            "--user" => match it.next() {
+                Some(u) => user = Some(u),
+                None => return fail(EX_USAGE, "--user needs a value"),
+            },
+            "--config" => match it.next() {
+                Some(p) => config_path = Some(PathBuf::from(p)),
+                None => return fail(EX_USAGE, "--config needs a value"),
+            },
+            _ => {
+                if let Some(u) = a.strip_prefix("--user=") {
+                    user = Some(u.to_string());
+                } else if let Some(p) = a.strip_prefix("--config=") {
+                    config_path = Some(PathBuf::from(p));
+                } else {
+                    rest.push(a);
+                }
+            }
+        }
+    }
+    let parsed = match parse_args(rest) {
+        Ok(p) => p,
+        Err(e) => return fail(e.exit_code() as u8, e),
+    };
+    let mut input = Vec::new();
+    if let Err(e) = std::io::stdin().lock().read_to_end(&mut input) {
+        return fail(EX_TEMPFAIL, format!("cannot read the message: {e}"));
+    }
+    let (envelope, message) = match prepare(&parsed, &input, &default_from()) {
+        Ok(v) => v,
+        Err(e) => return fail(e.exit_code() as u8, e),
+    };
+
+    let config = match load_config(config_path) {
+        Ok(c) => c,
+        Err(e) => return fail(EX_CONFIG, e),
+    };
+    let user = match user {
+        Some(u) => match config.user(&u) {
+            Some(u) => u.name.clone(),
+            None => return fail(EX_NOUSER, format!("no [[user]] named {u:?} in the config")),
+        },
+        None => match config.user_for_sender(&envelope.from) {
+            Some(u) => u.name.clone(),
+            None => {
+                return fail(
+                    EX_NOUSER,
+                    format!(
+                        "no [[user]] has a `from` pattern matching {:?} and none is `default = true`; \
+                         add one, or pass --user",
+                        envelope.from
+                    ),
+                );
+            }
+        },
+    };
+    let Some(data_dir) = std::env::var_os("LINKRELAY_DATA_DIR")
+        .map(PathBuf::from)
+        .or_else(linkrelay_config::default_data_dir)
+    else {
+        return fail(
+            EX_SOFTWARE,
+            "cannot find the data directory: set XDG_DATA_HOME or HOME",
+        );
+    };
+    let outbox = match Outbox::open(&data_dir.join(&user)) {
+        Ok(o) => o,
+        Err(e) => {
+            return fail(
+                EX_TEMPFAIL,
+                format!("cannot open the outbox of {user}: {e}"),
+            );
+        }
+    };
+    let id = match outbox.enqueue(&envelope, &message) {
+        Ok(id) => id,
+        Err(e) => return fail(EX_TEMPFAIL, format!("message NOT queued: {e}")),
+    };
+    nudge(&user);
+    if std::env::var_os("LINKRELAY_VERBOSE").is_some() {
+        eprintln!("sendmail: queued {id} for {user}");
+    }
+    ExitCode::SUCCESS
+}
+
+fn default_from() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "root".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    std::env::var("EMAIL").unwrap_or_else(|_| format!("{user}@{host}"))
+}
+
+fn load_config(explicit: Option<PathBuf>) -> Result<Config, String> {
+    let render = |e: ConfigError| match e {
+        ConfigError::Invalid(d) => format!("the config has errors:\n{d}"),
+        other => other.to_string(),
+    };
+    if let Some(p) = explicit {
+        return Config::load(&p).map_err(render);
+    }
+    match linkrelay_config::default_config_path() {
+        Some(p) if p.exists() => Config::load(&p).map_err(render),
+        _ => Ok(Config::embedded_default()),
+    }
+}
+
+/// Tells a running agent to look at the outbox now. Best effort and bounded: the message is
+/// already safe, and the agent also finds it on its next flush.
+fn nudge(user: &str) {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    let user = user.to_string();
+    rt.block_on(async move {
+        let call = async {
+            let conn = zbus::Connection::session().await?;
+            let agent = linkrelay_dbus::AgentProxy::new(&conn).await?;
+            agent.wake(&user).await?;
+            Ok::<_, zbus::Error>(())
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), call).await;
+    });
+}
