@@ -83,6 +83,8 @@ struct Agent {
     next_due: BTreeMap<String, u64>,
     memory: Arc<Mutex<RelayMemory>>,
     events_tx: mpsc::UnboundedSender<FlushEvent>,
+    drops_tx: mpsc::UnboundedSender<String>,
+    drop_watch: Option<tokio::task::JoinHandle<()>>,
     published: Arc<Mutex<Published>>,
     iface: InterfaceRef<AgentInterface>,
 }
@@ -91,6 +93,7 @@ struct Agent {
 pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
     let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
+    let (drops_tx, mut drops_rx) = mpsc::unbounded_channel::<String>();
     let published = Arc::new(Mutex::new(Published::default()));
 
     let builder = match opts.bus {
@@ -124,6 +127,8 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
         next_due: BTreeMap::new(),
         memory: Arc::new(Mutex::new(RelayMemory::default())),
         events_tx,
+        drops_tx,
+        drop_watch: None,
         published,
         iface,
     };
@@ -192,6 +197,11 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
             }
             Some(cmd) = cmd_rx.recv() => agent.on_command(cmd).await,
             Some(ev) = events_rx.recv() => agent.on_flush_event(ev).await,
+            Some(user) = drops_rx.recv() => {
+                if let Some(f) = agent.flushers.get(&user) {
+                    let _ = f.handle.requests.send(FlushRequest::default());
+                }
+            }
             _ = hup.recv() => {
                 if let Err(e) = agent.reload().await {
                     warn!("reload failed, the running config stays: {e:?}");
@@ -326,6 +336,19 @@ impl Agent {
                 self.events_tx.clone(),
             );
             self.flushers.insert(name, Flusher { handle, outbox });
+        }
+        // (Re)watch every user's new/ for files dropped by mail clients.
+        if let Some(old) = self.drop_watch.take() {
+            old.abort();
+        }
+        let dirs = self
+            .flushers
+            .iter()
+            .map(|(user, f)| (user.clone(), f.outbox.root().join("new")))
+            .collect();
+        match crate::dropwatch::spawn(dirs, self.drops_tx.clone()) {
+            Ok(task) => self.drop_watch = Some(task),
+            Err(e) => warn!("cannot watch new/ ({e}); dropped files wait for the next flush"),
         }
         Ok(())
     }

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod backoff;
+pub mod dropwatch;
 pub mod flusher;
 pub mod link;
 pub mod memory;

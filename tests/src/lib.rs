@@ -1,0 +1,35 @@
+//! The linkrelay test harness: real parts to run the agent and its CLI against.
+//!
+//! - [`bus`]: private `dbus-daemon`s ([`TestBus`]), a session bus and a "system" bus per test;
+//! - [`nm`]: [`FakeNm`], an NM-shaped service on such a system bus that behaves like
+//!   NetworkManager 1.42 (object paths, PropertiesChanged, StateChanged, name owner changes);
+//! - [`smtp`]: [`ScriptedRelay`], an SMTP relay with a fault at any stage and a record of what
+//!   it accepted, including Postfix's "Relay access denied" for clients on foreign networks.
+//!
+//! - [`world`]: one test's whole world: both buses, a home, the real `linkrelayd` and
+//!   `linkrelay` binaries.
+//!
+//! Nothing here touches the machine's own buses or network configuration.
+
+pub mod bus;
+pub mod nm;
+pub mod smtp;
+pub mod world;
+
+#[cfg(test)]
+mod nm_tests;
+
+pub use bus::{BusKind, TestBus};
+pub use nm::{ActiveSpec, FakeNm};
+pub use smtp::{Fault, Received, RelayScript, ScriptedRelay};
+
+/// Route `tracing` output of the code under test to the test's captured output, filtered by
+/// `RUST_LOG` (default `info`). Safe to call from every test: only the first call installs.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}

@@ -1,0 +1,327 @@
+//! A whole private world for one end-to-end test: a session bus (where the agent serves), a
+//! "system" bus (where the NM-shaped service lives), a home directory with config and data, the
+//! real `linkrelayd` as a child process, and the real `linkrelay` CLI.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use linkrelay_dbus::{AGENT_BUS_NAME, AgentProxy, RouteInfo};
+
+use crate::bus::{BusKind, TestBus};
+
+/// Where cargo put the workspace's binaries: next to the test executable's `deps/` folder.
+/// `LINKRELAY_BIN_DIR` overrides it.
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("LINKRELAY_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// The path of a workspace binary (`linkrelayd`, `linkrelay`).
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+/// The repository's root (for examples/).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// One test's world. Dropping it stops the agent and both buses and removes the files.
+pub struct World {
+    /// Private session bus.
+    pub session: TestBus,
+    /// Private system bus.
+    pub system: TestBus,
+    /// `$XDG_CONFIG_HOME/linkrelay/config.toml`.
+    pub config_path: PathBuf,
+    /// `$XDG_DATA_HOME/linkrelay`.
+    pub data_dir: PathBuf,
+    home: PathBuf,
+    agent: Option<Child>,
+    log_path: PathBuf,
+    // Last: removed after everything above stopped.
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    /// Starts both buses and lays out an empty home.
+    pub fn new() -> anyhow::Result<World> {
+        let dir = tempfile::Builder::new()
+            .prefix("linkrelay-world-")
+            .tempdir()?;
+        let home = dir.path().join("home");
+        let config_path = home.join(".config/linkrelay/config.toml");
+        let data_dir = home.join(".local/share/linkrelay");
+        std::fs::create_dir_all(config_path.parent().context("config dir")?)?;
+        Ok(World {
+            session: TestBus::start(BusKind::Session)?,
+            system: TestBus::start(BusKind::System)?,
+            config_path,
+            data_dir,
+            log_path: dir.path().join("linkrelayd.log"),
+            home,
+            agent: None,
+            dir,
+        })
+    }
+
+    /// The world's temporary directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes the config file.
+    pub fn write_config(&self, text: &str) -> anyhow::Result<()> {
+        std::fs::write(&self.config_path, text)
+            .with_context(|| format!("writing {}", self.config_path.display()))
+    }
+
+    /// Points a command at this world: buses, home, XDG dirs.
+    pub fn env(&self, cmd: &mut Command) {
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &self.home)
+            .env("USER", "tester")
+            .env("XDG_CONFIG_HOME", self.home.join(".config"))
+            .env("XDG_DATA_HOME", self.home.join(".local/share"))
+            .env("DBUS_SESSION_BUS_ADDRESS", &self.session.address)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &self.system.address);
+    }
+
+    /// A `linkrelay` command in this world.
+    pub fn cli(&self) -> Command {
+        let mut cmd = Command::new(bin("linkrelay"));
+        self.env(&mut cmd);
+        cmd
+    }
+
+    /// Runs `linkrelay ARGS` and returns its output.
+    pub fn run_cli(&self, args: &[&str]) -> anyhow::Result<Output> {
+        Ok(self.cli().args(args).stdin(Stdio::null()).output()?)
+    }
+
+    /// Runs `linkrelay sendmail ARGS` with `message` on stdin.
+    pub fn sendmail(&self, args: &[&str], message: &str) -> anyhow::Result<Output> {
+        use std::io::Write;
+        let mut child = self
+            .cli()
+            .arg("sendmail")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(message.as_bytes())?;
+        Ok(child.wait_with_output()?)
+    }
+
+    /// Queues a simple message from `from` to `to` with `subject`, asserting success.
+    pub fn send(&self, from: &str, to: &str, subject: &str) -> anyhow::Result<()> {
+        let msg = format!(
+            "From: {from}\nTo: {to}\nSubject: {subject}\n\nHello from the {subject} test.\n"
+        );
+        let out = self.sendmail(&["-t", "-i"], &msg)?;
+        if !out.status.success() {
+            bail!(
+                "sendmail failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts `linkrelayd` and waits until it owns its bus name.
+    pub async fn start_agent(&mut self) -> anyhow::Result<()> {
+        self.start_agent_with(&[]).await
+    }
+
+    /// Starts `linkrelayd EXTRA_ARGS` and waits until it owns its bus name.
+    pub async fn start_agent_with(&mut self, extra: &[&str]) -> anyhow::Result<()> {
+        if self.agent.is_some() {
+            bail!("the agent is already running");
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)?;
+        let mut cmd = Command::new(bin("linkrelayd"));
+        self.env(&mut cmd);
+        cmd.args(extra)
+            .env("RUST_LOG", "debug,zbus=info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin("linkrelayd").display()))?;
+        let conn = self.session.connect().await?;
+        let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let name = zbus::names::BusName::try_from(AGENT_BUS_NAME)?;
+            if dbus.name_has_owner(name).await? {
+                break;
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("linkrelayd exited with {status}:\n{}", self.agent_log());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("linkrelayd did not claim its name:\n{}", self.agent_log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.agent = Some(child);
+        Ok(())
+    }
+
+    /// Runs `linkrelayd ARGS` to completion (for start-up failures) and returns its output.
+    pub fn run_agent_once(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let mut cmd = Command::new(bin("linkrelayd"));
+        self.env(&mut cmd);
+        cmd.args(args).env("NO_COLOR", "1").stdin(Stdio::null());
+        Ok(cmd.output()?)
+    }
+
+    /// Kills the agent with SIGKILL (a crash) and reaps it.
+    pub fn kill_agent(&mut self) {
+        if let Some(mut child) = self.agent.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the agent with SIGTERM and waits for it.
+    pub fn stop_agent(&mut self) {
+        if let Some(mut child) = self.agent.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGHUP to the agent (reload).
+    pub fn hup_agent(&self) {
+        if let Some(child) = &self.agent {
+            let _ = Command::new("kill")
+                .arg("-HUP")
+                .arg(child.id().to_string())
+                .status();
+        }
+    }
+
+    /// Everything the agent logged so far.
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// A proxy to the agent over the private session bus.
+    pub async fn agent(&self) -> anyhow::Result<AgentProxy<'static>> {
+        let conn = self.session.connect().await?;
+        Ok(AgentProxy::builder(&conn)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await?)
+    }
+
+    /// The route of `user` as the agent publishes it.
+    pub async fn route(&self, user: &str) -> anyhow::Result<Option<RouteInfo>> {
+        let routes = self.agent().await?.routes().await?;
+        Ok(routes.into_iter().find(|r| r.user == user))
+    }
+
+    /// Waits until the agent publishes a route for `user` that satisfies `ok`.
+    pub async fn wait_route(
+        &self,
+        user: &str,
+        what: &str,
+        ok: impl Fn(&RouteInfo) -> bool,
+    ) -> anyhow::Result<RouteInfo> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = None;
+        while Instant::now() < deadline {
+            if let Some(r) = self.route(user).await?
+                && ok(&r)
+            {
+                return Ok(r);
+            } else {
+                last = self.route(user).await?;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bail!(
+            "route of {user} never became {what}; last: {last:?}\nagent log:\n{}",
+            self.agent_log()
+        )
+    }
+
+    /// Files in `<data_dir>/<user>/<folder>/` (message directories).
+    pub fn outbox_entries(&self, user: &str, folder: &str) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.data_dir.join(user).join(folder))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.stop_agent();
+    }
+}
+
+/// The repository's example config with its relays pointed at local test relays (plain SMTP on
+/// loopback; `relay-b` keeps its login, with the password from a `password_command`).
+pub fn example_config_for(relay_a: u16, relay_b: u16) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(repo_root().join("examples/config.toml"))?;
+    let text = text
+        .replace(
+            "host = \"smtp.isp-a.example\"",
+            &format!("host = \"127.0.0.1\"\nport = {relay_a}\ntimeout = \"5s\""),
+        )
+        .replace(
+            "host = \"smtp.isp-b.example\"\nport = 587",
+            &format!("host = \"127.0.0.1\"\nport = {relay_b}\ntimeout = \"5s\""),
+        )
+        .replace("tls = \"starttls\"", "tls = \"none\"")
+        .replace("pass show smtp/isp-b", "echo secret-b")
+        .replace("debounce = \"300ms\"", "debounce = \"50ms\"");
+    if !text.contains(&format!("port = {relay_b}")) || !text.contains(&format!("port = {relay_a}"))
+    {
+        bail!("examples/config.toml changed shape; update example_config_for");
+    }
+    Ok(text)
+}

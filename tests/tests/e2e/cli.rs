@@ -1,0 +1,369 @@
+//! The CLI as a user meets it: config checks, the not-running error, sendmail, --json.
+
+use std::time::Duration;
+
+use linkrelay_tests::nm::{ActiveSpec, FakeNm};
+use linkrelay_tests::world::{World, repo_root};
+
+use crate::util::{cli_json, seed};
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn status_without_an_agent_says_it_is_not_running() {
+    let w = World::new().unwrap();
+    let out = w.run_cli(&["status"]).unwrap();
+    assert_eq!(out.status.code(), Some(69), "EX_UNAVAILABLE");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("linkrelayd is not running on the session bus"),
+        "{err}"
+    );
+    assert!(err.contains("start it with `linkrelayd`"), "{err}");
+}
+
+#[test]
+fn config_check_accepts_the_example_and_points_at_mistakes() {
+    let w = World::new().unwrap();
+    let example = repo_root().join("examples/config.toml");
+    let out = w
+        .run_cli(&["config", "check", example.to_str().unwrap()])
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("ok (3 links, 2 relays, 2 users)"));
+
+    w.write_config(
+        "[[relay]]\nname = \"a\"\nhost = \"smtp.example\"\ntls = \"starttls\"\nprot = 25\n\n\
+         [[user]]\nname = \"me\"\nfrom = [\"*\"]\nroutes = { home = [\"b\"] }\n",
+    )
+    .unwrap();
+    let out = w.run_cli(&["config", "check"]).unwrap();
+    assert_eq!(out.status.code(), Some(78), "EX_CONFIG");
+    let err = text(&out.stderr);
+    let path = w.config_path.display().to_string();
+    assert!(
+        err.contains(&format!("{path}:5:1: error")),
+        "unknown key `prot`: {err}"
+    );
+    assert!(
+        err.contains(&format!("{path}:10:")),
+        "unknown link/relay in routes: {err}"
+    );
+    assert!(err.contains("help:"), "{err}");
+}
+
+#[test]
+fn config_init_writes_a_starter_that_checks() {
+    let w = World::new().unwrap();
+    let out = w.run_cli(&["config", "init"]).unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(w.config_path.exists());
+    let out = w.run_cli(&["config", "check"]).unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // A second init does not overwrite the user's file.
+    let out = w.run_cli(&["config", "init"]).unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("--force"));
+}
+
+#[test]
+fn the_agent_refuses_a_broken_config_with_ex_config() {
+    let w = World::new().unwrap();
+    w.write_config("[agent]\nsource = \"telepathy\"\n").unwrap();
+    let out = w.run_agent_once(&[]).unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("{}:2:10: error", w.config_path.display())),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_config_the_agent_starts_and_holds_mail_with_a_reason() {
+    let mut w = World::new().unwrap();
+    // No NetworkManager on the system bus at all.
+    w.start_agent().await.unwrap();
+    let status = cli_json(&w, &["status"]);
+    assert_eq!(status["source"], "none");
+    assert!(
+        status["source_problem"]
+            .as_str()
+            .unwrap()
+            .contains("NetworkManager is not running"),
+        "{status}"
+    );
+    assert_eq!(status["config_path"], serde_json::Value::Null);
+    assert_eq!(status["users"][0]["user"], "default");
+    assert!(
+        status["users"][0]["hold"]
+            .as_str()
+            .unwrap()
+            .starts_with("no link")
+    );
+    let human = text(&w.run_cli(&["status"]).unwrap().stdout);
+    assert!(
+        human.contains("problem:   NetworkManager is not running"),
+        "{human}"
+    );
+    assert!(human.contains("embedded default"), "{human}");
+
+    // sendmail still queues, and the queue says why it waits.
+    w.send("me@example.org", "you@example.org", "no-config")
+        .unwrap();
+    let q = cli_json(&w, &["queue"]);
+    assert_eq!(q.as_array().unwrap().len(), 1);
+    assert_eq!(q[0]["user"], "default");
+    assert_eq!(q[0]["recipients"][0]["addr"], "you@example.org");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sendmail_refuses_bad_input_with_sysexits_and_works_without_the_agent() {
+    let s = seed().await;
+    let w = &s.world;
+    // No agent is running: sendmail still queues (and exits 0 only once it is on disk).
+    let out = w
+        .sendmail(
+            &["-f", "bob@bob.example", "x@dest.example"],
+            "Subject: hi\n\nbody\n",
+        )
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(w.outbox_entries("bob", "queue").len(), 1);
+
+    let out = w.sendmail(&["-t"], "Subject: nobody\n\nbody\n").unwrap();
+    assert_eq!(out.status.code(), Some(65), "no recipients is EX_DATAERR");
+    assert!(
+        text(&out.stderr).contains("no recipients"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = w.sendmail(&["-bp"], "").unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "EX_USAGE: {}",
+        text(&out.stderr)
+    );
+
+    let out = w
+        .sendmail(
+            &["--user", "nobody-here", "x@dest.example"],
+            "Subject: x\n\nx\n",
+        )
+        .unwrap();
+    assert_eq!(out.status.code(), Some(67), "EX_NOUSER");
+    assert_eq!(
+        w.outbox_entries("bob", "queue").len(),
+        1,
+        "nothing else queued"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bcc_is_delivered_but_never_on_the_wire_and_8bit_survives() {
+    let mut s = seed().await;
+    s.network.set("ISP-A");
+    let _nm = FakeNm::start(
+        &s.world.system.address,
+        vec![ActiveSpec::ethernet("ISP-A", "eth0", "192.0.2.1")],
+        4,
+    )
+    .await
+    .unwrap();
+    s.world.start_agent().await.unwrap();
+    let msg = "From: Bob <bob@bob.example>\nTo: to@dest.example\nBcc: hidden@dest.example,\n  \
+               also-hidden@dest.example\nSubject: cron report\nContent-Type: text/plain; charset=utf-8\n\
+               Content-Transfer-Encoding: 8bit\n\nGrüße aus Köln.\n.\nafter a lone dot\n";
+    let out = s.world.sendmail(&["-t", "-oi"], msg).unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let got = s
+        .relay_a
+        .wait_for(1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let mut rcpts = got[0].rcpts.clone();
+    rcpts.sort();
+    assert_eq!(
+        rcpts,
+        [
+            "also-hidden@dest.example",
+            "hidden@dest.example",
+            "to@dest.example"
+        ]
+    );
+    let data = got[0].data_text();
+    assert!(!data.to_ascii_lowercase().contains("bcc:"), "{data}");
+    assert!(!data.contains("hidden@"), "{data}");
+    assert!(
+        data.contains("Grüße aus Köln.\r\n.\r\nafter a lone dot"),
+        "{data}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_with_a_broken_config_keeps_the_old_one_running() {
+    let mut s = seed().await;
+    s.world.start_agent().await.unwrap();
+    let w = &s.world;
+    let good = std::fs::read_to_string(&w.config_path).unwrap();
+    w.write_config(&format!("{good}\n[[user]]\nname = \"Bad Name\"\n"))
+        .unwrap();
+    let out = w.run_cli(&["reload"]).unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = text(&out.stderr);
+    assert!(err.contains(&w.config_path.display().to_string()), "{err}");
+    let status = cli_json(w, &["status"]);
+    assert!(
+        status["config_error"].as_str().unwrap().contains("name"),
+        "{status}"
+    );
+    assert_eq!(
+        status["users"].as_array().unwrap().len(),
+        2,
+        "old config runs"
+    );
+    // SIGHUP with a fixed file clears the error.
+    w.write_config(&good).unwrap();
+    w.hup_agent();
+    for _ in 0..250 {
+        if cli_json(w, &["status"])["config_error"].is_null() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("SIGHUP did not reload: {}", w.agent_log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_retry_drop_and_flush_over_the_cli() {
+    let mut s = seed().await;
+    s.world.start_agent().await.unwrap();
+    let w = &s.world;
+    w.send("bob@bob.example", "x@dest.example", "to-drop")
+        .unwrap();
+    w.send("bob@bob.example", "y@dest.example", "to-keep")
+        .unwrap();
+    let q = cli_json(w, &["queue", "--user", "bob"]);
+    assert_eq!(q.as_array().unwrap().len(), 2);
+    let id = q[0]["id"].as_str().unwrap().to_string();
+    let out = w.run_cli(&["drop", &id]).unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let q = cli_json(w, &["queue", "--user", "bob"]);
+    assert_eq!(q.as_array().unwrap().len(), 1);
+    assert_ne!(q[0]["id"], id.as_str());
+    let out = w.run_cli(&["drop", &id]).unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("UnknownId"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let flushed = cli_json(w, &["flush", "--user", "bob", "--wait"]);
+    assert_eq!(flushed[0]["user"], "bob");
+    assert_eq!(flushed[0]["sent"], 0, "held: no link");
+    assert_eq!(flushed[0]["remaining"], 1);
+    let out = w.run_cli(&["queue", "--user", "nobody"]).unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("no user named"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_follows_route_changes_and_deliveries_as_json_lines() {
+    use std::io::BufRead;
+    let mut s = seed().await;
+    let nm = FakeNm::start(&s.world.system.address, vec![], 1)
+        .await
+        .unwrap();
+    s.world.start_agent().await.unwrap();
+    let w = &s.world;
+    let mut child = w
+        .cli()
+        .args(["watch", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if let Ok(v) = serde_json::from_str(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let first = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        first["event"], "status",
+        "watch starts with where things stand"
+    );
+    s.network.set("ISP-A");
+    nm.activate(ActiveSpec::ethernet("ISP-A", "eth0", "192.0.2.1"))
+        .await
+        .unwrap();
+    w.send("bob@bob.example", "x@dest.example", "watched")
+        .unwrap();
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if let Ok(v) = rx.recv_timeout(Duration::from_millis(100)) {
+            seen.push(v.clone());
+            if v["event"] == "sent" {
+                break;
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let route = seen
+        .iter()
+        .find(|v| v["event"] == "route" && v["user"] == "bob")
+        .unwrap_or_else(|| panic!("no route event: {seen:?}"));
+    assert_eq!(route["relays"], serde_json::json!(["relay-a"]));
+    assert!(
+        seen.iter()
+            .any(|v| v["event"] == "link" && v["link"]["id"] == "ISP-A"),
+        "{seen:?}"
+    );
+    let sent = seen
+        .iter()
+        .find(|v| v["event"] == "sent")
+        .expect("a sent event");
+    assert_eq!(sent["user"], "bob");
+    assert_eq!(sent["relay"], "relay-a");
+}
+
+#[test]
+fn the_binary_called_sendmail_is_sendmail() {
+    let w = World::new().unwrap();
+    let dir = w.dir().join("bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::symlink(
+        linkrelay_tests::world::bin("linkrelay"),
+        dir.join("sendmail"),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(dir.join("sendmail"));
+    w.env(&mut cmd);
+    use std::io::Write;
+    let mut child = cmd
+        .args(["-oi", "-f", "me@example.org", "you@example.org"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"Subject: via symlink\n\nhello\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(w.outbox_entries("default", "queue").len(), 1);
+}

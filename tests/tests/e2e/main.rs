@@ -1,0 +1,12 @@
+//! End-to-end tests: the real `linkrelayd` and `linkrelay` binaries over private dbus-daemons,
+//! against an NM-shaped service and real SMTP servers (our scripted relay, Postfix's smtp-sink).
+//!
+//! One test binary (as ripgrep does), one module per area.
+
+mod cli;
+mod dbus_api;
+mod interop;
+mod seed;
+
+/// Shared helpers for the modules.
+mod util;

@@ -1,0 +1,93 @@
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use linkrelay_tests::smtp::{RelayScript, ScriptedRelay};
+use linkrelay_tests::world::{World, example_config_for};
+
+/// Which ISP's network the laptop is on, as the ISPs' relays see it.
+#[derive(Clone, Default)]
+pub struct Network(Arc<Mutex<String>>);
+
+impl Network {
+    pub fn set(&self, id: &str) {
+        *self.0.lock().unwrap() = id.to_string();
+    }
+    pub fn is(&self, id: &str) -> bool {
+        *self.0.lock().unwrap() == id
+    }
+}
+
+/// The seed world: two ISP relays that each refuse the other ISP's clients with Postfix's
+/// "554 5.7.1 ... Relay access denied", and the example config pointed at them.
+pub struct Seed {
+    pub world: World,
+    pub relay_a: ScriptedRelay,
+    pub relay_b: ScriptedRelay,
+    pub network: Network,
+}
+
+pub async fn seed() -> Seed {
+    let network = Network::default();
+    let on_a = network.clone();
+    let on_b = network.clone();
+    let relay_a = ScriptedRelay::start(
+        RelayScript::named("smtp.isp-a.example").with_allow_client(move || on_a.is("ISP-A")),
+    )
+    .await
+    .expect("relay A starts");
+    let relay_b = ScriptedRelay::start(
+        RelayScript::named("smtp.isp-b.example")
+            .with_allow_client(move || on_b.is("ISP-B"))
+            .with_credentials("bob", "secret-b"),
+    )
+    .await
+    .expect("relay B starts");
+    let world = World::new().expect("world");
+    world
+        .write_config(&example_config_for(relay_a.port(), relay_b.port()).expect("config"))
+        .expect("write config");
+    Seed {
+        world,
+        relay_a,
+        relay_b,
+        network,
+    }
+}
+
+/// The subjects of what a relay received, in order.
+pub fn subjects(relay: &ScriptedRelay) -> Vec<String> {
+    relay
+        .received()
+        .iter()
+        .filter_map(|r| {
+            r.data_text()
+                .lines()
+                .find_map(|l| l.strip_prefix("Subject: ").map(str::to_string))
+        })
+        .collect()
+}
+
+/// `linkrelay ARGS --json` parsed.
+pub fn cli_json(world: &World, args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = world.run_cli(&all).expect("cli runs");
+    assert!(
+        out.status.success(),
+        "linkrelay {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        world.agent_log()
+    );
+    serde_json::from_slice(&out.stdout).expect("valid JSON")
+}
+
+/// Polls `check` until it is true or 10 s pass.
+pub async fn eventually(what: &str, world: &World, mut check: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("never happened: {what}\nagent log:\n{}", world.agent_log());
+}
