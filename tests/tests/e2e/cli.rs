@@ -202,6 +202,10 @@ async fn bcc_is_delivered_but_never_on_the_wire_and_8bit_survives() {
         data.contains("Grüße aus Köln.\r\n.\r\nafter a lone dot"),
         "{data}"
     );
+    assert!(
+        data.ends_with("\r\nafter a lone dot\r\n") && !data.ends_with("\r\n\r\n"),
+        "the message must arrive without an extra empty line: {data:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,9 @@
 //!
 //! One test binary (as ripgrep does), one module per area.
 
+// A failed unwrap in a test is a failed test, with the location; that is what we want here.
+#![allow(clippy::unwrap_used)]
+
 mod cli;
 mod dbus_api;
 mod interop;
