@@ -26,8 +26,51 @@ pub fn bin_dir() -> PathBuf {
 }
 
 /// The path of a workspace binary (`linkrelayd`, `linkrelay`).
+///
+/// `cargo test`/`nextest` do not build other packages' binaries, so a test could silently run an
+/// old agent. Unless `LINKRELAY_BIN_DIR` is set, this panics when the binary is missing or older
+/// than any source file of the crates it is built from.
 pub fn bin(name: &str) -> PathBuf {
-    bin_dir().join(name)
+    let path = bin_dir().join(name);
+    if std::env::var_os("LINKRELAY_BIN_DIR").is_none() {
+        let built = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        let newest = newest_source(name);
+        if built.is_none() || newest.is_some_and(|n| built.is_some_and(|b| b < n)) {
+            panic!(
+                "{} is missing or older than its sources: run `cargo build --workspace --bins` \
+                 first (scripts/test does)",
+                path.display()
+            );
+        }
+    }
+    path
+}
+
+/// The newest modification time among the sources binary `name` is built from.
+fn newest_source(name: &str) -> Option<std::time::SystemTime> {
+    let own = if name == "linkrelayd" { "agent" } else { "cli" };
+    let root = repo_root();
+    let mut newest = None;
+    let mut stack: Vec<PathBuf> = [own, "config", "dbus", "outbox"]
+        .iter()
+        .map(|c| root.join(c))
+        .collect();
+    {
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
+                    newest = newest.max(Some(t));
+                }
+            }
+        }
+    }
+    newest
 }
 
 /// The repository's root (for examples/).
