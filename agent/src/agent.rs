@@ -397,58 +397,81 @@ impl Agent {
     async fn publish_all(&mut self) {
         let ovr = self.override_now();
         let expires = self.ovr.as_ref().map(|(_, e)| *e).unwrap_or(0);
-        {
-            let mut p = self.published.lock().unwrap_or_else(|p| p.into_inner());
-            p.source = self.link.source.as_str().to_string();
-            p.source_problem = self.link.problem.clone().unwrap_or_default();
-            p.link = link_property(self.link.link.as_ref(), self.routing.link_name.as_deref());
-            p.routes = self
+        let next = Published {
+            source: self.link.source.as_str().to_string(),
+            source_problem: self.link.problem.clone().unwrap_or_default(),
+            link: link_property(self.link.link.as_ref(), self.routing.link_name.as_deref()),
+            routes: self
                 .routing
                 .routes
                 .iter()
                 .map(|(u, r)| route_info(u, r))
-                .collect();
-            p.override_info = ovr.map(|o| match o {
-                Override::Link(name) => OverrideInfo {
-                    kind: "link".into(),
+                .collect(),
+            override_info: ovr.map(|o| {
+                let (kind, name) = match o {
+                    Override::Link(name) => ("link", name),
+                    Override::Relay(name) => ("relay", name),
+                };
+                OverrideInfo {
+                    kind: kind.into(),
                     name,
                     expires,
-                },
-                Override::Relay(name) => OverrideInfo {
-                    kind: "relay".into(),
-                    name,
-                    expires,
-                },
-            });
-            p.queue = self.queue_counts();
-            p.config_path = self
+                }
+            }),
+            queue: self.queue_counts(),
+            config_path: self
                 .opts
                 .config_path
                 .as_ref()
                 .map(|p| p.display().to_string())
-                .unwrap_or_default();
-            p.config_error = self.config_error.clone().unwrap_or_default();
-        }
-        // Emit PropertiesChanged; zbus sends one per property and only what we name.
+                .unwrap_or_default(),
+            config_error: self.config_error.clone().unwrap_or_default(),
+        };
+        let old = {
+            let mut p = self.published.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::replace(&mut *p, next.clone())
+        };
+        // PropertiesChanged only for what changed: watchers wake for news, not for noise.
         let iface = self.iface.get().await;
         let e = self.iface.signal_emitter();
-        let _ = iface.source_changed(e).await;
-        let _ = iface.source_problem_changed(e).await;
-        let _ = iface.link_changed(e).await;
-        let _ = iface.routes_changed(e).await;
-        let _ = iface.override_changed(e).await;
-        let _ = iface.queue_changed(e).await;
-        let _ = iface.config_path_changed(e).await;
-        let _ = iface.config_error_changed(e).await;
+        if old.source != next.source {
+            let _ = iface.source_changed(e).await;
+        }
+        if old.source_problem != next.source_problem {
+            let _ = iface.source_problem_changed(e).await;
+        }
+        if old.link != next.link {
+            let _ = iface.link_changed(e).await;
+        }
+        if old.routes != next.routes {
+            let _ = iface.routes_changed(e).await;
+        }
+        if old.override_info != next.override_info {
+            let _ = iface.override_changed(e).await;
+        }
+        if old.queue != next.queue {
+            let _ = iface.queue_changed(e).await;
+        }
+        if old.config_path != next.config_path {
+            let _ = iface.config_path_changed(e).await;
+        }
+        if old.config_error != next.config_error {
+            let _ = iface.config_error_changed(e).await;
+        }
     }
 
     async fn publish_queue(&mut self) {
-        {
+        let queue = self.queue_counts();
+        let changed = {
             let mut p = self.published.lock().unwrap_or_else(|p| p.into_inner());
-            p.queue = self.queue_counts();
+            let changed = p.queue != queue;
+            p.queue = queue;
+            changed
+        };
+        if changed {
+            let iface = self.iface.get().await;
+            let _ = iface.queue_changed(self.iface.signal_emitter()).await;
         }
-        let iface = self.iface.get().await;
-        let _ = iface.queue_changed(self.iface.signal_emitter()).await;
     }
 
     fn queue_counts(&self) -> Vec<QueueCount> {
