@@ -110,7 +110,7 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
         .await?;
 
     let (link_tx, mut link_rx) = watch::channel(LinkState::unknown());
-    start_link_source(&config, link_tx);
+    crate::source::start(config.agent.source, link_tx);
 
     let mut agent = Agent {
         opts,
@@ -213,47 +213,6 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
     }
     info!("linkrelayd stopping");
     Ok(())
-}
-
-fn start_link_source(config: &Config, tx: watch::Sender<LinkState>) {
-    use linkrelay_config::SourceKind;
-    match config.agent.source {
-        SourceKind::Netlink => {
-            let _ = tx.send(LinkState {
-                source: crate::link::SourceName::None,
-                problem: Some(
-                    "the netlink link source is not available in this version; use source = \"networkmanager\" or \"auto\"".into(),
-                ),
-                link: None,
-            });
-        }
-        SourceKind::Auto | SourceKind::NetworkManager => {
-            tokio::spawn(async move {
-                let mut delay = Duration::from_secs(1);
-                loop {
-                    match zbus::Connection::system().await {
-                        Ok(system) => {
-                            delay = Duration::from_secs(1);
-                            if let Err(e) = crate::nm::run(system, tx.clone()).await {
-                                warn!("NetworkManager source: {e}");
-                            }
-                        }
-                        Err(e) => {
-                            let _ = tx.send(LinkState {
-                                source: crate::link::SourceName::None,
-                                problem: Some(format!(
-                                    "cannot connect to the system bus to reach NetworkManager ({e}); is the system dbus-daemon running? Without NetworkManager, use [agent] source = \"netlink\""
-                                )),
-                                link: None,
-                            });
-                        }
-                    }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(60));
-                }
-            });
-        }
-    }
 }
 
 async fn sleep_until_unix(at: Option<u64>) {
@@ -775,6 +734,12 @@ impl Agent {
         match Config::load(&path) {
             Ok(config) => {
                 info!(path = %path.display(), "config reloaded");
+                if config.agent.source != self.config.agent.source {
+                    warn!(
+                        "[agent] source changed to {}; the link source changes when linkrelayd restarts",
+                        config.agent.source
+                    );
+                }
                 self.config = Arc::new(config);
                 self.config_error = None;
                 if let Err(e) = self.sync_flushers() {
