@@ -6,12 +6,16 @@
 //! - [`smtp`]: [`ScriptedRelay`], an SMTP relay with a fault at any stage and a record of what
 //!   it accepted, including Postfix's "Relay access denied" for clients on foreign networks.
 //!
+//! - [`netns`]: [`NetNs`], a network namespace per test with veth uplinks (root only), where
+//!   the agent follows the kernel's default route;
 //! - [`world`]: one test's whole world: both buses, a home, the real `linkrelayd` and
 //!   `linkrelay` binaries.
 //!
-//! Nothing here touches the machine's own buses or network configuration.
+//! Nothing here touches the machine's own buses or network configuration (network changes
+//! happen only inside the namespaces [`netns`] makes).
 
 pub mod bus;
+pub mod netns;
 pub mod nm;
 pub mod smtp;
 pub mod world;
@@ -20,6 +24,7 @@ pub mod world;
 mod nm_tests;
 
 pub use bus::{BusKind, TestBus};
+pub use netns::NetNs;
 pub use nm::{ActiveSpec, FakeNm};
 pub use smtp::{Fault, Received, RelayScript, ScriptedRelay};
 

@@ -236,6 +236,20 @@ impl ScriptedRelay {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .context("binding the scripted relay to 127.0.0.1:0")?;
+        ScriptedRelay::serve(script, listener)
+    }
+
+    /// Serve `script` on `listener`, a non-blocking listener bound elsewhere, e.g. on a test
+    /// network namespace's loopback ([`crate::netns::NetNs::loopback_listener`]).
+    pub fn start_on(
+        script: RelayScript,
+        listener: std::net::TcpListener,
+    ) -> anyhow::Result<ScriptedRelay> {
+        let listener = TcpListener::from_std(listener).context("handing the listener to tokio")?;
+        ScriptedRelay::serve(script, listener)
+    }
+
+    fn serve(script: RelayScript, listener: TcpListener) -> anyhow::Result<ScriptedRelay> {
         let addr = listener
             .local_addr()
             .context("reading the scripted relay's address")?;

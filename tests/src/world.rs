@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use linkrelay_dbus::{AGENT_BUS_NAME, AgentProxy, RouteInfo};
 
 use crate::bus::{BusKind, TestBus};
+use crate::netns::NetNs;
 
 /// Where cargo put the workspace's binaries: next to the test executable's `deps/` folder.
 /// `LINKRELAY_BIN_DIR` overrides it.
@@ -191,12 +192,28 @@ impl World {
     }
 
     /// Starts `linkrelayd` and waits until it owns its bus name.
+    ///
+    /// It runs in the test's own network namespace: with source "auto" and no NetworkManager
+    /// it would follow this machine's default route (see [`World::start_agent_in`]).
     pub async fn start_agent(&mut self) -> anyhow::Result<()> {
         self.start_agent_with(&[]).await
     }
 
     /// Starts `linkrelayd EXTRA_ARGS` and waits until it owns its bus name.
     pub async fn start_agent_with(&mut self, extra: &[&str]) -> anyhow::Result<()> {
+        self.start_agent_cmd(Command::new(bin("linkrelayd")), extra)
+            .await
+    }
+
+    /// Starts `linkrelayd EXTRA_ARGS` inside network namespace `ns` (`ip netns exec`), where it
+    /// sees only the namespace's links and routes; the buses are unix path sockets, reachable
+    /// from any namespace. Waits until it owns its bus name.
+    pub async fn start_agent_in(&mut self, ns: &NetNs, extra: &[&str]) -> anyhow::Result<()> {
+        self.start_agent_cmd(ns.command(bin("linkrelayd")), extra)
+            .await
+    }
+
+    async fn start_agent_cmd(&mut self, mut cmd: Command, extra: &[&str]) -> anyhow::Result<()> {
         if self.agent.is_some() {
             bail!("the agent is already running");
         }
@@ -204,7 +221,6 @@ impl World {
             .create(true)
             .append(true)
             .open(&self.log_path)?;
-        let mut cmd = Command::new(bin("linkrelayd"));
         self.env(&mut cmd);
         cmd.args(extra)
             .env("RUST_LOG", "debug,zbus=info")
@@ -347,7 +363,8 @@ impl Drop for World {
 }
 
 /// The repository's example config with its relays pointed at local test relays (plain SMTP on
-/// loopback; `relay-b` keeps its login, with the password from a `password_command`).
+/// loopback; `relay-b` keeps its login, with the password from a `password_command`), and the
+/// link source pinned to NetworkManager.
 pub fn example_config_for(relay_a: u16, relay_b: u16) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(repo_root().join("examples/config.toml"))?;
     let text = text
@@ -361,8 +378,13 @@ pub fn example_config_for(relay_a: u16, relay_b: u16) -> anyhow::Result<String> 
         )
         .replace("tls = \"starttls\"", "tls = \"none\"")
         .replace("pass show smtp/isp-b", "echo secret-b")
-        .replace("debounce = \"300ms\"", "debounce = \"50ms\"");
-    if !text.contains(&format!("port = {relay_b}")) || !text.contains(&format!("port = {relay_a}"))
+        .replace("debounce = \"300ms\"", "debounce = \"50ms\"")
+        // The seed scenario plays NetworkManager (and its restarts); with "auto" the agent would
+        // fall back to this machine's own routes while the NM-shaped service is away.
+        .replace("source = \"auto\"", "source = \"networkmanager\"");
+    if !text.contains(&format!("port = {relay_b}"))
+        || !text.contains(&format!("port = {relay_a}"))
+        || !text.contains("source = \"networkmanager\"")
     {
         bail!("examples/config.toml changed shape; update example_config_for");
     }

@@ -9,6 +9,7 @@
 mod cli;
 mod dbus_api;
 mod interop;
+mod netlink;
 mod seed;
 
 /// Shared helpers for the modules.
