@@ -68,8 +68,9 @@ const RX_BUFFER: usize = 1 << 20;
 const MAIN_TABLE: u32 = RouteHeader::RT_TABLE_MAIN as u32;
 
 /// The multicast events of a connection.
-type Events =
-    std::pin::Pin<Box<dyn Stream<Item = (NetlinkMessage<RouteNetlinkMessage>, SocketAddr)> + Send + Sync>>;
+type Events = std::pin::Pin<
+    Box<dyn Stream<Item = (NetlinkMessage<RouteNetlinkMessage>, SocketAddr)> + Send + Sync>,
+>;
 
 /// Why the netlink source stopped.
 #[derive(Debug, thiserror::Error)]
@@ -394,9 +395,9 @@ fn layer_kind(layer: LinkLayerType) -> String {
         LinkLayerType::Ether => "ethernet".into(),
         LinkLayerType::Ppp => "ppp".into(),
         LinkLayerType::Loopback => "loopback".into(),
-        LinkLayerType::Ieee80211 | LinkLayerType::Ieee80211Prism | LinkLayerType::Ieee80211Radiotap => {
-            "wifi".into()
-        }
+        LinkLayerType::Ieee80211
+        | LinkLayerType::Ieee80211Prism
+        | LinkLayerType::Ieee80211Radiotap => "wifi".into(),
         other => other.to_string().to_lowercase(),
     }
 }
@@ -512,13 +513,17 @@ fn default_routes(r: &RouteMessage) -> Vec<DefaultRoute> {
         }],
         None => {
             // A route through a nexthop object (RTA_NH_ID) names no interface itself.
-            debug!(?r, "netlink: default route without an output interface; ignored");
+            debug!(
+                ?r,
+                "netlink: default route without an output interface; ignored"
+            );
             Vec::new()
         }
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use rtnetlink::packet_route::AddressFamily;
@@ -684,16 +689,18 @@ mod tests {
     #[test]
     fn multipath_routes_count_per_next_hop() {
         let mut r = route("192.0.2.1", 0, Some(5), 254);
-        r.attributes.retain(|a| {
-            !matches!(a, RouteAttribute::Oif(_) | RouteAttribute::Gateway(_))
-        });
+        r.attributes
+            .retain(|a| !matches!(a, RouteAttribute::Oif(_) | RouteAttribute::Gateway(_)));
         let mut dead = RouteNextHop::default();
         dead.interface_index = 4;
         let mut live = RouteNextHop::default();
         live.interface_index = 3;
         live.attributes
-            .push(RouteAttribute::Gateway(RouteAddress::Inet(Ipv4Addr::new(10, 9, 0, 1))));
-        r.attributes.push(RouteAttribute::MultiPath(vec![dead, live]));
+            .push(RouteAttribute::Gateway(RouteAddress::Inet(Ipv4Addr::new(
+                10, 9, 0, 1,
+            ))));
+        r.attributes
+            .push(RouteAttribute::MultiPath(vec![dead, live]));
         let f = chosen(&[r, route("192.0.2.1", 2, Some(100), 254)]).unwrap();
         assert_eq!(f.interface, "wg0");
         assert_eq!(f.gateway.as_deref(), Some("10.9.0.1"));
@@ -704,7 +711,10 @@ mod tests {
         let mut ppp = link(7, "ppp0", None, true);
         ppp.header.link_layer_type = LinkLayerType::Ppp;
         assert_eq!(interface(&ppp).kind, "ppp");
-        assert_eq!(interface(&link(8, "x", Some(InfoKind::Tun), true)).kind, "tun");
+        assert_eq!(
+            interface(&link(8, "x", Some(InfoKind::Tun), true)).kind,
+            "tun"
+        );
 
         let mut a = addr(7, "198.51.100.1", AddressScope::Universe);
         a.attributes

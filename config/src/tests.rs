@@ -1178,7 +1178,7 @@ fn link_match_globs_and_fields() {
         ssid: Some("HomeNet".into()),
         gateway: Some("192.0.2.1".into()),
         domains: vec!["lan".into(), "Home.Example.".into()],
-        addresses: vec!["192.0.2.10".parse().unwrap()],
+        addresses: vec!["192.0.2.10".parse().expect("an address")],
         metered: false,
     };
     let m = |f: fn(&mut LinkMatch)| {
@@ -1397,7 +1397,10 @@ fn address_prefixes_match_any_of_the_link_addresses() {
     ]));
     let with = |iface: &str, addrs: &[&str]| LinkFacts {
         interface: iface.into(),
-        addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+        addresses: addrs
+            .iter()
+            .map(|a| a.parse().expect("an address"))
+            .collect(),
         ..LinkFacts::default()
     };
     let name = |f: &LinkFacts| c.match_link(f).map(|l| l.name.clone());
@@ -1420,7 +1423,7 @@ fn address_prefixes_match_any_of_the_link_addresses() {
     assert_eq!(name(&with("wwan0", &[])), None);
     assert_eq!(
         c.links[2].matcher.address,
-        Some("198.51.100.7/32".parse().unwrap())
+        Some("198.51.100.7/32".parse().expect("a network"))
     );
     assert_eq!(c.links[1].matcher.fields(), ["interface", "address"]);
 }
@@ -1503,9 +1506,9 @@ fn notes_say_which_fields_the_source_cannot_see() {
     assert_eq!(netlink.len(), 3, "{shown:#?}");
     assert_eq!((netlink[0].line, netlink[0].col), (5, 11));
     assert!(
-        netlink[0]
-            .message
-            .contains("matches on `ssid`, `domain`, which the netlink source cannot see, so it never matches"),
+        netlink[0].message.contains(
+            "matches on `ssid`, `domain`, which the netlink source cannot see, so it never matches"
+        ),
         "{shown:#?}"
     );
     assert!(shown[0].starts_with("t.toml:5:11: note: link \"nm-only\""));
@@ -1524,10 +1527,18 @@ fn notes_say_which_fields_the_source_cannot_see() {
 
     let auto = with_source("auto");
     assert_eq!(auto.len(), 2, "{auto:#?}");
-    assert!(auto[0].message.contains("matches only while NetworkManager runs"));
+    assert!(
+        auto[0]
+            .message
+            .contains("matches only while NetworkManager runs")
+    );
     assert_eq!(auto[1].line, 8);
 
     assert!(with_source("networkmanager").is_empty());
-    assert!(SourceKind::Netlink.describe_fields().contains("interface, type, gateway, address"));
+    assert!(
+        SourceKind::Netlink
+            .describe_fields()
+            .contains("interface, type, gateway, address")
+    );
     assert_eq!(SourceKind::NetworkManager.visible_fields().len(), 8);
 }

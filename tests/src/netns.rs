@@ -49,7 +49,9 @@ impl NetNs {
     /// Makes a fresh namespace with its loopback up. Fails with a clear message when not root.
     pub fn new() -> anyhow::Result<NetNs> {
         if !rustix::process::geteuid().is_root() {
-            bail!("network-namespace tests need root (CAP_NET_ADMIN) to run `ip netns add`; CI runs as root");
+            bail!(
+                "network-namespace tests need root (CAP_NET_ADMIN) to run `ip netns add`; CI runs as root"
+            );
         }
         sweep_stale();
         let name = format!(
@@ -73,6 +75,32 @@ impl NetNs {
         let mut all = vec!["-n", self.name.as_str()];
         all.extend(args.split_whitespace());
         ip(&all)
+    }
+
+    /// Runs many `ip` commands (one per line, without the `ip`) in one `ip -batch` process,
+    /// so the kernel announces their changes in one quick burst.
+    pub fn ip_batch(&self, lines: &[String]) -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut child = Command::new(IP)
+            .args(["-n", &self.name, "-batch", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {IP} -batch"))?;
+        let mut stdin = child.stdin.take().context("ip -batch stdin")?;
+        stdin.write_all(lines.join("\n").as_bytes())?;
+        stdin.write_all(b"\n")?;
+        drop(stdin);
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "`ip -batch` failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
     }
 
     /// Adds a veth pair `name` / `name-p` (both ends here, both up): `name` is the uplink

@@ -102,8 +102,10 @@ async fn without_config_the_agent_starts_and_holds_mail_with_a_reason() {
 
     // Forced to NetworkManager, the agent says what is wrong and how to fix it.
     w.stop_agent();
-    w.write_config("[agent]\nsource = \"networkmanager\"\n\n[[user]]\nname = \"default\"\nfrom = [\"*\"]\n")
-        .unwrap();
+    w.write_config(
+        "[agent]\nsource = \"networkmanager\"\n\n[[user]]\nname = \"default\"\nfrom = [\"*\"]\n",
+    )
+    .unwrap();
     w.start_agent().await.unwrap();
     let status = cli_json(&w, &["status"]);
     assert_eq!(status["source"], "none");

@@ -77,12 +77,16 @@ async fn laptop(source: &str) -> Laptop {
     ns.ip("addr add 198.51.100.2/24 dev upa").unwrap();
     ns.ip("addr add 203.0.113.2/24 dev upb").unwrap();
     ns.ip("addr add 2001:db8:b::2/64 dev upb nodad").unwrap();
-    let relay_a =
-        ScriptedRelay::start_on(RelayScript::named("relay-a.test"), ns.loopback_listener().unwrap())
-            .unwrap();
-    let relay_b =
-        ScriptedRelay::start_on(RelayScript::named("relay-b.test"), ns.loopback_listener().unwrap())
-            .unwrap();
+    let relay_a = ScriptedRelay::start_on(
+        RelayScript::named("relay-a.test"),
+        ns.loopback_listener().unwrap(),
+    )
+    .unwrap();
+    let relay_b = ScriptedRelay::start_on(
+        RelayScript::named("relay-b.test"),
+        ns.loopback_listener().unwrap(),
+    )
+    .unwrap();
     let world = World::new().unwrap();
     world
         .write_config(&config(source, relay_a.port(), relay_b.port()))
@@ -128,7 +132,9 @@ impl Laptop {
     /// Queues a message with `subject` and waits until `relay` has it (and the other does not).
     async fn delivered_via(&self, subject: &str, relay: &ScriptedRelay, other: &ScriptedRelay) {
         let before = relay.received().len();
-        self.world.send("me@laptop.example", "you@dest.example", subject).unwrap();
+        self.world
+            .send("me@laptop.example", "you@dest.example", subject)
+            .unwrap();
         relay.wait_for(before + 1, WAIT).await.unwrap();
         assert!(subjects(relay).contains(&subject.to_string()));
         assert!(
@@ -146,8 +152,10 @@ impl Laptop {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn netlink_follows_the_default_route_as_it_moves_and_changes_metric() {
     let mut l = laptop("netlink").await;
-    l.ns.ip("route add default via 198.51.100.1 dev upa metric 100").unwrap();
-    l.ns.ip("route add default via 203.0.113.1 dev upb metric 200").unwrap();
+    l.ns.ip("route add default via 198.51.100.1 dev upa metric 100")
+        .unwrap();
+    l.ns.ip("route add default via 203.0.113.1 dev upb metric 200")
+        .unwrap();
     l.start().await;
 
     let status = l.wait_link(Some("fibre")).await;
@@ -163,19 +171,24 @@ async fn netlink_follows_the_default_route_as_it_moves_and_changes_metric() {
     l.delivered_via("on-fibre", &l.relay_a, &l.relay_b).await;
 
     // The default route moves to the other uplink (same metric: replaced in place).
-    l.ns.ip("route replace default via 203.0.113.1 dev upb metric 100").unwrap();
+    l.ns.ip("route replace default via 203.0.113.1 dev upb metric 100")
+        .unwrap();
     let status = l.wait_link(Some("mobile")).await;
     let link = &status["link"];
     assert_eq!(link["interface"], "upb");
     assert_eq!(link["gateway"], "203.0.113.1");
     assert_eq!(link["addresses"], "203.0.113.2,2001:db8:b::2");
-    l.delivered_via("after-replace", &l.relay_b, &l.relay_a).await;
+    l.delivered_via("after-replace", &l.relay_b, &l.relay_a)
+        .await;
 
     // A better metric on the fibre wins; removing it gives the link back.
-    l.ns.ip("route add default via 198.51.100.1 dev upa metric 50").unwrap();
+    l.ns.ip("route add default via 198.51.100.1 dev upa metric 50")
+        .unwrap();
     l.wait_link(Some("fibre")).await;
-    l.delivered_via("better-metric", &l.relay_a, &l.relay_b).await;
-    l.ns.ip("route del default via 198.51.100.1 dev upa metric 50").unwrap();
+    l.delivered_via("better-metric", &l.relay_a, &l.relay_b)
+        .await;
+    l.ns.ip("route del default via 198.51.100.1 dev upa metric 50")
+        .unwrap();
     l.wait_link(Some("mobile")).await;
     l.delivered_via("metric-gone", &l.relay_b, &l.relay_a).await;
 
@@ -191,8 +204,10 @@ async fn netlink_follows_the_default_route_as_it_moves_and_changes_metric() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_default_route_on_a_link_that_lost_carrier_does_not_count() {
     let mut l = laptop("netlink").await;
-    l.ns.ip("route add default via 198.51.100.1 dev upa metric 100").unwrap();
-    l.ns.ip("route add default via 203.0.113.1 dev upb metric 200").unwrap();
+    l.ns.ip("route add default via 198.51.100.1 dev upa metric 100")
+        .unwrap();
+    l.ns.ip("route add default via 203.0.113.1 dev upb metric 200")
+        .unwrap();
     l.start().await;
     l.wait_link(Some("fibre")).await;
 
@@ -228,20 +243,25 @@ async fn a_default_route_on_a_link_that_lost_carrier_does_not_count() {
 async fn an_ipv6_only_uplink_is_found_and_matched_by_address() {
     let mut l = laptop("netlink").await;
     // No IPv4 default route at all.
-    l.ns.ip("-6 route add default via 2001:db8:b::1 dev upb metric 1024").unwrap();
+    l.ns.ip("-6 route add default via 2001:db8:b::1 dev upb metric 1024")
+        .unwrap();
     l.start().await;
     let status = l.wait_link(Some("mobile")).await;
     let link = &status["link"];
     assert_eq!(link["interface"], "upb", "{status:#}");
     assert_eq!(link["gateway"], "2001:db8:b::1");
     assert!(
-        link["addresses"].as_str().unwrap().contains("2001:db8:b::2"),
+        link["addresses"]
+            .as_str()
+            .unwrap()
+            .contains("2001:db8:b::2"),
         "{status:#}"
     );
     l.delivered_via("over-ipv6", &l.relay_b, &l.relay_a).await;
 
     // An IPv4 default with a lower metric on the fibre takes over.
-    l.ns.ip("route add default via 198.51.100.1 dev upa metric 10").unwrap();
+    l.ns.ip("route add default via 198.51.100.1 dev upa metric 10")
+        .unwrap();
     l.wait_link(Some("fibre")).await;
     l.delivered_via("back-on-v4", &l.relay_a, &l.relay_b).await;
 }
@@ -249,7 +269,8 @@ async fn an_ipv6_only_uplink_is_found_and_matched_by_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_uses_networkmanager_while_it_runs_and_netlink_when_it_goes() {
     let mut l = laptop("auto").await;
-    l.ns.ip("route add default via 198.51.100.1 dev upa metric 100").unwrap();
+    l.ns.ip("route add default via 198.51.100.1 dev upa metric 100")
+        .unwrap();
     // NetworkManager says the office network is up (the kernel says upa; NM wins).
     let nm = FakeNm::start(
         &l.world.system.address,
@@ -324,7 +345,9 @@ fn expected_default_interface() -> Option<String> {
             if flags.contains(&"linkdown") || r["type"].as_str().is_some_and(|t| t != "unicast") {
                 continue;
             }
-            let Some(dev) = r["dev"].as_str() else { continue };
+            let Some(dev) = r["dev"].as_str() else {
+                continue;
+            };
             let metric = r["metric"].as_u64().unwrap_or(0);
             let candidate = (metric, rank, dev.to_string());
             if best.as_ref().is_none_or(|b| candidate < *b) {
@@ -354,9 +377,111 @@ async fn without_networkmanager_the_agent_shows_this_machines_default_route_link
     match expected {
         Some(dev) => {
             assert_eq!(status["link"]["interface"], dev.as_str(), "{status:#}");
-            let text = String::from_utf8_lossy(&w.run_cli(&["status"]).unwrap().stdout).into_owned();
+            let text =
+                String::from_utf8_lossy(&w.run_cli(&["status"]).unwrap().stdout).into_owned();
             assert!(text.contains(&format!("on {dev}")), "{text}");
         }
         None => assert!(status["link"].is_null(), "{status:#}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_overrun_neither_stops_the_source_nor_leaves_it_wrong() {
+    use linkrelay_agent::link::LinkState;
+    use linkrelay_agent::netlink::Watcher;
+    use std::sync::atomic::Ordering;
+
+    let ns = NetNs::new().expect("a network namespace (run the tests as root)");
+    ns.add_uplink("upa").unwrap();
+    ns.add_uplink("upb").unwrap();
+    ns.ip("addr add 198.51.100.2/24 dev upa").unwrap();
+    ns.ip("addr add 203.0.113.2/24 dev upb").unwrap();
+    ns.ip("route add default via 198.51.100.1 dev upa metric 100")
+        .unwrap();
+
+    // The source's socket, opened inside the namespace, with the smallest receive buffer the
+    // kernel allows: a burst of events cannot fit, and the kernel drops them (ENOBUFS).
+    let runtime = tokio::runtime::Handle::current();
+    let watcher = ns
+        .run_in(move || {
+            let _in_runtime = runtime.enter();
+            Watcher::subscribe_with_buffer(1)
+        })
+        .unwrap()
+        .unwrap();
+    let overruns = watcher.overruns();
+    let (tx, mut rx) = tokio::sync::watch::channel(LinkState::unknown());
+    let task = tokio::spawn(watcher.run(tx));
+    let interface = |s: &LinkState| s.link.as_ref().map(|l| l.facts.interface.clone());
+    tokio::time::timeout(
+        WAIT,
+        rx.wait_for(|s| interface(s).as_deref() == Some("upa")),
+    )
+    .await
+    .expect("the first dump finds upa")
+    .unwrap();
+
+    // Hundreds of changes in one burst, the last of which moves the default route; again (the
+    // route back and forth) until the kernel has overrun the socket at least once.
+    let mut expect = "upa";
+    let mut state = LinkState::unknown();
+    for round in 0..8 {
+        let (dev, gateway) = if round % 2 == 0 {
+            ("upb", "203.0.113.1")
+        } else {
+            ("upa", "198.51.100.1")
+        };
+        let mut lines: Vec<String> = (0..400)
+            .map(|i| format!("addr add 10.{round}.{}.{}/32 dev upa", i / 250, i % 250))
+            .collect();
+        lines.push(format!(
+            "route replace default via {gateway} dev {dev} metric 100"
+        ));
+        ns.ip_batch(&lines).unwrap();
+        expect = dev;
+        state = tokio::time::timeout(WAIT, rx.wait_for(|s| interface(s).as_deref() == Some(dev)))
+            .await
+            .expect("the source ends on the right link despite the lost events")
+            .unwrap()
+            .clone();
+        if overruns.load(Ordering::Relaxed) > 0 {
+            break;
+        }
+    }
+    assert!(
+        overruns.load(Ordering::Relaxed) > 0,
+        "eight bursts never overran the socket, so this test proved nothing"
+    );
+    let link = state.link.unwrap();
+    if expect == "upb" {
+        assert_eq!(link.facts.gateway.as_deref(), Some("203.0.113.1"));
+        assert_eq!(
+            link.facts.addresses,
+            ["203.0.113.2".parse::<std::net::IpAddr>().unwrap()]
+        );
+    } else {
+        assert_eq!(link.facts.gateway.as_deref(), Some("198.51.100.1"));
+    }
+    ns.ip("route replace default via 203.0.113.1 dev upb metric 100")
+        .unwrap();
+    tokio::time::timeout(
+        WAIT,
+        rx.wait_for(|s| interface(s).as_deref() == Some("upb")),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+
+    // The socket still works after the overrun: the next change is followed too.
+    ns.ip("route add default via 198.51.100.1 dev upa metric 10")
+        .unwrap();
+    tokio::time::timeout(
+        WAIT,
+        rx.wait_for(|s| interface(s).as_deref() == Some("upa")),
+    )
+    .await
+    .expect("the source follows changes after an overrun")
+    .unwrap();
+    assert!(!task.is_finished());
+    task.abort();
 }
