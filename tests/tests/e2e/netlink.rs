@@ -485,3 +485,45 @@ async fn a_socket_overrun_neither_stops_the_source_nor_leaves_it_wrong() {
     assert!(!task.is_finished());
     task.abort();
 }
+
+#[test]
+fn config_check_says_what_the_source_can_see() {
+    let w = World::new().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let rules = |address: &str| {
+        format!(
+            "[agent]\nsource = \"netlink\"\n\n[[link]]\nname = \"home\"\nmatch = {{ ssid = \"Home*\" }}\n\n[[link]]\nname = \"dsl\"\nmatch = {{ interface = \"ppp*\", address = \"{address}\" }}\n\n[[user]]\nname = \"me\"\nfrom = [\"*\"]\n"
+        )
+    };
+    let path = w.config_path.display().to_string();
+
+    // A bad prefix is an error at its position, with what to write.
+    w.write_config(&rules("198.51.100.9/24")).unwrap();
+    let out = w.run_cli(&["config", "check"]).unwrap();
+    assert_eq!(out.status.code(), Some(78), "EX_CONFIG");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{path}:10:41: error: `address` \"198.51.100.9/24\" has bits set after its first 24 bits"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("address = \"198.51.100.0/24\""), "{err}");
+
+    // Fixed: ok, with what netlink sees and a note on the rule it can never match.
+    w.write_config(&rules("198.51.100.0/24")).unwrap();
+    let out = w.run_cli(&["config", "check"]).unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains("source netlink: matches on interface, type, gateway, address"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!(
+            "{path}:6:11: note: link \"home\" matches on `ssid`, which the netlink source cannot see, so it never matches"
+        )),
+        "{shown}"
+    );
+    assert_eq!(shown.matches("note:").count(), 1, "{shown}");
+}
