@@ -172,6 +172,9 @@ async fn auto(tx: watch::Sender<LinkState>) {
                 if let Err(e) = follow(&system, &mut auto).await {
                     warn!("NetworkManager watch: {e}");
                 }
+                // The bus went away under us, and NetworkManager with it, as far as we can see.
+                auto.start_netlink();
+                auto.forward_netlink();
             }
             Err(e) => {
                 if auto.netlink.is_none() {
@@ -179,20 +182,17 @@ async fn auto(tx: watch::Sender<LinkState>) {
                 }
                 auto.start_netlink();
                 auto.forward_netlink();
-                // Keep following netlink while waiting to try the bus again.
-                let until = tokio::time::sleep(delay);
-                tokio::pin!(until);
-                loop {
-                    tokio::select! {
-                        _ = &mut until => break,
-                        _ = auto.netlink_changed() => auto.forward_netlink(),
-                    }
-                }
-                delay = (delay * 2).min(MAX_RETRY);
-                continue;
             }
         }
-        tokio::time::sleep(delay).await;
+        // Keep following netlink (if it runs) while waiting to try the bus again.
+        let until = tokio::time::sleep(delay);
+        tokio::pin!(until);
+        loop {
+            tokio::select! {
+                _ = &mut until => break,
+                _ = auto.netlink_changed() => auto.forward_netlink(),
+            }
+        }
         delay = (delay * 2).min(MAX_RETRY);
     }
 }
