@@ -47,7 +47,9 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// The newest modification time among the sources binary `name` is built from.
+/// The newest modification time among the sources binary `name` is built from: `.rs`, `.toml`
+/// (manifests, the embedded starter config) and `.xml` files, leaving out unit-test files (`tests.rs`, `*_tests.rs`), which cargo does not
+/// link into the binary.
 fn newest_source(name: &str) -> Option<std::time::SystemTime> {
     let own = if name == "linkrelayd" { "agent" } else { "cli" };
     let root = repo_root();
@@ -56,18 +58,22 @@ fn newest_source(name: &str) -> Option<std::time::SystemTime> {
         .iter()
         .map(|c| root.join(c))
         .collect();
-    {
-        while let Some(dir) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let file = e.file_name().to_string_lossy().into_owned();
+            if p.is_dir() {
+                stack.push(p);
                 continue;
-            };
-            for e in entries.flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
-                    newest = newest.max(Some(t));
-                }
+            }
+            let counts = (file.ends_with(".rs") && !file.ends_with("tests.rs"))
+                || file.ends_with(".toml")
+                || file.ends_with(".xml");
+            if counts && let Ok(t) = e.metadata().and_then(|m| m.modified()) {
+                newest = newest.max(Some(t));
             }
         }
     }
