@@ -3,6 +3,8 @@
 //!
 //! One test binary (as ripgrep does), one module per area.
 
+#![allow(clippy::unwrap_used)] // a test that unwraps fails with a backtrace: what it should do
+
 mod cli;
 mod dbus_api;
 mod interop;
