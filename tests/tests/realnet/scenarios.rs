@@ -207,6 +207,12 @@ async fn the_agent_follows_networkmanager_through_a_restart() {
             .is_some_and(|p| p.contains("NetworkManager is not running"))
     })
     .await;
+    assert!(
+        !t.world
+            .agent_log()
+            .contains("cannot read NetworkManager's state"),
+        "NetworkManager stopping is not a read error"
+    );
     send(&t, "while-nm-away");
     assert_eq!(flush_wait(&t), (0, 1));
 
