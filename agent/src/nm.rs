@@ -85,7 +85,7 @@ async fn read_state(system: &Connection) -> LinkState {
         Ok(n) => n,
         Err(e) => return problem(e.to_string()),
     };
-    match dbus.name_has_owner(name).await {
+    match dbus.name_has_owner(name.clone()).await {
         Ok(true) => {}
         Ok(false) => return problem(nm_absent_problem()),
         Err(e) => {
@@ -106,6 +106,12 @@ async fn read_state(system: &Connection) -> LinkState {
                 };
             }
             Err(e) => {
+                // NetworkManager stopping: it signals while it shuts down, then leaves the bus,
+                // so the read that its last signals start fails. Say that it is not running
+                // rather than report a read error.
+                if !matches!(dbus.name_has_owner(name.clone()).await, Ok(true)) {
+                    return problem(nm_absent_problem());
+                }
                 debug!(error = %e, "NetworkManager state changed while reading it; reading again");
                 last_err = Some(e);
                 tokio::time::sleep(Duration::from_millis(20)).await;

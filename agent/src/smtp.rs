@@ -270,10 +270,13 @@ impl Session {
             });
         }
         timed(Stage::Data, limit, self.conn.command(Data)).await?;
-        // lettre always appends CRLF.CRLF; a message that already ends in CRLF would gain an
-        // empty last line.
-        let body = data.strip_suffix(b"\r\n").unwrap_or(data);
-        let end = match timed(Stage::Message, limit, self.conn.message(body)).await {
+        let end = match timed(
+            Stage::Message,
+            limit,
+            self.conn.message(without_last_eol(data)),
+        )
+        .await
+        {
             Ok(reply) => {
                 let text = reply.message().collect::<Vec<_>>().join(" ");
                 Verdict::new(Stage::Message, Some(u16::from(reply.code())), text)
@@ -292,6 +295,15 @@ impl Session {
     pub async fn close(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.conn.quit()).await;
     }
+}
+
+/// The message without its final line end. lettre ends the data with `CRLF . CRLF` whatever
+/// the message ends with, and our messages end with CRLF: passed whole, every message would
+/// reach the relay with a blank line added at its end (a patch, a signed part, changed).
+fn without_last_eol(data: &[u8]) -> &[u8] {
+    data.strip_suffix(b"\r\n")
+        .or_else(|| data.strip_suffix(b"\n"))
+        .unwrap_or(data)
 }
 
 /// Runs a relay's `password_command` with `sh -c` and returns the first line of its output.
@@ -314,4 +326,18 @@ pub async fn run_password_command(command: &str) -> Result<String, String> {
         return Err("password_command printed nothing".into());
     }
     Ok(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_last_eol;
+
+    #[test]
+    fn the_final_line_end_is_left_to_the_data_terminator() {
+        assert_eq!(without_last_eol(b"a\r\nb\r\n"), b"a\r\nb");
+        assert_eq!(without_last_eol(b"a\r\n\r\n"), b"a\r\n");
+        assert_eq!(without_last_eol(b"a\nb\n"), b"a\nb");
+        assert_eq!(without_last_eol(b"no end"), b"no end");
+        assert_eq!(without_last_eol(b""), b"");
+    }
 }

@@ -10,6 +10,9 @@
 //!   the agent follows the kernel's default route;
 //! - [`world`]: one test's whole world: both buses, a home, the real `linkrelayd` and
 //!   `linkrelay` binaries.
+//! - [`twoisp`]: for the interoperability suite (root only): two ISPs in network namespaces,
+//!   with the real NetworkManager ([`realnm`]), real Postfix relays ([`postfix`]) and the
+//!   namespaces themselves ([`netns`]).
 //!
 //! Nothing here touches the machine's own buses or network configuration (network changes
 //! happen only inside the namespaces [`netns`] makes).
@@ -17,7 +20,11 @@
 pub mod bus;
 pub mod netns;
 pub mod nm;
+pub mod postfix;
+pub mod realnet_netns;
+pub mod realnm;
 pub mod smtp;
+pub mod twoisp;
 pub mod world;
 
 #[cfg(test)]

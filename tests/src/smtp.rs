@@ -1420,6 +1420,8 @@ mod tests {
             .port(relay.port())
             .timeout(Some(Duration::from_secs(1)))
             .build();
+        // lettre's async timeout covers only the connect; a client must time the stages
+        // itself (as the agent does), and a stalled relay never answers.
         let started = std::time::Instant::now();
         let outcome = tokio::time::timeout(
             Duration::from_millis(1500),

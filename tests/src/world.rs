@@ -258,6 +258,59 @@ impl World {
         Ok(())
     }
 
+    /// Starts `WRAPPER... linkrelayd EXTRA_ARGS` and waits until it owns its bus name. The
+    /// wrapper must exec the agent in place (e.g. `ip netns exec NAME`, to run it inside a
+    /// network namespace), so that stopping the child stops the agent.
+    pub async fn start_agent_wrapped(
+        &mut self,
+        wrapper: &[String],
+        extra: &[&str],
+    ) -> anyhow::Result<()> {
+        if self.agent.is_some() {
+            bail!("the agent is already running");
+        }
+        let Some((program, args)) = wrapper.split_first() else {
+            bail!("start_agent_wrapped needs a wrapper command");
+        };
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)?;
+        let mut cmd = Command::new(program);
+        self.env(&mut cmd);
+        cmd.args(args)
+            .arg(bin("linkrelayd"))
+            .args(extra)
+            .env("RUST_LOG", "debug,zbus=info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {program} ... linkrelayd"))?;
+        let conn = self.session.connect().await?;
+        let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let name = zbus::names::BusName::try_from(AGENT_BUS_NAME)?;
+            if dbus.name_has_owner(name).await? {
+                break;
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("linkrelayd exited with {status}:\n{}", self.agent_log());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("linkrelayd did not claim its name:\n{}", self.agent_log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.agent = Some(child);
+        Ok(())
+    }
+
     /// Runs `linkrelayd ARGS` to completion (for start-up failures) and returns its output.
     pub fn run_agent_once(&self, args: &[&str]) -> anyhow::Result<Output> {
         let mut cmd = Command::new(bin("linkrelayd"));

@@ -191,3 +191,25 @@ async fn one_rejected_recipient_does_not_stop_the_others() {
     assert_eq!(nobody["status"], "failed");
     assert!(nobody["reply"].as_str().unwrap().contains("User unknown"));
 }
+
+/// Regression: lettre ends the data with CRLF.CRLF after whatever it is given, and the agent
+/// gave it the message with its final CRLF, so every message reached the relay with a blank
+/// line added at its end (found against real Postfix: a git patch changed on the way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_gets_exactly_the_queued_bytes() {
+    let relay = ScriptedRelay::start(RelayScript::named("relay.test"))
+        .await
+        .unwrap();
+    let (w, _nm) = office_world(relay.port()).await;
+    w.send("me@example.org", "you@example.net", "exact")
+        .unwrap();
+    let got = relay.wait_for(1, Duration::from_secs(10)).await.unwrap();
+    eventually("moved to sent/", &w, || {
+        w.outbox_entries("me", "sent").len() == 1
+    })
+    .await;
+    let id = &w.outbox_entries("me", "sent")[0];
+    let queued = std::fs::read(w.data_dir.join("me/sent").join(id).join("message.eml")).unwrap();
+    assert!(queued.ends_with(b"test.\r\n"), "{queued:?}");
+    assert_eq!(got[0].data_text(), String::from_utf8_lossy(&queued));
+}

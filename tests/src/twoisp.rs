@@ -1,0 +1,404 @@
+//! The two-ISP world in network namespaces, built only from software we did not write:
+//!
+//! ```text
+//!  laptop namespace                                  ISP namespace
+//!  NetworkManager (real, private system bus)         Postfix smtpd 192.0.2.1:587    (ISP A)
+//!  linkrelayd (private session bus)                    relays for 192.0.2.0/24, STARTTLS
+//!  lr-a 192.0.2.2/24    gw 192.0.2.1   <-- veth -->  isp-a 192.0.2.1/24
+//!  lr-b 198.51.100.2/24 gw 198.51.100.1 <-- veth --> isp-b 198.51.100.1/24
+//!                                                    Postfix smtpd 198.51.100.1:587 (ISP B)
+//!                                                      relays for 198.51.100.0/24 after
+//!                                                      STARTTLS + AUTH (Dovecot SASL)
+//!                                                    connectivity check 203.0.113.1:80 (python)
+//!                                                    smtp-sink 127.0.0.1:2525 <- Postfix
+//! ```
+//!
+//! Each relay refuses the other ISP's clients with Postfix's own "Relay access denied": a
+//! laptop on ISP A reaches relay B (through ISP A's gateway) but B will not relay for it.
+//! Addresses are from the documentation ranges and exist only inside these namespaces.
+//!
+//! Dropping a [`TwoIsp`] stops the agent, NetworkManager and Postfix, kills anything left in
+//! the namespaces and deletes them; when the test is failing (panicking), or when
+//! `LINKRELAY_TEST_LOGS` is set, it first prints the agent's, Postfix's and NetworkManager's
+//! logs.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::postfix::{Delivered, Listener, PostfixRelays};
+use crate::realnet_netns::{self as netns, NetNs};
+use crate::realnm::{Profile, RealNm};
+use crate::world::{World, bin};
+
+/// ISP A's relay (and gateway).
+pub const RELAY_A: &str = "192.0.2.1";
+/// The laptop's address on ISP A.
+pub const LAPTOP_A: &str = "192.0.2.2";
+/// ISP B's relay (and gateway).
+pub const RELAY_B: &str = "198.51.100.1";
+/// The laptop's address on ISP B.
+pub const LAPTOP_B: &str = "198.51.100.2";
+/// Where NetworkManager's connectivity check goes (served in the ISP namespace).
+pub const CHECK_ADDR: &str = "203.0.113.1";
+/// The submission port of both relays.
+pub const SUBMISSION: u16 = 587;
+/// ISP A's relay's host name, as it writes it in `Received:`.
+pub const HOST_A: &str = "smtp.isp-a.example";
+/// ISP B's relay's host name.
+pub const HOST_B: &str = "smtp.isp-b.example";
+/// What the connectivity check answers when the Internet is "reachable".
+const ONLINE: &str = "linkrelay-online";
+
+/// How long to wait for anything that should happen "now".
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// The whole world; see the module docs.
+pub struct TwoIsp {
+    /// The agent, its buses (NetworkManager is on `world.system`) and its home.
+    pub world: World,
+    /// NetworkManager in the laptop namespace.
+    pub nm: RealNm,
+    /// Postfix in the ISP namespace.
+    pub relays: PostfixRelays,
+    check_server: Child,
+    check_dir: PathBuf,
+    bin_dir: PathBuf,
+    laptop: NetNs,
+    isp: NetNs,
+    dir: tempfile::TempDir,
+}
+
+impl TwoIsp {
+    /// Builds the world (no link up, agent not started) and writes the agent's config
+    /// ([`TwoIsp::config`]). Fails with a clear message when not root or when a package is
+    /// missing.
+    pub fn start() -> anyhow::Result<TwoIsp> {
+        if let Some(why) = netns::unavailable() {
+            bail!("{why}");
+        }
+        if !Path::new("/usr/bin/python3").exists() {
+            bail!("/usr/bin/python3 is missing: run scripts/install-test-deps");
+        }
+        netns::sweep_stale();
+        let dir = tempfile::Builder::new()
+            .prefix("linkrelay-twoisp-")
+            .tempdir()?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+
+        let isp = NetNs::create("isp")?;
+        let laptop = NetNs::create("laptop")?;
+        laptop.veth("lr-a", &isp, "isp-a")?;
+        laptop.veth("lr-b", &isp, "isp-b")?;
+        isp.ip(&["addr", "add", &format!("{RELAY_A}/24"), "dev", "isp-a"])?;
+        isp.ip(&["addr", "add", &format!("{RELAY_B}/24"), "dev", "isp-b"])?;
+        isp.ip(&["addr", "add", &format!("{CHECK_ADDR}/32"), "dev", "lo"])?;
+        isp.ip(&["link", "set", "isp-a", "up"])?;
+        isp.ip(&["link", "set", "isp-b", "up"])?;
+
+        let check_dir = dir.path().join("www");
+        std::fs::create_dir_all(&check_dir)?;
+        std::fs::write(check_dir.join("check"), ONLINE)?;
+        let check_server = start_check_server(&isp, dir.path())?;
+
+        let relays = PostfixRelays::start(
+            &isp,
+            &dir.path().join("isp"),
+            &[
+                Listener {
+                    name: "isp-a".into(),
+                    hostname: HOST_A.into(),
+                    addr: RELAY_A.into(),
+                    port: SUBMISSION,
+                    network: "192.0.2.0/24".into(),
+                    auth_user: None,
+                },
+                Listener {
+                    name: "isp-b".into(),
+                    hostname: HOST_B.into(),
+                    addr: RELAY_B.into(),
+                    port: SUBMISSION,
+                    network: "198.51.100.0/24".into(),
+                    auth_user: Some(("bob".into(), "secret-b".into())),
+                },
+            ],
+        )?;
+
+        let world = World::new()?;
+        let nm = RealNm::start(
+            &laptop,
+            &world.system.address,
+            &dir.path().join("nm"),
+            &[
+                Profile {
+                    id: "ISP-A".into(),
+                    interface: "lr-a".into(),
+                    address: format!("{LAPTOP_A}/24"),
+                    gateway: RELAY_A.into(),
+                    route_metric: 100,
+                },
+                Profile {
+                    id: "ISP-B".into(),
+                    interface: "lr-b".into(),
+                    address: format!("{LAPTOP_B}/24"),
+                    gateway: RELAY_B.into(),
+                    route_metric: 200,
+                },
+            ],
+            &format!("http://{CHECK_ADDR}/check"),
+            ONLINE,
+        )?;
+
+        // Mail clients find linkrelay under the name they call: sendmail.
+        let bin_dir = dir.path().join("bin");
+        std::fs::create_dir_all(&bin_dir)?;
+        std::os::unix::fs::symlink(bin("linkrelay"), bin_dir.join("sendmail"))?;
+        std::fs::write(dir.path().join("password-b"), "secret-b\n")?;
+
+        let t = TwoIsp {
+            world,
+            nm,
+            relays,
+            check_server,
+            check_dir,
+            bin_dir,
+            laptop,
+            isp,
+            dir,
+        };
+        t.world.write_config(&t.config(true))?;
+        Ok(t)
+    }
+
+    /// The agent's config: links ISP-A and ISP-B (metered: hold), relay A (STARTTLS) and relay
+    /// B (STARTTLS + AUTH as bob), both trusting the test CA when `trust_ca`; one user "me".
+    pub fn config(&self, trust_ca: bool) -> String {
+        let ca = if trust_ca {
+            format!("ca_file = \"{}\"\n", self.relays.ca.ca_pem.display())
+        } else {
+            String::new()
+        };
+        format!(
+            r#"[agent]
+source = "networkmanager"
+debounce = "100ms"
+
+[[link]]
+name = "isp-a"
+match = {{ id = "ISP-A" }}
+
+[[link]]
+name = "isp-b"
+match = {{ id = "ISP-B" }}
+metered = "hold"
+
+[[relay]]
+name = "relay-a"
+host = "{RELAY_A}"
+port = {SUBMISSION}
+tls = "starttls"
+helo = "laptop.example"
+timeout = "10s"
+{ca}
+[[relay]]
+name = "relay-b"
+host = "{RELAY_B}"
+port = {SUBMISSION}
+tls = "starttls"
+helo = "laptop.example"
+username = "bob"
+password_command = "cat {pw}"
+timeout = "10s"
+{ca}
+[[user]]
+name = "me"
+from = ["*"]
+routes = {{ isp-a = ["relay-a"], isp-b = ["relay-b"] }}
+"#,
+            pw = self.dir.path().join("password-b").display(),
+        )
+    }
+
+    /// Starts linkrelayd inside the laptop namespace.
+    pub async fn start_agent(&mut self) -> anyhow::Result<()> {
+        let prefix = self.laptop.exec_prefix();
+        self.world.start_agent_wrapped(&prefix, &[]).await
+    }
+
+    /// Makes the connectivity check answer like a captive portal (`true`) or like the
+    /// Internet (`false`), and has NetworkManager check now. Returns NM's verdict.
+    pub fn set_portal(&self, portal: bool) -> anyhow::Result<String> {
+        let body = if portal {
+            "<html>Please log in to use this hotspot</html>"
+        } else {
+            ONLINE
+        };
+        std::fs::write(self.check_dir.join("check"), body)?;
+        self.nm.check_connectivity()
+    }
+
+    /// Stops the connectivity check's server (`true`: connections are refused, NM says
+    /// "limited") or starts it again, and has NetworkManager check now. Returns NM's verdict.
+    pub fn set_check_unreachable(&mut self, unreachable: bool) -> anyhow::Result<String> {
+        // A refused connection fails the check at once (a dropped or ICMP-rejected one only
+        // after NM's 20 s timeout).
+        let _ = self.check_server.kill();
+        let _ = self.check_server.wait();
+        if !unreachable {
+            self.check_server = start_check_server(&self.isp, self.dir.path())?;
+        }
+        self.nm.check_connectivity()
+    }
+
+    /// A directory whose `sendmail` is linkrelay, to put first in a mail client's PATH or to
+    /// name in its config.
+    pub fn sendmail_path(&self) -> PathBuf {
+        self.bin_dir.join("sendmail")
+    }
+
+    /// A command in the user's environment (buses, home, XDG dirs; `sendmail` first in PATH).
+    pub fn user_command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        self.world.env(&mut cmd);
+        let path = std::env::var("PATH").unwrap_or_default();
+        cmd.env("PATH", format!("{}:{path}", self.bin_dir.display()))
+            .env("LANG", "C.UTF-8")
+            .env("LC_ALL", "C.UTF-8");
+        cmd
+    }
+
+    /// Runs a command with `stdin` as its input; fails with its output unless it succeeds.
+    pub fn run_with_input(&self, cmd: &mut Command, stdin: &[u8]) -> anyhow::Result<Output> {
+        use std::io::Write;
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {cmd:?}"))?;
+        child.stdin.take().context("stdin")?.write_all(stdin)?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "{cmd:?} failed ({}):\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(out)
+    }
+
+    /// Waits until Postfix passed on `count` messages with `subject`, and returns them.
+    pub async fn wait_delivered(
+        &self,
+        subject: &str,
+        count: usize,
+    ) -> anyhow::Result<Vec<Delivered>> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let got = self.relays.with_subject(subject);
+            if got.len() >= count {
+                return Ok(got);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "Postfix passed on {} message(s) with subject {subject:?}, not {count}",
+                    got.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the agent's route for user "me" satisfies `ok`.
+    pub async fn wait_route(
+        &self,
+        what: &str,
+        ok: impl Fn(&linkrelay_dbus::RouteInfo) -> bool,
+    ) -> anyhow::Result<linkrelay_dbus::RouteInfo> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let r = self.world.route("me").await?;
+            if let Some(r) = &r
+                && ok(r)
+            {
+                return Ok(r.clone());
+            }
+            if Instant::now() > deadline {
+                bail!("the route of user me never became {what}; last: {r:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Everything a person debugging a failure wants to read.
+    pub fn logs(&self) -> String {
+        format!(
+            "===== linkrelayd =====\n{}\n===== Postfix =====\n{}\n===== NetworkManager =====\n{}\n===== connectivity check server =====\n{}",
+            self.world.agent_log(),
+            self.relays.log(),
+            self.nm.log(),
+            std::fs::read_to_string(self.dir.path().join("check-server.log")).unwrap_or_default(),
+        )
+    }
+
+    /// The world's temporary directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// NetworkManager's connectivity check server: Python's http.server in the ISP namespace,
+/// serving `<dir>/www/check`, waited for until it accepts connections.
+fn start_check_server(isp: &NetNs, dir: &Path) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("check-server.log"))?;
+    let mut child = isp
+        .command("/usr/bin/python3")
+        .args(["-m", "http.server", "--bind", CHECK_ADDR, "--directory"])
+        .arg(dir.join("www"))
+        .arg("80")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting the connectivity check server")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = isp.command("ss").arg("-ltnH").output()?;
+        if String::from_utf8_lossy(&out.stdout).contains(&format!("{CHECK_ADDR}:80 ")) {
+            return Ok(child);
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "the connectivity check server exited with {status}: {}",
+                std::fs::read_to_string(dir.join("check-server.log")).unwrap_or_default()
+            );
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the connectivity check server never listened");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for TwoIsp {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("LINKRELAY_TEST_LOGS").is_some() {
+            eprintln!("{}", self.logs());
+        }
+        self.world.stop_agent();
+        let _ = self.check_server.kill();
+        let _ = self.check_server.wait();
+        // The fields drop next: NetworkManager (SIGTERM), Postfix (postfix stop), then the
+        // namespaces (whatever still runs in them is killed) and the files.
+    }
+}
