@@ -8,6 +8,7 @@
 
 mod cli;
 mod dbus_api;
+mod faults;
 mod interop;
 mod netlink;
 mod seed;
