@@ -11,6 +11,7 @@ use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
 use lettre::transport::smtp::extension::{ClientId, MailBodyParameter, MailParameter};
 use linkrelay_config::{Relay, TlsMode};
 use tokio::net::TcpStream;
+use tracing::debug;
 
 use crate::outcome::{Outcome, Stage, classify};
 
@@ -207,6 +208,11 @@ impl Session {
                     }
                     Err(_) => return Err(Verdict::timeout(Stage::Connect, limit)),
                 };
+                // lettre writes the data and the final dot separately: with Nagle's algorithm
+                // the dot waits for the server's delayed ACK, 40 ms per message.
+                if let Err(e) = tcp.set_nodelay(true) {
+                    debug!(error = %e, "cannot set TCP_NODELAY");
+                }
                 timed(
                     Stage::Greeting,
                     limit,
