@@ -18,31 +18,15 @@ pub fn route_key(link: &str, relays: &[String]) -> String {
     format!("{link}: {}", relays.join(", "))
 }
 
-/// Where a message's backoff stands before a deferral.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff<'a> {
-    /// The step reached so far (0: never deferred, or reset by the user).
-    pub step: u32,
-    /// The route key it was reached on.
-    pub route: Option<&'a str>,
-    /// When the message was last attempted (unix seconds), before this attempt.
-    pub last_attempt: Option<u64>,
-}
-
-/// The step of the deferral that just happened on route `route`. It is one more than the
-/// previous step, unless the route differs from the one the step grew on, or the route changed
-/// (`route_changed_at`, unix seconds, 0 for never) since the message was last attempted: then
-/// the backoff starts again at 1. This is what lets a message that waited an hour on a bad
-/// link go out within minutes of a good one coming up, even when that link is one the message
-/// has seen before (A, then B, then A again).
-pub fn next_step(prev: Backoff<'_>, route: &str, route_changed_at: u64) -> u32 {
-    let same_route = prev.route == Some(route);
-    let changed_since = route_changed_at != 0
-        && prev
-            .last_attempt
-            .is_some_and(|last| last <= route_changed_at);
-    if same_route && !changed_since {
-        prev.step.saturating_add(1)
+/// The step of the deferral that just happened on route `route`, given the step reached so far
+/// (`step`, 0 when never deferred or reset by the user) and the route it was reached on. It is
+/// one more than the previous step, unless the route differs from that one, or `rerouted`: the
+/// route changed since the message was last attempted. Then the backoff starts again at 1. This
+/// is what lets a message that waited an hour on a bad link go out within minutes of a good one
+/// coming up, even when that link is one the message has seen before (A, then B, then A again).
+pub fn next_step(step: u32, step_route: Option<&str>, route: &str, rerouted: bool) -> u32 {
+    if step_route == Some(route) && !rerouted {
+        step.saturating_add(1)
     } else {
         1
     }
@@ -88,49 +72,22 @@ mod tests {
 
     #[test]
     fn the_step_grows_on_one_route_and_starts_again_when_it_changes() {
-        let at = |step, route, last| Backoff {
-            step,
-            route,
-            last_attempt: last,
-        };
         // First deferral ever.
-        assert_eq!(next_step(at(0, None, None), "home: a", 0), 1);
+        assert_eq!(next_step(0, None, "home: a", false), 1);
         // Written by an older agent (no route recorded): start again.
-        assert_eq!(next_step(at(4, None, Some(100)), "home: a", 0), 1);
+        assert_eq!(next_step(4, None, "home: a", false), 1);
         // Same route, no change since: grows.
-        assert_eq!(
-            next_step(at(1, Some("home: a"), Some(100)), "home: a", 0),
-            2
-        );
-        assert_eq!(
-            next_step(at(3, Some("home: a"), Some(100)), "home: a", 50),
-            4
-        );
+        assert_eq!(next_step(1, Some("home: a"), "home: a", false), 2);
+        assert_eq!(next_step(3, Some("home: a"), "home: a", false), 4);
         // Another link or relay list: back to 1.
-        assert_eq!(
-            next_step(at(3, Some("home: a"), Some(100)), "office: a", 0),
-            1
-        );
-        assert_eq!(
-            next_step(at(3, Some("home: a"), Some(100)), "home: b, a", 0),
-            1
-        );
-        // Same route, but the link went away and came back after the last attempt.
-        assert_eq!(
-            next_step(at(3, Some("home: a"), Some(100)), "home: a", 100),
-            1
-        );
-        assert_eq!(
-            next_step(at(3, Some("home: a"), Some(100)), "home: a", 150),
-            1
-        );
+        assert_eq!(next_step(3, Some("home: a"), "office: a", false), 1);
+        assert_eq!(next_step(3, Some("home: a"), "home: b, a", false), 1);
+        // Same route, but the link went away and came back since the last attempt.
+        assert_eq!(next_step(3, Some("home: a"), "home: a", true), 1);
         // Reset by the user (retry): step 0 on the same route gives 1.
+        assert_eq!(next_step(0, Some("home: a"), "home: a", false), 1);
         assert_eq!(
-            next_step(at(0, Some("home: a"), Some(100)), "home: a", 0),
-            1
-        );
-        assert_eq!(
-            next_step(at(u32::MAX, Some("home: a"), Some(1)), "home: a", 0),
+            next_step(u32::MAX, Some("home: a"), "home: a", false),
             u32::MAX
         );
     }

@@ -1,7 +1,7 @@
 //! One flusher task per user: takes the user's route, walks the outbox in order and records
 //! every outcome durably before the next message.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -10,7 +10,7 @@ use linkrelay_outbox::{Counts, Folder, MessageState, Outbox, RecipientStatus};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
-use crate::backoff::{Backoff, next_step, retry_delay, route_key};
+use crate::backoff::{next_step, retry_delay, route_key};
 use crate::memory::RelayMemory;
 use crate::outcome::Outcome;
 use crate::router::Route;
@@ -149,7 +149,7 @@ pub fn spawn(
         events,
         passwords: HashMap::new(),
         unsaved: HashMap::new(),
-        route_changed_at: 0,
+        rerouted: HashSet::new(),
         batches: 0,
     };
     tokio::spawn(flusher.run(req_rx));
@@ -175,9 +175,9 @@ struct Flusher {
     /// so that a recipient that was delivered is not sent to again, and are written as soon
     /// as the disk takes them.
     unsaved: HashMap<String, MessageState>,
-    /// Unix second of the last route change seen by this process (0: none yet). A message
-    /// last attempted before it starts its backoff again.
-    route_changed_at: u64,
+    /// Messages that were queued when the route last changed and have not been attempted
+    /// since: their backoff starts again at their next deferral.
+    rerouted: HashSet<String>,
     /// Batches run so far.
     batches: u64,
 }
@@ -250,12 +250,15 @@ impl Flusher {
         // the "starting" placeholder and is not a change of the message's route.
         let rerouted = self.route.has_changed().unwrap_or(false);
         let route = self.route.borrow_and_update().clone();
-        if rerouted && self.batches > 0 {
-            self.route_changed_at = now();
-        }
-        self.batches += 1;
         let settings = self.settings.borrow_and_update().clone();
         let messages = self.queued();
+        if rerouted && self.batches > 0 {
+            self.rerouted = messages.iter().map(|m| m.id.clone()).collect();
+        } else {
+            self.rerouted
+                .retain(|id| messages.iter().any(|m| m.id == *id));
+        }
+        self.batches += 1;
         let lifetime = settings.retry.lifetime.as_secs();
         let mut result = BatchResult::default();
         let mut next_due: Option<u64> = None;
@@ -362,7 +365,6 @@ impl Flusher {
         b: &mut BatchState,
     ) -> Done {
         let t = now();
-        let previous_attempt = msg.last_attempt;
         let data = match self.outbox.read_message(Folder::Queue, &msg.id) {
             Ok(d) => d,
             Err(e) => {
@@ -542,13 +544,10 @@ impl Flusher {
         }
         let key = route_key(link, relays);
         let step = next_step(
-            Backoff {
-                step: msg.backoff_step,
-                route: msg.backoff_route.as_deref(),
-                last_attempt: previous_attempt,
-            },
+            msg.backoff_step,
+            msg.backoff_route.as_deref(),
             &key,
-            self.route_changed_at,
+            self.rerouted.remove(&msg.id),
         );
         msg.backoff_step = step;
         msg.backoff_route = Some(key);
