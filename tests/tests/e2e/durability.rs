@@ -81,12 +81,19 @@ async fn sigkill_at_random_moments_loses_nothing_and_duplicates_at_most_one_per_
         }
     }
     // The last start runs to the end.
+    let left = w.outbox_entries("me", "queue").len();
+    let started = Instant::now();
     w.start_agent().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !w.outbox_entries("me", "queue").is_empty() {
         assert!(Instant::now() < deadline, "{}", w.agent_log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let took = started.elapsed();
+    eprintln!(
+        "last run: {left} messages in {took:?} with start-up ({:?} per message)",
+        took / left.max(1) as u32
+    );
     w.stop_agent();
 
     let mut deliveries: BTreeMap<String, usize> = BTreeMap::new();
@@ -268,4 +275,68 @@ fn sendmail_on_a_full_disk_fails_with_ex_tempfail_and_leaves_nothing_behind() {
     );
     assert_eq!(names(&outbox.join("queue")).len(), 2);
     drop(disk);
+}
+
+/// Fills the file system of `dir` to the last byte with `dir/filler`.
+fn fill(dir: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
+    let chunk = vec![0u8; 4096];
+    loop {
+        match f.write(&chunk) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
+            Err(e) => panic!("filling the disk: {e}"),
+        }
+    }
+    let _ = f.sync_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_fills_up_while_sending_does_not_make_the_agent_send_twice() {
+    let relay = ScriptedRelay::start(RelayScript::default()).await.unwrap();
+    let mut w = World::new().unwrap();
+    w.write_config(&format!(
+        "[agent]\ndebounce = \"50ms\"\n\n\
+         [[link]]\nname = \"office\"\nmatch = {{ id = \"Office\" }}\n\n\
+         [[relay]]\nname = \"r\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\ntimeout = \"5s\"\n\n\
+         [[user]]\nname = \"me\"\nfrom = [\"*\"]\nroutes = {{ office = [\"r\"] }}\n",
+        relay.port()
+    ))
+    .unwrap();
+    let _disk = Tmpfs::mount(&w.data_dir, "1m");
+    w.send("me@example.org", "you@dest.example", "full")
+        .unwrap();
+    // Nothing can be written any more: not the message's new state, not its move to sent/.
+    fill(&w.data_dir);
+    let _nm = FakeNm::start(
+        &w.system.address,
+        vec![ActiveSpec::ethernet("Office", "eth0", "192.0.2.1")],
+        4,
+    )
+    .await
+    .unwrap();
+    w.start_agent().await.unwrap();
+    relay.wait_for(1, Duration::from_secs(10)).await.unwrap();
+    crate::util::eventually("the agent noticed it cannot record it", &w, || {
+        w.agent_log().contains("cannot move to sent/")
+    })
+    .await;
+    // Flushing again (the agent remembers it was delivered) sends nothing.
+    for _ in 0..3 {
+        let out = w.run_cli(&["flush", "--wait"]).unwrap();
+        assert!(out.status.success());
+    }
+    assert_eq!(relay.received().len(), 1, "{}", w.agent_log());
+    assert_eq!(w.outbox_entries("me", "queue").len(), 1);
+
+    // Space again: the next flush records it, still without sending it again.
+    std::fs::remove_file(w.data_dir.join("filler")).unwrap();
+    let out = w.run_cli(&["flush", "--wait"]).unwrap();
+    assert!(out.status.success());
+    assert_eq!(w.outbox_entries("me", "sent").len(), 1, "{}", w.agent_log());
+    assert!(w.outbox_entries("me", "queue").is_empty());
+    assert_eq!(relay.received().len(), 1);
+    w.stop_agent();
 }
