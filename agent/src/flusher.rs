@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use linkrelay_config::{Relay, RetrySettings};
-use linkrelay_outbox::{Counts, Folder, MessageState, Outbox, RecipientStatus};
+use linkrelay_outbox::{Counts, Folder, MessageState, Outbox, OutboxError, RecipientStatus};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
@@ -231,13 +231,14 @@ impl Flusher {
             }
         };
         if !self.unsaved.is_empty() {
-            let mut unsaved = std::mem::take(&mut self.unsaved);
             for m in &mut messages {
-                if let Some(newer) = unsaved.remove(&m.id) {
-                    *m = newer;
+                if let Some(newer) = self.unsaved.get(&m.id) {
+                    *m = newer.clone();
                 }
             }
-            // What is left was dropped by the user meanwhile.
+            // The others left the queue meanwhile (dropped by the user).
+            self.unsaved
+                .retain(|id, _| messages.iter().any(|m| m.id == *id));
         }
         messages
     }
@@ -299,7 +300,9 @@ impl Flusher {
             if let Some(why) = held {
                 // A held message is not attempted, but its lifetime still runs out.
                 if t >= expires {
-                    self.expire(&mut msg, &settings, &why);
+                    if let Done::Deferred(at) = self.expire(&mut msg, &settings, &why) {
+                        next_due = min_some(next_due, at);
+                    }
                 } else {
                     next_due = min_some(next_due, expires);
                 }
@@ -367,6 +370,14 @@ impl Flusher {
         let t = now();
         let data = match self.outbox.read_message(Folder::Queue, &msg.id) {
             Ok(d) => d,
+            // Dropped by the user since the batch began.
+            Err(e) if e.is_not_found() => return Done::Failed,
+            // A passing I/O error (EIO, EMFILE): try again later; nothing was attempted.
+            Err(e @ OutboxError::Io { .. }) => {
+                warn!(user = %self.user, id = %msg.id, error = %e, "cannot read the message now");
+                return Done::Deferred(t + RECORD_RETRY);
+            }
+            // message.eml missing, a link, not a file: this message cannot be sent.
             Err(e) => {
                 let reason = format!("cannot read the message: {e}");
                 fail_pending(msg, &reason);
@@ -539,8 +550,7 @@ impl Flusher {
         let age = t.saturating_sub(msg.queued_at);
         if age > settings.retry.lifetime.as_secs() {
             let last = msg.last_error.clone().unwrap_or_default();
-            self.expire(msg, settings, &last);
-            return Done::Failed;
+            return self.expire(msg, settings, &last);
         }
         let key = route_key(link, relays);
         let step = next_step(
@@ -590,10 +600,31 @@ impl Flusher {
     /// Writes a queued message's state; if the disk does not take it, keeps it in memory so
     /// that this process goes on from it (and writes it later).
     fn save(&mut self, msg: &MessageState) {
-        if let Err(e) = self.outbox.update(msg) {
-            warn!(user = %self.user, id = %msg.id, error = %e, "cannot record the attempt; keeping it in memory");
-            if !e.is_not_found() {
-                self.unsaved.insert(msg.id.clone(), msg.clone());
+        let result = self.outbox.update(msg);
+        self.recorded(msg, result, "cannot record the attempt");
+    }
+
+    /// Keeps `msg` in memory when writing it failed (but not when the message is gone), and
+    /// forgets the kept copy once it is written. True when it was written.
+    fn recorded(
+        &mut self,
+        msg: &MessageState,
+        result: Result<(), OutboxError>,
+        what: &str,
+    ) -> bool {
+        match result {
+            Ok(()) => {
+                self.unsaved.remove(&msg.id);
+                true
+            }
+            Err(e) => {
+                warn!(user = %self.user, id = %msg.id, error = %e, "{what}; keeping the state in memory");
+                if e.is_not_found() {
+                    self.unsaved.remove(&msg.id);
+                } else {
+                    self.unsaved.insert(msg.id.clone(), msg.clone());
+                }
+                false
             }
         }
     }
@@ -624,11 +655,8 @@ impl Flusher {
                 .find(|r| r.status == RecipientStatus::Sent)
                 .and_then(|r| r.reply.clone())
                 .unwrap_or_default();
-            if let Err(e) = self.outbox.finish_sent(msg) {
-                warn!(user = %self.user, id = %msg.id, error = %e, "cannot move to sent/");
-                if !e.is_not_found() {
-                    self.unsaved.insert(msg.id.clone(), msg.clone());
-                }
+            let result = self.outbox.finish_sent(msg);
+            if !self.recorded(msg, result, "cannot move to sent/") {
                 return Done::Deferred(t + RECORD_RETRY);
             }
             info!(user = %self.user, id = %msg.id, relay = %relay, "sent");
@@ -658,7 +686,7 @@ impl Flusher {
 
     /// The message's lifetime ran out: it goes to failed/ with the reason, its undelivered
     /// recipients marked failed (`linkrelay retry` puts them back).
-    fn expire(&mut self, msg: &mut MessageState, settings: &FlushSettings, last: &str) {
+    fn expire(&mut self, msg: &mut MessageState, settings: &FlushSettings, last: &str) -> Done {
         let reason = format!(
             "not delivered within {} (lifetime); last: {}",
             humantime::format_duration(settings.retry.lifetime),
@@ -670,7 +698,7 @@ impl Flusher {
         );
         fail_pending(msg, &reason);
         msg.failure = Some(reason);
-        self.fail(msg);
+        self.fail(msg)
     }
 
     fn refused(&self, link: &str, relay: &str, v: &Verdict, settings: &FlushSettings) {
@@ -687,12 +715,10 @@ impl Flusher {
 
     fn fail(&mut self, msg: &mut MessageState) -> Done {
         let reason = msg.failure.clone().unwrap_or_else(|| "failed".into());
-        if let Err(e) = self.outbox.finish_failed(msg) {
-            warn!(user = %self.user, id = %msg.id, error = %e, "cannot move to failed/");
-            if !e.is_not_found() {
-                self.unsaved.insert(msg.id.clone(), msg.clone());
-            }
-            return Done::Failed;
+        let result = self.outbox.finish_failed(msg);
+        if !self.recorded(msg, result, "cannot move to failed/") {
+            // Come back to record it (the message stays queued on disk meanwhile).
+            return Done::Deferred(now() + RECORD_RETRY);
         }
         warn!(user = %self.user, id = %msg.id, %reason, "message failed");
         self.emit(FlushEvent::Failed {
