@@ -62,9 +62,9 @@ async fn sigkill_at_random_moments_loses_nothing_and_duplicates_at_most_one_per_
     while kills < KILLS {
         let before = relay.received().len();
         w.start_agent().await.unwrap();
-        // Spread over the whole flush (about 2 s here): at connect, mid-transaction, between
-        // the relay's answer and the move to sent/, mid-rename.
-        let wait = Duration::from_millis(rng.random_range(0..250));
+        // Spread over the first half of the flush (~7 ms a message here): at connect,
+        // mid-transaction, between the relay's answer and the move to sent/, mid-rename.
+        let wait = Duration::from_millis(rng.random_range(0..100));
         tokio::time::sleep(wait).await;
         w.kill_agent();
         kills += 1;
