@@ -112,6 +112,8 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
     let (link_tx, mut link_rx) = watch::channel(LinkState::unknown());
     crate::source::start(config.agent.source, link_tx);
 
+    // Which relay took mail on which link, and who refused us: kept across restarts.
+    let memory = RelayMemory::load(&opts.data_dir.join(crate::memory::FILE_NAME), now());
     let mut agent = Agent {
         opts,
         config: Arc::new(config),
@@ -125,7 +127,7 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
         flushers: BTreeMap::new(),
         counts: BTreeMap::new(),
         next_due: BTreeMap::new(),
-        memory: Arc::new(Mutex::new(RelayMemory::default())),
+        memory: Arc::new(Mutex::new(memory)),
         events_tx,
         drops_tx,
         drop_watch: None,

@@ -1,16 +1,16 @@
 //! One flusher task per user: takes the user's route, walks the outbox in order and records
 //! every outcome durably before the next message.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use linkrelay_config::{Relay, RetrySettings};
-use linkrelay_outbox::{Counts, Folder, MessageState, Outbox, RecipientStatus};
+use linkrelay_outbox::{Counts, Folder, MessageState, Outbox, OutboxError, RecipientStatus};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
-use crate::backoff::retry_delay;
+use crate::backoff::{next_step, retry_delay, route_key};
 use crate::memory::RelayMemory;
 use crate::outcome::Outcome;
 use crate::router::Route;
@@ -148,6 +148,9 @@ pub fn spawn(
         memory,
         events,
         passwords: HashMap::new(),
+        unsaved: HashMap::new(),
+        rerouted: HashSet::new(),
+        batches: 0,
     };
     tokio::spawn(flusher.run(req_rx));
     FlusherHandle {
@@ -157,6 +160,9 @@ pub fn spawn(
     }
 }
 
+/// How long to wait before trying again to record a state the disk did not take.
+const RECORD_RETRY: u64 = 30;
+
 struct Flusher {
     user: String,
     outbox: Outbox,
@@ -165,12 +171,32 @@ struct Flusher {
     memory: Arc<Mutex<RelayMemory>>,
     events: mpsc::UnboundedSender<FlushEvent>,
     passwords: HashMap<String, String>,
+    /// States this process could not write (a full disk): they stand in for what is on disk,
+    /// so that a recipient that was delivered is not sent to again, and are written as soon
+    /// as the disk takes them.
+    unsaved: HashMap<String, MessageState>,
+    /// Messages that were queued when the route last changed and have not been attempted
+    /// since: their backoff starts again at their next deferral.
+    rerouted: HashSet<String>,
+    /// Batches run so far.
+    batches: u64,
 }
 
 /// One open session and the relay it belongs to.
 struct Open {
     relay: String,
     session: Session,
+}
+
+/// What one batch keeps between messages.
+struct BatchState {
+    /// The open session, reused for the next message through the same relay.
+    open: Option<Open>,
+    /// Relays that did not answer (connect, greeting, TLS, a timeout) earlier in this batch,
+    /// with why: the next messages skip them instead of waiting for the same timeout again.
+    down: HashMap<String, Verdict>,
+    /// Resolves when the route changes: an attempt in flight is then abandoned.
+    rerouted: watch::Receiver<UserRoute>,
 }
 
 impl Flusher {
@@ -194,48 +220,115 @@ impl Flusher {
         let _ = self.events.send(event);
     }
 
+    /// The queue in order, with the states this process could not write standing in for the
+    /// ones on disk.
+    fn queued(&mut self) -> Vec<MessageState> {
+        let mut messages = match self.outbox.list(Folder::Queue) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(user = %self.user, error = %e, "cannot list the outbox");
+                return Vec::new();
+            }
+        };
+        if !self.unsaved.is_empty() {
+            for m in &mut messages {
+                if let Some(newer) = self.unsaved.get(&m.id) {
+                    *m = newer.clone();
+                }
+            }
+            // The others left the queue meanwhile (dropped by the user).
+            self.unsaved
+                .retain(|id, _| messages.iter().any(|m| m.id == *id));
+        }
+        messages
+    }
+
     async fn batch(&mut self, force: bool) -> BatchResult {
         for ingested in self.outbox.ingest_new() {
             debug!(user = %self.user, ?ingested, "ingested from new/");
         }
+        // The agent sends a route only when it changed; the first one (at start-up) replaces
+        // the "starting" placeholder and is not a change of the message's route.
+        let rerouted = self.route.has_changed().unwrap_or(false);
         let route = self.route.borrow_and_update().clone();
         let settings = self.settings.borrow_and_update().clone();
-        let messages = match self.outbox.list(Folder::Queue) {
-            Ok(m) => m,
-            Err(e) => {
-                warn!(user = %self.user, error = %e, "cannot list the outbox");
-                Vec::new()
-            }
-        };
+        let messages = self.queued();
+        if rerouted && self.batches > 0 {
+            self.rerouted = messages.iter().map(|m| m.id.clone()).collect();
+        } else {
+            self.rerouted
+                .retain(|id| messages.iter().any(|m| m.id == *id));
+        }
+        self.batches += 1;
+        let lifetime = settings.retry.lifetime.as_secs();
         let mut result = BatchResult::default();
         let mut next_due: Option<u64> = None;
-        let mut open: Option<Open> = None;
+        let mut b = BatchState {
+            open: None,
+            down: HashMap::new(),
+            rerouted: self.route.clone(),
+        };
 
-        if let Route::Send { relays, max_size } = &route.route {
-            for mut msg in messages {
-                if self.route.has_changed().unwrap_or(false) {
-                    debug!(user = %self.user, "route changed mid-flush; stopping this batch");
-                    break;
-                }
-                let t = now();
-                if !force && msg.next_attempt > t {
-                    next_due = min_some(next_due, msg.next_attempt);
-                    continue;
-                }
-                if max_size.is_some_and(|max| msg.size > max) {
-                    continue; // waits for an unmetered link; status says why
-                }
-                let outcome = self
-                    .deliver(&mut msg, &route.link, relays, &settings, &mut open)
-                    .await;
-                match outcome {
+        for mut msg in messages {
+            if b.rerouted.has_changed().unwrap_or(false) {
+                debug!(user = %self.user, "route changed mid-flush; stopping this batch");
+                break;
+            }
+            let t = now();
+            if msg.is_done() {
+                // Every recipient was dealt with, but the move out of queue/ did not happen
+                // (a crash or a full disk): finish it without sending anything again.
+                match self.complete(&mut msg, t) {
                     Done::Sent => result.sent += 1,
                     Done::Deferred(at) => next_due = min_some(next_due, at),
-                    Done::Failed => {}
+                    Done::Failed | Done::Interrupted => {}
+                }
+                continue;
+            }
+            let expires = msg.queued_at.saturating_add(lifetime);
+            let held = match &route.route {
+                Route::Hold { reason } => Some(format!("held: {reason}")),
+                Route::Send {
+                    max_size: Some(max),
+                    ..
+                } if msg.size > *max => Some(format!(
+                    "held: larger than the {max} bytes allowed on metered link {}",
+                    route.link
+                )),
+                Route::Send { .. } => None,
+            };
+            if let Some(why) = held {
+                // A held message is not attempted, but its lifetime still runs out.
+                if t >= expires {
+                    if let Done::Deferred(at) = self.expire(&mut msg, &settings, &why) {
+                        next_due = min_some(next_due, at);
+                    }
+                } else {
+                    next_due = min_some(next_due, expires);
+                }
+                continue;
+            }
+            let Route::Send { relays, .. } = &route.route else {
+                continue;
+            };
+            if !force && msg.next_attempt > t {
+                next_due = min_some(next_due, msg.next_attempt);
+                continue;
+            }
+            match self
+                .deliver(&mut msg, &route.link, relays, &settings, &mut b)
+                .await
+            {
+                Done::Sent => result.sent += 1,
+                Done::Deferred(at) => next_due = min_some(next_due, at),
+                Done::Failed => {}
+                Done::Interrupted => {
+                    info!(user = %self.user, id = %msg.id, "route changed during the attempt; the message stays queued");
+                    break;
                 }
             }
         }
-        if let Some(o) = open.take() {
+        if let Some(o) = b.open.take() {
             o.session.close().await;
         }
         let counts = self.outbox.counts().unwrap_or(Counts {
@@ -260,7 +353,7 @@ impl Flusher {
         if let Some(p) = self.passwords.get(&relay.name) {
             return Ok(Some(p.clone()));
         }
-        let p = run_password_command(cmd).await?;
+        let p = run_password_command(cmd, relay.timeout).await?;
         self.passwords.insert(relay.name.clone(), p.clone());
         Ok(Some(p))
     }
@@ -272,13 +365,23 @@ impl Flusher {
         link: &str,
         relays: &[String],
         settings: &FlushSettings,
-        open: &mut Option<Open>,
+        b: &mut BatchState,
     ) -> Done {
         let t = now();
         let data = match self.outbox.read_message(Folder::Queue, &msg.id) {
             Ok(d) => d,
+            // Dropped by the user since the batch began.
+            Err(e) if e.is_not_found() => return Done::Failed,
+            // A passing I/O error (EIO, EMFILE): try again later; nothing was attempted.
+            Err(e @ OutboxError::Io { .. }) => {
+                warn!(user = %self.user, id = %msg.id, error = %e, "cannot read the message now");
+                return Done::Deferred(t + RECORD_RETRY);
+            }
+            // message.eml missing, a link, not a file: this message cannot be sent.
             Err(e) => {
-                msg.failure = Some(format!("cannot read the message: {e}"));
+                let reason = format!("cannot read the message: {e}");
+                fail_pending(msg, &reason);
+                msg.failure = Some(reason);
                 return self.fail(msg);
             }
         };
@@ -290,34 +393,42 @@ impl Flusher {
             let Some(relay) = settings.relays.get(relay_name) else {
                 continue; // config validation makes this unreachable
             };
+            if let Some(v) = b.down.get(relay_name) {
+                last = Some((relay_name.clone(), v.clone()));
+                continue;
+            }
             tried_any = true;
             // Reuse the open session when it is for this relay and still healthy.
-            if open
+            if b.open
                 .as_ref()
                 .is_some_and(|o| o.relay != *relay_name || !o.session.is_usable())
-                && let Some(o) = open.take()
+                && let Some(o) = b.open.take()
             {
                 o.session.close().await;
             }
-            if open.is_none() {
+            if b.open.is_none() {
                 let password = match self.password_for(relay).await {
                     Ok(p) => p,
                     Err(e) => {
-                        last = Some((
-                            relay_name.clone(),
-                            Verdict {
-                                stage: crate::outcome::Stage::Auth,
-                                code: None,
-                                text: e,
-                                outcome: Outcome::Deferred,
-                            },
-                        ));
+                        let v = Verdict {
+                            stage: crate::outcome::Stage::Auth,
+                            code: None,
+                            text: e,
+                            outcome: Outcome::Deferred,
+                        };
+                        b.down.insert(relay_name.clone(), v.clone());
+                        last = Some((relay_name.clone(), v));
                         continue;
                     }
                 };
-                match Session::open(relay, password).await {
+                let Some(opened) =
+                    until_rerouted(&mut b.rerouted, Session::open(relay, password)).await
+                else {
+                    return Done::Interrupted;
+                };
+                match opened {
                     Ok(session) => {
-                        *open = Some(Open {
+                        b.open = Some(Open {
                             relay: relay_name.clone(),
                             session,
                         })
@@ -327,6 +438,9 @@ impl Flusher {
                             self.refused(link, relay_name, &v, settings);
                             // A wrong password may be stale: ask again next time.
                             self.passwords.remove(relay_name);
+                        } else {
+                            // Not answering, or not now: skip it for the rest of this batch.
+                            b.down.insert(relay_name.clone(), v.clone());
                         }
                         info!(user = %self.user, relay = %relay_name, reply = %v.describe(), "relay unusable");
                         last = Some((relay_name.clone(), v));
@@ -334,22 +448,34 @@ impl Flusher {
                     }
                 }
             }
-            let Some(o) = open.as_mut() else { continue };
+            let Some(o) = b.open.as_mut() else { continue };
             let pending: Vec<String> = msg.pending().map(|r| r.addr.clone()).collect();
-            let transaction = o.session.send(&msg.from, &pending, &data).await;
+            let Some(transaction) =
+                until_rerouted(&mut b.rerouted, o.session.send(&msg.from, &pending, &data)).await
+            else {
+                // Dropping the session closes the connection; nothing was confirmed.
+                b.open = None;
+                return Done::Interrupted;
+            };
             let verdicts = match transaction {
                 Ok(tx) => tx.recipients,
                 Err(v) => {
                     if v.outcome == Outcome::Failed {
-                        msg.last_error = Some(v.describe());
+                        msg.attempts += 1;
+                        msg.last_attempt = Some(t);
+                        msg.last_relay = Some(relay_name.clone());
+                        msg.last_error = Some(format!("{relay_name}: {}", v.describe()));
+                        fail_pending(msg, &v.describe());
                         msg.failure = Some(v.describe());
                         return self.fail(msg);
                     }
                     if v.outcome == Outcome::RelayRefused {
                         self.refused(link, relay_name, &v, settings);
+                    } else if v.is_timeout() {
+                        b.down.insert(relay_name.clone(), v.clone());
                     }
-                    if v.code.is_none()
-                        && let Some(o) = open.take()
+                    if !o.session.is_usable()
+                        && let Some(o) = b.open.take()
                     {
                         o.session.close().await;
                     }
@@ -357,6 +483,7 @@ impl Flusher {
                     continue;
                 }
             };
+            let mut changed = false;
             let mut any_sent = false;
             let mut refusal: Option<Verdict> = None;
             let mut worst: Option<Verdict> = None;
@@ -369,8 +496,12 @@ impl Flusher {
                     Outcome::Sent => {
                         r.status = RecipientStatus::Sent;
                         any_sent = true;
+                        changed = true;
                     }
-                    Outcome::Failed => r.status = RecipientStatus::Failed,
+                    Outcome::Failed => {
+                        r.status = RecipientStatus::Failed;
+                        changed = true;
+                    }
                     Outcome::RelayRefused => refusal = Some(v.clone()),
                     Outcome::Deferred => {}
                 }
@@ -385,6 +516,11 @@ impl Flusher {
             }
             if let Some(v) = &refusal {
                 self.refused(link, relay_name, v, settings);
+            }
+            if changed && !msg.is_done() {
+                // Record the delivered recipients now: a crash or a route change before the
+                // end of this attempt must not send to them again.
+                self.save(msg);
             }
             match worst {
                 None => {
@@ -407,53 +543,29 @@ impl Flusher {
             msg.last_error = Some(format!("{relay}: {}", v.describe()));
         }
         if msg.is_done() {
-            let delivered = msg
-                .recipients
-                .iter()
-                .any(|r| r.status == RecipientStatus::Sent);
-            if delivered {
-                msg.sent_at = Some(now());
-                let relay = msg.sent_via.clone().unwrap_or_default();
-                let reply = msg
-                    .recipients
-                    .iter()
-                    .find(|r| r.status == RecipientStatus::Sent)
-                    .and_then(|r| r.reply.clone())
-                    .unwrap_or_default();
-                if let Err(e) = self.outbox.finish_sent(msg) {
-                    warn!(user = %self.user, id = %msg.id, error = %e, "cannot move to sent/");
-                    return Done::Deferred(t);
-                }
-                info!(user = %self.user, id = %msg.id, relay = %relay, "sent");
-                self.emit(FlushEvent::Sent {
-                    user: self.user.clone(),
-                    id: msg.id.clone(),
-                    relay,
-                    reply,
-                });
-                return Done::Sent;
-            }
-            msg.failure = Some(format!(
-                "every recipient was refused: {}",
-                msg.last_error.clone().unwrap_or_default()
-            ));
-            return self.fail(msg);
+            return self.complete(msg, t);
         }
 
         // Still pending: defer, unless the lifetime is over.
         let age = t.saturating_sub(msg.queued_at);
         if age > settings.retry.lifetime.as_secs() {
-            msg.failure = Some(format!(
-                "not delivered within {} (lifetime); last: {}",
-                humantime::format_duration(settings.retry.lifetime),
-                msg.last_error.clone().unwrap_or_default()
-            ));
-            return self.fail(msg);
+            let last = msg.last_error.clone().unwrap_or_default();
+            return self.expire(msg, settings, &last);
         }
+        let key = route_key(link, relays);
+        let step = next_step(
+            msg.backoff_step,
+            msg.backoff_route.as_deref(),
+            &key,
+            self.rerouted.remove(&msg.id),
+        );
+        msg.backoff_step = step;
+        msg.backoff_route = Some(key);
         let jitter = 0.8 + rand::random::<f64>() * 0.4;
-        let mut at =
-            t + retry_delay(msg.attempts, settings.retry.min, settings.retry.max, jitter).as_secs();
-        if !tried_any {
+        let mut at = t + retry_delay(step, settings.retry.min, settings.retry.max, jitter)
+            .as_secs()
+            .max(1);
+        if !tried_any && last.is_none() {
             // Every relay refused us recently on this link: come back when the first memory ends.
             if let Some(release) = lock(&self.memory).earliest_release(link, relays, t) {
                 at = at.min(release.max(t + 1));
@@ -473,11 +585,9 @@ impl Flusher {
             });
         }
         msg.next_attempt = at;
-        if let Err(e) = self.outbox.update(msg) {
-            warn!(user = %self.user, id = %msg.id, error = %e, "cannot record the attempt");
-        }
+        self.save(msg);
         let reason = msg.last_error.clone().unwrap_or_default();
-        info!(user = %self.user, id = %msg.id, %reason, next_attempt = at, "deferred");
+        info!(user = %self.user, id = %msg.id, %reason, next_attempt = at, step, "deferred");
         self.emit(FlushEvent::Deferred {
             user: self.user.clone(),
             id: msg.id.clone(),
@@ -485,6 +595,110 @@ impl Flusher {
             next_attempt: at,
         });
         Done::Deferred(at)
+    }
+
+    /// Writes a queued message's state; if the disk does not take it, keeps it in memory so
+    /// that this process goes on from it (and writes it later).
+    fn save(&mut self, msg: &MessageState) {
+        let result = self.outbox.update(msg);
+        self.recorded(msg, result, "cannot record the attempt");
+    }
+
+    /// Keeps `msg` in memory when writing it failed (but not when the message is gone), and
+    /// forgets the kept copy once it is written. True when it was written.
+    fn recorded(
+        &mut self,
+        msg: &MessageState,
+        result: Result<(), OutboxError>,
+        what: &str,
+    ) -> bool {
+        match result {
+            Ok(()) => {
+                self.unsaved.remove(&msg.id);
+                true
+            }
+            Err(e) => {
+                warn!(user = %self.user, id = %msg.id, error = %e, "{what}; keeping the state in memory");
+                if e.is_not_found() {
+                    self.unsaved.remove(&msg.id);
+                } else {
+                    self.unsaved.insert(msg.id.clone(), msg.clone());
+                }
+                false
+            }
+        }
+    }
+
+    /// Moves a message whose recipients are all done out of the queue: to sent/ when every
+    /// one was delivered, else to failed/ (some or all were rejected: the user should know).
+    fn complete(&mut self, msg: &mut MessageState, t: u64) -> Done {
+        let sent: Vec<&str> = msg
+            .recipients
+            .iter()
+            .filter(|r| r.status == RecipientStatus::Sent)
+            .map(|r| r.addr.as_str())
+            .collect();
+        let rejected: Vec<String> = msg
+            .recipients
+            .iter()
+            .filter(|r| r.status == RecipientStatus::Failed)
+            .map(|r| format!("{} ({})", r.addr, r.reply.as_deref().unwrap_or("rejected")))
+            .collect();
+        if rejected.is_empty() {
+            if msg.sent_at.is_none() {
+                msg.sent_at = Some(t);
+            }
+            let relay = msg.sent_via.clone().unwrap_or_default();
+            let reply = msg
+                .recipients
+                .iter()
+                .find(|r| r.status == RecipientStatus::Sent)
+                .and_then(|r| r.reply.clone())
+                .unwrap_or_default();
+            let result = self.outbox.finish_sent(msg);
+            if !self.recorded(msg, result, "cannot move to sent/") {
+                return Done::Deferred(t + RECORD_RETRY);
+            }
+            info!(user = %self.user, id = %msg.id, relay = %relay, "sent");
+            self.emit(FlushEvent::Sent {
+                user: self.user.clone(),
+                id: msg.id.clone(),
+                relay,
+                reply,
+            });
+            return Done::Sent;
+        }
+        if msg.failure.is_none() {
+            msg.failure = Some(if sent.is_empty() {
+                format!("every recipient was rejected: {}", rejected.join("; "))
+            } else {
+                format!(
+                    "{} of {} recipients rejected: {}; delivered to {}",
+                    rejected.len(),
+                    msg.recipients.len(),
+                    rejected.join("; "),
+                    sent.join(", ")
+                )
+            });
+        }
+        self.fail(msg)
+    }
+
+    /// The message's lifetime ran out: it goes to failed/ with the reason, its undelivered
+    /// recipients marked failed (`linkrelay retry` puts them back).
+    fn expire(&mut self, msg: &mut MessageState, settings: &FlushSettings, last: &str) -> Done {
+        let reason = format!(
+            "not delivered within {} (lifetime); last: {}",
+            humantime::format_duration(settings.retry.lifetime),
+            if last.is_empty() {
+                "never attempted"
+            } else {
+                last
+            }
+        );
+        fail_pending(msg, &reason);
+        msg.failure = Some(reason);
+        self.fail(msg)
     }
 
     fn refused(&self, link: &str, relay: &str, v: &Verdict, settings: &FlushSettings) {
@@ -499,10 +713,12 @@ impl Flusher {
         });
     }
 
-    fn fail(&self, msg: &mut MessageState) -> Done {
+    fn fail(&mut self, msg: &mut MessageState) -> Done {
         let reason = msg.failure.clone().unwrap_or_else(|| "failed".into());
-        if let Err(e) = self.outbox.finish_failed(msg) {
-            warn!(user = %self.user, id = %msg.id, error = %e, "cannot move to failed/");
+        let result = self.outbox.finish_failed(msg);
+        if !self.recorded(msg, result, "cannot move to failed/") {
+            // Come back to record it (the message stays queued on disk meanwhile).
+            return Done::Deferred(now() + RECORD_RETRY);
         }
         warn!(user = %self.user, id = %msg.id, %reason, "message failed");
         self.emit(FlushEvent::Failed {
@@ -514,10 +730,46 @@ impl Flusher {
     }
 }
 
+/// Marks every recipient still pending as failed (the message itself failed, or its lifetime
+/// ran out), keeping the last server reply about it when there is one.
+fn fail_pending(msg: &mut MessageState, reason: &str) {
+    for r in msg
+        .recipients
+        .iter_mut()
+        .filter(|r| r.status == RecipientStatus::Pending)
+    {
+        r.status = RecipientStatus::Failed;
+        if r.reply.is_none() {
+            r.reply = Some(reason.to_string());
+        }
+    }
+}
+
+/// Runs `fut` unless the route changes first (`None` then). When the agent drops the route
+/// (the user was removed from the config) the attempt runs to its end.
+async fn until_rerouted<T>(
+    rerouted: &mut watch::Receiver<UserRoute>,
+    fut: impl Future<Output = T>,
+) -> Option<T> {
+    let changed = async {
+        if rerouted.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        biased;
+        v = fut => Some(v),
+        () = changed => None,
+    }
+}
+
 enum Done {
     Sent,
     Deferred(u64),
     Failed,
+    /// The route changed while the message was being sent: nothing more was confirmed, the
+    /// message stays queued as it is.
+    Interrupted,
 }
 
 fn min_some(a: Option<u64>, b: u64) -> Option<u64> {

@@ -1,7 +1,20 @@
 //! What the agent remembers about relays per link: who accepted last (tried first next time) and
 //! who refused us (skipped for a while). Decisions are pure functions of this data.
+//!
+//! The memory survives restarts: [`RelayMemory::load`] reads it from a small JSON file beside
+//! the outboxes (`<data_dir>/.relay-memory.json`), and every change is written back atomically
+//! (temporary file, fsync, rename, fsync of the directory). Losing the file loses nothing but
+//! time: the next messages try the relays in route order again.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+/// The file name of the persisted memory in the data directory. It starts with a dot, which no
+/// user name (an outbox directory) can.
+pub const FILE_NAME: &str = ".relay-memory.json";
 
 /// A refusal of `relay` on `link`, remembered until `until` (unix seconds).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,13 +30,80 @@ pub struct Refusal {
 pub struct RelayMemory {
     good: HashMap<String, String>,
     refused: HashMap<(String, String), Refusal>,
+    /// Where changes are written; `None` keeps the memory in this process only.
+    path: Option<PathBuf>,
+}
+
+/// The file's format.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Stored {
+    version: u32,
+    /// Link name -> the relay that accepted last on it.
+    #[serde(default)]
+    accepted: BTreeMap<String, String>,
+    #[serde(default)]
+    refused: Vec<StoredRefusal>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredRefusal {
+    relay: String,
+    link: String,
+    until: u64,
+    reply: String,
 }
 
 impl RelayMemory {
+    /// The memory persisted at `path`, written back there on every change. A missing file is
+    /// an empty memory; an unreadable or corrupt one is reported and replaced on the next
+    /// change (the memory only saves time, it never holds mail). Refusals that ended before
+    /// `now` are dropped.
+    pub fn load(path: &Path, now: u64) -> RelayMemory {
+        let mut memory = RelayMemory {
+            path: Some(path.to_path_buf()),
+            ..RelayMemory::default()
+        };
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return memory,
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "cannot read the relay memory; starting without it");
+                return memory;
+            }
+        };
+        let stored: Stored = match serde_json::from_slice(&bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "corrupt relay memory; starting without it");
+                return memory;
+            }
+        };
+        memory.good = stored.accepted.into_iter().collect();
+        for r in stored.refused {
+            if r.until > now {
+                memory.refused.insert(
+                    (r.relay, r.link),
+                    Refusal {
+                        until: r.until,
+                        reply: r.reply,
+                    },
+                );
+            }
+        }
+        memory
+    }
+
     /// Remembers that `relay` accepted mail on `link`.
     pub fn accepted(&mut self, link: &str, relay: &str) {
-        self.good.insert(link.to_string(), relay.to_string());
-        self.refused.remove(&(relay.to_string(), link.to_string()));
+        let changed = self.good.get(link).is_none_or(|r| r != relay)
+            | self
+                .refused
+                .remove(&(relay.to_string(), link.to_string()))
+                .is_some();
+        if changed {
+            self.good.insert(link.to_string(), relay.to_string());
+            self.save();
+        }
     }
 
     /// Remembers that `relay` refused us on `link` until `until`.
@@ -37,6 +117,47 @@ impl RelayMemory {
         );
         if self.good.get(link).is_some_and(|r| r == relay) {
             self.good.remove(link);
+        }
+        self.save();
+    }
+
+    /// Writes the memory to its file, if it has one. Failures are logged: the memory stays
+    /// right in this process.
+    fn save(&mut self) {
+        let Some(path) = &self.path else {
+            return;
+        };
+        let now = crate::flusher::now();
+        self.refused.retain(|_, r| r.until > now);
+        let mut refused: Vec<StoredRefusal> = self
+            .refused
+            .iter()
+            .map(|((relay, link), r)| StoredRefusal {
+                relay: relay.clone(),
+                link: link.clone(),
+                until: r.until,
+                reply: r.reply.clone(),
+            })
+            .collect();
+        refused.sort_by(|a, b| (&a.link, &a.relay).cmp(&(&b.link, &b.relay)));
+        let stored = Stored {
+            version: 1,
+            accepted: self.good.clone().into_iter().collect(),
+            refused,
+        };
+        let result = serde_json::to_vec_pretty(&stored)
+            .map_err(std::io::Error::other)
+            .and_then(|mut json| {
+                json.push(b'\n');
+                let dir = path.parent().unwrap_or(Path::new("."));
+                let name = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or(FILE_NAME);
+                linkrelay_outbox::replace_file(dir, name, &json)
+            });
+        if let Err(e) = result {
+            warn!(path = %path.display(), error = %e, "cannot save the relay memory");
         }
     }
 
@@ -74,6 +195,7 @@ impl RelayMemory {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -101,6 +223,63 @@ mod tests {
         assert_eq!(m.earliest_release("home", &relays, 50), Some(100));
         m.accepted("home", "a");
         assert_eq!(m.order("home", &relays, 50), relays);
+    }
+
+    #[test]
+    fn memory_survives_a_restart_and_forgets_ended_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let relays = names(&["a", "b", "c"]);
+        let now = crate::flusher::now();
+        let mut m = RelayMemory::load(&path, now);
+        assert_eq!(m.order("home", &relays, now), relays, "no file: empty");
+        m.accepted("home", "c");
+        m.refused("home", "a", now + 600, "554 5.7.1 Relay access denied");
+        m.refused("office", "b", now + 1, "530 5.7.0 Authentication required");
+        let mode = std::fs::metadata(&path).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+
+        let again = RelayMemory::load(&path, now);
+        assert_eq!(again.order("home", &relays, now), names(&["c", "b"]));
+        assert_eq!(
+            again.refusal("home", "a", now).map(|r| r.reply.as_str()),
+            Some("554 5.7.1 Relay access denied")
+        );
+        assert_eq!(again.order("office", &relays, now), names(&["a", "c"]));
+        // Loaded after the office refusal ended: it is gone.
+        let later = RelayMemory::load(&path, now + 2);
+        assert_eq!(later.order("office", &relays, now + 2), relays);
+        assert!(later.refusal("home", "a", now + 2).is_some());
+        // Nothing is left beside it.
+        let files: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(files, [FILE_NAME]);
+    }
+
+    #[test]
+    fn a_corrupt_file_is_an_empty_memory_and_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        std::fs::write(&path, b"{ not json").unwrap();
+        let relays = names(&["a", "b"]);
+        let mut m = RelayMemory::load(&path, 0);
+        assert_eq!(m.order("home", &relays, 0), relays);
+        m.accepted("home", "b");
+        let again = RelayMemory::load(&path, 0);
+        assert_eq!(again.order("home", &relays, 0), names(&["b", "a"]));
+    }
+
+    #[test]
+    fn without_a_file_nothing_is_written() {
+        let mut m = RelayMemory::default();
+        m.accepted("home", "a");
+        m.refused("home", "b", 10, "535");
+        assert_eq!(m.order("home", &names(&["a", "b"]), 0), names(&["a"]));
     }
 
     #[test]

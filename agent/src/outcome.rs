@@ -114,7 +114,9 @@ pub fn classify(stage: Stage, code: Option<u16>, text: &str) -> Outcome {
             _ => Outcome::RelayRefused, // sender not allowed through this relay
         },
         Stage::Rcpt => {
-            if policy {
+            if policy || matches!(code, 500 | 502 | 503 | 504) {
+                // Policy, or a relay that lost track of the conversation ("503 need MAIL
+                // command"): not this recipient's fault.
                 Outcome::RelayRefused
             } else {
                 Outcome::Failed // unknown user, bad syntax: this recipient is bad
@@ -214,6 +216,71 @@ mod tests {
                 "4.2.0 Greylisted, try again later",
                 Deferred,
             ),
+            (
+                Rcpt,
+                Some(503),
+                "5.5.1 Error: need MAIL command",
+                RelayRefused,
+            ),
+            (
+                Rcpt,
+                Some(502),
+                "5.5.2 Error: command not recognized",
+                RelayRefused,
+            ),
+            (
+                Rcpt,
+                Some(550),
+                "5.1.1 <nobody@b.example>: Recipient address rejected: User unknown in virtual mailbox table see https://example.org/help",
+                Failed,
+            ),
+            (
+                Rcpt,
+                Some(421),
+                "4.4.2 relay.test Error: timeout exceeded",
+                Deferred,
+            ),
+            (
+                Mail,
+                Some(451),
+                "4.3.0 Error: queue file write error",
+                Deferred,
+            ),
+            (
+                Mail,
+                None,
+                "network error: Connection reset by peer",
+                Deferred,
+            ),
+            (
+                Data,
+                Some(451),
+                "4.3.0 Error: queue file write error",
+                Deferred,
+            ),
+            (Data, None, "response error: incomplete response", Deferred),
+            (
+                Message,
+                None,
+                "network error: Connection reset by peer",
+                Deferred,
+            ),
+            (Message, None, "timed out after 5s", Deferred),
+            (
+                Tls,
+                Some(454),
+                "4.7.0 TLS not available due to local problem",
+                Deferred,
+            ),
+            (
+                Greeting,
+                Some(550),
+                "5.5.4 Syntax: EHLO hostname",
+                RelayRefused,
+            ),
+            (Greeting, Some(220), "relay.test ESMTP", Sent),
+            (Rcpt, Some(250), "2.1.5 Ok", Sent),
+            (Message, Some(0), "garbage", Deferred),
             (
                 Data,
                 Some(554),

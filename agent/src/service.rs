@@ -351,7 +351,7 @@ impl AgentInterface {
         hold: &str,
     ) -> zbus::Result<()>;
 
-    /// A message was delivered (every recipient is done and at least one accepted it).
+    /// A message was delivered to every recipient and moved to sent/.
     #[zbus(signal)]
     pub async fn message_sent(
         emitter: &SignalEmitter<'_>,
@@ -371,7 +371,8 @@ impl AgentInterface {
         next_attempt: u64,
     ) -> zbus::Result<()>;
 
-    /// A message moved to failed/; it needs the user (retry or drop).
+    /// A message moved to failed/ (it is bad, a recipient was rejected, or its lifetime ran
+    /// out); it needs the user (retry or drop).
     #[zbus(signal)]
     pub async fn message_failed(
         emitter: &SignalEmitter<'_>,

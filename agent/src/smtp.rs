@@ -10,6 +10,8 @@ use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParam
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
 use lettre::transport::smtp::extension::{ClientId, MailBodyParameter, MailParameter};
 use linkrelay_config::{Relay, TlsMode};
+use tokio::net::TcpStream;
+use tracing::debug;
 
 use crate::outcome::{Outcome, Stage, classify};
 
@@ -46,8 +48,18 @@ impl Verdict {
         }
     }
 
+    fn timeout(stage: Stage, limit: Duration) -> Self {
+        Self::local(
+            stage,
+            Outcome::Deferred,
+            format!("timed out after {}", humantime::format_duration(limit)),
+        )
+    }
+
     fn from_error(stage: Stage, err: &lettre::transport::smtp::Error) -> Self {
         let code = err.status().map(u16::from);
+        // A TLS failure during an implicit-TLS connect is a TLS problem, not a connect problem.
+        let stage = if err.is_tls() { Stage::Tls } else { stage };
         let text = match std::error::Error::source(err) {
             Some(source) if code.is_some() => source.to_string(),
             _ => err.to_string(),
@@ -55,16 +67,29 @@ impl Verdict {
         let text = text.replace(['\r', '\n'], " ");
         let mut v = Self::new(stage, code, text);
         if err.is_timeout() {
-            v.text = format!("timed out at {}", stage.as_str());
+            v.text = "timed out".into();
         }
         v
     }
 
-    /// "554 5.7.1 ... (at rcpt to)" for status output.
+    /// Whether this verdict means the connection cannot carry another command: transport
+    /// trouble (no reply code: dropped, reset, timed out, malformed reply) or a 421 (the
+    /// server is closing the connection).
+    pub fn breaks_connection(&self) -> bool {
+        self.code.is_none_or(|c| c == 421)
+    }
+
+    /// Whether the relay did not answer in time.
+    pub fn is_timeout(&self) -> bool {
+        self.code.is_none() && self.text.starts_with("timed out")
+    }
+
+    /// "554 5.7.1 ..." for a reply, "timed out after 5s (at greeting)" for the rest; for
+    /// status output.
     pub fn describe(&self) -> String {
         match self.code {
             Some(code) => format!("{code} {}", self.text),
-            None => format!("{} ({})", self.text, self.stage.as_str()),
+            None => format!("{} (at {})", self.text, self.stage.as_str()),
         }
     }
 }
@@ -80,6 +105,10 @@ pub struct Transaction {
 pub struct Session {
     conn: AsyncSmtpConnection,
     timeout: Duration,
+    /// Set once the connection is out of step with the server (transport trouble, a timeout
+    /// in the middle of a command, a 421): it must not carry another command. lettre's own
+    /// flag only covers the errors of its high-level calls.
+    broken: bool,
 }
 
 fn helo_name(relay: &Relay) -> ClientId {
@@ -121,6 +150,8 @@ fn is_loopback(host: &str) -> bool {
     host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Runs one stage with a time limit. lettre's async connection has no timeout of its own
+/// beyond the TCP connect, so every stage is bounded here.
 async fn timed<T>(
     stage: Stage,
     limit: Duration,
@@ -129,31 +160,67 @@ async fn timed<T>(
     match tokio::time::timeout(limit, fut).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(Verdict::from_error(stage, &e)),
-        Err(_) => Err(Verdict::local(
-            stage,
-            Outcome::Deferred,
-            format!("timed out after {}s at {}", limit.as_secs(), stage.as_str()),
-        )),
+        Err(_) => Err(Verdict::timeout(stage, limit)),
     }
 }
 
+/// How long the message data may take: the stage timeout plus one second per 16 KiB, so that
+/// a large message on a slow link is not cut off (at least 16 KiB/s is expected).
+pub fn data_timeout(limit: Duration, size: usize) -> Duration {
+    limit + Duration::from_secs((size / 16_384) as u64)
+}
+
 impl Session {
-    /// Connects, greets, secures (never downgrading STARTTLS) and authenticates.
-    /// `password` comes from the relay's password_command.
+    /// Connects, greets, secures (never downgrading STARTTLS) and authenticates, each stage
+    /// within the relay's `timeout`. `password` comes from the relay's password_command.
     pub async fn open(relay: &Relay, password: Option<String>) -> Result<Session, Verdict> {
         let limit = relay.timeout;
         let hello = helo_name(relay);
-        let implicit = match relay.tls {
-            TlsMode::Tls => Some(tls_parameters(relay)?),
-            _ => None,
+        let host = relay.host.as_str();
+        let mut conn = match relay.tls {
+            TlsMode::Tls => {
+                // Connect, handshake, greeting and EHLO happen in one call of lettre's.
+                let params = tls_parameters(relay)?;
+                timed(
+                    Stage::Connect,
+                    limit,
+                    AsyncSmtpConnection::connect_tokio1(
+                        (host, relay.port),
+                        Some(limit),
+                        &hello,
+                        Some(params),
+                        None,
+                    ),
+                )
+                .await?
+            }
+            TlsMode::Starttls | TlsMode::None => {
+                let tcp = match tokio::time::timeout(limit, TcpStream::connect((host, relay.port)))
+                    .await
+                {
+                    Ok(Ok(tcp)) => tcp,
+                    Ok(Err(e)) => {
+                        return Err(Verdict::local(
+                            Stage::Connect,
+                            Outcome::Deferred,
+                            format!("cannot connect to {host}:{}: {e}", relay.port),
+                        ));
+                    }
+                    Err(_) => return Err(Verdict::timeout(Stage::Connect, limit)),
+                };
+                // lettre writes the data and the final dot separately: with Nagle's algorithm
+                // the dot waits for the server's delayed ACK, 40 ms per message.
+                if let Err(e) = tcp.set_nodelay(true) {
+                    debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+                timed(
+                    Stage::Greeting,
+                    limit,
+                    AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &hello),
+                )
+                .await?
+            }
         };
-        let addr = (relay.host.as_str(), relay.port);
-        let mut conn = timed(
-            Stage::Connect,
-            limit,
-            AsyncSmtpConnection::connect_tokio1(addr, Some(limit), &hello, implicit, None),
-        )
-        .await?;
         if relay.tls == TlsMode::Starttls {
             if !conn.can_starttls() {
                 conn.abort().await;
@@ -194,12 +261,31 @@ impl Session {
         Ok(Session {
             conn,
             timeout: limit,
+            broken: false,
         })
     }
 
     /// Whether the connection can take another transaction.
     pub fn is_usable(&self) -> bool {
-        !self.conn.has_broken()
+        !self.broken && !self.conn.has_broken()
+    }
+
+    /// Notes what a stage's result means for the connection.
+    fn note<T>(&mut self, result: &Result<T, Verdict>) {
+        if let Err(v) = result
+            && v.breaks_connection()
+        {
+            self.broken = true;
+        }
+    }
+
+    /// Ends an open transaction (after MAIL was accepted and something later went wrong) so
+    /// that the connection can carry the next one; if that fails, the connection is done.
+    async fn reset(&mut self) {
+        let r = timed(Stage::Mail, self.timeout, self.conn.command("RSET\r\n")).await;
+        if r.is_err() {
+            self.broken = true;
+        }
     }
 
     /// Sends one message to `recipients`. An `Err` means the transaction as a whole did not
@@ -226,12 +312,14 @@ impl Session {
         if !data.is_ascii() {
             params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
         }
-        timed(
+        let r = timed(
             Stage::Mail,
             limit,
             self.conn.command(Mail::new(sender, params)),
         )
-        .await?;
+        .await;
+        self.note(&r);
+        r?;
 
         let mut verdicts: Vec<(String, Verdict)> = Vec::with_capacity(recipients.len());
         let mut accepted = Vec::new();
@@ -243,19 +331,20 @@ impl Session {
                     format!("bad recipient address {rcpt:?}: {e}"),
                 ),
                 Ok(addr) => {
-                    match timed(
+                    let r = timed(
                         Stage::Rcpt,
                         limit,
                         self.conn.command(Rcpt::new(addr, vec![])),
                     )
-                    .await
-                    {
+                    .await;
+                    self.note(&r);
+                    match r {
                         Ok(reply) => {
                             accepted.push(verdicts.len());
                             let text = reply.message().collect::<Vec<_>>().join(" ");
                             Verdict::new(Stage::Rcpt, Some(u16::from(reply.code())), text)
                         }
-                        Err(v) if v.code.is_none() => return Err(v), // connection trouble
+                        Err(v) if v.breaks_connection() => return Err(v),
                         Err(v) => v,
                     }
                 }
@@ -264,19 +353,27 @@ impl Session {
         }
         if accepted.is_empty() {
             // Nothing to send to: end the transaction so the connection stays usable.
-            let _ = timed(Stage::Data, limit, self.conn.command("RSET\r\n")).await;
+            self.reset().await;
             return Ok(Transaction {
                 recipients: verdicts,
             });
         }
-        timed(Stage::Data, limit, self.conn.command(Data)).await?;
-        let end = match timed(
+        let r = timed(Stage::Data, limit, self.conn.command(Data)).await;
+        self.note(&r);
+        if let Err(v) = r {
+            if !self.broken {
+                self.reset().await;
+            }
+            return Err(v);
+        }
+        let r = timed(
             Stage::Message,
-            limit,
+            data_timeout(limit, data.len()),
             self.conn.message(without_last_eol(data)),
         )
-        .await
-        {
+        .await;
+        self.note(&r);
+        let end = match r {
             Ok(reply) => {
                 let text = reply.message().collect::<Vec<_>>().join(" ");
                 Verdict::new(Stage::Message, Some(u16::from(reply.code())), text)
@@ -291,9 +388,11 @@ impl Session {
         })
     }
 
-    /// Says goodbye politely; errors do not matter any more.
+    /// Says goodbye politely when the connection is healthy; errors do not matter any more.
     pub async fn close(mut self) {
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.conn.quit()).await;
+        if self.is_usable() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.conn.quit()).await;
+        }
     }
 }
 
@@ -307,16 +406,28 @@ fn without_last_eol(data: &[u8]) -> &[u8] {
 }
 
 /// Runs a relay's `password_command` with `sh -c` and returns the first line of its output.
-/// The password is never logged; a failing command is reported without its output.
-pub async fn run_password_command(command: &str) -> Result<String, String> {
-    let out = tokio::process::Command::new("sh")
+/// The password is never logged; a failing command is reported without its output. A command
+/// that has not finished within `limit` (a pinentry nobody answers) is killed: a user's
+/// outbox must not hang on it.
+pub async fn run_password_command(command: &str, limit: Duration) -> Result<String, String> {
+    let child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(command)
         .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
-        .output()
-        .await
+        .kill_on_drop(true)
+        .spawn()
         .map_err(|e| format!("cannot run password_command: {e}"))?;
+    let out = match tokio::time::timeout(limit, child.wait_with_output()).await {
+        Ok(out) => out.map_err(|e| format!("cannot run password_command: {e}"))?,
+        Err(_) => {
+            return Err(format!(
+                "password_command did not finish within {}",
+                humantime::format_duration(limit)
+            ));
+        }
+    };
     if !out.status.success() {
         return Err(format!("password_command exited with {}", out.status));
     }

@@ -113,6 +113,13 @@ pub(crate) fn replace_file_in(dir: impl AsFd, name: &str, data: &[u8]) -> io::Re
     Ok(())
 }
 
+/// Atomically and durably replaces the file `name` in the directory `dir` with `data` (mode
+/// 0600, never following a symbolic link): after a crash the file holds either the old or the
+/// new bytes. For small files the agent keeps beside the outboxes.
+pub fn replace_file(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
+    replace_file_in(open_dir(dir)?, name, data)
+}
+
 /// Renames `from` to `to`, failing with `EEXIST` instead of replacing an existing `to`
 /// (a directory rename would otherwise replace an empty directory).
 pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {

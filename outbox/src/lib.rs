@@ -26,6 +26,7 @@ pub mod sendmail;
 mod state;
 
 pub use error::OutboxError;
+pub use fsutil::replace_file;
 pub use id::validate_id;
 pub use outbox::{Ingested, Outbox};
 pub use state::{Counts, Envelope, Folder, MessageState, RecipientState, RecipientStatus};

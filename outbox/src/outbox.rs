@@ -266,6 +266,7 @@ impl Outbox {
     /// A failed message goes back to `queue/` with `failure` cleared, its failed recipients
     /// pending again, `next_attempt` 0 and `queued_at` set to now (so its lifetime starts
     /// again; `attempts` is kept). A queued message gets `next_attempt` 0 (attempts kept).
+    /// Either way the backoff starts again from the shortest delay (`backoff_step` 0).
     /// A sent message is [`OutboxError::WrongFolder`]; a failed message without any
     /// recipient (a file of `new/` that could not be parsed) is
     /// [`OutboxError::BadEnvelope`].
@@ -280,6 +281,7 @@ impl Outbox {
             Some(Folder::Queue) => {
                 let mut state = self.state(Folder::Queue, id)?;
                 state.next_attempt = 0;
+                state.backoff_step = 0;
                 self.update(&state)
             }
             Some(Folder::Failed) => {
@@ -291,6 +293,7 @@ impl Outbox {
                 }
                 state.failure = None;
                 state.next_attempt = 0;
+                state.backoff_step = 0;
                 state.queued_at = now_secs();
                 for r in &mut state.recipients {
                     if r.status == RecipientStatus::Failed {

@@ -248,6 +248,8 @@ fn enqueue_list_update_finish_retry_remove_round_trip() {
     f.recipients[1].status = RecipientStatus::Sent;
     f.failure = Some("lifetime ran out".into());
     f.next_attempt = 123;
+    f.backoff_step = 5;
+    f.backoff_route = Some("home: relay-a".into());
     f.queued_at = 1_000;
     ob.finish_failed(&f).unwrap();
     assert_eq!(ob.locate(&ids[1]).unwrap(), Some(Folder::Failed));
@@ -267,6 +269,10 @@ fn enqueue_list_update_finish_retry_remove_round_trip() {
     let r = ob.state(Folder::Queue, &ids[1]).unwrap();
     assert_eq!(r.failure, None);
     assert_eq!(r.next_attempt, 0);
+    assert_eq!(
+        r.backoff_step, 0,
+        "a retried message starts from the shortest delay"
+    );
     assert_eq!(r.attempts, 7);
     assert!(r.queued_at > 1_000);
     assert_eq!(r.recipients[0].status, RecipientStatus::Pending);
@@ -288,10 +294,12 @@ fn enqueue_list_update_finish_retry_remove_round_trip() {
     let mut q = ob.state(Folder::Queue, &ids[2]).unwrap();
     q.attempts = 3;
     q.next_attempt = 4_000_000_000;
+    q.backoff_step = 4;
     ob.update(&q).unwrap();
+    assert_eq!(ob.state(Folder::Queue, &ids[2]).unwrap().backoff_step, 4);
     ob.retry(&ids[2]).unwrap();
     let q2 = ob.state(Folder::Queue, &ids[2]).unwrap();
-    assert_eq!((q2.attempts, q2.next_attempt), (3, 0));
+    assert_eq!((q2.attempts, q2.next_attempt, q2.backoff_step), (3, 0, 0));
 
     // retry a sent message or an unknown one.
     assert!(matches!(
@@ -578,6 +586,9 @@ fn state_json_tolerates_unknown_fields_and_missing_optionals() {
     assert_eq!(st.next_attempt, 0);
     assert_eq!(st.last_attempt, None);
     assert_eq!(st.failure, None);
+    // Written before the backoff was persisted: it starts from the shortest delay.
+    assert_eq!(st.backoff_step, 0);
+    assert_eq!(st.backoff_route, None);
     assert_eq!(st.recipients[0].status, RecipientStatus::Failed);
     assert_eq!(st.recipients[0].reply, None);
     assert!(st.is_done());

@@ -81,6 +81,13 @@ pub struct MessageState {
     /// Name of the relay that took it.
     #[serde(default)]
     pub sent_via: Option<String>,
+    /// How far the retry delay has grown: 1 after the first deferral, one more after each
+    /// deferral on the same route; back to 1 when the route (link or relays) changed.
+    #[serde(default)]
+    pub backoff_step: u32,
+    /// The route (link and relays) on which `backoff_step` was reached.
+    #[serde(default)]
+    pub backoff_route: Option<String>,
 }
 
 impl MessageState {
@@ -112,6 +119,8 @@ impl MessageState {
             failure: None,
             sent_at: None,
             sent_via: None,
+            backoff_step: 0,
+            backoff_route: None,
         }
     }
 

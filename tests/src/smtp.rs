@@ -8,7 +8,9 @@
 //! response; MAIL FROM (ESMTP parameters such as `SIZE=` and `BODY=8BITMIME` are accepted;
 //! a `SIZE=` over the limit gets 552); RCPT TO; DATA with dot-unstuffing up to the lone ".";
 //! RSET; NOOP; HELP; QUIT. Anything else gets `502 5.5.2 Error: command not recognized`; no
-//! STARTTLS and no PIPELINING are offered. Reply texts follow Postfix's.
+//! PIPELINING is offered, and STARTTLS only when [`RelayScript::starttls`] scripts its answer
+//! (there is no TLS here: a 220 to STARTTLS is followed by a hang-up, which the client sees as a
+//! failed handshake). Reply texts follow Postfix's.
 //!
 //! Each command reads the current [`RelayScript`], so [`ScriptedRelay::set_script`] takes effect
 //! from the next command on, in open connections too.
@@ -41,10 +43,17 @@ pub enum Fault {
     /// At stages that can succeed (EHLO, AUTH, MAIL, RCPT, after the dot) a 2xx counts as
     /// success; a 3xx to DATA starts the data phase.
     Reply(u16, String),
-    /// Drop the connection without answering.
+    /// Drop the connection without answering (an orderly close: FIN).
     Close,
+    /// Reset the connection without answering (an abortive close: RST, as a crashing relay or
+    /// a middlebox does).
+    Reset,
     /// Stop answering (keep reading and discarding) until the peer closes the connection.
     Stall,
+    /// Send these bytes verbatim instead of an answer (for malformed replies: no code, a bad
+    /// code, a missing line end, a multi-line reply that never ends), then go on reading
+    /// commands.
+    Raw(String),
 }
 
 impl Fault {
@@ -73,6 +82,9 @@ pub struct RelayScript {
     pub greeting: Option<Fault>,
     /// Instead of the answer to EHLO or HELO.
     pub ehlo: Option<Fault>,
+    /// When set, EHLO offers STARTTLS and the STARTTLS command gets this answer. A 220 is
+    /// followed by closing the connection: the relay has no TLS, so the client's handshake fails.
+    pub starttls: Option<Fault>,
     /// Instead of the final answer to AUTH (after the credentials were read).
     pub auth: Option<Fault>,
     /// Instead of the answer to MAIL FROM (after the syntax and sequence checks).
@@ -82,8 +94,12 @@ pub struct RelayScript {
     /// Instead of the 354 answer to DATA.
     pub data: Option<Fault>,
     /// Instead of the 250 answer after the final dot; the message is recorded only if this
-    /// is a 2xx reply.
+    /// is a 2xx reply, or if `record_before_after_dot` is set.
     pub after_dot: Option<Fault>,
+    /// Record the message as soon as its data is in, whatever `after_dot` does: with a Close,
+    /// Reset, Stall or 4xx there, this is a relay that took the mail and then lost the
+    /// connection or the answer (the client must assume it was not sent, and sends it again).
+    pub record_before_after_dot: bool,
     /// The ISP's network check, asked at each RCPT TO: when it says false, the recipient gets
     /// Postfix's `554 5.7.1 <rcpt>: Recipient address rejected: Relay access denied`.
     pub allow_client: ClientCheck,
@@ -98,11 +114,13 @@ impl Default for RelayScript {
             name: "relay.test".to_owned(),
             greeting: None,
             ehlo: None,
+            starttls: None,
             auth: None,
             mail: None,
             rcpt: Arc::new(|_| None),
             data: None,
             after_dot: None,
+            record_before_after_dot: false,
             allow_client: Arc::new(|| true),
             credentials: None,
         }
@@ -115,11 +133,13 @@ impl fmt::Debug for RelayScript {
             .field("name", &self.name)
             .field("greeting", &self.greeting)
             .field("ehlo", &self.ehlo)
+            .field("starttls", &self.starttls)
             .field("auth", &self.auth)
             .field("mail", &self.mail)
             .field("rcpt", &"<fn>")
             .field("data", &self.data)
             .field("after_dot", &self.after_dot)
+            .field("record_before_after_dot", &self.record_before_after_dot)
             .field("allow_client", &(self.allow_client)())
             .field(
                 "credentials",
@@ -345,10 +365,15 @@ enum Flow {
 
 struct Io {
     reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    /// `None` once the connection was reset.
+    writer: Option<OwnedWriteHalf>,
 }
 
 impl Io {
+    fn writer(&mut self) -> anyhow::Result<&mut OwnedWriteHalf> {
+        self.writer.as_mut().context("the connection was reset")
+    }
+
     async fn reply(&mut self, code: u16, text: &str) -> anyhow::Result<()> {
         let mut out = String::new();
         let lines: Vec<&str> = text.split('\n').map(|l| l.trim_end_matches('\r')).collect();
@@ -361,7 +386,7 @@ impl Io {
                 out.push_str(&format!("{code}{sep}{line}\r\n"));
             }
         }
-        self.writer
+        self.writer()?
             .write_all(out.as_bytes())
             .await
             .context("writing a reply")
@@ -378,6 +403,24 @@ impl Io {
                 })
             }
             Fault::Close => Ok(Flow::End),
+            Fault::Reset => {
+                // Linger 0 makes the close an RST. Dropping the write half would shut it down
+                // first (an orderly FIN), so it is forgotten instead: the socket closes, with
+                // the RST, when the read half goes at the end of the session.
+                if let Some(writer) = self.writer.take() {
+                    let stream: &TcpStream = writer.as_ref();
+                    stream.set_zero_linger().context("setting SO_LINGER to 0")?;
+                    writer.forget();
+                }
+                Ok(Flow::End)
+            }
+            Fault::Raw(bytes) => {
+                self.writer()?
+                    .write_all(bytes.as_bytes())
+                    .await
+                    .context("writing a raw reply")?;
+                Ok(Flow::Continue)
+            }
             Fault::Stall => {
                 let mut sink = [0u8; 4096];
                 loop {
@@ -432,7 +475,7 @@ async fn session(stream: TcpStream, shared: &Shared) -> anyhow::Result<()> {
     let (reader, writer) = stream.into_split();
     let mut io = Io {
         reader: BufReader::new(reader),
-        writer,
+        writer: Some(writer),
     };
     let script = shared.script();
     let greeted = match &script.greeting {
@@ -477,6 +520,21 @@ async fn session(stream: TcpStream, shared: &Shared) -> anyhow::Result<()> {
             "MAIL" => mail(&mut io, &script, &mut s, arg).await?,
             "RCPT" => rcpt(&mut io, &script, &mut s, arg).await?,
             "DATA" => data(&mut io, shared, &mut s, arg).await?,
+            "STARTTLS" => match &script.starttls {
+                None => {
+                    io.reply(502, "5.5.2 Error: command not recognized").await?;
+                    Flow::Continue
+                }
+                Some(fault) => {
+                    let flow = io.fault(fault).await?;
+                    if matches!(fault, Fault::Reply(220, _)) {
+                        // No TLS here: the client starts a handshake nobody answers.
+                        Flow::End
+                    } else {
+                        flow
+                    }
+                }
+            },
             "RSET" => {
                 s.reset_transaction();
                 io.reply(250, "2.0.0 Ok").await?;
@@ -543,6 +601,9 @@ async fn ehlo(
             format!("SIZE {MAX_MESSAGE_SIZE}"),
             "8BITMIME".to_owned(),
         ];
+        if script.starttls.is_some() {
+            lines.push("STARTTLS".to_owned());
+        }
         if script.credentials.is_some() {
             lines.push("AUTH PLAIN LOGIN".to_owned());
         }
@@ -839,6 +900,18 @@ async fn data(io: &mut Io, shared: &Shared, s: &mut Session, arg: &str) -> anyho
 
     // The script may have changed while the data came in.
     let script = shared.script();
+    if script.record_before_after_dot && !too_big {
+        record(shared, s, std::mem::take(&mut body));
+        return match &script.after_dot {
+            Some(fault) => io.fault(fault).await,
+            None => {
+                let id = shared.queue_ids.fetch_add(1, Ordering::Relaxed);
+                io.reply(250, &format!("2.0.0 Ok: queued as {id:010X}"))
+                    .await?;
+                Ok(Flow::Continue)
+            }
+        };
+    }
     let accepted = match &script.after_dot {
         Some(fault) => {
             let flow = io.fault(fault).await?;
@@ -855,6 +928,20 @@ async fn data(io: &mut Io, shared: &Shared, s: &mut Session, arg: &str) -> anyho
         }
         None => None,
     };
+    record(shared, s, body);
+    match accepted {
+        Some(flow) => Ok(flow),
+        None => {
+            let id = shared.queue_ids.fetch_add(1, Ordering::Relaxed);
+            io.reply(250, &format!("2.0.0 Ok: queued as {id:010X}"))
+                .await?;
+            Ok(Flow::Continue)
+        }
+    }
+}
+
+/// Records the transaction of `s` with `body` as received, and ends the transaction.
+fn record(shared: &Shared, s: &mut Session, body: Vec<u8>) {
     let received = Received {
         helo: s.helo.clone().unwrap_or_default(),
         from: s.from.take().unwrap_or_default(),
@@ -868,15 +955,6 @@ async fn data(io: &mut Io, shared: &Shared, s: &mut Session, arg: &str) -> anyho
         all.len()
     };
     shared.received_count.send_replace(count);
-    match accepted {
-        Some(flow) => Ok(flow),
-        None => {
-            let id = shared.queue_ids.fetch_add(1, Ordering::Relaxed);
-            io.reply(250, &format!("2.0.0 Ok: queued as {id:010X}"))
-                .await?;
-            Ok(Flow::Continue)
-        }
-    }
 }
 
 const BASE64_ALPHABET: &[u8; 64] =
@@ -1498,6 +1576,113 @@ mod tests {
             .expect("custom 250");
         assert_eq!(relay.received().len(), 1);
         assert_eq!(relay.connections(), 4);
+    }
+
+    #[tokio::test]
+    async fn starttls_is_offered_only_when_scripted() {
+        let relay = ScriptedRelay::start(RelayScript::default()).await.unwrap();
+        let replies = raw_session(&relay, &["EHLO me", "STARTTLS"]).await;
+        assert!(
+            !replies.iter().any(|l| l.contains("STARTTLS")),
+            "{replies:?}"
+        );
+        assert_eq!(
+            replies.last().map(String::as_str),
+            Some("502 5.5.2 Error: command not recognized")
+        );
+
+        relay.set_script(RelayScript {
+            starttls: Some(Fault::reply(
+                454,
+                "4.7.0 TLS not available due to local problem",
+            )),
+            ..RelayScript::default()
+        });
+        let replies = raw_session(&relay, &["EHLO me", "STARTTLS", "QUIT"]).await;
+        assert!(replies.contains(&"250-STARTTLS".to_owned()), "{replies:?}");
+        assert_eq!(
+            replies[replies.len() - 3..],
+            [
+                "454 4.7.0 TLS not available due to local problem",
+                "221 2.0.0 Bye",
+                "<eof>"
+            ]
+            .map(String::from)
+        );
+
+        // A 220 is followed by a hang-up: there is no TLS to negotiate.
+        relay.set_script(RelayScript {
+            starttls: Some(Fault::reply(220, "2.0.0 Ready to start TLS")),
+            ..RelayScript::default()
+        });
+        let replies = raw_session(&relay, &["EHLO me", "STARTTLS"]).await;
+        assert_eq!(
+            replies.last().map(String::as_str),
+            Some("220 2.0.0 Ready to start TLS")
+        );
+    }
+
+    #[tokio::test]
+    async fn raw_replies_are_sent_verbatim_and_the_session_goes_on() {
+        let relay = ScriptedRelay::start(RelayScript {
+            mail: Some(Fault::Raw("hello there\r\n".to_owned())),
+            ..RelayScript::default()
+        })
+        .await
+        .unwrap();
+        let replies = raw_session(&relay, &["EHLO me", "MAIL FROM:<a@b>", "NOOP"]).await;
+        assert_eq!(
+            replies[replies.len() - 2..],
+            ["hello there", "250 2.0.0 Ok"].map(String::from)
+        );
+    }
+
+    #[tokio::test]
+    async fn reset_aborts_the_connection() {
+        let relay = ScriptedRelay::start(RelayScript {
+            rcpt: Arc::new(|_| Some(Fault::Reset)),
+            ..RelayScript::default()
+        })
+        .await
+        .unwrap();
+        let mut stream = BufReader::new(TcpStream::connect(relay.addr).await.unwrap());
+        let mut line = String::new();
+        stream.read_line(&mut line).await.unwrap();
+        stream
+            .get_mut()
+            .write_all(b"HELO me\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n")
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let err = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+            .await
+            .expect("the relay hangs up")
+            .expect_err("reset, not an orderly close");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_relay_can_take_the_mail_and_lose_the_answer() {
+        let relay = ScriptedRelay::start(RelayScript {
+            after_dot: Some(Fault::Reset),
+            record_before_after_dot: true,
+            ..RelayScript::default()
+        })
+        .await
+        .unwrap();
+        let err = transport(&relay)
+            .send_raw(
+                &envelope("alice@isp-a.example", &["bob@example.org"]),
+                MESSAGE.as_bytes(),
+            )
+            .await
+            .expect_err("no answer after the dot");
+        assert!(!err.is_permanent(), "{err:?}");
+        let received = relay.received();
+        assert_eq!(received.len(), 1, "the relay kept it");
+        assert_eq!(received[0].rcpts, ["bob@example.org"]);
+        // lettre's CRLF.CRLF after data that already ends in CRLF.
+        assert_eq!(received[0].data_text(), format!("{MESSAGE}\r\n"));
     }
 
     #[tokio::test]

@@ -174,22 +174,38 @@ async fn one_rejected_recipient_does_not_stop_the_others() {
     .unwrap();
     let got = relay.wait_for(1, Duration::from_secs(10)).await.unwrap();
     assert_eq!(got[0].rcpts, ["a@example.net", "b@example.net"]);
-    eventually("moved to sent/", &w, || {
-        w.outbox_entries("me", "sent").len() == 1
+    // Delivered to the others; the rejected recipient is not silent: the message waits in
+    // failed/ with each recipient's state, where `linkrelay queue` shows it.
+    eventually("moved to failed/", &w, || {
+        w.outbox_entries("me", "failed").len() == 1
     })
     .await;
-    let id = &w.outbox_entries("me", "sent")[0];
-    let state =
-        std::fs::read_to_string(w.data_dir.join("me/sent").join(id).join("state.json")).unwrap();
-    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
-    let nobody = state["recipients"]
+    let q = cli_json(&w, &["queue"]);
+    assert_eq!(q[0]["folder"], "failed", "{q}");
+    assert!(
+        q[0]["status"]
+            .as_str()
+            .unwrap()
+            .contains("1 of 3 recipients rejected: nobody@example.net (550 5.1.1"),
+        "{q}"
+    );
+    let states: Vec<(&str, &str)> = q[0]["recipients"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|r| r["addr"] == "nobody@example.net")
-        .unwrap();
-    assert_eq!(nobody["status"], "failed");
+        .map(|r| (r["addr"].as_str().unwrap(), r["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("a@example.net", "sent"),
+            ("nobody@example.net", "failed"),
+            ("b@example.net", "sent")
+        ]
+    );
+    let nobody = &q[0]["recipients"][1];
     assert!(nobody["reply"].as_str().unwrap().contains("User unknown"));
+    assert!(w.outbox_entries("me", "sent").is_empty());
 }
 
 /// Regression: lettre ends the data with CRLF.CRLF after whatever it is given, and the agent

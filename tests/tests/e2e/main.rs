@@ -8,6 +8,9 @@
 
 mod cli;
 mod dbus_api;
+mod delivery;
+mod durability;
+mod faults;
 mod interop;
 mod netlink;
 mod seed;

@@ -1,0 +1,342 @@
+//! Crash safety and a full disk: SIGKILL at random moments of a flush loses nothing and sends at
+//! most one message twice per kill; sendmail on a full disk says "try again" (EX_TEMPFAIL) and
+//! leaves nothing half-written behind.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use linkrelay_outbox::{Envelope, Outbox};
+use linkrelay_tests::nm::{ActiveSpec, FakeNm};
+use linkrelay_tests::smtp::{RelayScript, ScriptedRelay};
+use linkrelay_tests::world::World;
+use rand::{Rng, SeedableRng};
+
+use crate::util::subjects;
+
+const MESSAGES: usize = 300;
+const KILLS: usize = 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_loses_nothing_and_duplicates_at_most_one_per_kill() {
+    let seed: u64 = std::env::var("LINKRELAY_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("kill moments from seed {seed} (set LINKRELAY_KILL_SEED to replay)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+
+    let relay = ScriptedRelay::start(RelayScript::default()).await.unwrap();
+    let mut w = World::new().unwrap();
+    w.write_config(&format!(
+        "[agent]\ndebounce = \"50ms\"\n\n[retry]\nmin = \"1s\"\nmax = \"2s\"\n\n\
+         [[link]]\nname = \"office\"\nmatch = {{ id = \"Office\" }}\n\n\
+         [[relay]]\nname = \"r\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\ntimeout = \"5s\"\n\n\
+         [[user]]\nname = \"me\"\nfrom = [\"*\"]\nroutes = {{ office = [\"r\"] }}\n",
+        relay.port()
+    ))
+    .unwrap();
+    // Queue the messages the way sendmail does (the same library call), while the agent is down.
+    let outbox = Outbox::open(&w.data_dir.join("me")).unwrap();
+    let envelope = Envelope {
+        from: "me@example.org".into(),
+        recipients: vec!["you@dest.example".into()],
+    };
+    for i in 0..MESSAGES {
+        let msg = format!(
+            "From: me@example.org\r\nTo: you@dest.example\r\nSubject: m{i:04}\r\n\r\nmessage {i}\r\n"
+        );
+        outbox.enqueue(&envelope, msg.as_bytes()).unwrap();
+    }
+    let _nm = FakeNm::start(
+        &w.system.address,
+        vec![ActiveSpec::ethernet("Office", "eth0", "192.0.2.1")],
+        4,
+    )
+    .await
+    .unwrap();
+
+    let mut kills = 0;
+    let mut mid_flush = 0;
+    while kills < KILLS {
+        let before = relay.received().len();
+        w.start_agent().await.unwrap();
+        // Spread over the first half of the flush (~7 ms a message here): at connect,
+        // mid-transaction, between the relay's answer and the move to sent/, mid-rename.
+        let wait = Duration::from_millis(rng.random_range(0..100));
+        tokio::time::sleep(wait).await;
+        w.kill_agent();
+        kills += 1;
+        let queued = w.outbox_entries("me", "queue").len();
+        if queued > 0 && relay.received().len() > before {
+            mid_flush += 1;
+        }
+        eprintln!(
+            "kill {kills} after {wait:?}: relay has {}, {queued} still queued",
+            relay.received().len()
+        );
+        if queued == 0 {
+            break;
+        }
+    }
+    // The last start runs to the end.
+    let left = w.outbox_entries("me", "queue").len();
+    let started = Instant::now();
+    w.start_agent().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !w.outbox_entries("me", "queue").is_empty() {
+        assert!(Instant::now() < deadline, "{}", w.agent_log());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = started.elapsed();
+    eprintln!(
+        "last run: {left} messages in {took:?} with start-up ({:?} per message)",
+        took / left.max(1) as u32
+    );
+    w.stop_agent();
+
+    let mut deliveries: BTreeMap<String, usize> = BTreeMap::new();
+    for s in subjects(&relay) {
+        *deliveries.entry(s).or_default() += 1;
+    }
+    let missing: Vec<String> = (0..MESSAGES)
+        .map(|i| format!("m{i:04}"))
+        .filter(|s| !deliveries.contains_key(s))
+        .collect();
+    assert!(missing.is_empty(), "lost: {missing:?} (seed {seed})");
+    assert_eq!(deliveries.len(), MESSAGES, "seed {seed}");
+    let extra = relay.received().len() - MESSAGES;
+    let twice: Vec<_> = deliveries.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        extra <= kills,
+        "{extra} duplicates for {kills} kills: {twice:?} (seed {seed})"
+    );
+    eprintln!("{kills} kills ({mid_flush} mid-flush), {extra} duplicates");
+    assert!(
+        mid_flush * 2 >= kills,
+        "only {mid_flush} of {kills} kills hit a flush: the test did not test much (seed {seed})"
+    );
+    assert_eq!(w.outbox_entries("me", "sent").len(), MESSAGES);
+    assert!(w.outbox_entries("me", "failed").is_empty());
+    // Sent in order: each message's first delivery comes after the previous one's.
+    let firsts: Vec<String> = {
+        let mut seen = std::collections::BTreeSet::new();
+        subjects(&relay)
+            .into_iter()
+            .filter(|s| seen.insert(s.clone()))
+            .collect()
+    };
+    let mut sorted = firsts.clone();
+    sorted.sort();
+    assert_eq!(firsts, sorted, "a user's messages go out in order");
+}
+
+/// A small tmpfs mounted over a directory; unmounted when dropped.
+struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .output()
+            .expect("mount(8) runs");
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs needs root (CI runs as root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Bytes free.
+    fn free(&self) -> u64 {
+        let out = Command::new("stat")
+            .args(["-f", "-c", "%a %S"])
+            .arg(&self.dir)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut it = text.split_whitespace().map(|n| n.parse::<u64>().unwrap());
+        it.next().unwrap() * it.next().unwrap()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn sendmail_on_a_full_disk_fails_with_ex_tempfail_and_leaves_nothing_behind() {
+    let w = World::new().unwrap();
+    // No config file: the embedded default's one user, "default".
+    let disk = Tmpfs::mount(&w.data_dir, "512k");
+    let outbox = w.data_dir.join("default");
+    let send = |body_len: usize| {
+        let body = "x".repeat(76) + "\n";
+        let body = body.repeat(body_len / 77 + 1);
+        w.sendmail(
+            &["-t", "-i"],
+            &format!("From: me@example.org\nTo: you@example.org\nSubject: big\n\n{body}"),
+        )
+        .unwrap()
+    };
+    let out = send(100);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first = names(&outbox.join("queue"));
+    assert_eq!(first.len(), 1);
+
+    // Leave about 24 KiB free, then try sizes from well below to well above that: some fail
+    // while writing message.eml, some while writing state.json, some fit.
+    let free = disk.free();
+    std::fs::write(
+        w.data_dir.join("filler"),
+        vec![0u8; (free - 24 * 1024) as usize],
+    )
+    .unwrap();
+    let (mut failed, mut queued) = (0, 0);
+    for kib in 12..40 {
+        let before = names(&outbox.join("queue"));
+        let out = send(kib * 1024);
+        let after = names(&outbox.join("queue"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            names(&outbox.join("tmp")),
+            Vec::<String>::new(),
+            "{kib} KiB: tmp/"
+        );
+        match out.status.code() {
+            Some(75) => {
+                failed += 1;
+                assert!(stderr.contains("message NOT queued"), "{stderr}");
+                assert!(stderr.contains("No space left on device"), "{stderr}");
+                assert_eq!(
+                    before, after,
+                    "{kib} KiB: queue/ changed although sendmail failed"
+                );
+            }
+            Some(0) => {
+                queued += 1;
+                let new: Vec<_> = after.iter().filter(|id| !before.contains(id)).collect();
+                assert_eq!(new.len(), 1, "{kib} KiB");
+                let dir = outbox.join("queue").join(new[0]);
+                assert_eq!(names(&dir), ["message.eml", "state.json"], "{kib} KiB");
+                let state: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap())
+                        .unwrap();
+                let size = std::fs::metadata(dir.join("message.eml")).unwrap().len();
+                assert_eq!(state["size"], size, "{kib} KiB");
+                // Make room for the next size.
+                std::fs::remove_dir_all(&dir).unwrap();
+            }
+            other => panic!("{kib} KiB: sendmail exited with {other:?}: {stderr}"),
+        }
+    }
+    assert!(failed > 0 && queued > 0, "{failed} failed, {queued} queued");
+    assert_eq!(names(&outbox.join("queue")), first);
+
+    // Space again: sendmail works again.
+    std::fs::remove_file(w.data_dir.join("filler")).unwrap();
+    let out = send(30 * 1024);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(names(&outbox.join("queue")).len(), 2);
+    drop(disk);
+}
+
+/// Fills the file system of `dir` to the last byte with `dir/filler`.
+fn fill(dir: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
+    let chunk = vec![0u8; 4096];
+    loop {
+        match f.write(&chunk) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(28) => break, // ENOSPC
+            Err(e) => panic!("filling the disk: {e}"),
+        }
+    }
+    let _ = f.sync_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_fills_up_while_sending_does_not_make_the_agent_send_twice() {
+    let relay = ScriptedRelay::start(RelayScript::default()).await.unwrap();
+    let mut w = World::new().unwrap();
+    w.write_config(&format!(
+        "[agent]\ndebounce = \"50ms\"\n\n\
+         [[link]]\nname = \"office\"\nmatch = {{ id = \"Office\" }}\n\n\
+         [[relay]]\nname = \"r\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\ntimeout = \"5s\"\n\n\
+         [[user]]\nname = \"me\"\nfrom = [\"*\"]\nroutes = {{ office = [\"r\"] }}\n",
+        relay.port()
+    ))
+    .unwrap();
+    let _disk = Tmpfs::mount(&w.data_dir, "1m");
+    w.send("me@example.org", "you@dest.example", "full")
+        .unwrap();
+    // Nothing can be written any more: not the message's new state, not its move to sent/.
+    fill(&w.data_dir);
+    let _nm = FakeNm::start(
+        &w.system.address,
+        vec![ActiveSpec::ethernet("Office", "eth0", "192.0.2.1")],
+        4,
+    )
+    .await
+    .unwrap();
+    w.start_agent().await.unwrap();
+    relay.wait_for(1, Duration::from_secs(10)).await.unwrap();
+    crate::util::eventually("the agent noticed it cannot record it", &w, || {
+        w.agent_log().contains("cannot move to sent/")
+    })
+    .await;
+    // Flushing again (the agent remembers it was delivered) sends nothing.
+    for _ in 0..3 {
+        let out = w.run_cli(&["flush", "--wait"]).unwrap();
+        assert!(out.status.success());
+    }
+    assert_eq!(relay.received().len(), 1, "{}", w.agent_log());
+    assert_eq!(w.outbox_entries("me", "queue").len(), 1);
+
+    // Space again: the next flush records it, still without sending it again.
+    std::fs::remove_file(w.data_dir.join("filler")).unwrap();
+    let out = w.run_cli(&["flush", "--wait"]).unwrap();
+    assert!(out.status.success());
+    assert_eq!(w.outbox_entries("me", "sent").len(), 1, "{}", w.agent_log());
+    assert!(w.outbox_entries("me", "queue").is_empty());
+    assert_eq!(relay.received().len(), 1);
+    w.stop_agent();
+}
