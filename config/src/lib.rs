@@ -35,6 +35,9 @@
 //! # Ok::<(), linkrelay_config::ConfigError>(())
 //! ```
 
+// In tests a failed unwrap is a failed test, with its location.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};

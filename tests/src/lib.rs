@@ -11,6 +11,9 @@
 //!
 //! Nothing here touches the machine's own buses or network configuration.
 
+// In tests a failed unwrap is a failed test, with its location.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod bus;
 pub mod nm;
 pub mod smtp;
@@ -19,7 +22,7 @@ pub mod world;
 #[cfg(test)]
 mod nm_tests;
 
-pub use bus::{BusKind, TestBus};
+pub use bus::{BusKind, BusOptions, TestBus};
 pub use nm::{ActiveSpec, FakeNm};
 pub use smtp::{Fault, Received, RelayScript, ScriptedRelay};
 

@@ -257,6 +257,7 @@ impl Signals {
         Signals { stream }
     }
 
+    #[allow(clippy::never_loop)]
     async fn next(&mut self) -> Option<Seen> {
         loop {
             let msg = tokio::time::timeout(WAIT, self.stream.next())

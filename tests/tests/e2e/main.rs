@@ -3,8 +3,12 @@
 //!
 //! One test binary (as ripgrep does), one module per area.
 
+// A failed unwrap is a failed test, with its location: what a test should do.
+#![allow(clippy::unwrap_used)]
+
 mod cli;
 mod dbus_api;
+mod desktop;
 mod interop;
 mod seed;
 
