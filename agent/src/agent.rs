@@ -19,6 +19,7 @@ use tracing::{error, info, warn};
 use zbus::object_server::InterfaceRef;
 
 use crate::flusher::{self, BatchResult, FlushEvent, FlushRequest, FlushSettings, UserRoute, now};
+use crate::lifecycle;
 use crate::link::{LinkState, link_property};
 use crate::memory::RelayMemory;
 use crate::router::{self, Override, Route, Routing};
@@ -41,6 +42,9 @@ pub enum RunError {
         /// Cause.
         source: OutboxError,
     },
+    /// The connection to the bus broke (the session ended, the bus daemon went away).
+    #[error("lost the connection to the bus it serves on")]
+    BusLost,
     /// Installing a signal handler failed.
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
@@ -150,6 +154,10 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
         _ => return Err(RunError::AlreadyRunning(AGENT_BUS_NAME.into())),
     }
     info!(bus = ?agent.opts.bus, "linkrelayd ready as {AGENT_BUS_NAME}");
+    lifecycle::ready(&format!("serving {AGENT_BUS_NAME}"));
+    let mut watchdog = lifecycle::Watchdog::from_env();
+    let bus_lost = lifecycle::bus_lost(&conn);
+    tokio::pin!(bus_lost);
 
     let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
@@ -207,10 +215,17 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
                     warn!("reload failed, the running config stays: {e:?}");
                 }
             }
+            // From the loop itself: a loop that is stuck stops pinging and systemd restarts it.
+            _ = watchdog.tick() => watchdog.ping(),
+            _ = &mut bus_lost => {
+                lifecycle::stopping();
+                return Err(RunError::BusLost);
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
+    lifecycle::stopping();
     info!("linkrelayd stopping");
     Ok(())
 }
