@@ -3,7 +3,12 @@
 //! Every verb but `sendmail` and `config` asks the running agent over D-Bus; the CLI holds no
 //! logic beyond enqueueing and formatting.
 
+// In tests a failed unwrap is a failed test, with its location.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod install;
 mod output;
+mod panel;
 mod sendmail;
 
 use std::path::PathBuf;
@@ -11,7 +16,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use clap::{Args as ClapArgs, Parser, Subcommand};
+use clap::{Args as ClapArgs, CommandFactory, Parser, Subcommand, ValueEnum};
 use futures_util::StreamExt;
 use linkrelay_config::{Config, ConfigError};
 use linkrelay_dbus::{AGENT_BUS_NAME, AgentProxy};
@@ -38,7 +43,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Verb {
     /// Show the link, each user's route (or why mail is held), the override and queue counts
-    Status(JsonFlag),
+    Status(StatusArgs),
     /// Follow the agent's events (route changes, sent, deferred, failed, refusals) until ^C
     Watch(JsonFlag),
     /// Override the router: pretend a link is up, or force a relay
@@ -62,6 +67,20 @@ enum Verb {
     /// Check, create or locate the config file
     #[command(subcommand)]
     Config(ConfigVerb),
+    /// Install the systemd user unit and the D-Bus activation file for linkrelayd
+    Install(InstallArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page linkrelay(1), or write it and one page per verb into a directory
+    Man {
+        /// Write linkrelay.1 and linkrelay-VERB.1 into this directory instead
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Queue a message like sendmail(8): reads the message on stdin. Run `linkrelay sendmail
     /// --help-sendmail` for the options.
     #[command(disable_help_flag = true)]
@@ -70,6 +89,48 @@ enum Verb {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StatusFormat {
+    /// Several lines for people
+    Text,
+    /// JSON for scripts (the same as --json)
+    Json,
+    /// A Waybar custom module's JSON (text, tooltip, class, alt)
+    Waybar,
+    /// One plain line for panels and prompts
+    Line,
+}
+
+#[derive(Debug, ClapArgs)]
+struct StatusArgs {
+    /// Print JSON instead of text (the same as --format json)
+    #[arg(long, conflicts_with = "format")]
+    json: bool,
+    /// How to print it
+    #[arg(long, value_enum)]
+    format: Option<StatusFormat>,
+    /// With --format waybar or line: keep running and print a new line at every change
+    #[arg(long)]
+    follow: bool,
+}
+
+#[derive(Debug, ClapArgs)]
+struct InstallArgs {
+    /// Install for your user: the unit into ~/.config/systemd/user, the D-Bus service file into
+    /// ~/.local/share/dbus-1/services (following XDG_CONFIG_HOME and XDG_DATA_HOME)
+    #[arg(long, required = true)]
+    user: bool,
+    /// The linkrelayd to run [default: the one beside this linkrelay, else the one on PATH]
+    #[arg(long, value_name = "PATH")]
+    agent: Option<PathBuf>,
+    /// Print the files and where they would go; write nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Remove the files instead
+    #[arg(long, conflicts_with = "dry_run")]
+    remove: bool,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -170,8 +231,20 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    if let Verb::Config(c) = &cli.verb {
-        return config_verb(c);
+    match &cli.verb {
+        Verb::Config(c) => return config_verb(c),
+        Verb::Install(a) => return install_verb(a),
+        Verb::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "linkrelay",
+                &mut std::io::stdout(),
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Verb::Man { dir } => return man_verb(dir.as_deref()),
+        _ => {}
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -237,8 +310,63 @@ fn config_verb(verb: &ConfigVerb) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Connects to the bus and makes sure the agent is there, with a message that says what to do
-/// when it is not.
+fn install_verb(a: &InstallArgs) -> anyhow::Result<ExitCode> {
+    let plan = install::plan(install::find_agent(a.agent.clone())?)?;
+    if a.dry_run {
+        println!("# {}\n{}", plan.unit_path.display(), plan.unit);
+        println!("# {}\n{}", plan.dbus_path.display(), plan.dbus);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if a.remove {
+        for p in [&plan.unit_path, &plan.dbus_path] {
+            if install::remove_file(p)? {
+                println!("removed {}", p.display());
+            }
+        }
+        println!(
+            "Next: systemctl --user disable --now {} && systemctl --user daemon-reload",
+            install::UNIT_NAME
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (path, text) in [(&plan.unit_path, &plan.unit), (&plan.dbus_path, &plan.dbus)] {
+        let what = match install::write_file(path, text)? {
+            install::Written::Created => "wrote",
+            install::Written::Updated => "updated",
+            install::Written::Unchanged => "unchanged",
+        };
+        println!("{what} {}", path.display());
+    }
+    println!("Both start {}.", plan.agent.display());
+    print!("{}", install::next_steps(&plan));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn man_verb(dir: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    let cmd = Cli::command();
+    let Some(dir) = dir else {
+        clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut pages = vec![("linkrelay.1".to_string(), cmd.clone())];
+    for sub in cmd.get_subcommands() {
+        let name = format!("linkrelay-{}", sub.get_name());
+        pages.push((format!("{name}.1"), sub.clone().name(name)));
+    }
+    for (file, page) in pages {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(page).render(&mut out)?;
+        let path = dir.join(file);
+        std::fs::write(&path, out).with_context(|| format!("cannot write {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Connects to the bus and makes sure the agent is there, starting it through D-Bus activation
+/// when it is installed (`linkrelay install --user`), with a message that says what to do when
+/// it is not.
 async fn connect(system: bool) -> anyhow::Result<Result<zbus::Connection, String>> {
     let which = if system { "system" } else { "session" };
     let conn = if system {
@@ -256,14 +384,32 @@ async fn connect(system: bool) -> anyhow::Result<Result<zbus::Connection, String
     };
     let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
     let name = zbus::names::BusName::try_from(AGENT_BUS_NAME)?;
-    if !dbus.name_has_owner(name).await? {
-        return Ok(Err(format!(
-            "linkrelayd is not running on the {which} bus ({AGENT_BUS_NAME} has no owner); \
-             start it with `linkrelayd{}` (or `systemctl --user start linkrelayd`)",
-            if system { " --bus system" } else { "" }
-        )));
+    if dbus.name_has_owner(name.clone()).await? {
+        return Ok(Ok(conn));
     }
-    Ok(Ok(conn))
+    let activatable = dbus
+        .list_activatable_names()
+        .await?
+        .iter()
+        .any(|n| n.as_str() == AGENT_BUS_NAME);
+    if activatable {
+        // The bus starts it (through systemd when the unit is installed) and answers once the
+        // agent owns its name, which it claims only when its state is real.
+        let start = zbus::names::WellKnownName::try_from(AGENT_BUS_NAME)?;
+        return Ok(match dbus.start_service_by_name(start, 0).await {
+            Ok(_) => Ok(conn),
+            Err(e) => Err(format!(
+                "linkrelayd is not running on the {which} bus and D-Bus activation could not start it ({e}); \
+                 see `journalctl --user -u linkrelayd`, or run `linkrelayd` in a terminal to see why"
+            )),
+        });
+    }
+    Ok(Err(format!(
+        "linkrelayd is not running on the {which} bus ({AGENT_BUS_NAME} has no owner); \
+         start it with `linkrelayd{}` (or `systemctl --user start linkrelayd`), \
+         or run `linkrelay install --user` once so that it starts by itself",
+        if system { " --bus system" } else { "" }
+    )))
 }
 
 fn dbus_error(e: zbus::Error) -> anyhow::Error {
@@ -277,6 +423,18 @@ fn dbus_error(e: zbus::Error) -> anyhow::Error {
 }
 
 async fn agent_verb(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Verb::Status(StatusArgs {
+        format: Some(f @ (StatusFormat::Waybar | StatusFormat::Line)),
+        follow,
+        ..
+    }) = &cli.verb
+    {
+        let f = match f {
+            StatusFormat::Waybar => panel::PanelFormat::Waybar,
+            _ => panel::PanelFormat::Line,
+        };
+        return panel::run(cli.system, f, *follow).await;
+    }
     let conn = match connect(cli.system).await? {
         Ok(c) => c,
         Err(msg) => {
@@ -287,8 +445,11 @@ async fn agent_verb(cli: Cli) -> anyhow::Result<ExitCode> {
     let agent = AgentProxy::new(&conn).await?;
     match cli.verb {
         Verb::Status(f) => {
+            if f.follow {
+                bail!("--follow goes with --format waybar or --format line");
+            }
             let s = output::Status::read(&agent).await.map_err(dbus_error)?;
-            if f.json {
+            if f.json || f.format == Some(StatusFormat::Json) {
                 println!("{}", serde_json::to_string_pretty(&s.to_json())?);
             } else {
                 print!("{}", s.render());
@@ -368,7 +529,11 @@ async fn agent_verb(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(EX_CONFIG));
             }
         },
-        Verb::Config(_) | Verb::Sendmail { .. } => unreachable!("handled before connecting"),
+        Verb::Config(_)
+        | Verb::Sendmail { .. }
+        | Verb::Install(_)
+        | Verb::Completions { .. }
+        | Verb::Man { .. } => unreachable!("handled before connecting"),
     }
     Ok(ExitCode::SUCCESS)
 }
