@@ -66,6 +66,8 @@ pub struct Config {
     pub agent: AgentSettings,
     /// `[retry]`
     pub retry: RetrySettings,
+    /// `[notify]`
+    pub notify: NotifySettings,
     /// `[[link]]` tables, in file order (the order [`Config::match_link`] tries them in).
     pub links: Vec<LinkRule>,
     /// `[[relay]]` tables, in file order.
@@ -141,6 +143,25 @@ impl Default for RetrySettings {
             max: Duration::from_secs(60 * 60),
             lifetime: Duration::from_secs(5 * 24 * 60 * 60),
             refusal_memory: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// `[notify]`: desktop notifications about mail that needs the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotifySettings {
+    /// `enabled`: show desktop notifications at all. Default true.
+    pub enabled: bool,
+    /// `after`: tell the user about a message still queued this long after it was queued.
+    /// Default 1 hour; more than 0.
+    pub after: Duration,
+}
+
+impl Default for NotifySettings {
+    fn default() -> Self {
+        NotifySettings {
+            enabled: true,
+            after: Duration::from_secs(60 * 60),
         }
     }
 }
@@ -395,6 +416,7 @@ impl Config {
             path: None,
             agent: AgentSettings::default(),
             retry: RetrySettings::default(),
+            notify: NotifySettings::default(),
             links: Vec::new(),
             relays: Vec::new(),
             users: vec![User {
