@@ -22,6 +22,7 @@ use crate::flusher::{self, BatchResult, FlushEvent, FlushRequest, FlushSettings,
 use crate::lifecycle;
 use crate::link::{LinkState, link_property};
 use crate::memory::RelayMemory;
+use crate::notify::Notifier;
 use crate::router::{self, Override, Route, Routing};
 use crate::service::{AgentInterface, Command, Published, Reply};
 
@@ -91,6 +92,7 @@ struct Agent {
     drop_watch: Option<tokio::task::JoinHandle<()>>,
     published: Arc<Mutex<Published>>,
     iface: InterfaceRef<AgentInterface>,
+    notifier: Notifier,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -104,6 +106,7 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
         ServeBus::Session => zbus::connection::Builder::session(),
         ServeBus::System => zbus::connection::Builder::system(),
     };
+    let notifier_commands = cmd_tx.clone();
     let conn = builder
         .serve_at(AGENT_PATH, AgentInterface::new(cmd_tx, published.clone()))
         .build()
@@ -112,6 +115,13 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
         .object_server()
         .interface::<_, AgentInterface>(AGENT_PATH)
         .await?;
+
+    // Desktop notifications go to the user's session bus, whichever bus the agent serves on.
+    let session = match opts.bus {
+        ServeBus::Session => Some(conn.clone()),
+        ServeBus::System => zbus::Connection::session().await.ok(),
+    };
+    let notifier = Notifier::spawn(config.notify, session, notifier_commands);
 
     let (link_tx, mut link_rx) = watch::channel(LinkState::unknown());
     start_link_source(&config, link_tx);
@@ -135,6 +145,7 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
         drop_watch: None,
         published,
         iface,
+        notifier,
     };
     agent.sync_flushers()?;
 
@@ -455,6 +466,7 @@ impl Agent {
         let _ = iface.queue_changed(e).await;
         let _ = iface.config_path_changed(e).await;
         let _ = iface.config_error_changed(e).await;
+        self.notifier.queue_changed();
     }
 
     async fn publish_queue(&mut self) {
@@ -464,6 +476,7 @@ impl Agent {
         }
         let iface = self.iface.get().await;
         let _ = iface.queue_changed(self.iface.signal_emitter()).await;
+        self.notifier.queue_changed();
     }
 
     fn queue_counts(&self) -> Vec<QueueCount> {
@@ -527,6 +540,7 @@ impl Agent {
                     AgentInterface::message_deferred(&e, &user, &id, &reason, next_attempt).await;
             }
             FlushEvent::Failed { user, id, reason } => {
+                self.notifier.failed(&user, &id, &reason);
                 let _ = AgentInterface::message_failed(&e, &user, &id, &reason).await;
             }
             FlushEvent::RelayRefused {
@@ -769,6 +783,7 @@ impl Agent {
                 info!(path = %path.display(), "config reloaded");
                 self.config = Arc::new(config);
                 self.config_error = None;
+                self.notifier.settings(self.config.notify);
                 if let Err(e) = self.sync_flushers() {
                     error!("after reload: {e}");
                 }

@@ -17,6 +17,7 @@ pub mod link;
 pub mod logging;
 pub mod memory;
 pub mod nm;
+pub mod notify;
 pub mod outcome;
 pub mod router;
 pub mod service;

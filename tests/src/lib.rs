@@ -6,6 +6,9 @@
 //! - [`smtp`]: [`ScriptedRelay`], an SMTP relay with a fault at any stage and a record of what
 //!   it accepted, including Postfix's "Relay access denied" for clients on foreign networks.
 //!
+//! - [`notifications`]: [`notifications::FakeNotifications`], a desktop notification server
+//!   that records what the user would have read.
+//!
 //! - [`world`]: one test's whole world: both buses, a home, the real `linkrelayd` and
 //!   `linkrelay` binaries.
 //!
@@ -16,6 +19,7 @@
 
 pub mod bus;
 pub mod nm;
+pub mod notifications;
 pub mod smtp;
 pub mod world;
 

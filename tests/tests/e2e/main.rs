@@ -10,6 +10,7 @@ mod cli;
 mod dbus_api;
 mod desktop;
 mod interop;
+mod notify;
 mod seed;
 
 /// Shared helpers for the modules.
