@@ -636,6 +636,19 @@ impl Agent {
                 let r = self.reload().await;
                 let _ = reply.send(r);
             }
+            Command::TestRelay {
+                relay,
+                from,
+                to,
+                reply,
+            } => crate::relaytest::spawn(
+                self.config.clone(),
+                self.routing.link_name.clone(),
+                relay,
+                from,
+                to,
+                reply,
+            ),
         }
     }
 

@@ -19,6 +19,7 @@ pub mod memory;
 pub mod nm;
 pub mod notify;
 pub mod outcome;
+pub mod relaytest;
 pub mod router;
 pub mod service;
 pub mod smtp;

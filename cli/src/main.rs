@@ -9,6 +9,7 @@
 mod install;
 mod output;
 mod panel;
+mod relay;
 mod sendmail;
 
 use std::path::PathBuf;
@@ -64,6 +65,9 @@ enum Verb {
     },
     /// Make the agent re-read its config (a broken file keeps the running config)
     Reload,
+    /// Try a relay from the link that is up, as the agent would use it, without sending: EHLO,
+    /// STARTTLS, AUTH, then MAIL FROM and RCPT TO and RSET. Exits 0 when it would relay for us
+    TestRelay(TestRelayArgs),
     /// Check, create or locate the config file
     #[command(subcommand)]
     Config(ConfigVerb),
@@ -114,6 +118,21 @@ struct StatusArgs {
     /// With --format waybar or line: keep running and print a new line at every change
     #[arg(long)]
     follow: bool,
+}
+
+#[derive(Debug, ClapArgs)]
+struct TestRelayArgs {
+    /// The [[relay]] name
+    name: String,
+    /// Envelope sender to try [default: an address of a user routed through it, else <>]
+    #[arg(long, value_name = "ADDR")]
+    from: Option<String>,
+    /// Recipient to try [default: postmaster@example.com, a domain no relay delivers itself]
+    #[arg(long, value_name = "ADDR")]
+    to: Option<String>,
+    /// Print JSON instead of text
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -521,6 +540,27 @@ async fn agent_verb(cli: Cli) -> anyhow::Result<ExitCode> {
         Verb::Drop { id } => {
             agent.drop(&id).await.map_err(dbus_error)?;
             println!("{id}: deleted");
+        }
+        Verb::TestRelay(t) => {
+            let result = agent
+                .test_relay(
+                    &t.name,
+                    t.from.as_deref().unwrap_or(""),
+                    t.to.as_deref().unwrap_or(""),
+                )
+                .await
+                .map_err(dbus_error)?;
+            if t.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&relay::to_json(&result))?
+                );
+            } else {
+                print!("{}", relay::render(&result));
+            }
+            if result.may_relay != "yes" {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Verb::Reload => match agent.reload().await {
             Ok(()) => println!("config reloaded"),

@@ -12,6 +12,7 @@ mod desktop;
 mod interop;
 mod notify;
 mod seed;
+mod test_relay;
 
 /// Shared helpers for the modules.
 mod util;
