@@ -6,6 +6,7 @@
 // In tests a failed unwrap is a failed test, with its location.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod connect;
 mod install;
 mod output;
 mod panel;
@@ -190,6 +191,13 @@ struct FlushArgs {
     /// Wait until the flush is over and report what was sent
     #[arg(long)]
     wait: bool,
+    /// When mail is held for want of a link with a relay, first ask NetworkManager to bring up
+    /// a saved connection that has one (implies --wait)
+    #[arg(long)]
+    connect: bool,
+    /// With --connect: how long to wait for the connection to carry a route
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
     /// Print JSON instead of text
     #[arg(long)]
     json: bool,
@@ -503,7 +511,13 @@ async fn agent_verb(cli: Cli) -> anyhow::Result<ExitCode> {
         Verb::Flush(f) => {
             let user = f.user.unwrap_or_default();
             // With --wait the reply comes when the flush is over (zbus sets no call timeout).
-            let results = agent.flush(&user, f.wait).await.map_err(dbus_error)?;
+            let results = if f.connect {
+                let u = (!user.is_empty()).then_some(user.as_str());
+                connect::connect_and_flush(&agent, u, f.timeout).await?
+            } else {
+                agent.flush(&user, f.wait).await.map_err(dbus_error)?
+            };
+            let waited = f.wait || f.connect;
             if f.json {
                 println!(
                     "{}",
@@ -511,7 +525,7 @@ async fn agent_verb(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             } else {
                 for r in &results {
-                    if f.wait {
+                    if waited {
                         println!("{}: sent {}, {} still queued", r.user, r.sent, r.remaining);
                     } else {
                         println!("{}: flushing ({} queued)", r.user, r.remaining);

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod cli;
+mod connect;
 mod dbus_api;
 mod desktop;
 mod interop;
