@@ -265,6 +265,8 @@ async fn run(
                         st.show(failed_note(&user, &id, &reason), 0).await;
                     }
                 }
+                // Turned off: nothing to look for (turning it on again looks at once).
+                Some(Event::QueueChanged) if !st.settings.enabled => {}
                 Some(Event::QueueChanged) => {
                     let soon = Instant::now() + SETTLE;
                     scan_at = Some(scan_at.map_or(soon, |at| at.min(soon)));

@@ -395,6 +395,14 @@ fn man_verb(dir: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
 /// when it is installed (`linkrelay install --user`), with a message that says what to do when
 /// it is not.
 async fn connect(system: bool) -> anyhow::Result<Result<zbus::Connection, String>> {
+    connect_with(system, true).await
+}
+
+/// [`connect`], starting the agent through D-Bus activation only when `activate` says so.
+async fn connect_with(
+    system: bool,
+    activate: bool,
+) -> anyhow::Result<Result<zbus::Connection, String>> {
     let which = if system { "system" } else { "session" };
     let conn = if system {
         zbus::Connection::system().await
@@ -414,11 +422,12 @@ async fn connect(system: bool) -> anyhow::Result<Result<zbus::Connection, String
     if dbus.name_has_owner(name.clone()).await? {
         return Ok(Ok(conn));
     }
-    let activatable = dbus
-        .list_activatable_names()
-        .await?
-        .iter()
-        .any(|n| n.as_str() == AGENT_BUS_NAME);
+    let activatable = activate
+        && dbus
+            .list_activatable_names()
+            .await?
+            .iter()
+            .any(|n| n.as_str() == AGENT_BUS_NAME);
     if activatable {
         // The bus starts it (through systemd when the unit is installed) and answers once the
         // agent owns its name, which it claims only when its state is real.

@@ -11,7 +11,8 @@
 //! `held` (mail is queued and its route holds it), `queued` (mail is queued and will go out),
 //! `error` (the link source or the config has a problem), `ok` (nothing waiting), `down` (no
 //! agent). With `--follow` a new line is printed whenever the agent changes anything, and the
-//! command keeps running across agent restarts (a panel's continuous script).
+//! command keeps running across agent restarts (a panel's continuous script); only its first
+//! read may start the agent through D-Bus activation.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -106,7 +107,7 @@ pub fn summarize(s: &Status) -> Panel {
         parts.push(plural(queued, "queued"));
     }
     let waiting = s.queue.iter().filter(|q| q.queued > 0).count();
-    let head = if !held.is_empty() && held.len() == waiting {
+    let head = if class == "held" && held.len() == waiting {
         // None of the queued mail can move: say so rather than name a link.
         "held".to_string()
     } else {
@@ -212,8 +213,9 @@ fn render(format: PanelFormat, p: &Panel) -> String {
     }
 }
 
-async fn read(system: bool) -> anyhow::Result<Panel> {
-    let conn = match crate::connect(system).await? {
+/// Reads the agent's state; `activate` lets the bus start an agent that is not running.
+async fn read(system: bool, activate: bool) -> anyhow::Result<Panel> {
+    let conn = match crate::connect_with(system, activate).await? {
         Ok(c) => c,
         Err(msg) => return Ok(down(&msg)),
     };
@@ -232,7 +234,7 @@ async fn read(system: bool) -> anyhow::Result<Panel> {
 /// Exits 0 even when the agent is down: a panel shows that state rather than an error.
 pub async fn run(system: bool, format: PanelFormat, follow: bool) -> anyhow::Result<ExitCode> {
     if !follow {
-        println!("{}", render(format, &read(system).await?));
+        println!("{}", render(format, &read(system, true).await?));
         return Ok(ExitCode::SUCCESS);
     }
     let conn = if system {
@@ -256,8 +258,12 @@ pub async fn run(system: bool, format: PanelFormat, follow: bool) -> anyhow::Res
     let mut changes = zbus::MessageStream::for_match_rule(from_agent, &conn, None).await?;
     let mut owners = zbus::MessageStream::for_match_rule(owner, &conn, None).await?;
     let mut last = String::new();
+    // The first read may start the agent, like any linkrelay call; later ones only watch, so
+    // that `systemctl --user stop linkrelayd` is not undone by a panel.
+    let mut activate = true;
     loop {
-        let out = render(format, &read(system).await?);
+        let out = render(format, &read(system, activate).await?);
+        activate = false;
         if out != last {
             let mut stdout = std::io::stdout().lock();
             writeln!(stdout, "{out}")?;
