@@ -454,6 +454,11 @@ impl Agent {
                 .map(|p| p.display().to_string())
                 .unwrap_or_default();
             p.config_error = self.config_error.clone().unwrap_or_default();
+            lifecycle::status(&lifecycle::status_line(
+                self.routing.link_name.as_deref(),
+                &p.routes,
+                &p.queue,
+            ));
         }
         // Emit PropertiesChanged; zbus sends one per property and only what we name.
         let iface = self.iface.get().await;
@@ -473,6 +478,11 @@ impl Agent {
         {
             let mut p = self.published.lock().unwrap_or_else(|p| p.into_inner());
             p.queue = self.queue_counts();
+            lifecycle::status(&lifecycle::status_line(
+                self.routing.link_name.as_deref(),
+                &p.routes,
+                &p.queue,
+            ));
         }
         let iface = self.iface.get().await;
         let _ = iface.queue_changed(self.iface.signal_emitter()).await;

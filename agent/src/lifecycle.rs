@@ -36,6 +36,29 @@ pub fn stopping() {
     send(&[NotifyState::Stopping]);
 }
 
+/// The `STATUS=` line for the agent's state: the link, each user's route, the queue.
+pub fn status_line(
+    link: Option<&str>,
+    routes: &[linkrelay_dbus::RouteInfo],
+    queue: &[linkrelay_dbus::QueueCount],
+) -> String {
+    let mut parts = vec![match link {
+        Some(l) => format!("link {l}"),
+        None => "no matched link".to_string(),
+    }];
+    for r in routes {
+        if r.hold.is_empty() {
+            parts.push(format!("{} via {}", r.user, r.relays.join(",")));
+        } else {
+            parts.push(format!("{} held: {}", r.user, r.hold));
+        }
+    }
+    let queued: u32 = queue.iter().map(|q| q.queued).sum();
+    let failed: u32 = queue.iter().map(|q| q.failed).sum();
+    parts.push(format!("{queued} queued, {failed} failed"));
+    parts.join("; ")
+}
+
 fn send(states: &[NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
         // NOTIFY_SOCKET is set but unusable: systemd will notice the missing READY/WATCHDOG
@@ -143,6 +166,32 @@ mod tests {
         );
         // A silly WATCHDOG_USEC=1 does not make the loop spin.
         assert_eq!(ping_interval(Duration::from_micros(1)), MIN_PING);
+    }
+
+    #[test]
+    fn status_line_says_link_routes_and_counts() {
+        let routes = [
+            linkrelay_dbus::RouteInfo {
+                user: "alice".into(),
+                relays: vec![],
+                hold: "no relay for link isp-b".into(),
+            },
+            linkrelay_dbus::RouteInfo {
+                user: "bob".into(),
+                relays: vec!["relay-b".into()],
+                hold: String::new(),
+            },
+        ];
+        let queue = [linkrelay_dbus::QueueCount {
+            user: "alice".into(),
+            queued: 2,
+            failed: 1,
+            sent: 5,
+        }];
+        assert_eq!(
+            status_line(Some("isp-b"), &routes, &queue),
+            "link isp-b; alice held: no relay for link isp-b; bob via relay-b; 2 queued, 1 failed"
+        );
     }
 
     #[test]

@@ -198,10 +198,21 @@ pub fn waybar(p: &Panel) -> String {
     .to_string()
 }
 
-/// The plain line: the text, and for a held or failing state the first reason.
+/// A panel has room for the gist only: the reason up to its first aside (" (" or "; ");
+/// the tooltip and `linkrelay status` have the rest.
+fn gist(reason: &str) -> &str {
+    let end = [reason.find(" ("), reason.find("; ")]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(reason.len());
+    &reason[..end]
+}
+
+/// The plain line: the text, and for a held, failing or down state the gist of the reason.
 pub fn line(p: &Panel) -> String {
     match &p.reason {
-        Some(r) => format!("{} ({r})", p.text),
+        Some(r) => format!("{} ({})", p.text, gist(r)),
         None => p.text.clone(),
     }
 }
@@ -394,11 +405,14 @@ mod tests {
     #[test]
     fn problems_show_when_nothing_else_does() {
         let mut s = status(vec![via("bob", "relay-a")], vec![q("bob", 0, 0)]);
-        s.source_problem = "NetworkManager is not running".into();
+        s.source_problem =
+            "NetworkManager is not running (org.freedesktop.NetworkManager has no owner); start it"
+                .into();
         let p = summarize(&s);
         assert_eq!(p.class, "error");
         assert!(p.tooltip.contains("problem: NetworkManager is not running"));
         assert_eq!(line(&p), "isp-a (NetworkManager is not running)");
+        assert!(p.tooltip.contains("has no owner); start it"));
     }
 
     #[test]
