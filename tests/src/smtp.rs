@@ -275,14 +275,17 @@ impl ScriptedRelay {
         let reached = tokio::time::timeout(timeout, rx.wait_for(|n| *n >= count)).await;
         match reached {
             Ok(Ok(_)) => Ok(self.received()),
-            _ => bail!(
-                "the relay at {} accepted {} of the {count} expected messages within {timeout:?} \
-                 ({} connections): {:#?}",
-                self.addr,
-                lock(&self.shared.received).len(),
-                self.connections(),
-                self.received()
-            ),
+            _ => {
+                // One read: a second lock while the first guard lives would deadlock.
+                let got = self.received();
+                bail!(
+                    "the relay at {} accepted {} of the {count} expected messages within {timeout:?} \
+                     ({} connections): {got:#?}",
+                    self.addr,
+                    got.len(),
+                    self.connections(),
+                )
+            }
         }
     }
 }
