@@ -221,12 +221,21 @@ fn sends(routes: &[RouteInfo], user: &str) -> bool {
     routes.iter().any(|r| r.user == user && r.hold.is_empty())
 }
 
-/// Connects as needed, then flushes; returns the flush results.
+/// Connects as needed, then flushes; returns the flush results. What it does is said on
+/// stdout, or on stderr when stdout carries JSON.
 pub async fn connect_and_flush(
     agent: &AgentProxy<'_>,
     user: Option<&str>,
     timeout: Duration,
+    json: bool,
 ) -> anyhow::Result<Vec<FlushResult>> {
+    let say = |text: String| {
+        if json {
+            eprintln!("{text}");
+        } else {
+            println!("{text}");
+        }
+    };
     let path = agent.config_path().await?;
     if path.is_empty() {
         bail!(
@@ -263,22 +272,22 @@ pub async fn connect_and_flush(
         .cloned()
         .collect();
     if held.is_empty() {
-        println!(
+        say(format!(
             "{}: a relay is reachable on this link already",
             users.join(", ")
-        );
+        ));
     } else {
         let system = zbus::Connection::system()
             .await
             .context("cannot reach the system bus, where NetworkManager is")?;
         let profiles = profiles(&system).await?;
         let choice = choose(&config, &held, &profiles).map_err(|e| anyhow!(e))?;
-        println!(
+        say(format!(
             "connecting {} (link {}: a relay for {})",
             choice.profile.facts.id,
             choice.link,
             choice.serves.join(", ")
-        );
+        ));
         let nm = NetworkManagerProxy::new(&system).await?;
         let root = zbus::ObjectPath::from_static_str_unchecked("/");
         let profile_path = zbus::ObjectPath::try_from(choice.profile.path.as_str())?;
@@ -290,7 +299,7 @@ pub async fn connect_and_flush(
         let routes = agent.routes().await?;
         for u in &choice.serves {
             if let Some(r) = routes.iter().find(|r| r.user == *u) {
-                println!("{u}: via {}", r.relays.join(" -> "));
+                say(format!("{u}: via {}", r.relays.join(" -> ")));
             }
         }
     }

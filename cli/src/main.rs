@@ -522,7 +522,7 @@ async fn agent_verb(cli: Cli) -> anyhow::Result<ExitCode> {
             // With --wait the reply comes when the flush is over (zbus sets no call timeout).
             let results = if f.connect {
                 let u = (!user.is_empty()).then_some(user.as_str());
-                connect::connect_and_flush(&agent, u, f.timeout).await?
+                connect::connect_and_flush(&agent, u, f.timeout, f.json).await?
             } else {
                 agent.flush(&user, f.wait).await.map_err(dbus_error)?
             };

@@ -59,13 +59,20 @@ async fn connect_to_send_brings_up_a_link_with_a_relay_and_flushes() {
     assert_eq!(subjects(&s.relay_a), ["dial-up"]);
     assert!(w.outbox_entries("bob", "queue").is_empty());
 
-    // Already routed: nothing to bring up, it just flushes.
-    let out = w.run_cli(&["flush", "--connect", "--user", "bob"]).unwrap();
+    // Already routed: nothing to bring up, it just flushes. With --json the words go to
+    // stderr and stdout stays JSON.
+    let out = w
+        .run_cli(&["flush", "--connect", "--user", "bob", "--json"])
+        .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stdout).starts_with("bob: a relay is reachable on this link already\n"),
-        "{}",
-        text(&out.stdout)
+    assert_eq!(
+        text(&out.stderr),
+        "bob: a relay is reachable on this link already\n"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!([{"user": "bob", "sent": 0, "remaining": 0}])
     );
     assert_eq!(nm.active_ids().await, ["ISP-A"]);
 }
