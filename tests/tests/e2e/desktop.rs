@@ -121,6 +121,14 @@ fn install_writes_a_unit_and_an_activation_file_that_start_this_linkrelayd() {
         eprintln!("systemd-analyze not installed: checked the unit by parsing only");
     }
 
+    // --dry-run shows and writes nothing.
+    std::fs::remove_file(unit_path(&w)).unwrap();
+    let out = w.run_cli(&["install", "--user", "--dry-run"]).unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(&unit), "{}", text(&out.stdout));
+    assert!(!unit_path(&w).exists());
+    install(&w);
+
     // Again: nothing changes. --remove takes both away.
     let again = install(&w);
     assert!(again.contains("unchanged"), "{again}");
@@ -327,14 +335,25 @@ async fn the_agent_tells_systemd_it_is_ready_and_alive() {
 async fn under_journald_logs_carry_priorities_and_no_timestamps_or_colours() {
     let mut w = World::new().unwrap();
     // stderr is the log file; JOURNAL_STREAM names it, as systemd names its journal socket.
+    assert!(w.run_cli(&["config", "init"]).unwrap().status.success());
     let log = std::fs::File::create(w.agent_log_path()).unwrap();
     let meta = log.metadata().unwrap();
     let stream = format!("{}:{}", meta.dev(), meta.ino());
     w.start_agent_env(&[], &[("JOURNAL_STREAM", &stream), ("NO_COLOR", "")])
         .await
         .unwrap();
+    // A broken config on reload is a warning: priority 4.
+    w.write_config("[agent]\nsource = \"telepathy\"\n").unwrap();
+    let out = w.run_cli(&["reload"]).unwrap();
+    assert_eq!(out.status.code(), Some(78));
     w.stop_agent();
     let logged = w.agent_log();
+    assert!(
+        logged
+            .lines()
+            .any(|l| l.starts_with("<4>") && l.contains("config reload failed")),
+        "{logged}"
+    );
     let ready = logged
         .lines()
         .find(|l| l.contains("linkrelayd ready"))

@@ -144,3 +144,36 @@ async fn a_wrong_password_and_an_unknown_relay_are_reported() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("is not an email address"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_test_relay_calls_get_errors() {
+    let (s, _nm) = on_isp_a().await;
+    let agent = s.world.agent().await.unwrap();
+    let err = |r: zbus::Result<linkrelay_dbus::RelayTest>| match r {
+        Err(zbus::Error::MethodError(name, _, _)) => name.to_string(),
+        other => panic!("expected a D-Bus error, got {other:?}"),
+    };
+    let huge = "x".repeat(1 << 20);
+    assert_eq!(
+        err(agent.test_relay(&huge, "", "").await),
+        "org.linkrelay.Agent1.Error.InvalidArgument"
+    );
+    assert_eq!(
+        err(agent.test_relay("relay-a", "", &huge).await),
+        "org.linkrelay.Agent1.Error.InvalidArgument"
+    );
+    assert_eq!(
+        err(agent.test_relay("relay-a", "a@b\r\nDATA", "").await),
+        "org.linkrelay.Agent1.Error.InvalidArgument"
+    );
+    assert_eq!(
+        err(agent.test_relay("../../etc/passwd", "", "").await),
+        "org.linkrelay.Agent1.Error.UnknownRelay"
+    );
+    assert_eq!(
+        err(agent.test_relay("relay-a", "not an address", "").await),
+        "org.linkrelay.Agent1.Error.InvalidArgument"
+    );
+    // Nothing reached the relay but the one test that was allowed to run: none.
+    assert_eq!(s.relay_a.connections(), 0);
+}
