@@ -172,20 +172,103 @@ impl Drop for ActivatedAgent {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_first_linkrelay_call_starts_the_agent_through_dbus_activation() {
-    let w = World::new().unwrap();
-    install(&w);
-    // A session bus like a desktop's: it reads the user's dbus-1/services directory.
-    let services = dbus_service_path(&w).parent().unwrap().to_path_buf();
-    let bus = TestBus::start_with(
+/// A session bus like a desktop's: it reads the user's dbus-1/services directory, and what it
+/// starts lives in `w`'s world.
+fn activating_bus(w: &World) -> TestBus {
+    let services = dbus_service_path(w).parent().unwrap().to_path_buf();
+    TestBus::start_with(
         BusKind::Session,
         &BusOptions {
             service_dirs: vec![services],
             env: w.env_pairs(),
         },
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// The pid of the name's owner on `bus`, if any.
+async fn owner_pid(bus: &TestBus) -> Option<u32> {
+    let conn = bus.connect().await.ok()?;
+    let dbus = zbus::fdo::DBusProxy::new(&conn).await.ok()?;
+    let name = zbus::names::BusName::try_from(AGENT_BUS_NAME).ok()?;
+    let owner = dbus.get_name_owner(name).await.ok()?;
+    dbus.get_connection_unix_process_id(owner.into()).await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queueing_mail_starts_an_installed_agent_which_then_holds_it_with_a_reason() {
+    let w = World::new().unwrap();
+    install(&w);
+    let bus = activating_bus(&w);
+    let mut sendmail = w
+        .cli()
+        .args(["sendmail", "-t", "-i"])
+        .env("DBUS_SESSION_BUS_ADDRESS", &bus.address)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = sendmail.stdin.take().unwrap();
+        stdin
+            .write_all(b"From: me@example.org\nTo: you@example.org\nSubject: wake\n\nhi\n")
+            .unwrap();
+    }
+    let out = sendmail.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // sendmail's wake-up call asked the bus for the agent; it starts and finds the message.
+    let mut pid = None;
+    for _ in 0..250 {
+        pid = owner_pid(&bus).await;
+        if pid.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _guard = ActivatedAgent(pid);
+    assert!(
+        pid.is_some(),
+        "no agent was started; bus log:\n{}",
+        bus.log()
+    );
+    let mut queue = serde_json::Value::Null;
+    for _ in 0..250 {
+        let out = w
+            .cli()
+            .args(["queue", "--json"])
+            .env("DBUS_SESSION_BUS_ADDRESS", &bus.address)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        queue = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if queue[0]["status"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("held: no link"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        queue[0]["recipients"][0]["addr"], "you@example.org",
+        "{queue}"
+    );
+    assert!(
+        queue[0]["status"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("held: no link"),
+        "{queue}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_linkrelay_call_starts_the_agent_through_dbus_activation() {
+    let w = World::new().unwrap();
+    install(&w);
+    let bus = activating_bus(&w);
     let conn = bus.connect().await.unwrap();
     let dbus = zbus::fdo::DBusProxy::new(&conn).await.unwrap();
     let name = zbus::names::BusName::try_from(AGENT_BUS_NAME).unwrap();
