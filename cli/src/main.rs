@@ -417,10 +417,21 @@ async fn connect_with(
             )));
         }
     };
-    let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
+    Ok(ensure_agent(&conn, system, activate).await?.map(|()| conn))
+}
+
+/// Whether the agent is on `conn`'s bus, starting it through D-Bus activation when it is
+/// installed (`linkrelay install --user`) and `activate` says so; else what to do about it.
+async fn ensure_agent(
+    conn: &zbus::Connection,
+    system: bool,
+    activate: bool,
+) -> anyhow::Result<Result<(), String>> {
+    let which = if system { "system" } else { "session" };
+    let dbus = zbus::fdo::DBusProxy::new(conn).await?;
     let name = zbus::names::BusName::try_from(AGENT_BUS_NAME)?;
     if dbus.name_has_owner(name.clone()).await? {
-        return Ok(Ok(conn));
+        return Ok(Ok(()));
     }
     let activatable = activate
         && dbus
@@ -433,7 +444,7 @@ async fn connect_with(
         // agent owns its name, which it claims only when its state is real.
         let start = zbus::names::WellKnownName::try_from(AGENT_BUS_NAME)?;
         return Ok(match dbus.start_service_by_name(start, 0).await {
-            Ok(_) => Ok(conn),
+            Ok(_) => Ok(()),
             Err(e) => Err(format!(
                 "linkrelayd is not running on the {which} bus and D-Bus activation could not start it ({e}); \
                  see `journalctl --user -u linkrelayd`, or run `linkrelayd` in a terminal to see why"

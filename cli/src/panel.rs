@@ -224,13 +224,13 @@ fn render(format: PanelFormat, p: &Panel) -> String {
     }
 }
 
-/// Reads the agent's state; `activate` lets the bus start an agent that is not running.
-async fn read(system: bool, activate: bool) -> anyhow::Result<Panel> {
-    let conn = match crate::connect_with(system, activate).await? {
-        Ok(c) => c,
-        Err(msg) => return Ok(down(&msg)),
-    };
-    let agent = AgentProxy::builder(&conn)
+/// Reads the agent's state on `conn`; `activate` lets the bus start an agent that is not
+/// running.
+async fn read(conn: &zbus::Connection, system: bool, activate: bool) -> anyhow::Result<Panel> {
+    if let Err(msg) = crate::ensure_agent(conn, system, activate).await? {
+        return Ok(down(&msg));
+    }
+    let agent = AgentProxy::builder(conn)
         .cache_properties(zbus::proxy::CacheProperties::No)
         .build()
         .await?;
@@ -244,15 +244,25 @@ async fn read(system: bool, activate: bool) -> anyhow::Result<Panel> {
 ///
 /// Exits 0 even when the agent is down: a panel shows that state rather than an error.
 pub async fn run(system: bool, format: PanelFormat, follow: bool) -> anyhow::Result<ExitCode> {
+    let bus = if system {
+        zbus::Connection::system().await
+    } else {
+        zbus::Connection::session().await
+    };
+    let conn = match bus {
+        Ok(c) => c,
+        Err(e) if !follow => {
+            let which = if system { "system" } else { "session" };
+            let msg = format!("cannot connect to the {which} bus ({e})");
+            println!("{}", render(format, &down(&msg)));
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e.into()),
+    };
     if !follow {
-        println!("{}", render(format, &read(system, true).await?));
+        println!("{}", render(format, &read(&conn, system, true).await?));
         return Ok(ExitCode::SUCCESS);
     }
-    let conn = if system {
-        zbus::Connection::system().await?
-    } else {
-        zbus::Connection::session().await?
-    };
     let from_agent = zbus::MatchRule::builder()
         .msg_type(zbus::message::Type::Signal)
         .sender(AGENT_BUS_NAME)
@@ -273,7 +283,7 @@ pub async fn run(system: bool, format: PanelFormat, follow: bool) -> anyhow::Res
     // that `systemctl --user stop linkrelayd` is not undone by a panel.
     let mut activate = true;
     loop {
-        let out = render(format, &read(system, activate).await?);
+        let out = render(format, &read(&conn, system, activate).await?);
         activate = false;
         if out != last {
             let mut stdout = std::io::stdout().lock();

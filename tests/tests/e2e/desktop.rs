@@ -521,8 +521,6 @@ async fn the_panel_line_says_what_is_held_and_why_and_follows_changes() {
     w.send("bob@bob.example", "x@dest.example", "panel")
         .unwrap();
     let second = rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    let _ = follow.kill();
-    let _ = follow.wait();
     assert_eq!(
         second,
         "held: 1 queued (no link)",
@@ -533,6 +531,19 @@ async fn the_panel_line_says_what_is_held_and_why_and_follows_changes() {
     assert_eq!(one.trim_end(), second);
     // The old forms are still there.
     assert_eq!(cli_json(w, &["status"])["users"][1]["queued"], 1);
+
+    // The agent goes away and comes back: the panel says so each time.
+    s.world.stop_agent();
+    let third = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(
+        third.starts_with("linkrelay off (linkrelayd is not running"),
+        "{third}"
+    );
+    s.world.start_agent().await.unwrap();
+    let fourth = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert_eq!(fourth, "held: 1 queued (no link)");
 }
 
 #[test]
