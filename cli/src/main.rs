@@ -369,21 +369,55 @@ fn install_verb(a: &InstallArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Sections of linkrelay(1) that the clap definition does not hold.
+const MAN_EXTRA: &str = r#".SH "EXIT STATUS"
+0 on success; 1 on errors (and from \fBtest\-relay\fR when the relay would not relay for us);
+69 (EX_UNAVAILABLE) when linkrelayd is not running and cannot be started;
+78 (EX_CONFIG) for a broken config (\fBconfig check\fR, \fBreload\fR).
+\fBsendmail\fR exits with sendmail(8)'s sysexits codes.
+.SH FILES
+.TP
+\fI$XDG_CONFIG_HOME/linkrelay/config.toml\fR
+The config (\fB~/.config/linkrelay/config.toml\fR); \fBlinkrelay config init\fR writes a starter.
+.TP
+\fI$XDG_DATA_HOME/linkrelay/USER/\fR
+Each user's outbox: queue/, failed/, sent/, new/ (\fB~/.local/share/linkrelay/\fR).
+.TP
+\fI~/.config/systemd/user/linkrelayd.service\fR
+The systemd user unit \fBlinkrelay install \-\-user\fR writes.
+.TP
+\fI~/.local/share/dbus\-1/services/org.linkrelay.Agent.service\fR
+D\-Bus activation: the first call starts the agent.
+.SH ENVIRONMENT
+.TP
+\fBDBUS_SESSION_BUS_ADDRESS\fR, \fBDBUS_SYSTEM_BUS_ADDRESS\fR
+Where linkrelayd is reached (session bus; \fB\-\-system\fR for the system bus) and where NetworkManager is.
+.TP
+\fBXDG_CONFIG_HOME\fR, \fBXDG_DATA_HOME\fR
+Where the config and the outboxes are.
+"#;
+
 fn man_verb(dir: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
     let cmd = Cli::command();
+    let main_page = || -> anyhow::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd.clone()).render(&mut out)?;
+        out.extend_from_slice(MAN_EXTRA.as_bytes());
+        Ok(out)
+    };
     let Some(dir) = dir else {
-        clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+        std::io::Write::write_all(&mut std::io::stdout(), &main_page()?)?;
         return Ok(ExitCode::SUCCESS);
     };
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut pages = vec![("linkrelay.1".to_string(), cmd.clone())];
+    let mut pages = vec![("linkrelay.1".to_string(), main_page()?)];
     for sub in cmd.get_subcommands() {
         let name = format!("linkrelay-{}", sub.get_name());
-        pages.push((format!("{name}.1"), sub.clone().name(name)));
-    }
-    for (file, page) in pages {
         let mut out = Vec::new();
-        clap_mangen::Man::new(page).render(&mut out)?;
+        clap_mangen::Man::new(sub.clone().name(name.clone())).render(&mut out)?;
+        pages.push((format!("{name}.1"), out));
+    }
+    for (file, out) in pages {
         let path = dir.join(file);
         std::fs::write(&path, out).with_context(|| format!("cannot write {}", path.display()))?;
         println!("wrote {}", path.display());

@@ -613,6 +613,8 @@ fn completions_and_man_pages_come_from_the_cli_definition() {
     let page = text(&man.stdout);
     assert!(page.contains(".TH linkrelay 1"), "{page}");
     assert!(page.contains("linkrelay\\-install(1)"), "{page}");
+    assert!(page.contains(".SH \"EXIT STATUS\""), "{page}");
+    assert!(page.contains("linkrelayd.service"), "{page}");
     let dir = tempfile::tempdir().unwrap();
     let out = w
         .run_cli(&["man", "--dir", dir.path().to_str().unwrap()])
