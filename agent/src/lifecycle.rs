@@ -12,6 +12,7 @@
 //!
 //! Without `NOTIFY_SOCKET` (not started by systemd) every notification is a no-op.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -60,10 +61,15 @@ pub fn status_line(
 }
 
 fn send(states: &[NotifyState<'_>]) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
     if let Err(e) = sd_notify::notify(states) {
         // NOTIFY_SOCKET is set but unusable: systemd will notice the missing READY/WATCHDOG
-        // itself; say why once per failure so the journal explains it.
-        warn!("cannot notify the service manager: {e}");
+        // itself; say why once, so the journal explains it without a line per status update.
+        if WARNED.swap(true, Ordering::Relaxed) {
+            debug!("cannot notify the service manager: {e}");
+        } else {
+            warn!("cannot notify the service manager: {e}");
+        }
     }
 }
 
