@@ -124,7 +124,7 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
     let notifier = Notifier::spawn(config.notify, session, notifier_commands);
 
     let (link_tx, mut link_rx) = watch::channel(LinkState::unknown());
-    start_link_source(&config, link_tx);
+    crate::source::start(config.agent.source, link_tx);
 
     let mut agent = Agent {
         opts,
@@ -239,47 +239,6 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
     lifecycle::stopping();
     info!("linkrelayd stopping");
     Ok(())
-}
-
-fn start_link_source(config: &Config, tx: watch::Sender<LinkState>) {
-    use linkrelay_config::SourceKind;
-    match config.agent.source {
-        SourceKind::Netlink => {
-            let _ = tx.send(LinkState {
-                source: crate::link::SourceName::None,
-                problem: Some(
-                    "the netlink link source is not available in this version; use source = \"networkmanager\" or \"auto\"".into(),
-                ),
-                link: None,
-            });
-        }
-        SourceKind::Auto | SourceKind::NetworkManager => {
-            tokio::spawn(async move {
-                let mut delay = Duration::from_secs(1);
-                loop {
-                    match zbus::Connection::system().await {
-                        Ok(system) => {
-                            delay = Duration::from_secs(1);
-                            if let Err(e) = crate::nm::run(system, tx.clone()).await {
-                                warn!("NetworkManager source: {e}");
-                            }
-                        }
-                        Err(e) => {
-                            let _ = tx.send(LinkState {
-                                source: crate::link::SourceName::None,
-                                problem: Some(format!(
-                                    "cannot connect to the system bus to reach NetworkManager ({e}); is the system dbus-daemon running? Without NetworkManager, use [agent] source = \"netlink\""
-                                )),
-                                link: None,
-                            });
-                        }
-                    }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(60));
-                }
-            });
-        }
-    }
 }
 
 async fn sleep_until_unix(at: Option<u64>) {
@@ -423,70 +382,95 @@ impl Agent {
     async fn publish_all(&mut self) {
         let ovr = self.override_now();
         let expires = self.ovr.as_ref().map(|(_, e)| *e).unwrap_or(0);
-        {
-            let mut p = self.published.lock().unwrap_or_else(|p| p.into_inner());
-            p.source = self.link.source.as_str().to_string();
-            p.source_problem = self.link.problem.clone().unwrap_or_default();
-            p.link = link_property(self.link.link.as_ref(), self.routing.link_name.as_deref());
-            p.routes = self
+        let next = Published {
+            source: self.link.source.as_str().to_string(),
+            source_problem: self.link.problem.clone().unwrap_or_default(),
+            link: link_property(self.link.link.as_ref(), self.routing.link_name.as_deref()),
+            routes: self
                 .routing
                 .routes
                 .iter()
                 .map(|(u, r)| route_info(u, r))
-                .collect();
-            p.override_info = ovr.map(|o| match o {
-                Override::Link(name) => OverrideInfo {
-                    kind: "link".into(),
+                .collect(),
+            override_info: ovr.map(|o| {
+                let (kind, name) = match o {
+                    Override::Link(name) => ("link", name),
+                    Override::Relay(name) => ("relay", name),
+                };
+                OverrideInfo {
+                    kind: kind.into(),
                     name,
                     expires,
-                },
-                Override::Relay(name) => OverrideInfo {
-                    kind: "relay".into(),
-                    name,
-                    expires,
-                },
-            });
-            p.queue = self.queue_counts();
-            p.config_path = self
+                }
+            }),
+            queue: self.queue_counts(),
+            config_path: self
                 .opts
                 .config_path
                 .as_ref()
                 .map(|p| p.display().to_string())
-                .unwrap_or_default();
-            p.config_error = self.config_error.clone().unwrap_or_default();
-            lifecycle::status(&lifecycle::status_line(
-                self.routing.link_name.as_deref(),
-                &p.routes,
-                &p.queue,
-            ));
-        }
-        // Emit PropertiesChanged; zbus sends one per property and only what we name.
+                .unwrap_or_default(),
+            config_error: self.config_error.clone().unwrap_or_default(),
+        };
+        let old = {
+            let mut p = self.published.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::replace(&mut *p, next.clone())
+        };
+        lifecycle::status(&lifecycle::status_line(
+            self.routing.link_name.as_deref(),
+            &next.routes,
+            &next.queue,
+        ));
+        // PropertiesChanged only for what changed: watchers wake for news, not for noise.
         let iface = self.iface.get().await;
         let e = self.iface.signal_emitter();
-        let _ = iface.source_changed(e).await;
-        let _ = iface.source_problem_changed(e).await;
-        let _ = iface.link_changed(e).await;
-        let _ = iface.routes_changed(e).await;
-        let _ = iface.override_changed(e).await;
-        let _ = iface.queue_changed(e).await;
-        let _ = iface.config_path_changed(e).await;
-        let _ = iface.config_error_changed(e).await;
-        self.notifier.queue_changed();
+        if old.source != next.source {
+            let _ = iface.source_changed(e).await;
+        }
+        if old.source_problem != next.source_problem {
+            let _ = iface.source_problem_changed(e).await;
+        }
+        if old.link != next.link {
+            let _ = iface.link_changed(e).await;
+        }
+        if old.routes != next.routes {
+            let _ = iface.routes_changed(e).await;
+        }
+        if old.override_info != next.override_info {
+            let _ = iface.override_changed(e).await;
+        }
+        if old.queue != next.queue {
+            let _ = iface.queue_changed(e).await;
+            self.notifier.queue_changed();
+        }
+        if old.config_path != next.config_path {
+            let _ = iface.config_path_changed(e).await;
+        }
+        if old.config_error != next.config_error {
+            let _ = iface.config_error_changed(e).await;
+        }
     }
 
     async fn publish_queue(&mut self) {
-        {
+        let queue = self.queue_counts();
+        let changed = {
             let mut p = self.published.lock().unwrap_or_else(|p| p.into_inner());
-            p.queue = self.queue_counts();
-            lifecycle::status(&lifecycle::status_line(
-                self.routing.link_name.as_deref(),
-                &p.routes,
-                &p.queue,
-            ));
+            let changed = p.queue != queue;
+            p.queue = queue;
+            if changed {
+                lifecycle::status(&lifecycle::status_line(
+                    self.routing.link_name.as_deref(),
+                    &p.routes,
+                    &p.queue,
+                ));
+            }
+            changed
+        };
+        if changed {
+            let iface = self.iface.get().await;
+            let _ = iface.queue_changed(self.iface.signal_emitter()).await;
+            self.notifier.queue_changed();
         }
-        let iface = self.iface.get().await;
-        let _ = iface.queue_changed(self.iface.signal_emitter()).await;
-        self.notifier.queue_changed();
     }
 
     fn queue_counts(&self) -> Vec<QueueCount> {
@@ -804,6 +788,12 @@ impl Agent {
         match Config::load(&path) {
             Ok(config) => {
                 info!(path = %path.display(), "config reloaded");
+                if config.agent.source != self.config.agent.source {
+                    warn!(
+                        "[agent] source changed to {}; the link source changes when linkrelayd restarts",
+                        config.agent.source
+                    );
+                }
                 self.config = Arc::new(config);
                 self.config_error = None;
                 self.notifier.settings(self.config.notify);

@@ -1,7 +1,8 @@
 //! linkrelayd: follows the network link and flushes each user's outbox through the SMTP relay
 //! that matches it.
 //!
-//! Data flows one way: link source ([`nm`]) -> [`link::LinkState`] -> [`router::route`] (pure)
+//! Data flows one way: link source ([`nm`] or [`netlink`], chosen by [`source`]) ->
+//! [`link::LinkState`] -> [`router::route`] (pure)
 //! -> per-user [`flusher`]s -> [`outcome`]s -> outbox state and D-Bus ([`service`]). The event
 //! loop in [`agent`] owns all state.
 
@@ -16,6 +17,7 @@ pub mod lifecycle;
 pub mod link;
 pub mod logging;
 pub mod memory;
+pub mod netlink;
 pub mod nm;
 pub mod notify;
 pub mod outcome;
@@ -23,3 +25,4 @@ pub mod relaytest;
 pub mod router;
 pub mod service;
 pub mod smtp;
+pub mod source;

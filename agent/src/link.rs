@@ -72,6 +72,8 @@ pub fn link_property(link: Option<&Link>, rule: Option<&str>) -> HashMap<String,
     map.insert("gateway".into(), f.gateway.clone().unwrap_or_default());
     map.insert("ssid".into(), f.ssid.clone().unwrap_or_default());
     map.insert("domains".into(), f.domains.join(","));
+    let addresses: Vec<String> = f.addresses.iter().map(|a| a.to_string()).collect();
+    map.insert("addresses".into(), addresses.join(","));
     map.insert(
         "metered".into(),
         if f.metered { "yes" } else { "no" }.into(),

@@ -24,7 +24,8 @@ enum BusArg {
 /// Sends each user's outgoing mail through the SMTP relay that matches the network link that
 /// is up.
 ///
-/// linkrelayd follows NetworkManager (system bus), matches the link against the [[link]] rules
+/// linkrelayd follows NetworkManager (system bus), or without it the kernel's default route
+/// (netlink; see [agent] source), matches the link against the [[link]] rules
 /// of its config, publishes each user's route on D-Bus as org.linkrelay.Agent, and flushes the
 /// users' outboxes (queued by `linkrelay sendmail`) through the matching relays. Mail is never
 /// bounced because of routing: a relay that refuses us on this link leaves the mail queued.
@@ -65,7 +66,13 @@ fn main() -> ExitCode {
     };
     if args.check {
         println!("config ok");
+        for note in &config.notes {
+            println!("{note}");
+        }
         return ExitCode::SUCCESS;
+    }
+    for note in &config.notes {
+        tracing::info!("{note}");
     }
     match start(args, config, config_path) {
         Ok(()) => ExitCode::SUCCESS,

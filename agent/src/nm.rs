@@ -24,7 +24,7 @@ const SETTLE: Duration = Duration::from_millis(15);
 /// What to tell the user when NetworkManager is absent.
 pub fn nm_absent_problem() -> String {
     "NetworkManager is not running (org.freedesktop.NetworkManager has no owner on the system bus); \
-     start it with `systemctl start NetworkManager`, or use the netlink source ([agent] source = \"netlink\")"
+     start it with `systemctl start NetworkManager`, or let linkrelayd follow the kernel's default route instead ([agent] source = \"auto\" or \"netlink\")"
         .to_string()
 }
 
@@ -191,6 +191,16 @@ async fn read_primary(system: &Connection) -> zbus::Result<Option<Link>> {
             }
         }
         facts.domains = domains;
+        facts.addresses = cfg
+            .address_data()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|entry| {
+                let value = entry.get("address")?.try_clone().ok()?;
+                String::try_from(value).ok()?.parse().ok()
+            })
+            .collect();
     }
     Ok(Some(Link {
         facts,

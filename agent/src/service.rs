@@ -338,8 +338,9 @@ impl AgentInterface {
     }
 
     /// The current link: name (matched [[link]] rule, "" if none), id, uuid, type, interface,
-    /// gateway, ssid, domains (comma-separated), metered (yes/no), connectivity
-    /// (full/portal/limited/none/unknown). Empty when no link is up.
+    /// gateway, ssid, domains (comma-separated), addresses (comma-separated), metered (yes/no),
+    /// connectivity (full/portal/limited/none/unknown). Empty when no link is up. Under netlink
+    /// id is the interface name, type its kind (ethernet, wifi, wwan, ppp, veth, ...).
     #[zbus(property)]
     fn link(&self) -> HashMap<String, String> {
         self.snapshot().link

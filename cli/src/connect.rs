@@ -11,9 +11,9 @@
 //! queued mail, else every user; those whose route holds are the ones to serve. Link rules are
 //! tried by how many of them they serve, then in file order; for each, the saved profiles in
 //! NetworkManager's order, matched on what a saved profile knows (id, uuid, type, interface,
-//! ssid; `gateway` and `domain` are only known once a link is up and are not looked at). A
-//! profile that is already active is skipped, and so is a metered profile for a link whose
-//! metered policy is "hold".
+//! ssid; `gateway`, `domain` and `address` are only known once a link is up and are not looked
+//! at). A profile that is already active is skipped, and so is a metered profile for a link
+//! whose metered policy is "hold".
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -54,6 +54,7 @@ fn may_match(rule: &linkrelay_config::LinkRule, facts: &LinkFacts) -> bool {
     let mut m = rule.matcher.clone();
     m.gateway = None;
     m.domain = None;
+    m.address = None;
     if facts.interface.is_empty() {
         // Bound to no interface: it can come up on any.
         m.interface = None;
@@ -153,6 +154,7 @@ pub fn profile_facts(settings: &HashMap<String, HashMap<String, OwnedVariant>>) 
         ssid,
         gateway: None,
         domains: Vec::new(),
+        addresses: Vec::new(),
         metered,
     }
 }

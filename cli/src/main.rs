@@ -302,6 +302,10 @@ fn config_verb(verb: &ConfigVerb) -> anyhow::Result<ExitCode> {
                         c.relays.len(),
                         c.users.len()
                     );
+                    println!("{}", c.agent.source.describe_fields());
+                    for note in &c.notes {
+                        println!("{note}");
+                    }
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(ConfigError::Invalid(d)) => {

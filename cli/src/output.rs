@@ -122,6 +122,9 @@ impl Status {
             if !get("gateway").is_empty() {
                 details.push(format!("gateway {}", get("gateway")));
             }
+            if !get("addresses").is_empty() {
+                details.push(format!("address {}", get("addresses").replace(',', ", ")));
+            }
             if get("metered") == "yes" {
                 details.push("metered".into());
             }

@@ -82,6 +82,35 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+/// A remark about a valid config file, at a position: something that is allowed but
+/// probably not what was meant (e.g. a rule on a field the link source cannot see).
+///
+/// Displayed as `{path}:{line}:{col}: note: {message}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// The file.
+    pub path: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column, counted in characters.
+    pub col: usize,
+    /// What to know.
+    pub message: String,
+}
+
+impl fmt::Display for Note {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: note: {}",
+            self.path.display(),
+            self.line,
+            self.col,
+            self.message
+        )
+    }
+}
+
 /// The 1-based line and column (in characters) of byte `offset` in `text`.
 ///
 /// An offset past the end is taken as the end; one inside a character as that character.

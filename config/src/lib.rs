@@ -40,6 +40,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -49,7 +50,8 @@ mod parse;
 #[cfg(test)]
 mod tests;
 
-pub use diag::{ConfigError, Diagnostic, Diagnostics};
+pub use diag::{ConfigError, Diagnostic, Diagnostics, Note};
+pub use ipnet::IpNet;
 
 /// The starter config that `linkrelay config init` writes: every option, commented where
 /// optional. As written it parses, and behaves like [`Config::embedded_default`] (one user
@@ -74,6 +76,9 @@ pub struct Config {
     pub relays: Vec<Relay>,
     /// `[[user]]` tables, in file order (the order [`Config::user_for_sender`] tries them in).
     pub users: Vec<User>,
+    /// Remarks that are not errors, in file order: e.g. a rule that matches on a field the
+    /// configured link source cannot see.
+    pub notes: Vec<Note>,
 }
 
 /// `[agent]`: how the agent watches links.
@@ -107,6 +112,29 @@ pub enum SourceKind {
 }
 
 impl SourceKind {
+    /// The `match` fields of a `[[link]]` rule that this source can see, in schema order: all
+    /// of them for NetworkManager (and auto, which prefers it); `interface`, `type` (the
+    /// interface's kind), `gateway` and `address` for netlink.
+    pub fn visible_fields(self) -> &'static [&'static str] {
+        match self {
+            SourceKind::Auto | SourceKind::NetworkManager => NETWORKMANAGER_FIELDS,
+            SourceKind::Netlink => NETLINK_FIELDS,
+        }
+    }
+
+    /// One line for `linkrelay config check`: which source is used and what it can match on.
+    pub fn describe_fields(self) -> String {
+        let nm = NETWORKMANAGER_FIELDS.join(", ");
+        let nl = NETLINK_FIELDS.join(", ");
+        match self {
+            SourceKind::Auto => format!(
+                "source auto: NetworkManager while it runs (matches on {nm}), else netlink (matches on {nl})"
+            ),
+            SourceKind::NetworkManager => format!("source networkmanager: matches on {nm}"),
+            SourceKind::Netlink => format!("source netlink: matches on {nl}"),
+        }
+    }
+
     /// The word used in the config file.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -122,6 +150,21 @@ impl fmt::Display for SourceKind {
         f.write_str(self.as_str())
     }
 }
+
+/// The `match` fields NetworkManager can see: all of them.
+pub const NETWORKMANAGER_FIELDS: &[&str] = &[
+    "id",
+    "uuid",
+    "type",
+    "interface",
+    "ssid",
+    "gateway",
+    "domain",
+    "address",
+];
+
+/// The `match` fields the netlink source can see (`type` is the interface's kind there).
+pub const NETLINK_FIELDS: &[&str] = &["interface", "type", "gateway", "address"];
 
 /// `[retry]`: backoff and lifetime of queued messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,6 +284,9 @@ pub struct LinkMatch {
     /// `domain`: matches if any of the link's DNS search domains matches (case-insensitive; a
     /// trailing `.` on the link's domain is ignored).
     pub domain: Option<String>,
+    /// `address`: a network (`"192.0.2.0/24"`, `"2001:db8::/32"`) or one address; matches if
+    /// any of the link's addresses is in it. Not a glob.
+    pub address: Option<IpNet>,
 }
 
 impl LinkMatch {
@@ -272,6 +318,27 @@ impl LinkMatch {
                     .iter()
                     .any(|d| glob::matches(p, d.trim_end_matches('.'), true))
             })
+            && self
+                .address
+                .is_none_or(|net| facts.addresses.iter().any(|a| net.contains(a)))
+    }
+
+    /// The config-file names of the fields given (`id`, `type`, `address`, ...), in schema order.
+    pub fn fields(&self) -> Vec<&'static str> {
+        let given = [
+            ("id", self.id.is_some()),
+            ("uuid", self.uuid.is_some()),
+            ("type", self.conn_type.is_some()),
+            ("interface", self.interface.is_some()),
+            ("ssid", self.ssid.is_some()),
+            ("gateway", self.gateway.is_some()),
+            ("domain", self.domain.is_some()),
+            ("address", self.address.is_some()),
+        ];
+        given
+            .into_iter()
+            .filter_map(|(name, on)| on.then_some(name))
+            .collect()
     }
 }
 
@@ -283,7 +350,8 @@ pub struct LinkFacts {
     pub id: String,
     /// Connection uuid; empty under netlink.
     pub uuid: String,
-    /// Connection type, e.g. `802-3-ethernet`; empty under netlink.
+    /// Connection type, e.g. `802-3-ethernet`; under netlink the interface's kind (`ethernet`,
+    /// `wifi`, `wwan`, `ppp`, `veth`, `wireguard`, `tun`, ...).
     pub conn_type: String,
     /// Network interface, e.g. `eth0`.
     pub interface: String,
@@ -293,6 +361,8 @@ pub struct LinkFacts {
     pub gateway: Option<String>,
     /// DNS search domains.
     pub domains: Vec<String>,
+    /// The link's own addresses (IPv4 and IPv6, global and site scope).
+    pub addresses: Vec<IpAddr>,
     /// Whether the link is metered.
     pub metered: bool,
 }
@@ -425,6 +495,7 @@ impl Config {
                 default: true,
                 routes: BTreeMap::new(),
             }],
+            notes: Vec::new(),
         }
     }
 

@@ -12,10 +12,10 @@ use std::time::Duration;
 use toml::Spanned;
 use toml::de::{DeString, DeTable, DeValue};
 
-use crate::diag::{Diagnostic, Diagnostics, line_col};
+use crate::diag::{Diagnostic, Diagnostics, Note, line_col};
 use crate::{
-    AgentSettings, Config, LinkMatch, LinkRule, MeteredPolicy, NotifySettings, Relay,
-    RetrySettings, SourceKind, TlsMode, User, glob,
+    AgentSettings, Config, IpNet, LinkMatch, LinkRule, MeteredPolicy, NETLINK_FIELDS,
+    NotifySettings, Relay, RetrySettings, SourceKind, TlsMode, User, glob,
 };
 
 type Span = Range<usize>;
@@ -123,6 +123,7 @@ const MATCH: Schema = Schema {
         key("ssid", r#"ssid = "Home*""#),
         key("gateway", r#"gateway = "192.0.2.1""#),
         key("domain", r#"domain = "isp-a.example""#),
+        key("address", r#"address = "192.0.2.0/24""#),
     ],
     refused: &[],
 };
@@ -179,6 +180,7 @@ struct Ctx<'a> {
     text: &'a str,
     origin: &'a Path,
     diags: Vec<Diagnostic>,
+    notes: Vec<Note>,
 }
 
 impl Ctx<'_> {
@@ -190,6 +192,16 @@ impl Ctx<'_> {
             col,
             message: message.into(),
             help: Some(help.into()),
+        });
+    }
+
+    fn note(&mut self, at: usize, message: impl Into<String>) {
+        let (line, col) = line_col(self.text, at);
+        self.notes.push(Note {
+            path: self.origin.to_path_buf(),
+            line,
+            col,
+            message: message.into(),
         });
     }
 
@@ -699,6 +711,7 @@ pub(crate) fn parse(text: &str, origin: &Path) -> Result<Config, Diagnostics> {
         text,
         origin,
         diags: Vec::new(),
+        notes: Vec::new(),
     };
     let (root, errors) = DeTable::parse_recoverable(text);
     if !errors.is_empty() {
@@ -912,7 +925,7 @@ fn notify(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> NotifySettings {
     notify
 }
 
-fn link(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, name: &str) -> LinkRule {
+fn link(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, name: &str, source: SourceKind) -> LinkRule {
     let matcher = match t.get("match") {
         None => {
             ctx.error(
@@ -927,7 +940,7 @@ fn link(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, name: &str) -> LinkRule {
             LinkMatch::default()
         }
         Some(_) => match t.table(ctx, "match") {
-            Some((m, span)) => link_match(ctx, m, span),
+            Some((m, span)) => link_match(ctx, m, span, name, source),
             None => LinkMatch::default(),
         },
     };
@@ -978,7 +991,13 @@ fn link(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, name: &str) -> LinkRule {
     }
 }
 
-fn link_match(ctx: &mut Ctx<'_>, m: &DeTable<'_>, span: Span) -> LinkMatch {
+fn link_match(
+    ctx: &mut Ctx<'_>,
+    m: &DeTable<'_>,
+    span: Span,
+    name: &str,
+    source: SourceKind,
+) -> LinkMatch {
     let t = Table::new(ctx, m, span, &MATCH);
     if m.is_empty() {
         ctx.error(
@@ -990,7 +1009,7 @@ fn link_match(ctx: &mut Ctx<'_>, m: &DeTable<'_>, span: Span) -> LinkMatch {
             ),
         );
     }
-    LinkMatch {
+    let matcher = LinkMatch {
         id: glob_field(ctx, &t, "id"),
         uuid: glob_field(ctx, &t, "uuid"),
         conn_type: glob_field(ctx, &t, "type"),
@@ -998,6 +1017,103 @@ fn link_match(ctx: &mut Ctx<'_>, m: &DeTable<'_>, span: Span) -> LinkMatch {
         ssid: glob_field(ctx, &t, "ssid"),
         gateway: glob_field(ctx, &t, "gateway"),
         domain: glob_field(ctx, &t, "domain"),
+        address: prefix_field(ctx, &t, "address"),
+    };
+    source_notes(ctx, &t, &matcher, name, source);
+    matcher
+}
+
+/// Notes on `match` fields the link source cannot see: the rule then never matches (netlink),
+/// or only while NetworkManager runs (auto).
+fn source_notes(
+    ctx: &mut Ctx<'_>,
+    t: &Table<'_, '_>,
+    matcher: &LinkMatch,
+    name: &str,
+    source: SourceKind,
+) {
+    let unseen: Vec<&str> = matcher
+        .fields()
+        .into_iter()
+        .filter(|f| !NETLINK_FIELDS.contains(f))
+        .collect();
+    let who = called("link", name);
+    let seen = list(NETLINK_FIELDS.iter().copied());
+    if let Some(first) = unseen.first().and_then(|f| t.get(f)) {
+        let fields = list(unseen.iter().copied());
+        let never: Vec<&str> = unseen.iter().copied().filter(|f| *f != "id").collect();
+        let message = match source {
+            SourceKind::Netlink if never.is_empty() => format!(
+                "{who} matches on `id`, a NetworkManager connection name; under netlink `id` is only the interface name: match on `interface` instead"
+            ),
+            SourceKind::Netlink => format!(
+                "{who} matches on {}, which the netlink source cannot see, so it never matches; netlink sees {seen}",
+                list(never.iter().copied())
+            ),
+            SourceKind::Auto => format!(
+                "{who} matches on {fields}, which only NetworkManager sees: it matches only while NetworkManager runs (without it, source \"auto\" uses netlink, which sees {seen})"
+            ),
+            SourceKind::NetworkManager => return,
+        };
+        ctx.note(first.key_span.start, message);
+    }
+    // NetworkManager's type names are not netlink's kinds.
+    if source == SourceKind::Netlink
+        && let Some(e) = t.get("type")
+        && let Some(ty) = &matcher.conn_type
+        && (ty.starts_with("802-") || ["gsm", "cdma", "vpn", "wifi-p2p"].contains(&ty.as_str()))
+    {
+        ctx.note(
+            e.key_span.start,
+            format!(
+                "{who}: type \"{ty}\" is a NetworkManager connection type; under netlink `type` is the interface's kind (ethernet, wifi, wwan, ppp, veth, wireguard, tun, ...)"
+            ),
+        );
+    }
+}
+
+/// Reads an address prefix (`"192.0.2.0/24"`, `"2001:db8::/32"`) or one address (`"192.0.2.7"`,
+/// taken as /32 or /128); reports one that is not valid, or has bits set past its length.
+fn prefix_field(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, name: &str) -> Option<IpNet> {
+    const HELP: &str = r#"write a network as address/length, e.g. address = "192.0.2.0/24" or "2001:db8::/32", or one address, e.g. address = "192.0.2.7""#;
+    let s = t.string(ctx, name)?;
+    let value = s.value;
+    let net = if value.contains('/') {
+        value.parse::<IpNet>().map_err(|e| e.to_string())
+    } else {
+        value
+            .parse::<std::net::IpAddr>()
+            .map(IpNet::from)
+            .map_err(|e| e.to_string())
+    };
+    match net {
+        Ok(net) if net.trunc() == net => Some(net),
+        Ok(net) => {
+            ctx.error(
+                s.span.start,
+                format!(
+                    "`{name}` \"{value}\" has bits set after its first {} bits",
+                    net.prefix_len()
+                ),
+                format!(
+                    "write {name} = \"{}\" (the network), or {name} = \"{}\" for this one address",
+                    net.trunc(),
+                    net.addr()
+                ),
+            );
+            None
+        }
+        Err(e) => {
+            ctx.error(
+                s.span.start,
+                format!(
+                    "invalid address prefix \"{}\" for `{name}`: {e}",
+                    value.escape_default()
+                ),
+                HELP,
+            );
+            None
+        }
     }
 }
 
@@ -1232,7 +1348,12 @@ fn config(ctx: &mut Ctx<'_>, root: &DeTable<'_>) -> Config {
     for (t, span) in root.tables(ctx, "link") {
         let t = Table::new(ctx, t, span, &LINK);
         let name = name(ctx, &t, "link");
-        links.push(link(ctx, &t, name.as_ref().map_or("", |n| n.value)));
+        links.push(link(
+            ctx,
+            &t,
+            name.as_ref().map_or("", |n| n.value),
+            agent.source,
+        ));
         link_names.extend(name);
     }
     check_unique(ctx, "link", &link_names);
@@ -1270,6 +1391,8 @@ fn config(ctx: &mut Ctx<'_>, root: &DeTable<'_>) -> Config {
     check_unique(ctx, "user", &user_names);
 
     let users = check_users(ctx, raw_users, &link_names, &relay_names);
+    let mut notes = std::mem::take(&mut ctx.notes);
+    notes.sort_by_key(|n| (n.line, n.col));
     Config {
         path: Some(ctx.origin.to_path_buf()),
         agent,
@@ -1278,6 +1401,7 @@ fn config(ctx: &mut Ctx<'_>, root: &DeTable<'_>) -> Config {
         links,
         relays,
         users,
+        notes,
     }
 }
 

@@ -179,6 +179,7 @@ fn starter_config_options_are_valid_when_uncommented() {
         "ssid",
         "gateway",
         "domain",
+        "address",
         "host",
         "port",
         "tls",
@@ -1177,6 +1178,7 @@ fn link_match_globs_and_fields() {
         ssid: Some("HomeNet".into()),
         gateway: Some("192.0.2.1".into()),
         domains: vec!["lan".into(), "Home.Example.".into()],
+        addresses: vec!["192.0.2.10".parse().expect("an address")],
         metered: false,
     };
     let m = |f: fn(&mut LinkMatch)| {
@@ -1419,4 +1421,166 @@ fn notify_mistakes_point_at_the_value() {
     assert_eq!((line, col), (2, 1));
     assert_eq!(message, "unknown key `afterr` in [notify]");
     assert!(help.contains("did you mean `after`?"), "{help}");
+}
+
+#[test]
+fn address_prefixes_match_any_of_the_link_addresses() {
+    let c = parse(&doc(&[
+        "[[link]]",
+        "name = \"v4\"",
+        "match = { address = \"192.0.2.0/24\" }",
+        "[[link]]",
+        "name = \"v6\"",
+        "match = { address = \"2001:db8:b::/48\", interface = \"wwan*\" }",
+        "[[link]]",
+        "name = \"host\"",
+        "match = { address = \"198.51.100.7\" }",
+        USER,
+    ]));
+    let with = |iface: &str, addrs: &[&str]| LinkFacts {
+        interface: iface.into(),
+        addresses: addrs
+            .iter()
+            .map(|a| a.parse().expect("an address"))
+            .collect(),
+        ..LinkFacts::default()
+    };
+    let name = |f: &LinkFacts| c.match_link(f).map(|l| l.name.clone());
+    assert_eq!(
+        name(&with("eth0", &["2001:db8::1", "192.0.2.55"])),
+        Some("v4".into())
+    );
+    assert_eq!(name(&with("eth0", &["192.0.3.1"])), None);
+    assert_eq!(
+        name(&with("wwan0", &["2001:db8:b:1::9"])),
+        Some("v6".into())
+    );
+    // every field must match: right prefix, wrong interface
+    assert_eq!(name(&with("eth0", &["2001:db8:b:1::9"])), None);
+    assert_eq!(name(&with("eth0", &["2001:db8:c::9"])), None);
+    // a bare address is that one address
+    assert_eq!(name(&with("ppp0", &["198.51.100.7"])), Some("host".into()));
+    assert_eq!(name(&with("ppp0", &["198.51.100.8"])), None);
+    // a link without addresses never matches an address rule
+    assert_eq!(name(&with("wwan0", &[])), None);
+    assert_eq!(
+        c.links[2].matcher.address,
+        Some("198.51.100.7/32".parse().expect("a network"))
+    );
+    assert_eq!(c.links[1].matcher.fields(), ["interface", "address"]);
+}
+
+#[test]
+fn bad_address_prefixes_are_errors_at_their_position() {
+    let (line, col, message, help) = one(&doc(&[
+        "[[link]]",
+        "name = \"x\"",
+        "match = { address = \"192.0.2.0/33\" }",
+        USER,
+    ]));
+    assert_eq!((line, col), (3, 21));
+    assert!(
+        message.starts_with("invalid address prefix \"192.0.2.0/33\" for `address`"),
+        "{message}"
+    );
+    assert!(help.contains("192.0.2.0/24"), "{help}");
+
+    let (line, col, message, _) = one(&doc(&[
+        "[[link]]",
+        "name = \"x\"",
+        "match = { interface = \"eth0\", address = \"isp-a\" }",
+        USER,
+    ]));
+    assert_eq!((line, col), (3, 41));
+    assert!(message.contains("\"isp-a\""), "{message}");
+
+    let (line, col, message, help) = one(&doc(&[
+        "[[link]]",
+        "name = \"x\"",
+        "match = { address = \"192.0.2.1/24\" }",
+        USER,
+    ]));
+    assert_eq!((line, col), (3, 21));
+    assert_eq!(
+        message,
+        "`address` \"192.0.2.1/24\" has bits set after its first 24 bits"
+    );
+    assert_eq!(
+        help,
+        "write address = \"192.0.2.0/24\" (the network), or address = \"192.0.2.1\" for this one address"
+    );
+
+    let (_, _, message, _) = one(&doc(&[
+        "[[link]]",
+        "name = \"x\"",
+        "match = { address = 24 }",
+        USER,
+    ]));
+    assert!(message.contains("must be a string"), "{message}");
+}
+
+#[test]
+fn notes_say_which_fields_the_source_cannot_see() {
+    let rules = [
+        "[[link]]",
+        "name = \"nm-only\"",
+        "match = { ssid = \"Home*\", domain = \"x.example\" }",
+        "[[link]]",
+        "name = \"by-id\"",
+        "match = { id = \"ISP-A\" }",
+        "[[link]]",
+        "name = \"kernel\"",
+        "match = { interface = \"ppp*\", address = \"192.0.2.0/24\", gateway = \"192.0.2.1\", type = \"ppp\" }",
+        "[[link]]",
+        "name = \"nm-type\"",
+        "match = { type = \"802-3-ethernet\" }",
+    ];
+    let with_source = |source: &str| {
+        let mut lines = vec!["[agent]".to_string(), format!("source = \"{source}\"")];
+        lines.extend(rules.iter().map(|l| l.to_string()));
+        lines.push(USER.into());
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        parse(&doc(&refs)).notes
+    };
+
+    let netlink = with_source("netlink");
+    let shown: Vec<String> = netlink.iter().map(|n| n.to_string()).collect();
+    assert_eq!(netlink.len(), 3, "{shown:#?}");
+    assert_eq!((netlink[0].line, netlink[0].col), (5, 11));
+    assert!(
+        netlink[0].message.contains(
+            "matches on `ssid`, `domain`, which the netlink source cannot see, so it never matches"
+        ),
+        "{shown:#?}"
+    );
+    assert!(shown[0].starts_with("t.toml:5:11: note: link \"nm-only\""));
+    assert_eq!(netlink[1].line, 8);
+    assert!(
+        netlink[1].message.contains("match on `interface` instead"),
+        "{shown:#?}"
+    );
+    assert_eq!(netlink[2].line, 14);
+    assert!(
+        netlink[2]
+            .message
+            .contains("\"802-3-ethernet\" is a NetworkManager connection type"),
+        "{shown:#?}"
+    );
+
+    let auto = with_source("auto");
+    assert_eq!(auto.len(), 2, "{auto:#?}");
+    assert!(
+        auto[0]
+            .message
+            .contains("matches only while NetworkManager runs")
+    );
+    assert_eq!(auto[1].line, 8);
+
+    assert!(with_source("networkmanager").is_empty());
+    assert!(
+        SourceKind::Netlink
+            .describe_fields()
+            .contains("interface, type, gateway, address")
+    );
+    assert_eq!(SourceKind::NetworkManager.visible_fields().len(), 8);
 }

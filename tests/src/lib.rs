@@ -6,18 +6,22 @@
 //! - [`smtp`]: [`ScriptedRelay`], an SMTP relay with a fault at any stage and a record of what
 //!   it accepted, including Postfix's "Relay access denied" for clients on foreign networks.
 //!
+//! - [`netns`]: [`NetNs`], a network namespace per test with veth uplinks (root only), where
+//!   the agent follows the kernel's default route;
 //! - [`notifications`]: [`notifications::FakeNotifications`], a desktop notification server
 //!   that records what the user would have read.
 //!
 //! - [`world`]: one test's whole world: both buses, a home, the real `linkrelayd` and
 //!   `linkrelay` binaries.
 //!
-//! Nothing here touches the machine's own buses or network configuration.
+//! Nothing here touches the machine's own buses or network configuration (network changes
+//! happen only inside the namespaces [`netns`] makes).
 
 // In tests a failed unwrap is a failed test, with its location.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod bus;
+pub mod netns;
 pub mod nm;
 pub mod notifications;
 pub mod smtp;
@@ -27,6 +31,7 @@ pub mod world;
 mod nm_tests;
 
 pub use bus::{BusKind, BusOptions, TestBus};
+pub use netns::NetNs;
 pub use nm::{ActiveSpec, FakeNm};
 pub use smtp::{Fault, Received, RelayScript, ScriptedRelay};
 

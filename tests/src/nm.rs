@@ -22,12 +22,16 @@
 //!   [`FakeNm::set_network_control`] took the caller's polkit permission away
 //!   (`org.freedesktop.NetworkManager.PermissionDenied`). An unknown profile gets
 //!   `org.freedesktop.NetworkManager.UnknownConnection`.
+//! - an `org.freedesktop.DBus.ObjectManager` at `/org/freedesktop` ([`NM_OBJECT_MANAGER_PATH`]):
+//!   GetManagedObjects gives the whole state in one call; InterfacesAdded and InterfacesRemoved
+//!   follow objects as they are exported and unexported.
 //!
 //! Like real NM, every number `<n>` comes from a process-wide counter and is never reused (not
 //! even by another [`FakeNm`] started later in the same test process); changes are announced
 //! only with the standard `org.freedesktop.DBus.Properties.PropertiesChanged` (one signal per
 //! object and step, carrying every property of that object that changed in the step) plus
-//! `Connection.Active.StateChanged`; all objects are exported before the name is requested.
+//! `Connection.Active.StateChanged` (and the ObjectManager's InterfacesAdded/Removed); all
+//! objects are exported before the name is requested.
 //!
 //! Where this model follows real NM rather than the simplest reading of our brief:
 //! - manager `State` is 70 (connected-global) while there is a primary connection and
@@ -44,7 +48,7 @@
 //!   order and watch for the object, as nmcli does.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -418,6 +422,7 @@ impl Manager {
             bus_address: self.shared.bus_address.clone(),
             inner: self.shared.inner.clone(),
             network_control: self.shared.network_control.clone(),
+            registry: self.shared.registry.clone(),
         };
         let reply = path.clone();
         // Off this handler: activation updates this very object, which the handler holds.
@@ -983,6 +988,144 @@ struct Shared {
     bus_address: String,
     inner: Arc<tokio::sync::Mutex<Inner>>,
     network_control: Arc<AtomicBool>,
+    registry: Registry,
+}
+
+// ---------------------------------------------------------------------------------------------
+// org.freedesktop.DBus.ObjectManager at /org/freedesktop, as NM serves it: GetManagedObjects
+// returns every exported NM object with all its properties; InterfacesAdded/InterfacesRemoved
+// follow exports. (Written here rather than with zbus's `object-manager` feature, which would
+// also list the empty intermediate nodes such as .../ActiveConnection.)
+
+/// The kinds of objects the fake exports, to read their properties by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Manager,
+    Active,
+    Device,
+    Wireless,
+    AccessPoint,
+    Ip4Config,
+    Settings,
+    SettingsList,
+}
+
+trait Managed: Interface {
+    const KIND: Kind;
+}
+
+impl Managed for Manager {
+    const KIND: Kind = Kind::Manager;
+}
+impl Managed for Active {
+    const KIND: Kind = Kind::Active;
+}
+impl Managed for Device {
+    const KIND: Kind = Kind::Device;
+}
+impl Managed for Wireless {
+    const KIND: Kind = Kind::Wireless;
+}
+impl Managed for AccessPoint {
+    const KIND: Kind = Kind::AccessPoint;
+}
+impl Managed for Ip4Config {
+    const KIND: Kind = Kind::Ip4Config;
+}
+impl Managed for SettingsConnection {
+    const KIND: Kind = Kind::Settings;
+}
+impl Managed for Settings {
+    const KIND: Kind = Kind::SettingsList;
+}
+
+/// Exported objects: path -> kinds of the interfaces there, in export order.
+type Registry = Arc<std::sync::Mutex<BTreeMap<String, Vec<Kind>>>>;
+
+fn registry_lock(registry: &Registry) -> std::sync::MutexGuard<'_, BTreeMap<String, Vec<Kind>>> {
+    registry
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+type InterfacesAndProperties = HashMap<String, HashMap<String, OwnedVariant>>;
+
+/// The properties of the `I` at `path`, if it is exported.
+async fn properties_of<I: Interface>(
+    conn: &Connection,
+    path: &str,
+) -> Option<(String, HashMap<String, OwnedVariant>)> {
+    let iref = conn.object_server().interface::<_, I>(path).await.ok()?;
+    let properties = snapshot(conn, &iref).await.ok()?;
+    Some((I::name().to_string(), properties))
+}
+
+async fn properties_by_kind(
+    conn: &Connection,
+    path: &str,
+    kind: Kind,
+) -> Option<(String, HashMap<String, OwnedVariant>)> {
+    match kind {
+        Kind::Manager => properties_of::<Manager>(conn, path).await,
+        Kind::Active => properties_of::<Active>(conn, path).await,
+        Kind::Device => properties_of::<Device>(conn, path).await,
+        Kind::Wireless => properties_of::<Wireless>(conn, path).await,
+        Kind::AccessPoint => properties_of::<AccessPoint>(conn, path).await,
+        Kind::Ip4Config => properties_of::<Ip4Config>(conn, path).await,
+        Kind::Settings => properties_of::<SettingsConnection>(conn, path).await,
+        Kind::SettingsList => properties_of::<Settings>(conn, path).await,
+    }
+}
+
+/// Where NM serves its ObjectManager.
+pub const NM_OBJECT_MANAGER_PATH: &str = "/org/freedesktop";
+
+struct ObjectManager {
+    registry: Registry,
+}
+
+#[interface(
+    name = "org.freedesktop.DBus.ObjectManager",
+    introspection_docs = false
+)]
+impl ObjectManager {
+    /// Every exported NM object with the properties of each of its interfaces.
+    async fn get_managed_objects(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+    ) -> HashMap<OwnedObjectPath, InterfacesAndProperties> {
+        let objects: Vec<(String, Vec<Kind>)> = registry_lock(&self.registry)
+            .iter()
+            .map(|(path, kinds)| (path.clone(), kinds.clone()))
+            .collect();
+        let mut managed = HashMap::new();
+        for (path, kinds) in objects {
+            let mut interfaces = HashMap::new();
+            for kind in kinds {
+                if let Some((name, properties)) = properties_by_kind(conn, &path, kind).await {
+                    interfaces.insert(name, properties);
+                }
+            }
+            if let (false, Ok(path)) = (interfaces.is_empty(), OwnedObjectPath::try_from(path)) {
+                managed.insert(path, interfaces);
+            }
+        }
+        managed
+    }
+
+    #[zbus(signal, name = "InterfacesAdded")]
+    async fn interfaces_added(
+        emitter: &SignalEmitter<'_>,
+        object_path: OwnedObjectPath,
+        interfaces_and_properties: InterfacesAndProperties,
+    ) -> zbus::Result<()>;
+
+    #[zbus(signal, name = "InterfacesRemoved")]
+    async fn interfaces_removed(
+        emitter: &SignalEmitter<'_>,
+        object_path: OwnedObjectPath,
+        interfaces: Vec<String>,
+    ) -> zbus::Result<()>;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1165,6 +1308,7 @@ pub struct FakeNm {
     bus_address: String,
     inner: Arc<tokio::sync::Mutex<Inner>>,
     network_control: Arc<AtomicBool>,
+    registry: Registry,
 }
 
 impl FakeNm {
@@ -1190,6 +1334,7 @@ impl FakeNm {
                 ..Inner::default()
             })),
             network_control: Arc::new(AtomicBool::new(true)),
+            registry: Registry::default(),
         };
         let manager = Manager {
             shared: shared.clone(),
@@ -1202,27 +1347,32 @@ impl FakeNm {
             state: NM_STATE_DISCONNECTED,
             connectivity: CONNECTIVITY_NONE,
         };
-        if conn.object_server().at(NM_PATH, manager).await?.is_some() {
-            bail!("the manager object is already exported");
-        }
-        let settings = Settings {
-            connections: Vec::new(),
-            by_uuid: HashMap::new(),
+        let object_manager = ObjectManager {
+            registry: shared.registry.clone(),
         };
         if conn
             .object_server()
-            .at(SETTINGS_PREFIX, settings)
+            .at(NM_OBJECT_MANAGER_PATH, object_manager)
             .await?
             .is_some()
         {
-            bail!("the settings object is already exported");
+            bail!("the object manager is already exported");
         }
         let nm = FakeNm {
             conn,
             bus_address: shared.bus_address,
             inner: shared.inner,
             network_control: shared.network_control,
+            registry: shared.registry,
         };
+        nm.export(&OwnedObjectPath::try_from(NM_PATH)?, manager)
+            .await?;
+        let settings = Settings {
+            connections: Vec::new(),
+            by_uuid: HashMap::new(),
+        };
+        nm.export(&OwnedObjectPath::try_from(SETTINGS_PREFIX)?, settings)
+            .await?;
         {
             let mut inner = nm.inner.lock().await;
             let first = initial.first().map(|s| s.id.clone());
@@ -1373,7 +1523,7 @@ impl FakeNm {
         update::<Manager, _>(&self.conn, NM_PATH, |m| inner.apply_to_manager(m)).await
     }
 
-    async fn export<I: Interface>(&self, path: &OwnedObjectPath, object: I) -> anyhow::Result<()> {
+    async fn export<I: Managed>(&self, path: &OwnedObjectPath, object: I) -> anyhow::Result<()> {
         let taken = self
             .conn
             .object_server()
@@ -1383,16 +1533,39 @@ impl FakeNm {
         if taken.is_some() {
             bail!("{} is already exported at {path}", I::name());
         }
-        Ok(())
+        registry_lock(&self.registry)
+            .entry(path.to_string())
+            .or_default()
+            .push(I::KIND);
+        let mut added = HashMap::new();
+        if let Some((name, properties)) = properties_of::<I>(&self.conn, path.as_str()).await {
+            added.insert(name, properties);
+        }
+        let emitter = SignalEmitter::new(&self.conn, NM_OBJECT_MANAGER_PATH)?;
+        ObjectManager::interfaces_added(&emitter, path.clone(), added)
+            .await
+            .with_context(|| format!("emitting InterfacesAdded for {path}"))
     }
 
-    async fn unexport<I: Interface>(&self, path: &OwnedObjectPath) -> anyhow::Result<()> {
+    async fn unexport<I: Managed>(&self, path: &OwnedObjectPath) -> anyhow::Result<()> {
         self.conn
             .object_server()
             .remove::<I, _>(path.as_str())
             .await
             .with_context(|| format!("unexporting {} at {path}", I::name()))?;
-        Ok(())
+        {
+            let mut registry = registry_lock(&self.registry);
+            if let Some(kinds) = registry.get_mut(path.as_str()) {
+                kinds.retain(|k| *k != I::KIND);
+                if kinds.is_empty() {
+                    registry.remove(path.as_str());
+                }
+            }
+        }
+        let emitter = SignalEmitter::new(&self.conn, NM_OBJECT_MANAGER_PATH)?;
+        ObjectManager::interfaces_removed(&emitter, path.clone(), vec![I::name().to_string()])
+            .await
+            .with_context(|| format!("emitting InterfacesRemoved for {path}"))
     }
 
     /// The device for `spec.interface`, created (state disconnected) on first use.

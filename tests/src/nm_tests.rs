@@ -1,6 +1,8 @@
 //! Tests of the fake NetworkManager, through client proxies written here (not the product's),
 //! over a private system bus.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -241,6 +243,16 @@ enum Seen {
         state: u32,
         reason: u32,
     },
+    /// ObjectManager InterfacesAdded, with the object's path and interfaces.
+    Added {
+        object: String,
+        interfaces: Vec<String>,
+    },
+    /// ObjectManager InterfacesRemoved.
+    Removed {
+        object: String,
+        interfaces: Vec<String>,
+    },
 }
 
 impl Signals {
@@ -257,41 +269,59 @@ impl Signals {
         Signals { stream }
     }
 
-    #[allow(clippy::never_loop)]
+    /// The next signal, or `None` after [`WAIT`] without one.
     async fn next(&mut self) -> Option<Seen> {
-        loop {
-            let msg = tokio::time::timeout(WAIT, self.stream.next())
-                .await
-                .ok()??
-                .expect("message");
-            let header = msg.header();
-            let path = header.path().expect("path").to_string();
-            let interface = header.interface().expect("interface").to_string();
-            let member = header.member().expect("member").to_string();
-            match (interface.as_str(), member.as_str()) {
-                ("org.freedesktop.DBus.Properties", "PropertiesChanged") => {
-                    let (interface, changed, _invalidated): (
-                        String,
-                        HashMap<String, OwnedVariant>,
-                        Vec<String>,
-                    ) = msg.body().deserialize().expect("PropertiesChanged body");
-                    return Some(Seen::Props {
-                        path,
-                        interface,
-                        changed,
-                    });
-                }
-                ("org.freedesktop.NetworkManager.Connection.Active", "StateChanged") => {
-                    let (state, reason): (u32, u32) =
-                        msg.body().deserialize().expect("StateChanged body");
-                    return Some(Seen::State {
-                        path,
-                        state,
-                        reason,
-                    });
-                }
-                (interface, member) => panic!("unexpected signal {interface}.{member} on {path}"),
+        let msg = tokio::time::timeout(WAIT, self.stream.next())
+            .await
+            .ok()??
+            .expect("message");
+        let header = msg.header();
+        let path = header.path().expect("path").to_string();
+        let interface = header.interface().expect("interface").to_string();
+        let member = header.member().expect("member").to_string();
+        match (interface.as_str(), member.as_str()) {
+            ("org.freedesktop.DBus.Properties", "PropertiesChanged") => {
+                let (interface, changed, _invalidated): (
+                    String,
+                    HashMap<String, OwnedVariant>,
+                    Vec<String>,
+                ) = msg.body().deserialize().expect("PropertiesChanged body");
+                Some(Seen::Props {
+                    path,
+                    interface,
+                    changed,
+                })
             }
+            ("org.freedesktop.NetworkManager.Connection.Active", "StateChanged") => {
+                let (state, reason): (u32, u32) =
+                    msg.body().deserialize().expect("StateChanged body");
+                Some(Seen::State {
+                    path,
+                    state,
+                    reason,
+                })
+            }
+            ("org.freedesktop.DBus.ObjectManager", "InterfacesAdded") => {
+                assert_eq!(path, NM_OBJECT_MANAGER_PATH);
+                let (object, interfaces): (
+                    OwnedObjectPath,
+                    HashMap<String, HashMap<String, OwnedVariant>>,
+                ) = msg.body().deserialize().expect("InterfacesAdded body");
+                Some(Seen::Added {
+                    object: object.to_string(),
+                    interfaces: interfaces.into_keys().collect(),
+                })
+            }
+            ("org.freedesktop.DBus.ObjectManager", "InterfacesRemoved") => {
+                assert_eq!(path, NM_OBJECT_MANAGER_PATH);
+                let (object, interfaces): (OwnedObjectPath, Vec<String>) =
+                    msg.body().deserialize().expect("InterfacesRemoved body");
+                Some(Seen::Removed {
+                    object: object.to_string(),
+                    interfaces,
+                })
+            }
+            (interface, member) => panic!("unexpected signal {interface}.{member} on {path}"),
         }
     }
 
@@ -706,7 +736,7 @@ async fn stop_makes_the_name_go_away_and_a_restart_brings_it_back() {
     assert_eq!(args.name().as_str(), NM_BUS_NAME);
     assert_eq!(
         args.old_owner().as_ref().map(|o| o.to_string()),
-        Some(owner)
+        Some(owner.clone())
     );
     assert!(args.new_owner().is_none());
     assert!(
@@ -714,6 +744,14 @@ async fn stop_makes_the_name_go_away_and_a_restart_brings_it_back() {
             .name_has_owner(NM_BUS_NAME.try_into().unwrap())
             .await
             .unwrap()
+    );
+    // Like an exiting NM, the whole connection went away, not just the name.
+    assert!(
+        !dbus
+            .name_has_owner(owner.as_str().try_into().unwrap())
+            .await
+            .unwrap(),
+        "the fake NM's connection {owner} is still on the bus"
     );
     assert!(manager(&client).await.state().await.is_err());
 
@@ -1043,4 +1081,85 @@ async fn activate_connection_errors_are_nms() {
         "org.freedesktop.NetworkManager.PermissionDenied"
     );
     assert!(nm.active_ids().await.is_empty());
+}
+
+#[tokio::test]
+async fn the_object_manager_gives_the_whole_state_and_follows_exports() {
+    let (bus, client) = system_bus().await;
+    let nm = FakeNm::start(
+        &bus.address,
+        vec![ActiveSpec::ethernet("ISP-A", "eth0", "192.0.2.1")],
+        CONNECTIVITY_FULL,
+    )
+    .await
+    .unwrap();
+    let om = fdo::ObjectManagerProxy::builder(&client)
+        .destination(NM_BUS_NAME)
+        .path(NM_OBJECT_MANAGER_PATH)
+        .build()
+        .await
+        .unwrap();
+    let objects = om.get_managed_objects().await.unwrap();
+    let by_path: HashMap<String, _> = objects
+        .into_iter()
+        .map(|(path, interfaces)| (path.to_string(), interfaces))
+        .collect();
+    let a = nm.active_path("ISP-A").await.unwrap();
+    let manager = &by_path[NM_PATH]["org.freedesktop.NetworkManager"];
+    assert_eq!(
+        manager["PrimaryConnection"],
+        OwnedVariant::from(path(&a).into_inner())
+    );
+    let active = &by_path[&a]["org.freedesktop.NetworkManager.Connection.Active"];
+    assert_eq!(string(&active["Id"]), "ISP-A");
+    let ip4_path = OwnedObjectPath::try_from(active["Ip4Config"].try_clone().unwrap()).unwrap();
+    assert_eq!(
+        string(&by_path[ip4_path.as_str()]["org.freedesktop.NetworkManager.IP4Config"]["Gateway"]),
+        "192.0.2.1"
+    );
+    let eth0 = nm.device_path("eth0").await.unwrap();
+    assert_eq!(
+        string(&by_path[&eth0]["org.freedesktop.NetworkManager.Device"]["Interface"]),
+        "eth0"
+    );
+    // Only real objects, no empty intermediate nodes.
+    assert!(
+        by_path.values().all(|interfaces| !interfaces.is_empty()),
+        "{:?}",
+        by_path.keys()
+    );
+    assert!(!by_path.contains_key("/org/freedesktop/NetworkManager/ActiveConnection"));
+
+    let mut signals = Signals::subscribe(&client).await;
+    let home = nm
+        .activate(ActiveSpec::wifi("Home", "wlan0", "HomeNet", "203.0.113.1"))
+        .await
+        .unwrap();
+    let seen = signals
+        .until(|s| matches!(s, Seen::Added { object, .. } if *object == home))
+        .await;
+    let Seen::Added { interfaces, .. } = seen.last().unwrap() else {
+        unreachable!()
+    };
+    assert_eq!(
+        interfaces,
+        &["org.freedesktop.NetworkManager.Connection.Active"]
+    );
+    // The wifi device appeared before its connection did.
+    let wlan0 = nm.device_path("wlan0").await.unwrap();
+    assert!(
+        seen.iter()
+            .any(|s| matches!(s, Seen::Added { object, .. } if *object == wlan0)),
+        "{seen:#?}"
+    );
+    nm.deactivate("Home").await.unwrap();
+    signals
+        .until(|s| {
+            matches!(s, Seen::Removed { object, interfaces } if *object == home
+                && interfaces == &["org.freedesktop.NetworkManager.Connection.Active"])
+        })
+        .await;
+    let after = om.get_managed_objects().await.unwrap();
+    assert!(!after.keys().any(|p| p.as_str() == home));
+    assert!(after.keys().any(|p| p.as_str() == wlan0));
 }

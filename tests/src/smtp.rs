@@ -58,8 +58,11 @@ impl Fault {
     }
 }
 
-/// Per recipient address: the fault to answer its RCPT TO with, if any.
-pub type RcptFault = Arc<dyn Fn(&str) -> Option<Fault> + Send + Sync>;
+/// The per-recipient script of [`RelayScript::rcpt`]: the fault for an address, if any.
+pub type RcptCheck = Arc<dyn Fn(&str) -> Option<Fault> + Send + Sync>;
+
+/// The ISP's network check of [`RelayScript::allow_client`].
+pub type ClientCheck = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// How the relay behaves; [`RelayScript::default`] accepts everything from anyone without AUTH.
 #[derive(Clone)]
@@ -75,7 +78,7 @@ pub struct RelayScript {
     /// Instead of the answer to MAIL FROM (after the syntax and sequence checks).
     pub mail: Option<Fault>,
     /// Per recipient address (as given between `<>`): instead of the answer to its RCPT TO.
-    pub rcpt: RcptFault,
+    pub rcpt: RcptCheck,
     /// Instead of the 354 answer to DATA.
     pub data: Option<Fault>,
     /// Instead of the 250 answer after the final dot; the message is recorded only if this
@@ -83,7 +86,7 @@ pub struct RelayScript {
     pub after_dot: Option<Fault>,
     /// The ISP's network check, asked at each RCPT TO: when it says false, the recipient gets
     /// Postfix's `554 5.7.1 <rcpt>: Recipient address rejected: Relay access denied`.
-    pub allow_client: Arc<dyn Fn() -> bool + Send + Sync>,
+    pub allow_client: ClientCheck,
     /// When set, AUTH PLAIN and LOGIN are offered and checked against this (user, password),
     /// and MAIL without a successful AUTH gets `530 5.7.0 Authentication required`.
     pub credentials: Option<(String, String)>,
@@ -233,6 +236,20 @@ impl ScriptedRelay {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .context("binding the scripted relay to 127.0.0.1:0")?;
+        ScriptedRelay::serve(script, listener)
+    }
+
+    /// Serve `script` on `listener`, a non-blocking listener bound elsewhere, e.g. on a test
+    /// network namespace's loopback ([`crate::netns::NetNs::loopback_listener`]).
+    pub fn start_on(
+        script: RelayScript,
+        listener: std::net::TcpListener,
+    ) -> anyhow::Result<ScriptedRelay> {
+        let listener = TcpListener::from_std(listener).context("handing the listener to tokio")?;
+        ScriptedRelay::serve(script, listener)
+    }
+
+    fn serve(script: RelayScript, listener: TcpListener) -> anyhow::Result<ScriptedRelay> {
         let addr = listener
             .local_addr()
             .context("reading the scripted relay's address")?;
@@ -276,13 +293,12 @@ impl ScriptedRelay {
         match reached {
             Ok(Ok(_)) => Ok(self.received()),
             _ => {
-                // One read: a second lock while the first guard lives would deadlock.
-                let got = self.received();
+                let received = self.received();
                 bail!(
-                    "the relay at {} accepted {} of the {count} expected messages within {timeout:?} \
-                     ({} connections): {got:#?}",
+                    "the relay at {} accepted {} of the {count} expected messages within \
+                     {timeout:?} ({} connections): {received:#?}",
                     self.addr,
-                    got.len(),
+                    received.len(),
                     self.connections(),
                 )
             }
@@ -911,6 +927,7 @@ pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use lettre::address::Envelope;
@@ -988,8 +1005,11 @@ mod tests {
                 .expect("write");
             read_reply(&mut r, &mut replies).await;
         }
-        // After QUIT the server closes: record that too ("<eof>").
-        if lines.last().is_some_and(|l| l.eq_ignore_ascii_case("QUIT")) {
+        if lines
+            .last()
+            .is_some_and(|last| last.eq_ignore_ascii_case("QUIT"))
+        {
+            // After QUIT the server hangs up.
             read_reply(&mut r, &mut replies).await;
         }
         replies
@@ -1024,7 +1044,8 @@ mod tests {
         assert_eq!(got.helo, "laptop.test");
         assert_eq!(got.from, "alice@isp-a.example");
         assert_eq!(got.rcpts, ["bob@example.org", "carol@example.org"]);
-        // lettre ends the data with "\r\n.\r\n" even after a final CRLF: one more empty line.
+        // lettre always ends the data with CRLF.CRLF, so a message that ends with CRLF
+        // arrives with one more empty line (RFC 5321: that first CRLF is part of the data).
         assert_eq!(got.data_text(), format!("{MESSAGE}\r\n"));
         assert_eq!(got.authenticated_as, None);
         assert_eq!(relay.connections(), 1);
@@ -1349,14 +1370,52 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_stalled_relay_makes_the_client_time_out() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stalled_relay_makes_a_client_with_a_1_s_timeout_time_out() {
         let relay = ScriptedRelay::start(RelayScript {
             rcpt: Arc::new(|_| Some(Fault::Stall)),
             ..RelayScript::default()
         })
         .await
         .unwrap();
+        let env = envelope("alice@isp-a.example", &["bob@example.org"]);
+
+        // lettre's blocking transport sets a 1 s read timeout on its socket.
+        let port = relay.port();
+        let sync_env = env.clone();
+        let started = std::time::Instant::now();
+        let err = tokio::task::spawn_blocking(move || {
+            use lettre::Transport;
+            lettre::SmtpTransport::builder_dangerous("127.0.0.1")
+                .port(port)
+                .timeout(Some(Duration::from_secs(1)))
+                .build()
+                .send_raw(&sync_env, MESSAGE.as_bytes())
+        })
+        .await
+        .unwrap()
+        .expect_err("timeout");
+        let elapsed = started.elapsed();
+        // On Linux the socket's read timeout surfaces as a network error with EAGAIN
+        // (io::ErrorKind::WouldBlock), not as `is_timeout()`.
+        let io_kind = std::error::Error::source(&err)
+            .and_then(|e| e.downcast_ref::<std::io::Error>())
+            .map(std::io::Error::kind);
+        assert!(
+            err.is_timeout()
+                || matches!(
+                    io_kind,
+                    Some(std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+                ),
+            "{err:?}"
+        );
+        assert!(
+            elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(5),
+            "{elapsed:?}"
+        );
+
+        // lettre's async transport applies its timeout to the TCP connect only (0.11.23):
+        // a stalled reply needs a timeout around the call, as the agent must do.
         let client = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
             .port(relay.port())
             .timeout(Some(Duration::from_secs(1)))
@@ -1364,18 +1423,19 @@ mod tests {
         // lettre's async timeout bounds the connect only, so the client bounds its own wait
         // (as the agent does at every stage).
         let started = std::time::Instant::now();
-        let sent = tokio::time::timeout(
-            Duration::from_secs(1),
-            client.send_raw(
-                &envelope("alice@isp-a.example", &["bob@example.org"]),
-                MESSAGE.as_bytes(),
-            ),
+        let outcome = tokio::time::timeout(
+            Duration::from_millis(1500),
+            client.send_raw(&env, MESSAGE.as_bytes()),
         )
         .await;
-        let elapsed = started.elapsed();
-        assert!(sent.is_err(), "the stalled relay answered: {sent:?}");
-        assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+        assert!(
+            outcome.is_err(),
+            "the async send ended by itself ({outcome:?}): lettre now times out commands, \
+             update this test and the agent"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(1400));
         assert!(relay.received().is_empty());
+        assert_eq!(relay.connections(), 2);
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use linkrelay_dbus::{AGENT_BUS_NAME, AgentProxy, RouteInfo};
 
 use crate::bus::{BusKind, TestBus};
+use crate::netns::NetNs;
 
 /// Where cargo put the workspace's binaries: next to the test executable's `deps/` folder.
 /// `LINKRELAY_BIN_DIR` overrides it.
@@ -26,8 +27,57 @@ pub fn bin_dir() -> PathBuf {
 }
 
 /// The path of a workspace binary (`linkrelayd`, `linkrelay`).
+///
+/// `cargo test`/`nextest` do not build other packages' binaries, so a test could silently run an
+/// old agent. Unless `LINKRELAY_BIN_DIR` is set, this panics when the binary is missing or older
+/// than any source file of the crates it is built from.
 pub fn bin(name: &str) -> PathBuf {
-    bin_dir().join(name)
+    let path = bin_dir().join(name);
+    if std::env::var_os("LINKRELAY_BIN_DIR").is_none() {
+        let built = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        let newest = newest_source(name);
+        if built.is_none() || newest.is_some_and(|n| built.is_some_and(|b| b < n)) {
+            panic!(
+                "{} is missing or older than its sources: run `cargo build --workspace --bins` \
+                 first (scripts/test does)",
+                path.display()
+            );
+        }
+    }
+    path
+}
+
+/// The newest modification time among the sources binary `name` is built from: `.rs`, `.toml`
+/// (manifests, the embedded starter config) and `.xml` files, leaving out unit-test files (`tests.rs`, `*_tests.rs`), which cargo does not
+/// link into the binary.
+fn newest_source(name: &str) -> Option<std::time::SystemTime> {
+    let own = if name == "linkrelayd" { "agent" } else { "cli" };
+    let root = repo_root();
+    let mut newest = None;
+    let mut stack: Vec<PathBuf> = [own, "config", "dbus", "outbox"]
+        .iter()
+        .map(|c| root.join(c))
+        .collect();
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let file = e.file_name().to_string_lossy().into_owned();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let counts = (file.ends_with(".rs") && !file.ends_with("tests.rs"))
+                || file.ends_with(".toml")
+                || file.ends_with(".xml");
+            if counts && let Ok(t) = e.metadata().and_then(|m| m.modified()) {
+                newest = newest.max(Some(t));
+            }
+        }
+    }
+    newest
 }
 
 /// The repository's root (for examples/).
@@ -174,6 +224,9 @@ impl World {
     }
 
     /// Starts `linkrelayd` and waits until it owns its bus name.
+    ///
+    /// It runs in the test's own network namespace: with source "auto" and no NetworkManager
+    /// it would follow this machine's default route (see [`World::start_agent_in`]).
     pub async fn start_agent(&mut self) -> anyhow::Result<()> {
         self.start_agent_with(&[]).await
     }
@@ -190,6 +243,24 @@ impl World {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> anyhow::Result<()> {
+        self.start_agent_cmd(Command::new(bin("linkrelayd")), extra, env)
+            .await
+    }
+
+    /// Starts `linkrelayd EXTRA_ARGS` inside network namespace `ns` (`ip netns exec`), where it
+    /// sees only the namespace's links and routes; the buses are unix path sockets, reachable
+    /// from any namespace. Waits until it owns its bus name.
+    pub async fn start_agent_in(&mut self, ns: &NetNs, extra: &[&str]) -> anyhow::Result<()> {
+        self.start_agent_cmd(ns.command(bin("linkrelayd")), extra, &[])
+            .await
+    }
+
+    async fn start_agent_cmd(
+        &mut self,
+        mut cmd: Command,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
         if self.agent.is_some() {
             bail!("the agent is already running");
         }
@@ -197,7 +268,6 @@ impl World {
             .create(true)
             .append(true)
             .open(&self.log_path)?;
-        let mut cmd = Command::new(bin("linkrelayd"));
         self.env(&mut cmd);
         cmd.args(extra)
             .env("RUST_LOG", "debug,zbus=info")
@@ -351,7 +421,8 @@ impl Drop for World {
 }
 
 /// The repository's example config with its relays pointed at local test relays (plain SMTP on
-/// loopback; `relay-b` keeps its login, with the password from a `password_command`).
+/// loopback; `relay-b` keeps its login, with the password from a `password_command`), and the
+/// link source pinned to NetworkManager.
 pub fn example_config_for(relay_a: u16, relay_b: u16) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(repo_root().join("examples/config.toml"))?;
     let text = text
@@ -365,8 +436,13 @@ pub fn example_config_for(relay_a: u16, relay_b: u16) -> anyhow::Result<String> 
         )
         .replace("tls = \"starttls\"", "tls = \"none\"")
         .replace("pass show smtp/isp-b", "echo secret-b")
-        .replace("debounce = \"300ms\"", "debounce = \"50ms\"");
-    if !text.contains(&format!("port = {relay_b}")) || !text.contains(&format!("port = {relay_a}"))
+        .replace("debounce = \"300ms\"", "debounce = \"50ms\"")
+        // The seed scenario plays NetworkManager (and its restarts); with "auto" the agent would
+        // fall back to this machine's own routes while the NM-shaped service is away.
+        .replace("source = \"auto\"", "source = \"networkmanager\"");
+    if !text.contains(&format!("port = {relay_b}"))
+        || !text.contains(&format!("port = {relay_a}"))
+        || !text.contains("source = \"networkmanager\"")
     {
         bail!("examples/config.toml changed shape; update example_config_for");
     }

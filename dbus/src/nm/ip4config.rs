@@ -1,6 +1,8 @@
 //! `org.freedesktop.NetworkManager.IP4Config`.
 
-use zbus::proxy;
+use std::collections::HashMap;
+
+use zbus::{OwnedVariant, proxy};
 
 /// IPv4 configuration of a device or active connection.
 #[proxy(
@@ -8,6 +10,10 @@ use zbus::proxy;
     default_service = "org.freedesktop.NetworkManager"
 )]
 pub trait Ip4Config {
+    /// The addresses: one dict each, with "address" (s) and "prefix" (u).
+    #[zbus(property)]
+    fn address_data(&self) -> zbus::Result<Vec<HashMap<String, OwnedVariant>>>;
+
     /// The default gateway, "" when none.
     #[zbus(property)]
     fn gateway(&self) -> zbus::Result<String>;

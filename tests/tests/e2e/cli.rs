@@ -84,7 +84,28 @@ fn the_agent_refuses_a_broken_config_with_ex_config() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_config_the_agent_starts_and_holds_mail_with_a_reason() {
     let mut w = World::new().unwrap();
-    // No NetworkManager on the system bus at all.
+    // No NetworkManager on the system bus at all: "auto" falls back to netlink, which sees
+    // this machine's own default route (if it has one); the embedded default has no relay.
+    w.start_agent().await.unwrap();
+    let status = cli_json(&w, &["status"]);
+    assert_eq!(status["source"], "netlink", "{status}");
+    assert_eq!(status["config_path"], serde_json::Value::Null);
+    assert_eq!(status["users"][0]["user"], "default");
+    let hold = status["users"][0]["hold"].as_str().unwrap();
+    assert!(
+        hold == "no link" || hold.starts_with("no relay for link"),
+        "{status}"
+    );
+    let human = text(&w.run_cli(&["status"]).unwrap().stdout);
+    assert!(human.contains("source:    netlink"), "{human}");
+    assert!(human.contains("embedded default"), "{human}");
+
+    // Forced to NetworkManager, the agent says what is wrong and how to fix it.
+    w.stop_agent();
+    w.write_config(
+        "[agent]\nsource = \"networkmanager\"\n\n[[user]]\nname = \"default\"\nfrom = [\"*\"]\n",
+    )
+    .unwrap();
     w.start_agent().await.unwrap();
     let status = cli_json(&w, &["status"]);
     assert_eq!(status["source"], "none");
@@ -95,8 +116,6 @@ async fn without_config_the_agent_starts_and_holds_mail_with_a_reason() {
             .contains("NetworkManager is not running"),
         "{status}"
     );
-    assert_eq!(status["config_path"], serde_json::Value::Null);
-    assert_eq!(status["users"][0]["user"], "default");
     assert!(
         status["users"][0]["hold"]
             .as_str()
@@ -108,7 +127,9 @@ async fn without_config_the_agent_starts_and_holds_mail_with_a_reason() {
         human.contains("problem:   NetworkManager is not running"),
         "{human}"
     );
-    assert!(human.contains("embedded default"), "{human}");
+    std::fs::remove_file(&w.config_path).unwrap();
+    w.stop_agent();
+    w.start_agent().await.unwrap();
 
     // sendmail still queues, and the queue says why it waits.
     w.send("me@example.org", "you@example.org", "no-config")
@@ -201,6 +222,10 @@ async fn bcc_is_delivered_but_never_on_the_wire_and_8bit_survives() {
     assert!(
         data.contains("Grüße aus Köln.\r\n.\r\nafter a lone dot"),
         "{data}"
+    );
+    assert!(
+        data.ends_with("\r\nafter a lone dot\r\n") && !data.ends_with("\r\n\r\n"),
+        "the message must arrive without an extra empty line: {data:?}"
     );
 }
 

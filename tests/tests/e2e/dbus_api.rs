@@ -126,3 +126,54 @@ async fn hostile_calls_get_errors_and_touch_nothing() {
             .is_err()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn properties_changed_says_what_changed_and_nothing_else() {
+    use futures_util::StreamExt;
+    use linkrelay_tests::nm::{ActiveSpec, FakeNm};
+    let mut s = seed().await;
+    let nm = FakeNm::start(&s.world.system.address, vec![], 1)
+        .await
+        .unwrap();
+    s.world.start_agent().await.unwrap();
+    let conn = s.world.session.connect().await.unwrap();
+    let rule = zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .interface("org.freedesktop.DBus.Properties")
+        .member("PropertiesChanged")
+        .path(AGENT_PATH)
+        .build()
+        .unwrap();
+    let mut stream = zbus::MessageStream::for_match_rule(rule, &conn, None)
+        .await
+        .unwrap();
+    let mut changed_names = async |wait: std::time::Duration| {
+        let mut names = Vec::new();
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout(wait, stream.next()).await {
+            let (_, changed, _): (
+                String,
+                std::collections::HashMap<String, zbus::OwnedVariant>,
+                Vec<String>,
+            ) = msg.body().deserialize().unwrap();
+            names.extend(changed.into_keys());
+        }
+        names
+    };
+    // An override changes the override and the routes, and nothing else.
+    let agent = s.world.agent().await.unwrap();
+    agent.set_override("relay", "relay-a", 0).await.unwrap();
+    let mut names = changed_names(std::time::Duration::from_millis(300)).await;
+    names.sort();
+    assert_eq!(names, ["Override", "Routes"]);
+    agent.clear_override().await.unwrap();
+    changed_names(std::time::Duration::from_millis(300)).await;
+    // A link coming up announces the link and the routes.
+    s.network.set("ISP-A");
+    nm.activate(ActiveSpec::ethernet("ISP-A", "eth0", "192.0.2.1"))
+        .await
+        .unwrap();
+    let names = changed_names(std::time::Duration::from_millis(500)).await;
+    assert!(names.contains(&"Link".to_string()), "{names:?}");
+    assert!(names.contains(&"Routes".to_string()), "{names:?}");
+    assert!(!names.contains(&"ConfigPath".to_string()), "{names:?}");
+}

@@ -3,7 +3,7 @@
 //!
 //! One test binary (as ripgrep does), one module per area.
 
-// A failed unwrap is a failed test, with its location: what a test should do.
+// A failed unwrap in a test is a failed test, with the location; that is what we want here.
 #![allow(clippy::unwrap_used)]
 
 mod cli;
@@ -11,6 +11,7 @@ mod connect;
 mod dbus_api;
 mod desktop;
 mod interop;
+mod netlink;
 mod notify;
 mod seed;
 mod test_relay;

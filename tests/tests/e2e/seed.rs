@@ -288,3 +288,38 @@ async fn a_flapping_primary_connection_settles_on_the_last_link() {
     s.relay_a.wait_for(1, WAIT).await.unwrap();
     assert!(s.relay_b.received().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wifi_is_matched_by_ssid_and_its_facts_are_published() {
+    let mut s = seed().await;
+    let _nm = FakeNm::start(
+        &s.world.system.address,
+        vec![
+            ActiveSpec::wifi("Home Network", "wlp2s0", "HomeNet-5G", "192.168.1.1")
+                .with_domains(["home.arpa"]),
+        ],
+        4,
+    )
+    .await
+    .unwrap();
+    s.world.start_agent().await.unwrap();
+    let status = cli_json(&s.world, &["status"]);
+    let link = &status["link"];
+    assert_eq!(link["name"], "home-wifi", "{status}");
+    assert_eq!(link["ssid"], "HomeNet-5G");
+    assert_eq!(link["type"], "802-11-wireless");
+    assert_eq!(link["interface"], "wlp2s0");
+    assert_eq!(link["gateway"], "192.168.1.1");
+    assert_eq!(link["domains"], "home.arpa");
+    assert_eq!(link["connectivity"], "full");
+    // The example routes nobody over home-wifi: mail is held, and status says why.
+    let bob = s.world.route("bob").await.unwrap().unwrap();
+    assert_eq!(bob.hold, "no relay for link home-wifi for user bob");
+    let human = String::from_utf8_lossy(&s.world.run_cli(&["status"]).unwrap().stdout).into_owned();
+    assert!(
+        human.contains(
+            "link:      home-wifi (802-11-wireless Home Network, on wlp2s0, ssid HomeNet-5G"
+        ),
+        "{human}"
+    );
+}
