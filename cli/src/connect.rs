@@ -198,6 +198,16 @@ async fn profiles(system: &zbus::Connection) -> anyhow::Result<Vec<Profile>> {
 }
 
 fn nm_error(e: zbus::Error) -> anyhow::Error {
+    if let zbus::Error::FDO(fdo) = &e
+        && matches!(
+            **fdo,
+            zbus::fdo::Error::ServiceUnknown(_) | zbus::fdo::Error::NameHasNoOwner(_)
+        )
+    {
+        return anyhow!(
+            "NetworkManager is not running on the system bus; connect by hand, then `linkrelay flush`"
+        );
+    }
     match &e {
         zbus::Error::MethodError(name, _, _)
             if name.as_str() == "org.freedesktop.DBus.Error.ServiceUnknown"

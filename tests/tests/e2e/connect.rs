@@ -121,3 +121,20 @@ async fn connect_reports_a_polkit_refusal() {
     assert!(nm.active_ids().await.is_empty());
     assert_eq!(w.outbox_entries("bob", "queue").len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_without_networkmanager_says_to_connect_by_hand() {
+    let mut s = seed().await;
+    s.world.start_agent().await.unwrap();
+    let w = &s.world;
+    w.send("bob@bob.example", "dave@dest.example", "waits")
+        .unwrap();
+    let out = w.run_cli(&["flush", "--connect"]).unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("NetworkManager is not running on the system bus; connect by hand, then `linkrelay flush`"),
+        "{err}"
+    );
+    assert_eq!(w.outbox_entries("bob", "queue").len(), 1);
+}
