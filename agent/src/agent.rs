@@ -19,8 +19,10 @@ use tracing::{error, info, warn};
 use zbus::object_server::InterfaceRef;
 
 use crate::flusher::{self, BatchResult, FlushEvent, FlushRequest, FlushSettings, UserRoute, now};
+use crate::lifecycle;
 use crate::link::{LinkState, link_property};
 use crate::memory::RelayMemory;
+use crate::notify::Notifier;
 use crate::router::{self, Override, Route, Routing};
 use crate::service::{AgentInterface, Command, Published, Reply};
 
@@ -41,6 +43,9 @@ pub enum RunError {
         /// Cause.
         source: OutboxError,
     },
+    /// The connection to the bus broke (the session ended, the bus daemon went away).
+    #[error("lost the connection to the bus it serves on")]
+    BusLost,
     /// Installing a signal handler failed.
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
@@ -87,6 +92,7 @@ struct Agent {
     drop_watch: Option<tokio::task::JoinHandle<()>>,
     published: Arc<Mutex<Published>>,
     iface: InterfaceRef<AgentInterface>,
+    notifier: Notifier,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -100,6 +106,7 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
         ServeBus::Session => zbus::connection::Builder::session(),
         ServeBus::System => zbus::connection::Builder::system(),
     };
+    let notifier_commands = cmd_tx.clone();
     let conn = builder
         .serve_at(AGENT_PATH, AgentInterface::new(cmd_tx, published.clone()))
         .build()
@@ -108,6 +115,13 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
         .object_server()
         .interface::<_, AgentInterface>(AGENT_PATH)
         .await?;
+
+    // Desktop notifications go to the user's session bus, whichever bus the agent serves on.
+    let session = match opts.bus {
+        ServeBus::Session => Some(conn.clone()),
+        ServeBus::System => zbus::Connection::session().await.ok(),
+    };
+    let notifier = Notifier::spawn(config.notify, session, notifier_commands);
 
     let (link_tx, mut link_rx) = watch::channel(LinkState::unknown());
     crate::source::start(config.agent.source, link_tx);
@@ -133,6 +147,7 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
         drop_watch: None,
         published,
         iface,
+        notifier,
     };
     agent.sync_flushers()?;
 
@@ -152,6 +167,10 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
         _ => return Err(RunError::AlreadyRunning(AGENT_BUS_NAME.into())),
     }
     info!(bus = ?agent.opts.bus, "linkrelayd ready as {AGENT_BUS_NAME}");
+    lifecycle::ready(&format!("serving {AGENT_BUS_NAME}"));
+    let mut watchdog = lifecycle::Watchdog::from_env();
+    let bus_lost = lifecycle::bus_lost(&conn);
+    tokio::pin!(bus_lost);
 
     let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
@@ -209,10 +228,17 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
                     warn!("reload failed, the running config stays: {e:?}");
                 }
             }
+            // From the loop itself: a loop that is stuck stops pinging and systemd restarts it.
+            _ = watchdog.tick() => watchdog.ping(),
+            _ = &mut bus_lost => {
+                lifecycle::stopping();
+                return Err(RunError::BusLost);
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
+    lifecycle::stopping();
     info!("linkrelayd stopping");
     Ok(())
 }
@@ -392,6 +418,11 @@ impl Agent {
             let mut p = self.published.lock().unwrap_or_else(|p| p.into_inner());
             std::mem::replace(&mut *p, next.clone())
         };
+        lifecycle::status(&lifecycle::status_line(
+            self.routing.link_name.as_deref(),
+            &next.routes,
+            &next.queue,
+        ));
         // PropertiesChanged only for what changed: watchers wake for news, not for noise.
         let iface = self.iface.get().await;
         let e = self.iface.signal_emitter();
@@ -412,6 +443,7 @@ impl Agent {
         }
         if old.queue != next.queue {
             let _ = iface.queue_changed(e).await;
+            self.notifier.queue_changed();
         }
         if old.config_path != next.config_path {
             let _ = iface.config_path_changed(e).await;
@@ -427,11 +459,19 @@ impl Agent {
             let mut p = self.published.lock().unwrap_or_else(|p| p.into_inner());
             let changed = p.queue != queue;
             p.queue = queue;
+            if changed {
+                lifecycle::status(&lifecycle::status_line(
+                    self.routing.link_name.as_deref(),
+                    &p.routes,
+                    &p.queue,
+                ));
+            }
             changed
         };
         if changed {
             let iface = self.iface.get().await;
             let _ = iface.queue_changed(self.iface.signal_emitter()).await;
+            self.notifier.queue_changed();
         }
     }
 
@@ -496,6 +536,7 @@ impl Agent {
                     AgentInterface::message_deferred(&e, &user, &id, &reason, next_attempt).await;
             }
             FlushEvent::Failed { user, id, reason } => {
+                self.notifier.failed(&user, &id, &reason);
                 let _ = AgentInterface::message_failed(&e, &user, &id, &reason).await;
             }
             FlushEvent::RelayRefused {
@@ -591,6 +632,19 @@ impl Agent {
                 let r = self.reload().await;
                 let _ = reply.send(r);
             }
+            Command::TestRelay {
+                relay,
+                from,
+                to,
+                reply,
+            } => crate::relaytest::spawn(
+                self.config.clone(),
+                self.routing.link_name.clone(),
+                relay,
+                from,
+                to,
+                reply,
+            ),
         }
     }
 
@@ -744,6 +798,7 @@ impl Agent {
                 }
                 self.config = Arc::new(config);
                 self.config_error = None;
+                self.notifier.settings(self.config.notify);
                 if let Err(e) = self.sync_flushers() {
                     error!("after reload: {e}");
                 }

@@ -6,15 +6,22 @@
 //! -> per-user [`flusher`]s -> [`outcome`]s -> outbox state and D-Bus ([`service`]). The event
 //! loop in [`agent`] owns all state.
 
+// In tests a failed unwrap is a failed test, with its location.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod agent;
 pub mod backoff;
 pub mod dropwatch;
 pub mod flusher;
+pub mod lifecycle;
 pub mod link;
+pub mod logging;
 pub mod memory;
 pub mod netlink;
 pub mod nm;
+pub mod notify;
 pub mod outcome;
+pub mod relaytest;
 pub mod router;
 pub mod service;
 pub mod smtp;

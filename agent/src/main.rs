@@ -1,13 +1,16 @@
 //! `linkrelayd`: the linkrelay agent.
 
+// In tests a failed unwrap is a failed test, with its location.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use linkrelay_agent::agent::{Options, ServeBus, run};
+use linkrelay_agent::logging;
 use linkrelay_config::{Config, ConfigError};
-use tracing_subscriber::EnvFilter;
 
 /// sysexits EX_CONFIG.
 const EX_CONFIG: u8 = 78;
@@ -27,9 +30,12 @@ enum BusArg {
 /// users' outboxes (queued by `linkrelay sendmail`) through the matching relays. Mail is never
 /// bounced because of routing: a relay that refuses us on this link leaves the mail queued.
 ///
-/// Runs in the foreground and logs to stderr (RUST_LOG=debug for more). SIGHUP reloads the
-/// config; a broken config keeps the old one running. Without a config file it starts on an
-/// embedded default (link detection and D-Bus work; mail is held: no relays).
+/// Runs in the foreground and logs to stderr (RUST_LOG=debug for more; under systemd, in the
+/// journal's format). As a systemd `Type=notify` service it reports readiness once its bus name
+/// is claimed and pings the watchdog (`WatchdogSec=`); `linkrelay install --user` writes the
+/// unit and the D-Bus activation file. SIGHUP reloads the config; a broken config keeps the old
+/// one running. Without a config file it starts on an embedded default (link detection and
+/// D-Bus work; mail is held: no relays).
 #[derive(Debug, Parser)]
 #[command(name = "linkrelayd", version)]
 struct Args {
@@ -49,12 +55,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    logging::init(logging::style_from_env());
 
     let (config, config_path) = match load_config(args.config.clone()) {
         Ok(c) => c,

@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use linkrelay_dbus::{AgentError, FlushResult, MessageInfo, OverrideInfo, QueueCount, RouteInfo};
+use linkrelay_dbus::{
+    AgentError, FlushResult, MessageInfo, OverrideInfo, QueueCount, RelayTest, RouteInfo,
+};
 use tokio::sync::{mpsc, oneshot};
 use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
@@ -98,6 +100,17 @@ pub enum Command {
     Reload {
         /// Reply.
         reply: Reply<()>,
+    },
+    /// Test a relay without sending.
+    TestRelay {
+        /// Relay name.
+        relay: String,
+        /// Envelope sender to try ("" = a default).
+        from: String,
+        /// Recipient to try ("" = a default).
+        to: String,
+        /// Reply.
+        reply: Reply<RelayTest>,
     },
 }
 
@@ -278,6 +291,32 @@ impl AgentInterface {
     ) -> Result<(), AgentError> {
         self.check_caller(conn, &header).await?;
         self.ask(|reply| Command::Reload { reply }).await
+    }
+
+    /// Tests relay `relay` from the link that is up, as a flush would use it: connects, says
+    /// EHLO, STARTTLS and AUTH as configured, then MAIL FROM `from` and RCPT TO `to` and RSET,
+    /// so nothing is sent; says what the relay offers and whether it would relay for us here.
+    /// `from` "" is a sender of a user routed through it (else the null sender), `to` ""
+    /// an address outside the relay's domains.
+    async fn test_relay(
+        &self,
+        relay: String,
+        from: String,
+        to: String,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<RelayTest, AgentError> {
+        self.check_caller(conn, &header).await?;
+        bounded("relay", &relay)?;
+        bounded("from", &from)?;
+        bounded("to", &to)?;
+        self.ask(|reply| Command::TestRelay {
+            relay,
+            from,
+            to,
+            reply,
+        })
+        .await
     }
 
     /// The agent's version.

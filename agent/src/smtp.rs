@@ -388,6 +388,80 @@ impl Session {
         })
     }
 
+    /// The name the relay gave in its EHLO reply.
+    pub fn server_name(&self) -> String {
+        self.conn.server_info().name().to_string()
+    }
+
+    /// Whether the connection is encrypted (implicit TLS or STARTTLS).
+    pub fn is_encrypted(&self) -> bool {
+        self.conn.is_encrypted()
+    }
+
+    /// Says EHLO again and returns what the relay offers on this connection, one extension
+    /// per line as it wrote them (`SIZE 10485760`, `AUTH PLAIN LOGIN`, ...).
+    pub async fn offers(&mut self, relay: &Relay) -> Result<Vec<String>, Verdict> {
+        let ehlo = lettre::transport::smtp::commands::Ehlo::new(helo_name(relay));
+        let reply = timed(Stage::Greeting, self.timeout, self.conn.command(ehlo)).await?;
+        Ok(reply.message().skip(1).map(str::to_string).collect())
+    }
+
+    /// MAIL FROM and RCPT TO, then RSET: the relay's answers say whether it would take mail
+    /// for `to` from us, and nothing is sent. The RCPT verdict is `None` when MAIL was refused.
+    pub async fn probe(&mut self, from: &str, to: &str) -> (Verdict, Option<Verdict>) {
+        let limit = self.timeout;
+        let sender = if from.is_empty() {
+            None
+        } else {
+            match from.parse::<Address>() {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    let v = Verdict::local(
+                        Stage::Mail,
+                        Outcome::Failed,
+                        format!("bad sender {from:?}: {e}"),
+                    );
+                    return (v, None);
+                }
+            }
+        };
+        let mail = match timed(
+            Stage::Mail,
+            limit,
+            self.conn.command(Mail::new(sender, vec![])),
+        )
+        .await
+        {
+            Ok(reply) => {
+                let text = reply.message().collect::<Vec<_>>().join(" ");
+                Verdict::new(Stage::Mail, Some(u16::from(reply.code())), text)
+            }
+            Err(v) => return (v, None),
+        };
+        let rcpt = match to.parse::<Address>() {
+            Err(e) => Verdict::local(
+                Stage::Rcpt,
+                Outcome::Failed,
+                format!("bad recipient {to:?}: {e}"),
+            ),
+            Ok(addr) => match timed(
+                Stage::Rcpt,
+                limit,
+                self.conn.command(Rcpt::new(addr, vec![])),
+            )
+            .await
+            {
+                Ok(reply) => {
+                    let text = reply.message().collect::<Vec<_>>().join(" ");
+                    Verdict::new(Stage::Rcpt, Some(u16::from(reply.code())), text)
+                }
+                Err(v) => v,
+            },
+        };
+        let _ = timed(Stage::Data, limit, self.conn.command("RSET\r\n")).await;
+        (mail, Some(rcpt))
+    }
+
     /// Says goodbye politely when the connection is healthy; errors do not matter any more.
     pub async fn close(mut self) {
         if self.is_usable() {

@@ -3,7 +3,14 @@
 //! Every verb but `sendmail` and `config` asks the running agent over D-Bus; the CLI holds no
 //! logic beyond enqueueing and formatting.
 
+// In tests a failed unwrap is a failed test, with its location.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod connect;
+mod install;
 mod output;
+mod panel;
+mod relay;
 mod sendmail;
 
 use std::path::PathBuf;
@@ -11,7 +18,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use clap::{Args as ClapArgs, Parser, Subcommand};
+use clap::{Args as ClapArgs, CommandFactory, Parser, Subcommand, ValueEnum};
 use futures_util::StreamExt;
 use linkrelay_config::{Config, ConfigError};
 use linkrelay_dbus::{AGENT_BUS_NAME, AgentProxy};
@@ -38,7 +45,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Verb {
     /// Show the link, each user's route (or why mail is held), the override and queue counts
-    Status(JsonFlag),
+    Status(StatusArgs),
     /// Follow the agent's events (route changes, sent, deferred, failed, refusals) until ^C
     Watch(JsonFlag),
     /// Override the router: pretend a link is up, or force a relay
@@ -59,9 +66,26 @@ enum Verb {
     },
     /// Make the agent re-read its config (a broken file keeps the running config)
     Reload,
+    /// Try a relay from the link that is up, as the agent would use it, without sending: EHLO,
+    /// STARTTLS, AUTH, then MAIL FROM and RCPT TO and RSET. Exits 0 when it would relay for us
+    TestRelay(TestRelayArgs),
     /// Check, create or locate the config file
     #[command(subcommand)]
     Config(ConfigVerb),
+    /// Install the systemd user unit and the D-Bus activation file for linkrelayd
+    Install(InstallArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page linkrelay(1), or write it and one page per verb into a directory
+    Man {
+        /// Write linkrelay.1 and linkrelay-VERB.1 into this directory instead
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Queue a message like sendmail(8): reads the message on stdin. Run `linkrelay sendmail
     /// --help-sendmail` for the options.
     #[command(disable_help_flag = true)]
@@ -70,6 +94,63 @@ enum Verb {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum StatusFormat {
+    /// Several lines for people
+    Text,
+    /// JSON for scripts (the same as --json)
+    Json,
+    /// A Waybar custom module's JSON (text, tooltip, class, alt)
+    Waybar,
+    /// One plain line for panels and prompts
+    Line,
+}
+
+#[derive(Debug, ClapArgs)]
+struct StatusArgs {
+    /// Print JSON instead of text (the same as --format json)
+    #[arg(long, conflicts_with = "format")]
+    json: bool,
+    /// How to print it
+    #[arg(long, value_enum)]
+    format: Option<StatusFormat>,
+    /// With --format waybar or line: keep running and print a new line at every change
+    #[arg(long)]
+    follow: bool,
+}
+
+#[derive(Debug, ClapArgs)]
+struct TestRelayArgs {
+    /// The [[relay]] name
+    name: String,
+    /// Envelope sender to try [default: an address of a user routed through it, else <>]
+    #[arg(long, value_name = "ADDR")]
+    from: Option<String>,
+    /// Recipient to try [default: postmaster@example.com, a domain no relay delivers itself]
+    #[arg(long, value_name = "ADDR")]
+    to: Option<String>,
+    /// Print JSON instead of text
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, ClapArgs)]
+struct InstallArgs {
+    /// Install for your user: the unit into ~/.config/systemd/user, the D-Bus service file into
+    /// ~/.local/share/dbus-1/services (following XDG_CONFIG_HOME and XDG_DATA_HOME)
+    #[arg(long, required = true)]
+    user: bool,
+    /// The linkrelayd to run [default: the one beside this linkrelay, else the one on PATH]
+    #[arg(long, value_name = "PATH")]
+    agent: Option<PathBuf>,
+    /// Print the files and where they would go; write nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Remove the files instead
+    #[arg(long, conflicts_with = "dry_run")]
+    remove: bool,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -110,6 +191,13 @@ struct FlushArgs {
     /// Wait until the flush is over and report what was sent
     #[arg(long)]
     wait: bool,
+    /// When mail is held for want of a link with a relay, first ask NetworkManager to bring up
+    /// a saved connection that has one (implies --wait)
+    #[arg(long)]
+    connect: bool,
+    /// With --connect: how long to wait for the connection to carry a route
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
     /// Print JSON instead of text
     #[arg(long)]
     json: bool,
@@ -170,8 +258,20 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    if let Verb::Config(c) = &cli.verb {
-        return config_verb(c);
+    match &cli.verb {
+        Verb::Config(c) => return config_verb(c),
+        Verb::Install(a) => return install_verb(a),
+        Verb::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "linkrelay",
+                &mut std::io::stdout(),
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Verb::Man { dir } => return man_verb(dir.as_deref()),
+        _ => {}
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -241,9 +341,106 @@ fn config_verb(verb: &ConfigVerb) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Connects to the bus and makes sure the agent is there, with a message that says what to do
-/// when it is not.
+fn install_verb(a: &InstallArgs) -> anyhow::Result<ExitCode> {
+    let plan = install::plan(install::find_agent(a.agent.clone())?)?;
+    if a.dry_run {
+        println!("# {}\n{}", plan.unit_path.display(), plan.unit);
+        println!("# {}\n{}", plan.dbus_path.display(), plan.dbus);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if a.remove {
+        for p in [&plan.unit_path, &plan.dbus_path] {
+            if install::remove_file(p)? {
+                println!("removed {}", p.display());
+            }
+        }
+        println!(
+            "Next: systemctl --user disable --now {} && systemctl --user daemon-reload",
+            install::UNIT_NAME
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (path, text) in [(&plan.unit_path, &plan.unit), (&plan.dbus_path, &plan.dbus)] {
+        let what = match install::write_file(path, text)? {
+            install::Written::Created => "wrote",
+            install::Written::Updated => "updated",
+            install::Written::Unchanged => "unchanged",
+        };
+        println!("{what} {}", path.display());
+    }
+    println!("Both start {}.", plan.agent.display());
+    print!("{}", install::next_steps(&plan));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Sections of linkrelay(1) that the clap definition does not hold.
+const MAN_EXTRA: &str = r#".SH "EXIT STATUS"
+0 on success; 1 on errors (and from \fBtest\-relay\fR when the relay would not relay for us);
+69 (EX_UNAVAILABLE) when linkrelayd is not running and cannot be started;
+78 (EX_CONFIG) for a broken config (\fBconfig check\fR, \fBreload\fR).
+\fBsendmail\fR exits with sendmail(8)'s sysexits codes.
+.SH FILES
+.TP
+\fI$XDG_CONFIG_HOME/linkrelay/config.toml\fR
+The config (\fB~/.config/linkrelay/config.toml\fR); \fBlinkrelay config init\fR writes a starter.
+.TP
+\fI$XDG_DATA_HOME/linkrelay/USER/\fR
+Each user's outbox: queue/, failed/, sent/, new/ (\fB~/.local/share/linkrelay/\fR).
+.TP
+\fI~/.config/systemd/user/linkrelayd.service\fR
+The systemd user unit \fBlinkrelay install \-\-user\fR writes.
+.TP
+\fI~/.local/share/dbus\-1/services/org.linkrelay.Agent.service\fR
+D\-Bus activation: the first call starts the agent.
+.SH ENVIRONMENT
+.TP
+\fBDBUS_SESSION_BUS_ADDRESS\fR, \fBDBUS_SYSTEM_BUS_ADDRESS\fR
+Where linkrelayd is reached (session bus; \fB\-\-system\fR for the system bus) and where NetworkManager is.
+.TP
+\fBXDG_CONFIG_HOME\fR, \fBXDG_DATA_HOME\fR
+Where the config and the outboxes are.
+"#;
+
+fn man_verb(dir: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    let cmd = Cli::command();
+    let main_page = || -> anyhow::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(cmd.clone()).render(&mut out)?;
+        out.extend_from_slice(MAN_EXTRA.as_bytes());
+        Ok(out)
+    };
+    let Some(dir) = dir else {
+        std::io::Write::write_all(&mut std::io::stdout(), &main_page()?)?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut pages = vec![("linkrelay.1".to_string(), main_page()?)];
+    for sub in cmd.get_subcommands() {
+        let name = format!("linkrelay-{}", sub.get_name());
+        let mut out = Vec::new();
+        clap_mangen::Man::new(sub.clone().name(name.clone())).render(&mut out)?;
+        pages.push((format!("{name}.1"), out));
+    }
+    for (file, out) in pages {
+        let path = dir.join(file);
+        std::fs::write(&path, out).with_context(|| format!("cannot write {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Connects to the bus and makes sure the agent is there, starting it through D-Bus activation
+/// when it is installed (`linkrelay install --user`), with a message that says what to do when
+/// it is not.
 async fn connect(system: bool) -> anyhow::Result<Result<zbus::Connection, String>> {
+    connect_with(system, true).await
+}
+
+/// [`connect`], starting the agent through D-Bus activation only when `activate` says so.
+async fn connect_with(
+    system: bool,
+    activate: bool,
+) -> anyhow::Result<Result<zbus::Connection, String>> {
     let which = if system { "system" } else { "session" };
     let conn = if system {
         zbus::Connection::system().await
@@ -258,16 +455,46 @@ async fn connect(system: bool) -> anyhow::Result<Result<zbus::Connection, String
             )));
         }
     };
-    let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
+    Ok(ensure_agent(&conn, system, activate).await?.map(|()| conn))
+}
+
+/// Whether the agent is on `conn`'s bus, starting it through D-Bus activation when it is
+/// installed (`linkrelay install --user`) and `activate` says so; else what to do about it.
+async fn ensure_agent(
+    conn: &zbus::Connection,
+    system: bool,
+    activate: bool,
+) -> anyhow::Result<Result<(), String>> {
+    let which = if system { "system" } else { "session" };
+    let dbus = zbus::fdo::DBusProxy::new(conn).await?;
     let name = zbus::names::BusName::try_from(AGENT_BUS_NAME)?;
-    if !dbus.name_has_owner(name).await? {
-        return Ok(Err(format!(
-            "linkrelayd is not running on the {which} bus ({AGENT_BUS_NAME} has no owner); \
-             start it with `linkrelayd{}` (or `systemctl --user start linkrelayd`)",
-            if system { " --bus system" } else { "" }
-        )));
+    if dbus.name_has_owner(name.clone()).await? {
+        return Ok(Ok(()));
     }
-    Ok(Ok(conn))
+    let activatable = activate
+        && dbus
+            .list_activatable_names()
+            .await?
+            .iter()
+            .any(|n| n.as_str() == AGENT_BUS_NAME);
+    if activatable {
+        // The bus starts it (through systemd when the unit is installed) and answers once the
+        // agent owns its name, which it claims only when its state is real.
+        let start = zbus::names::WellKnownName::try_from(AGENT_BUS_NAME)?;
+        return Ok(match dbus.start_service_by_name(start, 0).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!(
+                "linkrelayd is not running on the {which} bus and D-Bus activation could not start it ({e}); \
+                 see `journalctl --user -u linkrelayd`, or run `linkrelayd` in a terminal to see why"
+            )),
+        });
+    }
+    Ok(Err(format!(
+        "linkrelayd is not running on the {which} bus ({AGENT_BUS_NAME} has no owner); \
+         start it with `linkrelayd{}` (or `systemctl --user start linkrelayd`), \
+         or run `linkrelay install --user` once so that it starts by itself",
+        if system { " --bus system" } else { "" }
+    )))
 }
 
 fn dbus_error(e: zbus::Error) -> anyhow::Error {
@@ -281,6 +508,18 @@ fn dbus_error(e: zbus::Error) -> anyhow::Error {
 }
 
 async fn agent_verb(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Verb::Status(StatusArgs {
+        format: Some(f @ (StatusFormat::Waybar | StatusFormat::Line)),
+        follow,
+        ..
+    }) = &cli.verb
+    {
+        let f = match f {
+            StatusFormat::Waybar => panel::PanelFormat::Waybar,
+            _ => panel::PanelFormat::Line,
+        };
+        return panel::run(cli.system, f, *follow).await;
+    }
     let conn = match connect(cli.system).await? {
         Ok(c) => c,
         Err(msg) => {
@@ -291,8 +530,11 @@ async fn agent_verb(cli: Cli) -> anyhow::Result<ExitCode> {
     let agent = AgentProxy::new(&conn).await?;
     match cli.verb {
         Verb::Status(f) => {
+            if f.follow {
+                bail!("--follow goes with --format waybar or --format line");
+            }
             let s = output::Status::read(&agent).await.map_err(dbus_error)?;
-            if f.json {
+            if f.json || f.format == Some(StatusFormat::Json) {
                 println!("{}", serde_json::to_string_pretty(&s.to_json())?);
             } else {
                 print!("{}", s.render());
@@ -327,7 +569,13 @@ async fn agent_verb(cli: Cli) -> anyhow::Result<ExitCode> {
         Verb::Flush(f) => {
             let user = f.user.unwrap_or_default();
             // With --wait the reply comes when the flush is over (zbus sets no call timeout).
-            let results = agent.flush(&user, f.wait).await.map_err(dbus_error)?;
+            let results = if f.connect {
+                let u = (!user.is_empty()).then_some(user.as_str());
+                connect::connect_and_flush(&agent, u, f.timeout, f.json).await?
+            } else {
+                agent.flush(&user, f.wait).await.map_err(dbus_error)?
+            };
+            let waited = f.wait || f.connect;
             if f.json {
                 println!(
                     "{}",
@@ -335,7 +583,7 @@ async fn agent_verb(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             } else {
                 for r in &results {
-                    if f.wait {
+                    if waited {
                         println!("{}: sent {}, {} still queued", r.user, r.sent, r.remaining);
                     } else {
                         println!("{}: flushing ({} queued)", r.user, r.remaining);
@@ -365,6 +613,27 @@ async fn agent_verb(cli: Cli) -> anyhow::Result<ExitCode> {
             agent.drop(&id).await.map_err(dbus_error)?;
             println!("{id}: deleted");
         }
+        Verb::TestRelay(t) => {
+            let result = agent
+                .test_relay(
+                    &t.name,
+                    t.from.as_deref().unwrap_or(""),
+                    t.to.as_deref().unwrap_or(""),
+                )
+                .await
+                .map_err(dbus_error)?;
+            if t.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&relay::to_json(&result))?
+                );
+            } else {
+                print!("{}", relay::render(&result));
+            }
+            if result.may_relay != "yes" {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         Verb::Reload => match agent.reload().await {
             Ok(()) => println!("config reloaded"),
             Err(e) => {
@@ -372,7 +641,11 @@ async fn agent_verb(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(EX_CONFIG));
             }
         },
-        Verb::Config(_) | Verb::Sendmail { .. } => unreachable!("handled before connecting"),
+        Verb::Config(_)
+        | Verb::Sendmail { .. }
+        | Verb::Install(_)
+        | Verb::Completions { .. }
+        | Verb::Man { .. } => unreachable!("handled before connecting"),
     }
     Ok(ExitCode::SUCCESS)
 }

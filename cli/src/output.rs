@@ -9,15 +9,15 @@ use serde_json::{Value, json};
 
 /// Everything `linkrelay status` shows.
 pub struct Status {
-    source: String,
-    source_problem: String,
-    link: HashMap<String, String>,
-    routes: Vec<RouteInfo>,
-    ovr: OverrideInfo,
-    queue: Vec<QueueCount>,
-    config_path: String,
-    config_error: String,
-    version: String,
+    pub(crate) source: String,
+    pub(crate) source_problem: String,
+    pub(crate) link: HashMap<String, String>,
+    pub(crate) routes: Vec<RouteInfo>,
+    pub(crate) ovr: OverrideInfo,
+    pub(crate) queue: Vec<QueueCount>,
+    pub(crate) config_path: String,
+    pub(crate) config_error: String,
+    pub(crate) version: String,
 }
 
 fn now() -> u64 {

@@ -35,6 +35,9 @@
 //! # Ok::<(), linkrelay_config::ConfigError>(())
 //! ```
 
+// In tests a failed unwrap is a failed test, with its location.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
@@ -65,6 +68,8 @@ pub struct Config {
     pub agent: AgentSettings,
     /// `[retry]`
     pub retry: RetrySettings,
+    /// `[notify]`
+    pub notify: NotifySettings,
     /// `[[link]]` tables, in file order (the order [`Config::match_link`] tries them in).
     pub links: Vec<LinkRule>,
     /// `[[relay]]` tables, in file order.
@@ -181,6 +186,25 @@ impl Default for RetrySettings {
             max: Duration::from_secs(60 * 60),
             lifetime: Duration::from_secs(5 * 24 * 60 * 60),
             refusal_memory: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// `[notify]`: desktop notifications about mail that needs the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotifySettings {
+    /// `enabled`: show desktop notifications at all. Default true.
+    pub enabled: bool,
+    /// `after`: tell the user about a message still queued this long after it was queued.
+    /// Default 1 hour; more than 0.
+    pub after: Duration,
+}
+
+impl Default for NotifySettings {
+    fn default() -> Self {
+        NotifySettings {
+            enabled: true,
+            after: Duration::from_secs(60 * 60),
         }
     }
 }
@@ -462,6 +486,7 @@ impl Config {
             path: None,
             agent: AgentSettings::default(),
             retry: RetrySettings::default(),
+            notify: NotifySettings::default(),
             links: Vec::new(),
             relays: Vec::new(),
             users: vec![User {

@@ -14,8 +14,8 @@ use toml::de::{DeString, DeTable, DeValue};
 
 use crate::diag::{Diagnostic, Diagnostics, Note, line_col};
 use crate::{
-    AgentSettings, Config, IpNet, LinkMatch, LinkRule, MeteredPolicy, NETLINK_FIELDS, Relay,
-    RetrySettings, SourceKind, TlsMode, User, glob,
+    AgentSettings, Config, IpNet, LinkMatch, LinkRule, MeteredPolicy, NETLINK_FIELDS,
+    NotifySettings, Relay, RetrySettings, SourceKind, TlsMode, User, glob,
 };
 
 type Span = Range<usize>;
@@ -49,6 +49,10 @@ const ROOT: Schema = Schema {
         key(
             "retry",
             "[retry] on a line of its own, with its keys below it",
+        ),
+        key(
+            "notify",
+            "[notify] on a line of its own, with its keys below it",
         ),
         key(
             "link",
@@ -85,6 +89,15 @@ const RETRY: Schema = Schema {
         key("max", r#"max = "1h""#),
         key("lifetime", r#"lifetime = "5d""#),
         key("refusal_memory", r#"refusal_memory = "30m""#),
+    ],
+    refused: &[],
+};
+
+const NOTIFY: Schema = Schema {
+    title: "[notify]",
+    keys: &[
+        key("enabled", "enabled = true"),
+        key("after", r#"after = "1h""#),
     ],
     refused: &[],
 };
@@ -893,6 +906,25 @@ fn retry(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> RetrySettings {
     retry
 }
 
+fn notify(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> NotifySettings {
+    let mut notify = NotifySettings::default();
+    if let Some((b, _)) = t.boolean(ctx, "enabled") {
+        notify.enabled = b;
+    }
+    if let Some((d, span)) = t.duration(ctx, "after") {
+        if d.is_zero() {
+            ctx.error(
+                span.start,
+                "`after` in [notify] must be more than 0",
+                r#"write after = "1h" (how long mail may wait before you are told), or enabled = false for no notifications"#,
+            );
+        } else {
+            notify.after = d;
+        }
+    }
+    notify
+}
+
 fn link(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, name: &str, source: SourceKind) -> LinkRule {
     let matcher = match t.get("match") {
         None => {
@@ -1303,6 +1335,13 @@ fn config(ctx: &mut Ctx<'_>, root: &DeTable<'_>) -> Config {
         }
         None => RetrySettings::default(),
     };
+    let notify = match root.table(ctx, "notify") {
+        Some((t, span)) => {
+            let t = Table::new(ctx, t, span, &NOTIFY);
+            notify(ctx, &t)
+        }
+        None => NotifySettings::default(),
+    };
 
     let mut links = Vec::new();
     let mut link_names = Vec::new();
@@ -1358,6 +1397,7 @@ fn config(ctx: &mut Ctx<'_>, root: &DeTable<'_>) -> Config {
         path: Some(ctx.origin.to_path_buf()),
         agent,
         retry,
+        notify,
         links,
         relays,
         users,

@@ -424,7 +424,7 @@ fn unknown_keys_everywhere_are_all_reported() {
     assert_eq!(d[0].message, "unknown key `colour` in the top level");
     assert_eq!(
         d[0].help.as_deref(),
-        Some("valid keys are `agent`, `retry`, `link`, `relay`, `user`")
+        Some("valid keys are `agent`, `retry`, `notify`, `link`, `relay`, `user`")
     );
     assert_eq!(d[1].message, "unknown key `sorce` in [agent]");
     assert_eq!(
@@ -1379,6 +1379,48 @@ fn xdg_paths() {
     if let Some(p) = default_data_dir() {
         assert!(p.ends_with("linkrelay"));
     }
+}
+
+// ---- [notify] -------------------------------------------------------------------------------
+
+#[test]
+fn notify_defaults_and_values() {
+    let c = parse(USER);
+    assert_eq!(c.notify, NotifySettings::default());
+    assert!(c.notify.enabled);
+    assert_eq!(c.notify.after, Duration::from_secs(3600));
+    let c = parse(&doc(&[
+        "[notify]",
+        "enabled = false",
+        r#"after = "90m""#,
+        USER,
+    ]));
+    assert!(!c.notify.enabled);
+    assert_eq!(c.notify.after, Duration::from_secs(90 * 60));
+}
+
+#[test]
+fn notify_mistakes_point_at_the_value() {
+    let (line, col, message, help) = one(&doc(&["[notify]", r#"after = "0s""#, USER]));
+    assert_eq!((line, col), (2, 9));
+    assert_eq!(message, "`after` in [notify] must be more than 0");
+    assert!(help.contains("enabled = false"), "{help}");
+
+    let (line, col, message, _) = one(&doc(&["[notify]", r#"after = "soon""#, USER]));
+    assert_eq!((line, col), (2, 9));
+    assert!(
+        message.starts_with("invalid duration \"soon\" for `after`"),
+        "{message}"
+    );
+
+    let (line, col, message, _) = one(&doc(&["[notify]", r#"enabled = "yes""#, USER]));
+    assert_eq!((line, col), (2, 11));
+    assert!(message.contains("must be true or false"), "{message}");
+
+    let (line, col, message, help) = one(&doc(&["[notify]", "afterr = \"1h\"", USER]));
+    assert_eq!((line, col), (2, 1));
+    assert_eq!(message, "unknown key `afterr` in [notify]");
+    assert!(help.contains("did you mean `after`?"), "{help}");
 }
 
 #[test]

@@ -100,6 +100,44 @@ pub struct FlushResult {
     pub remaining: u32,
 }
 
+/// One step of a relay test.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct RelayStep {
+    /// "connect", "starttls", "auth", "mail from", "rcpt to".
+    pub stage: String,
+    /// "ok", "failed" or "skipped".
+    pub state: String,
+    /// The server's reply or what happened, one line.
+    pub text: String,
+}
+
+/// What `TestRelay` found out, without sending anything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct RelayTest {
+    /// The relay's name in the config.
+    pub relay: String,
+    /// host:port.
+    pub address: String,
+    /// Its `tls` setting.
+    pub tls: String,
+    /// The link the agent is on (its [[link]] name, "" when none matches or none is up).
+    pub link: String,
+    /// The users whose route on this link lists this relay.
+    pub routed_for: Vec<String>,
+    /// The steps, in order.
+    pub steps: Vec<RelayStep>,
+    /// The extensions the relay offers (EHLO lines), on the secured connection when there is
+    /// one; empty when it could not be reached.
+    pub offers: Vec<String>,
+    /// Whether the connection was encrypted.
+    pub encrypted: bool,
+    /// "yes" (it accepted a recipient elsewhere from us), "no" (it refused to relay for us
+    /// here), "unknown" (the test did not get that far, or the answer says nothing either way).
+    pub may_relay: String,
+    /// The answer in one sentence.
+    pub verdict: String,
+}
+
 /// Errors the agent returns, as D-Bus error names `org.linkrelay.Agent1.Error.*`.
 #[derive(Debug, DBusError, PartialEq)]
 #[zbus(prefix = "org.linkrelay.Agent1.Error")]
@@ -149,6 +187,9 @@ pub trait Agent {
     fn drop(&self, id: &str) -> zbus::Result<()>;
     /// Re-reads the config file; on error the old config stays.
     fn reload(&self) -> zbus::Result<()>;
+    /// Connects to a relay as a flush would (TLS, AUTH), asks MAIL FROM `from` and RCPT TO
+    /// `to` and resets: sends nothing. "" picks defaults.
+    fn test_relay(&self, relay: &str, from: &str, to: &str) -> zbus::Result<RelayTest>;
 
     /// The agent's version.
     #[zbus(property)]

@@ -7,6 +7,9 @@
 //!   interface; `org.linkrelay.Agent1.xml` beside this crate is the checked-in introspection
 //!   data, compared with what the agent serves by a test.
 
+// In tests a failed unwrap is a failed test, with its location.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod agent;
 pub mod nm;
 

@@ -18,6 +18,9 @@
 //! The [`sendmail`] module holds the pure part of sendmail mode: the command line and the
 //! turning of a piped-in message into an [`Envelope`] and the bytes to queue.
 
+// In tests a failed unwrap is a failed test, with its location.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 mod error;
 mod fsutil;
 mod id;

@@ -64,19 +64,35 @@ pub struct TestBus {
     dir: tempfile::TempDir,
 }
 
+/// Extras for [`TestBus::start_with`]: D-Bus activation.
+#[derive(Debug, Clone, Default)]
+pub struct BusOptions {
+    /// `<servicedir>`s: directories of `.service` files the daemon may start on demand
+    /// (D-Bus activation with `Exec=`; there is no systemd on a test bus).
+    pub service_dirs: Vec<PathBuf>,
+    /// Environment of the daemon, which the services it starts inherit (HOME, XDG_* and the
+    /// other bus's address, so that an activated agent lives in the test's world).
+    pub env: Vec<(String, String)>,
+}
+
 impl TestBus {
     /// Start a private bus of `kind` and wait until it accepts connections.
     ///
     /// This is synchronous (it only waits for a local process for a few milliseconds), so it
     /// can be called from async tests and from plain ones.
     pub fn start(kind: BusKind) -> anyhow::Result<TestBus> {
+        TestBus::start_with(kind, &BusOptions::default())
+    }
+
+    /// [`TestBus::start`] with activation directories and an environment for the daemon.
+    pub fn start_with(kind: BusKind, options: &BusOptions) -> anyhow::Result<TestBus> {
         let dir = tempfile::Builder::new()
             .prefix("linkrelay-bus-")
             .tempdir()
             .context("creating a temporary directory for the bus")?;
         let socket = dir.path().join("bus");
         let config = dir.path().join("bus.conf");
-        std::fs::write(&config, config_xml(kind, &socket))
+        std::fs::write(&config, config_xml(kind, &socket, &options.service_dirs))
             .with_context(|| format!("writing {}", config.display()))?;
         let log_path = dir.path().join("dbus-daemon.log");
         let log = std::fs::File::create(&log_path)
@@ -88,6 +104,7 @@ impl TestBus {
             .arg("--nosyslog")
             .arg("--print-address")
             .arg(format!("--config-file={}", config.display()))
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -223,7 +240,16 @@ fn read_log(path: &Path) -> String {
 
 /// The daemon configuration: one unix path socket, EXTERNAL auth, and a policy that lets any
 /// local user own any name and send to and receive from anyone.
-fn config_xml(kind: BusKind, socket: &Path) -> String {
+fn config_xml(kind: BusKind, socket: &Path, service_dirs: &[PathBuf]) -> String {
+    let service_dirs: String = service_dirs
+        .iter()
+        .map(|d| {
+            format!(
+                "  <servicedir>{}</servicedir>\n",
+                xml_escape(&d.display().to_string())
+            )
+        })
+        .collect();
     format!(
         r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
@@ -231,7 +257,7 @@ fn config_xml(kind: BusKind, socket: &Path) -> String {
   <type>{kind}</type>
   <listen>unix:path={socket}</listen>
   <auth>EXTERNAL</auth>
-  <policy context="default">
+{service_dirs}  <policy context="default">
     <allow user="*"/>
     <allow own="*"/>
     <allow send_type="method_call"/>

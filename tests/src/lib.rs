@@ -8,6 +8,9 @@
 //!
 //! - [`netns`]: [`NetNs`], a network namespace per test with veth uplinks (root only), where
 //!   the agent follows the kernel's default route;
+//! - [`notifications`]: [`notifications::FakeNotifications`], a desktop notification server
+//!   that records what the user would have read.
+//!
 //! - [`world`]: one test's whole world: both buses, a home, the real `linkrelayd` and
 //!   `linkrelay` binaries.
 //! - [`twoisp`]: for the interoperability suite (root only): two ISPs in network namespaces,
@@ -17,9 +20,13 @@
 //! Nothing here touches the machine's own buses or network configuration (network changes
 //! happen only inside the namespaces [`netns`] makes).
 
+// In tests a failed unwrap is a failed test, with its location.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod bus;
 pub mod netns;
 pub mod nm;
+pub mod notifications;
 pub mod postfix;
 pub mod realnet_netns;
 pub mod realnm;
@@ -30,7 +37,7 @@ pub mod world;
 #[cfg(test)]
 mod nm_tests;
 
-pub use bus::{BusKind, TestBus};
+pub use bus::{BusKind, BusOptions, TestBus};
 pub use netns::NetNs;
 pub use nm::{ActiveSpec, FakeNm};
 pub use smtp::{Fault, Received, RelayScript, ScriptedRelay};

@@ -14,7 +14,14 @@
 //! - access points `/org/freedesktop/NetworkManager/AccessPoint/<n>` (`...AccessPoint`, Ssid);
 //! - IPv4 configurations `/org/freedesktop/NetworkManager/IP4Config/<n>` (`...IP4Config`);
 //! - profiles `/org/freedesktop/NetworkManager/Settings/<n>`
-//!   (`...Settings.Connection`, GetSettings);
+//!   (`...Settings.Connection`, GetSettings), listed by the settings object
+//!   `/org/freedesktop/NetworkManager/Settings` (`...Settings`: ListConnections,
+//!   GetConnectionByUuid, Connections); [`FakeNm::add_profile`] saves one without activating
+//!   it, and the manager's `ActivateConnection(connection, device, specific_object)` brings a
+//!   saved profile up the way [`FakeNm::activate`] does, unless
+//!   [`FakeNm::set_network_control`] took the caller's polkit permission away
+//!   (`org.freedesktop.NetworkManager.PermissionDenied`). An unknown profile gets
+//!   `org.freedesktop.NetworkManager.UnknownConnection`.
 //! - an `org.freedesktop.DBus.ObjectManager` at `/org/freedesktop` ([`NM_OBJECT_MANAGER_PATH`]):
 //!   GetManagedObjects gives the whole state in one call; InterfacesAdded and InterfacesRemoved
 //!   follow objects as they are exported and unexported.
@@ -33,13 +40,18 @@
 //!   activating; 20 without connections;
 //! - manager `Metered` is 0 (unknown) when there is no primary connection;
 //! - activating a connection on an interface that already carries one (VPNs aside) first
-//!   deactivates the old one: a device has one active connection.
+//!   deactivates the old one: a device has one active connection; so does activating a profile
+//!   that is already active (NM re-activates it, under a new path);
+//! - `ActivateConnection` replies with the new active connection's path as soon as the path is
+//!   allocated; the object appears (state 1, then 2) right after. Real NM exports it before it
+//!   replies; the fake cannot without waiting on itself. A client should not count on either
+//!   order and watch for the object, as nmcli does.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
@@ -333,7 +345,24 @@ fn uuid_from_id(id: &str) -> String {
 // The served objects. Each holds the values of its properties; FakeNm changes them through
 // `update`, which emits one PropertiesChanged with whatever changed.
 
+/// Errors of the fake NM, named as real NM names them.
+#[derive(Debug, zbus::DBusError)]
+#[zbus(prefix = "org.freedesktop.NetworkManager")]
+pub enum NmError {
+    /// A D-Bus level error.
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    /// The profile path is not a saved profile.
+    UnknownConnection(String),
+    /// polkit said no.
+    PermissionDenied(String),
+    /// Anything else.
+    Failed(String),
+}
+
 struct Manager {
+    /// What `ActivateConnection` works on (the fake's own state and switches).
+    shared: Shared,
     devices: Vec<OwnedObjectPath>,
     active_connections: Vec<OwnedObjectPath>,
     primary_connection: OwnedObjectPath,
@@ -359,6 +388,57 @@ impl Manager {
     /// Re-check connectivity: the fake answers the current value.
     fn check_connectivity(&self) -> u32 {
         self.connectivity
+    }
+
+    /// Activates saved profile `connection` (device and specific object may be "/").
+    async fn activate_connection(
+        &self,
+        connection: OwnedObjectPath,
+        _device: OwnedObjectPath,
+        _specific_object: OwnedObjectPath,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<OwnedObjectPath, NmError> {
+        if !self.shared.network_control.load(Ordering::SeqCst) {
+            return Err(NmError::PermissionDenied(
+                "Not authorized to control networking.".into(),
+            ));
+        }
+        let spec = match conn
+            .object_server()
+            .interface::<_, SettingsConnection>(connection.as_str())
+            .await
+        {
+            Ok(iref) => iref.get().await.spec.clone(),
+            Err(_) => {
+                return Err(NmError::UnknownConnection(format!(
+                    "Connection '{connection}' is not available"
+                )));
+            }
+        };
+        let path =
+            next_path(&NEXT_ACTIVE, ACTIVE_PREFIX).map_err(|e| NmError::Failed(e.to_string()))?;
+        let nm = FakeNm {
+            conn: conn.clone(),
+            bus_address: self.shared.bus_address.clone(),
+            inner: self.shared.inner.clone(),
+            network_control: self.shared.network_control.clone(),
+            registry: self.shared.registry.clone(),
+        };
+        let reply = path.clone();
+        // Off this handler: activation updates this very object, which the handler holds.
+        tokio::spawn(async move {
+            let mut inner = nm.inner.lock().await;
+            if inner.actives.iter().any(|a| a.spec.id == spec.id)
+                && let Err(e) = nm.deactivate_locked(&mut inner, &spec.id).await
+            {
+                tracing::warn!("fake NM: re-activation of {}: {e:#}", spec.id);
+                return;
+            }
+            if let Err(e) = nm.activate_at(&mut inner, spec, Some(path)).await {
+                tracing::warn!("fake NM: ActivateConnection: {e:#}");
+            }
+        });
+        Ok(reply)
     }
 
     #[zbus(property, name = "Devices")]
@@ -864,6 +944,53 @@ impl SettingsConnection {
     }
 }
 
+struct Settings {
+    connections: Vec<OwnedObjectPath>,
+    by_uuid: HashMap<String, OwnedObjectPath>,
+}
+
+#[interface(
+    name = "org.freedesktop.NetworkManager.Settings",
+    introspection_docs = false
+)]
+impl Settings {
+    /// The saved profiles.
+    fn list_connections(&self) -> Vec<OwnedObjectPath> {
+        self.connections.clone()
+    }
+
+    /// The saved profile with this UUID.
+    fn get_connection_by_uuid(&self, uuid: String) -> Result<OwnedObjectPath, NmError> {
+        self.by_uuid.get(&uuid).cloned().ok_or_else(|| {
+            NmError::UnknownConnection(format!("No connection with the UUID '{uuid}'"))
+        })
+    }
+
+    #[zbus(property, name = "Connections")]
+    fn connections(&self) -> Vec<OwnedObjectPath> {
+        self.connections.clone()
+    }
+
+    #[zbus(property, name = "Hostname")]
+    fn hostname(&self) -> String {
+        "laptop".to_owned()
+    }
+
+    #[zbus(property, name = "CanModify")]
+    fn can_modify(&self) -> bool {
+        true
+    }
+}
+
+/// What the manager's `ActivateConnection` needs of the fake.
+#[derive(Debug, Clone)]
+struct Shared {
+    bus_address: String,
+    inner: Arc<tokio::sync::Mutex<Inner>>,
+    network_control: Arc<AtomicBool>,
+    registry: Registry,
+}
+
 // ---------------------------------------------------------------------------------------------
 // org.freedesktop.DBus.ObjectManager at /org/freedesktop, as NM serves it: GetManagedObjects
 // returns every exported NM object with all its properties; InterfacesAdded/InterfacesRemoved
@@ -880,6 +1007,7 @@ enum Kind {
     AccessPoint,
     Ip4Config,
     Settings,
+    SettingsList,
 }
 
 trait Managed: Interface {
@@ -906,6 +1034,9 @@ impl Managed for Ip4Config {
 }
 impl Managed for SettingsConnection {
     const KIND: Kind = Kind::Settings;
+}
+impl Managed for Settings {
+    const KIND: Kind = Kind::SettingsList;
 }
 
 /// Exported objects: path -> kinds of the interfaces there, in export order.
@@ -942,6 +1073,7 @@ async fn properties_by_kind(
         Kind::AccessPoint => properties_of::<AccessPoint>(conn, path).await,
         Kind::Ip4Config => properties_of::<Ip4Config>(conn, path).await,
         Kind::Settings => properties_of::<SettingsConnection>(conn, path).await,
+        Kind::SettingsList => properties_of::<Settings>(conn, path).await,
     }
 }
 
@@ -1174,7 +1306,8 @@ impl Inner {
 pub struct FakeNm {
     conn: Connection,
     bus_address: String,
-    inner: tokio::sync::Mutex<Inner>,
+    inner: Arc<tokio::sync::Mutex<Inner>>,
+    network_control: Arc<AtomicBool>,
     registry: Registry,
 }
 
@@ -1194,7 +1327,17 @@ impl FakeNm {
             .build()
             .await
             .with_context(|| format!("connecting the fake NM to {bus_address}"))?;
+        let shared = Shared {
+            bus_address: bus_address.to_owned(),
+            inner: Arc::new(tokio::sync::Mutex::new(Inner {
+                connectivity: CONNECTIVITY_NONE,
+                ..Inner::default()
+            })),
+            network_control: Arc::new(AtomicBool::new(true)),
+            registry: Registry::default(),
+        };
         let manager = Manager {
+            shared: shared.clone(),
             devices: Vec::new(),
             active_connections: Vec::new(),
             primary_connection: root_path(),
@@ -1204,9 +1347,8 @@ impl FakeNm {
             state: NM_STATE_DISCONNECTED,
             connectivity: CONNECTIVITY_NONE,
         };
-        let registry = Registry::default();
         let object_manager = ObjectManager {
-            registry: registry.clone(),
+            registry: shared.registry.clone(),
         };
         if conn
             .object_server()
@@ -1218,14 +1360,18 @@ impl FakeNm {
         }
         let nm = FakeNm {
             conn,
-            bus_address: bus_address.to_owned(),
-            inner: tokio::sync::Mutex::new(Inner {
-                connectivity: CONNECTIVITY_NONE,
-                ..Inner::default()
-            }),
-            registry,
+            bus_address: shared.bus_address,
+            inner: shared.inner,
+            network_control: shared.network_control,
+            registry: shared.registry,
         };
         nm.export(&OwnedObjectPath::try_from(NM_PATH)?, manager)
+            .await?;
+        let settings = Settings {
+            connections: Vec::new(),
+            by_uuid: HashMap::new(),
+        };
+        nm.export(&OwnedObjectPath::try_from(SETTINGS_PREFIX)?, settings)
             .await?;
         {
             let mut inner = nm.inner.lock().await;
@@ -1264,6 +1410,20 @@ impl FakeNm {
         let mut inner = self.inner.lock().await;
         let path = self.activate_locked(&mut inner, spec).await?;
         Ok(path.to_string())
+    }
+
+    /// Save profile `spec` without activating it (as `nmcli connection add` does); returns its
+    /// object path under `/org/freedesktop/NetworkManager/Settings/`. Saving a profile with the
+    /// UUID of a saved one updates that one.
+    pub async fn add_profile(&self, spec: ActiveSpec) -> anyhow::Result<String> {
+        let mut inner = self.inner.lock().await;
+        Ok(self.ensure_settings(&mut inner, &spec).await?.to_string())
+    }
+
+    /// Whether callers may activate connections (polkit's `network-control`); when false,
+    /// `ActivateConnection` fails with `org.freedesktop.NetworkManager.PermissionDenied`.
+    pub fn set_network_control(&self, allowed: bool) {
+        self.network_control.store(allowed, Ordering::SeqCst);
     }
 
     /// Take down the active connection `id`: State 3 (deactivating), its default route goes
@@ -1512,6 +1672,12 @@ impl FakeNm {
         self.export(&path, SettingsConnection { spec: spec.clone() })
             .await?;
         inner.settings.insert(spec.uuid.clone(), path.clone());
+        let (uuid, new) = (spec.uuid.clone(), path.clone());
+        update::<Settings, _>(&self.conn, SETTINGS_PREFIX, move |s| {
+            s.connections.push(new.clone());
+            s.by_uuid.insert(uuid, new);
+        })
+        .await?;
         Ok(path)
     }
 
@@ -1519,6 +1685,16 @@ impl FakeNm {
         &self,
         inner: &mut Inner,
         spec: ActiveSpec,
+    ) -> anyhow::Result<OwnedObjectPath> {
+        self.activate_at(inner, spec, None).await
+    }
+
+    /// [`FakeNm::activate_locked`] with the active connection's path allocated already.
+    async fn activate_at(
+        &self,
+        inner: &mut Inner,
+        spec: ActiveSpec,
+        path: Option<OwnedObjectPath>,
     ) -> anyhow::Result<OwnedObjectPath> {
         if inner.actives.iter().any(|a| a.spec.id == spec.id) {
             bail!("{:?} is already active", spec.id);
@@ -1557,7 +1733,10 @@ impl FakeNm {
         };
 
         // The active connection appears, activating.
-        let path = next_path(&NEXT_ACTIVE, ACTIVE_PREFIX)?;
+        let path = match path {
+            Some(p) => p,
+            None => next_path(&NEXT_ACTIVE, ACTIVE_PREFIX)?,
+        };
         let ip4 = next_path(&NEXT_IP4, IP4_PREFIX)?;
         self.export(
             &path,

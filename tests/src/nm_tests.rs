@@ -922,6 +922,167 @@ async fn a_new_connection_on_a_busy_interface_replaces_the_old_one() {
     );
 }
 
+// ---- saved profiles and ActivateConnection --------------------------------------------------
+
+const SETTINGS_PATH: &str = "/org/freedesktop/NetworkManager/Settings";
+
+async fn call<B, R>(
+    conn: &Connection,
+    path: &str,
+    iface: &str,
+    method: &str,
+    body: &B,
+) -> zbus::Result<R>
+where
+    B: serde::Serialize + zbus::wire::DynamicType,
+    R: for<'d> serde::Deserialize<'d> + zbus::wire::Type,
+{
+    let reply = conn
+        .call_method(Some(NM_BUS_NAME), path, Some(iface), method, body)
+        .await?;
+    reply.body().deserialize()
+}
+
+async fn list_connections(conn: &Connection) -> Vec<OwnedObjectPath> {
+    call(
+        conn,
+        SETTINGS_PATH,
+        "org.freedesktop.NetworkManager.Settings",
+        "ListConnections",
+        &(),
+    )
+    .await
+    .expect("ListConnections")
+}
+
+#[tokio::test]
+async fn saved_profiles_are_listed_and_activated_like_nm() {
+    let (bus, client) = system_bus().await;
+    let nm = FakeNm::start(&bus.address, vec![], CONNECTIVITY_NONE)
+        .await
+        .unwrap();
+    assert!(list_connections(&client).await.is_empty());
+    let a = nm
+        .add_profile(ActiveSpec::ethernet("ISP-A", "eth0", "192.0.2.1"))
+        .await
+        .unwrap();
+    let b = nm
+        .add_profile(ActiveSpec::wifi("Home", "wlan0", "Home 5G", "192.168.1.1"))
+        .await
+        .unwrap();
+    assert_eq!(list_connections(&client).await, [path(&a), path(&b)]);
+    let by_uuid: OwnedObjectPath = call(
+        &client,
+        SETTINGS_PATH,
+        "org.freedesktop.NetworkManager.Settings",
+        "GetConnectionByUuid",
+        &(ActiveSpec::wifi("Home", "wlan0", "Home 5G", "192.168.1.1").uuid,),
+    )
+    .await
+    .unwrap();
+    assert_eq!(by_uuid, path(&b));
+    let settings: HashMap<String, HashMap<String, OwnedVariant>> = call(
+        &client,
+        &b,
+        "org.freedesktop.NetworkManager.Settings.Connection",
+        "GetSettings",
+        &(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(string(&settings["connection"]["id"]), "Home");
+    assert_eq!(string(&settings["connection"]["interface-name"]), "wlan0");
+    let ssid: Vec<u8> = settings["802-11-wireless"]["ssid"]
+        .try_clone()
+        .unwrap()
+        .try_into()
+        .unwrap();
+    assert_eq!(ssid, b"Home 5G");
+    // Saved is not active.
+    let m = manager(&client).await;
+    assert!(m.active_connections().await.unwrap().is_empty());
+
+    let mut signals = Signals::subscribe(&client).await;
+    let active_path: OwnedObjectPath = call(
+        &client,
+        NM_PATH,
+        "org.freedesktop.NetworkManager",
+        "ActivateConnection",
+        &(path(&a), root(), root()),
+    )
+    .await
+    .unwrap();
+    assert!(
+        active_path
+            .as_str()
+            .starts_with("/org/freedesktop/NetworkManager/ActiveConnection/")
+    );
+    // It goes through activating to activated, and takes the default route.
+    let seen = signals
+        .until(|s| matches!(s, Seen::State { path, state, .. } if *path == active_path.as_str() && *state == ACTIVE_STATE_ACTIVATED))
+        .await;
+    assert!(seen.iter().any(|s| matches!(s, Seen::State { path, state, .. } if *path == active_path.as_str() && *state == ACTIVE_STATE_ACTIVATING)));
+    let mut primary = m.primary_connection().await.unwrap();
+    for _ in 0..100 {
+        if primary == active_path {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        primary = m.primary_connection().await.unwrap();
+    }
+    assert_eq!(primary, active_path);
+    let ac = active(&client, &active_path).await;
+    assert_eq!(ac.id().await.unwrap(), "ISP-A");
+    assert_eq!(nm.primary_id().await.as_deref(), Some("ISP-A"));
+    assert_eq!(m.state().await.unwrap(), NM_STATE_CONNECTED_GLOBAL);
+}
+
+#[tokio::test]
+async fn activate_connection_errors_are_nms() {
+    let (bus, client) = system_bus().await;
+    let nm = FakeNm::start(&bus.address, vec![], CONNECTIVITY_NONE)
+        .await
+        .unwrap();
+    let a = nm
+        .add_profile(ActiveSpec::ethernet("ISP-A", "eth0", "192.0.2.1"))
+        .await
+        .unwrap();
+    let name = |r: zbus::Result<OwnedObjectPath>| match r {
+        Err(zbus::Error::MethodError(name, _, _)) => name.to_string(),
+        other => panic!("expected an error, got {other:?}"),
+    };
+    let unknown = call(
+        &client,
+        NM_PATH,
+        "org.freedesktop.NetworkManager",
+        "ActivateConnection",
+        &(
+            path("/org/freedesktop/NetworkManager/Settings/999999"),
+            root(),
+            root(),
+        ),
+    )
+    .await;
+    assert_eq!(
+        name(unknown),
+        "org.freedesktop.NetworkManager.UnknownConnection"
+    );
+    nm.set_network_control(false);
+    let denied = call(
+        &client,
+        NM_PATH,
+        "org.freedesktop.NetworkManager",
+        "ActivateConnection",
+        &(path(&a), root(), root()),
+    )
+    .await;
+    assert_eq!(
+        name(denied),
+        "org.freedesktop.NetworkManager.PermissionDenied"
+    );
+    assert!(nm.active_ids().await.is_empty());
+}
+
 #[tokio::test]
 async fn the_object_manager_gives_the_whole_state_and_follows_exports() {
     let (bus, client) = system_bus().await;

@@ -132,6 +132,32 @@ impl World {
         self.dir.path()
     }
 
+    /// `$HOME` of the world.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// The environment [`World::env`] gives a command, as pairs (for a bus daemon that starts
+    /// activated services in this world).
+    pub fn env_pairs(&self) -> Vec<(String, String)> {
+        let s = |p: &Path| p.display().to_string();
+        vec![
+            ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
+            ("HOME".into(), s(&self.home)),
+            ("USER".into(), "tester".into()),
+            ("XDG_CONFIG_HOME".into(), s(&self.home.join(".config"))),
+            ("XDG_DATA_HOME".into(), s(&self.home.join(".local/share"))),
+            (
+                "DBUS_SESSION_BUS_ADDRESS".into(),
+                self.session.address.clone(),
+            ),
+            (
+                "DBUS_SYSTEM_BUS_ADDRESS".into(),
+                self.system.address.clone(),
+            ),
+        ]
+    }
+
     /// Writes the config file.
     pub fn write_config(&self, text: &str) -> anyhow::Result<()> {
         std::fs::write(&self.config_path, text)
@@ -207,7 +233,17 @@ impl World {
 
     /// Starts `linkrelayd EXTRA_ARGS` and waits until it owns its bus name.
     pub async fn start_agent_with(&mut self, extra: &[&str]) -> anyhow::Result<()> {
-        self.start_agent_cmd(Command::new(bin("linkrelayd")), extra)
+        self.start_agent_env(extra, &[]).await
+    }
+
+    /// Starts `linkrelayd EXTRA_ARGS` with extra environment variables and waits until it owns
+    /// its bus name.
+    pub async fn start_agent_env(
+        &mut self,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
+        self.start_agent_cmd(Command::new(bin("linkrelayd")), extra, env)
             .await
     }
 
@@ -215,11 +251,16 @@ impl World {
     /// sees only the namespace's links and routes; the buses are unix path sockets, reachable
     /// from any namespace. Waits until it owns its bus name.
     pub async fn start_agent_in(&mut self, ns: &NetNs, extra: &[&str]) -> anyhow::Result<()> {
-        self.start_agent_cmd(ns.command(bin("linkrelayd")), extra)
+        self.start_agent_cmd(ns.command(bin("linkrelayd")), extra, &[])
             .await
     }
 
-    async fn start_agent_cmd(&mut self, mut cmd: Command, extra: &[&str]) -> anyhow::Result<()> {
+    async fn start_agent_cmd(
+        &mut self,
+        mut cmd: Command,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
         if self.agent.is_some() {
             bail!("the agent is already running");
         }
@@ -231,6 +272,7 @@ impl World {
         cmd.args(extra)
             .env("RUST_LOG", "debug,zbus=info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -354,6 +396,16 @@ impl World {
                 .arg(child.id().to_string())
                 .status();
         }
+    }
+
+    /// The running agent's process id.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(Child::id)
+    }
+
+    /// The file the agent's stderr goes to (created by the first start).
+    pub fn agent_log_path(&self) -> &Path {
+        &self.log_path
     }
 
     /// Everything the agent logged so far.

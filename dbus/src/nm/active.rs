@@ -36,6 +36,10 @@ pub trait ActiveConnection {
     #[zbus(property)]
     fn ip4_config(&self) -> zbus::Result<OwnedObjectPath>;
 
+    /// The saved profile it was activated from (`...Settings/<n>`).
+    #[zbus(property)]
+    fn connection(&self) -> zbus::Result<OwnedObjectPath>;
+
     /// Whether it is a VPN.
     #[zbus(property)]
     fn vpn(&self) -> zbus::Result<bool>;

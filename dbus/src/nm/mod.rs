@@ -8,6 +8,7 @@ pub mod active;
 pub mod device;
 pub mod ip4config;
 pub mod manager;
+pub mod settings;
 pub mod wireless;
 
 /// NetworkManager's well-known bus name.

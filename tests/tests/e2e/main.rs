@@ -7,13 +7,17 @@
 #![allow(clippy::unwrap_used)]
 
 mod cli;
+mod connect;
 mod dbus_api;
 mod delivery;
+mod desktop;
 mod durability;
 mod faults;
 mod interop;
 mod netlink;
+mod notify;
 mod seed;
+mod test_relay;
 
 /// Shared helpers for the modules.
 mod util;

@@ -1,0 +1,142 @@
+//! Where and how the agent logs: to stderr, in the form that suits whoever reads it.
+//!
+//! - On a terminal: tracing's usual lines (time, level, target, message, `key=value` fields),
+//!   in colour unless `NO_COLOR` is set.
+//! - To a file or pipe: the same without colour codes.
+//! - To the journal (systemd connects stderr to journald and says so in `JOURNAL_STREAM`):
+//!   no timestamps (journald adds its own) and no colour codes; each line starts with its
+//!   syslog priority (`<3>` error, `<4>` warning, `<6>` info, `<7>` debug), which journald
+//!   turns into the entry's PRIORITY, so `journalctl --user -u linkrelayd -p warning` works.
+//!   The `key=value` fields stay in the message text.
+
+use std::fmt;
+use std::io::IsTerminal;
+
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogStyle {
+    /// A person's terminal: timestamps, colours.
+    Terminal,
+    /// A file or a pipe: timestamps, no colours.
+    Plain,
+    /// journald: priority prefixes, no timestamps, no colours.
+    Journal,
+}
+
+/// Decides the style from `JOURNAL_STREAM` and what stderr is.
+///
+/// `JOURNAL_STREAM` is `<device>:<inode>` of the stream systemd connected; it only counts if
+/// stderr is still that stream (a child whose stderr was redirected inherits the variable).
+pub fn style_from_env() -> LogStyle {
+    let stderr = std::io::stderr();
+    let journal = std::env::var("JOURNAL_STREAM").ok();
+    let stat = rustix::fs::fstat(&stderr).ok();
+    // dev_t and ino_t are u64 here but not on every target.
+    #[allow(clippy::unnecessary_cast)]
+    let ours = stat.map(|s| (s.st_dev as u64, s.st_ino as u64));
+    style_for(journal.as_deref(), ours, stderr.is_terminal())
+}
+
+/// [`style_from_env`] as a pure function: `journal_stream` is the variable's value, `stderr`
+/// the (device, inode) of stderr.
+pub fn style_for(journal_stream: Option<&str>, stderr: Option<(u64, u64)>, tty: bool) -> LogStyle {
+    let parsed = journal_stream.and_then(|v| {
+        let (dev, ino) = v.split_once(':')?;
+        Some((
+            dev.trim().parse::<u64>().ok()?,
+            ino.trim().parse::<u64>().ok()?,
+        ))
+    });
+    match (parsed, stderr) {
+        (Some(j), Some(s)) if j == s => LogStyle::Journal,
+        _ if tty => LogStyle::Terminal,
+        _ => LogStyle::Plain,
+    }
+}
+
+/// The syslog priority of a tracing level, as sd-daemon(3) prefixes use it.
+pub fn priority(level: Level) -> u8 {
+    match level {
+        Level::ERROR => 3,
+        Level::WARN => 4,
+        Level::INFO => 6,
+        Level::DEBUG | Level::TRACE => 7,
+    }
+}
+
+/// Installs the global subscriber: `RUST_LOG` filter (default `info`), stderr, in `style`.
+pub fn init(style: LogStyle) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match style {
+        LogStyle::Terminal => builder.init(),
+        LogStyle::Plain => builder.with_ansi(false).init(),
+        LogStyle::Journal => {
+            let inner = tracing_subscriber::fmt::format()
+                .without_time()
+                .with_level(false)
+                .with_ansi(false);
+            builder
+                .with_ansi(false)
+                .event_format(JournalFormat(inner))
+                .init()
+        }
+    }
+}
+
+/// Prefixes each event with `<priority>` and lets `F` write the rest.
+struct JournalFormat<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for JournalFormat<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        write!(writer, "<{}>", priority(*event.metadata().level()))?;
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_only_when_stderr_is_the_stream_systemd_named() {
+        let s = Some((2049, 77));
+        assert_eq!(style_for(Some("2049:77"), s, false), LogStyle::Journal);
+        assert_eq!(style_for(Some("2049:77"), s, true), LogStyle::Journal);
+        // Inherited by a process whose stderr went elsewhere.
+        assert_eq!(style_for(Some("2049:78"), s, false), LogStyle::Plain);
+        assert_eq!(style_for(Some("2049:78"), s, true), LogStyle::Terminal);
+        // Garbage and absence.
+        assert_eq!(style_for(Some("journal"), s, false), LogStyle::Plain);
+        assert_eq!(style_for(Some(""), s, true), LogStyle::Terminal);
+        assert_eq!(style_for(None, s, false), LogStyle::Plain);
+        assert_eq!(style_for(Some("2049:77"), None, false), LogStyle::Plain);
+    }
+
+    #[test]
+    fn priorities_follow_syslog() {
+        assert_eq!(priority(Level::ERROR), 3);
+        assert_eq!(priority(Level::WARN), 4);
+        assert_eq!(priority(Level::INFO), 6);
+        assert_eq!(priority(Level::DEBUG), 7);
+        assert_eq!(priority(Level::TRACE), 7);
+    }
+}

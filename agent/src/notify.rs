@@ -1,0 +1,471 @@
+//! Desktop notifications (`org.freedesktop.Notifications` on the session bus) about mail that
+//! needs the user: a message that failed, or one still queued `[notify] after` after it was
+//! queued. Each says why, in the server's words, and the `linkrelay` verb that fixes it. Nothing
+//! else is announced: mail that goes out is no news.
+//!
+//! The notifier is a task of its own, fed by the event loop ([`Notifier::failed`],
+//! [`Notifier::queue_changed`]); it reads the queue the way a D-Bus client does, with
+//! [`Command::ListQueue`], so it needs no state of the loop's and never blocks it (a stuck
+//! notification daemon only delays notifications). Each message is mentioned once; a newer
+//! "waiting" notice of a user replaces the older one. The words are built by pure functions
+//! ([`failed_note`], [`waiting_note`], [`advice`]).
+//!
+//! The proxy is our own (a dozen lines): notify-rust 4.19 is on zbus 6, but its zbus backend
+//! brings zbus's own runtime beside our tokio one and opens a new bus connection per
+//! notification.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use linkrelay_config::NotifySettings;
+use linkrelay_dbus::MessageInfo;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+use zbus::{Variant, proxy};
+
+use crate::flusher::now;
+use crate::service::Command;
+
+/// The freedesktop notification service (Desktop Notifications Specification 1.2).
+#[proxy(
+    interface = "org.freedesktop.Notifications",
+    default_service = "org.freedesktop.Notifications",
+    default_path = "/org/freedesktop/Notifications"
+)]
+pub trait Notifications {
+    /// Shows a notification; returns its id (to replace or close it later).
+    #[allow(clippy::too_many_arguments)]
+    fn notify(
+        &self,
+        app_name: &str,
+        replaces_id: u32,
+        app_icon: &str,
+        summary: &str,
+        body: &str,
+        actions: &[&str],
+        hints: HashMap<&str, Variant<'_>>,
+        expire_timeout: i32,
+    ) -> zbus::Result<u32>;
+
+    /// What the server supports ("body", "body-markup", "actions", ...).
+    fn get_capabilities(&self) -> zbus::Result<Vec<String>>;
+}
+
+/// The `urgency` hint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Urgency {
+    /// 1: normal.
+    Normal,
+    /// 2: critical (servers keep it until the user dismisses it).
+    Critical,
+}
+
+/// One notification, before it is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// One line.
+    pub summary: String,
+    /// Plain text; escaped for servers that read markup.
+    pub body: String,
+    /// Urgency.
+    pub urgency: Urgency,
+    /// The `category` hint.
+    pub category: &'static str,
+}
+
+/// What to do about a message whose status (as `linkrelay queue` shows it) is `status`.
+pub fn advice(status: &str, id: Option<&str>) -> String {
+    let retry = match id {
+        Some(id) => format!("`linkrelay retry {id}` tries again now"),
+        None => "`linkrelay flush` tries again now".to_string(),
+    };
+    if status.starts_with("held: captive portal") {
+        "Log in to the network's portal; the mail goes out by itself afterwards.".into()
+    } else if status.starts_with("held: no relay for link")
+        || status.starts_with("held: no link")
+        || status.starts_with("waiting: ")
+    {
+        "`linkrelay flush --connect` connects to a network that has a relay for you and sends; \
+         `linkrelay override --relay NAME` sends through a relay anyway."
+            .into()
+    } else if status.starts_with("held: ") && status.contains("metered") {
+        "`linkrelay override --link NAME` sends over this metered link anyway; otherwise it waits for another link."
+            .into()
+    } else if status.starts_with("held: ") {
+        "`linkrelay status` shows why mail is held.".into()
+    } else {
+        format!("{retry}; `linkrelay queue` shows every recipient's last reply.")
+    }
+}
+
+/// The notice for a message that moved to failed/.
+pub fn failed_note(user: &str, id: &str, reason: &str) -> Note {
+    Note {
+        summary: format!("Mail from {user} could not be sent"),
+        body: format!(
+            "{reason}\nThe message is kept. `linkrelay retry {id}` sends it again; `linkrelay drop {id}` deletes it."
+        ),
+        urgency: Urgency::Critical,
+        category: "email.bounced",
+    }
+}
+
+/// The notice for `waiting`, a user's messages queued for longer than `after`.
+pub fn waiting_note(user: &str, waiting: &[&MessageInfo], after: Duration) -> Note {
+    let n = waiting.len();
+    let after = humantime::format_duration(after);
+    let summary = if n == 1 {
+        format!("Mail from {user} has waited over {after}")
+    } else {
+        format!("{n} messages from {user} have waited over {after}")
+    };
+    let first = waiting.first();
+    let status = first.map(|m| m.status.as_str()).unwrap_or_default();
+    let id = (n == 1).then(|| first.map(|m| m.id.as_str())).flatten();
+    let to = first
+        .map(|m| {
+            m.recipients
+                .iter()
+                .map(|r| r.addr.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    let what = if n == 1 {
+        format!("To {to}: {status}")
+    } else {
+        format!("The oldest, to {to}: {status}")
+    };
+    Note {
+        summary,
+        body: format!("{what}\n{}", advice(status, id)),
+        urgency: Urgency::Normal,
+        category: "email",
+    }
+}
+
+/// Escapes text for a server with the `body-markup` capability.
+pub fn markup_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// What the event loop tells the notifier.
+#[derive(Debug)]
+enum Event {
+    Failed {
+        user: String,
+        id: String,
+        reason: String,
+    },
+    QueueChanged,
+    Settings(NotifySettings),
+}
+
+/// The event loop's handle on the notifier task.
+#[derive(Debug, Clone)]
+pub struct Notifier {
+    tx: mpsc::UnboundedSender<Event>,
+}
+
+impl Notifier {
+    /// Starts the notifier. `session` is the session bus (`None`: no notifications);
+    /// `commands` is the event loop's command channel.
+    pub fn spawn(
+        settings: NotifySettings,
+        session: Option<zbus::Connection>,
+        commands: mpsc::UnboundedSender<Command>,
+    ) -> Notifier {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(settings, session, commands, rx));
+        Notifier { tx }
+    }
+
+    /// A message moved to failed/.
+    pub fn failed(&self, user: &str, id: &str, reason: &str) {
+        let _ = self.tx.send(Event::Failed {
+            user: user.into(),
+            id: id.into(),
+            reason: reason.into(),
+        });
+    }
+
+    /// Something in the outboxes changed: look again (coalesced).
+    pub fn queue_changed(&self) {
+        let _ = self.tx.send(Event::QueueChanged);
+    }
+
+    /// The config was reloaded.
+    pub fn settings(&self, settings: NotifySettings) {
+        let _ = self.tx.send(Event::Settings(settings));
+    }
+}
+
+/// How long a burst of queue changes may settle before the queue is read.
+const SETTLE: Duration = Duration::from_millis(500);
+/// Bound on each call to the notification server.
+const CALL_LIMIT: Duration = Duration::from_secs(5);
+
+struct State {
+    settings: NotifySettings,
+    proxy: Option<NotificationsProxy<'static>>,
+    markup: Option<bool>,
+    /// Messages already mentioned (failed or waiting); pruned when they leave the outbox.
+    told: HashSet<String>,
+    /// The last "waiting" notification of each user, replaced by the next.
+    waiting_ids: HashMap<String, u32>,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+async fn run(
+    settings: NotifySettings,
+    session: Option<zbus::Connection>,
+    commands: mpsc::UnboundedSender<Command>,
+    mut rx: mpsc::UnboundedReceiver<Event>,
+) {
+    let proxy = match session {
+        Some(conn) => match NotificationsProxy::builder(&conn)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+        {
+            Ok(p) => Some(p),
+            Err(e) => {
+                warn!("desktop notifications unavailable: {e}");
+                None
+            }
+        },
+        None => None,
+    };
+    let mut st = State {
+        settings,
+        proxy,
+        markup: None,
+        told: HashSet::new(),
+        waiting_ids: HashMap::new(),
+        commands,
+    };
+    // Look at the queue once at start: mail may have waited while the agent was down.
+    let mut scan_at = Some(Instant::now() + SETTLE);
+    loop {
+        let sleep = async {
+            match scan_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                None => return,
+                Some(Event::Failed { user, id, reason }) => {
+                    st.told.insert(id.clone());
+                    if st.settings.enabled {
+                        st.show(failed_note(&user, &id, &reason), 0).await;
+                    }
+                }
+                // Turned off: nothing to look for (turning it on again looks at once).
+                Some(Event::QueueChanged) if !st.settings.enabled => {}
+                Some(Event::QueueChanged) => {
+                    let soon = Instant::now() + SETTLE;
+                    scan_at = Some(scan_at.map_or(soon, |at| at.min(soon)));
+                }
+                Some(Event::Settings(s)) => {
+                    st.settings = s;
+                    scan_at = Some(Instant::now());
+                }
+            },
+            () = sleep => {
+                scan_at = st.scan().await.map(|secs| {
+                    Instant::now() + Duration::from_secs(secs.saturating_sub(now()))
+                });
+            }
+        }
+    }
+}
+
+impl State {
+    /// Reads the queue, announces what has waited too long, and returns the unix second at
+    /// which the next message will have.
+    async fn scan(&mut self) -> Option<u64> {
+        let (tx, rx) = oneshot::channel();
+        let cmd = Command::ListQueue {
+            user: String::new(),
+            reply: tx,
+        };
+        self.commands.send(cmd).ok()?;
+        let list = match rx.await {
+            Ok(Ok(list)) => list,
+            Ok(Err(e)) => {
+                warn!("notifications: cannot list the queue: {e:?}");
+                return None;
+            }
+            Err(_) => return None,
+        };
+        let present: HashSet<&str> = list.iter().map(|m| m.id.as_str()).collect();
+        self.told.retain(|id| present.contains(id.as_str()));
+
+        let after = self.settings.after.as_secs().max(1);
+        let t = now();
+        let mut due: BTreeMap<&str, Vec<&MessageInfo>> = BTreeMap::new();
+        let mut next: Option<u64> = None;
+        for m in list.iter().filter(|m| m.folder == "queue") {
+            if self.told.contains(&m.id) {
+                continue;
+            }
+            let at = m.queued_at.saturating_add(after);
+            if at <= t {
+                due.entry(m.user.as_str()).or_default().push(m);
+            } else {
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        }
+        for (user, mut msgs) in due {
+            msgs.sort_by_key(|m| m.queued_at);
+            for m in &msgs {
+                self.told.insert(m.id.clone());
+            }
+            if self.settings.enabled {
+                let note = waiting_note(user, &msgs, self.settings.after);
+                let replaces = self.waiting_ids.get(user).copied().unwrap_or(0);
+                if let Some(id) = self.show(note, replaces).await {
+                    self.waiting_ids.insert(user.to_string(), id);
+                }
+            }
+        }
+        next
+    }
+
+    /// Sends `note`; the server's id, or `None` when there is no server.
+    async fn show(&mut self, note: Note, replaces: u32) -> Option<u32> {
+        let proxy = self.proxy.as_ref()?;
+        if self.markup.is_none() {
+            let caps = tokio::time::timeout(CALL_LIMIT, proxy.get_capabilities()).await;
+            self.markup = Some(matches!(&caps, Ok(Ok(c)) if c.iter().any(|c| c == "body-markup")));
+        }
+        let body = if self.markup == Some(true) {
+            markup_escape(&note.body)
+        } else {
+            note.body.clone()
+        };
+        let mut hints = HashMap::new();
+        let urgency: u8 = match note.urgency {
+            Urgency::Normal => 1,
+            Urgency::Critical => 2,
+        };
+        hints.insert("urgency", Variant::from(urgency));
+        hints.insert("category", Variant::from(note.category));
+        hints.insert("desktop-entry", Variant::from("linkrelay"));
+        let call = proxy.notify(
+            "linkrelay",
+            replaces,
+            "mail-send",
+            &note.summary,
+            &body,
+            &[],
+            hints,
+            -1,
+        );
+        match tokio::time::timeout(CALL_LIMIT, call).await {
+            Ok(Ok(id)) => {
+                info!(summary = %note.summary, "desktop notification");
+                Some(id)
+            }
+            Ok(Err(e)) => {
+                // No notification daemon (a headless session): the journal still has it all.
+                debug!("desktop notification not shown: {e}");
+                self.markup = None;
+                None
+            }
+            Err(_) => {
+                warn!("the notification server did not answer within {CALL_LIMIT:?}");
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use linkrelay_dbus::RecipientInfo;
+
+    use super::*;
+
+    fn msg(id: &str, to: &str, status: &str) -> MessageInfo {
+        MessageInfo {
+            id: id.into(),
+            user: "bob".into(),
+            folder: "queue".into(),
+            from: "bob@bob.example".into(),
+            recipients: vec![RecipientInfo {
+                addr: to.into(),
+                state: "pending".into(),
+                reply: String::new(),
+            }],
+            size: 10,
+            queued_at: 0,
+            attempts: 0,
+            next_attempt: 0,
+            last_relay: String::new(),
+            last_error: String::new(),
+            status: status.into(),
+        }
+    }
+
+    #[test]
+    fn a_failure_names_the_reason_and_both_verbs() {
+        let n = failed_note("bob", "17.1.2.ab", "550 5.1.1 <x@y>: User unknown");
+        assert_eq!(n.summary, "Mail from bob could not be sent");
+        assert!(n.body.starts_with("550 5.1.1 <x@y>: User unknown\n"));
+        assert!(n.body.contains("`linkrelay retry 17.1.2.ab`"));
+        assert!(n.body.contains("`linkrelay drop 17.1.2.ab`"));
+        assert_eq!(n.urgency, Urgency::Critical);
+    }
+
+    #[test]
+    fn waiting_mail_gets_the_verb_for_its_reason() {
+        let m = msg("1.2", "x@dest", "held: no relay for link home-wifi");
+        let n = waiting_note("bob", &[&m], Duration::from_secs(3600));
+        assert_eq!(n.summary, "Mail from bob has waited over 1h");
+        assert!(
+            n.body
+                .starts_with("To x@dest: held: no relay for link home-wifi\n")
+        );
+        assert!(n.body.contains("linkrelay flush --connect"), "{}", n.body);
+
+        let d = msg(
+            "1.3",
+            "y@dest",
+            "deferred, next try in 4m: 451 4.3.0 try later",
+        );
+        let e = msg(
+            "1.4",
+            "z@dest",
+            "deferred, next try in 9m: 451 4.3.0 try later",
+        );
+        let n = waiting_note("bob", &[&d], Duration::from_secs(90));
+        assert!(n.body.contains("`linkrelay retry 1.3`"), "{}", n.body);
+        let n = waiting_note("bob", &[&d, &e], Duration::from_secs(90));
+        assert_eq!(n.summary, "2 messages from bob have waited over 1m 30s");
+        assert!(n.body.starts_with("The oldest, to y@dest: deferred"));
+        assert!(n.body.contains("`linkrelay flush`"), "{}", n.body);
+    }
+
+    #[test]
+    fn advice_by_reason() {
+        assert!(advice("held: captive portal on link cafe", None).contains("portal"));
+        assert!(
+            advice("waiting: relay-a refuses us on link isp-b (554)", None)
+                .contains("flush --connect")
+        );
+        assert!(advice("held: metered link isp-b holds mail", None).contains("override --link"));
+        assert!(advice("held: no link", None).contains("flush --connect"));
+        assert!(advice("due: sending", Some("9")).contains("linkrelay retry 9"));
+    }
+
+    #[test]
+    fn markup_is_escaped() {
+        assert_eq!(markup_escape("<a> & b"), "&lt;a&gt; &amp; b");
+    }
+}

@@ -1,0 +1,397 @@
+//! `TestRelay`: try a relay from the link that is up without sending anything.
+//!
+//! It runs in the agent, not in the CLI, because the question is whether *the agent* can use
+//! the relay: the same code opens the session (TLS policy, `ca_file`, the password from
+//! `password_command`), from the same process environment (a systemd user service may see
+//! other credentials and networks than a terminal), on the link the agent routes for. The CLI
+//! stays a thin D-Bus client.
+//!
+//! Steps: connect and EHLO, STARTTLS and AUTH as configured (the same [`Session::open`] a
+//! flush uses), EHLO again to list what the relay offers on the secured connection, then
+//! `MAIL FROM` + `RCPT TO` + `RSET`. A relay that would not relay for us says so at RCPT
+//! ("554 5.7.1 ... Relay access denied") or earlier ("530 5.7.0 Authentication required");
+//! no DATA is ever sent. When the session cannot be opened past the greeting, a second,
+//! credential-less connection lists what the relay offers, so the user sees why (no STARTTLS,
+//! no AUTH mechanism we speak, ...).
+
+use std::sync::Arc;
+
+use linkrelay_config::{Config, Relay, TlsMode};
+use linkrelay_dbus::{AgentError, RelayStep, RelayTest};
+use tracing::info;
+
+use crate::outcome::{Outcome, Stage};
+use crate::service::Reply;
+use crate::smtp::{Session, Verdict, run_password_command};
+
+/// The recipient tried when none is given: a domain no ISP relay is the destination of.
+pub const DEFAULT_TO: &str = "postmaster@example.com";
+
+/// Checks the request, then runs the test in a task of its own and replies when it is done.
+pub fn spawn(
+    config: Arc<Config>,
+    link: Option<String>,
+    relay: String,
+    from: String,
+    to: String,
+    reply: Reply<RelayTest>,
+) {
+    let Some(r) = config.relay(&relay).cloned() else {
+        let known: Vec<_> = config.relays.iter().map(|r| r.name.as_str()).collect();
+        let known = if known.is_empty() {
+            "(none)".to_string()
+        } else {
+            known.join(", ")
+        };
+        let _ = reply.send(Err(AgentError::UnknownRelay(format!(
+            "no relay named {relay:?}; known relays: {known}"
+        ))));
+        return;
+    };
+    for (what, addr) in [("from", &from), ("to", &to)] {
+        if !addr.is_empty() && addr.parse::<lettre::Address>().is_err() {
+            let _ = reply.send(Err(AgentError::InvalidArgument(format!(
+                "{what} {addr:?} is not an email address"
+            ))));
+            return;
+        }
+    }
+    let routed_for = routed_for(&config, link.as_deref(), &r.name);
+    let from = if from.is_empty() {
+        default_from(&config, &r.name)
+    } else {
+        from
+    };
+    let to = if to.is_empty() { DEFAULT_TO.into() } else { to };
+    tokio::spawn(async move {
+        let result = run(&r, &from, &to, link.unwrap_or_default(), routed_for).await;
+        info!(relay = %result.relay, may_relay = %result.may_relay, "relay test: {}", result.verdict);
+        let _ = reply.send(Ok(result));
+    });
+}
+
+/// The users whose route on `link` lists `relay`.
+pub fn routed_for(config: &Config, link: Option<&str>, relay: &str) -> Vec<String> {
+    let Some(link) = link else {
+        return Vec::new();
+    };
+    config
+        .users
+        .iter()
+        .filter(|u| {
+            u.relays_for(link)
+                .is_some_and(|rs| rs.iter().any(|r| r == relay))
+        })
+        .map(|u| u.name.clone())
+        .collect()
+}
+
+/// A sender of a user who routes through `relay` on some link, if one of their `from`
+/// entries is a plain address; else the null sender.
+pub fn default_from(config: &Config, relay: &str) -> String {
+    config
+        .users
+        .iter()
+        .filter(|u| u.routes.values().any(|rs| rs.iter().any(|r| r == relay)))
+        .flat_map(|u| u.from.iter())
+        .find(|f| !f.contains(['*', '?', '[']) && f.parse::<lettre::Address>().is_ok())
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn step(stage: &str, state: &str, text: impl Into<String>) -> RelayStep {
+    RelayStep {
+        stage: stage.into(),
+        state: state.into(),
+        text: text.into(),
+    }
+}
+
+/// The steps before `failed` that must have worked, for a session that failed at `failed`.
+fn steps_before(relay: &Relay, failed: Stage, address: &str) -> Vec<RelayStep> {
+    let mut steps = Vec::new();
+    if failed == Stage::Connect {
+        return steps;
+    }
+    steps.push(step("connect", "ok", format!("connected to {address}")));
+    if failed == Stage::Tls {
+        return steps;
+    }
+    match relay.tls {
+        TlsMode::Starttls => steps.push(step("starttls", "ok", "TLS established")),
+        TlsMode::Tls => {}
+        TlsMode::None => steps.push(step("starttls", "skipped", "tls = \"none\"")),
+    }
+    steps
+}
+
+fn stage_name(stage: Stage) -> &'static str {
+    match stage {
+        Stage::Connect | Stage::Greeting => "connect",
+        Stage::Tls => "starttls",
+        Stage::Auth => "auth",
+        Stage::Mail => "mail from",
+        _ => "rcpt to",
+    }
+}
+
+/// Runs the test against `relay`.
+pub async fn run(
+    relay: &Relay,
+    from: &str,
+    to: &str,
+    link: String,
+    routed_for: Vec<String>,
+) -> RelayTest {
+    let address = format!("{}:{}", relay.host, relay.port);
+    let mut out = RelayTest {
+        relay: relay.name.clone(),
+        address: address.clone(),
+        tls: relay.tls.as_str().into(),
+        link,
+        routed_for,
+        steps: Vec::new(),
+        offers: Vec::new(),
+        encrypted: false,
+        may_relay: "unknown".into(),
+        verdict: String::new(),
+    };
+    let password = match &relay.password_command {
+        Some(cmd) if relay.username.is_some() => {
+            match run_password_command(cmd, relay.timeout).await {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    out.steps.push(step("auth", "failed", e.clone()));
+                    out.verdict = format!("cannot log in: {e}");
+                    return out;
+                }
+            }
+        }
+        _ => None,
+    };
+    let mut session = match Session::open(relay, password).await {
+        Ok(s) => s,
+        Err(v) => {
+            out.steps = steps_before(relay, v.stage, &address);
+            out.steps
+                .push(step(stage_name(v.stage), "failed", v.describe()));
+            if v.outcome == Outcome::RelayRefused {
+                out.may_relay = "no".into();
+            }
+            out.verdict = format!(
+                "{} at {}: {}",
+                if v.outcome == Outcome::RelayRefused {
+                    "the relay will not take our mail"
+                } else {
+                    "the test stopped"
+                },
+                v.stage.as_str(),
+                v.describe()
+            );
+            if v.stage != Stage::Connect {
+                out.offers = bare_offers(relay).await;
+            }
+            return out;
+        }
+    };
+    out.encrypted = session.is_encrypted();
+    out.steps.push(step(
+        "connect",
+        "ok",
+        format!("{address} ({})", session.server_name()),
+    ));
+    match relay.tls {
+        TlsMode::Starttls => out.steps.push(step("starttls", "ok", "TLS established")),
+        TlsMode::Tls => {}
+        TlsMode::None => out
+            .steps
+            .push(step("starttls", "skipped", "tls = \"none\"")),
+    }
+    match &relay.username {
+        Some(u) => out
+            .steps
+            .push(step("auth", "ok", format!("logged in as {u}"))),
+        None => out.steps.push(step("auth", "skipped", "no username")),
+    }
+    out.offers = session.offers(relay).await.unwrap_or_default();
+    let (mail, rcpt) = session.probe(from, to).await;
+    session.close().await;
+    judge(&mut out, from, to, &mail, rcpt.as_ref());
+    out
+}
+
+/// Fills in the MAIL and RCPT steps and the verdict. Pure.
+pub fn judge(out: &mut RelayTest, from: &str, to: &str, mail: &Verdict, rcpt: Option<&Verdict>) {
+    let sender = if from.is_empty() { "<>" } else { from };
+    let ok = |v: &Verdict| v.code.is_some_and(|c| (200..300).contains(&c));
+    out.steps.push(step(
+        "mail from",
+        if ok(mail) { "ok" } else { "failed" },
+        format!("{sender}: {}", mail.describe()),
+    ));
+    let Some(rcpt) = rcpt else {
+        if mail.outcome == Outcome::RelayRefused {
+            out.may_relay = "no".into();
+            out.verdict = format!("the relay refuses our mail here: {}", mail.describe());
+        } else {
+            out.verdict = format!("the relay refused the sender: {}", mail.describe());
+        }
+        return;
+    };
+    out.steps.push(step(
+        "rcpt to",
+        if ok(rcpt) { "ok" } else { "failed" },
+        format!("{to}: {}", rcpt.describe()),
+    ));
+    (out.may_relay, out.verdict) = if ok(rcpt) {
+        (
+            "yes".into(),
+            format!("the relay takes mail for {to} from this link; nothing was sent"),
+        )
+    } else if rcpt.outcome == Outcome::RelayRefused {
+        (
+            "no".into(),
+            format!(
+                "the relay refuses to relay for us here: {}",
+                rcpt.describe()
+            ),
+        )
+    } else {
+        (
+            "unknown".into(),
+            format!(
+                "the relay refused the test recipient for another reason ({}); try --to with an address you know",
+                rcpt.describe()
+            ),
+        )
+    };
+}
+
+/// What the relay offers to a client that neither secures nor logs in.
+async fn bare_offers(relay: &Relay) -> Vec<String> {
+    let bare = Relay {
+        tls: match relay.tls {
+            TlsMode::Tls => TlsMode::Tls,
+            _ => TlsMode::None,
+        },
+        username: None,
+        password_command: None,
+        ..relay.clone()
+    };
+    match Session::open(&bare, None).await {
+        Ok(mut s) => {
+            let offers = s.offers(&bare).await.unwrap_or_default();
+            s.close().await;
+            offers
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::outcome::classify;
+
+    fn verdict(stage: Stage, code: u16, text: &str) -> Verdict {
+        Verdict {
+            stage,
+            code: Some(code),
+            text: text.into(),
+            outcome: classify(stage, Some(code), text),
+        }
+    }
+
+    fn blank() -> RelayTest {
+        RelayTest {
+            relay: "r".into(),
+            address: "h:25".into(),
+            tls: "none".into(),
+            link: "isp-a".into(),
+            routed_for: vec![],
+            steps: vec![],
+            offers: vec![],
+            encrypted: false,
+            may_relay: "unknown".into(),
+            verdict: String::new(),
+        }
+    }
+
+    #[test]
+    fn relay_access_denied_at_rcpt_means_no() {
+        let mut t = blank();
+        let mail = verdict(Stage::Mail, 250, "2.1.0 Ok");
+        let rcpt = verdict(
+            Stage::Rcpt,
+            554,
+            "5.7.1 <postmaster@example.com>: Recipient address rejected: Relay access denied",
+        );
+        judge(&mut t, "", DEFAULT_TO, &mail, Some(&rcpt));
+        assert_eq!(t.may_relay, "no");
+        assert!(t.verdict.contains("Relay access denied"), "{}", t.verdict);
+        assert_eq!(t.steps[0].text, "<>: 250 2.1.0 Ok");
+        assert_eq!(t.steps[1].state, "failed");
+    }
+
+    #[test]
+    fn accepted_rcpt_means_yes_and_other_refusals_are_unknown() {
+        let mut t = blank();
+        let mail = verdict(Stage::Mail, 250, "2.1.0 Ok");
+        judge(
+            &mut t,
+            "a@b.example",
+            "x@y.example",
+            &mail,
+            Some(&verdict(Stage::Rcpt, 250, "2.1.5 Ok")),
+        );
+        assert_eq!(t.may_relay, "yes");
+        let mut t = blank();
+        let unknown = verdict(Stage::Rcpt, 550, "5.1.1 <x@y.example>: User unknown");
+        judge(&mut t, "a@b.example", "x@y.example", &mail, Some(&unknown));
+        assert_eq!(t.may_relay, "unknown");
+        assert!(t.verdict.contains("--to"));
+        let mut t = blank();
+        let auth = verdict(Stage::Mail, 530, "5.7.0 Authentication required");
+        judge(&mut t, "", DEFAULT_TO, &auth, None);
+        assert_eq!(t.may_relay, "no");
+    }
+
+    #[test]
+    fn defaults_come_from_the_users_routed_through_the_relay() {
+        let c = Config::parse(
+            r#"
+[[link]]
+name = "isp-a"
+match = { id = "ISP-A" }
+[[relay]]
+name = "relay-a"
+host = "h"
+tls = "none"
+[[relay]]
+name = "relay-b"
+host = "h"
+tls = "none"
+[[user]]
+name = "alice"
+from = ["*@alice.example", "alice@isp-a.example"]
+routes = { isp-a = ["relay-a"] }
+[[user]]
+name = "bob"
+from = ["*@bob.example"]
+default = true
+routes = { "*" = ["relay-b", "relay-a"] }
+"#,
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        assert_eq!(default_from(&c, "relay-a"), "alice@isp-a.example");
+        assert_eq!(default_from(&c, "relay-b"), "");
+        // bob has no isp-a entry: his "*" route applies there.
+        assert_eq!(routed_for(&c, Some("isp-a"), "relay-a"), ["alice", "bob"]);
+        assert_eq!(routed_for(&c, Some("isp-a"), "relay-b"), ["bob"]);
+        assert_eq!(routed_for(&c, Some("other"), "relay-a"), ["bob"]);
+        assert!(routed_for(&c, None, "relay-a").is_empty());
+    }
+}
