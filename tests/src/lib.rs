@@ -4,7 +4,10 @@
 //! - [`nm`]: [`FakeNm`], an NM-shaped service on such a system bus that behaves like
 //!   NetworkManager 1.42 (object paths, PropertiesChanged, StateChanged, name owner changes);
 //! - [`smtp`]: [`ScriptedRelay`], an SMTP relay with a fault at any stage and a record of what
-//!   it accepted, including Postfix's "Relay access denied" for clients on foreign networks.
+//!   it accepted, including Postfix's "Relay access denied" for clients on foreign networks,
+//!   with STARTTLS or implicit TLS;
+//! - [`tls`]: [`TestCa`], a certificate authority made at test time, and server certificates
+//!   it signs;
 //!
 //! - [`world`]: one test's whole world: both buses, a home, the real `linkrelayd` and
 //!   `linkrelay` binaries.
@@ -14,6 +17,7 @@
 pub mod bus;
 pub mod nm;
 pub mod smtp;
+pub mod tls;
 pub mod world;
 
 #[cfg(test)]
@@ -21,7 +25,8 @@ mod nm_tests;
 
 pub use bus::{BusKind, TestBus};
 pub use nm::{ActiveSpec, FakeNm};
-pub use smtp::{Fault, Received, RelayScript, ScriptedRelay};
+pub use smtp::{ClientLine, Fault, Received, RelayScript, RelayTls, ScriptedRelay};
+pub use tls::TestCa;
 
 /// Route `tracing` output of the code under test to the test's captured output, filtered by
 /// `RUST_LOG` (default `info`). Safe to call from every test: only the first call installs.

@@ -8,7 +8,12 @@
 //! response; MAIL FROM (ESMTP parameters such as `SIZE=` and `BODY=8BITMIME` are accepted;
 //! a `SIZE=` over the limit gets 552); RCPT TO; DATA with dot-unstuffing up to the lone ".";
 //! RSET; NOOP; HELP; QUIT. Anything else gets `502 5.5.2 Error: command not recognized`; no
-//! STARTTLS and no PIPELINING are offered. Reply texts follow Postfix's.
+//! PIPELINING is offered. With [`RelayScript::tls`] it speaks TLS: STARTTLS (offered in EHLO,
+//! then the handshake, then a fresh session as RFC 3207 says) or TLS from the first byte, with
+//! a certificate from a [`crate::tls::TestCa`]. Reply texts follow Postfix's.
+//!
+//! Every line the client sends outside the data is recorded with whether it came over TLS
+//! ([`ScriptedRelay::commands`]), so a test can prove what never went out in clear.
 //!
 //! Each command reads the current [`RelayScript`], so [`ScriptedRelay::set_script`] takes effect
 //! from the next command on, in open connections too.
@@ -21,11 +26,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf,
+    WriteHalf,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
 
 /// The message size limit the relay advertises (`SIZE`) and enforces.
 pub const MAX_MESSAGE_SIZE: usize = 10_485_760;
@@ -58,6 +67,37 @@ impl Fault {
     }
 }
 
+/// Whether and how the relay speaks TLS.
+#[derive(Clone, Default)]
+pub enum RelayTls {
+    /// Plain text only; STARTTLS is not offered (`502` if tried).
+    #[default]
+    Off,
+    /// STARTTLS offered in EHLO; this certificate after it.
+    Starttls(Arc<ServerConfig>),
+    /// TLS from the first byte ("implicit TLS", port 465 style).
+    Implicit(Arc<ServerConfig>),
+}
+
+impl fmt::Debug for RelayTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RelayTls::Off => "Off",
+            RelayTls::Starttls(_) => "Starttls",
+            RelayTls::Implicit(_) => "Implicit",
+        })
+    }
+}
+
+/// A line the client sent (a command or an AUTH response), and whether it came over TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientLine {
+    /// Whether the connection was encrypted when it came.
+    pub tls: bool,
+    /// The line without its terminator (lossy UTF-8).
+    pub line: String,
+}
+
 /// How the relay behaves; [`RelayScript::default`] accepts everything from anyone without AUTH.
 #[derive(Clone)]
 pub struct RelayScript {
@@ -84,6 +124,10 @@ pub struct RelayScript {
     /// When set, AUTH PLAIN and LOGIN are offered and checked against this (user, password),
     /// and MAIL without a successful AUTH gets `530 5.7.0 Authentication required`.
     pub credentials: Option<(String, String)>,
+    /// TLS: off, STARTTLS, or implicit.
+    pub tls: RelayTls,
+    /// Instead of the 220 answer to STARTTLS (then no handshake happens).
+    pub starttls: Option<Fault>,
 }
 
 impl Default for RelayScript {
@@ -99,6 +143,8 @@ impl Default for RelayScript {
             after_dot: None,
             allow_client: Arc::new(|| true),
             credentials: None,
+            tls: RelayTls::Off,
+            starttls: None,
         }
     }
 }
@@ -119,6 +165,8 @@ impl fmt::Debug for RelayScript {
                 "credentials",
                 &self.credentials.as_ref().map(|(user, _)| (user, "***")),
             )
+            .field("tls", &self.tls)
+            .field("starttls", &self.starttls)
             .finish()
     }
 }
@@ -157,6 +205,18 @@ impl RelayScript {
         self
     }
 
+    /// Offer STARTTLS with this certificate.
+    pub fn with_starttls(mut self, config: Arc<ServerConfig>) -> Self {
+        self.tls = RelayTls::Starttls(config);
+        self
+    }
+
+    /// Speak TLS from the first byte with this certificate.
+    pub fn with_implicit_tls(mut self, config: Arc<ServerConfig>) -> Self {
+        self.tls = RelayTls::Implicit(config);
+        self
+    }
+
     /// Refuse every recipient with "Relay access denied", as an ISP's relay does for a client
     /// on another ISP's network.
     pub fn refusing_relay(self) -> Self {
@@ -177,6 +237,8 @@ pub struct Received {
     pub data: Vec<u8>,
     /// The user that authenticated on this connection, if any.
     pub authenticated_as: Option<String>,
+    /// Whether the message came over TLS.
+    pub tls: bool,
 }
 
 impl Received {
@@ -192,6 +254,7 @@ struct Shared {
     received_count: watch::Sender<usize>,
     connections: AtomicUsize,
     queue_ids: AtomicU64,
+    lines: Mutex<Vec<ClientLine>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -227,9 +290,14 @@ impl fmt::Debug for ScriptedRelay {
 impl ScriptedRelay {
     /// Listen on 127.0.0.1:0 and serve `script` (needs a tokio runtime).
     pub async fn start(script: RelayScript) -> anyhow::Result<ScriptedRelay> {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        ScriptedRelay::start_on("127.0.0.1:0".parse()?, script).await
+    }
+
+    /// Listen on `addr` (port 0: a free one) and serve `script`.
+    pub async fn start_on(addr: SocketAddr, script: RelayScript) -> anyhow::Result<ScriptedRelay> {
+        let listener = TcpListener::bind(addr)
             .await
-            .context("binding the scripted relay to 127.0.0.1:0")?;
+            .with_context(|| format!("binding the scripted relay to {addr}"))?;
         let addr = listener
             .local_addr()
             .context("reading the scripted relay's address")?;
@@ -240,6 +308,7 @@ impl ScriptedRelay {
             received_count,
             connections: AtomicUsize::new(0),
             queue_ids: AtomicU64::new(1),
+            lines: Mutex::new(Vec::new()),
         });
         let task = tokio::spawn(accept_loop(listener, shared.clone()));
         Ok(ScriptedRelay { addr, shared, task })
@@ -253,6 +322,12 @@ impl ScriptedRelay {
     /// The messages accepted so far, in order.
     pub fn received(&self) -> Vec<Received> {
         lock(&self.shared.received).clone()
+    }
+
+    /// Every line clients sent outside the message data (commands, AUTH responses), in order,
+    /// with whether it came over TLS.
+    pub fn commands(&self) -> Vec<ClientLine> {
+        lock(&self.shared.lines).clone()
     }
 
     /// How many TCP connections were accepted so far.
@@ -300,7 +375,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                     shared.connections.fetch_add(1, Ordering::SeqCst);
                     let shared = shared.clone();
                     sessions.spawn(async move {
-                        if let Err(e) = session(stream, &shared).await {
+                        if let Err(e) = session(stream, shared).await {
                             tracing::debug!("scripted relay: session with {peer} ended: {e:#}");
                         }
                     });
@@ -319,14 +394,41 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 enum Flow {
     Continue,
     End,
+    /// STARTTLS was accepted: the TLS handshake comes next.
+    StartTls(Arc<ServerConfig>),
 }
 
+/// A byte stream the relay talks over: TCP, or TLS over TCP.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
 struct Io {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    reader: BufReader<ReadHalf<Box<dyn Stream>>>,
+    writer: WriteHalf<Box<dyn Stream>>,
+    tls: bool,
+    lines: Option<Arc<Shared>>,
 }
 
 impl Io {
+    fn new(stream: Box<dyn Stream>, tls: bool, shared: Arc<Shared>) -> Io {
+        let (reader, writer) = tokio::io::split(stream);
+        Io {
+            reader: BufReader::new(reader),
+            writer,
+            tls,
+            lines: Some(shared),
+        }
+    }
+
+    /// The stream back, for the TLS handshake; an error if the client sent more after
+    /// STARTTLS (RFC 3207: such bytes would be injected into the TLS session).
+    fn into_stream(self) -> anyhow::Result<Box<dyn Stream>> {
+        if !self.reader.buffer().is_empty() {
+            bail!("the client sent data after STARTTLS before the handshake");
+        }
+        Ok(self.reader.into_inner().unsplit(self.writer))
+    }
+
     async fn reply(&mut self, code: u16, text: &str) -> anyhow::Result<()> {
         let mut out = String::new();
         let lines: Vec<&str> = text.split('\n').map(|l| l.trim_end_matches('\r')).collect();
@@ -386,6 +488,14 @@ impl Io {
             // End of stream in the middle of a line.
             return Ok(None);
         }
+        if let Some(shared) = &self.lines {
+            lock(&shared.lines).push(ClientLine {
+                tls: self.tls,
+                line: String::from_utf8_lossy(&line)
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned(),
+            });
+        }
         Ok(Some(line))
     }
 }
@@ -406,13 +516,19 @@ impl Session {
     }
 }
 
-async fn session(stream: TcpStream, shared: &Shared) -> anyhow::Result<()> {
-    let (reader, writer) = stream.into_split();
-    let mut io = Io {
-        reader: BufReader::new(reader),
-        writer,
-    };
+async fn session(stream: TcpStream, shared: Arc<Shared>) -> anyhow::Result<()> {
     let script = shared.script();
+    let mut io = match &script.tls {
+        RelayTls::Implicit(config) => {
+            let tls = TlsAcceptor::from(config.clone())
+                .accept(stream)
+                .await
+                .context("TLS handshake")?;
+            Io::new(Box::new(tls), true, shared.clone())
+        }
+        _ => Io::new(Box::new(stream), false, shared.clone()),
+    };
+    let shared = &*shared;
     let greeted = match &script.greeting {
         None => {
             io.reply(220, &format!("{} ESMTP linkrelay-tests", script.name))
@@ -455,6 +571,7 @@ async fn session(stream: TcpStream, shared: &Shared) -> anyhow::Result<()> {
             "MAIL" => mail(&mut io, &script, &mut s, arg).await?,
             "RCPT" => rcpt(&mut io, &script, &mut s, arg).await?,
             "DATA" => data(&mut io, shared, &mut s, arg).await?,
+            "STARTTLS" => starttls(&mut io, &script, arg).await?,
             "RSET" => {
                 s.reset_transaction();
                 io.reply(250, "2.0.0 Ok").await?;
@@ -485,10 +602,42 @@ async fn session(stream: TcpStream, shared: &Shared) -> anyhow::Result<()> {
                 Flow::Continue
             }
         };
-        if let Flow::End = flow {
-            return Ok(());
+        match flow {
+            Flow::Continue => {}
+            Flow::End => return Ok(()),
+            Flow::StartTls(config) => {
+                let shared_lines = io.lines.clone();
+                let stream = io.into_stream()?;
+                let tls = TlsAcceptor::from(config)
+                    .accept(stream)
+                    .await
+                    .context("TLS handshake after STARTTLS")?;
+                io = Io::new(Box::new(tls), true, shared_lines.context("shared state")?);
+                // RFC 3207: the client starts over with EHLO and forgets what it knew.
+                s = Session::default();
+            }
         }
     }
+}
+
+async fn starttls(io: &mut Io, script: &RelayScript, arg: &str) -> anyhow::Result<Flow> {
+    let RelayTls::Starttls(config) = &script.tls else {
+        io.reply(502, "5.5.2 Error: command not recognized").await?;
+        return Ok(Flow::Continue);
+    };
+    if io.tls {
+        io.reply(554, "5.5.1 Error: TLS already active").await?;
+        return Ok(Flow::Continue);
+    }
+    if !arg.is_empty() {
+        io.reply(501, "5.5.4 Syntax: STARTTLS").await?;
+        return Ok(Flow::Continue);
+    }
+    if let Some(fault) = &script.starttls {
+        return io.fault(fault).await;
+    }
+    io.reply(220, "2.0.0 Ready to start TLS").await?;
+    Ok(Flow::StartTls(config.clone()))
 }
 
 async fn ehlo(
@@ -521,6 +670,9 @@ async fn ehlo(
             format!("SIZE {MAX_MESSAGE_SIZE}"),
             "8BITMIME".to_owned(),
         ];
+        if matches!(script.tls, RelayTls::Starttls(_)) && !io.tls {
+            lines.push("STARTTLS".to_owned());
+        }
         if script.credentials.is_some() {
             lines.push("AUTH PLAIN LOGIN".to_owned());
         }
@@ -839,6 +991,7 @@ async fn data(io: &mut Io, shared: &Shared, s: &mut Session, arg: &str) -> anyho
         rcpts: std::mem::take(&mut s.rcpts),
         data: body,
         authenticated_as: s.user.clone(),
+        tls: io.tls,
     };
     let count = {
         let mut all = lock(&shared.received);
@@ -914,6 +1067,7 @@ mod tests {
     use lettre::transport::smtp::extension::ClientId;
     use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
     use tokio::io::AsyncWriteExt;
+    use tokio::net::tcp::OwnedReadHalf;
 
     const MESSAGE: &str = "From: alice@isp-a.example\r\n\
         To: bob@example.org\r\n\
@@ -1465,6 +1619,154 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(refused, "the listener still accepts");
+    }
+
+    fn tls_params(
+        ca: &crate::tls::TestCa,
+        host: &str,
+    ) -> lettre::transport::smtp::client::TlsParameters {
+        use lettre::transport::smtp::client::{Certificate, TlsParameters};
+        TlsParameters::builder(host.to_owned())
+            .add_root_certificate(Certificate::from_pem(ca.pem().as_bytes()).expect("CA pem"))
+            .build_rustls()
+            .expect("TLS parameters")
+    }
+
+    #[tokio::test]
+    async fn starttls_upgrades_and_the_session_starts_over() {
+        let ca = crate::tls::TestCa::new("test CA").unwrap();
+        let relay = ScriptedRelay::start(
+            RelayScript::default()
+                .with_credentials("alice", "s3cret")
+                .with_starttls(ca.server_config(&["localhost", "127.0.0.1"]).unwrap()),
+        )
+        .await
+        .unwrap();
+        let hello = ClientId::Domain("laptop.test".to_owned());
+        let mut conn = connection(&relay).await;
+        assert!(conn.can_starttls());
+        conn.starttls(tls_params(&ca, "127.0.0.1"), &hello)
+            .await
+            .expect("STARTTLS with the test CA");
+        assert!(conn.is_encrypted());
+        assert!(!conn.can_starttls(), "STARTTLS is not offered twice");
+        conn.auth(
+            &[Mechanism::Plain],
+            &Credentials::new("alice".into(), "s3cret".into()),
+        )
+        .await
+        .expect("AUTH over TLS");
+        conn.command(Mail::new(Some(address("alice@isp-a.example")), vec![]))
+            .await
+            .expect("MAIL");
+        conn.command(Rcpt::new(address("bob@example.org"), vec![]))
+            .await
+            .expect("RCPT");
+        conn.command(Data).await.expect("DATA");
+        conn.message(MESSAGE.as_bytes()).await.expect("message");
+        conn.quit().await.expect("QUIT");
+        let received = relay.wait_for(1, Duration::from_secs(5)).await.unwrap();
+        assert!(received[0].tls);
+        assert_eq!(received[0].authenticated_as.as_deref(), Some("alice"));
+        let lines = relay.commands();
+        let clear: Vec<&str> = lines
+            .iter()
+            .filter(|l| !l.tls)
+            .map(|l| l.line.as_str())
+            .collect();
+        assert_eq!(clear, ["EHLO laptop.test", "STARTTLS"]);
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.tls && l.line.starts_with("AUTH PLAIN"))
+        );
+    }
+
+    #[tokio::test]
+    async fn implicit_tls_and_an_unknown_ca_or_wrong_name_is_refused() {
+        let ca = crate::tls::TestCa::new("test CA").unwrap();
+        let relay = ScriptedRelay::start(
+            RelayScript::default().with_implicit_tls(ca.server_config(&["127.0.0.1"]).unwrap()),
+        )
+        .await
+        .unwrap();
+        let hello = ClientId::Domain("laptop.test".to_owned());
+        let conn = AsyncSmtpConnection::connect_tokio1(
+            relay.addr,
+            Some(Duration::from_secs(5)),
+            &hello,
+            Some(tls_params(&ca, "127.0.0.1")),
+            None,
+        )
+        .await
+        .expect("implicit TLS with the test CA");
+        assert!(conn.is_encrypted());
+
+        let other = crate::tls::TestCa::new("another CA").unwrap();
+        let err = AsyncSmtpConnection::connect_tokio1(
+            relay.addr,
+            Some(Duration::from_secs(5)),
+            &hello,
+            Some(tls_params(&other, "127.0.0.1")),
+            None,
+        )
+        .await
+        .err()
+        .expect("a certificate from an unknown CA");
+        assert!(
+            err.is_tls() || err.to_string().contains("certificate"),
+            "{err}"
+        );
+
+        let err = AsyncSmtpConnection::connect_tokio1(
+            relay.addr,
+            Some(Duration::from_secs(5)),
+            &hello,
+            Some(tls_params(&ca, "localhost")),
+            None,
+        )
+        .await
+        .err()
+        .expect("a certificate for another name");
+        assert!(err.to_string().contains("certificate"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn starttls_is_not_recognised_without_tls_and_pipelined_bytes_end_the_session() {
+        let replies = {
+            let relay = ScriptedRelay::start(RelayScript::default()).await.unwrap();
+            raw_session(&relay, &["EHLO me", "STARTTLS"]).await
+        };
+        assert!(
+            !replies.iter().any(|r| r.contains("STARTTLS")),
+            "{replies:?}"
+        );
+        assert_eq!(
+            replies.last().map(String::as_str),
+            Some("502 5.5.2 Error: command not recognized")
+        );
+        // A client that sends a command right behind STARTTLS (the injection of CVE-2011-0411)
+        // gets no TLS session: the relay hangs up.
+        let ca = crate::tls::TestCa::new("test CA").unwrap();
+        let relay = ScriptedRelay::start(
+            RelayScript::default().with_starttls(ca.server_config(&["127.0.0.1"]).unwrap()),
+        )
+        .await
+        .unwrap();
+        let mut stream = TcpStream::connect(relay.addr).await.unwrap();
+        let mut greeting = [0u8; 512];
+        let _ = stream.read(&mut greeting).await.unwrap();
+        stream.write_all(b"EHLO me\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _ = stream.read(&mut greeting).await.unwrap();
+        stream
+            .write_all(b"STARTTLS\r\nMAIL FROM:<evil@example.org>\r\n")
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+        let rest = String::from_utf8_lossy(&rest);
+        assert_eq!(rest, "220 2.0.0 Ready to start TLS\r\n");
     }
 
     #[test]
