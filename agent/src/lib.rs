@@ -10,6 +10,7 @@ pub mod backoff;
 pub mod dropwatch;
 pub mod flusher;
 pub mod link;
+pub mod logging;
 pub mod memory;
 pub mod nm;
 pub mod outcome;

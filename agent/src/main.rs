@@ -7,7 +7,6 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use linkrelay_agent::agent::{Options, ServeBus, run};
 use linkrelay_config::{Config, ConfigError};
-use tracing_subscriber::EnvFilter;
 
 /// sysexits EX_CONFIG.
 const EX_CONFIG: u8 = 78;
@@ -49,9 +48,7 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(linkrelay_agent::logging::env_filter())
         .with_writer(std::io::stderr)
         .init();
 

@@ -108,14 +108,22 @@ pub enum SecretError {
 }
 
 fn bus(e: zbus::Error) -> SecretError {
-    match e {
-        zbus::Error::MethodError(name, _, _)
-            if name.as_str() == "org.freedesktop.DBus.Error.ServiceUnknown"
-                || name.as_str() == "org.freedesktop.DBus.Error.NameHasNoOwner" =>
-        {
-            SecretError::NoService
-        }
-        other => SecretError::Bus(other.to_string()),
+    const GONE: [&str; 2] = [
+        "org.freedesktop.DBus.Error.ServiceUnknown",
+        "org.freedesktop.DBus.Error.NameHasNoOwner",
+    ];
+    let gone = match &e {
+        zbus::Error::MethodError(name, _, _) => GONE.contains(&name.as_str()),
+        zbus::Error::FDO(fdo) => matches!(
+            **fdo,
+            zbus::fdo::Error::ServiceUnknown(_) | zbus::fdo::Error::NameHasNoOwner(_)
+        ),
+        _ => false,
+    };
+    if gone {
+        SecretError::NoService
+    } else {
+        SecretError::Bus(e.to_string())
     }
 }
 

@@ -92,7 +92,10 @@ fn example_config_parses() {
     let b = c.relay("relay-b").expect("relay-b");
     assert_eq!((b.host.as_str(), b.port), ("smtp.isp-b.example", 587));
     assert_eq!(b.username.as_deref(), Some("bob"));
-    assert_eq!(b.password_command.as_deref(), Some("pass show smtp/isp-b"));
+    assert_eq!(b.password_command, None);
+    let secret = b.password_secret.as_ref().expect("password_secret");
+    assert_eq!(secret.get("service").map(String::as_str), Some("smtp"));
+    assert_eq!(secret.get("username").map(String::as_str), Some("bob"));
 
     let alice = c.user("alice").expect("alice");
     assert!(!alice.default);
@@ -151,7 +154,7 @@ fn starter_config_options_are_valid_when_uncommented() {
     assert!(link.matcher.domain.is_some());
     assert_eq!(link.metered, MeteredPolicy::Small { max_size: 1048576 });
     let r = &c.relays[0];
-    assert!(r.helo.is_some() && r.username.is_some() && r.password_command.is_some());
+    assert!(r.helo.is_some() && r.username.is_some() && r.password_secret.is_some());
     assert_eq!(
         r.ca_file.as_deref(),
         Some(Path::new("/etc/ssl/certs/my-isp-ca.pem"))
@@ -185,6 +188,8 @@ fn starter_config_options_are_valid_when_uncommented() {
         "helo",
         "username",
         "password_command",
+        "password_secret",
+        "dangerous_plaintext_auth",
         "ca_file",
         "timeout",
         "from",

@@ -9,12 +9,18 @@
 //! - [`tls`]: [`TestCa`], a certificate authority made at test time, and server certificates
 //!   it signs;
 //!
+//! - [`keyring`]: [`keyring::Keyring`], a real gnome-keyring-daemon serving the Secret Service
+//!   on a test bus;
+//! - [`netns`]: [`netns::NetnsPair`], two network namespaces joined by a veth pair, for a
+//!   relay that is not on loopback;
 //! - [`world`]: one test's whole world: both buses, a home, the real `linkrelayd` and
 //!   `linkrelay` binaries.
 //!
 //! Nothing here touches the machine's own buses or network configuration.
 
 pub mod bus;
+pub mod keyring;
+pub mod netns;
 pub mod nm;
 pub mod smtp;
 pub mod tls;

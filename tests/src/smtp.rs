@@ -298,6 +298,20 @@ impl ScriptedRelay {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the scripted relay to {addr}"))?;
+        ScriptedRelay::serve(listener, script)
+    }
+
+    /// Serve `script` on a listener made elsewhere (e.g. in another network namespace with
+    /// [`crate::netns::NetnsPair::listen_in_relay`]); it must be non-blocking.
+    pub fn start_with(
+        listener: std::net::TcpListener,
+        script: RelayScript,
+    ) -> anyhow::Result<ScriptedRelay> {
+        let listener = TcpListener::from_std(listener).context("adopting the listener")?;
+        ScriptedRelay::serve(listener, script)
+    }
+
+    fn serve(listener: TcpListener, script: RelayScript) -> anyhow::Result<ScriptedRelay> {
         let addr = listener
             .local_addr()
             .context("reading the scripted relay's address")?;
@@ -345,15 +359,16 @@ impl ScriptedRelay {
     pub async fn wait_for(&self, count: usize, timeout: Duration) -> anyhow::Result<Vec<Received>> {
         let mut rx = self.shared.received_count.subscribe();
         let reached = tokio::time::timeout(timeout, rx.wait_for(|n| *n >= count)).await;
+        let received = self.received();
         match reached {
-            Ok(Ok(_)) => Ok(self.received()),
+            Ok(Ok(_)) => Ok(received),
+            // (One lock at a time: a guard held across the format arguments would deadlock.)
             _ => bail!(
                 "the relay at {} accepted {} of the {count} expected messages within {timeout:?} \
-                 ({} connections): {:#?}",
+                 ({} connections): {received:#?}",
                 self.addr,
-                lock(&self.shared.received).len(),
+                received.len(),
                 self.connections(),
-                self.received()
             ),
         }
     }

@@ -50,6 +50,8 @@ pub struct World {
     pub data_dir: PathBuf,
     home: PathBuf,
     agent: Option<Child>,
+    agent_prefix: Vec<String>,
+    agent_env: Vec<(String, String)>,
     log_path: PathBuf,
     // Last: removed after everything above stopped.
     dir: tempfile::TempDir,
@@ -73,6 +75,8 @@ impl World {
             log_path: dir.path().join("linkrelayd.log"),
             home,
             agent: None,
+            agent_prefix: Vec::new(),
+            agent_env: Vec::new(),
             dir,
         })
     }
@@ -82,10 +86,14 @@ impl World {
         self.dir.path()
     }
 
-    /// Writes the config file.
+    /// Writes the config file, readable by its owner only (as a config with credentials
+    /// must be).
     pub fn write_config(&self, text: &str) -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
         std::fs::write(&self.config_path, text)
-            .with_context(|| format!("writing {}", self.config_path.display()))
+            .with_context(|| format!("writing {}", self.config_path.display()))?;
+        std::fs::set_permissions(&self.config_path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("chmod 600 {}", self.config_path.display()))
     }
 
     /// Points a command at this world: buses, home, XDG dirs.
@@ -147,6 +155,17 @@ impl World {
         Ok(())
     }
 
+    /// Runs the agent under this command prefix from now on, e.g. `ip netns exec NS` (the
+    /// agent's pid is still the child's: such prefixes exec the program).
+    pub fn set_agent_prefix(&mut self, prefix: Vec<String>) {
+        self.agent_prefix = prefix;
+    }
+
+    /// Sets an extra environment variable for the agent (e.g. `RUST_LOG`), after the world's.
+    pub fn set_agent_env(&mut self, name: &str, value: &str) {
+        self.agent_env.push((name.to_owned(), value.to_owned()));
+    }
+
     /// Starts `linkrelayd` and waits until it owns its bus name.
     pub async fn start_agent(&mut self) -> anyhow::Result<()> {
         self.start_agent_with(&[]).await
@@ -161,11 +180,19 @@ impl World {
             .create(true)
             .append(true)
             .open(&self.log_path)?;
-        let mut cmd = Command::new(bin("linkrelayd"));
+        let mut cmd = match self.agent_prefix.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(bin("linkrelayd"));
+                cmd
+            }
+            None => Command::new(bin("linkrelayd")),
+        };
         self.env(&mut cmd);
         cmd.args(extra)
             .env("RUST_LOG", "debug,zbus=info")
             .env("NO_COLOR", "1")
+            .envs(self.agent_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -317,9 +344,14 @@ pub fn example_config_for(relay_a: u16, relay_b: u16) -> anyhow::Result<String> 
             &format!("host = \"127.0.0.1\"\nport = {relay_b}\ntimeout = \"5s\""),
         )
         .replace("tls = \"starttls\"", "tls = \"none\"")
-        .replace("pass show smtp/isp-b", "echo secret-b")
+        .replace(
+            "password_secret = { service = \"smtp\", username = \"bob\" }",
+            "password_command = \"echo secret-b\"",
+        )
         .replace("debounce = \"300ms\"", "debounce = \"50ms\"");
-    if !text.contains(&format!("port = {relay_b}")) || !text.contains(&format!("port = {relay_a}"))
+    if !text.contains(&format!("port = {relay_b}"))
+        || !text.contains(&format!("port = {relay_a}"))
+        || !text.contains("password_command = \"echo secret-b\"")
     {
         bail!("examples/config.toml changed shape; update example_config_for");
     }

@@ -6,7 +6,9 @@
 mod cli;
 mod dbus_api;
 mod interop;
+mod secrets;
 mod seed;
+mod tls;
 
 /// Shared helpers for the modules.
 mod util;
