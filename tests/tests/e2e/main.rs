@@ -5,6 +5,7 @@
 
 mod cli;
 mod dbus_api;
+mod files;
 mod interop;
 mod secrets;
 mod seed;
