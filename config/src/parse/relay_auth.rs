@@ -18,9 +18,7 @@ const SECRET_HELP: &str = r#"write password_secret = { service = "smtp", usernam
 /// Reads `password_secret`: a table of string attributes, at least one.
 pub(super) fn read(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> Option<BTreeMap<String, String>> {
     t.get("password_secret")?;
-    let Some((table, span)) = t.table(ctx, "password_secret") else {
-        return None;
-    };
+    let (table, span) = t.table(ctx, "password_secret")?;
     if table.is_empty() {
         ctx.error(
             span.start,
