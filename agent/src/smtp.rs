@@ -300,7 +300,10 @@ impl Session {
             });
         }
         timed(Stage::Data, limit, self.conn.command(Data)).await?;
-        let end = match timed(Stage::Message, limit, self.conn.message(data)).await {
+        // lettre writes CRLF . CRLF after the data: without this the message would gain an
+        // empty last line.
+        let body = data.strip_suffix(b"\r\n").unwrap_or(data);
+        let end = match timed(Stage::Message, limit, self.conn.message(body)).await {
             Ok(reply) => {
                 let text = reply.message().collect::<Vec<_>>().join(" ");
                 Verdict::new(Stage::Message, Some(u16::from(reply.code())), text)

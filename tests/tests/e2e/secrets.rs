@@ -266,3 +266,58 @@ async fn no_keyring_no_item_or_a_locked_one_keeps_the_mail_and_says_what_to_do()
     assert!(relay.received().is_empty());
     assert_eq!(w.outbox_entries("bob", "queue").len(), 1);
 }
+
+#[test]
+fn a_config_others_can_read_with_a_password_command_or_write_is_refused_clearly() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::new().unwrap();
+    let chmod = |mode| {
+        std::fs::set_permissions(&w.config_path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let path = w.config_path.display().to_string();
+    std::fs::write(
+        &w.config_path,
+        "[[relay]]\nname = \"r\"\nhost = \"smtp.example.net\"\ntls = \"starttls\"\nusername = \"bob\"\npassword_command = \"echo hunter2\"\n[[user]]\nname = \"bob\"\nroutes = { \"*\" = [\"r\"] }\n",
+    )
+    .unwrap();
+    chmod(0o644);
+    for out in [
+        w.run_agent_once(&["--check"]).unwrap(),
+        w.run_cli(&["config", "check"]).unwrap(),
+    ] {
+        assert_eq!(out.status.code(), Some(78), "EX_CONFIG");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("{path}:6:1: error: the config file has a `password_command` and can be read by anyone (mode 0644)")),
+            "{err}"
+        );
+        assert!(err.contains(&format!("help: chmod 600 {path}")), "{err}");
+        assert!(!err.contains("hunter2"), "the error shows no secret: {err}");
+    }
+    // sendmail does not queue through a config it cannot trust either, and says why.
+    let out = w
+        .sendmail(&["-t"], "From: bob@example.org\nTo: x@example.net\n\nhi\n")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
+
+    chmod(0o600);
+    let out = w.run_agent_once(&["--check"]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Writable by others: refused whatever it holds.
+    std::fs::write(&w.config_path, "[[user]]\nname = \"bob\"\n").unwrap();
+    chmod(0o666);
+    let out = w.run_agent_once(&["--check"]).unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("can be written by anyone (mode 0666)"),
+        "{err}"
+    );
+    assert!(err.contains(&format!("help: chmod go-w {path}")), "{err}");
+}

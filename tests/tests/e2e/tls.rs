@@ -110,6 +110,11 @@ async fn starttls_with_the_relays_ca_file_sends_and_authenticates_inside_tls() {
         .unwrap();
     let got = relay.wait_for(1, WAIT).await.unwrap();
     assert!(got[0].tls, "the message came over TLS");
+    let data = got[0].data_text();
+    assert!(
+        data.ends_with("\r\n\r\nHello from the over-starttls test.\r\n"),
+        "the message arrives as queued, without an added empty line: {data:?}"
+    );
     assert_eq!(got[0].authenticated_as.as_deref(), Some("bob"));
     assert_eq!(verbs(&clear_lines(&relay)), ["EHLO", "STARTTLS"]);
     eventually("the message is in sent/", &w, || {
