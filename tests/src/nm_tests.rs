@@ -258,39 +258,37 @@ impl Signals {
     }
 
     async fn next(&mut self) -> Option<Seen> {
-        loop {
-            let msg = tokio::time::timeout(WAIT, self.stream.next())
-                .await
-                .ok()??
-                .expect("message");
-            let header = msg.header();
-            let path = header.path().expect("path").to_string();
-            let interface = header.interface().expect("interface").to_string();
-            let member = header.member().expect("member").to_string();
-            match (interface.as_str(), member.as_str()) {
-                ("org.freedesktop.DBus.Properties", "PropertiesChanged") => {
-                    let (interface, changed, _invalidated): (
-                        String,
-                        HashMap<String, OwnedVariant>,
-                        Vec<String>,
-                    ) = msg.body().deserialize().expect("PropertiesChanged body");
-                    return Some(Seen::Props {
-                        path,
-                        interface,
-                        changed,
-                    });
-                }
-                ("org.freedesktop.NetworkManager.Connection.Active", "StateChanged") => {
-                    let (state, reason): (u32, u32) =
-                        msg.body().deserialize().expect("StateChanged body");
-                    return Some(Seen::State {
-                        path,
-                        state,
-                        reason,
-                    });
-                }
-                (interface, member) => panic!("unexpected signal {interface}.{member} on {path}"),
+        let msg = tokio::time::timeout(WAIT, self.stream.next())
+            .await
+            .ok()??
+            .expect("message");
+        let header = msg.header();
+        let path = header.path().expect("path").to_string();
+        let interface = header.interface().expect("interface").to_string();
+        let member = header.member().expect("member").to_string();
+        match (interface.as_str(), member.as_str()) {
+            ("org.freedesktop.DBus.Properties", "PropertiesChanged") => {
+                let (interface, changed, _invalidated): (
+                    String,
+                    HashMap<String, OwnedVariant>,
+                    Vec<String>,
+                ) = msg.body().deserialize().expect("PropertiesChanged body");
+                Some(Seen::Props {
+                    path,
+                    interface,
+                    changed,
+                })
             }
+            ("org.freedesktop.NetworkManager.Connection.Active", "StateChanged") => {
+                let (state, reason): (u32, u32) =
+                    msg.body().deserialize().expect("StateChanged body");
+                Some(Seen::State {
+                    path,
+                    state,
+                    reason,
+                })
+            }
+            (interface, member) => panic!("unexpected signal {interface}.{member} on {path}"),
         }
     }
 

@@ -98,6 +98,9 @@ pub struct ClientLine {
     pub line: String,
 }
 
+/// A per-recipient answer: the fault for an address, or `None` for the normal answer.
+pub type RcptScript = Arc<dyn Fn(&str) -> Option<Fault> + Send + Sync>;
+
 /// How the relay behaves; [`RelayScript::default`] accepts everything from anyone without AUTH.
 #[derive(Clone)]
 pub struct RelayScript {
@@ -112,7 +115,7 @@ pub struct RelayScript {
     /// Instead of the answer to MAIL FROM (after the syntax and sequence checks).
     pub mail: Option<Fault>,
     /// Per recipient address (as given between `<>`): instead of the answer to its RCPT TO.
-    pub rcpt: Arc<dyn Fn(&str) -> Option<Fault> + Send + Sync>,
+    pub rcpt: RcptScript,
     /// Instead of the 354 answer to DATA.
     pub data: Option<Fault>,
     /// Instead of the 250 answer after the final dot; the message is recorded only if this

@@ -198,7 +198,7 @@ async fn another_user_on_the_bus_may_not_use_the_agent() {
     }
     assert_eq!(agent.override_().await.unwrap().kind, "");
     assert_eq!(agent.list_queue("bob").await.unwrap().len(), 1);
-    assert_eq!(w.outbox_entries("bob", "queue"), [id.clone()]);
+    assert_eq!(w.outbox_entries("bob", "queue"), std::slice::from_ref(&id));
     // The owner still can.
     agent.set_override("relay", "relay-a", 60).await.unwrap();
     agent.clear_override().await.unwrap();

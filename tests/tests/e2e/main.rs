@@ -3,6 +3,9 @@
 //!
 //! One test binary (as ripgrep does), one module per area.
 
+// Tests and their helpers may unwrap: a panic is how a test fails.
+#![allow(clippy::unwrap_used)]
+
 mod cli;
 mod dbus_api;
 mod files;
