@@ -20,3 +20,4 @@ pub mod router;
 pub mod secrets;
 pub mod service;
 pub mod smtp;
+pub mod tls_hint;

@@ -51,7 +51,7 @@ impl Verdict {
             Some(source) if code.is_some() => source.to_string(),
             _ => err.to_string(),
         };
-        let text = text.replace(['\r', '\n'], " ");
+        let text = crate::tls_hint::explain(&text.replace(['\r', '\n'], " "));
         let mut v = Self::new(stage, code, text);
         if err.is_timeout() {
             v.text = format!("timed out at {}", stage.as_str());
