@@ -14,7 +14,7 @@ use crate::backoff::{next_step, retry_delay, route_key};
 use crate::memory::RelayMemory;
 use crate::outcome::Outcome;
 use crate::router::Route;
-use crate::smtp::{Session, Verdict, run_password_command};
+use crate::smtp::{Session, Verdict};
 
 /// Unix seconds now.
 pub fn now() -> u64 {
@@ -347,15 +347,14 @@ impl Flusher {
     }
 
     async fn password_for(&mut self, relay: &Relay) -> Result<Option<String>, String> {
-        let Some(cmd) = &relay.password_command else {
-            return Ok(None);
-        };
         if let Some(p) = self.passwords.get(&relay.name) {
             return Ok(Some(p.clone()));
         }
-        let p = run_password_command(cmd, relay.timeout).await?;
-        self.passwords.insert(relay.name.clone(), p.clone());
-        Ok(Some(p))
+        let p = crate::password::fetch(relay).await?;
+        if let Some(p) = &p {
+            self.passwords.insert(relay.name.clone(), p.clone());
+        }
+        Ok(p)
     }
 
     /// Tries the route's relays for one message and records the result.

@@ -70,9 +70,22 @@ pub fn priority(level: Level) -> u8 {
     }
 }
 
-/// Installs the global subscriber: `RUST_LOG` filter (default `info`), stderr, in `style`.
-pub fn init(style: LogStyle) {
+/// lettre's module that logs the SMTP lines it writes, AUTH included (the password in base64).
+const LETTRE_CONNECTION: &str = "lettre::transport::smtp::client";
+
+/// `RUST_LOG` (default `info`) with the secret-bearing targets capped: lettre's connection
+/// module never logs below `info`, so secrets never reach the logs, even at `RUST_LOG=trace`.
+pub fn env_filter() -> EnvFilter {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    match format!("{LETTRE_CONNECTION}=info").parse() {
+        Ok(cap) => filter.add_directive(cap),
+        Err(_) => filter,
+    }
+}
+
+/// Installs the global subscriber: [`env_filter`], stderr, in `style`.
+pub fn init(style: LogStyle) {
+    let filter = env_filter();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

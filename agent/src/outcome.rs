@@ -75,16 +75,27 @@ const REFUSAL_WORDS: &[&str] = &[
 const CONTENT_WORDS: &[&str] = &["spam", "virus", "content", "message rejected", "malware"];
 
 /// The enhanced status code (RFC 3463) at the start of a reply's text, e.g. (5, 7, 1).
+///
+/// Strictly as RFC 3463 writes it: `class.subject.detail`, a class of one digit (2, 4 or 5),
+/// subject and detail of one to three digits (no signs, no spaces: found by fuzzing, `"+5"`
+/// and `"05"` once parsed as 5).
 pub fn enhanced_code(text: &str) -> Option<(u8, u16, u16)> {
     let first = text.split_whitespace().next()?;
     let mut parts = first.split('.');
-    let class = parts.next()?.parse::<u8>().ok()?;
-    let subject = parts.next()?.parse::<u16>().ok()?;
-    let detail = parts.next()?.parse::<u16>().ok()?;
+    let number = |part: Option<&str>, max_len: usize| -> Option<u16> {
+        let part = part?;
+        if part.is_empty() || part.len() > max_len || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        part.parse().ok()
+    };
+    let class = number(parts.next(), 1)?;
+    let subject = number(parts.next(), 3)?;
+    let detail = number(parts.next(), 3)?;
     if parts.next().is_some() || !matches!(class, 2 | 4 | 5) {
         return None;
     }
-    Some((class, subject, detail))
+    Some((class as u8, subject, detail))
 }
 
 /// Classifies one reply. `code` is `None` for transport trouble (connection refused or dropped,
@@ -325,5 +336,12 @@ mod tests {
         assert_eq!(enhanced_code("Relay access denied"), None);
         assert_eq!(enhanced_code("1.2.3 x"), None);
         assert_eq!(enhanced_code(""), None);
+        assert_eq!(enhanced_code("5.7.100 x"), Some((5, 7, 100)));
+        // Found by fuzzing: signs, leading zeros and long parts are not enhanced codes.
+        assert_eq!(enhanced_code("+5.7.1 Relay access denied"), None);
+        assert_eq!(enhanced_code("05.7.1 x"), None);
+        assert_eq!(enhanced_code("5.+7.1 x"), None);
+        assert_eq!(enhanced_code("5.7.1000 x"), None);
+        assert_eq!(enhanced_code("5..1 x"), None);
     }
 }

@@ -1,7 +1,6 @@
 //! One SMTP session with a relay, driven with lettre's low-level connection so that every
 //! recipient gets its own verdict (lettre's high-level `send` aborts at the first bad RCPT).
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use lettre::Address;
@@ -64,7 +63,7 @@ impl Verdict {
             Some(source) if code.is_some() => source.to_string(),
             _ => err.to_string(),
         };
-        let text = text.replace(['\r', '\n'], " ");
+        let text = crate::tls_hint::explain(&text.replace(['\r', '\n'], " "));
         let mut v = Self::new(stage, code, text);
         if err.is_timeout() {
             v.text = "timed out".into();
@@ -146,8 +145,33 @@ fn tls_parameters(relay: &Relay) -> Result<TlsParameters, Verdict> {
         .map_err(|e| Verdict::from_error(Stage::Tls, &e))
 }
 
-fn is_loopback(host: &str) -> bool {
-    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+/// The addresses of the relay's host, resolved within the stage timeout.
+async fn resolve(relay: &Relay, limit: Duration) -> Result<Vec<std::net::SocketAddr>, Verdict> {
+    let lookup = tokio::net::lookup_host((relay.host.as_str(), relay.port));
+    match tokio::time::timeout(limit, lookup).await {
+        Ok(Ok(addrs)) => {
+            let addrs: Vec<_> = addrs.collect();
+            if addrs.is_empty() {
+                Err(Verdict::local(
+                    Stage::Connect,
+                    Outcome::Deferred,
+                    format!("{} has no address", relay.host),
+                ))
+            } else {
+                Ok(addrs)
+            }
+        }
+        Ok(Err(e)) => Err(Verdict::local(
+            Stage::Connect,
+            Outcome::Deferred,
+            format!("cannot resolve {}: {e}", relay.host),
+        )),
+        Err(_) => Err(Verdict::local(
+            Stage::Connect,
+            Outcome::Deferred,
+            format!("timed out resolving {}", relay.host),
+        )),
+    }
 }
 
 /// Runs one stage with a time limit. lettre's async connection has no timeout of its own
@@ -172,11 +196,14 @@ pub fn data_timeout(limit: Duration, size: usize) -> Duration {
 
 impl Session {
     /// Connects, greets, secures (never downgrading STARTTLS) and authenticates, each stage
-    /// within the relay's `timeout`. `password` comes from the relay's password_command.
+    /// within the relay's `timeout`. `password` comes from the relay's password source
+    /// ([`crate::password::fetch`]).
     pub async fn open(relay: &Relay, password: Option<String>) -> Result<Session, Verdict> {
         let limit = relay.timeout;
         let hello = helo_name(relay);
         let host = relay.host.as_str();
+        // Resolve first: whether a password may go in clear depends on where the host is.
+        let peers = resolve(relay, limit).await?;
         let mut conn = match relay.tls {
             TlsMode::Tls => {
                 // Connect, handshake, greeting and EHLO happen in one call of lettre's.
@@ -185,7 +212,7 @@ impl Session {
                     Stage::Connect,
                     limit,
                     AsyncSmtpConnection::connect_tokio1(
-                        (host, relay.port),
+                        &peers[..],
                         Some(limit),
                         &hello,
                         Some(params),
@@ -195,9 +222,7 @@ impl Session {
                 .await?
             }
             TlsMode::Starttls | TlsMode::None => {
-                let tcp = match tokio::time::timeout(limit, TcpStream::connect((host, relay.port)))
-                    .await
-                {
+                let tcp = match tokio::time::timeout(limit, TcpStream::connect(&peers[..])).await {
                     Ok(Ok(tcp)) => tcp,
                     Ok(Err(e)) => {
                         return Err(Verdict::local(
@@ -234,20 +259,25 @@ impl Session {
             timed(Stage::Tls, limit, conn.starttls(params, &hello)).await?;
         }
         if let Some(user) = &relay.username {
-            if !conn.is_encrypted() && !is_loopback(&relay.host) {
-                conn.abort().await;
-                return Err(Verdict::local(
-                    Stage::Auth,
-                    Outcome::RelayRefused,
-                    "refusing to send a password over an unencrypted connection (use tls = \"starttls\" or \"tls\")",
-                ));
+            if !conn.is_encrypted() {
+                match crate::plaintext::allow(relay, &peers) {
+                    Ok(crate::plaintext::PlainAuth::Loopback) => {}
+                    Ok(crate::plaintext::PlainAuth::Dangerous) => tracing::warn!(
+                        relay = %relay.name,
+                        "sending the password UNENCRYPTED over the network (dangerous_plaintext_auth = true)"
+                    ),
+                    Err(text) => {
+                        conn.abort().await;
+                        return Err(Verdict::local(Stage::Auth, Outcome::RelayRefused, text));
+                    }
+                }
             }
             let Some(password) = password else {
                 conn.abort().await;
                 return Err(Verdict::local(
                     Stage::Auth,
                     Outcome::Deferred,
-                    "no password: password_command gave nothing",
+                    "no password: the relay's password source gave nothing",
                 ));
             };
             let creds = Credentials::new(user.clone(), password);

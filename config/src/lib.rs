@@ -47,6 +47,7 @@ use std::time::Duration;
 mod diag;
 mod glob;
 mod parse;
+mod perms;
 #[cfg(test)]
 mod tests;
 
@@ -380,10 +381,19 @@ pub struct Relay {
     pub tls: TlsMode,
     /// `helo`: the name we give in EHLO/HELO; `None` = this machine's host name.
     pub helo: Option<String>,
-    /// `username`: for SMTP AUTH; given together with `password_command`.
+    /// `username`: for SMTP AUTH; given together with `password_command` or
+    /// `password_secret` (exactly one of them).
     pub username: Option<String>,
     /// `password_command`: run with `sh -c`; the first line of its stdout is the password.
     pub password_command: Option<String>,
+    /// `password_secret = { service = "smtp", username = "bob" }`: the password is the secret
+    /// of the item with these attributes in the Secret Service (the desktop keyring, as
+    /// `secret-tool lookup service smtp username bob` finds it).
+    pub password_secret: Option<BTreeMap<String, String>>,
+    /// `dangerous_plaintext_auth = true`: allows AUTH on a connection without TLS to a relay
+    /// that is not on this machine (the password crosses the network in clear). Only with
+    /// `tls = "none"`; without it such an AUTH is refused.
+    pub dangerous_plaintext_auth: bool,
     /// `ca_file`: an extra CA certificate (PEM) to trust besides the system store. A relative
     /// path in the file is taken relative to the config file's directory.
     pub ca_file: Option<PathBuf>,
@@ -465,12 +475,19 @@ impl User {
 
 impl Config {
     /// Reads and validates the config file at `path`.
+    ///
+    /// Besides [`Config::parse`]'s checks, the file itself must be safe to trust: a file
+    /// that another user could write (mode `g+w`/`o+w`, or owned by another user than the
+    /// reader or root) is refused, since it decides which commands run and where mail goes;
+    /// a file that others can read and that names credentials (`username`) is refused too.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::parse(&text, path)
+        let config = Config::parse(&text, path)?;
+        perms::check(path, &text, &config).map_err(ConfigError::Invalid)?;
+        Ok(config)
     }
 
     /// Validates config `text`; `origin` is the file name used in diagnostics (and as

@@ -18,6 +18,8 @@ use crate::{
     NotifySettings, Relay, RetrySettings, SourceKind, TlsMode, User, glob,
 };
 
+mod relay_auth;
+
 type Span = Range<usize>;
 
 /// A key a table may have, with an example line for help messages.
@@ -141,13 +143,21 @@ const RELAY: Schema = Schema {
             "password_command",
             r#"password_command = "pass show smtp/relay-a""#,
         ),
+        key(
+            "password_secret",
+            r#"password_secret = { service = "smtp", username = "alice" }"#,
+        ),
         key("ca_file", r#"ca_file = "/etc/ssl/my-ca.pem""#),
         key("timeout", r#"timeout = "60s""#),
+        key(
+            "dangerous_plaintext_auth",
+            "dangerous_plaintext_auth = true",
+        ),
     ],
     refused: &[(
         "password",
         "passwords are not written in the config file",
-        r#"remove it and write password_command = "pass show smtp/relay-a" (a command whose first line of output is the password)"#,
+        r#"remove it: keep the password in the desktop keyring and write password_secret = { service = "smtp", username = "alice" } (stored with `secret-tool store --label=smtp service smtp username alice`), or write password_command = "pass show smtp/relay-a" (a command whose first line of output is the password)"#,
     )],
 };
 
@@ -1203,22 +1213,9 @@ fn relay(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, name: &str) -> Relay {
 
     let username = t.text(ctx, "username").map(|s| s.value.to_owned());
     let password_command = t.text(ctx, "password_command").map(|s| s.value.to_owned());
-    match (t.get("username"), t.get("password_command")) {
-        (Some(e), None) => ctx.error(
-            e.key_span.start,
-            format!("{who} has a `username` but no `password_command`"),
-            format!(
-                "add password_command = \"pass show smtp/{}\" (run with sh -c; the first line it prints is the password), or remove `username`",
-                if name.is_empty() { "relay" } else { name }
-            ),
-        ),
-        (None, Some(e)) => ctx.error(
-            e.key_span.start,
-            format!("{who} has a `password_command` but no `username`"),
-            "add username = \"...\" (the account name on the relay), or remove `password_command`",
-        ),
-        _ => {}
-    }
+    let password_secret = relay_auth::read(ctx, t);
+    credentials(ctx, t, &who, name);
+    let dangerous_plaintext_auth = relay_auth::plaintext_auth(ctx, t, &who, tls);
 
     let ca_file = t.text(ctx, "ca_file").map(|s| {
         let path = PathBuf::from(s.value);
@@ -1249,8 +1246,45 @@ fn relay(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, name: &str) -> Relay {
         helo,
         username,
         password_command,
+        password_secret,
         ca_file,
         timeout,
+        dangerous_plaintext_auth,
+    }
+}
+
+/// A `username` needs exactly one password source, and a password source needs a `username`.
+fn credentials(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, who: &str, name: &str) {
+    let relay = if name.is_empty() { "relay" } else { name };
+    let command = t.get("password_command");
+    let secret = t.get("password_secret");
+    let source = t
+        .get("password_command")
+        .or_else(|| t.get("password_secret"));
+    match (t.get("username"), source) {
+        (Some(e), None) => ctx.error(
+            e.key_span.start,
+            format!("{who} has a `username` but no `password_command` or `password_secret`"),
+            format!(
+                "add password_secret = {{ service = \"smtp\", username = \"...\" }} (looked up in the desktop keyring), or password_command = \"pass show smtp/{relay}\" (run with sh -c; the first line it prints is the password), or remove `username`"
+            ),
+        ),
+        (None, Some(e)) => ctx.error(
+            e.key_span.start,
+            format!("{who} has a `{}` but no `username`", e.key),
+            format!(
+                "add username = \"...\" (the account name on the relay), or remove `{}`",
+                e.key
+            ),
+        ),
+        _ => {}
+    }
+    if let (Some(_), Some(e)) = (&command, &secret) {
+        ctx.error(
+            e.key_span.start,
+            format!("{who} has both `password_command` and `password_secret`"),
+            "keep one of them: the password comes from one place",
+        );
     }
 }
 

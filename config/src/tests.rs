@@ -92,7 +92,10 @@ fn example_config_parses() {
     let b = c.relay("relay-b").expect("relay-b");
     assert_eq!((b.host.as_str(), b.port), ("smtp.isp-b.example", 587));
     assert_eq!(b.username.as_deref(), Some("bob"));
-    assert_eq!(b.password_command.as_deref(), Some("pass show smtp/isp-b"));
+    assert_eq!(b.password_command, None);
+    let secret = b.password_secret.as_ref().expect("password_secret");
+    assert_eq!(secret.get("service").map(String::as_str), Some("smtp"));
+    assert_eq!(secret.get("username").map(String::as_str), Some("bob"));
 
     let alice = c.user("alice").expect("alice");
     assert!(!alice.default);
@@ -151,7 +154,7 @@ fn starter_config_options_are_valid_when_uncommented() {
     assert!(link.matcher.domain.is_some());
     assert_eq!(link.metered, MeteredPolicy::Small { max_size: 1048576 });
     let r = &c.relays[0];
-    assert!(r.helo.is_some() && r.username.is_some() && r.password_command.is_some());
+    assert!(r.helo.is_some() && r.username.is_some() && r.password_secret.is_some());
     assert_eq!(
         r.ca_file.as_deref(),
         Some(Path::new("/etc/ssl/certs/my-isp-ca.pem"))
@@ -186,6 +189,8 @@ fn starter_config_options_are_valid_when_uncommented() {
         "helo",
         "username",
         "password_command",
+        "password_secret",
+        "dangerous_plaintext_auth",
         "ca_file",
         "timeout",
         "from",
@@ -451,7 +456,8 @@ fn unknown_keys_everywhere_are_all_reported() {
         d[5].help.as_deref(),
         Some(
             "did you mean `port`? valid keys are `name`, `host`, `port`, `tls`, `helo`, \
-             `username`, `password_command`, `ca_file`, `timeout`"
+             `username`, `password_command`, `password_secret`, `ca_file`, `timeout`, \
+             `dangerous_plaintext_auth`"
         )
     );
     assert_eq!(d[6].message, "unknown key `form` in [[user]]");
@@ -928,7 +934,7 @@ fn credentials_come_in_pairs_and_never_inline() {
             (
                 5,
                 1,
-                r#"relay "a" has a `username` but no `password_command`"#
+                r#"relay "a" has a `username` but no `password_command` or `password_secret`"#
             ),
             (
                 10,
@@ -938,11 +944,10 @@ fn credentials_come_in_pairs_and_never_inline() {
             (17, 1, "passwords are not written in the config file"),
         ]
     );
-    assert!(
-        d[0].help
-            .as_deref()
-            .is_some_and(|h| h.starts_with(r#"add password_command = "pass show smtp/a""#))
-    );
+    assert!(d[0].help.as_deref().is_some_and(|h| {
+        h.starts_with(r#"add password_secret = { service = "smtp""#)
+            && h.contains(r#"password_command = "pass show smtp/a""#)
+    }));
     assert!(
         d[1].help
             .as_deref()
@@ -1583,4 +1588,177 @@ fn notes_say_which_fields_the_source_cannot_see() {
             .contains("interface, type, gateway, address")
     );
     assert_eq!(SourceKind::NetworkManager.visible_fields().len(), 8);
+}
+
+// ---- credentials from the Secret Service; plaintext AUTH -----------------------------------
+
+#[test]
+fn password_secret_is_a_table_of_attributes() {
+    let c = parse(&doc(&[
+        "[[relay]]",
+        r#"name = "r""#,
+        r#"host = "h""#,
+        r#"tls = "starttls""#,
+        r#"username = "bob""#,
+        r#"password_secret = { service = "smtp", username = "bob", host = "smtp.isp-b.example" }"#,
+        USER,
+    ]));
+    let r = c.relay("r").expect("relay r");
+    let attrs = r.password_secret.as_ref().expect("attributes");
+    assert_eq!(
+        attrs
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>(),
+        ["host=smtp.isp-b.example", "service=smtp", "username=bob"]
+    );
+    assert_eq!(r.password_command, None);
+    assert!(!r.dangerous_plaintext_auth);
+}
+
+#[test]
+fn password_secret_problems_point_at_the_attribute() {
+    let relay = |secret: &str| {
+        doc(&[
+            "[[relay]]",
+            r#"name = "r""#,
+            r#"host = "h""#,
+            r#"tls = "tls""#,
+            r#"username = "bob""#,
+            secret,
+            USER,
+        ])
+    };
+    let (line, col, message, help) = one(&relay("password_secret = {}"));
+    assert_eq!((line, col), (6, 19));
+    assert_eq!(
+        message,
+        "empty `password_secret`: it would match any item of the keyring"
+    );
+    assert!(help.starts_with("write password_secret = {"), "{help}");
+
+    let (line, col, message, _) = one(&relay(
+        r#"password_secret = { service = "smtp", port = 587 }"#,
+    ));
+    assert_eq!((line, col), (6, 46));
+    assert_eq!(
+        message,
+        "attribute `port` of `password_secret` must be a string, not an integer"
+    );
+
+    let (line, col, message, _) = one(&relay(r#"password_secret = { service = "" }"#));
+    assert_eq!((line, col), (6, 31));
+    assert_eq!(message, "an attribute value of `password_secret` is empty");
+
+    let (line, col, message, _) = one(&relay(r#"password_secret = "smtp/bob""#));
+    assert_eq!((line, col), (6, 19));
+    assert_eq!(
+        message,
+        "`password_secret` in [[relay]] must be a table, not a string"
+    );
+
+    let many = (0..17)
+        .map(|i| format!("a{i} = \"v\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (_, _, message, _) = one(&relay(&format!("password_secret = {{ {many} }}")));
+    assert_eq!(
+        message,
+        "`password_secret` has 17 attributes; at most 16 are allowed"
+    );
+}
+
+#[test]
+fn one_password_source_with_a_username() {
+    let (line, col, message, help) = one(&doc(&[
+        "[[relay]]",
+        r#"name = "r""#,
+        r#"host = "h""#,
+        r#"tls = "tls""#,
+        r#"username = "bob""#,
+        r#"password_command = "pass show r""#,
+        r#"password_secret = { service = "smtp" }"#,
+        USER,
+    ]));
+    assert_eq!((line, col), (7, 1));
+    assert_eq!(
+        message,
+        r#"relay "r" has both `password_command` and `password_secret`"#
+    );
+    assert_eq!(help, "keep one of them: the password comes from one place");
+
+    let (line, col, message, _) = one(&doc(&[
+        "[[relay]]",
+        r#"name = "r""#,
+        r#"host = "h""#,
+        r#"tls = "tls""#,
+        r#"password_secret = { service = "smtp" }"#,
+        USER,
+    ]));
+    assert_eq!((line, col), (5, 1));
+    assert_eq!(
+        message,
+        r#"relay "r" has a `password_secret` but no `username`"#
+    );
+}
+
+#[test]
+fn an_inline_password_is_refused_and_the_help_names_both_sources() {
+    let (line, col, message, help) = one(&doc(&[
+        "[[relay]]",
+        r#"name = "r""#,
+        r#"host = "h""#,
+        r#"tls = "tls""#,
+        r#"username = "bob""#,
+        r#"password_secret = { service = "smtp" }"#,
+        r#"  password = "hunter2""#,
+        USER,
+    ]));
+    assert_eq!((line, col), (7, 3));
+    assert_eq!(message, "passwords are not written in the config file");
+    assert!(help.contains("password_secret = {"), "{help}");
+    assert!(help.contains("password_command = "), "{help}");
+    assert!(!help.contains("hunter2") && !message.contains("hunter2"));
+}
+
+#[test]
+fn dangerous_plaintext_auth_only_with_tls_none_and_a_username() {
+    let relay = |tls: &str, user: bool| {
+        let mut lines = vec![
+            "[[relay]]".to_owned(),
+            r#"name = "r""#.to_owned(),
+            r#"host = "smtp.example.net""#.to_owned(),
+            format!(r#"tls = "{tls}""#),
+            "dangerous_plaintext_auth = true".to_owned(),
+        ];
+        if user {
+            lines.push(r#"username = "bob""#.to_owned());
+            lines.push(r#"password_command = "pass show r""#.to_owned());
+        }
+        lines.push(USER.to_owned());
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        doc(&refs)
+    };
+    let c = parse(&relay("none", true));
+    assert!(c.relay("r").expect("r").dangerous_plaintext_auth);
+
+    let (line, col, message, help) = one(&relay("starttls", true));
+    assert_eq!((line, col), (5, 28));
+    assert_eq!(
+        message,
+        r#"`dangerous_plaintext_auth` is only for tls = "none", and relay "r" has tls = "starttls" (its password is already encrypted)"#
+    );
+    assert_eq!(help, "remove dangerous_plaintext_auth");
+
+    let (_, _, message, _) = one(&relay("none", false));
+    assert_eq!(
+        message,
+        r#"`dangerous_plaintext_auth` is set but relay "r" has no `username`: there is no password to send"#
+    );
+
+    let (_, _, message, _) = one(&relay("none", true).replace("= true", "= \"yes\""));
+    assert_eq!(
+        message,
+        "`dangerous_plaintext_auth` in [[relay]] must be true or false, not a string"
+    );
 }

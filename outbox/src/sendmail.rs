@@ -309,6 +309,10 @@ fn build(req: &Request<'_>, input: &[u8]) -> Result<(Envelope, Vec<u8>), Sendmai
 
 /// CRLF line ends (a lone LF becomes CRLF, CRLF stays), a final CRLF, and with `dot_ends` the
 /// input stops at a line holding a single dot.
+///
+/// A lone CR becomes CRLF too (found by fuzzing): sent as it is, `CR . CRLF` in a body is the
+/// end of the data for a server that takes a lone CR as a line end (SMTP smuggling), while
+/// the client's dot-stuffing does not see a line there to stuff.
 fn normalize(input: &[u8], dot_ends: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len() + input.len() / 32 + 2);
     let mut rest = input;
@@ -321,8 +325,10 @@ fn normalize(input: &[u8], dot_ends: bool) -> Vec<u8> {
         if dot_ends && content == b"." {
             break;
         }
-        out.extend_from_slice(content);
-        out.extend_from_slice(b"\r\n");
+        for part in content.split(|&b| b == b'\r') {
+            out.extend_from_slice(part);
+            out.extend_from_slice(b"\r\n");
+        }
         rest = next;
     }
     out
@@ -866,9 +872,9 @@ mod tests {
         assert_crlf(&msg);
         assert!(!msg.windows(3).any(|w| w == b"\r\r\n"));
         assert_eq!(body(&msg), b"lf\r\ncrlf\r\nlast line without newline\r\n");
-        // A lone CR inside a line is data, left alone.
+        // A lone CR is a line end too: no bare CR reaches a relay (SMTP smuggling).
         let (_, msg) = prepare(&a, b"Subject: x\n\na\rb\n", "me@example.net").unwrap();
-        assert_eq!(body(&msg), b"a\rb\r\n");
+        assert_eq!(body(&msg), b"a\r\nb\r\n");
     }
 
     #[test]
@@ -1148,5 +1154,23 @@ mod tests {
         assert!(address_problem("a b@c").is_some());
         assert!(address_problem("a@b\r\nRCPT TO:<x@y>").is_some());
         assert!(address_problem("<a@b>").is_some());
+    }
+
+    #[test]
+    fn a_lone_cr_becomes_a_line_end_so_no_dot_line_hides_behind_it() {
+        let a = args(&["-t", "-i"]).unwrap();
+        let (_, msg) = prepare(
+            &a,
+            b"To: r@example.net\n\nA\r.\r\nB\rC\r\n",
+            "me@example.net",
+        )
+        .unwrap();
+        assert_crlf(&msg);
+        assert!(
+            !msg.windows(2).any(|w| w[0] == b'\r' && w[1] != b'\n'),
+            "{:?}",
+            text(&msg)
+        );
+        assert_eq!(body(&msg), b"A\r\n.\r\nB\r\nC\r\n");
     }
 }

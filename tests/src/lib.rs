@@ -4,18 +4,23 @@
 //! - [`nm`]: [`FakeNm`], an NM-shaped service on such a system bus that behaves like
 //!   NetworkManager 1.42 (object paths, PropertiesChanged, StateChanged, name owner changes);
 //! - [`smtp`]: [`ScriptedRelay`], an SMTP relay with a fault at any stage and a record of what
-//!   it accepted, including Postfix's "Relay access denied" for clients on foreign networks.
-//!
+//!   it accepted, including Postfix's "Relay access denied" for clients on foreign networks,
+//!   with STARTTLS or implicit TLS;
+//! - [`tls`]: [`TestCa`], a certificate authority made at test time, and server certificates
+//!   it signs;
 //! - [`netns`]: [`NetNs`], a network namespace per test with veth uplinks (root only), where
 //!   the agent follows the kernel's default route;
 //! - [`notifications`]: [`notifications::FakeNotifications`], a desktop notification server
-//!   that records what the user would have read.
-//!
+//!   that records what the user would have read;
+//! - [`keyring`]: [`keyring::Keyring`], a real gnome-keyring-daemon serving the Secret Service
+//!   on a test bus;
+//! - [`netns_pair`]: [`netns_pair::NetnsPair`], two network namespaces joined by a veth pair, for a
+//!   relay that is not on loopback;
 //! - [`world`]: one test's whole world: both buses, a home, the real `linkrelayd` and
 //!   `linkrelay` binaries.
 //! - [`twoisp`]: for the interoperability suite (root only): two ISPs in network namespaces,
 //!   with the real NetworkManager ([`realnm`]), real Postfix relays ([`postfix`]) and the
-//!   namespaces themselves ([`netns`]).
+//!   namespaces themselves ([`realnet_netns`]).
 //!
 //! Nothing here touches the machine's own buses or network configuration (network changes
 //! happen only inside the namespaces [`netns`] makes).
@@ -24,13 +29,16 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod bus;
+pub mod keyring;
 pub mod netns;
+pub mod netns_pair;
 pub mod nm;
 pub mod notifications;
 pub mod postfix;
 pub mod realnet_netns;
 pub mod realnm;
 pub mod smtp;
+pub mod tls;
 pub mod twoisp;
 pub mod world;
 
@@ -40,7 +48,8 @@ mod nm_tests;
 pub use bus::{BusKind, BusOptions, TestBus};
 pub use netns::NetNs;
 pub use nm::{ActiveSpec, FakeNm};
-pub use smtp::{Fault, Received, RelayScript, ScriptedRelay};
+pub use smtp::{ClientLine, Fault, Received, RelayScript, RelayTls, ScriptedRelay};
+pub use tls::TestCa;
 
 /// Route `tracing` output of the code under test to the test's captured output, filtered by
 /// `RUST_LOG` (default `info`). Safe to call from every test: only the first call installs.

@@ -8,9 +8,14 @@
 //! response; MAIL FROM (ESMTP parameters such as `SIZE=` and `BODY=8BITMIME` are accepted;
 //! a `SIZE=` over the limit gets 552); RCPT TO; DATA with dot-unstuffing up to the lone ".";
 //! RSET; NOOP; HELP; QUIT. Anything else gets `502 5.5.2 Error: command not recognized`; no
-//! PIPELINING is offered, and STARTTLS only when [`RelayScript::starttls`] scripts its answer
-//! (there is no TLS here: a 220 to STARTTLS is followed by a hang-up, which the client sees as a
-//! failed handshake). Reply texts follow Postfix's.
+//! PIPELINING is offered. With [`RelayScript::tls`] it speaks TLS: STARTTLS (offered in EHLO,
+//! then the handshake, then a fresh session as RFC 3207 says) or TLS from the first byte, with
+//! a certificate from a [`crate::tls::TestCa`]. Without TLS, the answer to STARTTLS can be
+//! scripted ([`RelayScript::starttls`]): a 220 is then followed by a hang-up, which the client
+//! sees as a failed handshake. Reply texts follow Postfix's.
+//!
+//! Every line the client sends outside the data is recorded with whether it came over TLS
+//! ([`ScriptedRelay::commands`]), so a test can prove what never went out in clear.
 //!
 //! Each command reads the current [`RelayScript`], so [`ScriptedRelay::set_script`] takes effect
 //! from the next command on, in open connections too.
@@ -23,11 +28,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf,
+    WriteHalf,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
 
 /// The message size limit the relay advertises (`SIZE`) and enforces.
 pub const MAX_MESSAGE_SIZE: usize = 10_485_760;
@@ -67,8 +76,42 @@ impl Fault {
     }
 }
 
-/// The per-recipient script of [`RelayScript::rcpt`]: the fault for an address, if any.
-pub type RcptCheck = Arc<dyn Fn(&str) -> Option<Fault> + Send + Sync>;
+/// Whether and how the relay speaks TLS.
+#[derive(Clone, Default)]
+pub enum RelayTls {
+    /// Plain text only; STARTTLS is not offered (`502` if tried).
+    #[default]
+    Off,
+    /// STARTTLS offered in EHLO; this certificate after it.
+    Starttls(Arc<ServerConfig>),
+    /// TLS from the first byte ("implicit TLS", port 465 style).
+    Implicit(Arc<ServerConfig>),
+}
+
+impl fmt::Debug for RelayTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RelayTls::Off => "Off",
+            RelayTls::Starttls(_) => "Starttls",
+            RelayTls::Implicit(_) => "Implicit",
+        })
+    }
+}
+
+/// A line the client sent (a command or an AUTH response), and whether it came over TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientLine {
+    /// Whether the connection was encrypted when it came.
+    pub tls: bool,
+    /// The line without its terminator (lossy UTF-8).
+    pub line: String,
+}
+
+/// A per-recipient answer: the fault for an address, or `None` for the normal answer.
+pub type RcptScript = Arc<dyn Fn(&str) -> Option<Fault> + Send + Sync>;
+
+/// Old name of [`RcptScript`].
+pub type RcptCheck = RcptScript;
 
 /// The ISP's network check of [`RelayScript::allow_client`].
 pub type ClientCheck = Arc<dyn Fn() -> bool + Send + Sync>;
@@ -90,7 +133,7 @@ pub struct RelayScript {
     /// Instead of the answer to MAIL FROM (after the syntax and sequence checks).
     pub mail: Option<Fault>,
     /// Per recipient address (as given between `<>`): instead of the answer to its RCPT TO.
-    pub rcpt: RcptCheck,
+    pub rcpt: RcptScript,
     /// Instead of the 354 answer to DATA.
     pub data: Option<Fault>,
     /// Instead of the 250 answer after the final dot; the message is recorded only if this
@@ -106,6 +149,8 @@ pub struct RelayScript {
     /// When set, AUTH PLAIN and LOGIN are offered and checked against this (user, password),
     /// and MAIL without a successful AUTH gets `530 5.7.0 Authentication required`.
     pub credentials: Option<(String, String)>,
+    /// TLS: off, STARTTLS, or implicit.
+    pub tls: RelayTls,
 }
 
 impl Default for RelayScript {
@@ -123,6 +168,7 @@ impl Default for RelayScript {
             record_before_after_dot: false,
             allow_client: Arc::new(|| true),
             credentials: None,
+            tls: RelayTls::Off,
         }
     }
 }
@@ -145,6 +191,8 @@ impl fmt::Debug for RelayScript {
                 "credentials",
                 &self.credentials.as_ref().map(|(user, _)| (user, "***")),
             )
+            .field("tls", &self.tls)
+            .field("starttls", &self.starttls)
             .finish()
     }
 }
@@ -183,6 +231,18 @@ impl RelayScript {
         self
     }
 
+    /// Offer STARTTLS with this certificate.
+    pub fn with_starttls(mut self, config: Arc<ServerConfig>) -> Self {
+        self.tls = RelayTls::Starttls(config);
+        self
+    }
+
+    /// Speak TLS from the first byte with this certificate.
+    pub fn with_implicit_tls(mut self, config: Arc<ServerConfig>) -> Self {
+        self.tls = RelayTls::Implicit(config);
+        self
+    }
+
     /// Refuse every recipient with "Relay access denied", as an ISP's relay does for a client
     /// on another ISP's network.
     pub fn refusing_relay(self) -> Self {
@@ -203,6 +263,8 @@ pub struct Received {
     pub data: Vec<u8>,
     /// The user that authenticated on this connection, if any.
     pub authenticated_as: Option<String>,
+    /// Whether the message came over TLS.
+    pub tls: bool,
 }
 
 impl Received {
@@ -218,6 +280,7 @@ struct Shared {
     received_count: watch::Sender<usize>,
     connections: AtomicUsize,
     queue_ids: AtomicU64,
+    lines: Mutex<Vec<ClientLine>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -253,23 +316,37 @@ impl fmt::Debug for ScriptedRelay {
 impl ScriptedRelay {
     /// Listen on 127.0.0.1:0 and serve `script` (needs a tokio runtime).
     pub async fn start(script: RelayScript) -> anyhow::Result<ScriptedRelay> {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("binding the scripted relay to 127.0.0.1:0")?;
-        ScriptedRelay::serve(script, listener)
+        ScriptedRelay::start_at("127.0.0.1:0".parse()?, script).await
     }
 
-    /// Serve `script` on `listener`, a non-blocking listener bound elsewhere, e.g. on a test
-    /// network namespace's loopback ([`crate::netns::NetNs::loopback_listener`]).
+    /// Listen on `addr` (port 0: a free one) and serve `script`.
+    pub async fn start_at(addr: SocketAddr, script: RelayScript) -> anyhow::Result<ScriptedRelay> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the scripted relay to {addr}"))?;
+        ScriptedRelay::serve(listener, script)
+    }
+
+    /// Serve `script` on a listener made elsewhere (e.g. in another network namespace with
+    /// [`crate::netns_pair::NetnsPair::listen_in_relay`]); it must be non-blocking.
+    pub fn start_with(
+        listener: std::net::TcpListener,
+        script: RelayScript,
+    ) -> anyhow::Result<ScriptedRelay> {
+        let listener = TcpListener::from_std(listener).context("adopting the listener")?;
+        ScriptedRelay::serve(listener, script)
+    }
+
+    /// [`ScriptedRelay::start_with`], arguments the other way round (for a listener bound on a
+    /// test network namespace's loopback, [`crate::netns::NetNs::loopback_listener`]).
     pub fn start_on(
         script: RelayScript,
         listener: std::net::TcpListener,
     ) -> anyhow::Result<ScriptedRelay> {
-        let listener = TcpListener::from_std(listener).context("handing the listener to tokio")?;
-        ScriptedRelay::serve(script, listener)
+        ScriptedRelay::start_with(listener, script)
     }
 
-    fn serve(script: RelayScript, listener: TcpListener) -> anyhow::Result<ScriptedRelay> {
+    fn serve(listener: TcpListener, script: RelayScript) -> anyhow::Result<ScriptedRelay> {
         let addr = listener
             .local_addr()
             .context("reading the scripted relay's address")?;
@@ -280,6 +357,7 @@ impl ScriptedRelay {
             received_count,
             connections: AtomicUsize::new(0),
             queue_ids: AtomicU64::new(1),
+            lines: Mutex::new(Vec::new()),
         });
         let task = tokio::spawn(accept_loop(listener, shared.clone()));
         Ok(ScriptedRelay { addr, shared, task })
@@ -293,6 +371,12 @@ impl ScriptedRelay {
     /// The messages accepted so far, in order.
     pub fn received(&self) -> Vec<Received> {
         lock(&self.shared.received).clone()
+    }
+
+    /// Every line clients sent outside the message data (commands, AUTH responses), in order,
+    /// with whether it came over TLS.
+    pub fn commands(&self) -> Vec<ClientLine> {
+        lock(&self.shared.lines).clone()
     }
 
     /// How many TCP connections were accepted so far.
@@ -310,18 +394,17 @@ impl ScriptedRelay {
     pub async fn wait_for(&self, count: usize, timeout: Duration) -> anyhow::Result<Vec<Received>> {
         let mut rx = self.shared.received_count.subscribe();
         let reached = tokio::time::timeout(timeout, rx.wait_for(|n| *n >= count)).await;
+        let received = self.received();
         match reached {
-            Ok(Ok(_)) => Ok(self.received()),
-            _ => {
-                let received = self.received();
-                bail!(
-                    "the relay at {} accepted {} of the {count} expected messages within \
-                     {timeout:?} ({} connections): {received:#?}",
-                    self.addr,
-                    received.len(),
-                    self.connections(),
-                )
-            }
+            Ok(Ok(_)) => Ok(received),
+            // (One lock at a time: a guard held across the format arguments would deadlock.)
+            _ => bail!(
+                "the relay at {} accepted {} of the {count} expected messages within {timeout:?} \
+                 ({} connections): {received:#?}",
+                self.addr,
+                received.len(),
+                self.connections(),
+            ),
         }
     }
 }
@@ -342,7 +425,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                     shared.connections.fetch_add(1, Ordering::SeqCst);
                     let shared = shared.clone();
                     sessions.spawn(async move {
-                        if let Err(e) = session(stream, &shared).await {
+                        if let Err(e) = session(stream, shared).await {
                             tracing::debug!("scripted relay: session with {peer} ended: {e:#}");
                         }
                     });
@@ -361,17 +444,52 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 enum Flow {
     Continue,
     End,
+    /// STARTTLS was accepted: the TLS handshake comes next.
+    StartTls(Arc<ServerConfig>),
 }
 
+/// A byte stream the relay talks over: TCP, or TLS over TCP.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
 struct Io {
-    reader: BufReader<OwnedReadHalf>,
-    /// `None` once the connection was reset.
-    writer: Option<OwnedWriteHalf>,
+    reader: BufReader<ReadHalf<Box<dyn Stream>>>,
+    writer: WriteHalf<Box<dyn Stream>>,
+    tls: bool,
+    lines: Option<Arc<Shared>>,
+    /// The TCP socket, to make [`Fault::Reset`] an abortive close (RST).
+    socket: Option<std::os::fd::OwnedFd>,
+    /// Set once the connection was reset: nothing more is written.
+    reset: bool,
 }
 
 impl Io {
-    fn writer(&mut self) -> anyhow::Result<&mut OwnedWriteHalf> {
-        self.writer.as_mut().context("the connection was reset")
+    fn new(stream: Box<dyn Stream>, tls: bool, shared: Arc<Shared>) -> Io {
+        let (reader, writer) = tokio::io::split(stream);
+        Io {
+            reader: BufReader::new(reader),
+            writer,
+            tls,
+            lines: Some(shared),
+            socket: None,
+            reset: false,
+        }
+    }
+
+    fn writer(&mut self) -> anyhow::Result<&mut WriteHalf<Box<dyn Stream>>> {
+        if self.reset {
+            bail!("the connection was reset");
+        }
+        Ok(&mut self.writer)
+    }
+
+    /// The stream back, for the TLS handshake; an error if the client sent more after
+    /// STARTTLS (RFC 3207: such bytes would be injected into the TLS session).
+    fn into_stream(self) -> anyhow::Result<Box<dyn Stream>> {
+        if !self.reader.buffer().is_empty() {
+            bail!("the client sent data after STARTTLS before the handshake");
+        }
+        Ok(self.reader.into_inner().unsplit(self.writer))
     }
 
     async fn reply(&mut self, code: u16, text: &str) -> anyhow::Result<()> {
@@ -404,14 +522,13 @@ impl Io {
             }
             Fault::Close => Ok(Flow::End),
             Fault::Reset => {
-                // Linger 0 makes the close an RST. Dropping the write half would shut it down
-                // first (an orderly FIN), so it is forgotten instead: the socket closes, with
-                // the RST, when the read half goes at the end of the session.
-                if let Some(writer) = self.writer.take() {
-                    let stream: &TcpStream = writer.as_ref();
-                    stream.set_zero_linger().context("setting SO_LINGER to 0")?;
-                    writer.forget();
+                // Linger 0 makes the close an RST; the socket closes, with the RST, when the
+                // session ends and drops its stream (which does not shut down first).
+                if let Some(socket) = &self.socket {
+                    rustix::net::sockopt::set_socket_linger(socket, Some(Duration::ZERO))
+                        .context("setting SO_LINGER to 0")?;
                 }
+                self.reset = true;
                 Ok(Flow::End)
             }
             Fault::Raw(bytes) => {
@@ -451,6 +568,14 @@ impl Io {
             // End of stream in the middle of a line.
             return Ok(None);
         }
+        if let Some(shared) = &self.lines {
+            lock(&shared.lines).push(ClientLine {
+                tls: self.tls,
+                line: String::from_utf8_lossy(&line)
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned(),
+            });
+        }
         Ok(Some(line))
     }
 }
@@ -471,13 +596,23 @@ impl Session {
     }
 }
 
-async fn session(stream: TcpStream, shared: &Shared) -> anyhow::Result<()> {
-    let (reader, writer) = stream.into_split();
-    let mut io = Io {
-        reader: BufReader::new(reader),
-        writer: Some(writer),
-    };
+async fn session(stream: TcpStream, shared: Arc<Shared>) -> anyhow::Result<()> {
     let script = shared.script();
+    // A second handle on the socket, so that Fault::Reset can make the close abortive whatever
+    // stream (plain or TLS) the session speaks over.
+    let socket = std::os::fd::AsFd::as_fd(&stream).try_clone_to_owned().ok();
+    let mut io = match &script.tls {
+        RelayTls::Implicit(config) => {
+            let tls = TlsAcceptor::from(config.clone())
+                .accept(stream)
+                .await
+                .context("TLS handshake")?;
+            Io::new(Box::new(tls), true, shared.clone())
+        }
+        _ => Io::new(Box::new(stream), false, shared.clone()),
+    };
+    io.socket = socket;
+    let shared = &*shared;
     let greeted = match &script.greeting {
         None => {
             io.reply(220, &format!("{} ESMTP linkrelay-tests", script.name))
@@ -520,12 +655,8 @@ async fn session(stream: TcpStream, shared: &Shared) -> anyhow::Result<()> {
             "MAIL" => mail(&mut io, &script, &mut s, arg).await?,
             "RCPT" => rcpt(&mut io, &script, &mut s, arg).await?,
             "DATA" => data(&mut io, shared, &mut s, arg).await?,
-            "STARTTLS" => match &script.starttls {
-                None => {
-                    io.reply(502, "5.5.2 Error: command not recognized").await?;
-                    Flow::Continue
-                }
-                Some(fault) => {
+            "STARTTLS" => match (&script.tls, &script.starttls) {
+                (RelayTls::Off, Some(fault)) => {
                     let flow = io.fault(fault).await?;
                     if matches!(fault, Fault::Reply(220, _)) {
                         // No TLS here: the client starts a handshake nobody answers.
@@ -534,6 +665,7 @@ async fn session(stream: TcpStream, shared: &Shared) -> anyhow::Result<()> {
                         flow
                     }
                 }
+                _ => starttls(&mut io, &script, arg).await?,
             },
             "RSET" => {
                 s.reset_transaction();
@@ -565,10 +697,44 @@ async fn session(stream: TcpStream, shared: &Shared) -> anyhow::Result<()> {
                 Flow::Continue
             }
         };
-        if let Flow::End = flow {
-            return Ok(());
+        match flow {
+            Flow::Continue => {}
+            Flow::End => return Ok(()),
+            Flow::StartTls(config) => {
+                let shared_lines = io.lines.clone();
+                let socket = io.socket.take();
+                let stream = io.into_stream()?;
+                let tls = TlsAcceptor::from(config)
+                    .accept(stream)
+                    .await
+                    .context("TLS handshake after STARTTLS")?;
+                io = Io::new(Box::new(tls), true, shared_lines.context("shared state")?);
+                io.socket = socket;
+                // RFC 3207: the client starts over with EHLO and forgets what it knew.
+                s = Session::default();
+            }
         }
     }
+}
+
+async fn starttls(io: &mut Io, script: &RelayScript, arg: &str) -> anyhow::Result<Flow> {
+    let RelayTls::Starttls(config) = &script.tls else {
+        io.reply(502, "5.5.2 Error: command not recognized").await?;
+        return Ok(Flow::Continue);
+    };
+    if io.tls {
+        io.reply(554, "5.5.1 Error: TLS already active").await?;
+        return Ok(Flow::Continue);
+    }
+    if !arg.is_empty() {
+        io.reply(501, "5.5.4 Syntax: STARTTLS").await?;
+        return Ok(Flow::Continue);
+    }
+    if let Some(fault) = &script.starttls {
+        return io.fault(fault).await;
+    }
+    io.reply(220, "2.0.0 Ready to start TLS").await?;
+    Ok(Flow::StartTls(config.clone()))
 }
 
 async fn ehlo(
@@ -601,7 +767,7 @@ async fn ehlo(
             format!("SIZE {MAX_MESSAGE_SIZE}"),
             "8BITMIME".to_owned(),
         ];
-        if script.starttls.is_some() {
+        if (matches!(script.tls, RelayTls::Starttls(_)) && !io.tls) || script.starttls.is_some() {
             lines.push("STARTTLS".to_owned());
         }
         if script.credentials.is_some() {
@@ -901,7 +1067,7 @@ async fn data(io: &mut Io, shared: &Shared, s: &mut Session, arg: &str) -> anyho
     // The script may have changed while the data came in.
     let script = shared.script();
     if script.record_before_after_dot && !too_big {
-        record(shared, s, std::mem::take(&mut body));
+        record(shared, s, std::mem::take(&mut body), io.tls);
         return match &script.after_dot {
             Some(fault) => io.fault(fault).await,
             None => {
@@ -928,7 +1094,7 @@ async fn data(io: &mut Io, shared: &Shared, s: &mut Session, arg: &str) -> anyho
         }
         None => None,
     };
-    record(shared, s, body);
+    record(shared, s, body, io.tls);
     match accepted {
         Some(flow) => Ok(flow),
         None => {
@@ -941,13 +1107,14 @@ async fn data(io: &mut Io, shared: &Shared, s: &mut Session, arg: &str) -> anyho
 }
 
 /// Records the transaction of `s` with `body` as received, and ends the transaction.
-fn record(shared: &Shared, s: &mut Session, body: Vec<u8>) {
+fn record(shared: &Shared, s: &mut Session, body: Vec<u8>, tls: bool) {
     let received = Received {
         helo: s.helo.clone().unwrap_or_default(),
         from: s.from.take().unwrap_or_default(),
         rcpts: std::mem::take(&mut s.rcpts),
         data: body,
         authenticated_as: s.user.clone(),
+        tls,
     };
     let count = {
         let mut all = lock(&shared.received);
@@ -1015,6 +1182,7 @@ mod tests {
     use lettre::transport::smtp::extension::ClientId;
     use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
     use tokio::io::AsyncWriteExt;
+    use tokio::net::tcp::OwnedReadHalf;
 
     const MESSAGE: &str = "From: alice@isp-a.example\r\n\
         To: bob@example.org\r\n\
@@ -1056,6 +1224,12 @@ mod tests {
 
     /// A raw client for exact protocol checks: sends `lines` one by one and returns every
     /// reply line read after each.
+    /// What to give lettre for `message` to arrive as it is: lettre writes CRLF . CRLF after
+    /// the data, so a message that ends with CRLF would gain an empty line.
+    fn wire_body(message: &str) -> &[u8] {
+        message.strip_suffix("\r\n").unwrap_or(message).as_bytes()
+    }
+
     async fn raw_session(relay: &ScriptedRelay, lines: &[&str]) -> Vec<String> {
         let stream = TcpStream::connect(relay.addr).await.expect("connect");
         let (r, mut w) = stream.into_split();
@@ -1083,11 +1257,8 @@ mod tests {
                 .expect("write");
             read_reply(&mut r, &mut replies).await;
         }
-        if lines
-            .last()
-            .is_some_and(|last| last.eq_ignore_ascii_case("QUIT"))
-        {
-            // After QUIT the server hangs up.
+        // After QUIT the server hangs up: show that as "<eof>".
+        if lines.last().is_some_and(|l| l.eq_ignore_ascii_case("QUIT")) {
             read_reply(&mut r, &mut replies).await;
         }
         replies
@@ -1104,7 +1275,7 @@ mod tests {
                     "alice@isp-a.example",
                     &["bob@example.org", "carol@example.org"],
                 ),
-                MESSAGE.as_bytes(),
+                wire_body(MESSAGE),
             )
             .await
             .expect("send");
@@ -1122,9 +1293,7 @@ mod tests {
         assert_eq!(got.helo, "laptop.test");
         assert_eq!(got.from, "alice@isp-a.example");
         assert_eq!(got.rcpts, ["bob@example.org", "carol@example.org"]);
-        // lettre always ends the data with CRLF.CRLF, so a message that ends with CRLF
-        // arrives with one more empty line (RFC 5321: that first CRLF is part of the data).
-        assert_eq!(got.data_text(), format!("{MESSAGE}\r\n"));
+        assert_eq!(got.data_text(), MESSAGE);
         assert_eq!(got.authenticated_as, None);
         assert_eq!(relay.connections(), 1);
     }
@@ -1246,13 +1415,13 @@ mod tests {
             .await
             .expect("RCPT carol");
         conn.command(Data).await.expect("DATA");
-        let done = conn.message(MESSAGE.as_bytes()).await.expect("message");
+        let done = conn.message(wire_body(MESSAGE)).await.expect("message");
         assert!(done.is_positive());
         conn.quit().await.expect("QUIT");
 
         let received = relay.wait_for(1, Duration::from_secs(5)).await.unwrap();
         assert_eq!(received[0].rcpts, ["bob@example.org", "carol@example.org"]);
-        assert_eq!(received[0].data_text(), format!("{MESSAGE}\r\n"));
+        assert_eq!(received[0].data_text(), MESSAGE);
     }
 
     #[tokio::test]
@@ -1456,64 +1625,31 @@ mod tests {
         })
         .await
         .unwrap();
-        let env = envelope("alice@isp-a.example", &["bob@example.org"]);
-
-        // lettre's blocking transport sets a 1 s read timeout on its socket.
-        let port = relay.port();
-        let sync_env = env.clone();
+        // lettre's tokio transport applies its timeout to the connect only: a stalled reply
+        // hangs it for ever. The agent bounds every stage itself (tokio::time::timeout), and so
+        // does this client.
+        let client = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+            .port(relay.port())
+            .timeout(Some(Duration::from_secs(1)))
+            .build();
         let started = std::time::Instant::now();
-        let err = tokio::task::spawn_blocking(move || {
-            use lettre::Transport;
-            lettre::SmtpTransport::builder_dangerous("127.0.0.1")
-                .port(port)
-                .timeout(Some(Duration::from_secs(1)))
-                .build()
-                .send_raw(&sync_env, MESSAGE.as_bytes())
-        })
-        .await
-        .unwrap()
-        .expect_err("timeout");
+        let sent = tokio::time::timeout(
+            Duration::from_secs(1),
+            client.send_raw(
+                &envelope("alice@isp-a.example", &["bob@example.org"]),
+                MESSAGE.as_bytes(),
+            ),
+        )
+        .await;
         let elapsed = started.elapsed();
-        // On Linux the socket's read timeout surfaces as a network error with EAGAIN
-        // (io::ErrorKind::WouldBlock), not as `is_timeout()`.
-        let io_kind = std::error::Error::source(&err)
-            .and_then(|e| e.downcast_ref::<std::io::Error>())
-            .map(std::io::Error::kind);
-        assert!(
-            err.is_timeout()
-                || matches!(
-                    io_kind,
-                    Some(std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
-                ),
-            "{err:?}"
-        );
+        assert!(sent.is_err(), "the stalled relay answered: {sent:?}");
         assert!(
             elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(5),
             "{elapsed:?}"
         );
 
-        // lettre's async transport applies its timeout to the TCP connect only (0.11.23):
-        // a stalled reply needs a timeout around the call, as the agent must do.
-        let client = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
-            .port(relay.port())
-            .timeout(Some(Duration::from_secs(1)))
-            .build();
-        // lettre's async timeout covers only the connect; a client must time the stages
-        // itself (as the agent does), and a stalled relay never answers.
-        let started = std::time::Instant::now();
-        let outcome = tokio::time::timeout(
-            Duration::from_millis(1500),
-            client.send_raw(&env, MESSAGE.as_bytes()),
-        )
-        .await;
-        assert!(
-            outcome.is_err(),
-            "the async send ended by itself ({outcome:?}): lettre now times out commands, \
-             update this test and the agent"
-        );
-        assert!(started.elapsed() >= Duration::from_millis(1400));
         assert!(relay.received().is_empty());
-        assert_eq!(relay.connections(), 2);
+        assert_eq!(relay.connections(), 1);
     }
 
     #[tokio::test]
@@ -1721,6 +1857,154 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(refused, "the listener still accepts");
+    }
+
+    fn tls_params(
+        ca: &crate::tls::TestCa,
+        host: &str,
+    ) -> lettre::transport::smtp::client::TlsParameters {
+        use lettre::transport::smtp::client::{Certificate, TlsParameters};
+        TlsParameters::builder(host.to_owned())
+            .add_root_certificate(Certificate::from_pem(ca.pem().as_bytes()).expect("CA pem"))
+            .build_rustls()
+            .expect("TLS parameters")
+    }
+
+    #[tokio::test]
+    async fn starttls_upgrades_and_the_session_starts_over() {
+        let ca = crate::tls::TestCa::new("test CA").unwrap();
+        let relay = ScriptedRelay::start(
+            RelayScript::default()
+                .with_credentials("alice", "s3cret")
+                .with_starttls(ca.server_config(&["localhost", "127.0.0.1"]).unwrap()),
+        )
+        .await
+        .unwrap();
+        let hello = ClientId::Domain("laptop.test".to_owned());
+        let mut conn = connection(&relay).await;
+        assert!(conn.can_starttls());
+        conn.starttls(tls_params(&ca, "127.0.0.1"), &hello)
+            .await
+            .expect("STARTTLS with the test CA");
+        assert!(conn.is_encrypted());
+        assert!(!conn.can_starttls(), "STARTTLS is not offered twice");
+        conn.auth(
+            &[Mechanism::Plain],
+            &Credentials::new("alice".into(), "s3cret".into()),
+        )
+        .await
+        .expect("AUTH over TLS");
+        conn.command(Mail::new(Some(address("alice@isp-a.example")), vec![]))
+            .await
+            .expect("MAIL");
+        conn.command(Rcpt::new(address("bob@example.org"), vec![]))
+            .await
+            .expect("RCPT");
+        conn.command(Data).await.expect("DATA");
+        conn.message(MESSAGE.as_bytes()).await.expect("message");
+        conn.quit().await.expect("QUIT");
+        let received = relay.wait_for(1, Duration::from_secs(5)).await.unwrap();
+        assert!(received[0].tls);
+        assert_eq!(received[0].authenticated_as.as_deref(), Some("alice"));
+        let lines = relay.commands();
+        let clear: Vec<&str> = lines
+            .iter()
+            .filter(|l| !l.tls)
+            .map(|l| l.line.as_str())
+            .collect();
+        assert_eq!(clear, ["EHLO laptop.test", "STARTTLS"]);
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.tls && l.line.starts_with("AUTH PLAIN"))
+        );
+    }
+
+    #[tokio::test]
+    async fn implicit_tls_and_an_unknown_ca_or_wrong_name_is_refused() {
+        let ca = crate::tls::TestCa::new("test CA").unwrap();
+        let relay = ScriptedRelay::start(
+            RelayScript::default().with_implicit_tls(ca.server_config(&["127.0.0.1"]).unwrap()),
+        )
+        .await
+        .unwrap();
+        let hello = ClientId::Domain("laptop.test".to_owned());
+        let conn = AsyncSmtpConnection::connect_tokio1(
+            relay.addr,
+            Some(Duration::from_secs(5)),
+            &hello,
+            Some(tls_params(&ca, "127.0.0.1")),
+            None,
+        )
+        .await
+        .expect("implicit TLS with the test CA");
+        assert!(conn.is_encrypted());
+
+        let other = crate::tls::TestCa::new("another CA").unwrap();
+        let err = AsyncSmtpConnection::connect_tokio1(
+            relay.addr,
+            Some(Duration::from_secs(5)),
+            &hello,
+            Some(tls_params(&other, "127.0.0.1")),
+            None,
+        )
+        .await
+        .err()
+        .expect("a certificate from an unknown CA");
+        assert!(
+            err.is_tls() || err.to_string().contains("certificate"),
+            "{err}"
+        );
+
+        let err = AsyncSmtpConnection::connect_tokio1(
+            relay.addr,
+            Some(Duration::from_secs(5)),
+            &hello,
+            Some(tls_params(&ca, "localhost")),
+            None,
+        )
+        .await
+        .err()
+        .expect("a certificate for another name");
+        assert!(err.to_string().contains("certificate"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn starttls_is_not_recognised_without_tls_and_pipelined_bytes_end_the_session() {
+        let replies = {
+            let relay = ScriptedRelay::start(RelayScript::default()).await.unwrap();
+            raw_session(&relay, &["EHLO me", "STARTTLS"]).await
+        };
+        assert!(
+            !replies.iter().any(|r| r.contains("STARTTLS")),
+            "{replies:?}"
+        );
+        assert_eq!(
+            replies.last().map(String::as_str),
+            Some("502 5.5.2 Error: command not recognized")
+        );
+        // A client that sends a command right behind STARTTLS (the injection of CVE-2011-0411)
+        // gets no TLS session: the relay hangs up.
+        let ca = crate::tls::TestCa::new("test CA").unwrap();
+        let relay = ScriptedRelay::start(
+            RelayScript::default().with_starttls(ca.server_config(&["127.0.0.1"]).unwrap()),
+        )
+        .await
+        .unwrap();
+        let mut stream = TcpStream::connect(relay.addr).await.unwrap();
+        let mut greeting = [0u8; 512];
+        let _ = stream.read(&mut greeting).await.unwrap();
+        stream.write_all(b"EHLO me\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _ = stream.read(&mut greeting).await.unwrap();
+        stream
+            .write_all(b"STARTTLS\r\nMAIL FROM:<evil@example.org>\r\n")
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+        let rest = String::from_utf8_lossy(&rest);
+        assert_eq!(rest, "220 2.0.0 Ready to start TLS\r\n");
     }
 
     #[test]

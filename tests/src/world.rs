@@ -100,6 +100,8 @@ pub struct World {
     pub data_dir: PathBuf,
     home: PathBuf,
     agent: Option<Child>,
+    agent_prefix: Vec<String>,
+    agent_env: Vec<(String, String)>,
     log_path: PathBuf,
     // Last: removed after everything above stopped.
     dir: tempfile::TempDir,
@@ -123,6 +125,8 @@ impl World {
             log_path: dir.path().join("linkrelayd.log"),
             home,
             agent: None,
+            agent_prefix: Vec::new(),
+            agent_env: Vec::new(),
             dir,
         })
     }
@@ -158,10 +162,14 @@ impl World {
         ]
     }
 
-    /// Writes the config file.
+    /// Writes the config file, readable by its owner only (as a config with credentials
+    /// must be).
     pub fn write_config(&self, text: &str) -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
         std::fs::write(&self.config_path, text)
-            .with_context(|| format!("writing {}", self.config_path.display()))
+            .with_context(|| format!("writing {}", self.config_path.display()))?;
+        std::fs::set_permissions(&self.config_path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("chmod 600 {}", self.config_path.display()))
     }
 
     /// Points a command at this world: buses, home, XDG dirs.
@@ -223,6 +231,17 @@ impl World {
         Ok(())
     }
 
+    /// Runs the agent under this command prefix from now on, e.g. `ip netns exec NS` (the
+    /// agent's pid is still the child's: such prefixes exec the program).
+    pub fn set_agent_prefix(&mut self, prefix: Vec<String>) {
+        self.agent_prefix = prefix;
+    }
+
+    /// Sets an extra environment variable for the agent (e.g. `RUST_LOG`), after the world's.
+    pub fn set_agent_env(&mut self, name: &str, value: &str) {
+        self.agent_env.push((name.to_owned(), value.to_owned()));
+    }
+
     /// Starts `linkrelayd` and waits until it owns its bus name.
     ///
     /// It runs in the test's own network namespace: with source "auto" and no NetworkManager
@@ -243,8 +262,15 @@ impl World {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> anyhow::Result<()> {
-        self.start_agent_cmd(Command::new(bin("linkrelayd")), extra, env)
-            .await
+        let cmd = match self.agent_prefix.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(bin("linkrelayd"));
+                cmd
+            }
+            None => Command::new(bin("linkrelayd")),
+        };
+        self.start_agent_cmd(cmd, extra, env).await
     }
 
     /// Starts `linkrelayd EXTRA_ARGS` inside network namespace `ns` (`ip netns exec`), where it
@@ -273,6 +299,7 @@ impl World {
             .env("RUST_LOG", "debug,zbus=info")
             .env("NO_COLOR", "1")
             .envs(env.iter().copied())
+            .envs(self.agent_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -308,49 +335,12 @@ impl World {
         wrapper: &[String],
         extra: &[&str],
     ) -> anyhow::Result<()> {
-        if self.agent.is_some() {
-            bail!("the agent is already running");
-        }
         let Some((program, args)) = wrapper.split_first() else {
             bail!("start_agent_wrapped needs a wrapper command");
         };
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)?;
         let mut cmd = Command::new(program);
-        self.env(&mut cmd);
-        cmd.args(args)
-            .arg(bin("linkrelayd"))
-            .args(extra)
-            .env("RUST_LOG", "debug,zbus=info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting {program} ... linkrelayd"))?;
-        let conn = self.session.connect().await?;
-        let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let name = zbus::names::BusName::try_from(AGENT_BUS_NAME)?;
-            if dbus.name_has_owner(name).await? {
-                break;
-            }
-            if let Some(status) = child.try_wait()? {
-                bail!("linkrelayd exited with {status}:\n{}", self.agent_log());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("linkrelayd did not claim its name:\n{}", self.agent_log());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        self.agent = Some(child);
-        Ok(())
+        cmd.args(args).arg(bin("linkrelayd"));
+        self.start_agent_cmd(cmd, extra, &[]).await
     }
 
     /// Runs `linkrelayd ARGS` to completion (for start-up failures) and returns its output.
@@ -488,7 +478,10 @@ pub fn example_config_for(relay_a: u16, relay_b: u16) -> anyhow::Result<String> 
             &format!("host = \"127.0.0.1\"\nport = {relay_b}\ntimeout = \"5s\""),
         )
         .replace("tls = \"starttls\"", "tls = \"none\"")
-        .replace("pass show smtp/isp-b", "echo secret-b")
+        .replace(
+            "password_secret = { service = \"smtp\", username = \"bob\" }",
+            "password_command = \"echo secret-b\"",
+        )
         .replace("debounce = \"300ms\"", "debounce = \"50ms\"")
         // The seed scenario plays NetworkManager (and its restarts); with "auto" the agent would
         // fall back to this machine's own routes while the NM-shaped service is away.
@@ -496,6 +489,7 @@ pub fn example_config_for(relay_a: u16, relay_b: u16) -> anyhow::Result<String> 
     if !text.contains(&format!("port = {relay_b}"))
         || !text.contains(&format!("port = {relay_a}"))
         || !text.contains("source = \"networkmanager\"")
+        || !text.contains("password_command = \"echo secret-b\"")
     {
         bail!("examples/config.toml changed shape; update example_config_for");
     }

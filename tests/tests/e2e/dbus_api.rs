@@ -177,3 +177,224 @@ async fn properties_changed_says_what_changed_and_nothing_else() {
     assert!(names.contains(&"Routes".to_string()), "{names:?}");
     assert!(!names.contains(&"ConfigPath".to_string()), "{names:?}");
 }
+
+/// Runs `busctl call` on the agent as the user `nobody` (uid 65534), over the private
+/// session bus, and returns (success, stdout + stderr).
+fn call_as_nobody(w: &World, method: &str, signature: &str, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "busctl",
+            &format!("--address={}", w.session.address),
+            "call",
+            AGENT_BUS_NAME,
+            AGENT_PATH,
+            "org.linkrelay.Agent1",
+            method,
+        ])
+        .args((!signature.is_empty()).then_some(signature))
+        .args(args)
+        .output()
+        .expect("setpriv and busctl (util-linux, systemd) run");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_user_on_the_bus_may_not_use_the_agent() {
+    let mut s = seed().await;
+    s.world.start_agent().await.unwrap();
+    let w = &s.world;
+    w.send("bob@bob.example", "x@dest.example", "not-yours")
+        .unwrap();
+    let agent = w.agent().await.unwrap();
+    let id = agent.list_queue("bob").await.unwrap()[0].id.clone();
+    // Let nobody reach the bus socket (its directory is private to us by default); the bus
+    // policy lets any user connect, as a system bus would.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(w.session.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // It can connect and read what any bus peer can (the interface itself)...
+    let (ok, text) = call_as_nobody(w, "Wake", "s", &["bob"]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("uid 65534 may not use the agent of uid 0"),
+        "the refusal names who asked: {text}"
+    );
+    // ...but every method refuses it, and nothing changes.
+    let calls: &[(&str, &str, &[&str])] = &[
+        ("SetOverride", "sst", &["relay", "relay-a", "0"]),
+        ("ClearOverride", "", &[]),
+        ("Flush", "sb", &["", "true"]),
+        ("Wake", "s", &[""]),
+        ("ListQueue", "s", &[""]),
+        ("Retry", "s", &[&id]),
+        ("Drop", "s", &[&id]),
+        ("Reload", "", &[]),
+    ];
+    for (method, signature, args) in calls {
+        let (ok, text) = call_as_nobody(w, method, signature, args);
+        assert!(!ok, "{method} as nobody succeeded: {text}");
+        assert!(
+            text.contains("may not use the agent"),
+            "{method} as nobody: {text}"
+        );
+    }
+    assert_eq!(agent.override_().await.unwrap().kind, "");
+    assert_eq!(agent.list_queue("bob").await.unwrap().len(), 1);
+    assert_eq!(w.outbox_entries("bob", "queue"), std::slice::from_ref(&id));
+    // The owner still can.
+    agent.set_override("relay", "relay-a", 60).await.unwrap();
+    agent.clear_override().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_method_survives_hostile_arguments() {
+    let mut s = seed().await;
+    s.world.start_agent().await.unwrap();
+    let w = &s.world;
+    w.send("bob@bob.example", "x@dest.example", "keep-me")
+        .unwrap();
+    let agent = w.agent().await.unwrap();
+    let conn = w.session.connect().await.unwrap();
+    let dbus = zbus::fdo::DBusProxy::new(&conn).await.unwrap();
+    async fn owner(d: &zbus::fdo::DBusProxy<'_>) -> String {
+        d.get_name_owner(AGENT_BUS_NAME.try_into().unwrap())
+            .await
+            .unwrap()
+            .to_string()
+    }
+    let before = owner(&dbus).await;
+    let name = |r: zbus::Result<()>| match r {
+        Err(zbus::Error::MethodError(name, _, _)) => name.to_string(),
+        Err(other) => format!("{other}"),
+        Ok(()) => "ok".into(),
+    };
+
+    let huge = "é".repeat(1 << 19); // 1 MiB of UTF-8
+    let strings: Vec<String> = vec![
+        huge.clone(),
+        "x".repeat(257),
+        "../../../../etc/passwd".into(),
+        "/etc/passwd".into(),
+        "bob/../alice".into(),
+        "..".into(),
+        ".".into(),
+        "\u{202e}evil".into(),
+        "a\tb".into(),
+        "\u{7f}".into(),
+        "%s%n%x".into(),
+        "*".into(),
+    ];
+    for s in &strings {
+        for r in [
+            name(agent.set_override("link", s, 0).await),
+            name(agent.set_override("relay", s, u64::MAX).await),
+            name(agent.set_override(s, "relay-a", 1).await),
+            name(agent.flush(s, true).await.map(|_| ())),
+            name(agent.flush(s, false).await.map(|_| ())),
+            name(agent.wake(s).await),
+            name(agent.list_queue(s).await.map(|_| ())),
+            name(agent.retry(s).await),
+            name(agent.drop(s).await),
+        ] {
+            assert!(
+                r.starts_with("org.linkrelay.Agent1.Error."),
+                "{:?}: {r}",
+                s.chars().take(40).collect::<String>()
+            );
+        }
+    }
+    // Extreme numbers: an override that never ends is still an override, and clears.
+    agent
+        .set_override("relay", "relay-a", u64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(agent.override_().await.unwrap().expires, u64::MAX);
+    agent.clear_override().await.unwrap();
+
+    // Wrong argument types, missing and extra arguments, for every method.
+    for method in [
+        "SetOverride",
+        "ClearOverride",
+        "Flush",
+        "Wake",
+        "ListQueue",
+        "Retry",
+        "Drop",
+        "Reload",
+    ] {
+        let bodies: Vec<zbus::Result<zbus::Message>> = vec![
+            conn.call_method(
+                Some(AGENT_BUS_NAME),
+                AGENT_PATH,
+                Some("org.linkrelay.Agent1"),
+                method,
+                &(42u32, true, vec![1u8, 2, 3]),
+            )
+            .await,
+            conn.call_method(
+                Some(AGENT_BUS_NAME),
+                AGENT_PATH,
+                Some("org.linkrelay.Agent1"),
+                method,
+                &("relay", "relay-a", 0u64, "extra", 7i32),
+            )
+            .await,
+        ];
+        for r in bodies {
+            assert!(r.is_err(), "{method} took a wrong body: {r:?}");
+        }
+    }
+    // A method, interface or object that does not exist; a read-only property written.
+    for (path, iface, method) in [
+        (AGENT_PATH, "org.linkrelay.Agent1", "Teleport"),
+        (AGENT_PATH, "org.linkrelay.Agent2", "Flush"),
+        (
+            "/org/linkrelay/Agent/../Agent",
+            "org.linkrelay.Agent1",
+            "Flush",
+        ),
+        ("/org/linkrelay/Other", "org.linkrelay.Agent1", "Flush"),
+    ] {
+        let r = conn
+            .call_method(Some(AGENT_BUS_NAME), path, Some(iface), method, &("",))
+            .await;
+        assert!(r.is_err(), "{path} {iface}.{method}: {r:?}");
+    }
+    let r = conn
+        .call_method(
+            Some(AGENT_BUS_NAME),
+            AGENT_PATH,
+            Some("org.freedesktop.DBus.Properties"),
+            "Set",
+            &(
+                "org.linkrelay.Agent1",
+                "ConfigPath",
+                zbus::Variant::from("/etc/shadow"),
+            ),
+        )
+        .await;
+    assert!(r.is_err(), "a read-only property was set: {r:?}");
+    assert_eq!(
+        agent.config_path().await.unwrap(),
+        w.config_path.display().to_string()
+    );
+
+    // Still the same agent process, still answering, nothing lost or touched.
+    assert_eq!(
+        owner(&dbus).await,
+        before,
+        "the agent restarted or lost its name"
+    );
+    assert_eq!(agent.list_queue("bob").await.unwrap().len(), 1);
+    assert_eq!(w.outbox_entries("bob", "queue").len(), 1);
+    assert!(w.agent_log().lines().all(|l| !l.contains("panicked")));
+}

@@ -13,11 +13,14 @@ mod delivery;
 mod desktop;
 mod durability;
 mod faults;
+mod files;
 mod interop;
 mod netlink;
 mod notify;
+mod secrets;
 mod seed;
 mod test_relay;
+mod tls;
 
 /// Shared helpers for the modules.
 mod util;
