@@ -37,6 +37,19 @@ struct Args {
     /// Skip the peers (linkrelay only)
     #[arg(long)]
     no_peers: bool,
+    /// Run only these groups (comma-separated): source, flush, peers, enqueue, reaction, idle,
+    /// scale
+    #[arg(long, value_delimiter = ',', value_name = "GROUPS")]
+    only: Vec<String>,
+    /// Repetitions (default 5; smoke 1)
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Messages per flush run for one user (default 2000; four users get half each)
+    #[arg(long)]
+    flush_n: Option<usize>,
+    /// Messages queued for the scale rows (default 100000)
+    #[arg(long)]
+    scale_n: Option<usize>,
 }
 
 /// A measurement's result, or why it failed (kept for the notes; the run then fails).
@@ -106,11 +119,22 @@ fn machine() -> String {
 }
 
 async fn run(args: Args) -> anyhow::Result<(String, Vec<String>)> {
-    let s = if args.smoke {
+    let mut s = if args.smoke {
         Settings::smoke()
     } else {
         Settings::full()
     };
+    if let Some(r) = args.reps {
+        s.reps = r.max(1);
+    }
+    if let Some(n) = args.flush_n {
+        s.flush_n = n.max(1);
+        s.flush4_n = (n / 2).max(1);
+    }
+    if let Some(n) = args.scale_n {
+        s.scale_n = n.max(2);
+        s.scale_flush_n = s.scale_flush_n.min(s.scale_n - 1);
+    }
     let mut t = Tally { errors: Vec::new() };
     let work = tempfile::Builder::new()
         .prefix("linkrelay-bench-")
@@ -118,7 +142,8 @@ async fn run(args: Args) -> anyhow::Result<(String, Vec<String>)> {
     let sink = Sink::start()?;
     let port = sink.port;
     let msg = message();
-    let peers = !args.no_peers;
+    let on = |group: &str| args.only.is_empty() || args.only.iter().any(|g| g == group);
+    let peers = !args.no_peers && on("peers");
     let slow_reps = s.reps.min(3);
 
     progress("smtp-source, concurrency 1 and 4");
@@ -132,7 +157,11 @@ async fn run(args: Args) -> anyhow::Result<(String, Vec<String>)> {
     );
 
     progress("linkrelay flush, 1 user and 4 users");
-    let flush = t.take("linkrelay flush", ours::flush(&s, port).await);
+    let flush = if on("flush") {
+        t.take("linkrelay flush", ours::flush(&s, port).await)
+    } else {
+        None
+    };
 
     let (mut msmtp_direct, mut msmtpq_enq, mut msmtpq_flush) = (None, None, None);
     let (mut nm_inject, mut nm_send) = (None, None);
@@ -189,20 +218,36 @@ async fn run(args: Args) -> anyhow::Result<(String, Vec<String>)> {
     }
 
     progress("linkrelay sendmail, agent sending and agent holding");
-    let enq = t.take("linkrelay sendmail", ours::enqueue(&s, port).await);
+    let enq = if on("enqueue") {
+        t.take("linkrelay sendmail", ours::enqueue(&s, port).await)
+    } else {
+        None
+    };
     progress("reaction");
-    let reaction = t.take("reaction", ours::reaction(&s).await);
+    let reaction = if on("reaction") {
+        t.take("reaction", ours::reaction(&s).await)
+    } else {
+        None
+    };
     progress(&format!("idle for {:?}", s.idle));
     let pf_pids = postfix
         .as_ref()
         .and_then(|p| p.pids().ok())
         .unwrap_or_default();
-    let idle = t.take("idle", ours::idle(&s, port, &pf_pids).await);
+    let idle = if on("idle") {
+        t.take("idle", ours::idle(&s, port, &pf_pids).await)
+    } else {
+        None
+    };
     if let Some(mut pf) = postfix.take() {
         pf.stop();
     }
     progress(&format!("scale: {} messages queued", s.scale_n));
-    let scale = t.take("scale", ours::scale(&s, port).await);
+    let scale = if on("scale") {
+        t.take("scale", ours::scale(&s, port).await)
+    } else {
+        None
+    };
 
     // ---- the table ----
     let src1_m = med(&src1);

@@ -28,7 +28,7 @@ pub enum Target {
 pub struct Row {
     /// What was measured, with its unit.
     pub measure: String,
-    /// linkrelay's median; `None` when the measurement failed (see `note`).
+    /// linkrelay's median; `None` when the measurement failed or was not run.
     pub ours: Option<f64>,
     /// Unit for display ("msg/s", "ms", "MiB", "wake-ups/min").
     pub unit: &'static str,
@@ -127,7 +127,7 @@ pub fn render(rows: &[Row]) -> String {
     for r in rows {
         let ours = match r.ours {
             Some(v) => format!("{} {}", fmt_num(v), r.unit),
-            None => "failed".into(),
+            None => "n/a".into(),
         };
         let peers: Vec<String> = r
             .peers
@@ -138,7 +138,7 @@ pub fn render(rows: &[Row]) -> String {
                     None => format!("{name} {}", fmt_num(*p)),
                 },
                 (Some(p), None) => format!("{name} {}", fmt_num(*p)),
-                (None, _) => format!("{name} failed"),
+                (None, _) => format!("{name} n/a"),
             })
             .collect();
         let target = match r.target {
