@@ -1,0 +1,177 @@
+//! What every measurement shares: the settings (full or smoke), the 4 KB message, and the one
+//! Postfix smtp-sink on 127.0.0.1 that linkrelay and every peer send to.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// How much to measure.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Smoke mode: tiny counts, one repetition; proves the bench runs, measures nothing.
+    pub smoke: bool,
+    /// Repetitions of each throughput measurement (the table shows the median).
+    pub reps: usize,
+    /// Messages per flush run, one user.
+    pub flush_n: usize,
+    /// Messages per user per flush run, four users at once.
+    pub flush4_n: usize,
+    /// Messages per run of smtp-source at concurrency 1 (four times as many at 4).
+    pub source_n: usize,
+    /// Messages per enqueue run (one process each).
+    pub enqueue_n: usize,
+    /// Messages per run for the slow peers (msmtp, msmtpq, nullmailer).
+    pub peer_n: usize,
+    /// Samples of each reaction.
+    pub reaction_n: usize,
+    /// How long to count wake-ups while idle.
+    pub idle: Duration,
+    /// Messages queued for the scale measurement.
+    pub scale_n: usize,
+    /// Messages timed in the flush at scale.
+    pub scale_flush_n: usize,
+}
+
+impl Settings {
+    /// The full run: about ten minutes on a 2-core machine.
+    pub fn full() -> Settings {
+        Settings {
+            smoke: false,
+            reps: 5,
+            flush_n: 2000,
+            flush4_n: 1000,
+            source_n: 5000,
+            enqueue_n: 200,
+            peer_n: 100,
+            reaction_n: 21,
+            idle: Duration::from_secs(60),
+            scale_n: 100_000,
+            scale_flush_n: 2000,
+        }
+    }
+
+    /// The smoke run: seconds.
+    pub fn smoke() -> Settings {
+        Settings {
+            smoke: true,
+            reps: 1,
+            flush_n: 20,
+            flush4_n: 10,
+            source_n: 50,
+            enqueue_n: 5,
+            peer_n: 5,
+            reaction_n: 3,
+            idle: Duration::from_secs(1),
+            scale_n: 300,
+            scale_flush_n: 20,
+        }
+    }
+}
+
+/// The envelope sender of user `n` (1-based) in every config of the bench.
+pub fn sender(n: usize) -> String {
+    format!("u{n}@bench.example")
+}
+
+/// The one envelope recipient.
+pub const RCPT: &str = "rcpt@bench.example";
+
+/// The message every tool sends: exactly 4096 bytes with LF line ends, as a mail client pipes
+/// it into sendmail.
+pub fn message() -> Vec<u8> {
+    let mut m = format!(
+        "From: {}\nTo: {RCPT}\nSubject: linkrelay bench\nMessage-ID: <bench@bench.example>\n\
+         MIME-Version: 1.0\nContent-Type: text/plain; charset=us-ascii\n\n",
+        sender(1)
+    )
+    .into_bytes();
+    let line = [b"x".repeat(71), b"\n".to_vec()].concat();
+    while m.len() + line.len() <= 4096 - 2 {
+        m.extend_from_slice(&line);
+    }
+    while m.len() < 4095 {
+        m.push(b'y');
+    }
+    m.push(b'\n');
+    m
+}
+
+/// `text` with CRLF line ends (how the outbox stores a message).
+pub fn crlf(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + text.len() / 50);
+    for &b in text {
+        if b == b'\n' {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    out
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Postfix's smtp-sink on 127.0.0.1: accepts everything, stores nothing.
+pub struct Sink {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+}
+
+impl Sink {
+    /// Starts it with a listen backlog of 256, dropping privileges to `nobody`.
+    pub fn start() -> anyhow::Result<Sink> {
+        let port = free_port()?;
+        let child = Command::new("/usr/sbin/smtp-sink")
+            .args(["-u", "nobody"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("256")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting /usr/sbin/smtp-sink (package postfix; run bench/install-deps)")?;
+        let sink = Sink { child, port };
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(sink);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        bail!("smtp-sink never listened on 127.0.0.1:{port}")
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes `text` to `path` with mode `mode`.
+pub fn write_mode(path: &Path, text: &str, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_message_is_4_kib() {
+        let m = message();
+        assert_eq!(m.len(), 4096);
+        assert!(m.ends_with(b"\n"));
+        assert_eq!(crlf(b"a\nb\n"), b"a\r\nb\r\n");
+    }
+}
