@@ -180,6 +180,7 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
     let mut last_applied = Instant::now();
     let mut pending_link: Option<LinkState> = None;
     let far = Duration::from_secs(365 * 86400);
+    let mut link_source_alive = true;
 
     loop {
         let debounce_at = match pending_link {
@@ -188,11 +189,12 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
         };
         let wake_at = agent.next_wake();
         tokio::select! {
-            changed = link_rx.changed() => {
+            changed = link_rx.changed(), if link_source_alive => {
                 if changed.is_err() {
-                    warn!("link source ended");
-                    // Keep serving; the state stays what it was last.
-                    link_rx = watch::channel(agent.link.clone()).1;
+                    // Keep serving with the last state, and stop polling the closed channel
+                    // (it would answer at once, for ever: a busy loop).
+                    warn!("link source ended; the link stays what it was last");
+                    link_source_alive = false;
                     continue;
                 }
                 let state = link_rx.borrow_and_update().clone();
