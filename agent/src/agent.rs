@@ -313,12 +313,26 @@ impl Agent {
             if let Err(e) = outbox.recover() {
                 warn!(user = %name, error = %e, "outbox recovery");
             }
+            // Before anything lists the queue: the replay may move messages.
+            let journal = match outbox.open_journal() {
+                Ok((journal, replayed)) => {
+                    if replayed.applied > 0 || replayed.torn > 0 {
+                        info!(user = %name, records = replayed.records, applied = replayed.applied, torn = replayed.torn, "outcome journal replayed");
+                    }
+                    Some(journal)
+                }
+                Err(e) => {
+                    warn!(user = %name, error = %e, "cannot use the outcome journal; recording each outcome with fsyncs instead");
+                    None
+                }
+            };
             if let Ok(c) = outbox.counts() {
                 self.counts.insert(name.clone(), c);
             }
             let handle = flusher::spawn(
                 name.clone(),
                 outbox.clone(),
+                journal,
                 self.user_route(&name),
                 settings.clone(),
                 self.memory.clone(),

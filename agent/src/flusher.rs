@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use linkrelay_config::{Relay, RetrySettings};
-use linkrelay_outbox::{Counts, Folder, MessageState, Outbox, OutboxError, RecipientStatus};
+use linkrelay_outbox::{
+    Counts, Folder, Journal, MessageState, Outbox, OutboxError, RecipientStatus,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
@@ -128,10 +130,13 @@ pub struct FlusherHandle {
     pub settings: watch::Sender<Arc<FlushSettings>>,
 }
 
-/// Starts the flusher of `user`.
+/// Starts the flusher of `user`. With `journal` (the outbox's outcome journal, see
+/// [`linkrelay_outbox::Journal`]) each outcome costs one fdatasync; without it, the folders
+/// are rewritten durably (four fsyncs).
 pub fn spawn(
     user: String,
     outbox: Outbox,
+    journal: Option<Journal>,
     route: UserRoute,
     settings: Arc<FlushSettings>,
     memory: Arc<Mutex<RelayMemory>>,
@@ -143,6 +148,7 @@ pub fn spawn(
     let flusher = Flusher {
         user,
         outbox,
+        journal,
         route: route_rx,
         settings: settings_rx,
         memory,
@@ -166,6 +172,8 @@ const RECORD_RETRY: u64 = 30;
 struct Flusher {
     user: String,
     outbox: Outbox,
+    /// Where outcomes are recorded; `None` when the journal could not be opened.
+    journal: Option<Journal>,
     route: watch::Receiver<UserRoute>,
     settings: watch::Receiver<Arc<FlushSettings>>,
     memory: Arc<Mutex<RelayMemory>>,
@@ -598,9 +606,20 @@ impl Flusher {
 
     /// Writes a queued message's state; if the disk does not take it, keeps it in memory so
     /// that this process goes on from it (and writes it later).
-    fn save(&mut self, msg: &MessageState) {
-        let result = self.outbox.update(msg);
+    fn save(&mut self, msg: &mut MessageState) {
+        let result = self.write(msg, Folder::Queue);
         self.recorded(msg, result, "cannot record the attempt");
+    }
+
+    /// Records `msg`'s new state durably, in folder `to` (the queue for an attempt that
+    /// changed nothing but the state).
+    fn write(&mut self, msg: &mut MessageState, to: Folder) -> Result<(), OutboxError> {
+        match (&mut self.journal, to) {
+            (Some(journal), _) => journal.record(msg, to),
+            (None, Folder::Queue) => self.outbox.update(msg),
+            (None, Folder::Sent) => self.outbox.finish_sent(msg),
+            (None, Folder::Failed) => self.outbox.finish_failed(msg),
+        }
     }
 
     /// Keeps `msg` in memory when writing it failed (but not when the message is gone), and
@@ -654,7 +673,7 @@ impl Flusher {
                 .find(|r| r.status == RecipientStatus::Sent)
                 .and_then(|r| r.reply.clone())
                 .unwrap_or_default();
-            let result = self.outbox.finish_sent(msg);
+            let result = self.write(msg, Folder::Sent);
             if !self.recorded(msg, result, "cannot move to sent/") {
                 return Done::Deferred(t + RECORD_RETRY);
             }
@@ -714,7 +733,7 @@ impl Flusher {
 
     fn fail(&mut self, msg: &mut MessageState) -> Done {
         let reason = msg.failure.clone().unwrap_or_else(|| "failed".into());
-        let result = self.outbox.finish_failed(msg);
+        let result = self.write(msg, Folder::Failed);
         if !self.recorded(msg, result, "cannot move to failed/") {
             // Come back to record it (the message stays queued on disk meanwhile).
             return Done::Deferred(now() + RECORD_RETRY);

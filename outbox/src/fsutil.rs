@@ -45,6 +45,12 @@ pub(crate) fn mkdir_private(path: &Path) -> io::Result<()> {
 /// Creates `name` in `dir` (O_EXCL, never following a link), writes `data`, sets mode 0600
 /// and fsyncs it.
 pub(crate) fn write_new_file(dir: impl AsFd, name: &str, data: &[u8]) -> io::Result<()> {
+    create_file(dir, name, data)?.sync_all()
+}
+
+/// Creates `name` in `dir` (O_EXCL, never following a link), writes `data` and sets mode
+/// 0600, without syncing: for files whose durability something else provides.
+fn create_file(dir: impl AsFd, name: &str, data: &[u8]) -> io::Result<File> {
     let fd = rustix::fs::openat(
         dir,
         name,
@@ -54,7 +60,7 @@ pub(crate) fn write_new_file(dir: impl AsFd, name: &str, data: &[u8]) -> io::Res
     rustix::fs::fchmod(&fd, file_mode())?;
     let mut file = File::from(fd);
     file.write_all(data)?;
-    file.sync_all()
+    Ok(file)
 }
 
 /// Reads the regular file `name` in `dir`, never following a link.
@@ -96,12 +102,32 @@ fn read_regular(mut file: File) -> io::Result<Vec<u8>> {
 /// it, renames it over `name` and fsyncs the directory.
 pub(crate) fn replace_file_in(dir: impl AsFd, name: &str, data: &[u8]) -> io::Result<()> {
     let dir = dir.as_fd();
+    swap_in(dir, name, data, true)?;
+    rustix::fs::fsync(dir)?;
+    Ok(())
+}
+
+/// Atomically replaces `name` in `dir` with `data` (write `<name>.tmp`, rename over `name`)
+/// without any fsync: readers see the old or the new bytes, but after a crash the file may
+/// hold either, or nothing. Only for files the outcome journal can rewrite.
+pub(crate) fn replace_file_unsynced(dir: impl AsFd, name: &str, data: &[u8]) -> io::Result<()> {
+    swap_in(dir.as_fd(), name, data, false)
+}
+
+fn swap_in(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &str,
+    data: &[u8],
+    sync: bool,
+) -> io::Result<()> {
     let tmp = format!("{name}.tmp");
     match rustix::fs::unlinkat(dir, tmp.as_str(), AtFlags::empty()) {
         Ok(()) | Err(rustix::io::Errno::NOENT) => {}
         Err(e) => return Err(e.into()),
     }
-    if let Err(e) = write_new_file(dir, &tmp, data) {
+    let written =
+        create_file(dir, &tmp, data).and_then(|f| if sync { f.sync_all() } else { Ok(()) });
+    if let Err(e) = written {
         let _ = rustix::fs::unlinkat(dir, tmp.as_str(), AtFlags::empty());
         return Err(e);
     }
@@ -109,7 +135,6 @@ pub(crate) fn replace_file_in(dir: impl AsFd, name: &str, data: &[u8]) -> io::Re
         let _ = rustix::fs::unlinkat(dir, tmp.as_str(), AtFlags::empty());
         return Err(e.into());
     }
-    rustix::fs::fsync(dir)?;
     Ok(())
 }
 

@@ -8,6 +8,7 @@
 //! new/                    Maildir-style drop for mail clients, see Outbox::ingest_new
 //! queue/<id>/message.eml  the message bytes, never changed after enqueue
 //! queue/<id>/state.json   envelope and delivery state (MessageState), replaced atomically
+//! journal                 the agent's outcome journal (see Journal), usually short
 //! sent/<id>/              every recipient done, at least one delivered
 //! failed/<id>/            the message is bad or its lifetime ran out; state.json says why
 //! ```
@@ -24,6 +25,7 @@
 mod error;
 mod fsutil;
 mod id;
+mod journal;
 mod outbox;
 pub mod sendmail;
 mod state;
@@ -31,8 +33,11 @@ mod state;
 pub use error::OutboxError;
 pub use fsutil::replace_file;
 pub use id::validate_id;
+pub use journal::{CHECKPOINT_EVERY, Journal, Replayed};
 pub use outbox::{Ingested, Outbox};
 pub use state::{Counts, Envelope, Folder, MessageState, RecipientState, RecipientStatus};
 
+#[cfg(test)]
+mod journal_tests;
 #[cfg(test)]
 mod outbox_tests;

@@ -22,7 +22,7 @@ use crate::state::{Counts, Envelope, Folder, MessageState, RecipientStatus};
 /// The message bytes in a message directory.
 const MESSAGE: &str = "message.eml";
 /// The delivery state in a message directory.
-const STATE: &str = "state.json";
+pub(crate) const STATE: &str = "state.json";
 /// Where `list` keeps a `state.json` it could not read when it moves the message to `failed/`.
 const STATE_CORRUPT: &str = "state.json.corrupt";
 /// Work area.
@@ -242,11 +242,13 @@ impl Outbox {
     }
 
     /// Replaces `queue/<id>/state.json` atomically and durably (write `state.json.tmp`, fsync,
-    /// rename, fsync the directory).
+    /// rename, fsync the directory). What is written has the revision of the state on disk
+    /// plus one, so that a replay of the outcome journal never undoes it.
     pub fn update(&self, state: &MessageState) -> Result<(), OutboxError> {
         validate_id(&state.id)?;
         let dir = self.open_msg_dir(Folder::Queue, &state.id)?;
-        self.write_state(&dir, Folder::Queue, state)
+        let state = self.next_revision(Folder::Queue, state);
+        self.write_state(&dir, Folder::Queue, &state)
     }
 
     /// Writes the final state of a queued message and moves it to `sent/` (rename, then fsync
@@ -295,6 +297,7 @@ impl Outbox {
                 state.next_attempt = 0;
                 state.backoff_step = 0;
                 state.queued_at = now_secs();
+                state.revision += 1;
                 for r in &mut state.recipients {
                     if r.status == RecipientStatus::Failed {
                         r.status = RecipientStatus::Pending;
@@ -441,12 +444,12 @@ impl Outbox {
         self.root.join(folder.as_str())
     }
 
-    fn msg_path(&self, folder: Folder, id: &str) -> PathBuf {
+    pub(crate) fn msg_path(&self, folder: Folder, id: &str) -> PathBuf {
         self.folder_path(folder).join(id)
     }
 
     /// Opens `<folder>/<id>` as a directory, never following a link.
-    fn open_msg_dir(&self, folder: Folder, id: &str) -> Result<OwnedFd, OutboxError> {
+    pub(crate) fn open_msg_dir(&self, folder: Folder, id: &str) -> Result<OwnedFd, OutboxError> {
         let path = self.msg_path(folder, id);
         open_dir(&path).map_err(|e| match e.raw_os_error() {
             Some(c) if c == rustix::io::Errno::NOENT.raw_os_error() => {
@@ -510,9 +513,18 @@ impl Outbox {
             .map_err(|e| OutboxError::io(format!("writing {}", path.display()), e))
     }
 
+    /// `state` with a revision above both its own and the one on disk.
+    fn next_revision(&self, folder: Folder, state: &MessageState) -> MessageState {
+        let on_disk = self.state(folder, &state.id).map_or(0, |s| s.revision);
+        let mut state = state.clone();
+        state.revision = state.revision.max(on_disk) + 1;
+        state
+    }
+
     fn finish(&self, state: &MessageState, to: Folder) -> Result<(), OutboxError> {
         validate_id(&state.id)?;
         let dir = self.open_msg_dir(Folder::Queue, &state.id)?;
+        let state = &self.next_revision(Folder::Queue, state);
         self.write_state(&dir, Folder::Queue, state)?;
         drop(dir);
         self.move_msg(&state.id, Folder::Queue, to)

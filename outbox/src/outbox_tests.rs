@@ -218,6 +218,8 @@ fn enqueue_list_update_finish_retry_remove_round_trip() {
     st.recipients[0].status = RecipientStatus::Sent;
     st.recipients[0].reply = Some("250 ok".into());
     ob.update(&st).unwrap();
+    // Every write bumps the revision (see the outcome journal).
+    st.revision += 1;
     assert_eq!(ob.state(Folder::Queue, &ids[0]).unwrap(), st);
     assert_eq!(ob.pending_names(&ids[0]), ["message.eml", "state.json"]);
     assert_eq!(
@@ -231,6 +233,7 @@ fn enqueue_list_update_finish_retry_remove_round_trip() {
     st.sent_via = Some("relay-a".into());
     assert!(st.is_done());
     ob.finish_sent(&st).unwrap();
+    st.revision += 1;
     assert_eq!(ob.locate(&ids[0]).unwrap(), Some(Folder::Sent));
     assert_eq!(ob.list(Folder::Sent).unwrap(), [st.clone()]);
     assert_eq!(ob.read_message(Folder::Sent, &ids[0]).unwrap(), message(0));
@@ -252,6 +255,7 @@ fn enqueue_list_update_finish_retry_remove_round_trip() {
     f.backoff_route = Some("home: relay-a".into());
     f.queued_at = 1_000;
     ob.finish_failed(&f).unwrap();
+    f.revision += 1;
     assert_eq!(ob.locate(&ids[1]).unwrap(), Some(Folder::Failed));
     assert_eq!(ob.list(Folder::Failed).unwrap(), [f.clone()]);
     assert_eq!(
@@ -675,6 +679,7 @@ fn symlinks_are_refused() {
     st2.attempts = 5;
     // update replaces the link, never writes through it.
     ob.update(&st2).unwrap();
+    st2.revision += 1;
     assert_eq!(ob.state(Folder::Queue, &id2).unwrap(), st2);
     let outside: MessageState =
         serde_json::from_slice(&fs::read(dir.path().join("state-elsewhere.json")).unwrap())

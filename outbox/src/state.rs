@@ -88,6 +88,11 @@ pub struct MessageState {
     /// The route (link and relays) on which `backoff_step` was reached.
     #[serde(default)]
     pub backoff_route: Option<String>,
+    /// How many times this state was rewritten since the message was queued: every change
+    /// (a journal record, a retry) adds one. Replaying the outcome journal after a crash
+    /// applies a record only over an older state, never over a newer one.
+    #[serde(default)]
+    pub revision: u64,
 }
 
 impl MessageState {
@@ -121,6 +126,7 @@ impl MessageState {
             sent_via: None,
             backoff_step: 0,
             backoff_route: None,
+            revision: 0,
         }
     }
 
