@@ -340,18 +340,21 @@ impl Agent {
             );
             self.flushers.insert(name, Flusher { handle, outbox });
         }
-        // (Re)watch every user's new/ for files dropped by mail clients.
+        // (Re)watch every user's new/ for files dropped by mail clients, and queue/ for
+        // messages `linkrelay sendmail` queued: it does not wait on D-Bus to tell us.
         if let Some(old) = self.drop_watch.take() {
             old.abort();
         }
         let dirs = self
             .flushers
             .iter()
-            .map(|(user, f)| (user.clone(), f.outbox.root().join("new")))
+            .flat_map(|(user, f)| ["new", "queue"].map(|d| (user.clone(), f.outbox.root().join(d))))
             .collect();
         match crate::dropwatch::spawn(dirs, self.drops_tx.clone()) {
             Ok(task) => self.drop_watch = Some(task),
-            Err(e) => warn!("cannot watch new/ ({e}); dropped files wait for the next flush"),
+            Err(e) => {
+                warn!("cannot watch new/ and queue/ ({e}); new mail waits for the next flush")
+            }
         }
         Ok(())
     }

@@ -1,5 +1,6 @@
-//! Watches each user's `new/` directory with inotify, so that a mail client that drops a file
-//! there (Maildir style) gets it sent without a nudge, and without any polling.
+//! Watches each user's `new/` and `queue/` directories with inotify, so that a file a mail
+//! client drops into `new/` (Maildir style), or a message `linkrelay sendmail` renames into
+//! `queue/`, gets sent without a nudge over D-Bus, and without any polling.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -10,8 +11,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
-/// Starts watching `dirs` (user, new/ directory); sends the user's name on `tx` when a file
-/// arrives. Returns the task, to abort when the set of users changes.
+/// Starts watching `dirs` (user, directory); sends the user's name on `tx` when a file or
+/// directory arrives in one. Returns the task, to abort when the set of users changes.
 pub fn spawn(
     dirs: Vec<(String, PathBuf)>,
     tx: mpsc::UnboundedSender<String>,
@@ -31,14 +32,14 @@ pub fn spawn(
             match event {
                 Ok(ev) => {
                     if let Some(user) = users.get(&ev.wd) {
-                        debug!(%user, file = ?ev.name, "file dropped into new/");
+                        debug!(%user, file = ?ev.name, "new mail in the outbox");
                         if tx.send(user.clone()).is_err() {
                             return;
                         }
                     }
                 }
                 Err(e) => {
-                    warn!("inotify on new/: {e}; files dropped there wait for the next flush");
+                    warn!("inotify on the outboxes: {e}; new mail waits for the next flush");
                     return;
                 }
             }

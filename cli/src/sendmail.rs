@@ -1,5 +1,11 @@
 //! sendmail mode: queue a message straight into the user's outbox (works while the agent is
-//! down), durably, then nudge the agent. Exit codes follow sysexits(3), as mail clients expect.
+//! down), durably. Exit codes follow sysexits(3), as mail clients expect.
+//!
+//! A running agent watches the outbox's `queue/` with inotify and sends what arrives, so
+//! sendmail talks to D-Bus only when no agent holds the outbox (its journal lock is free):
+//! then a `Wake` call starts an installed agent through D-Bus activation. A client that queues
+//! mail one process per message (cron, git send-email, a script) so pays for one durable
+//! write and not for a bus connection and round trip.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -127,7 +133,9 @@ pub fn main(args: Vec<String>) -> ExitCode {
         Ok(id) => id,
         Err(e) => return fail(EX_TEMPFAIL, format!("message NOT queued: {e}")),
     };
-    nudge(&user);
+    if !outbox.agent_holds_it() {
+        nudge(&user);
+    }
     if std::env::var_os("LINKRELAY_VERBOSE").is_some() {
         eprintln!("sendmail: queued {id} for {user}");
     }
@@ -158,8 +166,9 @@ fn load_config(explicit: Option<PathBuf>) -> Result<Config, String> {
     }
 }
 
-/// Tells a running agent to look at the outbox now. Best effort and bounded: the message is
-/// already safe, and the agent also finds it on its next flush.
+/// Tells the agent to look at the outbox now, starting it through D-Bus activation if it is
+/// installed but not running. Best effort and bounded: the message is already safe, and an
+/// agent finds it when it starts.
 fn nudge(user: &str) {
     let Ok(rt) = tokio::runtime::Builder::new_current_thread()
         .enable_all()

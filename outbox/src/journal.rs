@@ -112,6 +112,24 @@ impl Outbox {
     }
 }
 
+impl Outbox {
+    /// True when a process holds this outbox's journal: a running agent, which watches
+    /// `queue/` and sends what [`Outbox::enqueue`] puts there without being told.
+    pub fn agent_holds_it(&self) -> bool {
+        let Ok(fd) = rustix::fs::open(
+            self.root().join(JOURNAL),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
+            return false;
+        };
+        matches!(
+            rustix::fs::flock(&fd, FlockOperation::NonBlockingLockShared),
+            Err(rustix::io::Errno::WOULDBLOCK)
+        )
+    }
+}
+
 impl Journal {
     /// Records that message `state.id` reached `state` and belongs in `to` from now on:
     /// bumps its revision, appends the record and `fdatasync`s it, then moves the message

@@ -209,10 +209,13 @@ fn the_last_record_of_a_message_wins() {
 #[test]
 fn only_one_writer_holds_the_journal() {
     let (_d, ob) = outbox();
+    assert!(!ob.agent_holds_it());
     let (journal, _) = ob.open_journal().unwrap();
+    assert!(ob.agent_holds_it());
     let err = ob.open_journal().unwrap_err();
     assert!(err.to_string().contains("another linkrelayd"), "{err}");
     drop(journal);
+    assert!(!ob.agent_holds_it());
     ob.open_journal().unwrap();
 }
 
