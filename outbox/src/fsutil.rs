@@ -42,15 +42,9 @@ pub(crate) fn mkdir_private(path: &Path) -> io::Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(DIR_MODE))
 }
 
-/// Creates `name` in `dir` (O_EXCL, never following a link), writes `data`, sets mode 0600
-/// and fsyncs it.
-pub(crate) fn write_new_file(dir: impl AsFd, name: &str, data: &[u8]) -> io::Result<()> {
-    create_file(dir, name, data)?.sync_all()
-}
-
 /// Creates `name` in `dir` (O_EXCL, never following a link), writes `data` and sets mode
 /// 0600, without syncing: for files whose durability something else provides.
-fn create_file(dir: impl AsFd, name: &str, data: &[u8]) -> io::Result<File> {
+pub(crate) fn create_file(dir: impl AsFd, name: &str, data: &[u8]) -> io::Result<File> {
     let fd = rustix::fs::openat(
         dir,
         name,

@@ -12,8 +12,8 @@ use rustix::fs::AtFlags;
 
 use crate::error::OutboxError;
 use crate::fsutil::{
-    DIR_MODE, fsync_dir, mkdir_private, open_dir, read_file, read_file_in, rename_noreplace,
-    replace_file_in, write_new_file,
+    DIR_MODE, create_file, fsync_dir, mkdir_private, open_dir, read_file, read_file_in,
+    rename_noreplace, replace_file_in,
 };
 use crate::id::{new_id, now_secs, validate_id};
 use crate::sendmail::{address_problem, envelope_from_headers};
@@ -578,15 +578,22 @@ impl Outbox {
         let result = (|| -> Result<(), OutboxError> {
             let ctx = |what: &str| format!("{what} {}", tmp_dir.display());
             let dir = open_dir(&tmp_dir).map_err(|e| OutboxError::io(ctx("opening"), e))?;
-            write_new_file(&dir, MESSAGE, message).map_err(|e| {
+            let msg_file = create_file(&dir, MESSAGE, message).map_err(|e| {
                 OutboxError::io(format!("writing {}/{MESSAGE}", tmp_dir.display()), e)
             })?;
             let json = state_json(&state).map_err(|e| {
                 OutboxError::io(format!("writing {}/{STATE}", tmp_dir.display()), e)
             })?;
-            write_new_file(&dir, STATE, &json).map_err(|e| {
+            let state_file = create_file(&dir, STATE, &json).map_err(|e| {
                 OutboxError::io(format!("writing {}/{STATE}", tmp_dir.display()), e)
             })?;
+            // Both files are written before either is synced: on a journaling file system the
+            // first fsync's commit then carries both, and the next two syncs find little to do.
+            for (file, name) in [(msg_file, MESSAGE), (state_file, STATE)] {
+                file.sync_all().map_err(|e| {
+                    OutboxError::io(format!("syncing {}/{name}", tmp_dir.display()), e)
+                })?;
+            }
             rustix::fs::fsync(&dir).map_err(|e| OutboxError::io(ctx("syncing"), e))?;
             drop(dir);
             rename_noreplace(&tmp_dir, &final_dir).map_err(|e| {
