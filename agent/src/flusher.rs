@@ -286,7 +286,7 @@ impl Flusher {
             if msg.is_done() {
                 // Every recipient was dealt with, but the move out of queue/ did not happen
                 // (a crash or a full disk): finish it without sending anything again.
-                match self.complete(&mut msg, t) {
+                match self.complete(&mut msg, t).await {
                     Done::Sent => result.sent += 1,
                     Done::Deferred(at) => next_due = min_some(next_due, at),
                     Done::Failed | Done::Interrupted => {}
@@ -308,7 +308,7 @@ impl Flusher {
             if let Some(why) = held {
                 // A held message is not attempted, but its lifetime still runs out.
                 if t >= expires {
-                    if let Done::Deferred(at) = self.expire(&mut msg, &settings, &why) {
+                    if let Done::Deferred(at) = self.expire(&mut msg, &settings, &why).await {
                         next_due = min_some(next_due, at);
                     }
                 } else {
@@ -389,7 +389,7 @@ impl Flusher {
                 let reason = format!("cannot read the message: {e}");
                 fail_pending(msg, &reason);
                 msg.failure = Some(reason);
-                return self.fail(msg);
+                return self.fail(msg).await;
             }
         };
         let order = lock(&self.memory).order(link, relays, t);
@@ -474,7 +474,7 @@ impl Flusher {
                         msg.last_error = Some(format!("{relay_name}: {}", v.describe()));
                         fail_pending(msg, &v.describe());
                         msg.failure = Some(v.describe());
-                        return self.fail(msg);
+                        return self.fail(msg).await;
                     }
                     if v.outcome == Outcome::RelayRefused {
                         self.refused(link, relay_name, &v, settings);
@@ -527,7 +527,7 @@ impl Flusher {
             if changed && !msg.is_done() {
                 // Record the delivered recipients now: a crash or a route change before the
                 // end of this attempt must not send to them again.
-                self.save(msg);
+                self.save(msg).await;
             }
             match worst {
                 None => {
@@ -550,14 +550,14 @@ impl Flusher {
             msg.last_error = Some(format!("{relay}: {}", v.describe()));
         }
         if msg.is_done() {
-            return self.complete(msg, t);
+            return self.complete(msg, t).await;
         }
 
         // Still pending: defer, unless the lifetime is over.
         let age = t.saturating_sub(msg.queued_at);
         if age > settings.retry.lifetime.as_secs() {
             let last = msg.last_error.clone().unwrap_or_default();
-            return self.expire(msg, settings, &last);
+            return self.expire(msg, settings, &last).await;
         }
         let key = route_key(link, relays);
         let step = next_step(
@@ -592,7 +592,7 @@ impl Flusher {
             });
         }
         msg.next_attempt = at;
-        self.save(msg);
+        self.save(msg).await;
         let reason = msg.last_error.clone().unwrap_or_default();
         info!(user = %self.user, id = %msg.id, %reason, next_attempt = at, step, "deferred");
         self.emit(FlushEvent::Deferred {
@@ -606,19 +606,46 @@ impl Flusher {
 
     /// Writes a queued message's state; if the disk does not take it, keeps it in memory so
     /// that this process goes on from it (and writes it later).
-    fn save(&mut self, msg: &mut MessageState) {
-        let result = self.write(msg, Folder::Queue);
+    async fn save(&mut self, msg: &mut MessageState) {
+        let result = self.write(msg, Folder::Queue).await;
         self.recorded(msg, result, "cannot record the attempt");
     }
 
     /// Records `msg`'s new state durably, in folder `to` (the queue for an attempt that
     /// changed nothing but the state).
-    fn write(&mut self, msg: &mut MessageState, to: Folder) -> Result<(), OutboxError> {
-        match (&mut self.journal, to) {
-            (Some(journal), _) => journal.record(msg, to),
-            (None, Folder::Queue) => self.outbox.update(msg),
-            (None, Folder::Sent) => self.outbox.finish_sent(msg),
-            (None, Folder::Failed) => self.outbox.finish_failed(msg),
+    ///
+    /// The journal's fdatasync runs on tokio's blocking pool: the flushers of other users, and
+    /// the agent's D-Bus service, go on while the disk flushes.
+    async fn write(&mut self, msg: &mut MessageState, to: Folder) -> Result<(), OutboxError> {
+        let Some(mut journal) = self.journal.take() else {
+            return self.write_synced(msg, to);
+        };
+        let mut state = msg.clone();
+        let recorded = tokio::task::spawn_blocking(move || {
+            let result = journal.record(&mut state, to);
+            (journal, state, result)
+        })
+        .await;
+        match recorded {
+            Ok((journal, state, result)) => {
+                self.journal = Some(journal);
+                *msg = state;
+                result
+            }
+            // Only if record() panicked: the journal is gone, fall back to the fsync path.
+            Err(e) => {
+                warn!(user = %self.user, error = %e, "the outcome journal failed; recording with fsyncs from now on");
+                self.write_synced(msg, to)
+            }
+        }
+    }
+
+    /// Records `msg`'s new state without the journal: the folders are rewritten durably.
+    fn write_synced(&self, msg: &MessageState, to: Folder) -> Result<(), OutboxError> {
+        match to {
+            Folder::Queue => self.outbox.update(msg),
+            Folder::Sent => self.outbox.finish_sent(msg),
+            Folder::Failed => self.outbox.finish_failed(msg),
         }
     }
 
@@ -649,7 +676,7 @@ impl Flusher {
 
     /// Moves a message whose recipients are all done out of the queue: to sent/ when every
     /// one was delivered, else to failed/ (some or all were rejected: the user should know).
-    fn complete(&mut self, msg: &mut MessageState, t: u64) -> Done {
+    async fn complete(&mut self, msg: &mut MessageState, t: u64) -> Done {
         let sent: Vec<&str> = msg
             .recipients
             .iter()
@@ -673,7 +700,7 @@ impl Flusher {
                 .find(|r| r.status == RecipientStatus::Sent)
                 .and_then(|r| r.reply.clone())
                 .unwrap_or_default();
-            let result = self.write(msg, Folder::Sent);
+            let result = self.write(msg, Folder::Sent).await;
             if !self.recorded(msg, result, "cannot move to sent/") {
                 return Done::Deferred(t + RECORD_RETRY);
             }
@@ -699,12 +726,17 @@ impl Flusher {
                 )
             });
         }
-        self.fail(msg)
+        self.fail(msg).await
     }
 
     /// The message's lifetime ran out: it goes to failed/ with the reason, its undelivered
     /// recipients marked failed (`linkrelay retry` puts them back).
-    fn expire(&mut self, msg: &mut MessageState, settings: &FlushSettings, last: &str) -> Done {
+    async fn expire(
+        &mut self,
+        msg: &mut MessageState,
+        settings: &FlushSettings,
+        last: &str,
+    ) -> Done {
         let reason = format!(
             "not delivered within {} (lifetime); last: {}",
             humantime::format_duration(settings.retry.lifetime),
@@ -716,7 +748,7 @@ impl Flusher {
         );
         fail_pending(msg, &reason);
         msg.failure = Some(reason);
-        self.fail(msg)
+        self.fail(msg).await
     }
 
     fn refused(&self, link: &str, relay: &str, v: &Verdict, settings: &FlushSettings) {
@@ -731,9 +763,9 @@ impl Flusher {
         });
     }
 
-    fn fail(&mut self, msg: &mut MessageState) -> Done {
+    async fn fail(&mut self, msg: &mut MessageState) -> Done {
         let reason = msg.failure.clone().unwrap_or_else(|| "failed".into());
-        let result = self.write(msg, Folder::Failed);
+        let result = self.write(msg, Folder::Failed).await;
         if !self.recorded(msg, result, "cannot move to failed/") {
             // Come back to record it (the message stays queued on disk meanwhile).
             return Done::Deferred(now() + RECORD_RETRY);
