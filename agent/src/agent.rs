@@ -222,6 +222,7 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
             Some(ev) = events_rx.recv() => agent.on_flush_event(ev).await,
             Some(user) = drops_rx.recv() => {
                 if let Some(f) = agent.flushers.get(&user) {
+                    f.handle.arrived.store(true, std::sync::atomic::Ordering::Relaxed);
                     let _ = f.handle.requests.send(FlushRequest::default());
                 }
             }
@@ -340,20 +341,23 @@ impl Agent {
             );
             self.flushers.insert(name, Flusher { handle, outbox });
         }
-        // (Re)watch every user's new/ for files dropped by mail clients, and queue/ for
-        // messages `linkrelay sendmail` queued: it does not wait on D-Bus to tell us.
+        // (Re)watch every user's new/ for files dropped by mail clients, incoming/ for what
+        // `linkrelay sendmail` submits, and queue/ for what it queues when it finds no agent
+        // (one may be starting): sendmail does not tell us over D-Bus.
         if let Some(old) = self.drop_watch.take() {
             old.abort();
         }
         let dirs = self
             .flushers
             .iter()
-            .flat_map(|(user, f)| ["new", "queue"].map(|d| (user.clone(), f.outbox.root().join(d))))
+            .flat_map(|(user, f)| {
+                ["new", "incoming", "queue"].map(|d| (user.clone(), f.outbox.root().join(d)))
+            })
             .collect();
         match crate::dropwatch::spawn(dirs, self.drops_tx.clone()) {
             Ok(task) => self.drop_watch = Some(task),
             Err(e) => {
-                warn!("cannot watch new/ and queue/ ({e}); new mail waits for the next flush")
+                warn!("cannot watch the outboxes ({e}); new mail waits for the next flush")
             }
         }
         Ok(())

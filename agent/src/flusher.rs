@@ -2,6 +2,7 @@
 //! every outcome durably before the next message.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -128,6 +129,9 @@ pub struct FlusherHandle {
     pub route: watch::Sender<UserRoute>,
     /// Settings it uses.
     pub settings: watch::Sender<Arc<FlushSettings>>,
+    /// Set when mail arrived in `incoming/` or `new/`: the flusher takes it in between two
+    /// messages, so that it shows in the queue even while a long batch runs.
+    pub arrived: Arc<AtomicBool>,
 }
 
 /// Starts the flusher of `user`. With `journal` (the outbox's outcome journal, see
@@ -145,7 +149,9 @@ pub fn spawn(
     let (req_tx, req_rx) = mpsc::unbounded_channel();
     let (route_tx, route_rx) = watch::channel(route);
     let (settings_tx, settings_rx) = watch::channel(settings);
+    let arrived = Arc::new(AtomicBool::new(false));
     let flusher = Flusher {
+        arrived: arrived.clone(),
         user,
         outbox,
         journal,
@@ -163,6 +169,7 @@ pub fn spawn(
         requests: req_tx,
         route: route_tx,
         settings: settings_tx,
+        arrived,
     }
 }
 
@@ -170,6 +177,8 @@ pub fn spawn(
 const RECORD_RETRY: u64 = 30;
 
 struct Flusher {
+    /// See [`FlusherHandle::arrived`].
+    arrived: Arc<AtomicBool>,
     user: String,
     outbox: Outbox,
     /// Where outcomes are recorded; `None` when the journal could not be opened.
@@ -251,10 +260,20 @@ impl Flusher {
         messages
     }
 
-    async fn batch(&mut self, force: bool) -> BatchResult {
+    /// Takes what arrived in `incoming/` (from `linkrelay sendmail`) and `new/` (dropped by
+    /// mail clients) into the queue.
+    fn ingest(&self) {
+        self.arrived.store(false, Ordering::Relaxed);
+        for ingested in self.outbox.ingest_incoming() {
+            debug!(user = %self.user, ?ingested, "ingested from incoming/");
+        }
         for ingested in self.outbox.ingest_new() {
             debug!(user = %self.user, ?ingested, "ingested from new/");
         }
+    }
+
+    async fn batch(&mut self, force: bool) -> BatchResult {
+        self.ingest();
         // The agent sends a route only when it changed; the first one (at start-up) replaces
         // the "starting" placeholder and is not a change of the message's route.
         let rerouted = self.route.has_changed().unwrap_or(false);
@@ -278,6 +297,10 @@ impl Flusher {
         };
 
         for mut msg in messages {
+            if self.arrived.load(Ordering::Relaxed) {
+                // Queued now, sent in the next batch (the agent asked for one).
+                self.ingest();
+            }
             if b.rerouted.has_changed().unwrap_or(false) {
                 debug!(user = %self.user, "route changed mid-flush; stopping this batch");
                 break;

@@ -1,11 +1,12 @@
 //! sendmail mode: queue a message straight into the user's outbox (works while the agent is
 //! down), durably. Exit codes follow sysexits(3), as mail clients expect.
 //!
-//! A running agent watches the outbox's `queue/` with inotify and sends what arrives, so
-//! sendmail talks to D-Bus only when no agent holds the outbox (its journal lock is free):
-//! then a `Wake` call starts an installed agent through D-Bus activation. A client that queues
+//! While an agent holds the outbox (its journal lock), sendmail writes one durable file into
+//! `incoming/` (`Outbox::submit`), which the agent watches with inotify and takes into the
+//! queue: no D-Bus, two syncs. Without an agent it queues straight into `queue/` and calls
+//! `Wake`, which starts an installed agent through D-Bus activation. A client that queues
 //! mail one process per message (cron, git send-email, a script) so pays for one durable
-//! write and not for a bus connection and round trip.
+//! file and not for a bus connection and round trip.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -129,11 +130,19 @@ pub fn main(args: Vec<String>) -> ExitCode {
             );
         }
     };
-    let id = match outbox.enqueue(&envelope, &message) {
+    // With an agent running, the fast way in (one durable file it takes into the queue);
+    // without one, straight into the queue, then a nudge that starts an installed agent.
+    let agent = outbox.agent_holds_it();
+    let queued = if agent {
+        outbox.submit(&envelope, &message)
+    } else {
+        outbox.enqueue(&envelope, &message)
+    };
+    let id = match queued {
         Ok(id) => id,
         Err(e) => return fail(EX_TEMPFAIL, format!("message NOT queued: {e}")),
     };
-    if !outbox.agent_holds_it() {
+    if !agent {
         nudge(&user);
     }
     if std::env::var_os("LINKRELAY_VERBOSE").is_some() {

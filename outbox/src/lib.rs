@@ -6,6 +6,7 @@
 //! ```text
 //! tmp/                    work area; anything here is garbage after a crash
 //! new/                    Maildir-style drop for mail clients, see Outbox::ingest_new
+//! incoming/<id>           one file per message submitted while an agent runs (Outbox::submit)
 //! queue/<id>/message.eml  the message bytes, never changed after enqueue
 //! queue/<id>/state.json   envelope and delivery state (MessageState), replaced atomically
 //! journal                 the agent's outcome journal (see Journal), usually short
@@ -25,6 +26,7 @@
 mod error;
 mod fsutil;
 mod id;
+mod incoming;
 mod journal;
 mod outbox;
 pub mod sendmail;
@@ -37,6 +39,8 @@ pub use journal::{CHECKPOINT_EVERY, Journal, Replayed};
 pub use outbox::{Ingested, Outbox};
 pub use state::{Counts, Envelope, Folder, MessageState, RecipientState, RecipientStatus};
 
+#[cfg(test)]
+mod incoming_tests;
 #[cfg(test)]
 mod journal_tests;
 #[cfg(test)]

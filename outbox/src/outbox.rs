@@ -29,8 +29,10 @@ const STATE_CORRUPT: &str = "state.json.corrupt";
 const TMP: &str = "tmp";
 /// Maildir-style drop for mail clients.
 const NEW: &str = "new";
+/// Where `submit` puts messages for a running agent to queue (one file each).
+pub(crate) const INCOMING: &str = "incoming";
 /// Every subdirectory `open` creates.
-const SUBDIRS: [&str; 5] = [TMP, NEW, "queue", "sent", "failed"];
+const SUBDIRS: [&str; 6] = [TMP, NEW, INCOMING, "queue", "sent", "failed"];
 /// How old a `tmp/` leftover must be before `recover` removes it.
 const TMP_MAX_AGE: Duration = Duration::from_secs(60);
 
@@ -147,7 +149,8 @@ impl Outbox {
         out
     }
 
-    /// The messages of a folder, sorted by id (that is, in enqueue order).
+    /// The messages of a folder, sorted by id (that is, in enqueue order). For the queue this
+    /// includes what waits in `incoming/`, as fresh states.
     ///
     /// A `queue/` entry whose `state.json` is missing, unreadable or corrupt is moved to
     /// `failed/` (its bad `state.json` kept as `state.json.corrupt`, a new one giving the
@@ -155,6 +158,12 @@ impl Outbox {
     /// stand-in state with no recipients and the reason in `failure`. Entries whose name is
     /// not an id, and anything that is not a directory, are ignored.
     pub fn list(&self, folder: Folder) -> Result<Vec<MessageState>, OutboxError> {
+        // Read before the queue: a message the agent takes in meanwhile is then seen twice
+        // (and counted once), never missed.
+        let waiting = match folder {
+            Folder::Queue => self.incoming_states(),
+            _ => Vec::new(),
+        };
         let mut out = Vec::new();
         for id in self.ids(folder)? {
             match self.state(folder, &id) {
@@ -174,6 +183,19 @@ impl Outbox {
                 // A transient error (EIO, EMFILE, ...): skip the entry this time.
                 Err(OutboxError::Io { .. }) if folder == Folder::Queue => {}
                 Err(e) => out.push(self.stand_in(folder, &id, e.to_string())),
+            }
+        }
+        if !waiting.is_empty() {
+            // Submitted and not yet taken in by the agent: queued all the same for the user.
+            let known: std::collections::HashSet<String> =
+                out.iter().map(|s| s.id.clone()).collect();
+            let waiting: Vec<MessageState> = waiting
+                .into_iter()
+                .filter(|s| !known.contains(&s.id))
+                .collect();
+            if !waiting.is_empty() {
+                out.extend(waiting);
+                out.sort_by(|a, b| a.id.cmp(&b.id));
             }
         }
         Ok(out)
@@ -331,10 +353,10 @@ impl Outbox {
     }
 
     /// How many messages each folder holds (directories whose name is an id; state files are
-    /// not read).
+    /// not read). Messages waiting in `incoming/` count as queued.
     pub fn counts(&self) -> Result<Counts, OutboxError> {
         Ok(Counts {
-            queued: self.ids(Folder::Queue)?.len(),
+            queued: self.ids(Folder::Queue)?.len() + self.incoming_ids().len(),
             failed: self.ids(Folder::Failed)?.len(),
             sent: self.ids(Folder::Sent)?.len(),
         })
@@ -553,16 +575,42 @@ impl Outbox {
         message: &[u8],
         make_state: impl Fn(&str) -> MessageState,
     ) -> Result<String, OutboxError> {
+        self.build_and_move(None, dest, message, make_state, true)
+    }
+
+    /// Builds `tmp/<id>/` (with the id given, or a new one) holding `message` and the state
+    /// made by `make_state`, and renames it into `<dest>/<id>`, never replacing an entry that
+    /// exists (`EEXIST` then). With `durable`, files and directories are fsync'd; without,
+    /// the caller makes them durable some other way. On error nothing is left behind.
+    pub(crate) fn build_and_move(
+        &self,
+        given_id: Option<&str>,
+        dest: Folder,
+        message: &[u8],
+        make_state: impl Fn(&str) -> MessageState,
+        durable: bool,
+    ) -> Result<String, OutboxError> {
         let tmp_root = self.root.join(TMP);
         let mut tries = 0;
         let (id, tmp_dir) = loop {
-            let id = new_id();
-            let tmp_dir = tmp_root.join(&id);
+            let id = given_id.map_or_else(new_id, str::to_owned);
+            let tmp_dir = match given_id {
+                // Unique, in case an earlier attempt left its build behind.
+                Some(_) => tmp_root.join(format!("{id}.{:04x}", rand::random::<u16>())),
+                None => tmp_root.join(&id),
+            };
             match mkdir_private(&tmp_dir) {
                 Ok(()) => break (id, tmp_dir),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 10 => tries += 1,
                 Err(e) => {
-                    // mkdir may have worked and only the chmod failed.
+                    // mkdir may have worked and only the chmod failed (never remove a
+                    // directory that was there before us).
+                    if e.kind() == io::ErrorKind::AlreadyExists {
+                        return Err(OutboxError::io(
+                            format!("creating {}", tmp_dir.display()),
+                            e,
+                        ));
+                    }
                     let _ = fs::remove_dir(&tmp_dir);
                     return Err(OutboxError::io(
                         format!("creating {}", tmp_dir.display()),
@@ -589,12 +637,14 @@ impl Outbox {
             })?;
             // Both files are written before either is synced: on a journaling file system the
             // first fsync's commit then carries both, and the next two syncs find little to do.
-            for (file, name) in [(msg_file, MESSAGE), (state_file, STATE)] {
-                file.sync_all().map_err(|e| {
-                    OutboxError::io(format!("syncing {}/{name}", tmp_dir.display()), e)
-                })?;
+            if durable {
+                for (file, name) in [(msg_file, MESSAGE), (state_file, STATE)] {
+                    file.sync_all().map_err(|e| {
+                        OutboxError::io(format!("syncing {}/{name}", tmp_dir.display()), e)
+                    })?;
+                }
+                rustix::fs::fsync(&dir).map_err(|e| OutboxError::io(ctx("syncing"), e))?;
             }
-            rustix::fs::fsync(&dir).map_err(|e| OutboxError::io(ctx("syncing"), e))?;
             drop(dir);
             rename_noreplace(&tmp_dir, &final_dir).map_err(|e| {
                 OutboxError::io(
@@ -603,6 +653,9 @@ impl Outbox {
                 )
             })?;
             renamed = true;
+            if !durable {
+                return Ok(());
+            }
             fsync_dir(&dest_dir)
                 .map_err(|e| OutboxError::io(format!("syncing {}", dest_dir.display()), e))
         })();
@@ -620,7 +673,7 @@ impl Outbox {
     }
 
     /// Stores bytes that could not be queued in `failed/<id>/` with the reason.
-    fn store_failed(&self, message: &[u8], reason: &str) -> Result<String, OutboxError> {
+    pub(crate) fn store_failed(&self, message: &[u8], reason: &str) -> Result<String, OutboxError> {
         let now = now_secs();
         let size = message.len() as u64;
         self.commit_new(Folder::Failed, message, |id| {
@@ -773,7 +826,7 @@ fn ensure_private_dir(path: &Path, euid: u32) -> Result<(), OutboxError> {
 
 /// Checks the envelope before it is queued: at least one recipient, and addresses that can
 /// go into an SMTP command.
-fn check_envelope(env: &Envelope) -> Result<(), OutboxError> {
+pub(crate) fn check_envelope(env: &Envelope) -> Result<(), OutboxError> {
     if env.recipients.is_empty() {
         return Err(OutboxError::BadEnvelope("no recipients".into()));
     }

@@ -443,7 +443,21 @@ impl World {
         )
     }
 
-    /// Files in `<data_dir>/<user>/<folder>/` (message directories).
+    /// Waits (up to 10 s) until `folder` of `user`'s outbox holds `n` entries, and returns
+    /// them: with an agent running, `linkrelay sendmail` hands mail over through `incoming/`
+    /// and the agent moves it into `queue/` a moment later.
+    pub async fn wait_entries(&self, user: &str, folder: &str, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self.outbox_entries(user, folder);
+            if v.len() == n || Instant::now() > deadline {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Files in `<data_dir>/<user>/<folder>/` (message directories), sorted.
     pub fn outbox_entries(&self, user: &str, folder: &str) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(self.data_dir.join(user).join(folder))
             .map(|rd| {

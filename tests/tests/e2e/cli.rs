@@ -152,7 +152,7 @@ async fn sendmail_refuses_bad_input_with_sysexits_and_works_without_the_agent() 
         )
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(w.outbox_entries("bob", "queue").len(), 1);
+    assert_eq!(w.wait_entries("bob", "queue", 1).await.len(), 1);
 
     let out = w.sendmail(&["-t"], "Subject: nobody\n\nbody\n").unwrap();
     assert_eq!(out.status.code(), Some(65), "no recipients is EX_DATAERR");

@@ -100,7 +100,7 @@ async fn connect_says_why_when_no_saved_connection_helps() {
         "{err}"
     );
     assert!(nm.active_ids().await.is_empty());
-    assert_eq!(w.outbox_entries("alice", "queue").len(), 1);
+    assert_eq!(w.wait_entries("alice", "queue", 1).await.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,7 +119,7 @@ async fn connect_reports_a_polkit_refusal() {
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(nm.active_ids().await.is_empty());
-    assert_eq!(w.outbox_entries("bob", "queue").len(), 1);
+    assert_eq!(w.wait_entries("bob", "queue", 1).await.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,5 +136,5 @@ async fn connect_without_networkmanager_says_to_connect_by_hand() {
         err.contains("NetworkManager is not running on the system bus; connect by hand, then `linkrelay flush`"),
         "{err}"
     );
-    assert_eq!(w.outbox_entries("bob", "queue").len(), 1);
+    assert_eq!(w.wait_entries("bob", "queue", 1).await.len(), 1);
 }

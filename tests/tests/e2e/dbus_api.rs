@@ -116,7 +116,7 @@ async fn hostile_calls_get_errors_and_touch_nothing() {
     assert!(r.is_err());
     // The agent is alive and the queued message untouched.
     assert_eq!(agent.list_queue("bob").await.unwrap().len(), 1);
-    assert_eq!(w.outbox_entries("bob", "queue").len(), 1);
+    assert_eq!(w.wait_entries("bob", "queue", 1).await.len(), 1);
     assert!(
         w.data_dir
             .parent()
@@ -395,6 +395,6 @@ async fn every_method_survives_hostile_arguments() {
         "the agent restarted or lost its name"
     );
     assert_eq!(agent.list_queue("bob").await.unwrap().len(), 1);
-    assert_eq!(w.outbox_entries("bob", "queue").len(), 1);
+    assert_eq!(w.wait_entries("bob", "queue", 1).await.len(), 1);
     assert!(w.agent_log().lines().all(|l| !l.contains("panicked")));
 }

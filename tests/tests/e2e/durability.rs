@@ -329,7 +329,7 @@ async fn a_disk_that_fills_up_while_sending_does_not_make_the_agent_send_twice()
         assert!(out.status.success());
     }
     assert_eq!(relay.received().len(), 1, "{}", w.agent_log());
-    assert_eq!(w.outbox_entries("me", "queue").len(), 1);
+    assert_eq!(w.wait_entries("me", "queue", 1).await.len(), 1);
 
     // Space again: the next flush records it, still without sending it again.
     std::fs::remove_file(w.data_dir.join("filler")).unwrap();

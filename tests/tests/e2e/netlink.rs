@@ -230,7 +230,7 @@ async fn a_default_route_on_a_link_that_lost_carrier_does_not_count() {
         .send("me@laptop.example", "you@dest.example", "while-offline")
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(l.world.outbox_entries("me", "queue").len(), 1);
+    assert_eq!(l.world.wait_entries("me", "queue", 1).await.len(), 1);
 
     // The fibre's carrier comes back: the waiting mail goes through its relay.
     l.ns.ip("link set upa-p up").unwrap();
@@ -295,7 +295,7 @@ async fn auto_uses_networkmanager_while_it_runs_and_netlink_when_it_goes() {
             .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(l.world.outbox_entries("me", "queue").len(), 2);
+    assert_eq!(l.world.wait_entries("me", "queue", 2).await.len(), 2);
     assert!(l.relay_a.received().is_empty());
 
     // NetworkManager leaves the bus: netlink takes over, and the queued mail goes out

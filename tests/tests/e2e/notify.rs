@@ -106,7 +106,7 @@ async fn mail_waiting_past_the_threshold_is_announced_once_with_the_way_out() {
         .unwrap();
     w.send("bob@bob.example", "dave@dest.example", "waits")
         .unwrap();
-    let queued = w.outbox_entries("bob", "queue");
+    let queued = w.wait_entries("bob", "queue", 1).await;
     assert_eq!(queued.len(), 1);
 
     // Not before the threshold...
@@ -154,5 +154,5 @@ async fn notifications_can_be_turned_off() {
         .unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(notes.shown().is_empty(), "{:#?}", notes.shown());
-    assert_eq!(w.outbox_entries("bob", "queue").len(), 1);
+    assert_eq!(w.wait_entries("bob", "queue", 1).await.len(), 1);
 }

@@ -264,7 +264,7 @@ async fn no_keyring_no_item_or_a_locked_one_keeps_the_mail_and_says_what_to_do()
     let e = error_after_flush(&w);
     assert!(e.contains("is locked and was not unlocked"), "{e}");
     assert!(relay.received().is_empty());
-    assert_eq!(w.outbox_entries("bob", "queue").len(), 1);
+    assert_eq!(w.wait_entries("bob", "queue", 1).await.len(), 1);
 }
 
 #[test]

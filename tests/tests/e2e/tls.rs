@@ -163,7 +163,7 @@ async fn refused_certificate(relay: ScriptedRelay, relay_lines: &str, want: &[&s
     assert!(text.contains(hint), "and say what to do ({hint:?}): {m}");
     assert!(!text.contains("Connection error: Connection error"), "{m}");
     assert!(m["status"].as_str().unwrap().starts_with("deferred"), "{m}");
-    assert_eq!(w.outbox_entries("alice", "queue").len(), 1);
+    assert_eq!(w.wait_entries("alice", "queue", 1).await.len(), 1);
     assert!(relay.received().is_empty());
     let sent = verbs(
         &relay
@@ -271,7 +271,7 @@ async fn starttls_required_but_not_offered_sends_nothing_in_clear() {
         "only the greeting went out in clear: {clear:?}"
     );
     assert!(relay.received().is_empty());
-    assert_eq!(w.outbox_entries("alice", "queue").len(), 1);
+    assert_eq!(w.wait_entries("alice", "queue", 1).await.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,225 @@
+//! `incoming/`: the fast way in while an agent runs, one file per message.
+//!
+//! [`Outbox::enqueue`] builds a message directory (message.eml and state.json) and makes it
+//! durable: three file system commits (the two files, the directory, `queue/`). A sendmail
+//! process that waits for that pays for it on every message. [`Outbox::submit`] instead writes
+//! one file, `incoming/<id>`, holding an envelope line and the message, and makes it durable
+//! with two syncs (the file, then `incoming/`): the message is as safe, sooner. The agent, which
+//! watches `incoming/`, then moves it into the queue with [`Outbox::ingest_incoming`]: it builds
+//! `queue/<id>/` without syncing, makes every message of the round durable with one `syncfs`, and
+//! only then removes their files from `incoming/`. A crash in between leaves a file whose id is
+//! already queued (or sent): the next round sees the id and only removes the file, so nothing is
+//! queued twice. This is the shape of Postfix's maildrop and pickup.
+//!
+//! File format: the line `linkrelay-envelope 1 {"from":...,"recipients":[...]}\n`, then the
+//! message bytes exactly as `enqueue` would store them.
+
+use std::fs;
+use std::io;
+
+use crate::error::OutboxError;
+use crate::fsutil::{create_file, fsync_dir, open_dir, read_file, rename_noreplace};
+use crate::id::{new_id, now_secs, validate_id};
+use crate::outbox::{INCOMING, Ingested, Outbox, check_envelope};
+use crate::state::{Envelope, Folder, MessageState};
+
+/// The start of the first line of an `incoming/` file.
+const MAGIC: &[u8] = b"linkrelay-envelope 1 ";
+
+impl Outbox {
+    /// Queues a message through `incoming/` for a running agent to pick up, and returns its id.
+    ///
+    /// When this returns `Ok`, `incoming/<id>` is on disk and fsync'd, and so is its directory
+    /// entry: the message is safe. Use it only while an agent holds the outbox
+    /// ([`Outbox::agent_holds_it`]); without one, [`Outbox::enqueue`] puts the message where
+    /// every tool sees it at once. On error nothing is left behind.
+    pub fn submit(&self, env: &Envelope, message: &[u8]) -> Result<String, OutboxError> {
+        check_envelope(env)?;
+        let id = new_id();
+        let tmp = self.root().join("tmp");
+        let name = format!("{id}.submit");
+        let tmp_path = tmp.join(&name);
+        let dest_dir = self.root().join(INCOMING);
+        let dest = dest_dir.join(&id);
+        let mut data = Vec::with_capacity(MAGIC.len() + 256 + message.len());
+        data.extend_from_slice(MAGIC);
+        serde_json::to_writer(&mut data, env)
+            .map_err(|e| OutboxError::io("encoding the envelope", io::Error::other(e)))?;
+        data.push(b'\n');
+        data.extend_from_slice(message);
+        let result = (|| -> Result<(), OutboxError> {
+            let dir = open_dir(&tmp)
+                .map_err(|e| OutboxError::io(format!("opening {}", tmp.display()), e))?;
+            create_file(&dir, &name, &data)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| OutboxError::io(format!("writing {}", tmp_path.display()), e))?;
+            rename_noreplace(&tmp_path, &dest).map_err(|e| {
+                OutboxError::io(
+                    format!("moving {} to {}", tmp_path.display(), dest.display()),
+                    e,
+                )
+            })?;
+            if let Err(e) = fsync_dir(&dest_dir) {
+                let _ = fs::remove_file(&dest);
+                return Err(OutboxError::io(
+                    format!("syncing {}", dest_dir.display()),
+                    e,
+                ));
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => Ok(id),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp_path);
+                Err(e)
+            }
+        }
+    }
+
+    /// Moves the messages of `incoming/` into the queue (see the module documentation): one
+    /// `syncfs` for the whole round, then their files are removed. A file that cannot be
+    /// parsed goes to `failed/` with the reason; an I/O error leaves the file for the next
+    /// round. Returns what happened to each file, in id order.
+    pub fn ingest_incoming(&self) -> Vec<Ingested> {
+        let dir = self.root().join(INCOMING);
+        let mut out = Vec::new();
+        let names = self.incoming_ids();
+        if names.is_empty() {
+            return out;
+        }
+        // Files whose message is now in a folder: removed once the folders are durable.
+        let mut done = Vec::new();
+        for name in names {
+            match self.ingest_one(&name) {
+                Ok(Some(ingested)) => {
+                    done.push(name);
+                    out.push(ingested);
+                }
+                // Queued in an earlier round that did not get to remove the file.
+                Ok(None) => done.push(name),
+                Err(error) => out.push(Ingested::Deferred { file: name, error }),
+            }
+        }
+        let root = match open_dir(self.root()) {
+            Ok(root) => root,
+            Err(e) => {
+                out.push(Ingested::Deferred {
+                    file: String::new(),
+                    error: OutboxError::io(format!("opening {}", self.root().display()), e),
+                });
+                return out;
+            }
+        };
+        if let Err(e) = rustix::fs::syncfs(&root) {
+            // The files stay; the next round finds their ids queued and removes them.
+            out.push(Ingested::Deferred {
+                file: String::new(),
+                error: OutboxError::io(format!("syncing {}", self.root().display()), e),
+            });
+            return out;
+        }
+        for name in done {
+            let _ = fs::remove_file(dir.join(&name));
+        }
+        out
+    }
+
+    /// The ids of the files in `incoming/`, sorted.
+    pub(crate) fn incoming_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = fs::read_dir(self.root().join(INCOMING))
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| validate_id(n).is_ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    }
+
+    /// Fresh states for the usable files of `incoming/` (those the agent has not taken in yet).
+    pub(crate) fn incoming_states(&self) -> Vec<MessageState> {
+        let dir = self.root().join(INCOMING);
+        self.incoming_ids()
+            .into_iter()
+            .filter_map(|id| {
+                let bytes = read_file(&dir.join(&id)).ok()?;
+                let (env, message) = parse(&bytes).ok()?;
+                let queued_at = id.split('.').next()?.parse().ok()?;
+                Some(MessageState::new(
+                    &id,
+                    &env,
+                    message.len() as u64,
+                    queued_at,
+                ))
+            })
+            .collect()
+    }
+
+    /// Queues `incoming/<id>` under the same id, without syncing. `None` when a message with
+    /// this id is already in a folder (or the file went away).
+    fn ingest_one(&self, id: &str) -> Result<Option<Ingested>, OutboxError> {
+        if self.locate(id)?.is_some() {
+            return Ok(None);
+        }
+        let path = self.root().join(INCOMING).join(id);
+        let bytes = match read_file(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(OutboxError::io(format!("reading {}", path.display()), e)),
+        };
+        let file = id.to_owned();
+        let parsed = parse(&bytes).and_then(|(env, message)| {
+            check_envelope(&env).map_err(|e| e.to_string())?;
+            Ok((env, message))
+        });
+        let (env, message) = match parsed {
+            Ok(v) => v,
+            Err(reason) => {
+                let reason = format!("unusable file in incoming/: {reason}");
+                let failed_id = self.store_failed(&bytes, &reason)?;
+                return Ok(Some(Ingested::Failed {
+                    file,
+                    id: failed_id,
+                    reason,
+                }));
+            }
+        };
+        let now = now_secs();
+        let size = message.len() as u64;
+        let made = self.build_and_move(
+            Some(id),
+            Folder::Queue,
+            message,
+            |id| MessageState::new(id, &env, size, now),
+            false,
+        );
+        match made {
+            Ok(id) => Ok(Some(Ingested::Queued { file, id })),
+            Err(OutboxError::Io { source, .. })
+                if source.kind() == io::ErrorKind::AlreadyExists =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Splits an `incoming/` file into its envelope and message.
+fn parse(bytes: &[u8]) -> Result<(Envelope, &[u8]), String> {
+    let rest = bytes
+        .strip_prefix(MAGIC)
+        .ok_or("it does not start with a linkrelay envelope line")?;
+    let end = rest
+        .iter()
+        .position(|b| *b == b'\n')
+        .ok_or("its envelope line does not end")?;
+    let env: Envelope =
+        serde_json::from_slice(&rest[..end]).map_err(|e| format!("bad envelope line: {e}"))?;
+    Ok((env, &rest[end + 1..]))
+}
