@@ -345,7 +345,8 @@ pub async fn enqueue(s: &Settings, port: u16) -> anyhow::Result<(Vec<f64>, Vec<f
     }
     // Everything sent: the online runs really went out.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while seed::count(&setup.outbox(1), "queue") > 0 && Instant::now() < deadline {
+    let waiting = |f: &str| seed::count(&setup.outbox(1), f);
+    while waiting("queue") + waiting("incoming") > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     ensure!(
@@ -357,6 +358,11 @@ pub async fn enqueue(s: &Settings, port: u16) -> anyhow::Result<(Vec<f64>, Vec<f
     tokio::time::sleep(Duration::from_millis(500)).await;
     for _ in 0..s.reps {
         offline.push(sendmail_run(&setup.w, s.enqueue_n, &msg)?);
+    }
+    // sendmail hands mail to the running agent through incoming/; wait for it to be queued.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seed::count(&setup.outbox(1), "incoming") > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     ensure!(
         seed::count(&setup.outbox(1), "queue") == s.reps * s.enqueue_n,
