@@ -25,6 +25,7 @@ mod error;
 mod fsutil;
 mod id;
 mod outbox;
+mod scan;
 pub mod sendmail;
 mod state;
 
@@ -32,6 +33,7 @@ pub use error::OutboxError;
 pub use fsutil::replace_file;
 pub use id::validate_id;
 pub use outbox::{Ingested, Outbox};
+pub use scan::FolderReader;
 pub use state::{Counts, Envelope, Folder, MessageState, RecipientState, RecipientStatus};
 
 #[cfg(test)]
