@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use linkrelay_config::{Config, ConfigError};
 use linkrelay_dbus::{
-    AGENT_BUS_NAME, AGENT_PATH, AgentError, FlushResult, MessageInfo, OverrideInfo, QueueCount,
-    RouteInfo,
+    AGENT_BUS_NAME, AGENT_PATH, AgentError, FlushResult, OverrideInfo, QueueCount, RouteInfo,
 };
-use linkrelay_outbox::{Counts, Folder, MessageState, Outbox, OutboxError, RecipientStatus};
+use linkrelay_outbox::{Counts, Folder, Outbox, OutboxError};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -21,6 +20,7 @@ use zbus::object_server::InterfaceRef;
 use crate::flusher::{self, BatchResult, FlushEvent, FlushRequest, FlushSettings, UserRoute, now};
 use crate::lifecycle;
 use crate::link::{LinkState, link_property};
+use crate::listing::{Listing, map_outbox_err};
 use crate::memory::RelayMemory;
 use crate::notify::Notifier;
 use crate::router::{self, Override, Route, Routing};
@@ -253,14 +253,6 @@ async fn sleep_until_unix(at: Option<u64>) {
     };
     let secs = at.saturating_sub(now());
     tokio::time::sleep(Duration::from_secs(secs)).await;
-}
-
-fn map_outbox_err(e: OutboxError) -> AgentError {
-    match e {
-        OutboxError::BadId(id) => AgentError::InvalidArgument(format!("not a message id: {id:?}")),
-        OutboxError::NotFound(id) => AgentError::UnknownId(id),
-        other => AgentError::Io(other.to_string()),
-    }
 }
 
 impl Agent {
@@ -618,8 +610,8 @@ impl Agent {
                 };
                 let _ = reply.send(r);
             }
-            Command::ListQueue { user, reply } => {
-                let _ = reply.send(self.list_queue(&user));
+            Command::Listing { user, reply } => {
+                let _ = reply.send(self.listing(&user));
             }
             Command::Retry { id, reply } => {
                 let r = self.find(&id).and_then(|(user, outbox)| {
@@ -782,26 +774,23 @@ impl Agent {
         )))
     }
 
-    fn list_queue(&self, user: &str) -> Result<Vec<MessageInfo>, AgentError> {
+    /// What a queue listing of `user` ("" = every user) walks; the walk happens off the loop
+    /// (agent/src/listing.rs).
+    fn listing(&self, user: &str) -> Result<Listing, AgentError> {
         if !user.is_empty() && !self.flushers.contains_key(user) {
             return Err(AgentError::UnknownUser(format!("no user named {user:?}")));
         }
-        let t = now();
-        let mut out = Vec::new();
-        for (name, f) in &self.flushers {
-            if !user.is_empty() && name != user {
-                continue;
-            }
-            let route = self.user_route(name);
-            for folder in [Folder::Queue, Folder::Failed] {
-                let list = f.outbox.list(folder).map_err(map_outbox_err)?;
-                for m in list {
-                    let status = message_status(&m, folder, &route, t, &self.memory);
-                    out.push(message_info(name, folder, m, status));
-                }
-            }
-        }
-        Ok(out)
+        let users = self
+            .flushers
+            .iter()
+            .filter(|(name, _)| user.is_empty() || *name == user)
+            .map(|(name, f)| (name.clone(), f.outbox.clone(), self.user_route(name)))
+            .collect();
+        Ok(Listing {
+            users,
+            memory: self.memory.clone(),
+            t: now(),
+        })
     }
 
     async fn reload(&mut self) -> Result<(), AgentError> {
@@ -864,86 +853,5 @@ pub fn route_info(user: &str, route: &Route) -> RouteInfo {
             relays: Vec::new(),
             hold: reason.clone(),
         },
-    }
-}
-
-/// Why a message is where it is, in words. Pure apart from reading relay memory.
-fn message_status(
-    m: &MessageState,
-    folder: Folder,
-    route: &UserRoute,
-    t: u64,
-    memory: &Mutex<RelayMemory>,
-) -> String {
-    if folder == Folder::Failed {
-        return format!(
-            "failed: {}",
-            m.failure.clone().unwrap_or_else(|| "unknown reason".into())
-        );
-    }
-    match &route.route {
-        Route::Hold { reason } => format!("held: {reason}"),
-        Route::Send { relays, max_size } => {
-            if let Some(max) = max_size
-                && m.size > *max
-            {
-                return format!(
-                    "held: larger than the {max} bytes allowed on metered link {}",
-                    route.link
-                );
-            }
-            let mem = flusher::lock(memory);
-            if !relays.is_empty()
-                && relays
-                    .iter()
-                    .all(|r| mem.refusal(&route.link, r, t).is_some())
-            {
-                let r = &relays[0];
-                let reply = mem
-                    .refusal(&route.link, r, t)
-                    .map(|f| f.reply.clone())
-                    .unwrap_or_default();
-                return format!("waiting: {r} refuses us on link {} ({reply})", route.link);
-            }
-            if m.next_attempt > t {
-                let when = humantime::format_duration(Duration::from_secs(m.next_attempt - t));
-                format!(
-                    "deferred, next try in {when}: {}",
-                    m.last_error.clone().unwrap_or_default()
-                )
-            } else {
-                "due: sending".into()
-            }
-        }
-    }
-}
-
-fn message_info(user: &str, folder: Folder, m: MessageState, status: String) -> MessageInfo {
-    MessageInfo {
-        id: m.id,
-        user: user.to_string(),
-        folder: folder.to_string(),
-        from: m.from,
-        recipients: m
-            .recipients
-            .into_iter()
-            .map(|r| linkrelay_dbus::RecipientInfo {
-                addr: r.addr,
-                state: match r.status {
-                    RecipientStatus::Pending => "pending",
-                    RecipientStatus::Sent => "sent",
-                    RecipientStatus::Failed => "failed",
-                }
-                .into(),
-                reply: r.reply.unwrap_or_default(),
-            })
-            .collect(),
-        size: m.size,
-        queued_at: m.queued_at,
-        attempts: m.attempts,
-        next_attempt: m.next_attempt,
-        last_relay: m.last_relay.unwrap_or_default(),
-        last_error: m.last_error.unwrap_or_default(),
-        status,
     }
 }

@@ -237,27 +237,29 @@ impl Flusher {
         let _ = self.events.send(event);
     }
 
-    /// The queue in order, with the states this process could not write standing in for the
-    /// ones on disk.
-    fn queued(&mut self) -> Vec<MessageState> {
-        let mut messages = match self.outbox.list(Folder::Queue) {
-            Ok(m) => m,
+    /// The ids of the queue in order. States are read one at a time as the batch reaches
+    /// them ([`Flusher::load`]): a queue of 100,000 messages is not held in memory, and the
+    /// first message goes out without waiting for the last state to be read.
+    fn queued(&mut self) -> Vec<String> {
+        let ids = match self.outbox.message_ids(Folder::Queue) {
+            Ok(ids) => ids,
             Err(e) => {
                 warn!(user = %self.user, error = %e, "cannot list the outbox");
                 return Vec::new();
             }
         };
-        if !self.unsaved.is_empty() {
-            for m in &mut messages {
-                if let Some(newer) = self.unsaved.get(&m.id) {
-                    *m = newer.clone();
-                }
-            }
-            // The others left the queue meanwhile (dropped by the user).
-            self.unsaved
-                .retain(|id, _| messages.iter().any(|m| m.id == *id));
+        // The others left the queue meanwhile (dropped by the user). `ids` is sorted.
+        self.unsaved.retain(|id, _| ids.binary_search(id).is_ok());
+        ids
+    }
+
+    /// The state of queued message `id`: the one this process could not write if there is
+    /// one, else the one on disk (`None` when it left the queue or cannot be read now).
+    fn load(&self, id: &str) -> Option<MessageState> {
+        match self.unsaved.get(id) {
+            Some(newer) => Some(newer.clone()),
+            None => self.outbox.entry(Folder::Queue, id),
         }
-        messages
     }
 
     /// Takes what arrived in `incoming/` (from `linkrelay sendmail`) and `new/` (dropped by
@@ -279,12 +281,11 @@ impl Flusher {
         let rerouted = self.route.has_changed().unwrap_or(false);
         let route = self.route.borrow_and_update().clone();
         let settings = self.settings.borrow_and_update().clone();
-        let messages = self.queued();
+        let ids = self.queued();
         if rerouted && self.batches > 0 {
-            self.rerouted = messages.iter().map(|m| m.id.clone()).collect();
+            self.rerouted = ids.iter().cloned().collect();
         } else {
-            self.rerouted
-                .retain(|id| messages.iter().any(|m| m.id == *id));
+            self.rerouted.retain(|id| ids.binary_search(id).is_ok());
         }
         self.batches += 1;
         let lifetime = settings.retry.lifetime.as_secs();
@@ -296,7 +297,7 @@ impl Flusher {
             rerouted: self.route.clone(),
         };
 
-        for mut msg in messages {
+        for id in ids {
             if self.arrived.load(Ordering::Relaxed) {
                 // Queued now, sent in the next batch (the agent asked for one).
                 self.ingest();
@@ -305,6 +306,9 @@ impl Flusher {
                 debug!(user = %self.user, "route changed mid-flush; stopping this batch");
                 break;
             }
+            let Some(mut msg) = self.load(&id) else {
+                continue;
+            };
             let t = now();
             if msg.is_done() {
                 // Every recipient was dealt with, but the move out of queue/ did not happen

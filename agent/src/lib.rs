@@ -15,6 +15,7 @@ pub mod dropwatch;
 pub mod flusher;
 pub mod lifecycle;
 pub mod link;
+pub mod listing;
 pub mod logging;
 pub mod memory;
 pub mod netlink;

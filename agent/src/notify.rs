@@ -5,7 +5,7 @@
 //!
 //! The notifier is a task of its own, fed by the event loop ([`Notifier::failed`],
 //! [`Notifier::queue_changed`]); it reads the queue the way a D-Bus client does, with
-//! [`Command::ListQueue`], so it needs no state of the loop's and never blocks it (a stuck
+//! [`Command::Listing`] and a walk off the loop, so it needs no state of the loop's and never blocks it (a stuck
 //! notification daemon only delays notifications). Each message is mentioned once; a newer
 //! "waiting" notice of a user replaces the older one. The words are built by pure functions
 //! ([`failed_note`], [`waiting_note`], [`advice`]).
@@ -15,16 +15,18 @@
 //! notification.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use linkrelay_config::NotifySettings;
-use linkrelay_dbus::MessageInfo;
+use linkrelay_dbus::{AgentError, MessageInfo};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use zbus::{Variant, proxy};
 
 use crate::flusher::now;
+use crate::listing::Listing;
 use crate::service::Command;
 
 /// The freedesktop notification service (Desktop Notifications Specification 1.2).
@@ -99,6 +101,58 @@ pub fn advice(status: &str, id: Option<&str>) -> String {
     }
 }
 
+/// Per user, the queued messages not mentioned yet that have waited `after` seconds at `t`:
+/// how many, and the oldest.
+type Due = BTreeMap<String, (usize, MessageInfo)>;
+/// What a walk found: the messages due per user, and when the next one will be.
+type Found = Result<(Due, Option<u64>), AgentError>;
+
+/// Walks `listing` (blocking) for the messages that waited too long. `told` (the messages
+/// already mentioned) comes back pruned of those that left the outbox, plus the newly due
+/// ones; with them, what is due per user and when the next message will be.
+fn find_waiting(
+    listing: &Listing,
+    told: HashSet<String>,
+    after: u64,
+    t: u64,
+) -> (HashSet<String>, Found) {
+    let mut kept = HashSet::new();
+    let mut due: Due = BTreeMap::new();
+    let mut next: Option<u64> = None;
+    let walked = listing.for_each(|m| {
+        if told.contains(&m.id) {
+            kept.insert(m.id);
+            return ControlFlow::Continue(());
+        }
+        if m.folder != "queue" {
+            return ControlFlow::Continue(());
+        }
+        let at = m.queued_at.saturating_add(after);
+        if at > t {
+            next = Some(next.map_or(at, |n| n.min(at)));
+            return ControlFlow::Continue(());
+        }
+        kept.insert(m.id.clone());
+        match due.get_mut(&m.user) {
+            Some((count, oldest)) => {
+                *count += 1;
+                if m.queued_at < oldest.queued_at {
+                    *oldest = m;
+                }
+            }
+            None => {
+                due.insert(m.user.clone(), (1, m));
+            }
+        }
+        ControlFlow::Continue(())
+    });
+    match walked {
+        Ok(_) => (kept, Ok((due, next))),
+        // Keep what was known: nothing is mentioned twice because of a failed walk.
+        Err(e) => (told, Err(e)),
+    }
+}
+
 /// The notice for a message that moved to failed/.
 pub fn failed_note(user: &str, id: &str, reason: &str) -> Note {
     Note {
@@ -111,16 +165,15 @@ pub fn failed_note(user: &str, id: &str, reason: &str) -> Note {
     }
 }
 
-/// The notice for `waiting`, a user's messages queued for longer than `after`.
-pub fn waiting_note(user: &str, waiting: &[&MessageInfo], after: Duration) -> Note {
-    let n = waiting.len();
+/// The notice for `n` messages of a user queued for longer than `after`, `oldest` first.
+pub fn waiting_note(user: &str, n: usize, oldest: &MessageInfo, after: Duration) -> Note {
     let after = humantime::format_duration(after);
     let summary = if n == 1 {
         format!("Mail from {user} has waited over {after}")
     } else {
         format!("{n} messages from {user} have waited over {after}")
     };
-    let first = waiting.first();
+    let first = Some(oldest);
     let status = first.map(|m| m.status.as_str()).unwrap_or_default();
     let id = (n == 1).then(|| first.map(|m| m.id.as_str())).flatten();
     let to = first
@@ -287,50 +340,47 @@ async fn run(
 
 impl State {
     /// Reads the queue, announces what has waited too long, and returns the unix second at
-    /// which the next message will have.
+    /// which the next message will have. The queue is walked off the event loop, one message
+    /// at a time: only the oldest waiting message of each user is kept.
     async fn scan(&mut self) -> Option<u64> {
         let (tx, rx) = oneshot::channel();
-        let cmd = Command::ListQueue {
+        let cmd = Command::Listing {
             user: String::new(),
             reply: tx,
         };
         self.commands.send(cmd).ok()?;
-        let list = match rx.await {
-            Ok(Ok(list)) => list,
+        let listing = match rx.await {
+            Ok(Ok(listing)) => listing,
             Ok(Err(e)) => {
                 warn!("notifications: cannot list the queue: {e:?}");
                 return None;
             }
             Err(_) => return None,
         };
-        let present: HashSet<&str> = list.iter().map(|m| m.id.as_str()).collect();
-        self.told.retain(|id| present.contains(id.as_str()));
-
         let after = self.settings.after.as_secs().max(1);
-        let t = now();
-        let mut due: BTreeMap<&str, Vec<&MessageInfo>> = BTreeMap::new();
-        let mut next: Option<u64> = None;
-        for m in list.iter().filter(|m| m.folder == "queue") {
-            if self.told.contains(&m.id) {
-                continue;
+        let told = std::mem::take(&mut self.told);
+        let walk = tokio::task::spawn_blocking(move || find_waiting(&listing, told, after, now()));
+        let (told, found) = match walk.await {
+            Ok(walked) => walked,
+            Err(e) => {
+                warn!("notifications: listing the queue: {e}");
+                return None;
             }
-            let at = m.queued_at.saturating_add(after);
-            if at <= t {
-                due.entry(m.user.as_str()).or_default().push(m);
-            } else {
-                next = Some(next.map_or(at, |n| n.min(at)));
+        };
+        self.told = told;
+        let (due, next) = match found {
+            Ok(found) => found,
+            Err(e) => {
+                warn!("notifications: cannot list the queue: {e:?}");
+                return None;
             }
-        }
-        for (user, mut msgs) in due {
-            msgs.sort_by_key(|m| m.queued_at);
-            for m in &msgs {
-                self.told.insert(m.id.clone());
-            }
+        };
+        for (user, (count, oldest)) in due {
             if self.settings.enabled {
-                let note = waiting_note(user, &msgs, self.settings.after);
-                let replaces = self.waiting_ids.get(user).copied().unwrap_or(0);
+                let note = waiting_note(&user, count, &oldest, self.settings.after);
+                let replaces = self.waiting_ids.get(&user).copied().unwrap_or(0);
                 if let Some(id) = self.show(note, replaces).await {
-                    self.waiting_ids.insert(user.to_string(), id);
+                    self.waiting_ids.insert(user, id);
                 }
             }
         }
@@ -426,7 +476,7 @@ mod tests {
     #[test]
     fn waiting_mail_gets_the_verb_for_its_reason() {
         let m = msg("1.2", "x@dest", "held: no relay for link home-wifi");
-        let n = waiting_note("bob", &[&m], Duration::from_secs(3600));
+        let n = waiting_note("bob", 1, &m, Duration::from_secs(3600));
         assert_eq!(n.summary, "Mail from bob has waited over 1h");
         assert!(
             n.body
@@ -439,14 +489,9 @@ mod tests {
             "y@dest",
             "deferred, next try in 4m: 451 4.3.0 try later",
         );
-        let e = msg(
-            "1.4",
-            "z@dest",
-            "deferred, next try in 9m: 451 4.3.0 try later",
-        );
-        let n = waiting_note("bob", &[&d], Duration::from_secs(90));
+        let n = waiting_note("bob", 1, &d, Duration::from_secs(90));
         assert!(n.body.contains("`linkrelay retry 1.3`"), "{}", n.body);
-        let n = waiting_note("bob", &[&d, &e], Duration::from_secs(90));
+        let n = waiting_note("bob", 2, &d, Duration::from_secs(90));
         assert_eq!(n.summary, "2 messages from bob have waited over 1m 30s");
         assert!(n.body.starts_with("The oldest, to y@dest: deferred"));
         assert!(n.body.contains("`linkrelay flush`"), "{}", n.body);

@@ -8,13 +8,17 @@ use std::sync::{Arc, Mutex};
 use linkrelay_dbus::{
     AgentError, FlushResult, MessageInfo, OverrideInfo, QueueCount, RelayTest, RouteInfo,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::{Connection, interface};
 
+use crate::listing::Listing;
+
 /// Longest string argument accepted (names, ids): anything longer is hostile or a mistake.
 const MAX_ARG: usize = 256;
+/// Queue listings served at once; more callers wait for a slot.
+const MAX_LISTINGS: usize = 4;
 
 /// What the properties show; written by the event loop only.
 #[derive(Debug, Clone, Default)]
@@ -75,12 +79,12 @@ pub enum Command {
         /// Reply.
         reply: Reply<()>,
     },
-    /// List queued and failed messages.
-    ListQueue {
+    /// What a listing of queued and failed messages walks (the walk runs off the loop).
+    Listing {
         /// User ("" = all).
         user: String,
         /// Reply.
-        reply: Reply<Vec<MessageInfo>>,
+        reply: Reply<Listing>,
     },
     /// Retry a message.
     Retry {
@@ -119,6 +123,8 @@ pub struct AgentInterface {
     commands: mpsc::UnboundedSender<Command>,
     published: Arc<Mutex<Published>>,
     owner_uid: u32,
+    /// Listings walking the outboxes at once (each holds a blocking thread).
+    listings: Arc<Semaphore>,
 }
 
 impl AgentInterface {
@@ -128,6 +134,7 @@ impl AgentInterface {
             commands,
             published,
             owner_uid: rustix::process::geteuid().as_raw(),
+            listings: Arc::new(Semaphore::new(MAX_LISTINGS)),
         }
     }
 
@@ -156,6 +163,18 @@ impl AgentInterface {
             ))),
             None => Err(AgentError::AccessDenied("caller has no uid".into())),
         }
+    }
+
+    /// Waits for a listing slot, then takes the listing of `user` from the event loop.
+    async fn listing(&self, user: String) -> Result<(Listing, OwnedSemaphorePermit), AgentError> {
+        let permit = self
+            .listings
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| AgentError::Io("the agent is shutting down".into()))?;
+        let listing = self.ask(|reply| Command::Listing { user, reply }).await?;
+        Ok((listing, permit))
     }
 
     async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, AgentError> {
@@ -255,7 +274,28 @@ impl AgentInterface {
     ) -> Result<Vec<MessageInfo>, AgentError> {
         self.check_caller(conn, &header).await?;
         bounded("user", &user)?;
-        self.ask(|reply| Command::ListQueue { user, reply }).await
+        let (listing, _permit) = self.listing(user).await?;
+        tokio::task::spawn_blocking(move || listing.collect())
+            .await
+            .map_err(|e| AgentError::Io(format!("listing the queue: {e}")))?
+    }
+
+    /// The listing of ListQueue, streamed: returns the read end of a pipe into which the agent
+    /// writes one JSON object per line, `{"message":{...}}` for each message (the fields of
+    /// ListQueue's entries: id, user, folder, from, recipients [addr, state, reply], size,
+    /// queued_at, attempts, next_attempt, last_relay, last_error, status), then
+    /// `{"end":{"count":N}}`, or `{"error":{"name":...,"message":...}}` if it stopped. Neither
+    /// side needs the whole queue in memory; `linkrelay queue` uses it.
+    async fn stream_queue(
+        &self,
+        user: String,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<zbus::OwnedFd, AgentError> {
+        self.check_caller(conn, &header).await?;
+        bounded("user", &user)?;
+        let (listing, permit) = self.listing(user).await?;
+        Ok(listing.stream(permit)?.into())
     }
 
     /// Makes a queued message due now, or puts a failed one back in the queue.

@@ -10,6 +10,7 @@ mod connect;
 mod install;
 mod output;
 mod panel;
+mod queue;
 mod relay;
 mod sendmail;
 
@@ -591,20 +592,7 @@ async fn agent_verb(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Verb::Queue(q) => {
-            let list = agent
-                .list_queue(&q.user.unwrap_or_default())
-                .await
-                .map_err(dbus_error)?;
-            if q.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&output::queue_json(&list))?
-                );
-            } else {
-                print!("{}", output::render_queue(&list));
-            }
-        }
+        Verb::Queue(q) => queue::print(&agent, &q.user.unwrap_or_default(), q.json).await?,
         Verb::Retry { id } => {
             agent.retry(&id).await.map_err(dbus_error)?;
             println!("{id}: will be retried now");

@@ -190,51 +190,60 @@ pub fn flush_json(results: &[FlushResult]) -> Value {
 
 /// JSON of a queue listing.
 pub fn queue_json(list: &[MessageInfo]) -> Value {
-    json!(list
-        .iter()
-        .map(|m| json!({
-            "id": m.id, "user": m.user, "folder": m.folder, "from": m.from,
-            "recipients": m.recipients.iter().map(|r| json!({
-                "addr": r.addr, "state": r.state,
-                "reply": if r.reply.is_empty() { Value::Null } else { json!(r.reply) }
-            })).collect::<Vec<_>>(),
-            "size": m.size, "queued_at": m.queued_at, "attempts": m.attempts,
-            "next_attempt": if m.next_attempt == 0 { Value::Null } else { json!(m.next_attempt) },
-            "last_relay": if m.last_relay.is_empty() { Value::Null } else { json!(m.last_relay) },
-            "last_error": if m.last_error.is_empty() { Value::Null } else { json!(m.last_error) },
-            "status": m.status,
-        }))
-        .collect::<Vec<_>>())
+    json!(list.iter().map(message_json).collect::<Vec<_>>())
 }
+
+/// JSON of one message of a queue listing.
+pub fn message_json(m: &MessageInfo) -> Value {
+    json!({
+        "id": m.id, "user": m.user, "folder": m.folder, "from": m.from,
+        "recipients": m.recipients.iter().map(|r| json!({
+            "addr": r.addr, "state": r.state,
+            "reply": if r.reply.is_empty() { Value::Null } else { json!(r.reply) }
+        })).collect::<Vec<_>>(),
+        "size": m.size, "queued_at": m.queued_at, "attempts": m.attempts,
+        "next_attempt": if m.next_attempt == 0 { Value::Null } else { json!(m.next_attempt) },
+        "last_relay": if m.last_relay.is_empty() { Value::Null } else { json!(m.last_relay) },
+        "last_error": if m.last_error.is_empty() { Value::Null } else { json!(m.last_error) },
+        "status": m.status,
+    })
+}
+
+/// What the text listing says when there is nothing to list.
+pub const EMPTY_QUEUE: &str = "no queued or failed messages\n";
 
 /// Text of a queue listing.
 pub fn render_queue(list: &[MessageInfo]) -> String {
     if list.is_empty() {
-        return "no queued or failed messages\n".into();
+        return EMPTY_QUEUE.into();
     }
     let mut out = String::new();
     for m in list {
-        let age =
-            humantime::format_duration(Duration::from_secs(now().saturating_sub(m.queued_at)));
-        let _ = writeln!(
-            out,
-            "{}  {}  {} bytes  from {}  queued {age} ago  attempts {}",
-            m.id,
-            m.user,
-            m.size,
-            if m.from.is_empty() { "<>" } else { &m.from },
-            m.attempts
-        );
-        let _ = writeln!(out, "    {}", m.status);
-        for r in &m.recipients {
-            if r.reply.is_empty() {
-                let _ = writeln!(out, "    {:<8} {}", r.state, r.addr);
-            } else {
-                let _ = writeln!(out, "    {:<8} {}  ({})", r.state, r.addr, r.reply);
-            }
-        }
+        render_message(&mut out, m);
     }
     out
+}
+
+/// Appends the text of one message of a queue listing to `out`.
+pub fn render_message(out: &mut String, m: &MessageInfo) {
+    let age = humantime::format_duration(Duration::from_secs(now().saturating_sub(m.queued_at)));
+    let _ = writeln!(
+        out,
+        "{}  {}  {} bytes  from {}  queued {age} ago  attempts {}",
+        m.id,
+        m.user,
+        m.size,
+        if m.from.is_empty() { "<>" } else { &m.from },
+        m.attempts
+    );
+    let _ = writeln!(out, "    {}", m.status);
+    for r in &m.recipients {
+        if r.reply.is_empty() {
+            let _ = writeln!(out, "    {:<8} {}", r.state, r.addr);
+        } else {
+            let _ = writeln!(out, "    {:<8} {}  ({})", r.state, r.addr, r.reply);
+        }
+    }
 }
 
 /// One line for `linkrelay watch`, or `None` for signals it does not show.

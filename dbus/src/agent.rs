@@ -89,6 +89,29 @@ pub struct MessageInfo {
     pub status: String,
 }
 
+/// One line of the listing `StreamQueue` writes into the pipe it returns: a JSON object on a
+/// line of its own (`{"message":{...}}` per message, in the order of `ListQueue`), and last
+/// either `{"end":{"count":N}}` or `{"error":{"name":"...","message":"..."}}`. A stream that
+/// stops without one of those two was cut short (the agent stopped).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueLine {
+    /// One message, with the fields of `ListQueue`'s entries.
+    Message(MessageInfo),
+    /// The listing is complete.
+    End {
+        /// How many messages were listed.
+        count: u64,
+    },
+    /// The listing stopped because of this error.
+    Error {
+        /// The D-Bus error name it would have had (`org.linkrelay.Agent1.Error.Io`, ...).
+        name: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
 /// Result of a flush for one user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
 pub struct FlushResult {
@@ -181,6 +204,9 @@ pub trait Agent {
     fn wake(&self, user: &str) -> zbus::Result<()>;
     /// Lists queued and failed messages of one user ("" = all).
     fn list_queue(&self, user: &str) -> zbus::Result<Vec<MessageInfo>>;
+    /// The same listing streamed: returns the read end of a pipe carrying [`QueueLine`]s as
+    /// JSON lines, so neither side holds the whole queue at once.
+    fn stream_queue(&self, user: &str) -> zbus::Result<zbus::OwnedFd>;
     /// Makes a message due now (queued) or puts it back in the queue (failed).
     fn retry(&self, id: &str) -> zbus::Result<()>;
     /// Deletes a queued or failed message.

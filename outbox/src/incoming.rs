@@ -141,8 +141,9 @@ impl Outbox {
         ids
     }
 
-    /// Fresh states for the usable files of `incoming/` (those the agent has not taken in yet).
-    pub(crate) fn incoming_states(&self) -> Vec<MessageState> {
+    /// Fresh states for the usable files of `incoming/` (those the agent has not taken in
+    /// yet), sorted by id.
+    pub fn incoming_states(&self) -> Vec<MessageState> {
         let dir = self.root().join(INCOMING);
         self.incoming_ids()
             .into_iter()

@@ -29,6 +29,7 @@ mod id;
 mod incoming;
 mod journal;
 mod outbox;
+mod scan;
 pub mod sendmail;
 mod state;
 
@@ -37,6 +38,7 @@ pub use fsutil::replace_file;
 pub use id::validate_id;
 pub use journal::{CHECKPOINT_EVERY, Journal, Replayed};
 pub use outbox::{Ingested, Outbox};
+pub use scan::FolderReader;
 pub use state::{Counts, Envelope, Folder, MessageState, RecipientState, RecipientStatus};
 
 #[cfg(test)]

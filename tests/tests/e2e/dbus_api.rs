@@ -102,6 +102,12 @@ async fn hostile_calls_get_errors_and_touch_nothing() {
         }
         other => panic!("expected an error, got {other:?}"),
     }
+    match agent.stream_queue("../bob").await {
+        Err(zbus::Error::MethodError(name, _, _)) => {
+            assert_eq!(name.as_str(), "org.linkrelay.Agent1.Error.UnknownUser")
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
     // Wrong argument types are refused by the bus layer, not a crash.
     let conn = w.session.connect().await.unwrap();
     let r = conn
@@ -235,6 +241,7 @@ async fn another_user_on_the_bus_may_not_use_the_agent() {
         ("Flush", "sb", &["", "true"]),
         ("Wake", "s", &[""]),
         ("ListQueue", "s", &[""]),
+        ("StreamQueue", "s", &[""]),
         ("Retry", "s", &[&id]),
         ("Drop", "s", &[&id]),
         ("Reload", "", &[]),
@@ -302,6 +309,7 @@ async fn every_method_survives_hostile_arguments() {
             name(agent.flush(s, false).await.map(|_| ())),
             name(agent.wake(s).await),
             name(agent.list_queue(s).await.map(|_| ())),
+            name(agent.stream_queue(s).await.map(|_| ())),
             name(agent.retry(s).await),
             name(agent.drop(s).await),
         ] {
@@ -327,6 +335,7 @@ async fn every_method_survives_hostile_arguments() {
         "Flush",
         "Wake",
         "ListQueue",
+        "StreamQueue",
         "Retry",
         "Drop",
         "Reload",

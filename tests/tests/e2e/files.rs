@@ -136,7 +136,7 @@ async fn symbolic_links_in_the_outbox_are_never_followed_out_of_it() {
     w.send("bob@bob.example", "x@dest.example", "behind-a-link")
         .unwrap();
     let queue = w.data_dir.join("bob/queue");
-    let id = w.outbox_entries("bob", "queue").remove(0);
+    let id = w.wait_entries("bob", "queue", 1).await.remove(0);
     std::fs::rename(queue.join(&id), outside.join(&id)).unwrap();
     symlink(outside.join(&id), queue.join(&id)).unwrap();
     // In new/ (where mail clients drop files): links to /etc/passwd and to a good message.

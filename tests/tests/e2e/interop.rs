@@ -142,6 +142,11 @@ async fn a_file_dropped_in_new_is_sent_and_garbage_goes_to_failed() {
     // No nudge: the agent notices the files by itself (inotify).
     let got = relay.wait_for(1, Duration::from_secs(10)).await.unwrap();
     assert!(got[0].data_text().contains("Subject: dropped"));
+    // The relay has it; the agent records that a moment later.
+    eventually("sent/ has it", &w, || {
+        w.outbox_entries("me", "sent").len() == 1
+    })
+    .await;
     let failed = w.outbox_entries("me", "failed");
     assert_eq!(failed.len(), 1, "the garbage file is kept in failed/");
     let q = cli_json(&w, &["queue"]);

@@ -15,6 +15,7 @@ mod durability;
 mod faults;
 mod files;
 mod interop;
+mod listing;
 mod netlink;
 mod notify;
 mod secrets;
