@@ -16,6 +16,7 @@ mod faults;
 mod files;
 mod interop;
 mod netlink;
+mod nm_source;
 mod notify;
 mod secrets;
 mod seed;
