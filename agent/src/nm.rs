@@ -1,25 +1,44 @@
 //! The NetworkManager link source: reads NM's state over the system bus at start-up and again
 //! whenever NM says anything (level-triggered), and follows NM leaving and coming back.
+//!
+//! NM's signals are only a nudge: on one, the whole state is read again at once, each object
+//! with one `Properties.GetAll`, the objects that do not depend on each other concurrently
+//! (three or four round trips through the bus in all). A read that NM signals during is
+//! dropped and started again: the state may have moved under it. NM's signals and its replies
+//! reach us in the order NM sent them, so a read with no signal in between is a consistent
+//! snapshot. A burst of signals (NM sends a dozen for one activation) therefore costs one read
+//! in flight at a time and one complete read after the burst (or after each pause in it that
+//! is longer than a read); the agent hears of it only if the state read differs.
 
-use std::time::Duration;
+use std::collections::HashMap;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use linkrelay_config::LinkFacts;
-use linkrelay_dbus::nm::{
-    self, Connectivity, NM_BUS_NAME, access_point::AccessPointProxy, active::ActiveConnectionProxy,
-    device::DeviceProxy, ip4config::Ip4ConfigProxy, manager::NetworkManagerProxy,
-    wireless::WirelessProxy,
-};
+use linkrelay_dbus::nm::{self, Connectivity, NM_BUS_NAME};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
-use zbus::proxy::CacheProperties;
-use zbus::{Connection, MatchRule, MessageStream, OwnedObjectPath};
+use zbus::fdo::DBusProxy;
+use zbus::names::BusName;
+use zbus::{Connection, MatchRule, MessageStream, OwnedObjectPath, OwnedVariant};
 
 use crate::link::{Link, LinkState, SourceName};
 
-/// How long to let a burst of NM signals settle before reading the state (NM sends a dozen
-/// PropertiesChanged for one activation).
-const SETTLE: Duration = Duration::from_millis(15);
+/// How many reads in a row NM may signal during before one is let finish and published anyway:
+/// more than the signals of one activation, so that only NM signalling without pause (never
+/// seen) gets a state read in the middle of a change published; reading goes on as long as it
+/// signals.
+const MAX_DISTURBED_READS: usize = 16;
+
+/// How many times to read again when an object vanishes under a read (a link going down).
+const READ_TRIES: usize = 3;
+
+const MANAGER_PATH: &str = "/org/freedesktop/NetworkManager";
+const MANAGER_IFACE: &str = "org.freedesktop.NetworkManager";
+const ACTIVE_IFACE: &str = "org.freedesktop.NetworkManager.Connection.Active";
+const DEVICE_IFACE: &str = "org.freedesktop.NetworkManager.Device";
+const WIRELESS_IFACE: &str = "org.freedesktop.NetworkManager.Device.Wireless";
+const IP4_IFACE: &str = "org.freedesktop.NetworkManager.IP4Config";
+const AP_IFACE: &str = "org.freedesktop.NetworkManager.AccessPoint";
 
 /// What to tell the user when NetworkManager is absent.
 pub fn nm_absent_problem() -> String {
@@ -34,7 +53,7 @@ pub async fn run(system: Connection, tx: watch::Sender<LinkState>) -> zbus::Resu
     let nm_signals = MatchRule::builder()
         .msg_type(zbus::message::Type::Signal)
         .sender(NM_BUS_NAME)
-        .path_namespace("/org/freedesktop/NetworkManager")
+        .path_namespace(MANAGER_PATH)
         .build()?;
     let owner_changes = MatchRule::builder()
         .msg_type(zbus::message::Type::Signal)
@@ -44,11 +63,41 @@ pub async fn run(system: Connection, tx: watch::Sender<LinkState>) -> zbus::Resu
         .add_arg(NM_BUS_NAME)
         .build()?;
     // Subscribe first, then read: nothing that happens in between is missed.
-    let mut signals = MessageStream::for_match_rule(nm_signals, &system, None).await?;
-    let mut owners = MessageStream::for_match_rule(owner_changes, &system, None).await?;
+    let mut nudges = Nudges {
+        signals: MessageStream::for_match_rule(nm_signals, &system, None).await?,
+        owners: MessageStream::for_match_rule(owner_changes, &system, None).await?,
+    };
+    let reader = Reader {
+        dbus: DBusProxy::new(&system).await?,
+        system,
+    };
 
     loop {
-        let state = read_state(&system).await;
+        let mut reads = 0;
+        let (state, settled) = loop {
+            reads += 1;
+            let last_try = reads >= MAX_DISTURBED_READS;
+            let state = tokio::select! {
+                biased;
+                state = reader.read_state() => state,
+                // NM moved on before the read was done: the rest of it would only describe a
+                // state that is gone. Start again (unless NM never pauses).
+                more = nudges.wait(), if !last_try => {
+                    if !more || nudges.take_pending().is_none() {
+                        return Ok(());
+                    }
+                    debug!("NetworkManager signalled during the read; reading again");
+                    continue;
+                }
+            };
+            // Signals that came with the last reply: the read may mix before and after.
+            match nudges.take_pending() {
+                None => return Ok(()),
+                Some(false) => break (state, true),
+                Some(true) if last_try => break (state, false),
+                Some(true) => debug!("NetworkManager signalled during the read; reading again"),
+            }
+        };
         tx.send_if_modified(|old| {
             if *old != state {
                 info!(link = ?state.link.as_ref().map(|l| &l.facts.id), problem = ?state.problem, "NetworkManager state");
@@ -58,69 +107,268 @@ pub async fn run(system: Connection, tx: watch::Sender<LinkState>) -> zbus::Resu
                 false
             }
         });
-        // Sleep until NM says something (no polling), then let the burst settle.
-        tokio::select! {
-            m = signals.next() => if m.is_none() { return Ok(()) },
-            m = owners.next() => if m.is_none() { return Ok(()) },
-        }
-        let deadline = tokio::time::sleep(SETTLE);
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                _ = &mut deadline => break,
-                _ = signals.next() => {},
-                _ = owners.next() => {},
+        // Sleep until NM says something (no polling, no settling delay). A read published
+        // while NM kept signalling is followed by another at once.
+        if settled {
+            if !nudges.wait().await {
+                return Ok(());
+            }
+            // Whatever else has queued up meanwhile is covered by the read that follows.
+            if nudges.take_pending().is_none() {
+                return Ok(());
             }
         }
     }
 }
 
-/// Reads the whole link state; NM absent or half-gone yields a state that says so.
-async fn read_state(system: &Connection) -> LinkState {
-    let dbus = match zbus::fdo::DBusProxy::new(system).await {
-        Ok(p) => p,
-        Err(e) => return problem(format!("cannot talk to the system bus: {e}")),
-    };
-    let name = match zbus::names::BusName::try_from(NM_BUS_NAME) {
-        Ok(n) => n,
-        Err(e) => return problem(e.to_string()),
-    };
-    match dbus.name_has_owner(name.clone()).await {
-        Ok(true) => {}
-        Ok(false) => return problem(nm_absent_problem()),
-        Err(e) => {
-            return problem(format!(
-                "cannot ask the system bus about NetworkManager: {e}"
-            ));
+/// What makes the source read NM's state again: NM's own signals and its name changing owner.
+struct Nudges {
+    signals: MessageStream,
+    owners: MessageStream,
+}
+
+impl Nudges {
+    /// Waits for the next nudge; false when the bus connection is gone.
+    async fn wait(&mut self) -> bool {
+        tokio::select! {
+            m = self.signals.next() => m.is_some(),
+            m = self.owners.next() => m.is_some(),
         }
     }
-    // Objects can vanish between two reads (a link going down); try a few times.
-    let mut last_err = None;
-    for _ in 0..3 {
-        match read_primary(system).await {
-            Ok(link) => {
-                return LinkState {
-                    source: SourceName::NetworkManager,
-                    problem: None,
-                    link,
+
+    /// Takes every nudge that has already arrived, without waiting: whether there was one, or
+    /// `None` when the bus connection is gone.
+    fn take_pending(&mut self) -> Option<bool> {
+        let mut any = false;
+        for stream in [&mut self.signals, &mut self.owners] {
+            while let Some(m) = stream.next().now_or_never() {
+                // `None`: the stream ended with the connection.
+                m.as_ref()?;
+                any = true;
+            }
+        }
+        Some(any)
+    }
+}
+
+/// Reads NM's state on the system bus.
+struct Reader {
+    system: Connection,
+    dbus: DBusProxy<'static>,
+}
+
+impl Reader {
+    /// Whether NM owns its name; `Err` with the problem to report when the bus cannot say.
+    async fn nm_running(&self) -> Result<bool, String> {
+        let name = BusName::try_from(NM_BUS_NAME).map_err(|e| e.to_string())?;
+        self.dbus
+            .name_has_owner(name)
+            .await
+            .map_err(|e| format!("cannot ask the system bus about NetworkManager: {e}"))
+    }
+
+    /// Reads the whole link state; NM absent or half-gone yields a state that says so.
+    async fn read_state(&self) -> LinkState {
+        // Objects can vanish between two reads (a link going down); try a few times.
+        let mut last_err = None;
+        for _ in 0..READ_TRIES {
+            // Ask the bus whether NM is there while reading: no extra round trip.
+            let (running, link) = tokio::join!(self.nm_running(), self.read_primary());
+            match running {
+                Ok(true) => {}
+                Ok(false) => return problem(nm_absent_problem()),
+                Err(e) => return problem(e),
+            }
+            match link {
+                Ok(link) => {
+                    return LinkState {
+                        source: SourceName::NetworkManager,
+                        problem: None,
+                        link,
+                    };
+                }
+                Err(e) => {
+                    // NetworkManager stopping: it signals while it shuts down, then leaves the
+                    // bus, so the read that its last signals start fails. Say that it is not
+                    // running rather than report a read error.
+                    if !matches!(self.nm_running().await, Ok(true)) {
+                        return problem(nm_absent_problem());
+                    }
+                    // The error means NM's state moved on: the next read sees where it went.
+                    debug!(error = %e, "NetworkManager state changed while reading it; reading again");
+                    last_err = Some(e);
+                }
+            }
+        }
+        let e = last_err.map(|e| e.to_string()).unwrap_or_default();
+        warn!(error = %e, "cannot read NetworkManager's state");
+        problem(format!("cannot read NetworkManager's state: {e}"))
+    }
+
+    /// Every property of `iface` on NM's object `path`, in one round trip.
+    async fn get_all(&self, path: &OwnedObjectPath, iface: &'static str) -> zbus::Result<Props> {
+        let reply = self
+            .system
+            .call_method(
+                Some(NM_BUS_NAME),
+                path.as_str(),
+                Some("org.freedesktop.DBus.Properties"),
+                "GetAll",
+                &(iface,),
+            )
+            .await?;
+        Ok(Props {
+            iface,
+            map: reply.body().deserialize()?,
+        })
+    }
+
+    /// One property of `iface` on NM's object `path`.
+    async fn get(
+        &self,
+        path: &OwnedObjectPath,
+        iface: &'static str,
+        name: &str,
+    ) -> zbus::Result<OwnedVariant> {
+        let reply = self
+            .system
+            .call_method(
+                Some(NM_BUS_NAME),
+                path.as_str(),
+                Some("org.freedesktop.DBus.Properties"),
+                "Get",
+                &(iface, name),
+            )
+            .await?;
+        reply.body().deserialize()
+    }
+
+    async fn read_primary(&self) -> zbus::Result<Option<Link>> {
+        let mut manager = self
+            .get_all(&OwnedObjectPath::try_from(MANAGER_PATH)?, MANAGER_IFACE)
+            .await?;
+        let primary: OwnedObjectPath = manager.req("PrimaryConnection")?;
+        if is_none(&primary) {
+            return Ok(None);
+        }
+        let connectivity = Connectivity::from_nm(manager.req("Connectivity")?);
+        let mut active = self.get_all(&primary, ACTIVE_IFACE).await?;
+        if active.req::<u32>("State")? != nm::ACTIVE_STATE_ACTIVATED {
+            return Ok(None);
+        }
+        let mut facts = LinkFacts {
+            id: active.req("Id")?,
+            uuid: active.req("Uuid")?,
+            conn_type: active.req("Type")?,
+            ..LinkFacts::default()
+        };
+        let active_ip4: OwnedObjectPath = active.req("Ip4Config")?;
+        let devices: Vec<OwnedObjectPath> = active.req("Devices")?;
+
+        // The device, its access point if it is wifi (asked before knowing: an error otherwise,
+        // and ignored), and the connection's IP4Config do not depend on each other.
+        let (device, wifi_ap, ip4) = match devices.into_iter().next() {
+            Some(dev_path) => {
+                let (device, ap, ip4) = tokio::join!(
+                    self.get_all(&dev_path, DEVICE_IFACE),
+                    self.get(&dev_path, WIRELESS_IFACE, "ActiveAccessPoint"),
+                    self.read_ip4(&active_ip4),
+                );
+                (Some(device?), ap.ok(), ip4)
+            }
+            None => (None, None, self.read_ip4(&active_ip4).await),
+        };
+        let mut ip4 = ip4;
+        if let Some(mut device) = device {
+            let ip_iface: String = device.opt("IpInterface").unwrap_or_default();
+            facts.interface = if ip_iface.is_empty() {
+                device.req("Interface")?
+            } else {
+                ip_iface
+            };
+            facts.metered = nm::metered_from_nm(device.opt("Metered").unwrap_or(0));
+            if is_none(&active_ip4)
+                && let Some(dev_ip4) = device.opt::<OwnedObjectPath>("Ip4Config")
+            {
+                ip4 = self.read_ip4(&dev_ip4).await;
+            }
+            if device.opt::<u32>("DeviceType").unwrap_or(0) == nm::device::DEVICE_TYPE_WIFI {
+                let ap = wifi_ap.and_then(|v| OwnedObjectPath::try_from(v).ok());
+                facts.ssid = match ap {
+                    Some(ap) => self.read_ssid(&ap).await,
+                    None => None,
                 };
             }
-            Err(e) => {
-                // NetworkManager stopping: it signals while it shuts down, then leaves the bus,
-                // so the read that its last signals start fails. Say that it is not running
-                // rather than report a read error.
-                if !matches!(dbus.name_has_owner(name.clone()).await, Ok(true)) {
-                    return problem(nm_absent_problem());
-                }
-                debug!(error = %e, "NetworkManager state changed while reading it; reading again");
-                last_err = Some(e);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+        } else {
+            facts.metered = nm::metered_from_nm(manager.opt("Metered").unwrap_or(0));
         }
+        if let Some(mut cfg) = ip4 {
+            let gw: String = cfg.opt("Gateway").unwrap_or_default();
+            facts.gateway = (!gw.is_empty()).then_some(gw);
+            let mut domains: Vec<String> = cfg.opt("Domains").unwrap_or_default();
+            for s in cfg.opt::<Vec<String>>("Searches").unwrap_or_default() {
+                if !domains.contains(&s) {
+                    domains.push(s);
+                }
+            }
+            facts.domains = domains;
+            facts.addresses = cfg
+                .opt::<Vec<HashMap<String, OwnedVariant>>>("AddressData")
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|mut entry| {
+                    String::try_from(entry.remove("address")?)
+                        .ok()?
+                        .parse()
+                        .ok()
+                })
+                .collect();
+        }
+        Ok(Some(Link {
+            facts,
+            connectivity,
+        }))
     }
-    let e = last_err.map(|e| e.to_string()).unwrap_or_default();
-    warn!(error = %e, "cannot read NetworkManager's state");
-    problem(format!("cannot read NetworkManager's state: {e}"))
+
+    /// The IP4Config at `path`, if there is one and it can be read (it is optional: a link
+    /// without one has no gateway, domains or addresses).
+    async fn read_ip4(&self, path: &OwnedObjectPath) -> Option<Props> {
+        if is_none(path) {
+            return None;
+        }
+        self.get_all(path, IP4_IFACE).await.ok()
+    }
+
+    async fn read_ssid(&self, ap: &OwnedObjectPath) -> Option<String> {
+        if is_none(ap) {
+            return None;
+        }
+        let bytes = Vec::<u8>::try_from(self.get(ap, AP_IFACE, "Ssid").await.ok()?).ok()?;
+        Some(String::from_utf8_lossy(&bytes).into_owned())
+    }
+}
+
+/// The properties of one interface of one object, as `GetAll` gave them.
+struct Props {
+    iface: &'static str,
+    map: HashMap<String, OwnedVariant>,
+}
+
+impl Props {
+    /// Property `name`, if present and of type `T`.
+    fn opt<T: TryFrom<OwnedVariant>>(&mut self, name: &str) -> Option<T> {
+        T::try_from(self.map.remove(name)?).ok()
+    }
+
+    /// Property `name`, which NM always has: missing or of another type is an error.
+    fn req<T: TryFrom<OwnedVariant>>(&mut self, name: &str) -> zbus::Result<T> {
+        self.opt(name).ok_or_else(|| {
+            zbus::Error::Failure(format!(
+                "{} has no property {name} of the expected type",
+                self.iface
+            ))
+        })
+    }
 }
 
 fn problem(text: String) -> LinkState {
@@ -133,104 +381,4 @@ fn problem(text: String) -> LinkState {
 
 fn is_none(path: &OwnedObjectPath) -> bool {
     path.as_str() == "/"
-}
-
-async fn read_primary(system: &Connection) -> zbus::Result<Option<Link>> {
-    let manager = NetworkManagerProxy::builder(system)
-        .cache_properties(CacheProperties::No)
-        .build()
-        .await?;
-    let primary = manager.primary_connection().await?;
-    if is_none(&primary) {
-        return Ok(None);
-    }
-    let connectivity = Connectivity::from_nm(manager.connectivity().await?);
-    let active = ActiveConnectionProxy::builder(system)
-        .path(primary)
-        .cache_properties(CacheProperties::No)
-        .build()
-        .await?;
-    if active.state().await? != nm::ACTIVE_STATE_ACTIVATED {
-        return Ok(None);
-    }
-    let mut facts = LinkFacts {
-        id: active.id().await?,
-        uuid: active.uuid().await?,
-        conn_type: active.connection_type().await?,
-        ..LinkFacts::default()
-    };
-    let mut ip4 = active.ip4_config().await?;
-    if let Some(dev_path) = active.devices().await?.into_iter().next() {
-        let device = DeviceProxy::builder(system)
-            .path(dev_path.clone())
-            .cache_properties(CacheProperties::No)
-            .build()
-            .await?;
-        let ip_iface = device.ip_interface().await.unwrap_or_default();
-        facts.interface = if ip_iface.is_empty() {
-            device.interface().await?
-        } else {
-            ip_iface
-        };
-        facts.metered = nm::metered_from_nm(device.metered().await.unwrap_or(0));
-        if is_none(&ip4) {
-            ip4 = device.ip4_config().await.unwrap_or_else(|_| ip4.clone());
-        }
-        if device.device_type().await.unwrap_or(0) == nm::device::DEVICE_TYPE_WIFI {
-            facts.ssid = read_ssid(system, dev_path).await;
-        }
-    } else {
-        facts.metered = nm::metered_from_nm(manager.metered().await.unwrap_or(0));
-    }
-    if !is_none(&ip4) {
-        let cfg = Ip4ConfigProxy::builder(system)
-            .path(ip4)
-            .cache_properties(CacheProperties::No)
-            .build()
-            .await?;
-        let gw = cfg.gateway().await.unwrap_or_default();
-        facts.gateway = (!gw.is_empty()).then_some(gw);
-        let mut domains = cfg.domains().await.unwrap_or_default();
-        for s in cfg.searches().await.unwrap_or_default() {
-            if !domains.contains(&s) {
-                domains.push(s);
-            }
-        }
-        facts.domains = domains;
-        facts.addresses = cfg
-            .address_data()
-            .await
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|entry| {
-                let value = entry.get("address")?.try_clone().ok()?;
-                String::try_from(value).ok()?.parse().ok()
-            })
-            .collect();
-    }
-    Ok(Some(Link {
-        facts,
-        connectivity,
-    }))
-}
-
-async fn read_ssid(system: &Connection, device: OwnedObjectPath) -> Option<String> {
-    let wifi = WirelessProxy::builder(system)
-        .path(device)
-        .cache_properties(CacheProperties::No)
-        .build()
-        .await
-        .ok()?;
-    let ap = wifi.active_access_point().await.ok()?;
-    if is_none(&ap) {
-        return None;
-    }
-    let ap = AccessPointProxy::builder(system)
-        .path(ap)
-        .cache_properties(CacheProperties::No)
-        .build()
-        .await
-        .ok()?;
-    let bytes = ap.ssid().await.ok()?;
-    Some(String::from_utf8_lossy(&bytes).into_owned())
 }

@@ -17,6 +17,7 @@ mod files;
 mod interop;
 mod listing;
 mod netlink;
+mod nm_source;
 mod notify;
 mod secrets;
 mod seed;

@@ -1,0 +1,139 @@
+//! The NetworkManager link source as a user sees it through the agent: NM announces one change
+//! with a burst of signals, the agent reacts once, with NM's final state.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use linkrelay_tests::nm::{ActiveSpec, FakeNm};
+use linkrelay_tests::world::example_config_for;
+
+use crate::util::{cli_json, seed};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Each activation is a burst of a dozen NM signals (the connection appears activating, its
+/// device prepares and gets an IP4Config, its wifi access point is set, it is activated, it
+/// takes the default route). The links are recognised only by facts that come late in the
+/// burst (gateway, DNS domain, address, SSID), so a state read or published half-way would show
+/// up as a route of its own. Every RouteChanged of one user is collected in order, up to a last
+/// step whose signal ends the list; each step must have given exactly one, with its final
+/// route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_nm_signals_gives_one_route_change_with_the_final_state() {
+    let s = seed().await;
+    let mut world = s.world;
+    let config = example_config_for(s.relay_a.port(), s.relay_b.port())
+        .expect("config")
+        .replace(
+            "match = { id = \"ISP-A\" }",
+            "match = { gateway = \"192.0.2.1\", domain = \"isp-a.example\", address = \"192.0.2.0/24\" }",
+        );
+    assert!(config.contains("domain = \"isp-a.example\""), "{config}");
+    world.write_config(&config).expect("config");
+    s.network.set("ISP-A");
+
+    let nm = FakeNm::start(&world.system.address, vec![], 1)
+        .await
+        .expect("fake NM");
+    world.start_agent().await.expect("agent starts");
+    world
+        .wait_route("bob", "held: no link", |r| r.hold == "no link")
+        .await
+        .unwrap();
+    let agent = world.agent().await.unwrap();
+    let mut changes = agent.receive_route_changed().await.unwrap();
+    let mut next_of_bob = async || loop {
+        let signal = tokio::time::timeout(WAIT, changes.next())
+            .await
+            .unwrap_or_else(|_| panic!("no RouteChanged\n{}", world.agent_log()))
+            .expect("the signal stream ends with the bus");
+        let args = signal.args().unwrap();
+        if args.user == "bob" {
+            return (args.relays.clone(), args.hold.to_string());
+        }
+    };
+
+    // Offline -> ISP A: one change, to relay-a.
+    nm.activate(
+        ActiveSpec::ethernet("Line A", "eth0", "192.0.2.1")
+            .with_domains(["isp-a.example"])
+            .with_address("192.0.2.10/24"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        next_of_bob().await,
+        (vec!["relay-a".to_string()], String::new())
+    );
+
+    // ISP A -> home Wi-Fi (its SSID is read through the access point, last): one change, to
+    // the Wi-Fi's hold.
+    nm.activate(
+        ActiveSpec::wifi("Home Network", "wlp2s0", "HomeNet-5G", "192.168.1.1")
+            .with_domains(["home.arpa"]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        next_of_bob().await,
+        (
+            Vec::new(),
+            "no relay for link home-wifi for user bob".to_string()
+        )
+    );
+
+    // The last step: ISP A takes the default route back. (Not the Wi-Fi going down: while a
+    // primary connection deactivates, NM has no activated primary for a moment, which the
+    // agent may rightly see.)
+    nm.set_primary("Line A").await.unwrap();
+    assert_eq!(
+        next_of_bob().await,
+        (vec!["relay-a".to_string()], String::new())
+    );
+
+    let status = cli_json(&world, &["status"]);
+    let link = &status["link"];
+    assert_eq!(link["name"], "isp-a", "{status}");
+    assert_eq!(link["id"], "Line A", "{status}");
+    assert_eq!(link["gateway"], "192.0.2.1", "{status}");
+    assert_eq!(link["domains"], "isp-a.example", "{status}");
+    assert_eq!(link["addresses"], "192.0.2.10", "{status}");
+}
+
+/// NM switching the default route back and forth without a pause (its signals land while the
+/// agent is still reading the state they announce): the agent ends on the last link, whatever
+/// it saw in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nm_switching_without_pause_ends_on_the_last_link() {
+    let s = seed().await;
+    let mut world = s.world;
+    s.network.set("ISP-A");
+    let nm = FakeNm::start(
+        &world.system.address,
+        vec![
+            ActiveSpec::ethernet("ISP-A", "eth0", "192.0.2.1"),
+            ActiveSpec::wifi("Home Network", "wlp2s0", "HomeNet-5G", "192.168.1.1"),
+        ],
+        4,
+    )
+    .await
+    .expect("fake NM");
+    world.start_agent().await.expect("agent starts");
+    world
+        .wait_route("bob", "via relay-a", |r| r.relays == ["relay-a"])
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        nm.set_primary("Home Network").await.unwrap();
+        nm.set_primary("ISP-A").await.unwrap();
+    }
+    nm.set_primary("Home Network").await.unwrap();
+    world
+        .wait_route("bob", "held on home-wifi", |r| {
+            r.hold == "no relay for link home-wifi for user bob"
+        })
+        .await
+        .unwrap();
+    let status = cli_json(&world, &["status"]);
+    assert_eq!(status["link"]["ssid"], "HomeNet-5G", "{status}");
+}
