@@ -223,7 +223,10 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
             Some(user) = drops_rx.recv() => {
                 if let Some(f) = agent.flushers.get(&user) {
                     f.handle.arrived.store(true, std::sync::atomic::Ordering::Relaxed);
-                    let _ = f.handle.requests.send(FlushRequest::default());
+                    let _ = f.handle.requests.send(FlushRequest {
+                        arrival: true,
+                        ..FlushRequest::default()
+                    });
                 }
             }
             _ = hup.recv() => {
@@ -389,6 +392,7 @@ impl Agent {
             let _ = f.handle.requests.send(FlushRequest {
                 force: true,
                 done: None,
+                arrival: false,
             });
             let info = route_info(&user, &new_route.route);
             let _ = AgentInterface::route_changed(&emitter, &user, info.relays, &info.hold).await;
@@ -728,6 +732,7 @@ impl Agent {
             let _ = f.handle.requests.send(FlushRequest {
                 force: true,
                 done: wait.then_some(tx),
+                arrival: false,
             });
             waits.push((u.clone(), rx));
         }

@@ -52,6 +52,9 @@ pub struct FlushRequest {
     pub force: bool,
     /// Told when the batch is over.
     pub done: Option<oneshot::Sender<BatchResult>>,
+    /// Asked only because new mail arrived (inotify): while mail is held and the queue was
+    /// walked since the route last changed, taking the new mail in is all there is to do.
+    pub arrival: bool,
 }
 
 /// How a batch ended.
@@ -151,6 +154,7 @@ pub fn spawn(
     let (settings_tx, settings_rx) = watch::channel(settings);
     let arrived = Arc::new(AtomicBool::new(false));
     let flusher = Flusher {
+        held_walk: None,
         arrived: arrived.clone(),
         user,
         outbox,
@@ -177,6 +181,9 @@ pub fn spawn(
 const RECORD_RETRY: u64 = 30;
 
 struct Flusher {
+    /// Set by a batch that walked the whole queue while mail was held on the current route:
+    /// the earliest time something was due then. See [`Flusher::arrivals_while_held`].
+    held_walk: Option<Option<u64>>,
     /// See [`FlusherHandle::arrived`].
     arrived: Arc<AtomicBool>,
     user: String,
@@ -221,12 +228,21 @@ impl Flusher {
         while let Some(first) = requests.recv().await {
             // Coalesce everything that queued up meanwhile into one batch.
             let mut force = first.force;
+            let mut arrivals_only = first.arrival;
             let mut waiters: Vec<_> = first.done.into_iter().collect();
             while let Ok(more) = requests.try_recv() {
                 force |= more.force;
+                arrivals_only &= more.arrival;
                 waiters.extend(more.done);
             }
-            let result = self.batch(force).await;
+            let result = if arrivals_only && !force {
+                match self.arrivals_while_held() {
+                    Some(result) => result,
+                    None => self.batch(force).await,
+                }
+            } else {
+                self.batch(force).await
+            };
             for w in waiters {
                 let _ = w.send(result);
             }
@@ -274,7 +290,36 @@ impl Flusher {
         }
     }
 
+    /// With mail held on an unchanged route and the queue already walked under it, new mail
+    /// needs no walk of the whole queue: it is taken in, and the earliest time something is
+    /// due stays what the walk found (new mail expires last). `None` when a walk is needed.
+    fn arrivals_while_held(&mut self) -> Option<BatchResult> {
+        let walked = self.held_walk?;
+        let unchanged = !self.route.has_changed().unwrap_or(true)
+            && !self.settings.has_changed().unwrap_or(true)
+            && matches!(self.route.borrow().route, Route::Hold { .. });
+        if !unchanged {
+            return None;
+        }
+        self.ingest();
+        let counts = self.outbox.counts().ok()?;
+        let lifetime = self.settings.borrow().retry.lifetime.as_secs();
+        let next_due = min_some(walked, now().saturating_add(lifetime));
+        let result = BatchResult {
+            sent: 0,
+            remaining: counts.queued as u32,
+        };
+        self.emit(FlushEvent::Finished {
+            user: self.user.clone(),
+            result,
+            counts,
+            next_due,
+        });
+        Some(result)
+    }
+
     async fn batch(&mut self, force: bool) -> BatchResult {
+        self.held_walk = None;
         self.ingest();
         // The agent sends a route only when it changed; the first one (at start-up) replaces
         // the "starting" placeholder and is not a change of the message's route.
@@ -365,6 +410,9 @@ impl Flusher {
         }
         if let Some(o) = b.open.take() {
             o.session.close().await;
+        }
+        if matches!(route.route, Route::Hold { .. }) && !self.route.has_changed().unwrap_or(true) {
+            self.held_walk = Some(next_due);
         }
         let counts = self.outbox.counts().unwrap_or(Counts {
             queued: 0,
