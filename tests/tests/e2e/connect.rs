@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use linkrelay_tests::nm::{ActiveSpec, FakeNm};
 
-use crate::util::{Seed, seed, subjects};
+use crate::util::{Seed, seed, subjects, wait_queued};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -41,6 +41,7 @@ async fn connect_to_send_brings_up_a_link_with_a_relay_and_flushes() {
     s.network.set("ISP-A");
     w.send("bob@bob.example", "dave@dest.example", "dial-up")
         .unwrap();
+    wait_queued(w, "bob", 1).await;
     assert!(s.relay_a.received().is_empty());
 
     let out = w.run_cli(&["flush", "--connect"]).unwrap();
@@ -88,6 +89,7 @@ async fn connect_says_why_when_no_saved_connection_helps() {
     let w = &s.world;
     w.send("alice@isp-a.example", "carol@dest.example", "waits")
         .unwrap();
+    wait_queued(w, "alice", 1).await;
     let out = w
         .run_cli(&["flush", "--connect", "--user", "alice"])
         .unwrap();
@@ -110,6 +112,7 @@ async fn connect_reports_a_polkit_refusal() {
     nm.set_network_control(false);
     w.send("bob@bob.example", "dave@dest.example", "waits")
         .unwrap();
+    wait_queued(w, "bob", 1).await;
     let out = w.run_cli(&["flush", "--connect"]).unwrap();
     assert!(!out.status.success());
     let err = text(&out.stderr);
@@ -129,6 +132,7 @@ async fn connect_without_networkmanager_says_to_connect_by_hand() {
     let w = &s.world;
     w.send("bob@bob.example", "dave@dest.example", "waits")
         .unwrap();
+    wait_queued(w, "bob", 1).await;
     let out = w.run_cli(&["flush", "--connect"]).unwrap();
     assert!(!out.status.success());
     let err = text(&out.stderr);

@@ -91,3 +91,25 @@ pub async fn eventually(what: &str, world: &World, mut check: impl FnMut() -> bo
     }
     panic!("never happened: {what}\nagent log:\n{}", world.agent_log());
 }
+
+/// Waits (up to 10 s) until the agent counts `n` queued messages for `user`, as `linkrelay
+/// status` shows them: mail `linkrelay sendmail` hands over reaches the counts a moment later.
+pub async fn wait_queued(world: &World, user: &str, n: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = cli_json(world, &["status"]);
+        let queued = status["users"]
+            .as_array()
+            .and_then(|users| users.iter().find(|u| u["user"] == user))
+            .and_then(|u| u["queued"].as_u64());
+        if queued == Some(n) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{user} never had {n} queued: {status}\n{}",
+            world.agent_log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
