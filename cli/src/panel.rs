@@ -282,7 +282,10 @@ pub async fn run(system: bool, format: PanelFormat, follow: bool) -> anyhow::Res
     // The first read may start the agent, like any linkrelay call; later ones only watch, so
     // that `systemctl --user stop linkrelayd` is not undone by a panel.
     let mut activate = true;
-    loop {
+    // A stream that ends or fails means the bus is gone: a broken connection's streams keep
+    // answering at once, so waiting on them again would spin.
+    let alive = |m: Option<zbus::Result<zbus::Message>>| matches!(m, Some(Ok(_)));
+    'follow: loop {
         let out = render(format, &read(&conn, system, activate).await?);
         activate = false;
         if out != last {
@@ -292,8 +295,8 @@ pub async fn run(system: bool, format: PanelFormat, follow: bool) -> anyhow::Res
             last = out;
         }
         tokio::select! {
-            m = changes.next() => if m.is_none() { break },
-            m = owners.next() => if m.is_none() { break },
+            m = changes.next() => if !alive(m) { break },
+            m = owners.next() => if !alive(m) { break },
         }
         // Let a burst of changes (a flush sends several) settle into one line.
         let settle = tokio::time::sleep(Duration::from_millis(100));
@@ -301,8 +304,8 @@ pub async fn run(system: bool, format: PanelFormat, follow: bool) -> anyhow::Res
         loop {
             tokio::select! {
                 _ = &mut settle => break,
-                _ = changes.next() => {},
-                _ = owners.next() => {},
+                m = changes.next() => if !alive(m) { break 'follow },
+                m = owners.next() => if !alive(m) { break 'follow },
             }
         }
     }

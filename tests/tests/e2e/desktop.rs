@@ -642,3 +642,43 @@ fn completions_and_man_pages_come_from_the_cli_definition() {
         }
     }
 }
+
+/// A panel's `status --follow` ends when its session bus goes away (a logout), instead of
+/// spinning on the broken connection: one was found using a whole core for 50 minutes.
+#[test]
+fn status_follow_ends_when_the_bus_goes_away() {
+    let w = World::new().unwrap();
+    let bus = TestBus::session().unwrap();
+    let mut follow = w
+        .cli()
+        .env("DBUS_SESSION_BUS_ADDRESS", &bus.address)
+        .args(["status", "--format", "line", "--follow"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The first line (no agent on this bus) says it is following.
+    let mut first = String::new();
+    BufReader::new(follow.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(!first.is_empty());
+    drop(bus);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = follow.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = follow.kill();
+            let _ = follow.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        status.is_some(),
+        "status --follow kept running after its bus went away"
+    );
+}
