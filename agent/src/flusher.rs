@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use linkrelay_config::{Relay, RetrySettings};
 use linkrelay_outbox::{
@@ -177,6 +177,9 @@ pub fn spawn(
     }
 }
 
+/// How long a flush asked for by new mail waits for more to arrive first.
+const ARRIVAL_GATHER: Duration = Duration::from_millis(10);
+
 /// How long to wait before trying again to record a state the disk did not take.
 const RECORD_RETRY: u64 = 30;
 
@@ -226,6 +229,11 @@ struct BatchState {
 impl Flusher {
     async fn run(mut self, mut requests: mpsc::UnboundedReceiver<FlushRequest>) {
         while let Some(first) = requests.recv().await {
+            if first.arrival {
+                // Let mail that comes in a stream (a script, a mailing) gather, so that one
+                // round of taking it in (one syncfs) serves several messages, not one each.
+                tokio::time::sleep(ARRIVAL_GATHER).await;
+            }
             // Coalesce everything that queued up meanwhile into one batch.
             let mut force = first.force;
             let mut arrivals_only = first.arrival;
