@@ -500,26 +500,7 @@ impl Outbox {
 
     /// The sorted names of the message directories of a folder.
     fn ids(&self, folder: Folder) -> Result<Vec<String>, OutboxError> {
-        let path = self.folder_path(folder);
-        let entries = fs::read_dir(&path)
-            .map_err(|e| OutboxError::io(format!("reading {}", path.display()), e))?;
-        let mut ids = Vec::new();
-        for entry in entries {
-            let entry =
-                entry.map_err(|e| OutboxError::io(format!("reading {}", path.display()), e))?;
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
-            };
-            if validate_id(&name).is_err() {
-                continue;
-            }
-            // file_type() does not follow links: a link to a directory is not a message.
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                ids.push(name);
-            }
-        }
-        ids.sort();
-        Ok(ids)
+        self.message_ids(folder)
     }
 
     fn write_state(
