@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::OutboxError;
 use crate::fsutil::{FILE_MODE, open_dir, rename_noreplace, replace_file_unsynced};
 use crate::id::validate_id;
-use crate::outbox::{Outbox, STATE};
+use crate::outbox::{Outbox, STATE, state_json};
 use crate::state::{Folder, MessageState};
 
 /// The journal's file name in the outbox root.
@@ -220,9 +220,7 @@ impl Journal {
         let outbox = &self.outbox;
         let dir = outbox.open_msg_dir(from, &state.id)?;
         let path = outbox.msg_path(from, &state.id).join(STATE);
-        let mut json = serde_json::to_vec_pretty(state)
-            .map_err(|e| OutboxError::io("encoding a state", std::io::Error::other(e)))?;
-        json.push(b'\n');
+        let json = state_json(state).map_err(|e| OutboxError::io("encoding a state", e))?;
         replace_file_unsynced(&dir, STATE, &json)
             .map_err(|e| OutboxError::io(format!("writing {}", path.display()), e))?;
         drop(dir);

@@ -829,7 +829,7 @@ pub(crate) fn check_envelope(env: &Envelope) -> Result<(), OutboxError> {
     Ok(())
 }
 
-fn state_json(state: &MessageState) -> io::Result<Vec<u8>> {
+pub(crate) fn state_json(state: &MessageState) -> io::Result<Vec<u8>> {
     let mut json = serde_json::to_vec_pretty(state).map_err(io::Error::other)?;
     json.push(b'\n');
     Ok(json)
