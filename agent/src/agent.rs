@@ -160,6 +160,9 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
         let _ = f.handle.requests.send(FlushRequest::default());
     }
 
+    // Subscribed before the loop: nothing the loop polls between events may call the bus (see
+    // lifecycle::BusWatch).
+    let mut bus = lifecycle::BusWatch::subscribe(&conn).await;
     // Claim the name last: once a client sees it, the state behind it is real.
     let flags = zbus::fdo::RequestNameFlags::DO_NOT_QUEUE;
     match conn.request_name_with_flags(AGENT_BUS_NAME, flags).await? {
@@ -169,8 +172,6 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
     info!(bus = ?agent.opts.bus, "linkrelayd ready as {AGENT_BUS_NAME}");
     lifecycle::ready(&format!("serving {AGENT_BUS_NAME}"));
     let mut watchdog = lifecycle::Watchdog::from_env();
-    let bus_lost = lifecycle::bus_lost(&conn);
-    tokio::pin!(bus_lost);
 
     let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
@@ -236,7 +237,7 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
             }
             // From the loop itself: a loop that is stuck stops pinging and systemd restarts it.
             _ = watchdog.tick() => watchdog.ping(),
-            _ = &mut bus_lost => {
+            _ = bus.lost() => {
                 lifecycle::stopping();
                 return Err(RunError::BusLost);
             }

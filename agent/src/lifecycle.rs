@@ -7,8 +7,8 @@
 //!   passed as `WATCHDOG_USEC`). Its [`Watchdog::tick`] is an arm of the event loop's `select!`,
 //!   so a loop that is stuck stops pinging and systemd restarts the agent.
 //! - [`stopping`] sends `STOPPING=1` on the way out.
-//! - [`bus_lost`] resolves when the connection to the bus the agent serves on breaks (the
-//!   session ended, the bus daemon died): an agent without its bus is of no use to anyone.
+//! - [`BusWatch::lost`] resolves when the connection to the bus the agent serves on breaks
+//!   (the session ended, the bus daemon died): an agent without its bus is of no use to anyone.
 //!
 //! Without `NOTIFY_SOCKET` (not started by systemd) every notification is a no-op.
 
@@ -125,34 +125,60 @@ impl Watchdog {
     }
 }
 
-/// Resolves when `conn`'s connection to its bus breaks. It listens for `NameLost` (which the
-/// agent never expects: it does not allow replacement), whose stream ends with the connection.
-pub async fn bus_lost(conn: &zbus::Connection) {
-    let rule = zbus::MatchRule::builder()
-        .msg_type(zbus::message::Type::Signal)
-        .sender("org.freedesktop.DBus")
-        .interface("org.freedesktop.DBus")
-        .member("NameLost")
-        .build();
-    let stream = match rule {
-        Ok(rule) => zbus::MessageStream::for_match_rule(rule, conn, None).await,
-        Err(e) => Err(e),
-    };
-    let mut stream = match stream {
-        Ok(s) => s,
-        Err(e) => {
-            warn!("cannot watch the bus connection: {e}");
-            return std::future::pending().await;
-        }
-    };
-    while let Some(msg) = stream.next().await {
-        match msg {
-            Ok(_) => warn!("the bus says this agent lost a name it owned"),
+/// Watches the connection the agent serves on; [`BusWatch::lost`] resolves when it breaks.
+///
+/// The subscription (an `AddMatch` call) is made in [`BusWatch::subscribe`], before the event
+/// loop starts, and never inside it. This matters: the event loop's `select!` keeps polling this
+/// watch between events, and a call in flight there would hold zbus's send lock while the loop
+/// runs a handler that sends too (a signal), and waits for that very lock. That is how the agent
+/// once hung for good at start-up: a deadlock that only needed the first `AddMatch` to queue
+/// behind another message on the socket.
+pub struct BusWatch {
+    stream: Option<zbus::MessageStream>,
+}
+
+impl BusWatch {
+    /// Subscribes to `NameLost` (which the agent never expects: it does not allow replacement),
+    /// whose stream ends with the connection. If the subscription fails, [`BusWatch::lost`]
+    /// never resolves (and a warning says so).
+    pub async fn subscribe(conn: &zbus::Connection) -> BusWatch {
+        let rule = zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .sender("org.freedesktop.DBus")
+            .interface("org.freedesktop.DBus")
+            .member("NameLost")
+            .build();
+        let stream = match rule {
+            Ok(rule) => zbus::MessageStream::for_match_rule(rule, conn, None).await,
+            Err(e) => Err(e),
+        };
+        match stream {
+            Ok(stream) => BusWatch {
+                stream: Some(stream),
+            },
             Err(e) => {
-                debug!("bus connection error: {e}");
-                break;
+                warn!("cannot watch the bus connection: {e}");
+                BusWatch { stream: None }
             }
         }
+    }
+
+    /// Resolves when the connection breaks. Only reads the subscription's stream: it takes no
+    /// lock of the connection, so the event loop may drop or hold it in `select!` freely.
+    pub async fn lost(&mut self) {
+        let Some(stream) = self.stream.as_mut() else {
+            return std::future::pending().await;
+        };
+        while let Some(msg) = stream.next().await {
+            match msg {
+                Ok(_) => warn!("the bus says this agent lost a name it owned"),
+                Err(e) => {
+                    debug!("bus connection error: {e}");
+                    break;
+                }
+            }
+        }
+        self.stream = None;
     }
 }
 
