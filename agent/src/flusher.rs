@@ -167,6 +167,8 @@ pub fn spawn(
         unsaved: HashMap::new(),
         rerouted: HashSet::new(),
         batches: 0,
+        in_flight: None,
+        unrecorded: Vec::new(),
     };
     tokio::spawn(flusher.run(req_rx));
     FlusherHandle {
@@ -207,6 +209,22 @@ struct Flusher {
     rerouted: HashSet<String>,
     /// Batches run so far.
     batches: u64,
+    /// The last delivered message's move to sent/, being recorded on the blocking pool while
+    /// the next message's envelope goes out ([`Flusher::settle`]).
+    in_flight: Option<InFlight>,
+    /// When to come back for delivered messages whose record failed (a full disk): a batch
+    /// counted them as sent and takes them back ([`Flusher::take_unrecorded`]).
+    unrecorded: Vec<u64>,
+}
+
+/// A delivered message whose record (journal append, fdatasync, move to sent/) is under way.
+struct InFlight {
+    task: tokio::task::JoinHandle<(Journal, MessageState, Result<(), OutboxError>)>,
+    /// The state as it was handed to the task, for the fsync path if the task panicked.
+    state: MessageState,
+    relay: String,
+    reply: String,
+    t: u64,
 }
 
 /// One open session and the relay it belongs to.
@@ -351,6 +369,7 @@ impl Flusher {
         };
 
         for id in ids {
+            self.take_unrecorded(&mut result, &mut next_due);
             if self.arrived.load(Ordering::Relaxed) {
                 // Queued now, sent in the next batch (the agent asked for one).
                 self.ingest();
@@ -419,6 +438,8 @@ impl Flusher {
         if let Some(o) = b.open.take() {
             o.session.close().await;
         }
+        self.settle().await;
+        self.take_unrecorded(&mut result, &mut next_due);
         if matches!(route.route, Route::Hold { .. }) && !self.route.has_changed().unwrap_or(true) {
             self.held_walk = Some(next_due);
         }
@@ -540,8 +561,11 @@ impl Flusher {
             }
             let Some(o) = b.open.as_mut() else { continue };
             let pending: Vec<String> = msg.pending().map(|r| r.addr.clone()).collect();
-            let Some(transaction) =
-                until_rerouted(&mut b.rerouted, o.session.send(&msg.from, &pending, &data)).await
+            let Some(transaction) = until_rerouted(
+                &mut b.rerouted,
+                o.session.send(&msg.from, &pending, &data, self.settle()),
+            )
+            .await
             else {
                 // Dropping the session closes the connection; nothing was confirmed.
                 b.open = None;
@@ -687,6 +711,58 @@ impl Flusher {
         Done::Deferred(at)
     }
 
+    /// Waits for the record in flight, if any, and finishes it: the journal comes back, and the
+    /// message is announced as sent, or (when the disk did not take the record) kept in memory
+    /// and noted in `unrecorded`. Cancel-safe: dropped while waiting, the record stays in
+    /// flight and the next call finishes it. Awaited before any other record, before the next
+    /// message's data is handed over, and at the end of a batch.
+    async fn settle(&mut self) {
+        let Some(f) = self.in_flight.as_mut() else {
+            return;
+        };
+        let joined = (&mut f.task).await;
+        let Some(f) = self.in_flight.take() else {
+            return;
+        };
+        let (state, result) = match joined {
+            Ok((journal, state, result)) => {
+                self.journal = Some(journal);
+                (state, result)
+            }
+            // Only if record() panicked: the journal is gone, fall back to the fsync path.
+            Err(e) => {
+                warn!(user = %self.user, error = %e, "the outcome journal failed; recording with fsyncs from now on");
+                let result = self.write_synced(&f.state, Folder::Sent);
+                (f.state, result)
+            }
+        };
+        if self.recorded(&state, result, "cannot move to sent/") {
+            self.announce_sent(&state.id, f.relay, f.reply);
+        } else {
+            self.unrecorded.push(f.t + RECORD_RETRY);
+        }
+    }
+
+    /// Says that a message went out, once its move to sent/ is recorded.
+    fn announce_sent(&self, id: &str, relay: String, reply: String) {
+        info!(user = %self.user, id = %id, relay = %relay, "sent");
+        self.emit(FlushEvent::Sent {
+            user: self.user.clone(),
+            id: id.to_string(),
+            relay,
+            reply,
+        });
+    }
+
+    /// Takes back from `result` the messages counted as sent whose record then failed; they
+    /// stay queued, and the batch comes back for them.
+    fn take_unrecorded(&mut self, result: &mut BatchResult, next_due: &mut Option<u64>) {
+        for at in self.unrecorded.drain(..) {
+            result.sent = result.sent.saturating_sub(1);
+            *next_due = min_some(*next_due, at);
+        }
+    }
+
     /// Writes a queued message's state; if the disk does not take it, keeps it in memory so
     /// that this process goes on from it (and writes it later).
     async fn save(&mut self, msg: &mut MessageState) {
@@ -700,6 +776,8 @@ impl Flusher {
     /// The journal's fdatasync runs on tokio's blocking pool: the flushers of other users, and
     /// the agent's D-Bus service, go on while the disk flushes.
     async fn write(&mut self, msg: &mut MessageState, to: Folder) -> Result<(), OutboxError> {
+        // One record at a time: the journal is with the one in flight.
+        self.settle().await;
         let Some(mut journal) = self.journal.take() else {
             return self.write_synced(msg, to);
         };
@@ -783,17 +861,28 @@ impl Flusher {
                 .find(|r| r.status == RecipientStatus::Sent)
                 .and_then(|r| r.reply.clone())
                 .unwrap_or_default();
-            let result = self.write(msg, Folder::Sent).await;
+            self.settle().await;
+            if let Some(mut journal) = self.journal.take() {
+                // Recorded while the next message's envelope goes out; see `settle`.
+                let mut state = msg.clone();
+                let task = tokio::task::spawn_blocking(move || {
+                    let result = journal.record(&mut state, Folder::Sent);
+                    (journal, state, result)
+                });
+                self.in_flight = Some(InFlight {
+                    task,
+                    state: msg.clone(),
+                    relay,
+                    reply,
+                    t,
+                });
+                return Done::Sent;
+            }
+            let result = self.write_synced(msg, Folder::Sent);
             if !self.recorded(msg, result, "cannot move to sent/") {
                 return Done::Deferred(t + RECORD_RETRY);
             }
-            info!(user = %self.user, id = %msg.id, relay = %relay, "sent");
-            self.emit(FlushEvent::Sent {
-                user: self.user.clone(),
-                id: msg.id.clone(),
-                relay,
-                reply,
-            });
+            self.announce_sent(&msg.id, relay, reply);
             return Done::Sent;
         }
         if msg.failure.is_none() {

@@ -320,11 +320,17 @@ impl Session {
 
     /// Sends one message to `recipients`. An `Err` means the transaction as a whole did not
     /// happen (MAIL refused, connection lost before the data was accepted).
+    ///
+    /// `before_data` is awaited once the relay has said go ahead with the data (354) and before
+    /// the data goes: the flusher makes the previous message's outcome durable there, so that
+    /// its disk flush overlaps this message's MAIL, RCPT and DATA round trips, and yet no
+    /// message is handed over before the one ahead of it is recorded.
     pub async fn send(
         &mut self,
         from: &str,
         recipients: &[String],
         data: &[u8],
+        before_data: impl Future<Output = ()>,
     ) -> Result<Transaction, Verdict> {
         let limit = self.timeout;
         let sender = if from.is_empty() {
@@ -396,6 +402,7 @@ impl Session {
             }
             return Err(v);
         }
+        before_data.await;
         let r = timed(
             Stage::Message,
             data_timeout(limit, data.len()),
