@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use linkrelay_dbus::{AgentProxy, FlushResult, MessageInfo, OverrideInfo, QueueCount, RouteInfo};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 /// Everything `linkrelay status` shows.
@@ -190,23 +191,65 @@ pub fn flush_json(results: &[FlushResult]) -> Value {
 
 /// JSON of a queue listing.
 pub fn queue_json(list: &[MessageInfo]) -> Value {
-    json!(list.iter().map(message_json).collect::<Vec<_>>())
+    json!(list.iter().map(MessageJson::from).collect::<Vec<_>>())
 }
 
-/// JSON of one message of a queue listing.
-pub fn message_json(m: &MessageInfo) -> Value {
-    json!({
-        "id": m.id, "user": m.user, "folder": m.folder, "from": m.from,
-        "recipients": m.recipients.iter().map(|r| json!({
-            "addr": r.addr, "state": r.state,
-            "reply": if r.reply.is_empty() { Value::Null } else { json!(r.reply) }
-        })).collect::<Vec<_>>(),
-        "size": m.size, "queued_at": m.queued_at, "attempts": m.attempts,
-        "next_attempt": if m.next_attempt == 0 { Value::Null } else { json!(m.next_attempt) },
-        "last_relay": if m.last_relay.is_empty() { Value::Null } else { json!(m.last_relay) },
-        "last_error": if m.last_error.is_empty() { Value::Null } else { json!(m.last_error) },
-        "status": m.status,
-    })
+/// JSON of one message of a queue listing, serialised straight from the message (a listing
+/// of 100,000 messages spent a third of its time building `Value`s). Fields in alphabetical
+/// order, as `serde_json::Value` writes them, so that the output is what it always was.
+#[derive(Serialize)]
+pub struct MessageJson<'a> {
+    attempts: u32,
+    folder: &'a str,
+    from: &'a str,
+    id: &'a str,
+    last_error: Option<&'a str>,
+    last_relay: Option<&'a str>,
+    next_attempt: Option<u64>,
+    queued_at: u64,
+    recipients: Vec<RecipientJson<'a>>,
+    size: u64,
+    status: &'a str,
+    user: &'a str,
+}
+
+/// JSON of one recipient of a message of a queue listing.
+#[derive(Serialize)]
+struct RecipientJson<'a> {
+    addr: &'a str,
+    reply: Option<&'a str>,
+    state: &'a str,
+}
+
+fn non_empty(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
+}
+
+impl<'a> From<&'a MessageInfo> for MessageJson<'a> {
+    fn from(m: &'a MessageInfo) -> Self {
+        MessageJson {
+            attempts: m.attempts,
+            folder: &m.folder,
+            from: &m.from,
+            id: &m.id,
+            last_error: non_empty(&m.last_error),
+            last_relay: non_empty(&m.last_relay),
+            next_attempt: (m.next_attempt != 0).then_some(m.next_attempt),
+            queued_at: m.queued_at,
+            recipients: m
+                .recipients
+                .iter()
+                .map(|r| RecipientJson {
+                    addr: &r.addr,
+                    reply: non_empty(&r.reply),
+                    state: &r.state,
+                })
+                .collect(),
+            size: m.size,
+            status: &m.status,
+            user: &m.user,
+        }
+    }
 }
 
 /// What the text listing says when there is nothing to list.
@@ -339,4 +382,69 @@ pub fn event_line(msg: &zbus::Message, as_json: bool) -> Option<String> {
         _ => return None,
     };
     Some(if as_json { event.to_string() } else { text })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use linkrelay_dbus::RecipientInfo;
+
+    /// The JSON of a message as `linkrelay queue --json` wrote it before `MessageJson`.
+    fn as_value_did(m: &MessageInfo) -> Value {
+        json!({
+            "id": m.id, "user": m.user, "folder": m.folder, "from": m.from,
+            "recipients": m.recipients.iter().map(|r| json!({
+                "addr": r.addr, "state": r.state,
+                "reply": if r.reply.is_empty() { Value::Null } else { json!(r.reply) }
+            })).collect::<Vec<_>>(),
+            "size": m.size, "queued_at": m.queued_at, "attempts": m.attempts,
+            "next_attempt": if m.next_attempt == 0 { Value::Null } else { json!(m.next_attempt) },
+            "last_relay": if m.last_relay.is_empty() { Value::Null } else { json!(m.last_relay) },
+            "last_error": if m.last_error.is_empty() { Value::Null } else { json!(m.last_error) },
+            "status": m.status,
+        })
+    }
+
+    #[test]
+    fn queue_json_is_byte_for_byte_what_it_was() {
+        let full = MessageInfo {
+            id: "1796000000.1.2.abcd".into(),
+            user: "alice".into(),
+            folder: "queue".into(),
+            from: "alice@example.org".into(),
+            recipients: vec![
+                RecipientInfo {
+                    addr: "bob@example.net".into(),
+                    state: "sent".into(),
+                    reply: "250 2.0.0 \"ok\" queued".into(),
+                },
+                RecipientInfo {
+                    addr: "carol@example.net".into(),
+                    state: "pending".into(),
+                    reply: String::new(),
+                },
+            ],
+            size: 4096,
+            queued_at: 1_796_000_000,
+            attempts: 3,
+            next_attempt: 1_796_000_600,
+            last_relay: "isp-a".into(),
+            last_error: "isp-a: 451 4.7.1 try again".into(),
+            status: "deferred, next try in 10m: isp-a: 451".into(),
+        };
+        let bare = MessageInfo {
+            recipients: Vec::new(),
+            next_attempt: 0,
+            last_relay: String::new(),
+            last_error: String::new(),
+            from: String::new(),
+            ..full.clone()
+        };
+        for m in [&full, &bare] {
+            assert_eq!(
+                serde_json::to_string_pretty(&MessageJson::from(m)).unwrap(),
+                serde_json::to_string_pretty(&as_value_did(m)).unwrap()
+            );
+        }
+    }
 }

@@ -12,7 +12,6 @@ use anyhow::anyhow;
 use linkrelay_dbus::{AgentProxy, MessageInfo, QueueLine};
 use serde::Serialize;
 use serde::ser::{Error as _, SerializeSeq, Serializer};
-use serde_json::Value;
 
 use crate::output;
 
@@ -103,7 +102,7 @@ impl<I: Iterator<Item = anyhow::Result<MessageInfo>>> Serialize for JsonArray<'_
         let mut seq = serializer.serialize_seq(None)?;
         for m in items {
             match m {
-                Ok(m) => seq.serialize_element::<Value>(&output::message_json(&m))?,
+                Ok(m) => seq.serialize_element(&output::MessageJson::from(&m))?,
                 Err(e) => {
                     let text = e.to_string();
                     *self.failure.borrow_mut() = Some(e);
