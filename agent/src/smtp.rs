@@ -6,7 +6,7 @@ use std::time::Duration;
 use lettre::Address;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
-use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt};
 use lettre::transport::smtp::extension::{ClientId, MailBodyParameter, MailParameter};
 use linkrelay_config::{Relay, TlsMode};
 use tokio::net::TcpStream;
@@ -108,6 +108,8 @@ pub struct Session {
     /// in the middle of a command, a 421): it must not carry another command. lettre's own
     /// flag only covers the errors of its high-level calls.
     broken: bool,
+    /// The relay offers PIPELINING (RFC 2920): MAIL, the RCPTs and DATA go in one write.
+    pipelining: bool,
 }
 
 fn helo_name(relay: &Relay) -> ClientId {
@@ -258,6 +260,26 @@ impl Session {
             let params = tls_parameters(relay)?;
             timed(Stage::Tls, limit, conn.starttls(params, &hello)).await?;
         }
+        // lettre keeps only the EHLO keywords it knows, and PIPELINING is not one of them: ask
+        // again (RFC 5321 allows EHLO at any point; before AUTH it changes nothing).
+        let pipelining = match timed(
+            Stage::Greeting,
+            limit,
+            conn.command(Ehlo::new(hello.clone())),
+        )
+        .await
+        {
+            Ok(reply) => reply.message().skip(1).any(|kw| {
+                kw.split_whitespace()
+                    .next()
+                    .is_some_and(|k| k.eq_ignore_ascii_case("PIPELINING"))
+            }),
+            Err(v) if v.breaks_connection() => {
+                conn.abort().await;
+                return Err(v);
+            }
+            Err(_) => false,
+        };
         if let Some(user) = &relay.username {
             if !conn.is_encrypted() {
                 match crate::plaintext::allow(relay, &peers) {
@@ -292,6 +314,7 @@ impl Session {
             conn,
             timeout: limit,
             broken: false,
+            pipelining,
         })
     }
 
@@ -348,19 +371,24 @@ impl Session {
         if !data.is_ascii() {
             params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
         }
-        let r = timed(
-            Stage::Mail,
-            limit,
-            self.conn.command(Mail::new(sender, params)),
-        )
-        .await;
+        let mail = Mail::new(sender, params);
+        let addresses: Vec<Result<Address, String>> = recipients
+            .iter()
+            .map(|r| r.parse::<Address>().map_err(|e| e.to_string()))
+            .collect();
+        if self.pipelining && addresses.iter().any(Result::is_ok) {
+            return self
+                .send_pipelined(mail, recipients, &addresses, data, before_data)
+                .await;
+        }
+        let r = timed(Stage::Mail, limit, self.conn.command(mail)).await;
         self.note(&r);
         r?;
 
         let mut verdicts: Vec<(String, Verdict)> = Vec::with_capacity(recipients.len());
         let mut accepted = Vec::new();
-        for rcpt in recipients {
-            let verdict = match rcpt.parse::<Address>() {
+        for (rcpt, addr) in recipients.iter().zip(addresses) {
+            let verdict = match addr {
                 Err(e) => Verdict::local(
                     Stage::Rcpt,
                     Outcome::Failed,
@@ -403,9 +431,101 @@ impl Session {
             return Err(v);
         }
         before_data.await;
+        self.data(data, verdicts, &accepted).await
+    }
+
+    /// [`Session::send`] with PIPELINING: MAIL, each RCPT and DATA in one write, then their
+    /// replies in order, so a message costs two round trips instead of three plus one per
+    /// recipient. Every reply is read even after a refusal, to stay in step with the relay.
+    async fn send_pipelined(
+        &mut self,
+        mail: Mail,
+        recipients: &[String],
+        addresses: &[Result<Address, String>],
+        data: &[u8],
+        before_data: impl Future<Output = ()>,
+    ) -> Result<Transaction, Verdict> {
+        let limit = self.timeout;
+        let mut batch = mail.to_string();
+        for addr in addresses.iter().flatten() {
+            batch.push_str(&Rcpt::new(addr.clone(), vec![]).to_string());
+        }
+        batch.push_str(&Data.to_string());
+        // Writes the whole batch, then reads the first reply (MAIL's).
+        let mail_reply = timed(Stage::Mail, limit, self.conn.command(batch)).await;
+        self.note(&mail_reply);
+        if let Err(v) = &mail_reply
+            && v.breaks_connection()
+        {
+            return Err(v.clone());
+        }
+        let mut verdicts: Vec<(String, Verdict)> = Vec::with_capacity(recipients.len());
+        let mut accepted = Vec::new();
+        for (rcpt, addr) in recipients.iter().zip(addresses) {
+            let verdict = match addr {
+                Err(e) => Verdict::local(
+                    Stage::Rcpt,
+                    Outcome::Failed,
+                    format!("bad recipient address {rcpt:?}: {e}"),
+                ),
+                Ok(_) => {
+                    let r = timed(Stage::Rcpt, limit, self.conn.read_response()).await;
+                    self.note(&r);
+                    match r {
+                        Ok(reply) => {
+                            accepted.push(verdicts.len());
+                            let text = reply.message().collect::<Vec<_>>().join(" ");
+                            Verdict::new(Stage::Rcpt, Some(u16::from(reply.code())), text)
+                        }
+                        Err(v) if v.breaks_connection() => return Err(v),
+                        Err(v) => v,
+                    }
+                }
+            };
+            verdicts.push((rcpt.clone(), verdict));
+        }
+        let data_reply = timed(Stage::Data, limit, self.conn.read_response()).await;
+        self.note(&data_reply);
+        if let Err(v) = mail_reply {
+            // The relay refused the sender; the RCPTs and DATA after it were refused too (503).
+            if data_reply.is_ok() {
+                // It said go ahead all the same: the connection is out of step with us.
+                self.broken = true;
+            }
+            return Err(v);
+        }
+        if accepted.is_empty() {
+            if data_reply.is_ok() {
+                // A relay that takes DATA with no recipient (RFC 2920 says it must not): no
+                // data will follow, so this connection is done.
+                self.broken = true;
+            } else if !self.broken {
+                self.reset().await;
+            }
+            return Ok(Transaction {
+                recipients: verdicts,
+            });
+        }
+        if let Err(v) = data_reply {
+            if !self.broken {
+                self.reset().await;
+            }
+            return Err(v);
+        }
+        before_data.await;
+        self.data(data, verdicts, &accepted).await
+    }
+
+    /// Sends the data (after a 354) and gives each accepted recipient the final reply.
+    async fn data(
+        &mut self,
+        data: &[u8],
+        mut verdicts: Vec<(String, Verdict)>,
+        accepted: &[usize],
+    ) -> Result<Transaction, Verdict> {
         let r = timed(
             Stage::Message,
-            data_timeout(limit, data.len()),
+            data_timeout(self.timeout, data.len()),
             self.conn.message(without_last_eol(data)),
         )
         .await;
@@ -417,7 +537,7 @@ impl Session {
             }
             Err(v) => v,
         };
-        for i in accepted {
+        for &i in accepted {
             verdicts[i].1 = end.clone();
         }
         Ok(Transaction {

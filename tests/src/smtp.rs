@@ -7,8 +7,9 @@
 //! configured, `250 HELP`) and HELO; AUTH PLAIN and AUTH LOGIN, each with or without an initial
 //! response; MAIL FROM (ESMTP parameters such as `SIZE=` and `BODY=8BITMIME` are accepted;
 //! a `SIZE=` over the limit gets 552); RCPT TO; DATA with dot-unstuffing up to the lone ".";
-//! RSET; NOOP; HELP; QUIT. Anything else gets `502 5.5.2 Error: command not recognized`; no
-//! PIPELINING is offered. With [`RelayScript::tls`] it speaks TLS: STARTTLS (offered in EHLO,
+//! RSET; NOOP; HELP; QUIT. Anything else gets `502 5.5.2 Error: command not recognized`.
+//! PIPELINING is offered only with [`RelayScript::pipelining`] (commands are read in order
+//! either way, so a pipelining client is served the same). With [`RelayScript::tls`] it speaks TLS: STARTTLS (offered in EHLO,
 //! then the handshake, then a fresh session as RFC 3207 says) or TLS from the first byte, with
 //! a certificate from a [`crate::tls::TestCa`]. Without TLS, the answer to STARTTLS can be
 //! scripted ([`RelayScript::starttls`]): a 220 is then followed by a hang-up, which the client
@@ -105,6 +106,9 @@ pub struct ClientLine {
     pub tls: bool,
     /// The line without its terminator (lossy UTF-8).
     pub line: String,
+    /// Whether it had already arrived when the relay went to read it: sent along with the
+    /// line before it, without waiting for that line's reply (pipelining).
+    pub pipelined: bool,
 }
 
 /// A per-recipient answer: the fault for an address, or `None` for the normal answer.
@@ -151,6 +155,8 @@ pub struct RelayScript {
     pub credentials: Option<(String, String)>,
     /// TLS: off, STARTTLS, or implicit.
     pub tls: RelayTls,
+    /// EHLO offers PIPELINING (RFC 2920).
+    pub pipelining: bool,
 }
 
 impl Default for RelayScript {
@@ -169,6 +175,7 @@ impl Default for RelayScript {
             allow_client: Arc::new(|| true),
             credentials: None,
             tls: RelayTls::Off,
+            pipelining: false,
         }
     }
 }
@@ -192,7 +199,7 @@ impl fmt::Debug for RelayScript {
                 &self.credentials.as_ref().map(|(user, _)| (user, "***")),
             )
             .field("tls", &self.tls)
-            .field("starttls", &self.starttls)
+            .field("pipelining", &self.pipelining)
             .finish()
     }
 }
@@ -552,6 +559,7 @@ impl Io {
 
     /// One line with its terminator; `None` at end of stream; an error when longer than `max`.
     async fn read_line(&mut self, max: usize) -> anyhow::Result<Option<Vec<u8>>> {
+        let pipelined = !self.reader.buffer().is_empty();
         let mut line = Vec::new();
         let n = (&mut self.reader)
             .take(max as u64 + 1)
@@ -571,6 +579,7 @@ impl Io {
         if let Some(shared) = &self.lines {
             lock(&shared.lines).push(ClientLine {
                 tls: self.tls,
+                pipelined,
                 line: String::from_utf8_lossy(&line)
                     .trim_end_matches(['\r', '\n'])
                     .to_owned(),
@@ -772,6 +781,9 @@ async fn ehlo(
         }
         if script.credentials.is_some() {
             lines.push("AUTH PLAIN LOGIN".to_owned());
+        }
+        if script.pipelining {
+            lines.push("PIPELINING".to_owned());
         }
         lines.push("HELP".to_owned());
         io.reply(250, &lines.join("\n")).await?;

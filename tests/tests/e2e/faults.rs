@@ -764,16 +764,35 @@ fn config(cases: &[Case], relays: &BTreeMap<&str, (u16, Option<u16>)>) -> String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_stage_fault_has_the_right_outcome_and_shows_in_the_queue() {
+    fault_matrix(false).await;
+}
+
+/// The same faults from relays that offer PIPELINING: MAIL, RCPT and DATA then go in one
+/// write and their replies are read in order, refusals included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_stage_fault_has_the_right_outcome_with_pipelining_too() {
+    fault_matrix(true).await;
+}
+
+async fn fault_matrix(pipelining: bool) {
     let cases = cases();
     let mut relays: BTreeMap<&str, (ScriptedRelay, Option<ScriptedRelay>)> = BTreeMap::new();
     let mut ports = BTreeMap::new();
     for case in &cases {
-        let first = ScriptedRelay::start((case.script)()).await.unwrap();
+        let first = ScriptedRelay::start(RelayScript {
+            pipelining,
+            ..(case.script)()
+        })
+        .await
+        .unwrap();
         let fallback = if case.fallback {
             Some(
-                ScriptedRelay::start(RelayScript::named("fallback.test"))
-                    .await
-                    .unwrap(),
+                ScriptedRelay::start(RelayScript {
+                    pipelining,
+                    ..RelayScript::named("fallback.test")
+                })
+                .await
+                .unwrap(),
             )
         } else {
             None
@@ -838,6 +857,19 @@ async fn every_stage_fault_has_the_right_outcome_and_shows_in_the_queue() {
     for case in &cases {
         let mut problem = |what: String| problems.push(format!("{}: {what}", case.name));
         let (first, fallback) = &relays[case.name];
+        // Where a message went through, its RCPTs and DATA came with its MAIL exactly when
+        // the relay offered PIPELINING.
+        if case.received.0 == 1 {
+            for c in first.commands() {
+                let batched = c.line.starts_with("RCPT TO:") || c.line == "DATA";
+                if batched && c.pipelined != pipelining {
+                    problem(format!(
+                        "{:?} pipelined: {}, expected {pipelining}",
+                        c.line, c.pipelined
+                    ));
+                }
+            }
+        }
         let got = (
             first.received().len(),
             fallback.as_ref().map_or(0, |r| r.received().len()),
