@@ -79,16 +79,21 @@ pub(crate) fn read_file(path: &Path) -> io::Result<Vec<u8>> {
     read_regular(File::from(fd))
 }
 
+/// The files read here are never written in place (a new version is renamed over the old
+/// one), so the size `fstat` gives is the size to read: one `fstat` and one `read`, where
+/// `read_to_end` would add a second `statx`, an `lseek` and a `read` that only finds the end.
 fn read_regular(mut file: File) -> io::Result<Vec<u8>> {
-    let meta = file.metadata()?;
-    if !meta.is_file() {
+    let st = rustix::fs::fstat(&file)?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "not a regular file",
         ));
     }
-    let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-    file.read_to_end(&mut data)?;
+    let len = usize::try_from(st.st_size)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "file too large"))?;
+    let mut data = vec![0; len];
+    file.read_exact(&mut data)?;
     Ok(data)
 }
 
