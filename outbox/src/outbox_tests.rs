@@ -830,3 +830,26 @@ fn no_state_tmp_left_after_update() {
     assert_eq!(names(&dir), ["message.eml", "state.json"]);
     assert_eq!(ob.state(Folder::Queue, &id).unwrap().attempts, 2);
 }
+
+#[test]
+fn a_listing_skips_what_it_cannot_read_in_the_queue_and_moves_nothing() {
+    let (_dir, ob) = outbox();
+    let e = env("alice@example.net", &["bob@example.org"]);
+    let whole = ob.enqueue(&e, &message(0)).unwrap();
+    let half = ob.enqueue(&e, &message(1)).unwrap();
+    // A message a writer is still filling in: its state file is there but empty.
+    let q = ob.root().join("queue");
+    fs::write(q.join(&half).join("state.json"), b"").unwrap();
+
+    let reader = ob.reader(Folder::Queue).unwrap();
+    assert_eq!(reader.entry(&whole).map(|s| s.id), Some(whole.clone()));
+    assert!(reader.entry(&half).is_none());
+    // Still queued, untouched: the flusher, not a listing, decides what is unusable.
+    assert_eq!(ob.locate(&half).unwrap(), Some(Folder::Queue));
+    assert!(q.join(&half).join("state.json").exists());
+    // Once written, it is listed.
+    let state = fs::read(q.join(&whole).join("state.json")).unwrap();
+    let state = String::from_utf8(state).unwrap().replace(&whole, &half);
+    fs::write(q.join(&half).join("state.json"), state).unwrap();
+    assert_eq!(reader.entry(&half).map(|s| s.id), Some(half));
+}

@@ -149,7 +149,11 @@ pub struct FolderReader<'a> {
 }
 
 impl FolderReader<'_> {
-    /// What [`Outbox::entry`] gives for `id`.
+    /// What [`Outbox::entry`] gives for `id`, except that a reader never changes the outbox:
+    /// a `queue/` entry it cannot use is skipped (`None`), not moved to `failed/`. Listings
+    /// run at any time (the notifier's walk comes 500 ms after every change), and an entry
+    /// that cannot be read may be one a writer is still filling in; the flusher, which owns
+    /// the queue, is the one that sets unusable messages aside.
     pub fn entry(&self, id: &str) -> Option<MessageState> {
         if validate_id(id).is_ok()
             && let Some(state) = self.quick(id)
@@ -157,7 +161,10 @@ impl FolderReader<'_> {
         {
             return Some(state);
         }
-        self.outbox.entry(self.folder, id)
+        match self.folder {
+            Folder::Queue => self.outbox.state(Folder::Queue, id).ok(),
+            folder => self.outbox.entry(folder, id),
+        }
     }
 
     fn quick(&self, id: &str) -> Option<MessageState> {
