@@ -113,6 +113,33 @@ pub(crate) fn replace_file_unsynced(dir: impl AsFd, name: &str, data: &[u8]) -> 
     swap_in(dir.as_fd(), name, data, false)
 }
 
+/// Overwrites the regular file `name` in `dir` with `data` in place (truncate, write), without
+/// syncing; creates it (mode 0600) when it is missing. Only for files whose every change is
+/// first recorded durably elsewhere (the outcome journal): a crash can leave the file empty or
+/// torn, and the replay rewrites it. Unlike a write-and-rename, it allocates no inode and frees
+/// none: at hundreds of records a second, the freed inodes made each new one's allocation
+/// scan ext4's "recently deleted" inodes, a quarter of the agent's CPU in a flush.
+pub(crate) fn overwrite_unsynced(dir: impl AsFd, name: &str, data: &[u8]) -> io::Result<()> {
+    let fd = match rustix::fs::openat(
+        &dir,
+        name,
+        OFlags::WRONLY | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return replace_file_unsynced(dir, name, data),
+        Err(e) => return Err(e.into()),
+    };
+    let st = rustix::fs::fstat(&fd)?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    File::from(fd).write_all(data)
+}
+
 fn swap_in(
     dir: std::os::fd::BorrowedFd<'_>,
     name: &str,

@@ -29,7 +29,7 @@ use rustix::fs::{FlockOperation, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
 use crate::error::OutboxError;
-use crate::fsutil::{FILE_MODE, open_dir, rename_noreplace, replace_file_unsynced};
+use crate::fsutil::{FILE_MODE, open_dir, overwrite_unsynced, rename_noreplace};
 use crate::id::validate_id;
 use crate::outbox::{Outbox, STATE, state_json};
 use crate::state::{Folder, MessageState};
@@ -221,7 +221,7 @@ impl Journal {
         let dir = outbox.open_msg_dir(from, &state.id)?;
         let path = outbox.msg_path(from, &state.id).join(STATE);
         let json = state_json(state).map_err(|e| OutboxError::io("encoding a state", e))?;
-        replace_file_unsynced(&dir, STATE, &json)
+        overwrite_unsynced(&dir, STATE, &json)
             .map_err(|e| OutboxError::io(format!("writing {}", path.display()), e))?;
         drop(dir);
         if from != to {
