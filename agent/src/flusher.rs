@@ -261,6 +261,7 @@ impl Flusher {
                 arrivals_only &= more.arrival;
                 waiters.extend(more.done);
             }
+            debug!(user = %self.user, force, arrivals_only, waiters = waiters.len(), "batch asked for");
             let result = if arrivals_only && !force {
                 match self.arrivals_while_held() {
                     Some(result) => result,

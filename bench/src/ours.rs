@@ -90,6 +90,10 @@ impl Agent {
             .open(log)?;
         let mut cmd = Command::new(bin("linkrelayd"));
         w.env(&mut cmd);
+        // The world's environment is a clean one; RUST_LOG passes through, for debugging.
+        if let Some(level) = std::env::var_os("RUST_LOG") {
+            cmd.env("RUST_LOG", level);
+        }
         cmd.env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -244,10 +248,52 @@ impl Setup {
         self.w.data_dir.join(format!("u{user}"))
     }
 
+    /// What to look at when a run went wrong: each user's folders, the agent's warnings and
+    /// errors, and its last lines.
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.w.dir().join("linkrelayd.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        let mut out = String::new();
+        for u in 1..=4 {
+            let root = self.outbox(u);
+            if root.exists() {
+                out.push_str(&format!(
+                    "u{u}: queue {} incoming {} sent {} failed {}\n",
+                    seed::count(&root, "queue"),
+                    seed::count(&root, "incoming"),
+                    seed::count(&root, "sent"),
+                    seed::count(&root, "failed")
+                ));
+                for e in std::fs::read_dir(root.join("failed"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .take(3)
+                {
+                    let state =
+                        std::fs::read_to_string(e.path().join("state.json")).unwrap_or_default();
+                    out.push_str(&format!(
+                        "  failed/{}: {state}\n",
+                        e.file_name().to_string_lossy()
+                    ));
+                }
+            }
+        }
+        for l in lines
+            .iter()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .take(20)
+        {
+            out.push_str(l);
+            out.push('\n');
+        }
+        out.push_str(&lines[lines.len().saturating_sub(20)..].join("\n"));
+        // The world (and the log in it) goes away with the run: keep a copy to read.
+        let keep = std::env::temp_dir().join("linkrelay-bench-agent.log");
+        if std::fs::write(&keep, &text).is_ok() {
+            out.push_str(&format!("\n(the whole agent log: {})", keep.display()));
+        }
+        out
     }
 }
 
@@ -303,6 +349,9 @@ pub async fn flush(s: &Settings, port: u16) -> anyhow::Result<FlushFigures> {
         }
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
+    if std::env::var_os("LINKRELAY_BENCH_KEEP_LOG").is_some() {
+        let _ = setup.log_tail();
+    }
     let rss_after_kib = setup.agent.sample().rss_kib;
     drop(setup);
     Ok(FlushFigures {
