@@ -8,6 +8,7 @@ use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
 use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt};
 use lettre::transport::smtp::extension::{ClientId, MailBodyParameter, MailParameter};
+use lettre::transport::smtp::response::Response;
 use linkrelay_config::{Relay, TlsMode};
 use tokio::net::TcpStream;
 use tracing::debug;
@@ -176,6 +177,20 @@ async fn resolve(relay: &Relay, limit: Duration) -> Result<Vec<std::net::SocketA
     }
 }
 
+/// A reply's text, its lines joined by spaces.
+fn reply_text(reply: &Response) -> String {
+    reply.message().collect::<Vec<_>>().join(" ")
+}
+
+/// The verdict of a recipient whose address does not parse: it fails, nothing is asked.
+fn bad_address(rcpt: &str, error: &str) -> Verdict {
+    Verdict::local(
+        Stage::Rcpt,
+        Outcome::Failed,
+        format!("bad recipient address {rcpt:?}: {error}"),
+    )
+}
+
 /// Runs one stage with a time limit. lettre's async connection has no timeout of its own
 /// beyond the TCP connect, so every stage is bounded here.
 async fn timed<T>(
@@ -323,6 +338,24 @@ impl Session {
         !self.broken && !self.conn.has_broken()
     }
 
+    /// A RCPT's verdict from its reply, and whether the recipient was accepted; `Err` when
+    /// the connection cannot go on.
+    fn rcpt_verdict(&mut self, r: Result<Response, Verdict>) -> Result<(Verdict, bool), Verdict> {
+        self.note(&r);
+        match r {
+            Ok(reply) => Ok((
+                Verdict::new(
+                    Stage::Rcpt,
+                    Some(u16::from(reply.code())),
+                    reply_text(&reply),
+                ),
+                true,
+            )),
+            Err(v) if v.breaks_connection() => Err(v),
+            Err(v) => Ok((v, false)),
+        }
+    }
+
     /// Notes what a stage's result means for the connection.
     fn note<T>(&mut self, result: &Result<T, Verdict>) {
         if let Err(v) = result
@@ -389,11 +422,7 @@ impl Session {
         let mut accepted = Vec::new();
         for (rcpt, addr) in recipients.iter().zip(addresses) {
             let verdict = match addr {
-                Err(e) => Verdict::local(
-                    Stage::Rcpt,
-                    Outcome::Failed,
-                    format!("bad recipient address {rcpt:?}: {e}"),
-                ),
+                Err(e) => bad_address(rcpt, &e),
                 Ok(addr) => {
                     let r = timed(
                         Stage::Rcpt,
@@ -401,16 +430,11 @@ impl Session {
                         self.conn.command(Rcpt::new(addr, vec![])),
                     )
                     .await;
-                    self.note(&r);
-                    match r {
-                        Ok(reply) => {
-                            accepted.push(verdicts.len());
-                            let text = reply.message().collect::<Vec<_>>().join(" ");
-                            Verdict::new(Stage::Rcpt, Some(u16::from(reply.code())), text)
-                        }
-                        Err(v) if v.breaks_connection() => return Err(v),
-                        Err(v) => v,
+                    let (verdict, ok) = self.rcpt_verdict(r)?;
+                    if ok {
+                        accepted.push(verdicts.len());
                     }
+                    verdict
                 }
             };
             verdicts.push((rcpt.clone(), verdict));
@@ -463,23 +487,14 @@ impl Session {
         let mut accepted = Vec::new();
         for (rcpt, addr) in recipients.iter().zip(addresses) {
             let verdict = match addr {
-                Err(e) => Verdict::local(
-                    Stage::Rcpt,
-                    Outcome::Failed,
-                    format!("bad recipient address {rcpt:?}: {e}"),
-                ),
+                Err(e) => bad_address(rcpt, e),
                 Ok(_) => {
                     let r = timed(Stage::Rcpt, limit, self.conn.read_response()).await;
-                    self.note(&r);
-                    match r {
-                        Ok(reply) => {
-                            accepted.push(verdicts.len());
-                            let text = reply.message().collect::<Vec<_>>().join(" ");
-                            Verdict::new(Stage::Rcpt, Some(u16::from(reply.code())), text)
-                        }
-                        Err(v) if v.breaks_connection() => return Err(v),
-                        Err(v) => v,
+                    let (verdict, ok) = self.rcpt_verdict(r)?;
+                    if ok {
+                        accepted.push(verdicts.len());
                     }
+                    verdict
                 }
             };
             verdicts.push((rcpt.clone(), verdict));
@@ -532,7 +547,7 @@ impl Session {
         self.note(&r);
         let end = match r {
             Ok(reply) => {
-                let text = reply.message().collect::<Vec<_>>().join(" ");
+                let text = reply_text(&reply);
                 Verdict::new(Stage::Message, Some(u16::from(reply.code())), text)
             }
             Err(v) => v,
@@ -590,7 +605,7 @@ impl Session {
         .await
         {
             Ok(reply) => {
-                let text = reply.message().collect::<Vec<_>>().join(" ");
+                let text = reply_text(&reply);
                 Verdict::new(Stage::Mail, Some(u16::from(reply.code())), text)
             }
             Err(v) => return (v, None),
@@ -609,7 +624,7 @@ impl Session {
             .await
             {
                 Ok(reply) => {
-                    let text = reply.message().collect::<Vec<_>>().join(" ");
+                    let text = reply_text(&reply);
                     Verdict::new(Stage::Rcpt, Some(u16::from(reply.code())), text)
                 }
                 Err(v) => v,
