@@ -172,6 +172,41 @@ impl Drop for ActivatedAgent {
     }
 }
 
+/// Runs `linkrelay sendmail ARGS` with `message` on stdin against `bus` (with no agent
+/// running: its wake-up call makes the bus start one), checks that it queued the message, and
+/// waits up to 5 s for the started agent; returns its pid.
+async fn sendmail_starting_the_agent(
+    w: &World,
+    bus: &TestBus,
+    args: &[&str],
+    message: &[u8],
+) -> Option<u32> {
+    let mut sendmail = w
+        .cli()
+        .arg("sendmail")
+        .args(args)
+        .env("DBUS_SESSION_BUS_ADDRESS", &bus.address)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = sendmail.stdin.take().unwrap();
+        stdin.write_all(message).unwrap();
+    }
+    let out = sendmail.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for _ in 0..250 {
+        if let Some(pid) = owner_pid(bus).await {
+            return Some(pid);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
 /// Whether process `pid` still runs (a zombie, whose parent has not reaped it yet, does not).
 fn running(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
@@ -209,33 +244,14 @@ async fn queueing_mail_starts_an_installed_agent_which_then_holds_it_with_a_reas
     let w = World::new().unwrap();
     install(&w);
     let bus = activating_bus(&w);
-    let mut sendmail = w
-        .cli()
-        .args(["sendmail", "-t", "-i"])
-        .env("DBUS_SESSION_BUS_ADDRESS", &bus.address)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = sendmail.stdin.take().unwrap();
-        stdin
-            .write_all(b"From: me@example.org\nTo: you@example.org\nSubject: wake\n\nhi\n")
-            .unwrap();
-    }
-    let out = sendmail.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    // sendmail's wake-up call asked the bus for the agent; it starts and finds the message.
-    let mut pid = None;
-    for _ in 0..250 {
-        pid = owner_pid(&bus).await;
-        if pid.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // sendmail's wake-up call asks the bus for the agent; it starts and finds the message.
+    let pid = sendmail_starting_the_agent(
+        &w,
+        &bus,
+        &["-t", "-i"],
+        b"From: me@example.org\nTo: you@example.org\nSubject: wake\n\nhi\n",
+    )
+    .await;
     let _guard = ActivatedAgent(pid);
     assert!(
         pid.is_some(),
@@ -284,30 +300,9 @@ async fn an_agent_started_by_a_message_answers_and_ends_with_its_bus_every_time(
         let w = World::new().unwrap();
         install(&w);
         let bus = activating_bus(&w);
-        let mut sendmail = w
-            .cli()
-            .args(["sendmail", "you@example.org"])
-            .env("DBUS_SESSION_BUS_ADDRESS", &bus.address)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        {
-            use std::io::Write;
-            let mut stdin = sendmail.stdin.take().unwrap();
-            stdin.write_all(b"Subject: wake\n\nhi\n").unwrap();
-        }
-        let out = sendmail.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        let mut pid = None;
-        for _ in 0..250 {
-            pid = owner_pid(&bus).await;
-            if pid.is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let pid =
+            sendmail_starting_the_agent(&w, &bus, &["you@example.org"], b"Subject: wake\n\nhi\n")
+                .await;
         let Some(pid) = pid else {
             panic!(
                 "start {start}: no agent was started; bus log:\n{}",
