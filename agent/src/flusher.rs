@@ -11,6 +11,7 @@ use linkrelay_outbox::{
     Counts, Folder, Journal, MessageState, Outbox, OutboxError, RecipientStatus,
 };
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::backoff::{next_step, retry_delay, route_key};
@@ -217,9 +218,13 @@ struct Flusher {
     unrecorded: Vec<u64>,
 }
 
+/// What a record task gives back: the journal, the state as recorded (its revision bumped),
+/// and whether it was recorded.
+type Recorded = (Journal, MessageState, Result<(), OutboxError>);
+
 /// A delivered message whose record (journal append, fdatasync, move to sent/) is under way.
 struct InFlight {
-    task: tokio::task::JoinHandle<(Journal, MessageState, Result<(), OutboxError>)>,
+    task: JoinHandle<Recorded>,
     /// The state as it was handed to the task, for the fsync path if the task panicked.
     state: MessageState,
     relay: String,
@@ -779,16 +784,10 @@ impl Flusher {
     async fn write(&mut self, msg: &mut MessageState, to: Folder) -> Result<(), OutboxError> {
         // One record at a time: the journal is with the one in flight.
         self.settle().await;
-        let Some(mut journal) = self.journal.take() else {
+        let Some(task) = self.start_record(msg, to) else {
             return self.write_synced(msg, to);
         };
-        let mut state = msg.clone();
-        let recorded = tokio::task::spawn_blocking(move || {
-            let result = journal.record(&mut state, to);
-            (journal, state, result)
-        })
-        .await;
-        match recorded {
+        match task.await {
             Ok((journal, state, result)) => {
                 self.journal = Some(journal);
                 *msg = state;
@@ -800,6 +799,17 @@ impl Flusher {
                 self.write_synced(msg, to)
             }
         }
+    }
+
+    /// Hands the journal and `msg`'s new state (into folder `to`) to the blocking pool, which
+    /// records it; the task gives the journal back. `None` without a journal.
+    fn start_record(&mut self, msg: &MessageState, to: Folder) -> Option<JoinHandle<Recorded>> {
+        let mut journal = self.journal.take()?;
+        let mut state = msg.clone();
+        Some(tokio::task::spawn_blocking(move || {
+            let result = journal.record(&mut state, to);
+            (journal, state, result)
+        }))
     }
 
     /// Records `msg`'s new state without the journal: the folders are rewritten durably.
@@ -863,13 +873,8 @@ impl Flusher {
                 .and_then(|r| r.reply.clone())
                 .unwrap_or_default();
             self.settle().await;
-            if let Some(mut journal) = self.journal.take() {
+            if let Some(task) = self.start_record(msg, Folder::Sent) {
                 // Recorded while the next message's envelope goes out; see `settle`.
-                let mut state = msg.clone();
-                let task = tokio::task::spawn_blocking(move || {
-                    let result = journal.record(&mut state, Folder::Sent);
-                    (journal, state, result)
-                });
                 self.in_flight = Some(InFlight {
                     task,
                     state: msg.clone(),
