@@ -323,10 +323,13 @@ async fn a_disk_that_fills_up_while_sending_does_not_make_the_agent_send_twice()
         w.agent_log().contains("cannot move to sent/")
     })
     .await;
-    // Flushing again (the agent remembers it was delivered) sends nothing.
+    // Flushing again (the agent remembers it was delivered) sends nothing, and does not count
+    // as sent what it could not record.
     for _ in 0..3 {
         let out = w.run_cli(&["flush", "--wait"]).unwrap();
         assert!(out.status.success());
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(said.contains("me: sent 0, 1 still queued"), "{said}");
     }
     assert_eq!(relay.received().len(), 1, "{}", w.agent_log());
     assert_eq!(w.wait_entries("me", "queue", 1).await.len(), 1);
@@ -335,6 +338,8 @@ async fn a_disk_that_fills_up_while_sending_does_not_make_the_agent_send_twice()
     std::fs::remove_file(w.data_dir.join("filler")).unwrap();
     let out = w.run_cli(&["flush", "--wait"]).unwrap();
     assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("me: sent 1, 0 still queued"), "{said}");
     assert_eq!(w.outbox_entries("me", "sent").len(), 1, "{}", w.agent_log());
     assert!(w.outbox_entries("me", "queue").is_empty());
     assert_eq!(relay.received().len(), 1);
