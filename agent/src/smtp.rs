@@ -448,14 +448,7 @@ impl Session {
         }
         let r = timed(Stage::Data, limit, self.conn.command(Data)).await;
         self.note(&r);
-        if let Err(v) = r {
-            if !self.broken {
-                self.reset().await;
-            }
-            return Err(v);
-        }
-        before_data.await;
-        self.data(data, verdicts, &accepted).await
+        self.data(r, before_data, data, verdicts, &accepted).await
     }
 
     /// [`Session::send`] with PIPELINING: MAIL, each RCPT and DATA in one write, then their
@@ -521,6 +514,21 @@ impl Session {
                 recipients: verdicts,
             });
         }
+        self.data(data_reply, before_data, data, verdicts, &accepted)
+            .await
+    }
+
+    /// After the relay's answer to DATA: a refusal ends the transaction (RSET) and is the
+    /// result; a 354 waits for `before_data`, sends the data and gives each accepted recipient
+    /// the final reply.
+    async fn data(
+        &mut self,
+        data_reply: Result<Response, Verdict>,
+        before_data: impl Future<Output = ()>,
+        data: &[u8],
+        mut verdicts: Vec<(String, Verdict)>,
+        accepted: &[usize],
+    ) -> Result<Transaction, Verdict> {
         if let Err(v) = data_reply {
             if !self.broken {
                 self.reset().await;
@@ -528,16 +536,6 @@ impl Session {
             return Err(v);
         }
         before_data.await;
-        self.data(data, verdicts, &accepted).await
-    }
-
-    /// Sends the data (after a 354) and gives each accepted recipient the final reply.
-    async fn data(
-        &mut self,
-        data: &[u8],
-        mut verdicts: Vec<(String, Verdict)>,
-        accepted: &[usize],
-    ) -> Result<Transaction, Verdict> {
         let r = timed(
             Stage::Message,
             data_timeout(self.timeout, data.len()),
