@@ -249,7 +249,7 @@ impl Setup {
     }
 
     /// What to look at when a run went wrong: each user's folders, the agent's warnings and
-    /// errors, and its last lines.
+    /// errors, its last lines, and where the whole log was kept.
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.w.dir().join("linkrelayd.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -288,12 +288,18 @@ impl Setup {
             out.push('\n');
         }
         out.push_str(&lines[lines.len().saturating_sub(20)..].join("\n"));
-        // The world (and the log in it) goes away with the run: keep a copy to read.
-        let keep = std::env::temp_dir().join("linkrelay-bench-agent.log");
-        if std::fs::write(&keep, &text).is_ok() {
-            out.push_str(&format!("\n(the whole agent log: {})", keep.display()));
+        if let Some(kept) = self.keep_log() {
+            out.push_str(&format!("\n(the whole agent log: {})", kept.display()));
         }
         out
+    }
+
+    /// Copies the agent's log to `$TMPDIR/linkrelay-bench-agent.log`: the world (and the log
+    /// in it) goes away with the run. Returns where, if it could.
+    fn keep_log(&self) -> Option<PathBuf> {
+        let keep = std::env::temp_dir().join("linkrelay-bench-agent.log");
+        std::fs::copy(self.w.dir().join("linkrelayd.log"), &keep).ok()?;
+        Some(keep)
     }
 }
 
@@ -350,7 +356,7 @@ pub async fn flush(s: &Settings, port: u16) -> anyhow::Result<FlushFigures> {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     if std::env::var_os("LINKRELAY_BENCH_KEEP_LOG").is_some() {
-        let _ = setup.log_tail();
+        setup.keep_log();
     }
     let rss_after_kib = setup.agent.sample().rss_kib;
     drop(setup);
