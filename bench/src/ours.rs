@@ -400,8 +400,10 @@ pub async fn enqueue(s: &Settings, port: u16) -> anyhow::Result<(Vec<f64>, Vec<f
     }
     // Everything sent: the online runs really went out.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let waiting = |f: &str| seed::count(&setup.outbox(1), f);
-    while waiting("queue") + waiting("incoming") > 0 && Instant::now() < deadline {
+    let root = setup.outbox(1);
+    while (seed::count(&root, "queue") > 0 || seed::incoming_waits(&root))
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     ensure!(
@@ -416,7 +418,7 @@ pub async fn enqueue(s: &Settings, port: u16) -> anyhow::Result<(Vec<f64>, Vec<f
     }
     // sendmail hands mail to the running agent through incoming/; wait for it to be queued.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while seed::count(&setup.outbox(1), "incoming") > 0 && Instant::now() < deadline {
+    while seed::incoming_waits(&root) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     ensure!(

@@ -65,9 +65,20 @@ pub fn clear_sent(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How many entries `<root>/<folder>/` holds.
+/// How many entries `<root>/<folder>/` holds (not counting hidden files such as the spool).
 pub fn count(root: &Path, folder: &str) -> usize {
     std::fs::read_dir(root.join(folder))
-        .map(|rd| rd.count())
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .count()
+        })
         .unwrap_or(0)
+}
+
+/// True while `linkrelay sendmail` has handed over mail the agent has not taken in yet: files
+/// in `incoming/`, or records in its spool.
+pub fn incoming_waits(root: &Path) -> bool {
+    let spool = std::fs::metadata(root.join("incoming").join(".spool")).map_or(0, |m| m.len());
+    count(root, "incoming") > 0 || spool > 0
 }

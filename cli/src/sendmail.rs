@@ -1,12 +1,12 @@
 //! sendmail mode: queue a message straight into the user's outbox (works while the agent is
 //! down), durably. Exit codes follow sysexits(3), as mail clients expect.
 //!
-//! While an agent holds the outbox (its journal lock), sendmail writes one durable file into
-//! `incoming/` (`Outbox::submit`), which the agent watches with inotify and takes into the
-//! queue: no D-Bus, two syncs. Without an agent it queues straight into `queue/` and calls
+//! While an agent holds the outbox (its journal lock), sendmail appends the message to
+//! `incoming/.spool` (`Outbox::submit`), which the agent watches with inotify and takes into
+//! the queue: no D-Bus, one sync. Without an agent it queues straight into `queue/` and calls
 //! `Wake`, which starts an installed agent through D-Bus activation. A client that queues
 //! mail one process per message (cron, git send-email, a script) so pays for one durable
-//! file and not for a bus connection and round trip.
+//! append and not for a bus connection and round trip.
 
 use std::io::Read;
 use std::path::PathBuf;

@@ -1,18 +1,20 @@
-//! `incoming/`: the fast way in while an agent runs, one file per message.
+//! `incoming/`: the fast way in while an agent runs.
 //!
 //! [`Outbox::enqueue`] builds a message directory (message.eml and state.json) and makes it
 //! durable: three file system commits (the two files, the directory, `queue/`). A sendmail
-//! process that waits for that pays for it on every message. [`Outbox::submit`] instead writes
-//! one file, `incoming/<id>`, holding an envelope line and the message, and makes it durable
-//! with two syncs (the file, then `incoming/`): the message is as safe, sooner. The agent, which
-//! watches `incoming/`, then moves it into the queue with [`Outbox::ingest_incoming`]: it builds
-//! `queue/<id>/` without syncing, makes every message of the round durable with one `syncfs`, and
-//! only then removes their files from `incoming/`. A crash in between leaves a file whose id is
-//! already queued (or sent): the next round sees the id and only removes the file, so nothing is
-//! queued twice. This is the shape of Postfix's maildrop and pickup.
+//! process that waits for that pays for it on every message. [`Outbox::submit`] instead
+//! appends the message to `incoming/.spool` with one `fdatasync` (see the spool module), or,
+//! when the running agent made no spool (an older one), writes one file, `incoming/<id>`, with
+//! two syncs (the file, then `incoming/`): the message is as safe, sooner. The agent, which
+//! watches `incoming/`, then moves both kinds into the queue with [`Outbox::ingest_incoming`]:
+//! it builds `queue/<id>/` without syncing, makes every message of the round durable with one
+//! `syncfs`, and only then removes their files and empties the spool. A crash in between
+//! leaves a message whose id is already queued (or sent): the next round sees the id and only
+//! removes it, so nothing is queued twice. This is the shape of Postfix's maildrop and pickup.
 //!
-//! File format: the line `linkrelay-envelope 1 {"from":...,"recipients":[...]}\n`, then the
-//! message bytes exactly as `enqueue` would store them.
+//! Message format (a file, or a spool record's payload): the line
+//! `linkrelay-envelope 1 {"from":...,"recipients":[...]}\n`, then the message bytes exactly
+//! as `enqueue` would store them.
 
 use std::fs;
 use std::io;
@@ -21,6 +23,7 @@ use crate::error::OutboxError;
 use crate::fsutil::{create_file, fsync_dir, open_dir, read_file, rename_noreplace};
 use crate::id::{new_id, now_secs, validate_id};
 use crate::outbox::{INCOMING, Ingested, Outbox, check_envelope};
+use crate::spool::{self, Item, SPOOL};
 use crate::state::{Envelope, Folder, MessageState};
 
 /// The start of the first line of an `incoming/` file.
@@ -29,28 +32,37 @@ const MAGIC: &[u8] = b"linkrelay-envelope 1 ";
 impl Outbox {
     /// Queues a message through `incoming/` for a running agent to pick up, and returns its id.
     ///
-    /// When this returns `Ok`, `incoming/<id>` is on disk and fsync'd, and so is its directory
-    /// entry: the message is safe. Use it only while an agent holds the outbox
+    /// When this returns `Ok`, the message is on disk and synced (appended to the spool, or,
+    /// when the agent made none, in its own file `incoming/<id>` whose directory entry is
+    /// synced too): the message is safe. Use it only while an agent holds the outbox
     /// ([`Outbox::agent_holds_it`]); without one, [`Outbox::enqueue`] puts the message where
     /// every tool sees it at once. On error nothing is left behind.
     pub fn submit(&self, env: &Envelope, message: &[u8]) -> Result<String, OutboxError> {
         check_envelope(env)?;
         let id = new_id();
-        let tmp = self.root().join("tmp");
-        let name = format!("{id}.submit");
-        let tmp_path = tmp.join(&name);
-        let dest_dir = self.root().join(INCOMING);
-        let dest = dest_dir.join(&id);
         let mut data = Vec::with_capacity(MAGIC.len() + 256 + message.len());
         data.extend_from_slice(MAGIC);
         serde_json::to_writer(&mut data, env)
             .map_err(|e| OutboxError::io("encoding the envelope", io::Error::other(e)))?;
         data.push(b'\n');
         data.extend_from_slice(message);
+        if !self.append_to_spool(&id, &data)? {
+            self.submit_file(&id, &data)?;
+        }
+        Ok(id)
+    }
+
+    /// Writes `incoming/<id>` (through `tmp/`) and syncs it and its directory entry.
+    fn submit_file(&self, id: &str, data: &[u8]) -> Result<(), OutboxError> {
+        let tmp = self.root().join("tmp");
+        let name = format!("{id}.submit");
+        let tmp_path = tmp.join(&name);
+        let dest_dir = self.root().join(INCOMING);
+        let dest = dest_dir.join(id);
         let result = (|| -> Result<(), OutboxError> {
             let dir = open_dir(&tmp)
                 .map_err(|e| OutboxError::io(format!("opening {}", tmp.display()), e))?;
-            create_file(&dir, &name, &data)
+            create_file(&dir, &name, data)
                 .and_then(|f| f.sync_all())
                 .map_err(|e| OutboxError::io(format!("writing {}", tmp_path.display()), e))?;
             rename_noreplace(&tmp_path, &dest).map_err(|e| {
@@ -68,24 +80,29 @@ impl Outbox {
             }
             Ok(())
         })();
-        match result {
-            Ok(()) => Ok(id),
-            Err(e) => {
-                let _ = fs::remove_file(&tmp_path);
-                Err(e)
-            }
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp_path);
         }
+        result
     }
 
-    /// Moves the messages of `incoming/` into the queue (see the module documentation): one
-    /// `syncfs` for the whole round, then their files are removed. A file that cannot be
-    /// parsed goes to `failed/` with the reason; an I/O error leaves the file for the next
-    /// round. Returns what happened to each file, in id order.
+    /// Moves the messages of `incoming/` (its files and the spool) into the queue (see the
+    /// module documentation): one `syncfs` for the whole round, then their files are removed
+    /// and the spool emptied. A message that cannot be parsed goes to `failed/` with the
+    /// reason; an I/O error leaves it for the next round. Returns what happened to each, the
+    /// files first, then the spool's records, each in order.
     pub fn ingest_incoming(&self) -> Vec<Ingested> {
         let dir = self.root().join(INCOMING);
         let mut out = Vec::new();
         let names = self.incoming_ids();
-        if names.is_empty() {
+        let drain = self.drain_spool().unwrap_or_else(|error| {
+            out.push(Ingested::Deferred {
+                file: SPOOL.to_owned(),
+                error,
+            });
+            None
+        });
+        if names.is_empty() && drain.is_none() {
             return out;
         }
         // Files whose message is now in a folder: removed once the folders are durable.
@@ -101,6 +118,35 @@ impl Outbox {
                 Err(error) => out.push(Ingested::Deferred { file: name, error }),
             }
         }
+        // The spool is emptied only when every record in it is in a folder now.
+        let mut spool_taken = true;
+        if let Some(drain) = &drain {
+            for item in drain.items() {
+                let taken = match item {
+                    Item::Record { id, payload } => self.ingest_payload(SPOOL, id, payload),
+                    Item::Garbage { bytes, reason } => {
+                        let reason = format!("unusable bytes in incoming/{SPOOL}: {reason}");
+                        self.store_failed(bytes, &reason).map(|id| {
+                            Some(Ingested::Failed {
+                                file: SPOOL.to_owned(),
+                                id,
+                                reason,
+                            })
+                        })
+                    }
+                };
+                match taken {
+                    Ok(ingested) => out.extend(ingested),
+                    Err(error) => {
+                        spool_taken = false;
+                        out.push(Ingested::Deferred {
+                            file: SPOOL.to_owned(),
+                            error,
+                        });
+                    }
+                }
+            }
+        }
         let root = match open_dir(self.root()) {
             Ok(root) => root,
             Err(e) => {
@@ -112,7 +158,8 @@ impl Outbox {
             }
         };
         if let Err(e) = rustix::fs::syncfs(&root) {
-            // The files stay; the next round finds their ids queued and removes them.
+            // The files and the spool stay; the next round finds their ids queued and only
+            // removes them.
             out.push(Ingested::Deferred {
                 file: String::new(),
                 error: OutboxError::io(format!("syncing {}", self.root().display()), e),
@@ -121,6 +168,15 @@ impl Outbox {
         }
         for name in done {
             let _ = fs::remove_file(dir.join(&name));
+        }
+        if let Some(drain) = drain
+            && spool_taken
+            && let Err(e) = drain.finish()
+        {
+            out.push(Ingested::Deferred {
+                file: SPOOL.to_owned(),
+                error: OutboxError::io(format!("emptying {}", dir.join(SPOOL).display()), e),
+            });
         }
         out
     }
@@ -141,48 +197,77 @@ impl Outbox {
         ids
     }
 
-    /// Fresh states for the usable files of `incoming/` (those the agent has not taken in
-    /// yet), sorted by id.
+    /// Fresh states for the usable messages of `incoming/` (its files and the spool's
+    /// records: what the agent has not taken in yet), sorted by id.
     pub fn incoming_states(&self) -> Vec<MessageState> {
         let dir = self.root().join(INCOMING);
-        self.incoming_ids()
+        let fresh = |id: &str, bytes: &[u8]| {
+            let (env, message) = parse(bytes).ok()?;
+            let queued_at = id.split('.').next()?.parse().ok()?;
+            Some(MessageState::new(id, &env, message.len() as u64, queued_at))
+        };
+        let spool = self.peek_spool();
+        let mut states: Vec<MessageState> = self
+            .incoming_ids()
             .into_iter()
-            .filter_map(|id| {
-                let bytes = read_file(&dir.join(&id)).ok()?;
-                let (env, message) = parse(&bytes).ok()?;
-                let queued_at = id.split('.').next()?.parse().ok()?;
-                Some(MessageState::new(
-                    &id,
-                    &env,
-                    message.len() as u64,
-                    queued_at,
-                ))
-            })
-            .collect()
+            .filter_map(|id| fresh(&id, &read_file(&dir.join(&id)).ok()?))
+            .chain(
+                spool::items(&spool)
+                    .into_iter()
+                    .filter_map(|item| match item {
+                        Item::Record { id, payload } => fresh(id, payload),
+                        Item::Garbage { .. } => None,
+                    }),
+            )
+            .collect();
+        states.sort_by(|a, b| a.id.cmp(&b.id));
+        states
+    }
+
+    /// How many messages wait in `incoming/` (files and spool records).
+    pub(crate) fn incoming_count(&self) -> usize {
+        let spool = self.peek_spool();
+        let records = spool::items(&spool)
+            .iter()
+            .filter(|i| matches!(i, Item::Record { .. }))
+            .count();
+        self.incoming_ids().len() + records
     }
 
     /// Queues `incoming/<id>` under the same id, without syncing. `None` when a message with
     /// this id is already in a folder (or the file went away).
     fn ingest_one(&self, id: &str) -> Result<Option<Ingested>, OutboxError> {
-        if self.locate(id)?.is_some() {
-            return Ok(None);
-        }
         let path = self.root().join(INCOMING).join(id);
         let bytes = match read_file(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(OutboxError::io(format!("reading {}", path.display()), e)),
         };
-        let file = id.to_owned();
-        let parsed = parse(&bytes).and_then(|(env, message)| {
+        self.ingest_payload(id, id, &bytes)
+    }
+
+    /// Queues message `id` (an envelope line and the message, from `file`) under that id,
+    /// without syncing; what cannot be parsed goes to `failed/`. `None` when a message with
+    /// this id is already in a folder.
+    fn ingest_payload(
+        &self,
+        file: &str,
+        id: &str,
+        bytes: &[u8],
+    ) -> Result<Option<Ingested>, OutboxError> {
+        if self.locate(id)?.is_some() {
+            return Ok(None);
+        }
+        let file = file.to_owned();
+        let parsed = parse(bytes).and_then(|(env, message)| {
             check_envelope(&env).map_err(|e| e.to_string())?;
             Ok((env, message))
         });
         let (env, message) = match parsed {
             Ok(v) => v,
             Err(reason) => {
-                let reason = format!("unusable file in incoming/: {reason}");
-                let failed_id = self.store_failed(&bytes, &reason)?;
+                let reason = format!("unusable message in incoming/: {reason}");
+                let failed_id = self.store_failed(bytes, &reason)?;
                 return Ok(Some(Ingested::Failed {
                     file,
                     id: failed_id,

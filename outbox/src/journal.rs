@@ -105,6 +105,8 @@ impl Outbox {
             line: Vec::new(),
         };
         let replayed = journal.replay(&bytes)?;
+        // Holding the outbox, the agent takes in what sendmail appends to the spool.
+        self.create_spool()?;
         if !bytes.is_empty() {
             journal.checkpoint()?;
         }

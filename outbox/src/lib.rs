@@ -6,7 +6,8 @@
 //! ```text
 //! tmp/                    work area; anything here is garbage after a crash
 //! new/                    Maildir-style drop for mail clients, see Outbox::ingest_new
-//! incoming/<id>           one file per message submitted while an agent runs (Outbox::submit)
+//! incoming/.spool         messages submitted while an agent runs, appended (Outbox::submit)
+//! incoming/<id>           one file per message, from a sendmail that found no spool
 //! queue/<id>/message.eml  the message bytes, never changed after enqueue
 //! queue/<id>/state.json   envelope and delivery state (MessageState), replaced atomically
 //! journal                 the agent's outcome journal (see Journal), usually short
@@ -31,6 +32,7 @@ mod journal;
 mod outbox;
 mod scan;
 pub mod sendmail;
+mod spool;
 mod state;
 
 pub use error::OutboxError;
@@ -47,3 +49,5 @@ mod incoming_tests;
 mod journal_tests;
 #[cfg(test)]
 mod outbox_tests;
+#[cfg(test)]
+mod spool_tests;

@@ -356,7 +356,7 @@ impl Outbox {
     /// not read). Messages waiting in `incoming/` count as queued.
     pub fn counts(&self) -> Result<Counts, OutboxError> {
         Ok(Counts {
-            queued: self.ids(Folder::Queue)?.len() + self.incoming_ids().len(),
+            queued: self.ids(Folder::Queue)?.len() + self.incoming_count(),
             failed: self.ids(Folder::Failed)?.len(),
             sent: self.ids(Folder::Sent)?.len(),
         })

@@ -1,0 +1,266 @@
+//! Tests of `incoming/.spool`: what a running agent's outbox gets from `submit`, torn records
+//! and crashes included.
+#![allow(clippy::unwrap_used)]
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+
+use crate::spool::{Item, encode, items};
+use crate::{Envelope, Folder, Ingested, Outbox, RecipientStatus};
+
+/// An outbox as a running agent holds it: journal open, spool made.
+fn held() -> (tempfile::TempDir, Outbox, crate::Journal) {
+    let dir = tempfile::tempdir().unwrap();
+    let ob = Outbox::open(&dir.path().join("alice")).unwrap();
+    let (journal, _) = ob.open_journal().unwrap();
+    (dir, ob, journal)
+}
+
+fn env(rcpt: &str) -> Envelope {
+    Envelope {
+        from: "alice@example.net".into(),
+        recipients: vec![rcpt.into()],
+    }
+}
+
+fn spool_len(ob: &Outbox) -> u64 {
+    fs::metadata(ob.root().join("incoming/.spool"))
+        .unwrap()
+        .len()
+}
+
+fn queued(ob: &Outbox) -> Vec<String> {
+    ob.list(Folder::Queue)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect()
+}
+
+const MSG: &[u8] = b"From: alice@example.net\r\nSubject: hi\r\n\r\nbody\r\n";
+
+#[test]
+fn with_an_agent_a_submitted_message_is_appended_to_the_private_spool() {
+    let (_d, ob, _j) = held();
+    let mode = fs::metadata(ob.root().join("incoming/.spool"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let id = ob.submit(&env("bob@example.org"), MSG).unwrap();
+    // No file per message, nothing left in tmp/.
+    assert_eq!(fs::read_dir(ob.root().join("incoming")).unwrap().count(), 1);
+    assert_eq!(fs::read_dir(ob.root().join("tmp")).unwrap().count(), 0);
+    assert!(spool_len(&ob) > MSG.len() as u64);
+    // Queued for the user already: listed and counted, as a fresh message.
+    let listed = ob.list(Folder::Queue).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, id);
+    assert_eq!(listed[0].size, MSG.len() as u64);
+    assert_eq!(ob.counts().unwrap().queued, 1);
+
+    let done = ob.ingest_incoming();
+    assert!(
+        matches!(&done[..], [Ingested::Queued { id: got, .. }] if *got == id),
+        "{done:?}"
+    );
+    assert_eq!(spool_len(&ob), 0);
+    let st = ob.state(Folder::Queue, &id).unwrap();
+    assert_eq!(st.from, "alice@example.net");
+    assert_eq!(st.recipients[0].addr, "bob@example.org");
+    assert_eq!(st.recipients[0].status, RecipientStatus::Pending);
+    assert_eq!(ob.read_message(Folder::Queue, &id).unwrap(), MSG);
+    assert_eq!(ob.counts().unwrap().queued, 1);
+    // An empty spool is nothing to do.
+    assert!(ob.ingest_incoming().is_empty());
+}
+
+#[test]
+fn the_spool_keeps_the_order_of_submission() {
+    let (_d, ob, _j) = held();
+    let ids: Vec<String> = (0..20)
+        .map(|i| ob.submit(&env(&format!("r{i}@example.org")), MSG).unwrap())
+        .collect();
+    assert_eq!(queued(&ob), ids);
+    ob.ingest_incoming();
+    assert_eq!(queued(&ob), ids);
+}
+
+#[test]
+fn records_left_by_a_crash_after_ingestion_are_not_queued_twice() {
+    let (_d, ob, mut journal) = held();
+    let id = ob.submit(&env("bob@example.org"), MSG).unwrap();
+    let copy = fs::read(ob.root().join("incoming/.spool")).unwrap();
+    ob.ingest_incoming();
+    // The crash came after the round's syncfs, before the spool was emptied.
+    fs::write(ob.root().join("incoming/.spool"), &copy).unwrap();
+    assert!(ob.ingest_incoming().is_empty());
+    assert_eq!(spool_len(&ob), 0);
+    assert_eq!(queued(&ob), std::slice::from_ref(&id));
+
+    // Even once the message was sent and moved on.
+    let mut st = ob.state(Folder::Queue, &id).unwrap();
+    st.recipients[0].status = RecipientStatus::Sent;
+    journal.record(&mut st, Folder::Sent).unwrap();
+    fs::write(ob.root().join("incoming/.spool"), &copy).unwrap();
+    assert!(ob.ingest_incoming().is_empty());
+    assert!(queued(&ob).is_empty());
+    assert_eq!(ob.list(Folder::Sent).unwrap()[0].id, id);
+}
+
+#[test]
+fn a_record_torn_by_a_killed_writer_goes_to_failed_and_the_rest_is_queued() {
+    let (_d, ob, _j) = held();
+    let first = ob.submit(&env("bob@example.org"), MSG).unwrap();
+    // A writer killed in the middle of its append: header and half the payload.
+    let torn = encode(
+        "1700000000.000001.1.abcd",
+        b"linkrelay-envelope 1 {\"from\":\"a@b\"}\nxyz",
+    );
+    OpenOptions::new()
+        .append(true)
+        .open(ob.root().join("incoming/.spool"))
+        .unwrap()
+        .write_all(&torn[..torn.len() - 10])
+        .unwrap();
+    // A listing skips what does not check out.
+    assert_eq!(ob.counts().unwrap().queued, 1);
+    let last = ob.submit(&env("carol@example.org"), MSG).unwrap();
+    assert_eq!(ob.counts().unwrap().queued, 2);
+
+    let done = ob.ingest_incoming();
+    assert_eq!(done.len(), 3, "{done:?}");
+    let Ingested::Failed { id, reason, .. } = &done[1] else {
+        panic!("{done:?}");
+    };
+    assert!(reason.contains("checksum"), "{reason}");
+    let failed = ob.state(Folder::Failed, id).unwrap();
+    assert_eq!(failed.failure.as_deref(), Some(reason.as_str()));
+    // The torn bytes are kept for the user to look at.
+    assert_eq!(
+        ob.read_message(Folder::Failed, id).unwrap(),
+        &torn[..torn.len() - 10]
+    );
+    assert_eq!(queued(&ob), [first, last]);
+    assert_eq!(spool_len(&ob), 0);
+}
+
+#[test]
+fn a_message_that_does_not_parse_goes_to_failed_and_blocks_nothing() {
+    let (_d, ob, _j) = held();
+    let bad = encode("1700000000.000001.1.abcd", b"no envelope line");
+    fs::write(ob.root().join("incoming/.spool"), &bad).unwrap();
+    let good = ob.submit(&env("bob@example.org"), MSG).unwrap();
+    let done = ob.ingest_incoming();
+    assert_eq!(done.len(), 2, "{done:?}");
+    let Ingested::Failed { reason, .. } = &done[0] else {
+        panic!("{done:?}");
+    };
+    assert!(reason.contains("envelope line"), "{reason}");
+    assert_eq!(queued(&ob), [good]);
+}
+
+#[test]
+fn a_spool_that_is_a_link_or_a_fifo_is_refused_and_not_followed() {
+    let (d, ob, _j) = held();
+    let spool = ob.root().join("incoming/.spool");
+    let elsewhere = d.path().join("elsewhere");
+    fs::write(&elsewhere, b"").unwrap();
+    fs::remove_file(&spool).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &spool).unwrap();
+    assert!(ob.submit(&env("bob@example.org"), MSG).is_err());
+    assert_eq!(fs::read(&elsewhere).unwrap(), b"");
+    fs::remove_file(&spool).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &spool,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+        0,
+    )
+    .unwrap();
+    // Neither blocks on the FIFO.
+    assert!(ob.submit(&env("bob@example.org"), MSG).is_err());
+    assert!(queued(&ob).is_empty());
+}
+
+#[test]
+fn concurrent_submitters_and_an_ingesting_agent_lose_and_double_nothing() {
+    let (_d, ob, _j) = held();
+    let ids: Vec<String> = std::thread::scope(|s| {
+        let writers: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..50)
+                        .map(|_| ob.submit(&env("bob@example.org"), MSG).unwrap())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let agent = s.spawn(|| {
+            for _ in 0..100 {
+                ob.ingest_incoming();
+            }
+        });
+        let ids = writers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect();
+        agent.join().unwrap();
+        ids
+    });
+    ob.ingest_incoming();
+    let mut ids = ids;
+    ids.sort();
+    assert_eq!(queued(&ob), ids);
+    assert_eq!(spool_len(&ob), 0);
+    assert_eq!(fs::read_dir(ob.root().join("failed")).unwrap().count(), 0);
+}
+
+#[test]
+fn records_are_told_from_garbage() {
+    let a = encode("1700000000.000001.1.abcd", b"first");
+    let b = encode("1700000000.000002.1.abcd", b"second\nline");
+    let joined = [a.as_slice(), b.as_slice()].concat();
+    assert_eq!(
+        items(&joined),
+        [
+            Item::Record {
+                id: "1700000000.000001.1.abcd",
+                payload: b"first"
+            },
+            Item::Record {
+                id: "1700000000.000002.1.abcd",
+                payload: b"second\nline"
+            }
+        ]
+    );
+    // Leading junk, then a good record: the junk alone is garbage.
+    let junk = [b"junk".as_slice(), &a].concat();
+    let got = items(&junk);
+    assert!(matches!(&got[0], Item::Garbage { bytes, .. } if *bytes == b"junk"));
+    assert!(matches!(&got[1], Item::Record { payload, .. } if *payload == b"first"));
+    // Cut short at the end.
+    let got = items(&b[..b.len() - 1]);
+    assert!(matches!(&got[..], [Item::Garbage { reason, .. }] if reason.contains("cut short")));
+    // A flipped payload byte.
+    let mut flipped = a.clone();
+    *flipped.last_mut().unwrap() ^= 1;
+    assert!(
+        matches!(&items(&flipped)[..], [Item::Garbage { reason, .. }] if reason.contains("checksum"))
+    );
+    // A header with a bad id or length.
+    for bad in [
+        b"linkrelay-spool 1 ../x 5 00000000\nfirst".as_slice(),
+        b"linkrelay-spool 1 1700000000.000001.1.abcd -5 00000000\nfirst",
+        b"linkrelay-spool 1 1700000000.000001.1.abcd 5\nfirst",
+    ] {
+        assert!(
+            matches!(&items(bad)[..], [Item::Garbage { .. }]),
+            "{:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    assert!(items(b"").is_empty());
+}
