@@ -14,7 +14,7 @@ use linkrelay_outbox::{Counts, Folder, Outbox, OutboxError};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use zbus::object_server::InterfaceRef;
 
 use crate::flusher::{self, BatchResult, FlushEvent, FlushRequest, FlushSettings, UserRoute, now};
@@ -766,6 +766,14 @@ impl Agent {
 
     fn find(&self, id: &str) -> Result<(String, Outbox), AgentError> {
         linkrelay_outbox::validate_id(id).map_err(map_outbox_err)?;
+        // Take in what `linkrelay sendmail` handed over first (a stat each when nothing
+        // waits): an id it just printed is then known, and a message dropped now cannot
+        // linger in incoming/ (and in listings) until a flusher's round takes it in.
+        for (user, f) in &self.flushers {
+            for ingested in f.outbox.ingest_incoming() {
+                debug!(%user, ?ingested, "ingested from incoming/ before a retry or drop");
+            }
+        }
         for (user, f) in &self.flushers {
             match f.outbox.locate(id) {
                 Ok(Some(Folder::Queue | Folder::Failed)) => {

@@ -298,6 +298,31 @@ async fn queue_retry_drop_and_flush_over_the_cli() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_just_handed_to_the_agent_can_be_dropped_at_once_and_stays_dropped() {
+    // sendmail hands mail over through incoming/; the agent takes it in a moment later. A
+    // drop in that moment must find the message, and no listing after it may show it again.
+    let mut s = seed().await;
+    s.world.start_agent().await.unwrap();
+    let w = &s.world;
+    for round in 0..20 {
+        w.send("bob@bob.example", "x@dest.example", "to-drop")
+            .unwrap();
+        let q = cli_json(w, &["queue", "--user", "bob"]);
+        let ids: Vec<&str> = q
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids.len(), 1, "round {round}: {q}");
+        let out = w.run_cli(&["drop", ids[0]]).unwrap();
+        assert!(out.status.success(), "round {round}: {}", text(&out.stderr));
+        let q = cli_json(w, &["queue", "--user", "bob"]);
+        assert_eq!(q.as_array().unwrap().len(), 0, "round {round}: {q}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_follows_route_changes_and_deliveries_as_json_lines() {
     use std::io::BufRead;
     let mut s = seed().await;
