@@ -225,6 +225,9 @@ type Recorded = (Journal, MessageState, Result<(), OutboxError>);
 /// A delivered message whose record (journal append, fdatasync, move to sent/) is under way.
 struct InFlight {
     task: JoinHandle<Recorded>,
+    /// Says when the record is durable (before the move to sent/); gone once heard, or
+    /// when the task ended without saying so (the append failed: [`Flusher::settle`] tells).
+    durable: Option<oneshot::Receiver<()>>,
     /// The state as it was handed to the task, for the fsync path if the task panicked.
     state: MessageState,
     relay: String,
@@ -569,7 +572,7 @@ impl Flusher {
             let pending: Vec<String> = msg.pending().map(|r| r.addr.clone()).collect();
             let Some(transaction) = until_rerouted(
                 &mut b.rerouted,
-                o.session.send(&msg.from, &pending, &data, self.settle()),
+                o.session.send(&msg.from, &pending, &data, self.durable()),
             )
             .await
             else {
@@ -717,6 +720,21 @@ impl Flusher {
         Done::Deferred(at)
     }
 
+    /// Waits until the record in flight, if any, is durable: the gate before the next message's
+    /// data. Its move to sent/ may still be under way, and [`Flusher::settle`] finishes it
+    /// (before the next record): only the journal's fdatasync is on the way from one message
+    /// to the next. Cancel-safe.
+    async fn durable(&mut self) {
+        let Some(f) = self.in_flight.as_mut() else {
+            return;
+        };
+        if let Some(rx) = f.durable.as_mut() {
+            // An error means the task ended without a durable record; settle() says why.
+            let _ = rx.await;
+            f.durable = None;
+        }
+    }
+
     /// Waits for the record in flight, if any, and finishes it: the journal comes back, and the
     /// message is announced as sent, or (when the disk did not take the record) kept in memory
     /// and noted in `unrecorded`. Cancel-safe: dropped while waiting, the record stays in
@@ -784,7 +802,7 @@ impl Flusher {
     async fn write(&mut self, msg: &mut MessageState, to: Folder) -> Result<(), OutboxError> {
         // One record at a time: the journal is with the one in flight.
         self.settle().await;
-        let Some(task) = self.start_record(msg, to) else {
+        let Some((task, _)) = self.start_record(msg, to) else {
             return self.write_synced(msg, to);
         };
         match task.await {
@@ -803,13 +821,23 @@ impl Flusher {
 
     /// Hands the journal and `msg`'s new state (into folder `to`) to the blocking pool, which
     /// records it; the task gives the journal back. `None` without a journal.
-    fn start_record(&mut self, msg: &MessageState, to: Folder) -> Option<JoinHandle<Recorded>> {
+    /// Also gives a receiver that hears when the record is durable, before the task moves the
+    /// message in the folders.
+    fn start_record(
+        &mut self,
+        msg: &MessageState,
+        to: Folder,
+    ) -> Option<(JoinHandle<Recorded>, oneshot::Receiver<()>)> {
         let mut journal = self.journal.take()?;
         let mut state = msg.clone();
-        Some(tokio::task::spawn_blocking(move || {
-            let result = journal.record(&mut state, to);
+        let (durable_tx, durable) = oneshot::channel();
+        let task = tokio::task::spawn_blocking(move || {
+            let result = journal.record_then(&mut state, to, || {
+                let _ = durable_tx.send(());
+            });
             (journal, state, result)
-        }))
+        });
+        Some((task, durable))
     }
 
     /// Records `msg`'s new state without the journal: the folders are rewritten durably.
@@ -873,10 +901,11 @@ impl Flusher {
                 .and_then(|r| r.reply.clone())
                 .unwrap_or_default();
             self.settle().await;
-            if let Some(task) = self.start_record(msg, Folder::Sent) {
+            if let Some((task, durable)) = self.start_record(msg, Folder::Sent) {
                 // Recorded while the next message's envelope goes out; see `settle`.
                 self.in_flight = Some(InFlight {
                     task,
+                    durable: Some(durable),
                     state: msg.clone(),
                     relay,
                     reply,

@@ -141,6 +141,19 @@ impl Journal {
     /// On `Ok` the change is durable. On `Err` it may or may not be (a crash replays it if the
     /// append made it); the caller keeps the state and records it again later.
     pub fn record(&mut self, state: &mut MessageState, to: Folder) -> Result<(), OutboxError> {
+        self.record_then(state, to, || ())
+    }
+
+    /// [`Journal::record`], calling `durable` as soon as the record is durable (appended and
+    /// `fdatasync`ed), before the folders are changed: a caller that only waits for
+    /// durability (the flusher, before it hands over the next message) need not wait for the
+    /// move. Not called when the append fails.
+    pub fn record_then(
+        &mut self,
+        state: &mut MessageState,
+        to: Folder,
+        durable: impl FnOnce(),
+    ) -> Result<(), OutboxError> {
         validate_id(&state.id)?;
         state.revision += 1;
         self.line.clear();
@@ -159,6 +172,7 @@ impl Journal {
             .and_then(|()| self.file.sync_data())
             .map_err(|e| OutboxError::io(format!("appending to {}", path.display()), e))?;
         self.pending += 1;
+        durable();
         self.apply(state, Folder::Queue, to)?;
         if self.pending >= CHECKPOINT_EVERY {
             // The record is durable whatever happens here; a failed checkpoint is retried at

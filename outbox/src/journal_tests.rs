@@ -229,3 +229,33 @@ fn a_record_for_a_message_that_is_gone_is_an_error_that_loses_nothing() {
     let err = journal.record(&mut sent, Folder::Sent).unwrap_err();
     assert!(err.is_not_found(), "{err}");
 }
+
+#[test]
+fn a_shorter_state_written_in_place_leaves_nothing_of_the_longer_one() {
+    let (_d, ob) = outbox();
+    let st = queue_one(&ob);
+    let (mut journal, _) = ob.open_journal().unwrap();
+    let mut long = st.clone();
+    long.last_error = Some("x".repeat(2000));
+    journal.record(&mut long, Folder::Queue).unwrap();
+    assert_eq!(ob.state(Folder::Queue, &st.id).unwrap(), long);
+    let mut short = long.clone();
+    short.last_error = None;
+    let mut durable_first = false;
+    journal
+        .record_then(&mut short, Folder::Queue, || {
+            // Durable before the folders change: the state file still holds the long one.
+            durable_first = ob
+                .state(Folder::Queue, &st.id)
+                .unwrap()
+                .last_error
+                .is_some();
+        })
+        .unwrap();
+    assert!(durable_first);
+    assert_eq!(ob.state(Folder::Queue, &st.id).unwrap(), short);
+    let len = fs::metadata(ob.msg_path(Folder::Queue, &st.id).join("state.json"))
+        .unwrap()
+        .len();
+    assert_eq!(len, crate::outbox::state_json(&short).unwrap().len() as u64);
+}
