@@ -1,6 +1,7 @@
 //! Crash safety and a full disk: SIGKILL at random moments of a flush loses nothing and sends at
 //! most one message twice per kill; sendmail on a full disk says "try again" (EX_TEMPFAIL) and
-//! leaves nothing half-written behind.
+//! leaves nothing half-written behind, whether it queues the message itself or hands it to a
+//! running agent through the spool.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -274,6 +275,77 @@ fn sendmail_on_a_full_disk_fails_with_ex_tempfail_and_leaves_nothing_behind() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(names(&outbox.join("queue")).len(), 2);
+    drop(disk);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sendmail_handing_mail_to_the_agent_on_a_full_disk_says_try_again_and_loses_nothing() {
+    let mut w = World::new().unwrap();
+    // No config file: the embedded default's one user, "default", whose mail is held.
+    let disk = Tmpfs::mount(&w.data_dir, "1m");
+    w.start_agent().await.unwrap();
+    let spool = w.data_dir.join("default/incoming/.spool");
+    crate::util::eventually("the agent made its spool", &w, || spool.exists()).await;
+    let send = |len: usize| {
+        let body = ("x".repeat(76) + "\n").repeat(len / 77 + 1);
+        w.sendmail(
+            &["-t", "-i"],
+            &format!("From: me@example.org\nTo: you@example.org\nSubject: big\n\n{body}"),
+        )
+        .unwrap()
+    };
+    let out = send(100);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Leave about 24 KiB free: some messages fit in the spool, some fail in the middle of
+    // their append, which must then be cut off again.
+    let free = disk.free();
+    std::fs::write(
+        w.data_dir.join("filler"),
+        vec![0u8; (free - 24 * 1024) as usize],
+    )
+    .unwrap();
+    let (mut failed, mut accepted) = (0, 1);
+    for kib in (2..40).step_by(2) {
+        let out = send(kib * 1024);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        match out.status.code() {
+            Some(75) => {
+                failed += 1;
+                assert!(stderr.contains("message NOT queued"), "{stderr}");
+                assert!(stderr.contains("No space left on device"), "{stderr}");
+            }
+            Some(0) => accepted += 1,
+            other => panic!("{kib} KiB: sendmail exited with {other:?}: {stderr}"),
+        }
+    }
+    assert!(
+        failed > 0 && accepted > 1,
+        "{failed} failed, {accepted} accepted"
+    );
+
+    // Space again; the next message wakes the agent, which takes in everything accepted, and
+    // no torn record went to failed/.
+    std::fs::remove_file(w.data_dir.join("filler")).unwrap();
+    let out = send(100);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    accepted += 1;
+    let queued = w.wait_entries("default", "queue", accepted).await;
+    assert_eq!(queued.len(), accepted, "{}", w.agent_log());
+    assert!(w.outbox_entries("default", "failed").is_empty());
+    crate::util::eventually("the spool was emptied", &w, || {
+        std::fs::metadata(&spool).is_ok_and(|m| m.len() == 0)
+    })
+    .await;
+    w.stop_agent();
     drop(disk);
 }
 
