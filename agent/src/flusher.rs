@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use linkrelay_config::{Relay, RetrySettings};
 use linkrelay_outbox::{
-    Counts, Folder, Journal, MessageState, Outbox, OutboxError, RecipientStatus,
+    Counts, Folder, Ingested, Journal, MessageState, Outbox, OutboxError, RecipientStatus,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -170,6 +170,7 @@ pub fn spawn(
         batches: 0,
         in_flight: None,
         unrecorded: Vec::new(),
+        ingest_retry: None,
     };
     tokio::spawn(flusher.run(req_rx));
     FlusherHandle {
@@ -185,6 +186,9 @@ const ARRIVAL_GATHER: Duration = Duration::from_millis(10);
 
 /// How long to wait before trying again to record a state the disk did not take.
 const RECORD_RETRY: u64 = 30;
+/// How soon to take in again mail that could not be moved from `incoming/` into the queue (a
+/// full disk): it is safe where it is, and nothing else may come to wake the flusher.
+const INGEST_RETRY: u64 = 5;
 
 struct Flusher {
     /// Set by a batch that walked the whole queue while mail was held on the current route:
@@ -216,6 +220,9 @@ struct Flusher {
     /// When to come back for delivered messages whose record failed (a full disk): a batch
     /// counted them as sent and takes them back ([`Flusher::take_unrecorded`]).
     unrecorded: Vec<u64>,
+    /// When to take in again what the last round could not move out of `incoming/` or
+    /// `new/` (a full disk); `None` when it took in everything.
+    ingest_retry: Option<u64>,
 }
 
 /// What a record task gives back: the journal, the state as recorded (its revision bumped),
@@ -315,14 +322,23 @@ impl Flusher {
 
     /// Takes what arrived in `incoming/` (from `linkrelay sendmail`) and `new/` (dropped by
     /// mail clients) into the queue.
-    fn ingest(&self) {
+    /// What could not be taken in (an I/O error such as a full disk) is tried again after
+    /// [`INGEST_RETRY`] (see `ingest_retry`).
+    fn ingest(&mut self) {
         self.arrived.store(false, Ordering::Relaxed);
+        let mut deferred = false;
         for ingested in self.outbox.ingest_incoming() {
             debug!(user = %self.user, ?ingested, "ingested from incoming/");
+            if let Ingested::Deferred { file, error } = &ingested {
+                warn!(user = %self.user, file = %file, %error, "cannot queue mail from incoming/ now; trying again soon");
+                deferred = true;
+            }
         }
         for ingested in self.outbox.ingest_new() {
             debug!(user = %self.user, ?ingested, "ingested from new/");
+            deferred |= matches!(ingested, Ingested::Deferred { .. });
         }
+        self.ingest_retry = deferred.then(|| now().saturating_add(INGEST_RETRY));
     }
 
     /// With mail held on an unchanged route and the queue already walked under it, new mail
@@ -340,6 +356,9 @@ impl Flusher {
         let counts = self.outbox.counts().ok()?;
         let lifetime = self.settings.borrow().retry.lifetime.as_secs();
         let next_due = min_some(walked, now().saturating_add(lifetime));
+        let next_due = self
+            .ingest_retry
+            .map_or(next_due, |at| min_some(next_due, at));
         let result = BatchResult {
             sent: 0,
             remaining: counts.queued as u32,
@@ -451,6 +470,9 @@ impl Flusher {
         self.take_unrecorded(&mut result, &mut next_due);
         if matches!(route.route, Route::Hold { .. }) && !self.route.has_changed().unwrap_or(true) {
             self.held_walk = Some(next_due);
+        }
+        if let Some(at) = self.ingest_retry {
+            next_due = min_some(next_due, at);
         }
         let counts = self.outbox.counts().unwrap_or(Counts {
             queued: 0,

@@ -171,11 +171,11 @@ impl Outbox {
         }
         if let Some(drain) = drain
             && spool_taken
-            && let Err(e) = drain.finish()
+            && let Err(error) = drain.finish()
         {
             out.push(Ingested::Deferred {
                 file: SPOOL.to_owned(),
-                error: OutboxError::io(format!("emptying {}", dir.join(SPOOL).display()), e),
+                error,
             });
         }
         out

@@ -188,6 +188,10 @@ fn size(outbox: &Outbox) -> u64 {
 /// A drained spool, still locked: emptied by [`Drain::finish`] once what was taken from it
 /// is durable.
 pub(crate) struct Drain {
+    outbox: Outbox,
+    /// Open for reading only: closing a file opened for writing is what wakes the agent's
+    /// watch (`IN_CLOSE_WRITE`), and a round that cannot take everything in (a full disk)
+    /// would then wake itself again at once, for as long as the disk stays full.
     file: File,
     bytes: Vec<u8>,
 }
@@ -199,9 +203,24 @@ impl Drain {
     }
 
     /// Empties the spool (no sync needed: a record that comes back after a crash has its id
-    /// queued already) and lets submitters in again.
-    pub(crate) fn finish(self) -> io::Result<()> {
-        self.file.set_len(0)
+    /// queued already) and lets submitters in again. Truncates through a second descriptor,
+    /// opened for writing only now, after checking that it is the file locked.
+    pub(crate) fn finish(self) -> Result<(), OutboxError> {
+        let path = self.outbox.root().join(INCOMING).join(SPOOL);
+        let ctx = |e| OutboxError::io(format!("emptying {}", path.display()), e);
+        let Some(writable) = open(&self.outbox, OFlags::WRONLY)? else {
+            return Ok(());
+        };
+        let (a, b) = (
+            rustix::fs::fstat(&self.file).map_err(|e| ctx(e.into()))?,
+            rustix::fs::fstat(&writable).map_err(|e| ctx(e.into()))?,
+        );
+        if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino) {
+            return Err(ctx(io::Error::other(
+                "the spool was replaced while it was drained",
+            )));
+        }
+        writable.set_len(0).map_err(ctx)
     }
 }
 
@@ -251,7 +270,7 @@ impl Outbox {
         if size(self) == 0 {
             return Ok(None);
         }
-        let Some(mut file) = open(self, OFlags::RDWR)? else {
+        let Some(mut file) = open(self, OFlags::RDONLY)? else {
             return Ok(None);
         };
         lock(self, &file)?;
@@ -265,7 +284,11 @@ impl Outbox {
                 e,
             )
         })?;
-        Ok(Some(Drain { file, bytes }))
+        Ok(Some(Drain {
+            outbox: self.clone(),
+            file,
+            bytes,
+        }))
     }
 
     /// The spool's bytes as they are now, read without the lock (for listings: a record

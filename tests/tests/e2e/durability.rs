@@ -349,6 +349,62 @@ async fn sendmail_handing_mail_to_the_agent_on_a_full_disk_says_try_again_and_lo
     drop(disk);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_the_agent_could_not_take_in_on_a_full_disk_is_queued_once_there_is_room() {
+    let mut w = World::new().unwrap();
+    // No config file: the embedded default's one user, "default", whose mail is held.
+    let disk = Tmpfs::mount(&w.data_dir, "1m");
+    w.start_agent().await.unwrap();
+    let spool = w.data_dir.join("default/incoming/.spool");
+    crate::util::eventually("the agent made its spool", &w, || spool.exists()).await;
+    // While the agent is stopped, three messages go into the spool; then the disk fills up.
+    let pid = w.agent_pid().unwrap().to_string();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(ok.success());
+    };
+    signal("-STOP");
+    for n in 0..3 {
+        w.send("me@example.org", "you@example.org", &format!("m{n}"))
+            .unwrap();
+    }
+    fill(&w.data_dir);
+    signal("-CONT");
+    crate::util::eventually("the agent tried to take them in", &w, || {
+        w.agent_log()
+            .contains("cannot queue mail from incoming/ now")
+    })
+    .await;
+    // Let every round the arrivals asked for end: after this, only a retry takes them in.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(w.outbox_entries("default", "queue").is_empty());
+    // A round that fails does not wake the next one at once: the agent does not spin while
+    // the disk is full (it once did, every 10 ms, woken by its own opening of the spool).
+    let tries = w
+        .agent_log()
+        .matches("cannot queue mail from incoming/ now")
+        .count();
+    assert!(tries <= 4, "{tries} rounds in a second:\n{}", w.agent_log());
+    // Safe in the spool meanwhile, and listed.
+    let out = w.run_cli(&["queue", "--json"]).unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(3), "{listed}");
+
+    // Room again: queued within seconds, with no new mail and no command to wake the agent.
+    std::fs::remove_file(w.data_dir.join("filler")).unwrap();
+    let room = Instant::now();
+    let queued = w.wait_entries("default", "queue", 3).await;
+    eprintln!("queued {:?} after there was room", room.elapsed());
+    assert_eq!(queued.len(), 3, "{}", w.agent_log());
+    crate::util::eventually("the spool was emptied", &w, || {
+        std::fs::metadata(&spool).is_ok_and(|m| m.len() == 0)
+    })
+    .await;
+    assert!(w.outbox_entries("default", "failed").is_empty());
+    w.stop_agent();
+    drop(disk);
+}
+
 /// Fills the file system of `dir` to the last byte with `dir/filler`.
 fn fill(dir: &Path) {
     use std::io::Write;
