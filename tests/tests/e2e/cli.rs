@@ -5,7 +5,7 @@ use std::time::Duration;
 use linkrelay_tests::nm::{ActiveSpec, FakeNm};
 use linkrelay_tests::world::{World, repo_root};
 
-use crate::util::{cli_json, seed};
+use crate::util::{cli_json, queue_ids, seed};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -307,15 +307,9 @@ async fn mail_just_handed_to_the_agent_can_be_dropped_at_once_and_stays_dropped(
     for round in 0..20 {
         w.send("bob@bob.example", "x@dest.example", "to-drop")
             .unwrap();
-        let q = cli_json(w, &["queue", "--user", "bob"]);
-        let ids: Vec<&str> = q
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["id"].as_str().unwrap())
-            .collect();
-        assert_eq!(ids.len(), 1, "round {round}: {q}");
-        let out = w.run_cli(&["drop", ids[0]]).unwrap();
+        let ids = queue_ids(w, "bob");
+        assert_eq!(ids.len(), 1, "round {round}: {ids:?}");
+        let out = w.run_cli(&["drop", &ids[0]]).unwrap();
         assert!(out.status.success(), "round {round}: {}", text(&out.stderr));
         let q = cli_json(w, &["queue", "--user", "bob"]);
         assert_eq!(q.as_array().unwrap().len(), 0, "round {round}: {q}");

@@ -193,21 +193,23 @@ fn names(dir: &Path) -> Vec<String> {
     v
 }
 
+/// Runs `sendmail -t -i` with a message whose body is about `len` bytes.
+fn send_big(w: &World, len: usize) -> std::process::Output {
+    let body = ("x".repeat(76) + "\n").repeat(len / 77 + 1);
+    w.sendmail(
+        &["-t", "-i"],
+        &format!("From: me@example.org\nTo: you@example.org\nSubject: big\n\n{body}"),
+    )
+    .unwrap()
+}
+
 #[test]
 fn sendmail_on_a_full_disk_fails_with_ex_tempfail_and_leaves_nothing_behind() {
     let w = World::new().unwrap();
     // No config file: the embedded default's one user, "default".
     let disk = Tmpfs::mount(&w.data_dir, "512k");
     let outbox = w.data_dir.join("default");
-    let send = |body_len: usize| {
-        let body = "x".repeat(76) + "\n";
-        let body = body.repeat(body_len / 77 + 1);
-        w.sendmail(
-            &["-t", "-i"],
-            &format!("From: me@example.org\nTo: you@example.org\nSubject: big\n\n{body}"),
-        )
-        .unwrap()
-    };
+    let send = |len: usize| send_big(&w, len);
     let out = send(100);
     assert!(
         out.status.success(),
@@ -286,14 +288,7 @@ async fn sendmail_handing_mail_to_the_agent_on_a_full_disk_says_try_again_and_lo
     w.start_agent().await.unwrap();
     let spool = w.data_dir.join("default/incoming/.spool");
     crate::util::eventually("the agent made its spool", &w, || spool.exists()).await;
-    let send = |len: usize| {
-        let body = ("x".repeat(76) + "\n").repeat(len / 77 + 1);
-        w.sendmail(
-            &["-t", "-i"],
-            &format!("From: me@example.org\nTo: you@example.org\nSubject: big\n\n{body}"),
-        )
-        .unwrap()
-    };
+    let send = |len: usize| send_big(&w, len);
     let out = send(100);
     assert!(
         out.status.success(),

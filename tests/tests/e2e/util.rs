@@ -81,6 +81,16 @@ pub fn cli_json(world: &World, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("valid JSON")
 }
 
+/// The ids `linkrelay queue --json` lists for `user`, in its order.
+pub fn queue_ids(world: &World, user: &str) -> Vec<String> {
+    let q = cli_json(world, &["queue", "--user", user]);
+    q.as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|m| m["id"].as_str().expect("an id").to_owned())
+        .collect()
+}
+
 /// Polls `check` until it is true or 10 s pass.
 pub async fn eventually(what: &str, world: &World, mut check: impl FnMut() -> bool) {
     for _ in 0..500 {
