@@ -193,6 +193,25 @@ fn names(dir: &Path) -> Vec<String> {
     v
 }
 
+/// An agent with no config file (the embedded default's one user, "default", whose mail is
+/// held) on a 1 MiB tmpfs; and the path of its spool, which it has made.
+async fn agent_on_a_small_disk() -> (World, Tmpfs, PathBuf) {
+    let mut w = World::new().unwrap();
+    let disk = Tmpfs::mount(&w.data_dir, "1m");
+    w.start_agent().await.unwrap();
+    let spool = w.data_dir.join("default/incoming/.spool");
+    crate::util::eventually("the agent made its spool", &w, || spool.exists()).await;
+    (w, disk, spool)
+}
+
+/// Waits until the agent has emptied its spool.
+async fn spool_emptied(w: &World, spool: &Path) {
+    crate::util::eventually("the spool was emptied", w, || {
+        std::fs::metadata(spool).is_ok_and(|m| m.len() == 0)
+    })
+    .await;
+}
+
 /// Runs `sendmail -t -i` with a message whose body is about `len` bytes.
 fn send_big(w: &World, len: usize) -> std::process::Output {
     let body = ("x".repeat(76) + "\n").repeat(len / 77 + 1);
@@ -282,12 +301,7 @@ fn sendmail_on_a_full_disk_fails_with_ex_tempfail_and_leaves_nothing_behind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sendmail_handing_mail_to_the_agent_on_a_full_disk_says_try_again_and_loses_nothing() {
-    let mut w = World::new().unwrap();
-    // No config file: the embedded default's one user, "default", whose mail is held.
-    let disk = Tmpfs::mount(&w.data_dir, "1m");
-    w.start_agent().await.unwrap();
-    let spool = w.data_dir.join("default/incoming/.spool");
-    crate::util::eventually("the agent made its spool", &w, || spool.exists()).await;
+    let (mut w, disk, spool) = agent_on_a_small_disk().await;
     let send = |len: usize| send_big(&w, len);
     let out = send(100);
     assert!(
@@ -336,22 +350,14 @@ async fn sendmail_handing_mail_to_the_agent_on_a_full_disk_says_try_again_and_lo
     let queued = w.wait_entries("default", "queue", accepted).await;
     assert_eq!(queued.len(), accepted, "{}", w.agent_log());
     assert!(w.outbox_entries("default", "failed").is_empty());
-    crate::util::eventually("the spool was emptied", &w, || {
-        std::fs::metadata(&spool).is_ok_and(|m| m.len() == 0)
-    })
-    .await;
+    spool_emptied(&w, &spool).await;
     w.stop_agent();
     drop(disk);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mail_the_agent_could_not_take_in_on_a_full_disk_is_queued_once_there_is_room() {
-    let mut w = World::new().unwrap();
-    // No config file: the embedded default's one user, "default", whose mail is held.
-    let disk = Tmpfs::mount(&w.data_dir, "1m");
-    w.start_agent().await.unwrap();
-    let spool = w.data_dir.join("default/incoming/.spool");
-    crate::util::eventually("the agent made its spool", &w, || spool.exists()).await;
+    let (mut w, disk, spool) = agent_on_a_small_disk().await;
     // While the agent is stopped, three messages go into the spool; then the disk fills up.
     let pid = w.agent_pid().unwrap().to_string();
     let signal = |sig: &str| {
@@ -391,10 +397,7 @@ async fn mail_the_agent_could_not_take_in_on_a_full_disk_is_queued_once_there_is
     let queued = w.wait_entries("default", "queue", 3).await;
     eprintln!("queued {:?} after there was room", room.elapsed());
     assert_eq!(queued.len(), 3, "{}", w.agent_log());
-    crate::util::eventually("the spool was emptied", &w, || {
-        std::fs::metadata(&spool).is_ok_and(|m| m.len() == 0)
-    })
-    .await;
+    spool_emptied(&w, &spool).await;
     assert!(w.outbox_entries("default", "failed").is_empty());
     w.stop_agent();
     drop(disk);
