@@ -162,6 +162,12 @@ impl Tmpfs {
         }
     }
 
+    /// Fills it with `filler` until about `bytes` are left.
+    fn leave_free(&self, bytes: u64) {
+        let filler = vec![0u8; (self.free() - bytes) as usize];
+        std::fs::write(self.dir.join("filler"), filler).unwrap();
+    }
+
     /// Bytes free.
     fn free(&self) -> u64 {
         let out = Command::new("stat")
@@ -240,12 +246,7 @@ fn sendmail_on_a_full_disk_fails_with_ex_tempfail_and_leaves_nothing_behind() {
 
     // Leave about 24 KiB free, then try sizes from well below to well above that: some fail
     // while writing message.eml, some while writing state.json, some fit.
-    let free = disk.free();
-    std::fs::write(
-        w.data_dir.join("filler"),
-        vec![0u8; (free - 24 * 1024) as usize],
-    )
-    .unwrap();
+    disk.leave_free(24 * 1024);
     let (mut failed, mut queued) = (0, 0);
     for kib in 12..40 {
         let before = names(&outbox.join("queue"));
@@ -312,12 +313,7 @@ async fn sendmail_handing_mail_to_the_agent_on_a_full_disk_says_try_again_and_lo
 
     // Leave about 24 KiB free: some messages fit in the spool, some fail in the middle of
     // their append, which must then be cut off again.
-    let free = disk.free();
-    std::fs::write(
-        w.data_dir.join("filler"),
-        vec![0u8; (free - 24 * 1024) as usize],
-    )
-    .unwrap();
+    disk.leave_free(24 * 1024);
     let (mut failed, mut accepted) = (0, 1);
     for kib in (2..40).step_by(2) {
         let out = send(kib * 1024);
