@@ -89,8 +89,10 @@ impl Outbox {
     /// Moves the messages of `incoming/` (its files and the spool) into the queue (see the
     /// module documentation): one `syncfs` for the whole round, then their files are removed
     /// and the spool emptied. A message that cannot be parsed goes to `failed/` with the
-    /// reason; an I/O error leaves it for the next round. Returns what happened to each, the
-    /// files first, then the spool's records, each in order.
+    /// reason (bytes of the spool that are no record, only by a round that takes everything
+    /// in: a round that leaves the spool would store them again); an I/O error leaves it for
+    /// the next round. Returns what happened to each: the files, then the spool's records,
+    /// then its garbage, each in order.
     pub fn ingest_incoming(&self) -> Vec<Ingested> {
         let dir = self.root().join(INCOMING);
         let mut out = Vec::new();
@@ -121,31 +123,38 @@ impl Outbox {
         // The spool is emptied only when every record in it is in a folder now.
         let mut spool_taken = true;
         if let Some(drain) = &drain {
-            for item in drain.items() {
-                let taken = match item {
-                    Item::Record { id, payload } => self.ingest_payload(SPOOL, id, payload),
-                    Item::Garbage { bytes, reason } => {
-                        let reason = format!("unusable bytes in incoming/{SPOOL}: {reason}");
-                        self.store_failed(bytes, &reason).map(|id| {
-                            Some(Ingested::Failed {
-                                file: SPOOL.to_owned(),
-                                id,
-                                reason,
-                            })
-                        })
-                    }
-                };
-                match taken {
-                    Ok(ingested) => out.extend(ingested),
-                    Err(error) => {
-                        spool_taken = false;
-                        out.push(Ingested::Deferred {
-                            file: SPOOL.to_owned(),
-                            error,
-                        });
+            let items = drain.items();
+            let mut errors = Vec::new();
+            for item in &items {
+                if let Item::Record { id, payload } = item {
+                    match self.ingest_payload(SPOOL, id, payload) {
+                        Ok(ingested) => out.extend(ingested),
+                        Err(error) => errors.push(error),
                     }
                 }
             }
+            // Garbage is kept in failed/ only by a round that then empties the spool: one that
+            // leaves the spool would store the same bytes again next time.
+            if errors.is_empty() {
+                for item in &items {
+                    if let Item::Garbage { bytes, reason } = item {
+                        let reason = format!("unusable bytes in incoming/{SPOOL}: {reason}");
+                        match self.store_failed(bytes, &reason) {
+                            Ok(id) => out.push(Ingested::Failed {
+                                file: SPOOL.to_owned(),
+                                id,
+                                reason,
+                            }),
+                            Err(error) => errors.push(error),
+                        }
+                    }
+                }
+            }
+            spool_taken = errors.is_empty();
+            out.extend(errors.into_iter().map(|error| Ingested::Deferred {
+                file: SPOOL.to_owned(),
+                error,
+            }));
         }
         let root = match open_dir(self.root()) {
             Ok(root) => root,

@@ -131,7 +131,8 @@ fn a_record_torn_by_a_killed_writer_goes_to_failed_and_the_rest_is_queued() {
 
     let done = ob.ingest_incoming();
     assert_eq!(done.len(), 3, "{done:?}");
-    let Ingested::Failed { id, reason, .. } = &done[1] else {
+    // The records first, then what is no record.
+    let Ingested::Failed { id, reason, .. } = &done[2] else {
         panic!("{done:?}");
     };
     assert!(reason.contains("checksum"), "{reason}");
@@ -263,4 +264,38 @@ fn records_are_told_from_garbage() {
         );
     }
     assert!(items(b"").is_empty());
+}
+
+#[test]
+fn a_round_that_cannot_take_everything_in_keeps_garbage_for_the_round_that_can() {
+    let (_d, ob, _j) = held();
+    let good = ob.submit(&env("bob@example.org"), MSG).unwrap();
+    let blocked = ob.submit(&env("carol@example.org"), MSG).unwrap();
+    OpenOptions::new()
+        .append(true)
+        .open(ob.root().join("incoming/.spool"))
+        .unwrap()
+        .write_all(b"junk a killed writer left")
+        .unwrap();
+    // Something in the way of one message's queue entry (a full disk would do the same).
+    fs::write(ob.root().join("queue").join(&blocked), b"").unwrap();
+    for _ in 0..2 {
+        let done = ob.ingest_incoming();
+        assert!(
+            done.iter().any(|i| matches!(i, Ingested::Deferred { .. })),
+            "{done:?}"
+        );
+        assert!(spool_len(&ob) > 0);
+        assert_eq!(fs::read_dir(ob.root().join("failed")).unwrap().count(), 0);
+    }
+    fs::remove_file(ob.root().join("queue").join(&blocked)).unwrap();
+    let done = ob.ingest_incoming();
+    assert!(
+        !done.iter().any(|i| matches!(i, Ingested::Deferred { .. })),
+        "{done:?}"
+    );
+    assert_eq!(spool_len(&ob), 0);
+    assert_eq!(queued(&ob), [good, blocked]);
+    // The junk, once.
+    assert_eq!(fs::read_dir(ob.root().join("failed")).unwrap().count(), 1);
 }
