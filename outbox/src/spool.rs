@@ -29,6 +29,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 
 use rustix::fs::{FileType, FlockOperation, Mode, OFlags};
 
@@ -146,7 +147,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// Opens the spool (never following a link, never blocking on a FIFO) and checks that it is a
 /// regular file. `None` when there is no spool.
 fn open(outbox: &Outbox, flags: OFlags) -> Result<Option<File>, OutboxError> {
-    let path = outbox.root().join(INCOMING).join(SPOOL);
+    let path = outbox.spool_path();
     let fd: OwnedFd = match rustix::fs::open(
         &path,
         flags | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
@@ -169,20 +170,13 @@ fn open(outbox: &Outbox, flags: OFlags) -> Result<Option<File>, OutboxError> {
 
 /// Takes the spool's lock, waiting for it.
 fn lock(outbox: &Outbox, file: &File) -> Result<(), OutboxError> {
-    rustix::fs::flock(file, FlockOperation::LockExclusive).map_err(|e| {
-        OutboxError::io(
-            format!(
-                "locking {}",
-                outbox.root().join(INCOMING).join(SPOOL).display()
-            ),
-            e,
-        )
-    })
+    rustix::fs::flock(file, FlockOperation::LockExclusive)
+        .map_err(|e| OutboxError::io(format!("locking {}", outbox.spool_path().display()), e))
 }
 
 /// The spool's size; 0 when there is none.
 fn size(outbox: &Outbox) -> u64 {
-    std::fs::symlink_metadata(outbox.root().join(INCOMING).join(SPOOL)).map_or(0, |m| m.len())
+    std::fs::symlink_metadata(outbox.spool_path()).map_or(0, |m| m.len())
 }
 
 /// A drained spool, still locked: emptied by [`Drain::finish`] once what was taken from it
@@ -206,8 +200,12 @@ impl Drain {
     /// queued already) and lets submitters in again. Truncates through a second descriptor,
     /// opened for writing only now, after checking that it is the file locked.
     pub(crate) fn finish(self) -> Result<(), OutboxError> {
-        let path = self.outbox.root().join(INCOMING).join(SPOOL);
-        let ctx = |e| OutboxError::io(format!("emptying {}", path.display()), e);
+        let ctx = |e| {
+            OutboxError::io(
+                format!("emptying {}", self.outbox.spool_path().display()),
+                e,
+            )
+        };
         let Some(writable) = open(&self.outbox, OFlags::WRONLY)? else {
             return Ok(());
         };
@@ -225,10 +223,15 @@ impl Drain {
 }
 
 impl Outbox {
+    /// `incoming/.spool`.
+    fn spool_path(&self) -> PathBuf {
+        self.root().join(INCOMING).join(SPOOL)
+    }
+
     /// Creates the spool if there is none (mode 0600). The agent calls it when it takes the
     /// outbox: from then on submitters append to it.
     pub(crate) fn create_spool(&self) -> Result<(), OutboxError> {
-        let path = self.root().join(INCOMING).join(SPOOL);
+        let path = self.spool_path();
         let fd = rustix::fs::open(
             &path,
             OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
@@ -246,8 +249,7 @@ impl Outbox {
             return Ok(false);
         };
         lock(self, &file)?;
-        let path = self.root().join(INCOMING).join(SPOOL);
-        let ctx = || format!("appending to {}", path.display());
+        let ctx = || format!("appending to {}", self.spool_path().display());
         let before = file
             .metadata()
             .map_err(|e| OutboxError::io(ctx(), e))?
@@ -265,7 +267,7 @@ impl Outbox {
     }
 
     /// Locks and reads the spool for draining; `None` when it is missing or empty (checked
-    /// first without opening it: opening it for writing would wake the agent's watch).
+    /// first with a `stat`: the agent asks after every arrival, and it is mostly empty).
     pub(crate) fn drain_spool(&self) -> Result<Option<Drain>, OutboxError> {
         if size(self) == 0 {
             return Ok(None);
@@ -275,15 +277,8 @@ impl Outbox {
         };
         lock(self, &file)?;
         let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(|e| {
-            OutboxError::io(
-                format!(
-                    "reading {}",
-                    self.root().join(INCOMING).join(SPOOL).display()
-                ),
-                e,
-            )
-        })?;
+        file.read_to_end(&mut bytes)
+            .map_err(|e| OutboxError::io(format!("reading {}", self.spool_path().display()), e))?;
         Ok(Some(Drain {
             outbox: self.clone(),
             file,
@@ -297,6 +292,6 @@ impl Outbox {
         if size(self) == 0 {
             return Vec::new();
         }
-        read_file(&self.root().join(INCOMING).join(SPOOL)).unwrap_or_default()
+        read_file(&self.spool_path()).unwrap_or_default()
     }
 }
