@@ -321,22 +321,23 @@ impl Flusher {
     }
 
     /// Takes what arrived in `incoming/` (from `linkrelay sendmail`) and `new/` (dropped by
-    /// mail clients) into the queue.
-    /// What could not be taken in (an I/O error such as a full disk) is tried again after
-    /// [`INGEST_RETRY`] (see `ingest_retry`).
+    /// mail clients) into the queue. What could not be taken in (an I/O error such as a full
+    /// disk) is tried again after [`INGEST_RETRY`] (see `ingest_retry`).
     fn ingest(&mut self) {
         self.arrived.store(false, Ordering::Relaxed);
+        let incoming = self
+            .outbox
+            .ingest_incoming()
+            .into_iter()
+            .map(|i| ("incoming/", i));
+        let new = self.outbox.ingest_new().into_iter().map(|i| ("new/", i));
         let mut deferred = false;
-        for ingested in self.outbox.ingest_incoming() {
-            debug!(user = %self.user, ?ingested, "ingested from incoming/");
+        for (from, ingested) in incoming.chain(new) {
+            debug!(user = %self.user, ?ingested, "ingested from {from}");
             if let Ingested::Deferred { file, error } = &ingested {
-                warn!(user = %self.user, file = %file, %error, "cannot queue mail from incoming/ now; trying again soon");
+                warn!(user = %self.user, file = %file, %error, "cannot queue mail from {from} now; trying again soon");
                 deferred = true;
             }
-        }
-        for ingested in self.outbox.ingest_new() {
-            debug!(user = %self.user, ?ingested, "ingested from new/");
-            deferred |= matches!(ingested, Ingested::Deferred { .. });
         }
         self.ingest_retry = deferred.then(|| now().saturating_add(INGEST_RETRY));
     }
