@@ -218,6 +218,15 @@ async fn spool_emptied(w: &World, spool: &Path) {
     .await;
 }
 
+/// Asserts that a command exited 0, showing its stderr if not.
+fn assert_succeeded(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Runs `sendmail -t -i` with a message whose body is about `len` bytes.
 fn send_big(w: &World, len: usize) -> std::process::Output {
     let body = ("x".repeat(76) + "\n").repeat(len / 77 + 1);
@@ -236,11 +245,7 @@ fn sendmail_on_a_full_disk_fails_with_ex_tempfail_and_leaves_nothing_behind() {
     let outbox = w.data_dir.join("default");
     let send = |len: usize| send_big(&w, len);
     let out = send(100);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     let first = names(&outbox.join("queue"));
     assert_eq!(first.len(), 1);
 
@@ -291,11 +296,7 @@ fn sendmail_on_a_full_disk_fails_with_ex_tempfail_and_leaves_nothing_behind() {
     // Space again: sendmail works again.
     std::fs::remove_file(w.data_dir.join("filler")).unwrap();
     let out = send(30 * 1024);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     assert_eq!(names(&outbox.join("queue")).len(), 2);
     drop(disk);
 }
@@ -305,11 +306,7 @@ async fn sendmail_handing_mail_to_the_agent_on_a_full_disk_says_try_again_and_lo
     let (mut w, disk, spool) = agent_on_a_small_disk().await;
     let send = |len: usize| send_big(&w, len);
     let out = send(100);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
 
     // Leave about 24 KiB free: some messages fit in the spool, some fail in the middle of
     // their append, which must then be cut off again.
@@ -337,11 +334,7 @@ async fn sendmail_handing_mail_to_the_agent_on_a_full_disk_says_try_again_and_lo
     // no torn record went to failed/.
     std::fs::remove_file(w.data_dir.join("filler")).unwrap();
     let out = send(100);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     accepted += 1;
     let queued = w.wait_entries("default", "queue", accepted).await;
     assert_eq!(queued.len(), accepted, "{}", w.agent_log());
