@@ -17,14 +17,16 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 use zbus::object_server::InterfaceRef;
 
-use crate::flusher::{self, BatchResult, FlushEvent, FlushRequest, FlushSettings, UserRoute, now};
+use crate::delivery::flusher::{
+    self, BatchResult, FlushEvent, FlushRequest, FlushSettings, UserRoute, now,
+};
+use crate::delivery::memory::RelayMemory;
 use crate::lifecycle;
-use crate::link::{LinkState, link_property};
-use crate::listing::{Listing, map_outbox_err};
-use crate::memory::RelayMemory;
-use crate::notify::Notifier;
 use crate::router::{self, Override, Route, Routing};
-use crate::service::{AgentInterface, Command, Published, Reply};
+use crate::service::interface::{AgentInterface, Command, Published, Reply};
+use crate::service::listing::{Listing, map_outbox_err};
+use crate::service::notify::Notifier;
+use crate::source::link::{LinkState, link_property};
 
 /// Errors that stop the agent.
 #[derive(Debug, thiserror::Error)]
@@ -124,10 +126,13 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
     let notifier = Notifier::spawn(config.notify, session, notifier_commands);
 
     let (link_tx, mut link_rx) = watch::channel(LinkState::unknown());
-    crate::source::start(config.agent.source, link_tx);
+    crate::source::choose::start(config.agent.source, link_tx);
 
     // Which relay took mail on which link, and who refused us: kept across restarts.
-    let memory = RelayMemory::load(&opts.data_dir.join(crate::memory::FILE_NAME), now());
+    let memory = RelayMemory::load(
+        &opts.data_dir.join(crate::delivery::memory::FILE_NAME),
+        now(),
+    );
     let mut agent = Agent {
         opts,
         config: Arc::new(config),
@@ -350,7 +355,7 @@ impl Agent {
                 ["new", "incoming", "queue"].map(|d| (user.clone(), f.outbox.root().join(d)))
             })
             .collect();
-        match crate::dropwatch::spawn(dirs, self.drops_tx.clone()) {
+        match crate::delivery::dropwatch::spawn(dirs, self.drops_tx.clone()) {
             Ok(task) => self.drop_watch = Some(task),
             Err(e) => {
                 warn!("cannot watch the outboxes ({e}); new mail waits for the next flush")
@@ -657,7 +662,7 @@ impl Agent {
                 from,
                 to,
                 reply,
-            } => crate::relaytest::spawn(
+            } => crate::service::relaytest::spawn(
                 self.config.clone(),
                 self.routing.link_name.clone(),
                 relay,

@@ -10,24 +10,9 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod agent;
-pub mod backoff;
-pub mod dropwatch;
-pub mod flusher;
+pub mod delivery;
 pub mod lifecycle;
-pub mod link;
-pub mod listing;
 pub mod logging;
-pub mod memory;
-pub mod netlink;
-pub mod nm;
-pub mod notify;
-pub mod outcome;
-pub mod password;
-pub mod plaintext;
-pub mod relaytest;
 pub mod router;
-pub mod secrets;
 pub mod service;
-pub mod smtp;
 pub mod source;
-pub mod tls_hint;

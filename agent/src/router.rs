@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use linkrelay_config::{Config, MeteredPolicy};
 use linkrelay_dbus::nm::Connectivity;
 
-use crate::link::LinkState;
+use crate::source::link::LinkState;
 
 /// A manual override of the router.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,7 +155,7 @@ pub fn route(config: &Config, state: &LinkState, ovr: Option<&Override>) -> Rout
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::link::{Link, SourceName};
+    use crate::source::link::{Link, SourceName};
     use linkrelay_config::LinkFacts;
     use std::path::Path;
 

@@ -5,7 +5,7 @@
 
 // The classification is a pure module of the agent; it is compiled here on its own so that
 // the fuzz build does not need the agent's D-Bus and SMTP stack.
-#[path = "../../agent/src/outcome.rs"]
+#[path = "../../agent/src/delivery/outcome.rs"]
 #[allow(dead_code)]
 mod outcome;
 

@@ -387,8 +387,8 @@ async fn without_networkmanager_the_agent_shows_this_machines_default_route_link
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_overrun_neither_stops_the_source_nor_leaves_it_wrong() {
-    use linkrelay_agent::link::LinkState;
-    use linkrelay_agent::netlink::Watcher;
+    use linkrelay_agent::source::link::LinkState;
+    use linkrelay_agent::source::netlink::Watcher;
     use std::sync::atomic::Ordering;
 
     let ns = NetNs::new().expect("a network namespace (run the tests as root)");

@@ -13,7 +13,7 @@ use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::{Connection, interface};
 
-use crate::listing::Listing;
+use crate::service::listing::Listing;
 
 /// Longest string argument accepted (names, ids): anything longer is hostile or a mistake.
 const MAX_ARG: usize = 256;

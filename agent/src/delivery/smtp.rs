@@ -13,7 +13,7 @@ use linkrelay_config::{Relay, TlsMode};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use crate::outcome::{Outcome, Stage, classify};
+use crate::delivery::outcome::{Outcome, Stage, classify};
 
 /// A reply or transport error at some stage, already classified.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,7 +64,7 @@ impl Verdict {
             Some(source) if code.is_some() => source.to_string(),
             _ => err.to_string(),
         };
-        let text = crate::tls_hint::explain(&text.replace(['\r', '\n'], " "));
+        let text = crate::delivery::tls_hint::explain(&text.replace(['\r', '\n'], " "));
         let mut v = Self::new(stage, code, text);
         if err.is_timeout() {
             v.text = "timed out".into();
@@ -214,7 +214,7 @@ pub fn data_timeout(limit: Duration, size: usize) -> Duration {
 impl Session {
     /// Connects, greets, secures (never downgrading STARTTLS) and authenticates, each stage
     /// within the relay's `timeout`. `password` comes from the relay's password source
-    /// ([`crate::password::fetch`]).
+    /// ([`crate::delivery::password::fetch`]).
     pub async fn open(relay: &Relay, password: Option<String>) -> Result<Session, Verdict> {
         let limit = relay.timeout;
         let hello = helo_name(relay);
@@ -297,9 +297,9 @@ impl Session {
         };
         if let Some(user) = &relay.username {
             if !conn.is_encrypted() {
-                match crate::plaintext::allow(relay, &peers) {
-                    Ok(crate::plaintext::PlainAuth::Loopback) => {}
-                    Ok(crate::plaintext::PlainAuth::Dangerous) => tracing::warn!(
+                match crate::delivery::plaintext::allow(relay, &peers) {
+                    Ok(crate::delivery::plaintext::PlainAuth::Loopback) => {}
+                    Ok(crate::delivery::plaintext::PlainAuth::Dangerous) => tracing::warn!(
                         relay = %relay.name,
                         "sending the password UNENCRYPTED over the network (dangerous_plaintext_auth = true)"
                     ),

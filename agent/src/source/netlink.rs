@@ -46,7 +46,7 @@ use rtnetlink::{Handle, MulticastGroup, RouteMessageBuilder};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::link::{Link, LinkState, SourceName};
+use crate::source::link::{Link, LinkState, SourceName};
 
 /// The groups that announce what [`choose`] depends on.
 const GROUPS: [MulticastGroup; 5] = [

@@ -4,8 +4,8 @@
 use linkrelay_config::Relay;
 use tracing::debug;
 
-use crate::secrets;
-use crate::smtp::run_password_command;
+use crate::delivery::secrets;
+use crate::delivery::smtp::run_password_command;
 
 /// The password for `relay`, `None` if it has no password source. The error says what went
 /// wrong, without the password.

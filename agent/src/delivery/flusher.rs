@@ -14,11 +14,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::backoff::{next_step, retry_delay, route_key};
-use crate::memory::RelayMemory;
-use crate::outcome::Outcome;
+use crate::delivery::backoff::{next_step, retry_delay, route_key};
+use crate::delivery::memory::RelayMemory;
+use crate::delivery::outcome::Outcome;
+use crate::delivery::smtp::{Session, Verdict};
 use crate::router::Route;
-use crate::smtp::{Session, Verdict};
 
 /// Unix seconds now.
 pub fn now() -> u64 {
@@ -494,7 +494,7 @@ impl Flusher {
         if let Some(p) = self.passwords.get(&relay.name) {
             return Ok(Some(p.clone()));
         }
-        let p = crate::password::fetch(relay).await?;
+        let p = crate::delivery::password::fetch(relay).await?;
         if let Some(p) = &p {
             self.passwords.insert(relay.name.clone(), p.clone());
         }
@@ -554,7 +554,7 @@ impl Flusher {
                     Ok(p) => p,
                     Err(e) => {
                         let v = Verdict {
-                            stage: crate::outcome::Stage::Auth,
+                            stage: crate::delivery::outcome::Stage::Auth,
                             code: None,
                             text: e,
                             outcome: Outcome::Deferred,

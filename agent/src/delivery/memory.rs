@@ -127,7 +127,7 @@ impl RelayMemory {
         let Some(path) = &self.path else {
             return;
         };
-        let now = crate::flusher::now();
+        let now = crate::delivery::flusher::now();
         self.refused.retain(|_, r| r.until > now);
         let mut refused: Vec<StoredRefusal> = self
             .refused
@@ -230,7 +230,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
         let relays = names(&["a", "b", "c"]);
-        let now = crate::flusher::now();
+        let now = crate::delivery::flusher::now();
         let mut m = RelayMemory::load(&path, now);
         assert_eq!(m.order("home", &relays, now), relays, "no file: empty");
         m.accepted("home", "c");

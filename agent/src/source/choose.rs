@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 use zbus::{Connection, MatchRule, MessageStream};
 
-use crate::link::{LinkState, SourceName};
+use crate::source::link::{LinkState, SourceName};
 
 /// Longest wait between attempts to reach the system bus or reopen a netlink socket.
 const MAX_RETRY: Duration = Duration::from_secs(60);
@@ -47,7 +47,7 @@ async fn networkmanager(tx: watch::Sender<LinkState>) {
         match Connection::system().await {
             Ok(system) => {
                 delay = Duration::from_secs(1);
-                if let Err(e) = crate::nm::run(system, tx.clone()).await {
+                if let Err(e) = crate::source::nm::run(system, tx.clone()).await {
                     warn!("NetworkManager source: {e}");
                 }
             }
@@ -71,7 +71,7 @@ async fn netlink(tx: watch::Sender<LinkState>) {
     let mut delay = Duration::from_secs(1);
     loop {
         let started = Instant::now();
-        let error = match crate::netlink::Watcher::subscribe() {
+        let error = match crate::source::netlink::Watcher::subscribe() {
             Ok(watcher) => watcher.run(tx.clone()).await,
             Err(e) => e,
         };
@@ -216,7 +216,7 @@ async fn follow(system: &Connection, auto: &mut Auto) -> zbus::Result<()> {
     let _nm = AbortOnDrop(tokio::spawn({
         let system = system.clone();
         async move {
-            if let Err(e) = crate::nm::run(system, nm_tx).await {
+            if let Err(e) = crate::source::nm::run(system, nm_tx).await {
                 warn!("NetworkManager source: {e}");
             }
         }

@@ -20,9 +20,9 @@ use linkrelay_config::{Config, Relay, TlsMode};
 use linkrelay_dbus::{AgentError, RelayStep, RelayTest};
 use tracing::info;
 
-use crate::outcome::{Outcome, Stage};
-use crate::service::Reply;
-use crate::smtp::{Session, Verdict, run_password_command};
+use crate::delivery::outcome::{Outcome, Stage};
+use crate::delivery::smtp::{Session, Verdict, run_password_command};
+use crate::service::interface::Reply;
 
 /// The recipient tried when none is given: a domain no ISP relay is the destination of.
 pub const DEFAULT_TO: &str = "postmaster@example.com";
@@ -293,7 +293,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::outcome::classify;
+    use crate::delivery::outcome::classify;
 
     fn verdict(stage: Stage, code: u16, text: &str) -> Verdict {
         Verdict {

@@ -25,9 +25,9 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use zbus::{Variant, proxy};
 
-use crate::flusher::now;
-use crate::listing::Listing;
-use crate::service::Command;
+use crate::delivery::flusher::now;
+use crate::service::interface::Command;
+use crate::service::listing::Listing;
 
 /// The freedesktop notification service (Desktop Notifications Specification 1.2).
 #[proxy(

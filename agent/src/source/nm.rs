@@ -21,7 +21,7 @@ use zbus::fdo::DBusProxy;
 use zbus::names::BusName;
 use zbus::{Connection, MatchRule, MessageStream, OwnedObjectPath, OwnedVariant};
 
-use crate::link::{Link, LinkState, SourceName};
+use crate::source::link::{Link, LinkState, SourceName};
 
 /// How many reads in a row NM may signal during before one is let finish and published anyway:
 /// more than the signals of one activation, so that only NM signalling without pause (never

@@ -18,8 +18,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::{debug, warn};
 
-use crate::flusher::{self, UserRoute};
-use crate::memory::RelayMemory;
+use crate::delivery::flusher::{self, UserRoute};
+use crate::delivery::memory::RelayMemory;
 use crate::router::Route;
 
 /// Bytes of JSON lines handed to the pipe writer at once.

@@ -1,0 +1,5 @@
+//! The D-Bus service.
+pub mod interface;
+pub mod listing;
+pub mod notify;
+pub mod relaytest;

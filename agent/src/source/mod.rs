@@ -1,0 +1,5 @@
+//! The link source.
+pub mod choose;
+pub mod link;
+pub mod netlink;
+pub mod nm;
