@@ -17,8 +17,9 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 use zbus::object_server::InterfaceRef;
 
+use crate::clock::now;
 use crate::delivery::flusher::{
-    self, BatchResult, FlushEvent, FlushRequest, FlushSettings, UserRoute, now,
+    self, BatchResult, FlushEvent, FlushRequest, FlushSettings, UserRoute,
 };
 use crate::delivery::memory::RelayMemory;
 use crate::lifecycle;
@@ -73,7 +74,9 @@ pub struct Options {
     pub bus: ServeBus,
 }
 
-struct Flusher {
+/// What the loop keeps for each user: the handles to the user's flusher task, and the user's
+/// outbox (for counts, listings, retry and drop).
+struct UserSlot {
     handle: flusher::FlusherHandle,
     outbox: Outbox,
 }
@@ -85,7 +88,7 @@ struct Agent {
     link: LinkState,
     ovr: Option<(Override, u64)>,
     routing: Routing,
-    flushers: BTreeMap<String, Flusher>,
+    flushers: BTreeMap<String, UserSlot>,
     counts: BTreeMap<String, Counts>,
     next_due: BTreeMap<String, u64>,
     memory: Arc<Mutex<RelayMemory>>,
@@ -126,7 +129,7 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
     let notifier = Notifier::spawn(config.notify, session, notifier_commands);
 
     let (link_tx, mut link_rx) = watch::channel(LinkState::unknown());
-    crate::source::choose::start(config.agent.source, link_tx);
+    crate::source::start(config.agent.source, link_tx);
 
     // Which relay took mail on which link, and who refused us: kept across restarts.
     let memory = RelayMemory::load(
@@ -340,7 +343,7 @@ impl Agent {
                 self.memory.clone(),
                 self.events_tx.clone(),
             );
-            self.flushers.insert(name, Flusher { handle, outbox });
+            self.flushers.insert(name, UserSlot { handle, outbox });
         }
         // (Re)watch every user's new/ for files dropped by mail clients, incoming/ for what
         // `linkrelay sendmail` submits, and queue/ for what it queues when it finds no agent
@@ -794,7 +797,7 @@ impl Agent {
     }
 
     /// What a queue listing of `user` ("" = every user) walks; the walk happens off the loop
-    /// (agent/src/listing.rs).
+    /// ([`crate::service::listing`]).
     fn listing(&self, user: &str) -> Result<Listing, AgentError> {
         if !user.is_empty() && !self.flushers.contains_key(user) {
             return Err(AgentError::UnknownUser(format!("no user named {user:?}")));

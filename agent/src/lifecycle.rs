@@ -102,11 +102,6 @@ impl Watchdog {
         Watchdog { ticker }
     }
 
-    /// The ping interval, `None` without a watchdog.
-    pub fn interval(&self) -> Option<Duration> {
-        self.ticker.as_ref().map(tokio::time::Interval::period)
-    }
-
     /// Resolves when the next ping is due; never without a watchdog.
     pub async fn tick(&mut self) {
         match &mut self.ticker {

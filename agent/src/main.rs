@@ -2,14 +2,17 @@
 
 // In tests a failed unwrap is a failed test, with its location.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
+// The doc comments below are the --help text, where `[agent]` and `[[link]]` name config
+// sections, not items to link to.
+#![allow(rustdoc::broken_intra_doc_links)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use linkrelay_agent::agent::{Options, ServeBus, run};
 use linkrelay_agent::logging;
+use linkrelay_agent::{Options, ServeBus, run};
 use linkrelay_config::{Config, ConfigError};
 
 /// sysexits EX_CONFIG.

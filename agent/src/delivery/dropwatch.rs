@@ -1,6 +1,7 @@
-//! Watches each user's `new/` and `queue/` directories with inotify, so that a file a mail
-//! client drops into `new/` (Maildir style), or a message `linkrelay sendmail` renames into
-//! `queue/`, gets sent without a nudge over D-Bus, and without any polling.
+//! Watches each user's `new/`, `incoming/` and `queue/` directories with inotify, so that a
+//! file a mail client drops into `new/` (Maildir style), or a message `linkrelay sendmail`
+//! writes, gets sent without a nudge over D-Bus, and without any polling. It tells the event
+//! loop, which wakes that user's flusher.
 
 use std::collections::HashMap;
 use std::path::PathBuf;

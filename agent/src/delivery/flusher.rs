@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use linkrelay_config::{Relay, RetrySettings};
 use linkrelay_outbox::{
@@ -14,19 +14,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::clock::now;
 use crate::delivery::backoff::{next_step, retry_delay, route_key};
-use crate::delivery::memory::RelayMemory;
+use crate::delivery::credentials;
+use crate::delivery::memory::{RelayMemory, lock};
 use crate::delivery::outcome::Outcome;
 use crate::delivery::smtp::{Session, Verdict};
 use crate::router::Route;
-
-/// Unix seconds now.
-pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 /// The route a flusher follows, with the link it was decided for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,51 +66,36 @@ pub struct BatchResult {
 pub enum FlushEvent {
     /// A message left the queue delivered.
     Sent {
-        /// User.
         user: String,
-        /// Message id.
         id: String,
         /// Relay that took it.
         relay: String,
-        /// Its reply.
         reply: String,
     },
     /// A message stays queued until `next_attempt`.
     Deferred {
-        /// User.
         user: String,
-        /// Message id.
         id: String,
-        /// Why.
         reason: String,
         /// Unix seconds.
         next_attempt: u64,
     },
     /// A message moved to failed/.
     Failed {
-        /// User.
         user: String,
-        /// Message id.
         id: String,
-        /// Why.
         reason: String,
     },
     /// A relay refused us on a link.
     RelayRefused {
-        /// User.
         user: String,
-        /// Relay.
         relay: String,
-        /// Link.
         link: String,
-        /// The reply.
         reply: String,
     },
     /// A batch ended.
     Finished {
-        /// User.
         user: String,
-        /// Result.
         result: BatchResult,
         /// Outbox counts afterwards.
         counts: Counts,
@@ -494,7 +473,7 @@ impl Flusher {
         if let Some(p) = self.passwords.get(&relay.name) {
             return Ok(Some(p.clone()));
         }
-        let p = crate::delivery::password::fetch(relay).await?;
+        let p = credentials::fetch(relay).await?;
         if let Some(p) = &p {
             self.passwords.insert(relay.name.clone(), p.clone());
         }
@@ -1054,9 +1033,4 @@ enum Done {
 
 fn min_some(a: Option<u64>, b: u64) -> Option<u64> {
     Some(a.map_or(b, |a| a.min(b)))
-}
-
-/// Locks relay memory; a poisoned lock (a panic elsewhere) still holds usable data.
-pub fn lock(m: &Mutex<RelayMemory>) -> std::sync::MutexGuard<'_, RelayMemory> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 use tracing::warn;
@@ -127,7 +128,7 @@ impl RelayMemory {
         let Some(path) = &self.path else {
             return;
         };
-        let now = crate::delivery::flusher::now();
+        let now = crate::clock::now();
         self.refused.retain(|_, r| r.until > now);
         let mut refused: Vec<StoredRefusal> = self
             .refused
@@ -194,6 +195,12 @@ impl RelayMemory {
     }
 }
 
+/// Locks the relay memory the flushers and listings share; a poisoned lock (a panic elsewhere)
+/// still holds usable data.
+pub fn lock(m: &Mutex<RelayMemory>) -> MutexGuard<'_, RelayMemory> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -230,7 +237,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
         let relays = names(&["a", "b", "c"]);
-        let now = crate::delivery::flusher::now();
+        let now = crate::clock::now();
         let mut m = RelayMemory::load(&path, now);
         assert_eq!(m.order("home", &relays, now), relays, "no file: empty");
         m.accepted("home", "c");

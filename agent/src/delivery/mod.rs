@@ -1,11 +1,21 @@
-//! Delivery.
-pub mod backoff;
-pub mod dropwatch;
-pub mod flusher;
-pub mod memory;
-pub mod outcome;
-pub mod password;
-pub mod plaintext;
-pub mod secrets;
-pub mod smtp;
-pub mod tls_hint;
+//! Stage three of the data flow: delivery. Each user's [`flusher`] task takes the route the
+//! router decided, walks the user's outbox in order and hands each message to an [`smtp`]
+//! session, records every outcome durably and reports it to the event loop as a
+//! [`flusher::FlushEvent`].
+//!
+//! The decisions are pure and tested on their own: what a reply means ([`outcome`]), when to
+//! try again ([`backoff`]), whether a password may go in clear ([`plaintext`]), what a TLS
+//! failure means to the user ([`tls_hint`]), and which verdicts change a message
+//! ([`flusher`]'s `apply_verdicts`). The rest is I/O at the edge: the SMTP session, the
+//! password sources ([`credentials`]), the relay memory's file ([`memory`]) and the inotify
+//! watch that wakes a flusher when mail arrives ([`dropwatch`]).
+
+pub(crate) mod backoff;
+pub(crate) mod credentials;
+pub(crate) mod dropwatch;
+pub(crate) mod flusher;
+pub(crate) mod memory;
+pub(crate) mod outcome;
+pub(crate) mod plaintext;
+pub(crate) mod smtp;
+pub(crate) mod tls_hint;

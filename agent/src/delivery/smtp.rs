@@ -214,7 +214,7 @@ pub fn data_timeout(limit: Duration, size: usize) -> Duration {
 impl Session {
     /// Connects, greets, secures (never downgrading STARTTLS) and authenticates, each stage
     /// within the relay's `timeout`. `password` comes from the relay's password source
-    /// ([`crate::delivery::password::fetch`]).
+    /// ([`crate::delivery::credentials::fetch`]).
     pub async fn open(relay: &Relay, password: Option<String>) -> Result<Session, Verdict> {
         let limit = relay.timeout;
         let hello = helo_name(relay);
@@ -647,40 +647,6 @@ fn without_last_eol(data: &[u8]) -> &[u8] {
     data.strip_suffix(b"\r\n")
         .or_else(|| data.strip_suffix(b"\n"))
         .unwrap_or(data)
-}
-
-/// Runs a relay's `password_command` with `sh -c` and returns the first line of its output.
-/// The password is never logged; a failing command is reported without its output. A command
-/// that has not finished within `limit` (a pinentry nobody answers) is killed: a user's
-/// outbox must not hang on it.
-pub async fn run_password_command(command: &str, limit: Duration) -> Result<String, String> {
-    let child = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(command)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("cannot run password_command: {e}"))?;
-    let out = match tokio::time::timeout(limit, child.wait_with_output()).await {
-        Ok(out) => out.map_err(|e| format!("cannot run password_command: {e}"))?,
-        Err(_) => {
-            return Err(format!(
-                "password_command did not finish within {}",
-                humantime::format_duration(limit)
-            ));
-        }
-    };
-    if !out.status.success() {
-        return Err(format!("password_command exited with {}", out.status));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().next().unwrap_or("").to_string();
-    if line.is_empty() {
-        return Err("password_command printed nothing".into());
-    }
-    Ok(line)
 }
 
 #[cfg(test)]

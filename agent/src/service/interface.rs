@@ -31,7 +31,6 @@ pub struct Published {
     pub link: HashMap<String, String>,
     /// Route per user.
     pub routes: Vec<RouteInfo>,
-    /// Override.
     pub override_info: Option<OverrideInfo>,
     /// Queue counts.
     pub queue: Vec<QueueCount>,
@@ -51,69 +50,45 @@ pub enum Command {
     SetOverride {
         /// "link" or "relay".
         kind: String,
-        /// Its name.
         name: String,
         /// Duration; 0 = until cleared.
         seconds: u64,
-        /// Reply.
         reply: Reply<()>,
     },
     /// Clear the override.
-    ClearOverride {
-        /// Reply.
-        reply: Reply<()>,
-    },
+    ClearOverride { reply: Reply<()> },
     /// Flush a user ("" = all).
     Flush {
-        /// User.
         user: String,
         /// Reply when done.
         wait: bool,
-        /// Reply.
         reply: Reply<Vec<FlushResult>>,
     },
     /// Look at a user's outbox now, respecting retry delays.
     Wake {
         /// User ("" = all).
         user: String,
-        /// Reply.
         reply: Reply<()>,
     },
     /// What a listing of queued and failed messages walks (the walk runs off the loop).
     Listing {
         /// User ("" = all).
         user: String,
-        /// Reply.
         reply: Reply<Listing>,
     },
     /// Retry a message.
-    Retry {
-        /// Message id.
-        id: String,
-        /// Reply.
-        reply: Reply<()>,
-    },
+    Retry { id: String, reply: Reply<()> },
     /// Delete a message.
-    Drop {
-        /// Message id.
-        id: String,
-        /// Reply.
-        reply: Reply<()>,
-    },
+    Drop { id: String, reply: Reply<()> },
     /// Re-read the config.
-    Reload {
-        /// Reply.
-        reply: Reply<()>,
-    },
+    Reload { reply: Reply<()> },
     /// Test a relay without sending.
     TestRelay {
-        /// Relay name.
         relay: String,
         /// Envelope sender to try ("" = a default).
         from: String,
         /// Recipient to try ("" = a default).
         to: String,
-        /// Reply.
         reply: Reply<RelayTest>,
     },
 }

@@ -18,8 +18,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::{debug, warn};
 
-use crate::delivery::flusher::{self, UserRoute};
-use crate::delivery::memory::RelayMemory;
+use crate::delivery::flusher::UserRoute;
+use crate::delivery::memory::{RelayMemory, lock};
 use crate::router::Route;
 
 /// Bytes of JSON lines handed to the pipe writer at once.
@@ -268,7 +268,7 @@ pub fn message_status(
                     route.link
                 );
             }
-            let mem = flusher::lock(memory);
+            let mem = lock(memory);
             if !relays.is_empty()
                 && relays
                     .iter()

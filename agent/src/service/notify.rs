@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use zbus::{Variant, proxy};
 
-use crate::delivery::flusher::now;
+use crate::clock::now;
 use crate::service::interface::Command;
 use crate::service::listing::Listing;
 
@@ -70,7 +70,6 @@ pub struct Note {
     pub summary: String,
     /// Plain text; escaped for servers that read markup.
     pub body: String,
-    /// Urgency.
     pub urgency: Urgency,
     /// The `category` hint.
     pub category: &'static str,

@@ -20,8 +20,9 @@ use linkrelay_config::{Config, Relay, TlsMode};
 use linkrelay_dbus::{AgentError, RelayStep, RelayTest};
 use tracing::info;
 
+use crate::delivery::credentials::run_password_command;
 use crate::delivery::outcome::{Outcome, Stage};
-use crate::delivery::smtp::{Session, Verdict, run_password_command};
+use crate::delivery::smtp::{Session, Verdict};
 use crate::service::interface::Reply;
 
 /// The recipient tried when none is given: a domain no ISP relay is the destination of.

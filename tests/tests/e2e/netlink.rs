@@ -387,8 +387,8 @@ async fn without_networkmanager_the_agent_shows_this_machines_default_route_link
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_overrun_neither_stops_the_source_nor_leaves_it_wrong() {
-    use linkrelay_agent::source::link::LinkState;
-    use linkrelay_agent::source::netlink::Watcher;
+    use linkrelay_agent::LinkState;
+    use linkrelay_agent::NetlinkWatcher;
     use std::sync::atomic::Ordering;
 
     let ns = NetNs::new().expect("a network namespace (run the tests as root)");
@@ -405,7 +405,7 @@ async fn a_socket_overrun_neither_stops_the_source_nor_leaves_it_wrong() {
     let watcher = ns
         .run_in(move || {
             let _in_runtime = runtime.enter();
-            Watcher::subscribe_with_buffer(1)
+            NetlinkWatcher::subscribe_with_buffer(1)
         })
         .unwrap()
         .unwrap();

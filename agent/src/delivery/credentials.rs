@@ -1,24 +1,76 @@
-//! Passwords from the Secret Service (`org.freedesktop.secrets` on the session bus: GNOME
-//! Keyring, KeePassXC, KWallet's bridge), for `password_secret = { ... }` relays.
+//! A relay's password: the first line its `password_command` prints, or a Secret Service item
+//! (`password_secret`). The password itself is never logged nor put into an error: errors name
+//! the command's exit status or the item's attributes.
 //!
-//! A plain lookup needs four calls, so this is a small client over our own zbus 6 rather than
-//! `oo7` or `secret-service`, which still pull in zbus 5 (a second copy of the whole D-Bus
-//! stack): `OpenSession("plain")`, `SearchItems(attributes)`, `Unlock` (with its prompt) when
-//! the matching item is locked, and `Item.GetSecret`. A "plain" session is what `secret-tool`
-//! uses too: the secret crosses the session bus, which only this user can connect to,
-//! unencrypted.
-//!
-//! Errors never carry the secret: they name the attributes and what went wrong.
+//! The Secret Service (`org.freedesktop.secrets` on the session bus: GNOME Keyring, KeePassXC,
+//! KWallet's bridge) is reached by a small client over the workspace's zbus 6 rather than `oo7`
+//! or `secret-service`, which still pull in zbus 5 (a second copy of the whole D-Bus stack). A
+//! plain lookup needs four calls: `OpenSession("plain")`, `SearchItems(attributes)`, `Unlock`
+//! (with its prompt) when the matching item is locked, and `Item.GetSecret`. A "plain" session
+//! is what `secret-tool` uses too: the secret crosses the session bus, which only this user can
+//! connect to, unencrypted.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use linkrelay_config::Relay;
 use serde::Deserialize;
+use tracing::debug;
 use zbus::{Connection, ObjectPath, OwnedObjectPath, OwnedVariant, Type, Variant, proxy};
 
-/// The Secret Service's well-known name.
-pub const SECRETS_BUS_NAME: &str = "org.freedesktop.secrets";
+/// The password for `relay`, `None` if it has no password source. The error says what went
+/// wrong, without the password.
+pub(crate) async fn fetch(relay: &Relay) -> Result<Option<String>, String> {
+    if let Some(attributes) = &relay.password_secret {
+        debug!(relay = %relay.name, "looking up the password in the Secret Service");
+        return lookup(attributes)
+            .await
+            .map(Some)
+            .map_err(|e| e.to_string());
+    }
+    match &relay.password_command {
+        Some(command) => {
+            debug!(relay = %relay.name, "running password_command");
+            run_password_command(command, relay.timeout).await.map(Some)
+        }
+        None => Ok(None),
+    }
+}
+
+/// Runs a relay's `password_command` with `sh -c` and returns the first line of its output.
+/// The password is never logged; a failing command is reported without its output. A command
+/// that has not finished within `limit` (a pinentry nobody answers) is killed: a user's
+/// outbox must not hang on it.
+pub async fn run_password_command(command: &str, limit: Duration) -> Result<String, String> {
+    let child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run password_command: {e}"))?;
+    let out = match tokio::time::timeout(limit, child.wait_with_output()).await {
+        Ok(out) => out.map_err(|e| format!("cannot run password_command: {e}"))?,
+        Err(_) => {
+            return Err(format!(
+                "password_command did not finish within {}",
+                humantime::format_duration(limit)
+            ));
+        }
+    };
+    if !out.status.success() {
+        return Err(format!("password_command exited with {}", out.status));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().next().unwrap_or("").to_string();
+    if line.is_empty() {
+        return Err("password_command printed nothing".into());
+    }
+    Ok(line)
+}
 
 /// How long a whole lookup may take, an unlock prompt answered by the user included.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(90);
@@ -165,7 +217,7 @@ pub async fn lookup(attributes: &BTreeMap<String, String>) -> Result<String, Sec
 }
 
 /// Looks up the password with these attributes through `conn`, within [`LOOKUP_TIMEOUT`].
-pub async fn lookup_on(
+async fn lookup_on(
     conn: &Connection,
     attributes: &BTreeMap<String, String>,
 ) -> Result<String, SecretError> {
