@@ -18,7 +18,7 @@ use crate::clock::now;
 use crate::delivery::backoff::{next_step, retry_delay, route_key};
 use crate::delivery::credentials;
 use crate::delivery::memory::{RelayMemory, lock};
-use crate::delivery::outcome::Outcome;
+use crate::delivery::outcome::{Outcome, Stage};
 use crate::delivery::smtp::{Session, Verdict};
 use crate::router::Route;
 
@@ -134,7 +134,7 @@ pub fn spawn(
     let (settings_tx, settings_rx) = watch::channel(settings);
     let arrived = Arc::new(AtomicBool::new(false));
     let flusher = Flusher {
-        held_walk: None,
+        held_walk: HeldWalk::NotWalked,
         arrived: arrived.clone(),
         user,
         outbox,
@@ -170,9 +170,9 @@ const RECORD_RETRY: u64 = 30;
 const INGEST_RETRY: u64 = 5;
 
 struct Flusher {
-    /// Set by a batch that walked the whole queue while mail was held on the current route:
-    /// the earliest time something was due then. See [`Flusher::arrivals_while_held`].
-    held_walk: Option<Option<u64>>,
+    /// Whether new mail needs a walk of the queue while mail is held. See
+    /// [`Flusher::arrivals_while_held`].
+    held_walk: HeldWalk,
     /// See [`FlusherHandle::arrived`].
     arrived: Arc<AtomicBool>,
     user: String,
@@ -219,6 +219,17 @@ struct InFlight {
     relay: String,
     reply: String,
     t: u64,
+}
+
+/// Where a hold stands for mail that arrives while it lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeldWalk {
+    /// No batch walked the whole queue under the current hold (or the route or the settings
+    /// changed since): new mail needs a batch.
+    NotWalked,
+    /// A batch walked the whole queue while mail was held on the current route; `next_due` is
+    /// the earliest time something was due then.
+    Walked { next_due: Option<u64> },
 }
 
 /// One open session and the relay it belongs to.
@@ -325,7 +336,9 @@ impl Flusher {
     /// needs no walk of the whole queue: it is taken in, and the earliest time something is
     /// due stays what the walk found (new mail expires last). `None` when a walk is needed.
     fn arrivals_while_held(&mut self) -> Option<BatchResult> {
-        let walked = self.held_walk?;
+        let HeldWalk::Walked { next_due: walked } = self.held_walk else {
+            return None;
+        };
         let unchanged = !self.route.has_changed().unwrap_or(true)
             && !self.settings.has_changed().unwrap_or(true)
             && matches!(self.route.borrow().route, Route::Hold { .. });
@@ -353,7 +366,41 @@ impl Flusher {
     }
 
     async fn batch(&mut self, force: bool) -> BatchResult {
-        self.held_walk = None;
+        let (route, settings, ids) = self.begin_batch();
+        let mut tally = Tally::default();
+        let mut b = BatchState {
+            open: None,
+            down: HashMap::new(),
+            rerouted: self.route.clone(),
+        };
+        for id in ids {
+            self.take_unrecorded(&mut tally);
+            if self.arrived.load(Ordering::Relaxed) {
+                // Queued now, sent in the next batch (the agent asked for one).
+                self.ingest();
+            }
+            if b.rerouted.has_changed().unwrap_or(false) {
+                debug!(user = %self.user, "route changed mid-flush; stopping this batch");
+                break;
+            }
+            let Some(mut msg) = self.load(&id) else {
+                continue;
+            };
+            match self.visit(&mut msg, &route, &settings, force, &mut b).await {
+                Done::Interrupted => {
+                    info!(user = %self.user, id = %msg.id, "route changed during the attempt; the message stays queued");
+                    break;
+                }
+                done => tally.count(&done),
+            }
+        }
+        self.finish_batch(b, &route, tally).await
+    }
+
+    /// Starts a batch: takes in new mail, and gives the route and settings to follow and the
+    /// queue in order. Messages queued when the route changed start their backoff again.
+    fn begin_batch(&mut self) -> (UserRoute, Arc<FlushSettings>, Vec<String>) {
+        self.held_walk = HeldWalk::NotWalked;
         self.ingest();
         // The agent sends a route only when it changed; the first one (at start-up) replaces
         // the "starting" placeholder and is not a change of the message's route.
@@ -367,89 +414,64 @@ impl Flusher {
             self.rerouted.retain(|id| ids.binary_search(id).is_ok());
         }
         self.batches += 1;
-        let lifetime = settings.retry.lifetime.as_secs();
-        let mut result = BatchResult::default();
-        let mut next_due: Option<u64> = None;
-        let mut b = BatchState {
-            open: None,
-            down: HashMap::new(),
-            rerouted: self.route.clone(),
-        };
+        (route, settings, ids)
+    }
 
-        for id in ids {
-            self.take_unrecorded(&mut result, &mut next_due);
-            if self.arrived.load(Ordering::Relaxed) {
-                // Queued now, sent in the next batch (the agent asked for one).
-                self.ingest();
-            }
-            if b.rerouted.has_changed().unwrap_or(false) {
-                debug!(user = %self.user, "route changed mid-flush; stopping this batch");
-                break;
-            }
-            let Some(mut msg) = self.load(&id) else {
-                continue;
-            };
-            let t = now();
-            if msg.is_done() {
-                // Every recipient was dealt with, but the move out of queue/ did not happen
-                // (a crash or a full disk): finish it without sending anything again.
-                match self.complete(&mut msg, t).await {
-                    Done::Sent => result.sent += 1,
-                    Done::Deferred(at) => next_due = min_some(next_due, at),
-                    Done::Failed | Done::Interrupted => {}
-                }
-                continue;
-            }
-            let expires = msg.queued_at.saturating_add(lifetime);
-            let held = match &route.route {
-                Route::Hold { reason } => Some(format!("held: {reason}")),
-                Route::Send {
-                    max_size: Some(max),
-                    ..
-                } if msg.size > *max => Some(format!(
-                    "held: larger than the {max} bytes allowed on metered link {}",
-                    route.link
-                )),
-                Route::Send { .. } => None,
-            };
-            if let Some(why) = held {
-                // A held message is not attempted, but its lifetime still runs out.
-                if t >= expires {
-                    if let Done::Deferred(at) = self.expire(&mut msg, &settings, &why).await {
-                        next_due = min_some(next_due, at);
-                    }
-                } else {
-                    next_due = min_some(next_due, expires);
-                }
-                continue;
-            }
-            let Route::Send { relays, .. } = &route.route else {
-                continue;
-            };
-            if !force && msg.next_attempt > t {
-                next_due = min_some(next_due, msg.next_attempt);
-                continue;
-            }
-            match self
-                .deliver(&mut msg, &route.link, relays, &settings, &mut b)
-                .await
-            {
-                Done::Sent => result.sent += 1,
-                Done::Deferred(at) => next_due = min_some(next_due, at),
-                Done::Failed => {}
-                Done::Interrupted => {
-                    info!(user = %self.user, id = %msg.id, "route changed during the attempt; the message stays queued");
-                    break;
-                }
-            }
+    /// Takes one queued message as far as its route allows now: finishes it when no recipient
+    /// is pending, holds it (failing it when its lifetime is over), leaves it until its next
+    /// attempt (unless `force`), or delivers it.
+    async fn visit(
+        &mut self,
+        msg: &mut MessageState,
+        route: &UserRoute,
+        settings: &FlushSettings,
+        force: bool,
+        b: &mut BatchState,
+    ) -> Done {
+        let t = now();
+        if msg.is_done() {
+            // Every recipient was dealt with, but the move out of queue/ did not happen
+            // (a crash or a full disk): finish it without sending anything again.
+            return self.complete(msg, t).await;
         }
+        let relays = match relays_for(route, msg) {
+            Ok(relays) => relays,
+            Err(why) => {
+                // A held message is not attempted, but its lifetime still runs out.
+                let expires = msg
+                    .queued_at
+                    .saturating_add(settings.retry.lifetime.as_secs());
+                if t >= expires {
+                    return self.expire(msg, settings, &why).await;
+                }
+                return Done::Deferred(expires);
+            }
+        };
+        if !force && msg.next_attempt > t {
+            return Done::Deferred(msg.next_attempt);
+        }
+        self.deliver(msg, &route.link, relays, settings, b).await
+    }
+
+    /// Ends a batch: closes its session, waits for the last record, and reports the outbox's
+    /// counts and when to come back.
+    async fn finish_batch(
+        &mut self,
+        mut b: BatchState,
+        route: &UserRoute,
+        mut tally: Tally,
+    ) -> BatchResult {
         if let Some(o) = b.open.take() {
             o.session.close().await;
         }
         self.settle().await;
-        self.take_unrecorded(&mut result, &mut next_due);
+        self.take_unrecorded(&mut tally);
+        let Tally {
+            mut result,
+            mut next_due,
+        } = tally;
         if matches!(route.route, Route::Hold { .. }) && !self.route.has_changed().unwrap_or(true) {
-            self.held_walk = Some(next_due);
+            self.held_walk = HeldWalk::Walked { next_due };
         }
         if let Some(at) = self.ingest_retry {
             next_due = min_some(next_due, at);
@@ -489,195 +511,221 @@ impl Flusher {
         settings: &FlushSettings,
         b: &mut BatchState,
     ) -> Done {
-        let t = now();
-        let data = match self.outbox.read_message(Folder::Queue, &msg.id) {
-            Ok(d) => d,
+        let a = Attempt {
+            link,
+            relays,
+            settings,
+            t: now(),
+        };
+        let data = match self.read_queued(msg, a.t).await {
+            Ok(data) => data,
+            Err(done) => return done,
+        };
+        let order = lock(&self.memory).order(link, relays, a.t);
+        let mut tries = Tries {
+            last: None,
+            tried_any: false,
+        };
+        for relay_name in &order {
+            let Some(relay) = settings.relays.get(relay_name) else {
+                continue; // config validation makes this unreachable
+            };
+            if let Some(v) = b.down.get(relay_name) {
+                tries.last = Some((relay_name.clone(), v.clone()));
+                continue;
+            }
+            tries.tried_any = true;
+            match self.try_relay(msg, relay, &data, &a, b).await {
+                Step::Next(v) => tries.last = Some((relay_name.clone(), v)),
+                Step::Stop(v) => {
+                    tries.last = v.map(|v| (relay_name.clone(), v));
+                    break;
+                }
+                Step::End(done) => return done,
+            }
+        }
+        self.conclude(msg, &a, tries).await
+    }
+
+    /// The content of queued message `msg`, or how its attempt ends when it cannot be read.
+    async fn read_queued(&mut self, msg: &mut MessageState, t: u64) -> Result<Vec<u8>, Done> {
+        match self.outbox.read_message(Folder::Queue, &msg.id) {
+            Ok(d) => Ok(d),
             // Dropped by the user since the batch began.
-            Err(e) if e.is_not_found() => return Done::Failed,
+            Err(e) if e.is_not_found() => Err(Done::Failed),
             // A passing I/O error (EIO, EMFILE): try again later; nothing was attempted.
             Err(e @ OutboxError::Io { .. }) => {
                 warn!(user = %self.user, id = %msg.id, error = %e, "cannot read the message now");
-                return Done::Deferred(t + RECORD_RETRY);
+                Err(Done::Deferred(t + RECORD_RETRY))
             }
             // message.eml missing, a link, not a file: this message cannot be sent.
             Err(e) => {
                 let reason = format!("cannot read the message: {e}");
                 fail_pending(msg, &reason);
                 msg.failure = Some(reason);
-                return self.fail(msg).await;
-            }
-        };
-        let order = lock(&self.memory).order(link, relays, t);
-        let mut last: Option<(String, Verdict)> = None;
-        let mut tried_any = false;
-
-        for relay_name in &order {
-            let Some(relay) = settings.relays.get(relay_name) else {
-                continue; // config validation makes this unreachable
-            };
-            if let Some(v) = b.down.get(relay_name) {
-                last = Some((relay_name.clone(), v.clone()));
-                continue;
-            }
-            tried_any = true;
-            // Reuse the open session when it is for this relay and still healthy.
-            if b.open
-                .as_ref()
-                .is_some_and(|o| o.relay != *relay_name || !o.session.is_usable())
-                && let Some(o) = b.open.take()
-            {
-                o.session.close().await;
-            }
-            if b.open.is_none() {
-                let password = match self.password_for(relay).await {
-                    Ok(p) => p,
-                    Err(e) => {
-                        let v = Verdict {
-                            stage: crate::delivery::outcome::Stage::Auth,
-                            code: None,
-                            text: e,
-                            outcome: Outcome::Deferred,
-                        };
-                        b.down.insert(relay_name.clone(), v.clone());
-                        last = Some((relay_name.clone(), v));
-                        continue;
-                    }
-                };
-                let Some(opened) =
-                    until_rerouted(&mut b.rerouted, Session::open(relay, password)).await
-                else {
-                    return Done::Interrupted;
-                };
-                match opened {
-                    Ok(session) => {
-                        b.open = Some(Open {
-                            relay: relay_name.clone(),
-                            session,
-                        })
-                    }
-                    Err(v) => {
-                        if v.outcome == Outcome::RelayRefused {
-                            self.refused(link, relay_name, &v, settings);
-                            // A wrong password may be stale: ask again next time.
-                            self.passwords.remove(relay_name);
-                        } else {
-                            // Not answering, or not now: skip it for the rest of this batch.
-                            b.down.insert(relay_name.clone(), v.clone());
-                        }
-                        info!(user = %self.user, relay = %relay_name, reply = %v.describe(), "relay unusable");
-                        last = Some((relay_name.clone(), v));
-                        continue;
-                    }
-                }
-            }
-            let Some(o) = b.open.as_mut() else { continue };
-            let pending: Vec<String> = msg.pending().map(|r| r.addr.clone()).collect();
-            let Some(transaction) = until_rerouted(
-                &mut b.rerouted,
-                o.session.send(&msg.from, &pending, &data, self.durable()),
-            )
-            .await
-            else {
-                // Dropping the session closes the connection; nothing was confirmed.
-                b.open = None;
-                return Done::Interrupted;
-            };
-            let verdicts = match transaction {
-                Ok(tx) => tx.recipients,
-                Err(v) => {
-                    if v.outcome == Outcome::Failed {
-                        msg.attempts += 1;
-                        msg.last_attempt = Some(t);
-                        msg.last_relay = Some(relay_name.clone());
-                        msg.last_error = Some(format!("{relay_name}: {}", v.describe()));
-                        fail_pending(msg, &v.describe());
-                        msg.failure = Some(v.describe());
-                        return self.fail(msg).await;
-                    }
-                    if v.outcome == Outcome::RelayRefused {
-                        self.refused(link, relay_name, &v, settings);
-                    } else if v.is_timeout() {
-                        b.down.insert(relay_name.clone(), v.clone());
-                    }
-                    if !o.session.is_usable()
-                        && let Some(o) = b.open.take()
-                    {
-                        o.session.close().await;
-                    }
-                    last = Some((relay_name.clone(), v));
-                    continue;
-                }
-            };
-            let mut changed = false;
-            let mut any_sent = false;
-            let mut refusal: Option<Verdict> = None;
-            let mut worst: Option<Verdict> = None;
-            for (addr, v) in verdicts {
-                let Some(r) = msg.recipients.iter_mut().find(|r| r.addr == addr) else {
-                    continue;
-                };
-                r.reply = Some(v.describe());
-                match v.outcome {
-                    Outcome::Sent => {
-                        r.status = RecipientStatus::Sent;
-                        any_sent = true;
-                        changed = true;
-                    }
-                    Outcome::Failed => {
-                        r.status = RecipientStatus::Failed;
-                        changed = true;
-                    }
-                    Outcome::RelayRefused => refusal = Some(v.clone()),
-                    Outcome::Deferred => {}
-                }
-                if v.outcome != Outcome::Sent {
-                    worst = Some(v);
-                }
-            }
-            msg.last_relay = Some(relay_name.clone());
-            if any_sent {
-                lock(&self.memory).accepted(link, relay_name);
-                msg.sent_via = Some(relay_name.clone());
-            }
-            if let Some(v) = &refusal {
-                self.refused(link, relay_name, v, settings);
-            }
-            if changed && !msg.is_done() {
-                // Record the delivered recipients now: a crash or a route change before the
-                // end of this attempt must not send to them again.
-                self.save(msg).await;
-            }
-            match worst {
-                None => {
-                    last = None;
-                    break;
-                }
-                Some(v) => {
-                    let deferred_only = v.outcome == Outcome::Deferred;
-                    last = Some((relay_name.clone(), v));
-                    if msg.is_done() || (deferred_only && refusal.is_none()) {
-                        break; // nothing left, or this relay asked us to come back later
-                    }
-                }
+                Err(self.fail(msg).await)
             }
         }
+    }
 
+    /// Sends `msg` to its pending recipients through `relay` and records what each verdict
+    /// changed.
+    async fn try_relay(
+        &mut self,
+        msg: &mut MessageState,
+        relay: &Relay,
+        data: &[u8],
+        a: &Attempt<'_>,
+        b: &mut BatchState,
+    ) -> Step {
+        let mut o = match self.session_for(relay, a, b).await {
+            Ok(o) => o,
+            Err(step) => return step,
+        };
+        let pending: Vec<String> = msg.pending().map(|r| r.addr.clone()).collect();
+        let Some(transaction) = until_rerouted(
+            &mut b.rerouted,
+            o.session.send(&msg.from, &pending, data, self.durable()),
+        )
+        .await
+        else {
+            // Dropping the session closes the connection; nothing was confirmed.
+            return Step::End(Done::Interrupted);
+        };
+        let verdicts = match transaction {
+            Ok(tx) => tx.recipients,
+            Err(v) => return self.transaction_failed(msg, o, v, a, b).await,
+        };
+        b.open = Some(o);
+        let applied = apply_verdicts(msg, &relay.name, verdicts);
+        if applied.any_sent {
+            lock(&self.memory).accepted(a.link, &relay.name);
+        }
+        if let Some(v) = &applied.refusal {
+            self.refused(a.link, &relay.name, v, a.settings);
+        }
+        if applied.changed && !msg.is_done() {
+            // Record the delivered recipients now: a crash or a route change before the
+            // end of this attempt must not send to them again.
+            self.save(msg).await;
+        }
+        applied.next_step(msg.is_done())
+    }
+
+    /// A session with `relay`: the batch's open one when it is with this relay and still
+    /// usable, else a new one. `Err` when the relay cannot be used now (a refusal is
+    /// remembered, a relay that does not answer is skipped for the rest of the batch) or the
+    /// route changed meanwhile.
+    async fn session_for(
+        &mut self,
+        relay: &Relay,
+        a: &Attempt<'_>,
+        b: &mut BatchState,
+    ) -> Result<Open, Step> {
+        if let Some(o) = b.open.take() {
+            if o.relay == relay.name && o.session.is_usable() {
+                return Ok(o);
+            }
+            o.session.close().await;
+        }
+        let password = match self.password_for(relay).await {
+            Ok(p) => p,
+            Err(e) => {
+                let v = Verdict {
+                    stage: Stage::Auth,
+                    code: None,
+                    text: e,
+                    outcome: Outcome::Deferred,
+                };
+                b.down.insert(relay.name.clone(), v.clone());
+                return Err(Step::Next(v));
+            }
+        };
+        let Some(opened) = until_rerouted(&mut b.rerouted, Session::open(relay, password)).await
+        else {
+            return Err(Step::End(Done::Interrupted));
+        };
+        let v = match opened {
+            Ok(session) => {
+                return Ok(Open {
+                    relay: relay.name.clone(),
+                    session,
+                });
+            }
+            Err(v) => v,
+        };
+        if v.outcome == Outcome::RelayRefused {
+            self.refused(a.link, &relay.name, &v, a.settings);
+            // A wrong password may be stale: ask again next time.
+            self.passwords.remove(&relay.name);
+        } else {
+            // Not answering, or not now: skip it for the rest of this batch.
+            b.down.insert(relay.name.clone(), v.clone());
+        }
+        info!(user = %self.user, relay = %relay.name, reply = %v.describe(), "relay unusable");
+        Err(Step::Next(v))
+    }
+
+    /// The message transaction through `o` ended before per-recipient verdicts (MAIL FROM or
+    /// DATA as a whole, or the connection): the message fails for good, or the next relay is
+    /// tried.
+    async fn transaction_failed(
+        &mut self,
+        msg: &mut MessageState,
+        o: Open,
+        v: Verdict,
+        a: &Attempt<'_>,
+        b: &mut BatchState,
+    ) -> Step {
+        if v.outcome == Outcome::Failed {
+            msg.attempts += 1;
+            msg.last_attempt = Some(a.t);
+            msg.last_relay = Some(o.relay.clone());
+            msg.last_error = Some(format!("{}: {}", o.relay, v.describe()));
+            b.open = Some(o);
+            fail_pending(msg, &v.describe());
+            msg.failure = Some(v.describe());
+            return Step::End(self.fail(msg).await);
+        }
+        if v.outcome == Outcome::RelayRefused {
+            self.refused(a.link, &o.relay, &v, a.settings);
+        } else if v.is_timeout() {
+            b.down.insert(o.relay.clone(), v.clone());
+        }
+        if o.session.is_usable() {
+            b.open = Some(o);
+        } else {
+            o.session.close().await;
+        }
+        Step::Next(v)
+    }
+
+    /// Ends an attempt that went through the relays: the message leaves the queue when no
+    /// recipient is pending any more, fails when its lifetime is over, and is deferred
+    /// otherwise.
+    async fn conclude(&mut self, msg: &mut MessageState, a: &Attempt<'_>, tries: Tries) -> Done {
         msg.attempts += 1;
-        msg.last_attempt = Some(t);
-        if let Some((relay, v)) = &last {
+        msg.last_attempt = Some(a.t);
+        if let Some((relay, v)) = &tries.last {
             msg.last_error = Some(format!("{relay}: {}", v.describe()));
         }
         if msg.is_done() {
-            return self.complete(msg, t).await;
+            return self.complete(msg, a.t).await;
         }
-
-        // Still pending: defer, unless the lifetime is over.
-        let age = t.saturating_sub(msg.queued_at);
-        if age > settings.retry.lifetime.as_secs() {
+        let age = a.t.saturating_sub(msg.queued_at);
+        if age > a.settings.retry.lifetime.as_secs() {
             let last = msg.last_error.clone().unwrap_or_default();
-            return self.expire(msg, settings, &last).await;
+            return self.expire(msg, a.settings, &last).await;
         }
-        let key = route_key(link, relays);
+        let all_refused = !tries.tried_any && tries.last.is_none();
+        self.defer(msg, a, all_refused).await
+    }
+
+    /// Keeps a pending message queued until its next attempt: after the backoff of its route,
+    /// or, when every relay refused us recently on this link (`all_refused`), when the first of
+    /// those refusals ends, if that is sooner.
+    async fn defer(&mut self, msg: &mut MessageState, a: &Attempt<'_>, all_refused: bool) -> Done {
+        let key = route_key(a.link, a.relays);
         let step = next_step(
             msg.backoff_step,
             msg.backoff_route.as_deref(),
@@ -686,28 +734,18 @@ impl Flusher {
         );
         msg.backoff_step = step;
         msg.backoff_route = Some(key);
+        let retry = &a.settings.retry;
         let jitter = 0.8 + rand::random::<f64>() * 0.4;
-        let mut at = t + retry_delay(step, settings.retry.min, settings.retry.max, jitter)
-            .as_secs()
-            .max(1);
-        if !tried_any && last.is_none() {
-            // Every relay refused us recently on this link: come back when the first memory ends.
-            if let Some(release) = lock(&self.memory).earliest_release(link, relays, t) {
-                at = at.min(release.max(t + 1));
+        let mut at = a.t
+            + retry_delay(step, retry.min, retry.max, jitter)
+                .as_secs()
+                .max(1);
+        if all_refused {
+            let (release, why) = self.refused_everywhere(a);
+            if let Some(release) = release {
+                at = at.min(release.max(a.t + 1));
             }
-            msg.last_error = Some(match relays.first() {
-                Some(r) => {
-                    let m = lock(&self.memory);
-                    let reply = m
-                        .refusal(link, r, t)
-                        .map(|f| f.reply.clone())
-                        .unwrap_or_default();
-                    format!(
-                        "{r}: refused us on link {link} ({reply}); not retried before the refusal memory ends"
-                    )
-                }
-                None => "no relay".into(),
-            });
+            msg.last_error = Some(why);
         }
         msg.next_attempt = at;
         self.save(msg).await;
@@ -720,6 +758,27 @@ impl Flusher {
             next_attempt: at,
         });
         Done::Deferred(at)
+    }
+
+    /// When every relay of the route refused us recently on this link: when the first of those
+    /// refusals ends, and what to tell the user.
+    fn refused_everywhere(&self, a: &Attempt<'_>) -> (Option<u64>, String) {
+        let m = lock(&self.memory);
+        let release = m.earliest_release(a.link, a.relays, a.t);
+        let why = match a.relays.first() {
+            Some(r) => {
+                let reply = m
+                    .refusal(a.link, r, a.t)
+                    .map(|f| f.reply.clone())
+                    .unwrap_or_default();
+                let link = a.link;
+                format!(
+                    "{r}: refused us on link {link} ({reply}); not retried before the refusal memory ends"
+                )
+            }
+            None => "no relay".into(),
+        };
+        (release, why)
     }
 
     /// Waits until the record in flight, if any, is durable: the gate before the next message's
@@ -780,12 +839,12 @@ impl Flusher {
         });
     }
 
-    /// Takes back from `result` the messages counted as sent whose record then failed; they
+    /// Takes back from `tally` the messages counted as sent whose record then failed; they
     /// stay queued, and the batch comes back for them.
-    fn take_unrecorded(&mut self, result: &mut BatchResult, next_due: &mut Option<u64>) {
+    fn take_unrecorded(&mut self, tally: &mut Tally) {
         for at in self.unrecorded.drain(..) {
-            result.sent = result.sent.saturating_sub(1);
-            *next_due = min_some(*next_due, at);
+            tally.result.sent = tally.result.sent.saturating_sub(1);
+            tally.next_due = min_some(tally.next_due, at);
         }
     }
 
@@ -1004,6 +1063,144 @@ fn fail_pending(msg: &mut MessageState, reason: &str) {
     }
 }
 
+/// What a batch did so far.
+#[derive(Default)]
+struct Tally {
+    result: BatchResult,
+    /// The earliest unix second at which a message that stays queued is due.
+    next_due: Option<u64>,
+}
+
+impl Tally {
+    fn count(&mut self, done: &Done) {
+        match done {
+            Done::Sent => self.result.sent += 1,
+            Done::Deferred(at) => self.next_due = min_some(self.next_due, *at),
+            Done::Failed | Done::Interrupted => {}
+        }
+    }
+}
+
+/// The relays to try `msg` through on `route`, or why it is held: the route holds all mail, or
+/// the message is larger than the metered link allows. Pure.
+fn relays_for<'r>(route: &'r UserRoute, msg: &MessageState) -> Result<&'r [String], String> {
+    match &route.route {
+        Route::Hold { reason } => Err(format!("held: {reason}")),
+        Route::Send {
+            max_size: Some(max),
+            ..
+        } if msg.size > *max => Err(format!(
+            "held: larger than the {max} bytes allowed on metered link {}",
+            route.link
+        )),
+        Route::Send { relays, .. } => Ok(relays),
+    }
+}
+
+/// What one message is tried with: the link it goes out on, the route's relays, the settings,
+/// and when the attempt began.
+struct Attempt<'a> {
+    link: &'a str,
+    relays: &'a [String],
+    settings: &'a FlushSettings,
+    t: u64,
+}
+
+/// How trying the relays for one message went.
+struct Tries {
+    /// The last relay that did not take every recipient, with why; `None` when the last relay
+    /// tried took them all, or when there was none to try.
+    last: Option<(String, Verdict)>,
+    /// Whether any relay was tried, rather than left out by a recent refusal or down earlier in
+    /// the batch.
+    tried_any: bool,
+}
+
+/// What comes after trying one relay.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Try the next relay; this verdict says why this one did not take the message.
+    Next(Verdict),
+    /// Try no more relays: no recipient is pending, or the relay asked us to come back later.
+    /// With the relay's last verdict that did not deliver, if any.
+    Stop(Option<Verdict>),
+    /// The attempt is over: the message failed, or the route changed.
+    End(Done),
+}
+
+/// What a relay's per-recipient verdicts changed in a message ([`apply_verdicts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Applied {
+    /// A recipient was delivered or failed: the new state is worth recording.
+    changed: bool,
+    /// The relay took the message for at least one recipient.
+    any_sent: bool,
+    /// A verdict that says the relay refuses us on this link.
+    refusal: Option<Verdict>,
+    /// The last verdict that did not deliver; `None` when every recipient was taken.
+    worst: Option<Verdict>,
+}
+
+impl Applied {
+    /// Whether to try the next relay: not when every recipient was taken or none is pending
+    /// (`done`), nor when the relay only deferred them (come back later) without refusing us.
+    fn next_step(self, done: bool) -> Step {
+        let Some(v) = self.worst else {
+            return Step::Stop(None);
+        };
+        let deferred_only = v.outcome == Outcome::Deferred;
+        if done || (deferred_only && self.refusal.is_none()) {
+            Step::Stop(Some(v))
+        } else {
+            Step::Next(v)
+        }
+    }
+}
+
+/// Applies `relay`'s per-recipient verdicts to `msg`: each recipient named gets the reply, and
+/// a final status when the verdict is final (sent, failed); `relay` becomes the last relay
+/// tried, and the one that took the message if it took it for anyone. Pure: what to record,
+/// remember and try next is left to the caller.
+fn apply_verdicts(
+    msg: &mut MessageState,
+    relay: &str,
+    verdicts: Vec<(String, Verdict)>,
+) -> Applied {
+    let mut applied = Applied {
+        changed: false,
+        any_sent: false,
+        refusal: None,
+        worst: None,
+    };
+    for (addr, v) in verdicts {
+        let Some(r) = msg.recipients.iter_mut().find(|r| r.addr == addr) else {
+            continue;
+        };
+        r.reply = Some(v.describe());
+        match v.outcome {
+            Outcome::Sent => {
+                r.status = RecipientStatus::Sent;
+                applied.any_sent = true;
+                applied.changed = true;
+            }
+            Outcome::Failed => {
+                r.status = RecipientStatus::Failed;
+                applied.changed = true;
+            }
+            Outcome::RelayRefused => applied.refusal = Some(v.clone()),
+            Outcome::Deferred => {}
+        }
+        if v.outcome != Outcome::Sent {
+            applied.worst = Some(v);
+        }
+    }
+    msg.last_relay = Some(relay.to_string());
+    if applied.any_sent {
+        msg.sent_via = Some(relay.to_string());
+    }
+    applied
+}
+
 /// Runs `fut` unless the route changes first (`None` then). When the agent drops the route
 /// (the user was removed from the config) the attempt runs to its end.
 async fn until_rerouted<T>(
@@ -1022,9 +1219,14 @@ async fn until_rerouted<T>(
     }
 }
 
+/// Where one message stands after a batch looked at it.
+#[derive(Debug, PartialEq, Eq)]
 enum Done {
+    /// Delivered: on its way to sent/.
     Sent,
+    /// Stays queued; due again at this unix second.
     Deferred(u64),
+    /// Moved to failed/, or gone from the queue.
     Failed,
     /// The route changed while the message was being sent: nothing more was confirmed, the
     /// message stays queued as it is.
@@ -1033,4 +1235,151 @@ enum Done {
 
 fn min_some(a: Option<u64>, b: u64) -> Option<u64> {
     Some(a.map_or(b, |a| a.min(b)))
+}
+
+#[cfg(test)]
+mod tests {
+    use linkrelay_outbox::{Envelope, RecipientStatus::*};
+
+    use super::*;
+    use crate::delivery::outcome::classify;
+
+    fn message(recipients: &[&str]) -> MessageState {
+        let envelope = Envelope {
+            from: "alice@example.org".into(),
+            recipients: recipients.iter().map(|r| r.to_string()).collect(),
+        };
+        MessageState::new("m1", &envelope, 100, 0)
+    }
+
+    fn reply(stage: Stage, code: u16, text: &str) -> Verdict {
+        Verdict {
+            stage,
+            code: Some(code),
+            text: text.into(),
+            outcome: classify(stage, Some(code), text),
+        }
+    }
+
+    fn taken() -> Verdict {
+        reply(Stage::Message, 250, "2.0.0 Ok: queued")
+    }
+    fn unknown_user() -> Verdict {
+        reply(Stage::Rcpt, 550, "5.1.1 no such user")
+    }
+    fn busy() -> Verdict {
+        reply(Stage::Rcpt, 451, "4.3.0 try again later")
+    }
+    fn not_from_here() -> Verdict {
+        reply(Stage::Rcpt, 554, "5.7.1 Relay access denied")
+    }
+
+    #[test]
+    fn verdicts_set_each_recipient_and_say_whether_to_try_the_next_relay() {
+        struct Case {
+            what: &'static str,
+            verdicts: Vec<Verdict>,
+            statuses: [RecipientStatus; 2],
+            changed: bool,
+            sent_via: Option<&'static str>,
+            next: Step,
+        }
+        let cases = [
+            Case {
+                what: "every recipient taken",
+                verdicts: vec![taken(), taken()],
+                statuses: [Sent, Sent],
+                changed: true,
+                sent_via: Some("relay-a"),
+                next: Step::Stop(None),
+            },
+            Case {
+                what: "one taken, one rejected for good",
+                verdicts: vec![taken(), unknown_user()],
+                statuses: [Sent, Failed],
+                changed: true,
+                sent_via: Some("relay-a"),
+                next: Step::Stop(Some(unknown_user())),
+            },
+            Case {
+                what: "one taken, one to come back for later",
+                verdicts: vec![taken(), busy()],
+                statuses: [Sent, Pending],
+                changed: true,
+                sent_via: Some("relay-a"),
+                next: Step::Stop(Some(busy())),
+            },
+            Case {
+                what: "nothing taken, the relay busy",
+                verdicts: vec![busy(), busy()],
+                statuses: [Pending, Pending],
+                changed: false,
+                sent_via: None,
+                next: Step::Stop(Some(busy())),
+            },
+            Case {
+                what: "one taken, the relay refuses us the other",
+                verdicts: vec![taken(), not_from_here()],
+                statuses: [Sent, Pending],
+                changed: true,
+                sent_via: Some("relay-a"),
+                next: Step::Next(not_from_here()),
+            },
+            Case {
+                what: "a refusal, then a busy reply",
+                verdicts: vec![not_from_here(), busy()],
+                statuses: [Pending, Pending],
+                changed: false,
+                sent_via: None,
+                next: Step::Next(busy()),
+            },
+        ];
+        for case in cases {
+            let mut msg = message(&["a@example.net", "b@example.net"]);
+            let verdicts: Vec<(String, Verdict)> = ["a@example.net", "b@example.net"]
+                .into_iter()
+                .map(String::from)
+                .zip(case.verdicts.clone())
+                .collect();
+            let applied = apply_verdicts(&mut msg, "relay-a", verdicts);
+            let statuses: Vec<RecipientStatus> = msg.recipients.iter().map(|r| r.status).collect();
+            assert_eq!(statuses, case.statuses, "{}", case.what);
+            let replies: Vec<Option<String>> =
+                msg.recipients.iter().map(|r| r.reply.clone()).collect();
+            let expected: Vec<Option<String>> =
+                case.verdicts.iter().map(|v| Some(v.describe())).collect();
+            assert_eq!(replies, expected, "{}", case.what);
+            assert_eq!(applied.changed, case.changed, "{}", case.what);
+            assert_eq!(msg.last_relay.as_deref(), Some("relay-a"), "{}", case.what);
+            assert_eq!(msg.sent_via.as_deref(), case.sent_via, "{}", case.what);
+            assert_eq!(applied.next_step(msg.is_done()), case.next, "{}", case.what);
+        }
+    }
+
+    #[test]
+    fn a_refusal_on_this_link_is_reported_for_the_relay_memory() {
+        let mut msg = message(&["a@example.net"]);
+        let applied = apply_verdicts(
+            &mut msg,
+            "relay-a",
+            vec![("a@example.net".into(), not_from_here())],
+        );
+        assert_eq!(applied.refusal, Some(not_from_here()));
+        assert!(!applied.any_sent);
+        assert_eq!(msg.recipients[0].status, Pending);
+    }
+
+    #[test]
+    fn a_verdict_for_an_address_the_message_does_not_have_changes_nothing() {
+        let mut msg = message(&["a@example.net"]);
+        let applied = apply_verdicts(
+            &mut msg,
+            "relay-a",
+            vec![("stranger@example.net".into(), taken())],
+        );
+        assert!(!applied.changed && !applied.any_sent);
+        assert_eq!(msg.recipients[0].status, Pending);
+        assert_eq!(msg.recipients[0].reply, None);
+        assert_eq!(msg.sent_via, None);
+    }
 }
