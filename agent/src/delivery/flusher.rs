@@ -1241,8 +1241,8 @@ fn min_some(a: Option<u64>, b: u64) -> Option<u64> {
 mod tests {
     use linkrelay_outbox::{Envelope, RecipientStatus::*};
 
+    use super::Step::{Next, Stop};
     use super::*;
-    use crate::delivery::outcome::classify;
 
     fn message(recipients: &[&str]) -> MessageState {
         let envelope = Envelope {
@@ -1252,131 +1252,76 @@ mod tests {
         MessageState::new("m1", &envelope, 100, 0)
     }
 
-    fn reply(stage: Stage, code: u16, text: &str) -> Verdict {
-        Verdict {
-            stage,
-            code: Some(code),
-            text: text.into(),
-            outcome: classify(stage, Some(code), text),
-        }
+    fn ok() -> Verdict {
+        Verdict::new(Stage::Message, Some(250), "2.0.0 Ok: queued".into())
     }
-
-    fn taken() -> Verdict {
-        reply(Stage::Message, 250, "2.0.0 Ok: queued")
-    }
-    fn unknown_user() -> Verdict {
-        reply(Stage::Rcpt, 550, "5.1.1 no such user")
+    fn bad() -> Verdict {
+        Verdict::new(Stage::Rcpt, Some(550), "5.1.1 no such user".into())
     }
     fn busy() -> Verdict {
-        reply(Stage::Rcpt, 451, "4.3.0 try again later")
+        Verdict::new(Stage::Rcpt, Some(451), "4.3.0 try again later".into())
     }
-    fn not_from_here() -> Verdict {
-        reply(Stage::Rcpt, 554, "5.7.1 Relay access denied")
+    fn refused() -> Verdict {
+        Verdict::new(Stage::Rcpt, Some(554), "5.7.1 Relay access denied".into())
     }
 
     #[test]
     fn verdicts_set_each_recipient_and_say_whether_to_try_the_next_relay() {
-        struct Case {
-            what: &'static str,
-            verdicts: Vec<Verdict>,
-            statuses: [RecipientStatus; 2],
-            changed: bool,
-            sent_via: Option<&'static str>,
-            next: Step,
-        }
+        // One row per case: what the relay answered for a and b, their statuses then, what next.
+        #[rustfmt::skip]
         let cases = [
-            Case {
-                what: "every recipient taken",
-                verdicts: vec![taken(), taken()],
-                statuses: [Sent, Sent],
-                changed: true,
-                sent_via: Some("relay-a"),
-                next: Step::Stop(None),
-            },
-            Case {
-                what: "one taken, one rejected for good",
-                verdicts: vec![taken(), unknown_user()],
-                statuses: [Sent, Failed],
-                changed: true,
-                sent_via: Some("relay-a"),
-                next: Step::Stop(Some(unknown_user())),
-            },
-            Case {
-                what: "one taken, one to come back for later",
-                verdicts: vec![taken(), busy()],
-                statuses: [Sent, Pending],
-                changed: true,
-                sent_via: Some("relay-a"),
-                next: Step::Stop(Some(busy())),
-            },
-            Case {
-                what: "nothing taken, the relay busy",
-                verdicts: vec![busy(), busy()],
-                statuses: [Pending, Pending],
-                changed: false,
-                sent_via: None,
-                next: Step::Stop(Some(busy())),
-            },
-            Case {
-                what: "one taken, the relay refuses us the other",
-                verdicts: vec![taken(), not_from_here()],
-                statuses: [Sent, Pending],
-                changed: true,
-                sent_via: Some("relay-a"),
-                next: Step::Next(not_from_here()),
-            },
-            Case {
-                what: "a refusal, then a busy reply",
-                verdicts: vec![not_from_here(), busy()],
-                statuses: [Pending, Pending],
-                changed: false,
-                sent_via: None,
-                next: Step::Next(busy()),
-            },
+            ("every recipient taken", [ok(), ok()], [Sent, Sent], Stop(None)),
+            ("one taken, one rejected", [ok(), bad()], [Sent, Failed], Stop(Some(bad()))),
+            ("one taken, one deferred", [ok(), busy()], [Sent, Pending], Stop(Some(busy()))),
+            ("the relay busy", [busy(), busy()], [Pending, Pending], Stop(Some(busy()))),
+            ("one taken, one refused", [ok(), refused()], [Sent, Pending], Next(refused())),
+            ("refused, then deferred", [refused(), busy()], [Pending, Pending], Next(busy())),
         ];
-        for case in cases {
+        for (what, verdicts, statuses, next) in cases {
             let mut msg = message(&["a@example.net", "b@example.net"]);
-            let verdicts: Vec<(String, Verdict)> = ["a@example.net", "b@example.net"]
-                .into_iter()
-                .map(String::from)
-                .zip(case.verdicts.clone())
-                .collect();
-            let applied = apply_verdicts(&mut msg, "relay-a", verdicts);
-            let statuses: Vec<RecipientStatus> = msg.recipients.iter().map(|r| r.status).collect();
-            assert_eq!(statuses, case.statuses, "{}", case.what);
+            let given = ["a@example.net".to_string(), "b@example.net".to_string()];
+            let applied = apply_verdicts(
+                &mut msg,
+                "relay-a",
+                given.into_iter().zip(verdicts.clone()).collect(),
+            );
+            let now: Vec<RecipientStatus> = msg.recipients.iter().map(|r| r.status).collect();
+            assert_eq!(now, statuses, "{what}");
             let replies: Vec<Option<String>> =
                 msg.recipients.iter().map(|r| r.reply.clone()).collect();
             let expected: Vec<Option<String>> =
-                case.verdicts.iter().map(|v| Some(v.describe())).collect();
-            assert_eq!(replies, expected, "{}", case.what);
-            assert_eq!(applied.changed, case.changed, "{}", case.what);
-            assert_eq!(msg.last_relay.as_deref(), Some("relay-a"), "{}", case.what);
-            assert_eq!(msg.sent_via.as_deref(), case.sent_via, "{}", case.what);
-            assert_eq!(applied.next_step(msg.is_done()), case.next, "{}", case.what);
+                verdicts.iter().map(|v| Some(v.describe())).collect();
+            assert_eq!(replies, expected, "{what}");
+            assert_eq!(
+                applied.changed,
+                statuses.iter().any(|s| *s != Pending),
+                "{what}"
+            );
+            assert_eq!(msg.last_relay.as_deref(), Some("relay-a"), "{what}");
+            let sent_via = statuses.contains(&Sent).then_some("relay-a");
+            assert_eq!(msg.sent_via.as_deref(), sent_via, "{what}");
+            assert_eq!(applied.next_step(msg.is_done()), next, "{what}");
         }
+    }
+
+    /// A message to a@example.net, after relay-a gave `v` for `addr`.
+    fn one_verdict_for_a(addr: &str, v: Verdict) -> (MessageState, Applied) {
+        let mut msg = message(&["a@example.net"]);
+        let applied = apply_verdicts(&mut msg, "relay-a", vec![(addr.to_string(), v)]);
+        (msg, applied)
     }
 
     #[test]
     fn a_refusal_on_this_link_is_reported_for_the_relay_memory() {
-        let mut msg = message(&["a@example.net"]);
-        let applied = apply_verdicts(
-            &mut msg,
-            "relay-a",
-            vec![("a@example.net".into(), not_from_here())],
-        );
-        assert_eq!(applied.refusal, Some(not_from_here()));
+        let (msg, applied) = one_verdict_for_a("a@example.net", refused());
+        assert_eq!(applied.refusal, Some(refused()));
         assert!(!applied.any_sent);
         assert_eq!(msg.recipients[0].status, Pending);
     }
 
     #[test]
     fn a_verdict_for_an_address_the_message_does_not_have_changes_nothing() {
-        let mut msg = message(&["a@example.net"]);
-        let applied = apply_verdicts(
-            &mut msg,
-            "relay-a",
-            vec![("stranger@example.net".into(), taken())],
-        );
+        let (msg, applied) = one_verdict_for_a("stranger@example.net", ok());
         assert!(!applied.changed && !applied.any_sent);
         assert_eq!(msg.recipients[0].status, Pending);
         assert_eq!(msg.recipients[0].reply, None);

@@ -29,7 +29,8 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    fn new(stage: Stage, code: Option<u16>, text: String) -> Self {
+    /// A reply at `stage`, classified ([`classify`]).
+    pub fn new(stage: Stage, code: Option<u16>, text: String) -> Self {
         let outcome = classify(stage, code, &text);
         Self {
             stage,

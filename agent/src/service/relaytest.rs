@@ -294,15 +294,9 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::delivery::outcome::classify;
 
     fn verdict(stage: Stage, code: u16, text: &str) -> Verdict {
-        Verdict {
-            stage,
-            code: Some(code),
-            text: text.into(),
-            outcome: classify(stage, Some(code), text),
-        }
+        Verdict::new(stage, Some(code), text.into())
     }
 
     fn blank() -> RelayTest {

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{info, warn};
-use zbus::{Connection, MatchRule, MessageStream};
+use zbus::{Connection, MessageStream};
 
 use crate::source::link::{LinkState, SourceName};
 
@@ -200,13 +200,7 @@ async fn auto(tx: watch::Sender<LinkState>) {
 /// Follows NetworkManager's name on `system`, switching between it and netlink; returns when
 /// the bus connection fails.
 async fn follow(system: &Connection, auto: &mut Auto) -> zbus::Result<()> {
-    let owner_changes = MatchRule::builder()
-        .msg_type(zbus::message::Type::Signal)
-        .sender("org.freedesktop.DBus")
-        .interface("org.freedesktop.DBus")
-        .member("NameOwnerChanged")
-        .add_arg(NM_BUS_NAME)
-        .build()?;
+    let owner_changes = crate::source::nm::owner_changes()?;
     // Subscribe first, then ask: an owner change in between is not missed.
     let mut owners = MessageStream::for_match_rule(owner_changes, system, None).await?;
     let dbus = zbus::fdo::DBusProxy::new(system).await?;

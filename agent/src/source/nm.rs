@@ -47,6 +47,17 @@ pub fn nm_absent_problem() -> String {
         .to_string()
 }
 
+/// The match rule for NetworkManager's bus name changing hands (NM starting, stopping).
+pub(crate) fn owner_changes() -> zbus::Result<MatchRule<'static>> {
+    MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .sender("org.freedesktop.DBus")
+        .interface("org.freedesktop.DBus")
+        .member("NameOwnerChanged")
+        .add_arg(NM_BUS_NAME)
+        .build()
+}
+
 /// Follows NetworkManager on `system` and publishes every change into `tx`. Returns only if the
 /// bus connection itself breaks.
 pub async fn run(system: Connection, tx: watch::Sender<LinkState>) -> zbus::Result<()> {
@@ -55,13 +66,7 @@ pub async fn run(system: Connection, tx: watch::Sender<LinkState>) -> zbus::Resu
         .sender(NM_BUS_NAME)
         .path_namespace(MANAGER_PATH)
         .build()?;
-    let owner_changes = MatchRule::builder()
-        .msg_type(zbus::message::Type::Signal)
-        .sender("org.freedesktop.DBus")
-        .interface("org.freedesktop.DBus")
-        .member("NameOwnerChanged")
-        .add_arg(NM_BUS_NAME)
-        .build()?;
+    let owner_changes = owner_changes()?;
     // Subscribe first, then read: nothing that happens in between is missed.
     let mut nudges = Nudges {
         signals: MessageStream::for_match_rule(nm_signals, &system, None).await?,
@@ -205,18 +210,30 @@ impl Reader {
         problem(format!("cannot read NetworkManager's state: {e}"))
     }
 
-    /// Every property of `iface` on NM's object `path`, in one round trip.
-    async fn get_all(&self, path: &OwnedObjectPath, iface: &'static str) -> zbus::Result<Props> {
-        let reply = self
-            .system
+    /// Calls `method` of `org.freedesktop.DBus.Properties` on NM's object `path`.
+    async fn properties<B>(
+        &self,
+        path: &OwnedObjectPath,
+        method: &str,
+        body: &B,
+    ) -> zbus::Result<zbus::Message>
+    where
+        B: serde::Serialize + zbus::zvariant::DynamicType,
+    {
+        self.system
             .call_method(
                 Some(NM_BUS_NAME),
                 path.as_str(),
                 Some("org.freedesktop.DBus.Properties"),
-                "GetAll",
-                &(iface,),
+                method,
+                body,
             )
-            .await?;
+            .await
+    }
+
+    /// Every property of `iface` on NM's object `path`, in one round trip.
+    async fn get_all(&self, path: &OwnedObjectPath, iface: &'static str) -> zbus::Result<Props> {
+        let reply = self.properties(path, "GetAll", &(iface,)).await?;
         Ok(Props {
             iface,
             map: reply.body().deserialize()?,
@@ -230,16 +247,7 @@ impl Reader {
         iface: &'static str,
         name: &str,
     ) -> zbus::Result<OwnedVariant> {
-        let reply = self
-            .system
-            .call_method(
-                Some(NM_BUS_NAME),
-                path.as_str(),
-                Some("org.freedesktop.DBus.Properties"),
-                "Get",
-                &(iface, name),
-            )
-            .await?;
+        let reply = self.properties(path, "Get", &(iface, name)).await?;
         reply.body().deserialize()
     }
 
