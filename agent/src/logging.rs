@@ -45,7 +45,7 @@ pub fn style_from_env() -> LogStyle {
 
 /// [`style_from_env`] as a pure function: `journal_stream` is the variable's value, `stderr`
 /// the (device, inode) of stderr.
-pub fn style_for(journal_stream: Option<&str>, stderr: Option<(u64, u64)>, tty: bool) -> LogStyle {
+fn style_for(journal_stream: Option<&str>, stderr: Option<(u64, u64)>, tty: bool) -> LogStyle {
     let parsed = journal_stream.and_then(|v| {
         let (dev, ino) = v.split_once(':')?;
         Some((
@@ -61,7 +61,7 @@ pub fn style_for(journal_stream: Option<&str>, stderr: Option<(u64, u64)>, tty: 
 }
 
 /// The syslog priority of a tracing level, as sd-daemon(3) prefixes use it.
-pub fn priority(level: Level) -> u8 {
+fn priority(level: Level) -> u8 {
     match level {
         Level::ERROR => 3,
         Level::WARN => 4,
@@ -75,7 +75,7 @@ const LETTRE_CONNECTION: &str = "lettre::transport::smtp::client";
 
 /// `RUST_LOG` (default `info`) with the secret-bearing targets capped: lettre's connection
 /// module never logs below `info`, so secrets never reach the logs, even at `RUST_LOG=trace`.
-pub fn env_filter() -> EnvFilter {
+fn env_filter() -> EnvFilter {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match format!("{LETTRE_CONNECTION}=info").parse() {
         Ok(cap) => filter.add_directive(cap),
@@ -83,7 +83,8 @@ pub fn env_filter() -> EnvFilter {
     }
 }
 
-/// Installs the global subscriber: [`env_filter`], stderr, in `style`.
+/// Installs the global subscriber: `RUST_LOG` (default `info`, lettre's connection module
+/// capped at `info` so that no secret reaches the logs), stderr, in `style`.
 pub fn init(style: LogStyle) {
     let filter = env_filter();
     let builder = tracing_subscriber::fmt()
