@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use linkrelay_config::{Config, LinkFacts, MeteredPolicy};
+use linkrelay_config::{Config, LinkFacts, LinkName, MeteredPolicy};
 use linkrelay_dbus::nm::active::ActiveConnectionProxy;
 use linkrelay_dbus::nm::manager::NetworkManagerProxy;
 use linkrelay_dbus::nm::settings::{SettingsConnectionProxy, SettingsProxy};
@@ -43,7 +43,7 @@ pub struct Choice {
     /// The profile to activate.
     pub profile: Profile,
     /// The [[link]] rule it matches.
-    pub link: String,
+    pub link: LinkName,
     /// The users it gives a relay to, of those whose mail is held.
     pub serves: Vec<String>,
 }
@@ -272,7 +272,7 @@ pub async fn connect_and_flush(
                 .map(|q| q.user.clone())
                 .collect();
             if waiting.is_empty() {
-                config.users.iter().map(|u| u.name.clone()).collect()
+                config.users.iter().map(|u| u.name.to_string()).collect()
             } else {
                 waiting
             }

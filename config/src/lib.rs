@@ -46,6 +46,7 @@ use std::time::Duration;
 
 mod diag;
 mod glob;
+mod names;
 mod parse;
 mod perms;
 #[cfg(test)]
@@ -53,6 +54,7 @@ mod tests;
 
 pub use diag::{ConfigError, Diagnostic, Diagnostics, Note};
 pub use ipnet::IpNet;
+pub use names::{LinkName, RelayName, UserName};
 
 /// The starter config that `linkrelay config init` writes: every option, commented where
 /// optional. As written it parses, and behaves like [`Config::embedded_default`] (one user
@@ -214,7 +216,7 @@ impl Default for NotifySettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkRule {
     /// `name`: `[a-z0-9][a-z0-9._-]*`, unique among links; users' `routes` refer to it.
-    pub name: String,
+    pub name: LinkName,
     /// `match = { ... }`: which links this rule stands for.
     pub matcher: LinkMatch,
     /// `metered` (and `metered_max_size`): what to do when the link is metered.
@@ -372,7 +374,7 @@ pub struct LinkFacts {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Relay {
     /// `name`: `[a-z0-9][a-z0-9._-]*`, unique among relays; users' `routes` refer to it.
-    pub name: String,
+    pub name: RelayName,
     /// `host`: host name or address.
     pub host: String,
     /// `port`: default by `tls` (see [`TlsMode::default_port`]).
@@ -447,24 +449,32 @@ impl fmt::Display for TlsMode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
     /// `name`: `[a-z0-9][a-z0-9._-]*`, unique among users; also the outbox directory name.
-    pub name: String,
+    pub name: UserName,
     /// `from`: globs on the envelope sender, case-insensitive.
     pub from: Vec<String>,
     /// `default`: chosen when no user's `from` matches.
     pub default: bool,
-    /// `routes`: link name (or `"*"`: any link not listed) -> relays tried in order. An empty
-    /// list means: hold mail on that link.
-    pub routes: BTreeMap<String, Vec<String>>,
+    /// `routes`: link name -> relays tried in order. An empty list means: hold mail on that
+    /// link.
+    pub routes: BTreeMap<LinkName, Vec<RelayName>>,
+    /// `routes`' `"*"` entry: the relays for any link not listed in [`User::routes`]. `None`
+    /// when there is no `"*"` entry; an empty list holds mail.
+    pub other_links: Option<Vec<RelayName>>,
 }
 
 impl User {
     /// The relays to try, in order, on the link named `link_name`: its own entry in `routes`,
     /// else the `"*"` entry, else `None` (no relay for this link).
-    pub fn relays_for(&self, link_name: &str) -> Option<&[String]> {
+    pub fn relays_for(&self, link_name: &str) -> Option<&[RelayName]> {
         self.routes
             .get(link_name)
-            .or_else(|| self.routes.get("*"))
+            .or(self.other_links.as_ref())
             .map(Vec::as_slice)
+    }
+
+    /// Every relay this user's routes name, on any link (with repeats).
+    pub fn all_relays(&self) -> impl Iterator<Item = &RelayName> {
+        self.routes.values().chain(&self.other_links).flatten()
     }
 
     /// Whether one of this user's `from` globs matches the envelope sender (case-insensitive).
@@ -507,10 +517,11 @@ impl Config {
             links: Vec::new(),
             relays: Vec::new(),
             users: vec![User {
-                name: "default".to_owned(),
+                name: "default".into(),
                 from: vec!["*".to_owned()],
                 default: true,
                 routes: BTreeMap::new(),
+                other_links: None,
             }],
             notes: Vec::new(),
         }

@@ -14,8 +14,8 @@ use toml::de::{DeString, DeTable, DeValue};
 
 use crate::diag::{Diagnostic, Diagnostics, Note, line_col};
 use crate::{
-    AgentSettings, Config, IpNet, LinkMatch, LinkRule, MeteredPolicy, NETLINK_FIELDS,
-    NotifySettings, Relay, RetrySettings, SourceKind, TlsMode, User, glob,
+    AgentSettings, Config, IpNet, LinkMatch, LinkName, LinkRule, MeteredPolicy, NETLINK_FIELDS,
+    NotifySettings, Relay, RelayName, RetrySettings, SourceKind, TlsMode, User, glob,
 };
 
 mod relay_auth;
@@ -995,7 +995,7 @@ fn link(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, name: &str, source: SourceKind) ->
     }
 
     LinkRule {
-        name: name.to_owned(),
+        name: name.into(),
         matcher,
         metered,
     }
@@ -1239,7 +1239,7 @@ fn relay(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, name: &str) -> Relay {
     }
 
     Relay {
-        name: name.to_owned(),
+        name: name.into(),
         host,
         port,
         tls: tls.unwrap_or(TlsMode::Starttls),
@@ -1502,6 +1502,7 @@ fn check_users(
     let mut users = Vec::new();
     for u in raw {
         let mut routes = BTreeMap::new();
+        let mut other_links = None;
         for (link, relays) in &u.routes {
             if link.value != "*" && !known_links.iter().any(|l| l == link.value) {
                 let mut help = String::new();
@@ -1562,16 +1563,20 @@ fn check_users(
                 }
                 seen.push(relay.value);
             }
-            routes.insert(
-                link.value.to_owned(),
-                relays.iter().map(|r| r.value.to_owned()).collect(),
-            );
+            let relays = relays.iter().map(|r| RelayName::from(r.value)).collect();
+            match link.value {
+                "*" => other_links = Some(relays),
+                name => {
+                    routes.insert(LinkName::from(name), relays);
+                }
+            }
         }
         users.push(User {
-            name: u.name,
+            name: u.name.into(),
             from: u.from,
             default: u.default.is_some(),
             routes,
+            other_links,
         });
     }
     users

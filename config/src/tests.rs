@@ -59,6 +59,7 @@ fn user(name: &str, from: &[&str], default: bool) -> User {
         from: from.iter().map(|s| s.to_string()).collect(),
         default,
         routes: BTreeMap::new(),
+        other_links: None,
     }
 }
 
@@ -101,13 +102,19 @@ fn example_config_parses() {
     assert!(!alice.default);
     assert_eq!(
         alice.relays_for("isp-a"),
-        Some(&["relay-a".to_string()][..])
+        Some(&[RelayName::from("relay-a")][..])
     );
     assert_eq!(alice.relays_for("isp-b"), None);
     let bob = c.user("bob").expect("bob");
     assert!(bob.default);
-    assert_eq!(bob.relays_for("isp-a"), Some(&["relay-a".to_string()][..]));
-    assert_eq!(bob.relays_for("isp-b"), Some(&["relay-b".to_string()][..]));
+    assert_eq!(
+        bob.relays_for("isp-a"),
+        Some(&[RelayName::from("relay-a")][..])
+    );
+    assert_eq!(
+        bob.relays_for("isp-b"),
+        Some(&[RelayName::from("relay-b")][..])
+    );
     assert_eq!(bob.relays_for("home-wifi"), None);
 
     let user_of = |s: &str| c.user_for_sender(s).map(|u| u.name.as_str());
@@ -161,7 +168,7 @@ fn starter_config_options_are_valid_when_uncommented() {
     );
     assert_eq!(
         c.users[0].relays_for("home"),
-        Some(&["my-isp".to_string()][..])
+        Some(&[RelayName::from("my-isp")][..])
     );
     // every key of every table is shown in the starter
     for key in [
@@ -1332,7 +1339,8 @@ fn relays_for_exact_then_star() {
         r#"routes = { isp-a = ["ra", "rb"], isp-b = [], "*" = ["rb"] }"#,
     ]));
     let u = c.user("u").expect("u");
-    let names = |r: Option<&[String]>| r.map(|r| r.to_vec());
+    let names =
+        |r: Option<&[RelayName]>| r.map(|r| r.iter().map(|n| n.to_string()).collect::<Vec<_>>());
     assert_eq!(
         names(u.relays_for("isp-a")),
         Some(vec!["ra".to_string(), "rb".to_string()])

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use linkrelay_config::RelayName;
 use linkrelay_dbus::{
     AgentError, FlushResult, MessageInfo, OverrideInfo, QueueCount, RelayTest, RouteInfo,
 };
@@ -84,7 +85,7 @@ pub enum Command {
     Reload { reply: Reply<()> },
     /// Test a relay without sending.
     TestRelay {
-        relay: String,
+        relay: RelayName,
         /// Envelope sender to try ("" = a default).
         from: String,
         /// Recipient to try ("" = a default).
@@ -326,7 +327,7 @@ impl AgentInterface {
         bounded("from", &from)?;
         bounded("to", &to)?;
         self.ask(|reply| Command::TestRelay {
-            relay,
+            relay: relay.into(),
             from,
             to,
             reply,

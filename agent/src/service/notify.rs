@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::ControlFlow;
 use std::time::Duration;
 
-use linkrelay_config::NotifySettings;
+use linkrelay_config::{NotifySettings, UserName};
 use linkrelay_dbus::{AgentError, MessageInfo};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -208,7 +208,7 @@ pub fn markup_escape(text: &str) -> String {
 #[derive(Debug)]
 enum Event {
     Failed {
-        user: String,
+        user: UserName,
         id: String,
         reason: String,
     },
@@ -236,9 +236,9 @@ impl Notifier {
     }
 
     /// A message moved to failed/.
-    pub fn failed(&self, user: &str, id: &str, reason: &str) {
+    pub fn failed(&self, user: &UserName, id: &str, reason: &str) {
         let _ = self.tx.send(Event::Failed {
-            user: user.into(),
+            user: user.clone(),
             id: id.into(),
             reason: reason.into(),
         });
