@@ -383,15 +383,9 @@ pub struct Relay {
     pub tls: TlsMode,
     /// `helo`: the name we give in EHLO/HELO; `None` = this machine's host name.
     pub helo: Option<String>,
-    /// `username`: for SMTP AUTH; given together with `password_command` or
-    /// `password_secret` (exactly one of them).
-    pub username: Option<String>,
-    /// `password_command`: run with `sh -c`; the first line of its stdout is the password.
-    pub password_command: Option<String>,
-    /// `password_secret = { service = "smtp", username = "bob" }`: the password is the secret
-    /// of the item with these attributes in the Secret Service (the desktop keyring, as
-    /// `secret-tool lookup service smtp username bob` finds it).
-    pub password_secret: Option<BTreeMap<String, String>>,
+    /// `username` with `password_secret` or `password_command`: how to log in (SMTP AUTH);
+    /// `None` for a relay that takes mail without.
+    pub auth: Option<Auth>,
     /// `dangerous_plaintext_auth = true`: allows AUTH on a connection without TLS to a relay
     /// that is not on this machine (the password crosses the network in clear). Only with
     /// `tls = "none"`; without it such an AUTH is refused.
@@ -406,6 +400,27 @@ pub struct Relay {
 impl Relay {
     /// `timeout` when not given.
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+}
+
+/// `[[relay]] username` and its password source: how we log in to a relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Auth {
+    /// `username`: the account name on the relay.
+    pub username: String,
+    /// Where the password comes from.
+    pub secret: Secret,
+}
+
+/// Where a relay's password comes from: exactly one of `password_secret` and
+/// `password_command`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Secret {
+    /// `password_secret = { service = "smtp", username = "bob" }`: the password is the secret
+    /// of the item with these attributes in the Secret Service (the desktop keyring, as
+    /// `secret-tool lookup service smtp username bob` finds it).
+    Keyring(BTreeMap<String, String>),
+    /// `password_command`: run with `sh -c`; the first line of its stdout is the password.
+    Command(String),
 }
 
 /// `[[relay]] tls`: how the connection to a relay is secured.

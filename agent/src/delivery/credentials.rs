@@ -14,27 +14,29 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use linkrelay_config::Relay;
+use linkrelay_config::{self as config, Relay};
 use serde::Deserialize;
 use tracing::debug;
 use zbus::{Connection, ObjectPath, OwnedObjectPath, OwnedVariant, Type, Variant, proxy};
 
-/// The password for `relay`, `None` if it has no password source. The error says what went
-/// wrong, without the password.
+/// The password for `relay`, `None` if it does not log in. The error says what went wrong,
+/// without the password.
 pub(crate) async fn fetch(relay: &Relay) -> Result<Option<String>, String> {
-    if let Some(attributes) = &relay.password_secret {
-        debug!(relay = %relay.name, "looking up the password in the Secret Service");
-        return lookup(attributes)
-            .await
-            .map(Some)
-            .map_err(|e| e.to_string());
-    }
-    match &relay.password_command {
-        Some(command) => {
+    let Some(auth) = &relay.auth else {
+        return Ok(None);
+    };
+    match &auth.secret {
+        config::Secret::Keyring(attributes) => {
+            debug!(relay = %relay.name, "looking up the password in the Secret Service");
+            lookup(attributes)
+                .await
+                .map(Some)
+                .map_err(|e| e.to_string())
+        }
+        config::Secret::Command(command) => {
             debug!(relay = %relay.name, "running password_command");
             run_password_command(command, relay.timeout).await.map(Some)
         }
-        None => Ok(None),
     }
 }
 
@@ -42,7 +44,7 @@ pub(crate) async fn fetch(relay: &Relay) -> Result<Option<String>, String> {
 /// The password is never logged; a failing command is reported without its output. A command
 /// that has not finished within `limit` (a pinentry nobody answers) is killed: a user's
 /// outbox must not hang on it.
-pub async fn run_password_command(command: &str, limit: Duration) -> Result<String, String> {
+async fn run_password_command(command: &str, limit: Duration) -> Result<String, String> {
     let child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(command)

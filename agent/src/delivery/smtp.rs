@@ -296,7 +296,7 @@ impl Session {
             }
             Err(_) => false,
         };
-        if let Some(user) = &relay.username {
+        if let Some(auth) = &relay.auth {
             if !conn.is_encrypted() {
                 match crate::delivery::plaintext::allow(relay, &peers) {
                     Ok(crate::delivery::plaintext::PlainAuth::Loopback) => {}
@@ -318,7 +318,7 @@ impl Session {
                     "no password: the relay's password source gave nothing",
                 ));
             };
-            let creds = Credentials::new(user.clone(), password);
+            let creds = Credentials::new(auth.username.clone(), password);
             timed(
                 Stage::Auth,
                 limit,

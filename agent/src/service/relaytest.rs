@@ -1,8 +1,8 @@
 //! `TestRelay`: try a relay from the link that is up without sending anything.
 //!
 //! It runs in the agent, not in the CLI, because the question is whether *the agent* can use
-//! the relay: the same code opens the session (TLS policy, `ca_file`, the password from
-//! `password_command`), from the same process environment (a systemd user service may see
+//! the relay: the same code opens the session (TLS policy, `ca_file`, the password from the
+//! keyring or `password_command`), from the same process environment (a systemd user service may see
 //! other credentials and networks than a terminal), on the link the agent routes for. The CLI
 //! stays a thin D-Bus client.
 //!
@@ -20,7 +20,7 @@ use linkrelay_config::{Config, LinkName, Relay, RelayName, TlsMode, UserName};
 use linkrelay_dbus::{AgentError, RelayStep, RelayTest};
 use tracing::info;
 
-use crate::delivery::credentials::run_password_command;
+use crate::delivery::credentials;
 use crate::delivery::outcome::{Outcome, Stage};
 use crate::delivery::smtp::{Session, Verdict};
 use crate::service::interface::Reply;
@@ -158,18 +158,13 @@ pub async fn run(
         may_relay: "unknown".into(),
         verdict: String::new(),
     };
-    let password = match &relay.password_command {
-        Some(cmd) if relay.username.is_some() => {
-            match run_password_command(cmd, relay.timeout).await {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    out.steps.push(step("auth", "failed", e.clone()));
-                    out.verdict = format!("cannot log in: {e}");
-                    return out;
-                }
-            }
+    let password = match credentials::fetch(relay).await {
+        Ok(p) => p,
+        Err(e) => {
+            out.steps.push(step("auth", "failed", e.clone()));
+            out.verdict = format!("cannot log in: {e}");
+            return out;
         }
-        _ => None,
     };
     let mut session = match Session::open(relay, password).await {
         Ok(s) => s,
@@ -209,10 +204,12 @@ pub async fn run(
             .steps
             .push(step("starttls", "skipped", "tls = \"none\"")),
     }
-    match &relay.username {
-        Some(u) => out
-            .steps
-            .push(step("auth", "ok", format!("logged in as {u}"))),
+    match &relay.auth {
+        Some(auth) => out.steps.push(step(
+            "auth",
+            "ok",
+            format!("logged in as {}", auth.username),
+        )),
         None => out.steps.push(step("auth", "skipped", "no username")),
     }
     out.offers = session.offers(relay).await.unwrap_or_default();
@@ -276,8 +273,7 @@ async fn bare_offers(relay: &Relay) -> Vec<String> {
             TlsMode::Tls => TlsMode::Tls,
             _ => TlsMode::None,
         },
-        username: None,
-        password_command: None,
+        auth: None,
         ..relay.clone()
     };
     match Session::open(&bare, None).await {

@@ -267,6 +267,74 @@ async fn no_keyring_no_item_or_a_locked_one_keeps_the_mail_and_says_what_to_do()
     assert_eq!(w.wait_entries("bob", "queue", 1).await.len(), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_relay_logs_in_with_the_keyring_password() {
+    let ca = TestCa::new("ISP B test CA").unwrap();
+    let relay = ScriptedRelay::start(
+        RelayScript::named("smtp.isp-b.test")
+            .with_credentials("bob", PASSWORD)
+            .with_starttls(ca.server_config(&["localhost"]).unwrap()),
+    )
+    .await
+    .unwrap();
+    let mut w = World::new().unwrap();
+    let ca_path = w.dir().join("ca.pem");
+    ca.write_pem(&ca_path).unwrap();
+    w.write_config(&config(
+        relay.port(),
+        &ca_path,
+        r#"password_secret = { service = "smtp", username = "bob" }"#,
+    ))
+    .unwrap();
+    let keyring = Keyring::start(&w.session).await.unwrap();
+    keyring
+        .store(
+            "ISP B mail",
+            &[("service", "smtp"), ("username", "bob")],
+            PASSWORD,
+        )
+        .unwrap();
+    let _nm = FakeNm::start(
+        &w.system.address,
+        vec![ActiveSpec::ethernet("LAN", "eth0", "192.0.2.1")],
+        4,
+    )
+    .await
+    .unwrap();
+    w.start_agent().await.unwrap();
+
+    let out = w
+        .run_cli(&["test-relay", "isp-b", "--from", "bob@bob.example"])
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("auth       ok      logged in as bob"),
+        "{said}"
+    );
+    // The relay takes MAIL only after a successful AUTH: the sender was accepted.
+    assert!(
+        said.contains("mail from  ok      bob@bob.example: 250"),
+        "{said}"
+    );
+    assert_eq!(leaks(&said), Vec::<&str>::new());
+    // The relay was sent one AUTH, over TLS, with the keyring's password.
+    let lines = relay.commands();
+    let auth: Vec<_> = lines
+        .iter()
+        .filter(|l| l.line.to_ascii_uppercase().starts_with("AUTH "))
+        .collect();
+    assert_eq!(auth.len(), 1, "{lines:?}");
+    assert!(auth[0].tls);
+    let sent: Vec<&str> = lines.iter().map(|l| l.line.as_str()).collect();
+    assert!(!leaks(&sent.join("\n")).is_empty(), "{lines:?}");
+    assert!(relay.received().is_empty(), "the test sent mail");
+}
+
 #[test]
 fn a_config_others_can_read_with_a_password_command_or_write_is_refused_clearly() {
     use std::os::unix::fs::PermissionsExt;
