@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use linkrelay_config::{Config, ConfigError, LinkName, RelayName, UserName};
+use linkrelay_config::{Config, ConfigError, UserName};
 use linkrelay_dbus::{
     AGENT_BUS_NAME, AGENT_PATH, AgentError, FlushResult, OverrideInfo, QueueCount, RouteInfo,
 };
@@ -596,12 +596,11 @@ impl Agent {
     async fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::SetOverride {
-                kind,
-                name,
+                target,
                 seconds,
                 reply,
             } => {
-                let r = self.set_override(&kind, &name, seconds).await;
+                let r = self.set_override(target, seconds).await;
                 let _ = reply.send(r);
             }
             Command::ClearOverride { reply } => {
@@ -676,40 +675,24 @@ impl Agent {
         }
     }
 
-    async fn set_override(
-        &mut self,
-        kind: &str,
-        name: &str,
-        seconds: u64,
-    ) -> Result<(), AgentError> {
-        let ovr = match kind {
-            "link" => {
-                if self.config.link(name).is_none() {
-                    let known: Vec<_> = self.config.links.iter().map(|l| l.name.as_str()).collect();
-                    return Err(AgentError::UnknownLink(format!(
-                        "no link named {name:?}; known links: {}",
-                        list_or_none(&known)
-                    )));
-                }
-                Override::Link(LinkName::from(name))
-            }
-            "relay" => {
-                if self.config.relay(name).is_none() {
-                    let known: Vec<_> =
-                        self.config.relays.iter().map(|r| r.name.as_str()).collect();
-                    return Err(AgentError::UnknownRelay(format!(
-                        "no relay named {name:?}; known relays: {}",
-                        list_or_none(&known)
-                    )));
-                }
-                Override::Relay(RelayName::from(name))
-            }
-            other => {
-                return Err(AgentError::InvalidArgument(format!(
-                    "override kind must be \"link\" or \"relay\", not {other:?}"
+    async fn set_override(&mut self, ovr: Override, seconds: u64) -> Result<(), AgentError> {
+        match &ovr {
+            Override::Link(name) if self.config.link(name).is_none() => {
+                let known: Vec<_> = self.config.links.iter().map(|l| l.name.as_str()).collect();
+                return Err(AgentError::UnknownLink(format!(
+                    "no link named {name:?}; known links: {}",
+                    list_or_none(&known)
                 )));
             }
-        };
+            Override::Relay(name) if self.config.relay(name).is_none() => {
+                let known: Vec<_> = self.config.relays.iter().map(|r| r.name.as_str()).collect();
+                return Err(AgentError::UnknownRelay(format!(
+                    "no relay named {name:?}; known relays: {}",
+                    list_or_none(&known)
+                )));
+            }
+            _ => {}
+        }
         let expires = if seconds == 0 {
             0
         } else {
