@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::realnet_netns::{NetNs, run};
+use crate::netns::NetNs;
+use crate::run::run;
 
 /// The port smtp-sink listens on, on the ISP namespace's loopback.
 const SINK_PORT: u16 = 2525;

@@ -335,7 +335,7 @@ impl ScriptedRelay {
     }
 
     /// Serve `script` on a listener made elsewhere (e.g. in another network namespace with
-    /// [`crate::netns_pair::NetnsPair::listen_in_relay`]); it must be non-blocking.
+    /// [`crate::netns::pair::NetnsPair::listen_in_relay`]); it must be non-blocking.
     pub fn start_with(
         listener: std::net::TcpListener,
         script: RelayScript,

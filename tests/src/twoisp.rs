@@ -24,13 +24,13 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use crate::netns::{self, NetNs};
 use crate::postfix::{Delivered, Listener, PostfixRelays};
-use crate::realnet_netns::{self as netns, NetNs};
 use crate::realnm::{Profile, RealNm};
 use crate::world::{World, bin};
 
@@ -78,12 +78,15 @@ impl TwoIsp {
     /// missing.
     pub fn start() -> anyhow::Result<TwoIsp> {
         if let Some(why) = netns::unavailable() {
-            bail!("{why}");
+            bail!(
+                "{why}. These tests create network namespaces and run NetworkManager and \
+                 Postfix in them: run them as root (CI does, through scripts/test), or leave \
+                 them out with: cargo nextest run --workspace -E 'not binary(realnet)'"
+            );
         }
         if !Path::new("/usr/bin/python3").exists() {
             bail!("/usr/bin/python3 is missing: run scripts/install-test-deps");
         }
-        netns::sweep_stale();
         let dir = tempfile::Builder::new()
             .prefix("linkrelay-twoisp-")
             .tempdir()?;
@@ -93,11 +96,11 @@ impl TwoIsp {
         let laptop = NetNs::create("laptop")?;
         laptop.veth("lr-a", &isp, "isp-a")?;
         laptop.veth("lr-b", &isp, "isp-b")?;
-        isp.ip(&["addr", "add", &format!("{RELAY_A}/24"), "dev", "isp-a"])?;
-        isp.ip(&["addr", "add", &format!("{RELAY_B}/24"), "dev", "isp-b"])?;
-        isp.ip(&["addr", "add", &format!("{CHECK_ADDR}/32"), "dev", "lo"])?;
-        isp.ip(&["link", "set", "isp-a", "up"])?;
-        isp.ip(&["link", "set", "isp-b", "up"])?;
+        isp.ip(&format!("addr add {RELAY_A}/24 dev isp-a"))?;
+        isp.ip(&format!("addr add {RELAY_B}/24 dev isp-b"))?;
+        isp.ip(&format!("addr add {CHECK_ADDR}/32 dev lo"))?;
+        isp.ip("link set isp-a up")?;
+        isp.ip("link set isp-b up")?;
 
         let check_dir = dir.path().join("www");
         std::fs::create_dir_all(&check_dir)?;
@@ -268,28 +271,6 @@ routes = {{ isp-a = ["relay-a"], isp-b = ["relay-b"] }}
             .env("LANG", "C.UTF-8")
             .env("LC_ALL", "C.UTF-8");
         cmd
-    }
-
-    /// Runs a command with `stdin` as its input; fails with its output unless it succeeds.
-    pub fn run_with_input(&self, cmd: &mut Command, stdin: &[u8]) -> anyhow::Result<Output> {
-        use std::io::Write;
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {cmd:?}"))?;
-        child.stdin.take().context("stdin")?.write_all(stdin)?;
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!(
-                "{cmd:?} failed ({}):\n{}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(out)
     }
 
     /// Waits until Postfix passed on `count` messages with `subject`, and returns them.

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use linkrelay_tests::netns_pair::NetnsPair;
+use linkrelay_tests::netns::pair::NetnsPair;
 use linkrelay_tests::nm::{ActiveSpec, FakeNm};
 use linkrelay_tests::smtp::{RelayScript, ScriptedRelay};
 use linkrelay_tests::tls::TestCa;
@@ -325,7 +325,7 @@ async fn plaintext_auth_off_this_machine_is_refused_unless_dangerously_allowed()
     let lines = |dangerous: bool| {
         format!(
             "host = \"{}\"\nport = {}\ntls = \"none\"\nusername = \"bob\"\npassword_command = \"echo cle4r-text\"{}",
-            linkrelay_tests::netns_pair::RELAY_ADDR,
+            linkrelay_tests::netns::pair::RELAY_ADDR,
             relay.port(),
             if dangerous {
                 "\ndangerous_plaintext_auth = true"
