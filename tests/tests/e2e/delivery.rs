@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 use linkrelay_tests::nm::{ActiveSpec, FakeNm};
 use linkrelay_tests::smtp::{Fault, RelayScript, ScriptedRelay};
 use linkrelay_tests::world::World;
+use linkrelay_tests::world::cli_json;
 use serde_json::Value;
 
-use crate::util::{cli_json, eventually, subjects};
+use crate::util::{eventually, subjects};
 
 const WAIT: Duration = Duration::from_secs(10);
 

@@ -13,9 +13,8 @@ use std::time::{Duration, Instant};
 use linkrelay_tests::nm::{ActiveSpec, FakeNm};
 use linkrelay_tests::smtp::{Fault, RelayScript, ScriptedRelay};
 use linkrelay_tests::world::World;
+use linkrelay_tests::world::cli_json;
 use serde_json::Value;
-
-use crate::util::cli_json;
 
 const ONE: &str = "one@dest.example";
 const TWO: &str = "two@dest.example";

@@ -6,8 +6,9 @@ use std::time::Duration;
 use linkrelay_tests::nm::{ActiveSpec, FakeNm};
 use linkrelay_tests::smtp::{Fault, RelayScript, ScriptedRelay};
 use linkrelay_tests::world::World;
+use linkrelay_tests::world::cli_json;
 
-use crate::util::{cli_json, eventually};
+use crate::util::eventually;
 
 /// Postfix's smtp-sink on a free loopback port, dumping each message into `dir`.
 struct SmtpSink {

@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use linkrelay_tests::netns::NetNs;
 use linkrelay_tests::nm::{ActiveSpec, FakeNm};
+use linkrelay_tests::run::text;
 use linkrelay_tests::smtp::{RelayScript, ScriptedRelay};
 use linkrelay_tests::world::World;
+use linkrelay_tests::world::cli_json;
 use serde_json::Value;
 
-use crate::util::{cli_json, eventually, subjects};
+use crate::util::{eventually, subjects};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -193,7 +195,7 @@ async fn netlink_follows_the_default_route_as_it_moves_and_changes_metric() {
     l.delivered_via("metric-gone", &l.relay_b, &l.relay_a).await;
 
     // The human status shows the kernel's link.
-    let text = String::from_utf8_lossy(&l.world.run_cli(&["status"]).unwrap().stdout).into_owned();
+    let text = text(&l.world.run_cli(&["status"]).unwrap().stdout);
     assert!(
         text.contains("link:      mobile (veth upb, on upb, gateway 203.0.113.1"),
         "{text}"
@@ -377,8 +379,7 @@ async fn without_networkmanager_the_agent_shows_this_machines_default_route_link
     match expected {
         Some(dev) => {
             assert_eq!(status["link"]["interface"], dev.as_str(), "{status:#}");
-            let text =
-                String::from_utf8_lossy(&w.run_cli(&["status"]).unwrap().stdout).into_owned();
+            let text = text(&w.run_cli(&["status"]).unwrap().stdout);
             assert!(text.contains(&format!("on {dev}")), "{text}");
         }
         None => assert!(status["link"].is_null(), "{status:#}"),
@@ -489,7 +490,6 @@ async fn a_socket_overrun_neither_stops_the_source_nor_leaves_it_wrong() {
 #[test]
 fn config_check_says_what_the_source_can_see() {
     let w = World::new().unwrap();
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     let rules = |address: &str| {
         format!(
             "[agent]\nsource = \"netlink\"\n\n[[link]]\nname = \"home\"\nmatch = {{ ssid = \"Home*\" }}\n\n[[link]]\nname = \"dsl\"\nmatch = {{ interface = \"ppp*\", address = \"{address}\" }}\n\n[[user]]\nname = \"me\"\nfrom = [\"*\"]\n"

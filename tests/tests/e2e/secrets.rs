@@ -13,8 +13,9 @@ use linkrelay_tests::smtp::base64_encode;
 use linkrelay_tests::smtp::{RelayScript, ScriptedRelay};
 use linkrelay_tests::tls::TestCa;
 use linkrelay_tests::world::World;
+use linkrelay_tests::world::cli_json;
 
-use crate::util::{cli_json, eventually};
+use crate::util::eventually;
 
 const WAIT: Duration = Duration::from_secs(10);
 const PASSWORD: &str = "k3yring-Pa55-w0rd";

@@ -9,9 +9,10 @@ use linkrelay_tests::nm::{ActiveSpec, FakeNm};
 use linkrelay_tests::smtp::{RelayScript, ScriptedRelay};
 use linkrelay_tests::tls::TestCa;
 use linkrelay_tests::world::World;
+use linkrelay_tests::world::cli_json;
 use serde_json::Value;
 
-use crate::util::{cli_json, eventually};
+use crate::util::eventually;
 
 const WAIT: Duration = Duration::from_secs(10);
 
