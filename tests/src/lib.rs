@@ -15,6 +15,7 @@
 //!   that records what the user would have read;
 //! - [`keyring`]: [`keyring::Keyring`], a real gnome-keyring-daemon serving the Secret Service
 //!   on a test bus;
+//! - [`config`]: the agent's config file, built in code ([`config::Config`]);
 //! - [`world`]: one test's whole world: both buses, a home, the real `linkrelayd` and
 //!   `linkrelay` binaries.
 //! - [`twoisp`]: for the interoperability suite (root only): two ISPs in network namespaces,
@@ -28,6 +29,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod bus;
+pub mod config;
 pub mod keyring;
 pub mod netns;
 pub mod nm;

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use crate::config::{Config, Link, Relay, User};
 use crate::netns::{self, NetNs};
 use crate::postfix::{Delivered, Listener, PostfixRelays};
 use crate::realnm::{Profile, RealNm};
@@ -179,50 +180,33 @@ impl TwoIsp {
     /// The agent's config: links ISP-A and ISP-B (metered: hold), relay A (STARTTLS) and relay
     /// B (STARTTLS + AUTH as bob), both trusting the test CA when `trust_ca`; one user "me".
     pub fn config(&self, trust_ca: bool) -> String {
-        let ca = if trust_ca {
-            format!("ca_file = \"{}\"\n", self.relays.ca.ca_pem.display())
-        } else {
-            String::new()
+        let relay = |name: &str, host: &str| {
+            let relay = Relay::new(name)
+                .host(host)
+                .port(SUBMISSION)
+                .tls("starttls")
+                .set("helo", "laptop.example")
+                .timeout("10s");
+            match trust_ca {
+                true => relay.ca_file(&self.relays.ca.ca_pem),
+                false => relay,
+            }
         };
-        format!(
-            r#"[agent]
-source = "networkmanager"
-debounce = "100ms"
-
-[[link]]
-name = "isp-a"
-match = {{ id = "ISP-A" }}
-
-[[link]]
-name = "isp-b"
-match = {{ id = "ISP-B" }}
-metered = "hold"
-
-[[relay]]
-name = "relay-a"
-host = "{RELAY_A}"
-port = {SUBMISSION}
-tls = "starttls"
-helo = "laptop.example"
-timeout = "10s"
-{ca}
-[[relay]]
-name = "relay-b"
-host = "{RELAY_B}"
-port = {SUBMISSION}
-tls = "starttls"
-helo = "laptop.example"
-username = "bob"
-password_command = "cat {pw}"
-timeout = "10s"
-{ca}
-[[user]]
-name = "me"
-from = ["*"]
-routes = {{ isp-a = ["relay-a"], isp-b = ["relay-b"] }}
-"#,
-            pw = self.dir.path().join("password-b").display(),
-        )
+        let password = format!("cat {}", self.dir.path().join("password-b").display());
+        Config::new()
+            .agent("source", "networkmanager")
+            .agent("debounce", "100ms")
+            .link(Link::new("isp-a").id("ISP-A"))
+            .link(Link::new("isp-b").id("ISP-B").set("metered", "hold"))
+            .relay(relay("relay-a", RELAY_A))
+            .relay(relay("relay-b", RELAY_B).password_command("bob", &password))
+            .user(
+                User::new("me")
+                    .from(["*"])
+                    .route("isp-a", ["relay-a"])
+                    .route("isp-b", ["relay-b"]),
+            )
+            .to_string()
     }
 
     /// Starts linkrelayd inside the laptop namespace.

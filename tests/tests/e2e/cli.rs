@@ -4,8 +4,7 @@ use std::time::Duration;
 
 use linkrelay_tests::nm::{ActiveSpec, FakeNm};
 use linkrelay_tests::run::text;
-use linkrelay_tests::world::cli_json;
-use linkrelay_tests::world::{World, repo_root};
+use linkrelay_tests::world::{World, cli_json, repo_root};
 
 use crate::util::{queue_ids, seed};
 

@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 use linkrelay_dbus::AGENT_BUS_NAME;
 use linkrelay_tests::bus::{BusKind, BusOptions, TestBus};
 use linkrelay_tests::run::text;
-use linkrelay_tests::world::cli_json;
-use linkrelay_tests::world::{World, bin};
+use linkrelay_tests::world::{World, bin, cli_json};
 
 use crate::util::seed;
 

@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
+use linkrelay_tests::config::{Config, Link, Relay, User};
 use linkrelay_tests::netns::NetNs;
 use linkrelay_tests::nm::{ActiveSpec, FakeNm};
 use linkrelay_tests::run::text;
 use linkrelay_tests::smtp::{RelayScript, ScriptedRelay};
-use linkrelay_tests::world::World;
-use linkrelay_tests::world::cli_json;
+use linkrelay_tests::world::{World, cli_json};
 use serde_json::Value;
 
 use crate::util::{eventually, subjects};
@@ -28,48 +28,29 @@ struct Laptop {
 }
 
 fn config(source: &str, port_a: u16, port_b: u16) -> String {
-    format!(
-        r#"[agent]
-source = "{source}"
-debounce = "50ms"
-
-[retry]
-min = "1s"
-max = "2s"
-
-# NetworkManager's name for the office network; netlink never sees it.
-[[link]]
-name = "office"
-match = {{ id = "Office" }}
-
-[[link]]
-name = "fibre"
-match = {{ interface = "upa", type = "veth", gateway = "198.51.100.1" }}
-
-[[link]]
-name = "mobile"
-match = {{ address = "2001:db8:b::/48" }}
-
-[[relay]]
-name = "relay-a"
-host = "127.0.0.1"
-port = {port_a}
-tls = "none"
-timeout = "5s"
-
-[[relay]]
-name = "relay-b"
-host = "127.0.0.1"
-port = {port_b}
-tls = "none"
-timeout = "5s"
-
-[[user]]
-name = "me"
-from = ["*"]
-routes = {{ fibre = ["relay-a"], mobile = ["relay-b"] }}
-"#
-    )
+    Config::new()
+        .agent("source", source)
+        .agent("debounce", "50ms")
+        .retry("min", "1s")
+        .retry("max", "2s")
+        // NetworkManager's name for the office network; netlink never sees it.
+        .link(Link::new("office").id("Office"))
+        .link(
+            Link::new("fibre")
+                .matching("interface", "upa")
+                .matching("type", "veth")
+                .matching("gateway", "198.51.100.1"),
+        )
+        .link(Link::new("mobile").matching("address", "2001:db8:b::/48"))
+        .relay(Relay::local("relay-a", port_a).timeout("5s"))
+        .relay(Relay::local("relay-b", port_b).timeout("5s"))
+        .user(
+            User::new("me")
+                .from(["*"])
+                .route("fibre", ["relay-a"])
+                .route("mobile", ["relay-b"]),
+        )
+        .to_string()
 }
 
 async fn laptop(source: &str) -> Laptop {

@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use linkrelay_tests::nm::{ActiveSpec, FakeNm};
-use linkrelay_tests::world::cli_json;
-use linkrelay_tests::world::example_config_for;
+use linkrelay_tests::world::{cli_json, example_config_for};
 
 use crate::util::seed;
 
