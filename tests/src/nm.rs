@@ -265,12 +265,6 @@ impl ActiveSpec {
         self
     }
 
-    /// With this UUID instead of the one derived from the id.
-    pub fn with_uuid(mut self, uuid: &str) -> Self {
-        self.uuid = uuid.to_owned();
-        self
-    }
-
     fn is_vpn(&self) -> bool {
         self.conn_type == TYPE_VPN
     }

@@ -114,9 +114,6 @@ pub struct ClientLine {
 /// A per-recipient answer: the fault for an address, or `None` for the normal answer.
 pub type RcptScript = Arc<dyn Fn(&str) -> Option<Fault> + Send + Sync>;
 
-/// Old name of [`RcptScript`].
-pub type RcptCheck = RcptScript;
-
 /// The ISP's network check of [`RelayScript::allow_client`].
 pub type ClientCheck = Arc<dyn Fn() -> bool + Send + Sync>;
 
