@@ -1,4 +1,4 @@
-//! The link scenarios of issue 5, each against the real NetworkManager and real Postfix.
+//! The link scenarios, each against the real NetworkManager and real Postfix.
 
 use linkrelay_tests::twoisp::{HOST_A, HOST_B, LAPTOP_A, LAPTOP_B, TwoIsp};
 use linkrelay_tests::world::cli_json;
