@@ -1,7 +1,7 @@
 //! The real NetworkManager (Debian's package), run inside a test network namespace on a
 //! private system bus, with keyfile profiles and every path in a temporary directory.
 //!
-//! What it takes (see shared/notes/platform-facts.md):
+//! What it takes:
 //! - its own mount namespace (`ip netns exec` makes one) where `/run` is a fresh tmpfs with our
 //!   directory bind-mounted on `/run/NetworkManager` (kept across restarts, as on a real
 //!   machine, so a restarted NM re-assumes the connections that are up), and our directory on
