@@ -39,6 +39,14 @@ pub fn ip(args: &[&str]) -> anyhow::Result<String> {
     Ok(text(&run(Command::new(IP).args(args))?.stdout))
 }
 
+/// A command that runs `program` inside namespace `name` (`ip netns exec NAME program`), for
+/// what outlives the [`NetNs`] borrow (a daemon's stop command).
+pub fn command_in(name: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new(IP);
+    cmd.args(["netns", "exec", name]).arg(program);
+    cmd
+}
+
 /// Why this machine cannot make network namespaces, if it cannot: not root, or `ip` missing.
 pub fn unavailable() -> Option<String> {
     if !rustix::process::geteuid().is_root() {
@@ -129,9 +137,7 @@ impl NetNs {
 
     /// A command that runs `program` inside the namespace (`ip netns exec NAME program`).
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut cmd = Command::new(IP);
-        cmd.args(["netns", "exec", &self.name]).arg(program);
-        cmd
+        command_in(&self.name, program)
     }
 
     /// The words to put before a program to run it in this namespace.
