@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use linkrelay_config::{Config, ConfigError, UserName};
-use linkrelay_dbus::{
+use linkrelay_dbus::agent::{
     AGENT_BUS_NAME, AGENT_PATH, AgentError, FlushResult, OverrideInfo, QueueCount, RouteInfo,
 };
 use linkrelay_outbox::{Counts, Folder, Outbox, OutboxError};

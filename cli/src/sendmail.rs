@@ -189,7 +189,7 @@ fn nudge(user: &str) {
     rt.block_on(async move {
         let call = async {
             let conn = zbus::Connection::session().await?;
-            let agent = linkrelay_dbus::AgentProxy::new(&conn).await?;
+            let agent = linkrelay_dbus::agent::AgentProxy::new(&conn).await?;
             agent.wake(&user).await?;
             Ok::<_, zbus::Error>(())
         };

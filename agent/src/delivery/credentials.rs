@@ -3,9 +3,9 @@
 //! the command's exit status or the item's attributes.
 //!
 //! The Secret Service (`org.freedesktop.secrets` on the session bus: GNOME Keyring, KeePassXC,
-//! KWallet's bridge) is reached by a small client over the workspace's zbus 6 rather than `oo7`
-//! or `secret-service`, which still pull in zbus 5 (a second copy of the whole D-Bus stack). A
-//! plain lookup needs four calls: `OpenSession("plain")`, `SearchItems(attributes)`, `Unlock`
+//! KWallet's bridge) is reached by a small client over the workspace's zbus 6 (the proxies are
+//! in `linkrelay_dbus::secrets`) rather than `oo7` or `secret-service`, which still pull in
+//! zbus 5 (a second copy of the whole D-Bus stack). A plain lookup needs four calls: `OpenSession("plain")`, `SearchItems(attributes)`, `Unlock`
 //! (with its prompt) when the matching item is locked, and `Item.GetSecret`. A "plain" session
 //! is what `secret-tool` uses too: the secret crosses the session bus, which only this user can
 //! connect to, unencrypted.
@@ -15,9 +15,12 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use linkrelay_config::{self as config, Relay};
-use serde::Deserialize;
+use linkrelay_dbus::secrets::item::ItemProxy;
+use linkrelay_dbus::secrets::prompt::PromptProxy;
+use linkrelay_dbus::secrets::service::ServiceProxy;
+use linkrelay_dbus::secrets::session::SessionProxy;
 use tracing::debug;
-use zbus::{Connection, ObjectPath, OwnedObjectPath, OwnedVariant, Type, Variant, proxy};
+use zbus::{Connection, ObjectPath, OwnedObjectPath, OwnedVariant, Variant};
 
 /// The password for `relay`, `None` if it does not log in. The error says what went wrong,
 /// without the password.
@@ -76,62 +79,6 @@ async fn run_password_command(command: &str, limit: Duration) -> Result<String, 
 
 /// How long a whole lookup may take, an unlock prompt answered by the user included.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(90);
-
-#[proxy(
-    interface = "org.freedesktop.Secret.Service",
-    default_service = "org.freedesktop.secrets",
-    default_path = "/org/freedesktop/secrets"
-)]
-trait Service {
-    fn open_session(
-        &self,
-        algorithm: &str,
-        input: &Variant<'_>,
-    ) -> zbus::Result<(OwnedVariant, OwnedObjectPath)>;
-
-    fn search_items(
-        &self,
-        attributes: HashMap<&str, &str>,
-    ) -> zbus::Result<(Vec<OwnedObjectPath>, Vec<OwnedObjectPath>)>;
-
-    fn unlock(
-        &self,
-        objects: &[ObjectPath<'_>],
-    ) -> zbus::Result<(Vec<OwnedObjectPath>, OwnedObjectPath)>;
-}
-
-#[proxy(
-    interface = "org.freedesktop.Secret.Item",
-    default_service = "org.freedesktop.secrets"
-)]
-trait Item {
-    fn get_secret(&self, session: &ObjectPath<'_>) -> zbus::Result<Secret>;
-}
-
-#[proxy(
-    interface = "org.freedesktop.Secret.Session",
-    default_service = "org.freedesktop.secrets"
-)]
-trait Session {
-    fn close(&self) -> zbus::Result<()>;
-}
-
-#[proxy(
-    interface = "org.freedesktop.Secret.Prompt",
-    default_service = "org.freedesktop.secrets"
-)]
-trait Prompt {
-    fn prompt(&self, window_id: &str) -> zbus::Result<()>;
-}
-
-/// The Secret Service's `(oayays)` secret.
-#[derive(Deserialize, Type)]
-struct Secret {
-    _session: OwnedObjectPath,
-    _parameters: Vec<u8>,
-    value: Vec<u8>,
-    _content_type: String,
-}
 
 /// Why no password came from the Secret Service. The texts name the attributes, never a
 /// secret.

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use linkrelay_config::RelayName;
-use linkrelay_dbus::{
+use linkrelay_dbus::agent::{
     AgentError, FlushResult, MessageInfo, OverrideInfo, QueueCount, RelayTest, RouteInfo,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use linkrelay_config::UserName;
-use linkrelay_dbus::{AgentError, MessageInfo, QueueLine};
+use linkrelay_dbus::agent::{AgentError, MessageInfo, QueueLine};
 use linkrelay_outbox::{Folder, FolderReader, MessageState, Outbox, OutboxError, RecipientStatus};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
@@ -305,7 +305,7 @@ pub fn message_info(user: &str, folder: Folder, m: MessageState, status: String)
         recipients: m
             .recipients
             .into_iter()
-            .map(|r| linkrelay_dbus::RecipientInfo {
+            .map(|r| linkrelay_dbus::agent::RecipientInfo {
                 addr: r.addr,
                 state: match r.status {
                     RecipientStatus::Pending => "pending",

@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use linkrelay_config::{Config, LinkName, Relay, RelayName, TlsMode, UserName};
-use linkrelay_dbus::{AgentError, RelayStep, RelayTest};
+use linkrelay_dbus::agent::{AgentError, RelayStep, RelayTest};
 use tracing::info;
 
 use crate::delivery::credentials;

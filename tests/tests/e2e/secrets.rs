@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use linkrelay_dbus::AGENT_BUS_NAME;
+use linkrelay_dbus::agent::AGENT_BUS_NAME;
 use linkrelay_tests::config::{Config, Link, Relay, User};
 use linkrelay_tests::keyring::Keyring;
 use linkrelay_tests::nm::{ActiveSpec, FakeNm};
