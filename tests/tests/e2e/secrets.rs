@@ -60,8 +60,17 @@ fn leaks(text: &str) -> Vec<&'static str> {
     found
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_keyring_password_authenticates_and_never_leaks() {
+/// Where each test here starts: relay isp-b on localhost (STARTTLS with a test CA; it takes
+/// bob with PASSWORD), a world whose config sends bob's mail through it on link lan, and
+/// NetworkManager with LAN up. The agent is not started.
+struct Lan {
+    ca: TestCa,
+    relay: ScriptedRelay,
+    w: World,
+    nm: FakeNm,
+}
+
+async fn bob_on_lan() -> Lan {
     let ca = TestCa::new("ISP B test CA").unwrap();
     let relay = ScriptedRelay::start(
         RelayScript::named("smtp.isp-b.test")
@@ -70,10 +79,22 @@ async fn the_keyring_password_authenticates_and_never_leaks() {
     )
     .await
     .unwrap();
-    let mut w = World::new().unwrap();
+    let w = World::new().unwrap();
     let ca_path = w.dir().join("ca.pem");
     ca.write_pem(&ca_path).unwrap();
-    let keyring = Keyring::start(&w.session).await.unwrap();
+    w.write_config(&config(relay.port(), &ca_path)).unwrap();
+    let nm = FakeNm::start(
+        &w.system.address,
+        vec![ActiveSpec::ethernet("LAN", "eth0", "192.0.2.1")],
+        4,
+    )
+    .await
+    .unwrap();
+    Lan { ca, relay, w, nm }
+}
+
+/// Stores bob's PASSWORD in `keyring` as the config's password_secret finds it.
+fn store_password(keyring: &Keyring) {
     keyring
         .store(
             "ISP B mail",
@@ -81,19 +102,23 @@ async fn the_keyring_password_authenticates_and_never_leaks() {
             PASSWORD,
         )
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keyring_password_authenticates_and_never_leaks() {
+    let Lan {
+        ca,
+        relay,
+        mut w,
+        nm: _nm,
+    } = bob_on_lan().await;
+    let keyring = Keyring::start(&w.session).await.unwrap();
+    store_password(&keyring);
     // A config that names a keyring item holds no secret: it may be readable by others.
-    std::fs::write(&w.config_path, config(relay.port(), &ca_path)).unwrap();
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&w.config_path, std::fs::Permissions::from_mode(0o644)).unwrap();
     }
-    let _nm = FakeNm::start(
-        &w.system.address,
-        vec![ActiveSpec::ethernet("LAN", "eth0", "192.0.2.1")],
-        4,
-    )
-    .await
-    .unwrap();
     w.set_agent_env("RUST_LOG", "trace");
     w.start_agent().await.unwrap();
 
@@ -179,25 +204,12 @@ async fn the_keyring_password_authenticates_and_never_leaks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_keyring_no_item_or_a_locked_one_keeps_the_mail_and_says_what_to_do() {
-    let ca = TestCa::new("ISP B test CA").unwrap();
-    let relay = ScriptedRelay::start(
-        RelayScript::named("smtp.isp-b.test")
-            .with_credentials("bob", PASSWORD)
-            .with_starttls(ca.server_config(&["localhost"]).unwrap()),
-    )
-    .await
-    .unwrap();
-    let mut w = World::new().unwrap();
-    let ca_path = w.dir().join("ca.pem");
-    ca.write_pem(&ca_path).unwrap();
-    w.write_config(&config(relay.port(), &ca_path)).unwrap();
-    let _nm = FakeNm::start(
-        &w.system.address,
-        vec![ActiveSpec::ethernet("LAN", "eth0", "192.0.2.1")],
-        4,
-    )
-    .await
-    .unwrap();
+    let Lan {
+        relay,
+        mut w,
+        nm: _nm,
+        ..
+    } = bob_on_lan().await;
     w.start_agent().await.unwrap();
     let error_after_flush = |w: &World| {
         let out = w.run_cli(&["flush", "--wait"]).unwrap();
@@ -231,13 +243,7 @@ async fn no_keyring_no_item_or_a_locked_one_keeps_the_mail_and_says_what_to_do()
 
     // 3. The item is there but the keyring is locked, and nobody can answer the unlock prompt
     // (no desktop): the prompt is dismissed, the mail waits, the reason says so.
-    keyring
-        .store(
-            "ISP B mail",
-            &[("service", "smtp"), ("username", "bob")],
-            PASSWORD,
-        )
-        .unwrap();
+    store_password(&keyring);
     keyring.lock_all().await.unwrap();
     let e = error_after_flush(&w);
     assert!(e.contains("is locked and was not unlocked"), "{e}");
@@ -247,33 +253,14 @@ async fn no_keyring_no_item_or_a_locked_one_keeps_the_mail_and_says_what_to_do()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_relay_logs_in_with_the_keyring_password() {
-    let ca = TestCa::new("ISP B test CA").unwrap();
-    let relay = ScriptedRelay::start(
-        RelayScript::named("smtp.isp-b.test")
-            .with_credentials("bob", PASSWORD)
-            .with_starttls(ca.server_config(&["localhost"]).unwrap()),
-    )
-    .await
-    .unwrap();
-    let mut w = World::new().unwrap();
-    let ca_path = w.dir().join("ca.pem");
-    ca.write_pem(&ca_path).unwrap();
-    w.write_config(&config(relay.port(), &ca_path)).unwrap();
+    let Lan {
+        relay,
+        mut w,
+        nm: _nm,
+        ..
+    } = bob_on_lan().await;
     let keyring = Keyring::start(&w.session).await.unwrap();
-    keyring
-        .store(
-            "ISP B mail",
-            &[("service", "smtp"), ("username", "bob")],
-            PASSWORD,
-        )
-        .unwrap();
-    let _nm = FakeNm::start(
-        &w.system.address,
-        vec![ActiveSpec::ethernet("LAN", "eth0", "192.0.2.1")],
-        4,
-    )
-    .await
-    .unwrap();
+    store_password(&keyring);
     w.start_agent().await.unwrap();
 
     let out = w
