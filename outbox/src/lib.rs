@@ -24,6 +24,7 @@
 // In tests a failed unwrap is a failed test, with its location.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod dsn;
 mod error;
 mod fsutil;
 mod id;
@@ -34,6 +35,7 @@ mod scan;
 pub mod sendmail;
 mod spool;
 mod state;
+pub mod submission;
 
 pub use error::OutboxError;
 pub use fsutil::replace_file;

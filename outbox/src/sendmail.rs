@@ -173,6 +173,26 @@ pub fn envelope_from_headers(message: &[u8]) -> Result<(Envelope, Vec<u8>), Send
     )
 }
 
+/// Prepares a message that came over SMTP (the submission listener, `sendmail -bs`) for the
+/// queue. The envelope is the dialogue's (`MAIL FROM`, `RCPT TO`) and is not changed; the
+/// message must start with a valid header section ([`SendmailError::DataErr`] else), loses
+/// its `Bcc:` fields and gains `Date:`, `Message-ID:` and `From:` (the envelope sender) when
+/// missing, as with `sendmail`. Dots are not special: the dialogue has unstuffed them.
+pub fn prepare_submitted(envelope: &Envelope, data: &[u8]) -> Result<Vec<u8>, SendmailError> {
+    build(
+        &Request {
+            dot_ends: false,
+            extract: false,
+            recipients: &envelope.recipients,
+            from: Some(&envelope.from),
+            full_name: None,
+            default_from: None,
+        },
+        data,
+    )
+    .map(|(_, message)| message)
+}
+
 /// Why `addr` cannot be an SMTP envelope address, if it cannot.
 pub(crate) fn address_problem(addr: &str) -> Option<&'static str> {
     if addr.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -302,6 +322,7 @@ fn build(req: &Request<'_>, input: &[u8]) -> Result<(Envelope, Vec<u8>), Sendmai
         Envelope {
             from: sender,
             recipients: recipients.list,
+            dsn: None,
         },
         out,
     ))

@@ -21,6 +21,7 @@ fn env(rcpt: &str) -> Envelope {
     Envelope {
         from: "alice@example.net".into(),
         recipients: vec![rcpt.into()],
+        dsn: None,
     }
 }
 

@@ -1248,6 +1248,7 @@ mod tests {
         let envelope = Envelope {
             from: "alice@example.org".into(),
             recipients: recipients.iter().map(|r| r.to_string()).collect(),
+            dsn: None,
         };
         MessageState::new("m1", &envelope, 100, 0)
     }
