@@ -15,10 +15,12 @@ use toml::de::{DeString, DeTable, DeValue};
 use crate::diag::{Diagnostic, Diagnostics, Note, line_col};
 use crate::{
     AgentSettings, Config, IpNet, LinkMatch, LinkName, LinkRule, MeteredPolicy, NETLINK_FIELDS,
-    NotifySettings, Relay, RelayName, RetrySettings, SourceKind, TlsMode, User, glob,
+    NotifySettings, Relay, RelayName, RetrySettings, SourceKind, SubmissionSettings, TlsMode, User,
+    glob,
 };
 
 mod relay_auth;
+mod submission;
 
 type Span = Range<usize>;
 
@@ -55,6 +57,10 @@ const ROOT: Schema = Schema {
         key(
             "notify",
             "[notify] on a line of its own, with its keys below it",
+        ),
+        key(
+            "submission",
+            "[submission] on a line of its own, with its keys below it",
         ),
         key(
             "link",
@@ -1336,6 +1342,13 @@ fn config(ctx: &mut Ctx<'_>, root: &DeTable<'_>) -> Config {
         }
         None => NotifySettings::default(),
     };
+    let submission = match root.table(ctx, "submission") {
+        Some((t, span)) => {
+            let t = Table::new(ctx, t, span, &submission::SUBMISSION);
+            submission::submission(ctx, &t)
+        }
+        None => SubmissionSettings::default(),
+    };
 
     let mut links = Vec::new();
     let mut link_names = Vec::new();
@@ -1392,6 +1405,7 @@ fn config(ctx: &mut Ctx<'_>, root: &DeTable<'_>) -> Config {
         agent,
         retry,
         notify,
+        submission,
         links,
         relays,
         users,
