@@ -38,18 +38,50 @@ impl Outbox {
     /// ([`Outbox::agent_holds_it`]); without one, [`Outbox::enqueue`] puts the message where
     /// every tool sees it at once. On error nothing is left behind.
     pub fn submit(&self, env: &Envelope, message: &[u8]) -> Result<String, OutboxError> {
-        check_envelope(env)?;
-        let id = new_id();
-        let mut data = Vec::with_capacity(MAGIC.len() + 256 + message.len());
-        data.extend_from_slice(MAGIC);
-        serde_json::to_writer(&mut data, env)
-            .map_err(|e| OutboxError::io("encoding the envelope", io::Error::other(e)))?;
-        data.push(b'\n');
-        data.extend_from_slice(message);
-        if !self.append_to_spool(&id, &data)? {
-            self.submit_file(&id, &data)?;
+        let mut results = self.submit_batch(&[(env, message)]);
+        results
+            .pop()
+            .unwrap_or_else(|| Err(OutboxError::BadEnvelope("no message".into())))
+    }
+
+    /// Queues several messages through `incoming/` at once, as [`Outbox::submit`] does one,
+    /// with one durable write for them all (group commit: the submission listener batches
+    /// the messages of its sessions this way). Returns each message's id, or why it was not
+    /// queued, in order: a bad envelope fails its own message only; an I/O error fails every
+    /// message of the batch that was not queued, and leaves nothing of them behind.
+    pub fn submit_batch(
+        &self,
+        messages: &[(&Envelope, &[u8])],
+    ) -> Vec<Result<String, OutboxError>> {
+        let mut results: Vec<Result<String, OutboxError>> = Vec::with_capacity(messages.len());
+        let mut records = Vec::with_capacity(messages.len());
+        for (env, message) in messages {
+            match check_envelope(env).and_then(|()| payload(env, message)) {
+                Ok(data) => {
+                    let id = new_id();
+                    records.push((id.clone(), data));
+                    results.push(Ok(id));
+                }
+                Err(e) => results.push(Err(e)),
+            }
         }
-        Ok(id)
+        if records.is_empty() {
+            return results;
+        }
+        let stored = match self.append_to_spool(&records) {
+            Ok(true) => Ok(()),
+            // No spool: a file each (an agent that made none, or a test without one).
+            Ok(false) => records
+                .iter()
+                .try_for_each(|(id, data)| self.submit_file(id, data)),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = stored {
+            for result in results.iter_mut().filter(|r| r.is_ok()) {
+                *result = Err(e.for_each_of_a_batch());
+            }
+        }
+        results
     }
 
     /// Writes `incoming/<id>` (through `tmp/`) and syncs it and its directory entry.
@@ -303,6 +335,18 @@ impl Outbox {
             Err(e) => Err(e),
         }
     }
+}
+
+/// What an `incoming/` file (or a spool record) holds for a message: the envelope line, then
+/// the message.
+fn payload(env: &Envelope, message: &[u8]) -> Result<Vec<u8>, OutboxError> {
+    let mut data = Vec::with_capacity(MAGIC.len() + 256 + message.len());
+    data.extend_from_slice(MAGIC);
+    serde_json::to_writer(&mut data, env)
+        .map_err(|e| OutboxError::io("encoding the envelope", io::Error::other(e)))?;
+    data.push(b'\n');
+    data.extend_from_slice(message);
+    Ok(data)
 }
 
 /// Splits an `incoming/` file into its envelope and message.

@@ -242,9 +242,13 @@ impl Outbox {
             .map_err(|e| OutboxError::io(format!("setting the mode of {}", path.display()), e))
     }
 
-    /// Appends message `id` to the spool and makes it durable; `Ok(false)` when there is no
-    /// spool. On error the record is cut off again: nothing is left behind.
-    pub(crate) fn append_to_spool(&self, id: &str, payload: &[u8]) -> Result<bool, OutboxError> {
+    /// Appends the records `(id, payload)` to the spool and makes them durable with one
+    /// `fdatasync`; `Ok(false)` when there is no spool. On error every record is cut off
+    /// again: nothing is left behind.
+    pub(crate) fn append_to_spool(
+        &self,
+        records: &[(String, Vec<u8>)],
+    ) -> Result<bool, OutboxError> {
         let Some(mut file) = open(self, OFlags::WRONLY | OFlags::APPEND)? else {
             return Ok(false);
         };
@@ -254,9 +258,12 @@ impl Outbox {
             .metadata()
             .map_err(|e| OutboxError::io(ctx(), e))?
             .len();
-        let record = encode(id, payload);
+        let mut bytes = Vec::with_capacity(records.iter().map(|(_, p)| p.len() + 96).sum());
+        for (id, payload) in records {
+            bytes.extend_from_slice(&encode(id, payload));
+        }
         let written = file
-            .write_all(&record)
+            .write_all(&bytes)
             .and_then(|()| rustix::fs::fdatasync(&file).map_err(io::Error::from));
         if let Err(e) = written {
             // We hold the lock: nobody appended after us, and the agent has not drained.

@@ -300,3 +300,44 @@ fn a_round_that_cannot_take_everything_in_keeps_garbage_for_the_round_that_can()
     // The junk, once.
     assert_eq!(fs::read_dir(ob.root().join("failed")).unwrap().count(), 1);
 }
+
+#[test]
+fn a_batch_is_one_append_and_a_bad_envelope_fails_only_its_own_message() {
+    let (_d, ob, _j) = held();
+    let dsn = crate::dsn::Dsn {
+        ret: Some(crate::dsn::Ret::Hdrs),
+        envid: Some("env-1".into()),
+        recipients: Vec::new(),
+    };
+    let with_dsn = Envelope {
+        dsn: Some(dsn.clone()),
+        ..env("carol@example.org")
+    };
+    let bad = env("not an address");
+    let results = ob.submit_batch(&[
+        (&env("bob@example.org"), MSG),
+        (&bad, MSG),
+        (&with_dsn, MSG),
+    ]);
+    assert_eq!(results.len(), 3);
+    assert!(matches!(
+        results[1],
+        Err(crate::OutboxError::BadEnvelope(_))
+    ));
+    let (first, third) = (results[0].as_ref().unwrap(), results[2].as_ref().unwrap());
+    assert!(first < third, "ids keep the order of the batch");
+    let spool = fs::read(ob.root().join("incoming/.spool")).unwrap();
+    assert_eq!(
+        items(&spool).len(),
+        2,
+        "two records, nothing for the bad one"
+    );
+    ob.ingest_incoming();
+    assert_eq!(queued(&ob), [first.clone(), third.clone()]);
+    let state = ob.state(Folder::Queue, third).unwrap();
+    assert_eq!(
+        state.dsn,
+        Some(dsn),
+        "the DSN request is stored with the message"
+    );
+}
