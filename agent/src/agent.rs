@@ -98,6 +98,8 @@ struct Agent {
     published: Arc<Mutex<Published>>,
     iface: InterfaceRef<AgentInterface>,
     notifier: Notifier,
+    /// The SMTP submission listener, once the agent owns its bus name.
+    listener: Option<crate::submission::Listener>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -156,6 +158,7 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
         published,
         iface,
         notifier,
+        listener: None,
     };
     agent.sync_flushers()?;
 
@@ -177,6 +180,13 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
         zbus::fdo::RequestNameReply::PrimaryOwner | zbus::fdo::RequestNameReply::AlreadyOwner => {}
         _ => return Err(RunError::AlreadyRunning(AGENT_BUS_NAME.into())),
     }
+    // Only now: a second agent of the same user stops at the name, before it could take over
+    // the first one's socket.
+    agent.listener = Some(crate::submission::Listener::start(
+        agent.config.clone(),
+        agent.opts.data_dir.clone(),
+        linkrelay_config::submission_socket_path(),
+    ));
     info!(bus = ?agent.opts.bus, "linkrelayd ready as {AGENT_BUS_NAME}");
     lifecycle::ready(&format!("serving {AGENT_BUS_NAME}"));
     let mut watchdog = lifecycle::Watchdog::from_env();
@@ -816,6 +826,12 @@ impl Agent {
                 self.config = Arc::new(config);
                 self.config_error = None;
                 self.notifier.settings(self.config.notify);
+                if let Some(listener) = &mut self.listener {
+                    listener.reload(
+                        self.config.clone(),
+                        linkrelay_config::submission_socket_path(),
+                    );
+                }
                 if let Err(e) = self.sync_flushers() {
                     error!("after reload: {e}");
                 }

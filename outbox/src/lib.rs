@@ -36,6 +36,7 @@ pub mod sendmail;
 mod spool;
 mod state;
 pub mod submission;
+pub mod token;
 
 pub use error::OutboxError;
 pub use fsutil::replace_file;
