@@ -52,6 +52,7 @@ fuzz_target!(|data: &[u8]| {
         } else {
             Vec::new()
         },
+        ..Args::default()
     };
     if let Ok((envelope, message)) = prepare(&args, input, "me@localhost") {
         check(&envelope, &message);

@@ -30,6 +30,7 @@ mod fsutil;
 mod id;
 mod incoming;
 mod journal;
+pub mod mailq;
 mod outbox;
 mod scan;
 pub mod sendmail;
