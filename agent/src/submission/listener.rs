@@ -1,17 +1,19 @@
 //! The listening sockets: the loopback TCP addresses of `[submission] listen` and the unix
-//! socket `$XDG_RUNTIME_DIR/linkrelay/submission.sock`. Each accepted client gets a session
-//! once a place is free among `max_sessions` (the others wait in the kernel's backlog), and
-//! its uid is asked of the kernel before the first byte is read.
+//! socket `$XDG_RUNTIME_DIR/linkrelay/submission.sock`. Each accepted client's uid is asked
+//! of the kernel before the first byte is read; it gets a session once a place is free among
+//! `max_sessions` (as many more may wait, unanswered; beyond that a client gets 421 at once).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use linkrelay_config::Config;
 use linkrelay_outbox::submission::Peer;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -25,6 +27,8 @@ use super::session::serve;
 pub(crate) struct Shared {
     config: Mutex<Arc<Config>>,
     sessions: Mutex<Arc<Semaphore>>,
+    /// Clients accepted and waiting for a place.
+    waiting: AtomicUsize,
     pub(crate) committers: Committers,
     /// The uid served.
     owner: u32,
@@ -76,6 +80,7 @@ impl Listener {
         let shared = Arc::new(Shared {
             config: Mutex::new(config.clone()),
             sessions: Mutex::new(sessions),
+            waiting: AtomicUsize::new(0),
             committers: Committers::new(data_dir.clone()),
             owner: rustix::process::geteuid().as_raw(),
             host: host_name(),
@@ -189,9 +194,6 @@ fn show(endpoint: &Endpoint) -> String {
 async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>) {
     let mut told_unknown = false;
     loop {
-        let Ok(permit) = shared.sessions().acquire_owned().await else {
-            return;
-        };
         let (stream, client) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
@@ -213,20 +215,12 @@ async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>) {
                  such clients must log in (AUTH PLAIN) with the token `linkrelay token` prints"
             );
         }
-        let peer = classify(uid.ok(), shared.owner);
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            serve(stream, peer, shared).await;
-            drop(permit);
-        });
+        admit(stream, classify(uid.ok(), shared.owner), &shared);
     }
 }
 
 async fn accept_unix(listener: UnixListener, shared: Arc<Shared>) {
     loop {
-        let Ok(permit) = shared.sessions().acquire_owned().await else {
-            return;
-        };
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
@@ -236,13 +230,47 @@ async fn accept_unix(listener: UnixListener, shared: Arc<Shared>) {
             }
         };
         let uid = stream.peer_cred().map(|c| c.uid()).ok();
-        let peer: Peer = classify(uid, shared.owner);
-        let shared = shared.clone();
+        admit(stream, classify(uid, shared.owner), &shared);
+    }
+}
+
+/// Serves a client once one of the `max_sessions` places is free; meanwhile it waits,
+/// unanswered. When as many again are waiting already, it is told to come back later.
+fn admit<S>(stream: S, peer: Peer, shared: &Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let sessions = shared.sessions();
+    let shared = shared.clone();
+    if let Ok(permit) = sessions.clone().try_acquire_owned() {
         tokio::spawn(async move {
             serve(stream, peer, shared).await;
             drop(permit);
         });
+        return;
     }
+    let max = shared.config().submission.max_sessions;
+    if shared.waiting.fetch_add(1, Ordering::SeqCst) >= max {
+        shared.waiting.fetch_sub(1, Ordering::SeqCst);
+        tokio::spawn(async move {
+            let mut stream = stream;
+            let text = format!(
+                "421 4.7.0 {} Too many connections; try again later\r\n",
+                shared.host
+            );
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(text.as_bytes()))
+                .await;
+        });
+        return;
+    }
+    tokio::spawn(async move {
+        let permit = sessions.acquire_owned().await;
+        shared.waiting.fetch_sub(1, Ordering::SeqCst);
+        if let Ok(permit) = permit {
+            serve(stream, peer, shared).await;
+            drop(permit);
+        }
+    });
 }
 
 /// Binds the unix socket at `path` in a private directory (0700, ours, not a link), replacing
