@@ -83,6 +83,13 @@ impl From<&[String]> for Value {
     }
 }
 
+impl Value {
+    /// An integer, e.g. a size in bytes.
+    pub fn int(n: u64) -> Value {
+        Value(n.to_string())
+    }
+}
+
 /// A TOML basic string.
 fn quote(s: &str) -> String {
     let mut out = String::from("\"");
@@ -150,6 +157,7 @@ impl Entries {
 pub struct Config {
     agent: Entries,
     retry: Entries,
+    submission: Entries,
     links: Vec<Link>,
     relays: Vec<Relay>,
     users: Vec<User>,
@@ -170,6 +178,12 @@ impl Config {
     /// Sets `key` in `[retry]` (`min`, `max`, `lifetime`, `refusal_memory`).
     pub fn retry(mut self, key: &str, value: impl Into<Value>) -> Config {
         self.retry.set(key, value);
+        self
+    }
+
+    /// Sets `key` in `[submission]` (`listen`, `socket`, `max_message_size`, `timeout`...).
+    pub fn submission(mut self, key: &str, value: impl Into<Value>) -> Config {
+        self.submission.set(key, value);
         self
     }
 
@@ -194,7 +208,11 @@ impl Config {
 
 impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (header, table) in [("[agent]", &self.agent), ("[retry]", &self.retry)] {
+        for (header, table) in [
+            ("[agent]", &self.agent),
+            ("[retry]", &self.retry),
+            ("[submission]", &self.submission),
+        ] {
             if !table.is_empty() {
                 table.write(f, header)?;
             }

@@ -15,12 +15,15 @@ mod durability;
 mod faults;
 mod files;
 mod interop;
+mod listener;
+mod listener_clients;
 mod listing;
 mod netlink;
 mod nm_source;
 mod notify;
 mod secrets;
 mod seed;
+mod sendmail_modes;
 mod test_relay;
 mod tls;
 
