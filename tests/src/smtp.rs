@@ -64,12 +64,30 @@ pub enum Fault {
     /// code, a missing line end, a multi-line reply that never ends), then go on reading
     /// commands.
     Raw(String),
+    /// Send `first`, then `then` over and over for as long as the client takes it: a hostile
+    /// relay's reply that never ends (`220-hello` and a line with no end, or endless short
+    /// lines). The session ends when the client stops reading or hangs up. See
+    /// [`Fault::endless`].
+    Endless {
+        /// Sent once.
+        first: String,
+        /// Sent again and again after `first`.
+        then: String,
+    },
 }
 
 impl Fault {
     /// `Fault::Reply(code, text.to_owned())`.
     pub fn reply(code: u16, text: &str) -> Fault {
         Fault::Reply(code, text.to_owned())
+    }
+
+    /// `Fault::Endless { first, then }`.
+    pub fn endless(first: &str, then: &str) -> Fault {
+        Fault::Endless {
+            first: first.to_owned(),
+            then: then.to_owned(),
+        }
     }
 
     fn is_success(&self) -> bool {
@@ -288,6 +306,8 @@ struct Shared {
     connections: AtomicUsize,
     queue_ids: AtomicU64,
     lines: Mutex<Vec<ClientLine>>,
+    /// Bytes written by [`Fault::Endless`], all sessions together.
+    endless_bytes: AtomicU64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -365,6 +385,7 @@ impl ScriptedRelay {
             connections: AtomicUsize::new(0),
             queue_ids: AtomicU64::new(1),
             lines: Mutex::new(Vec::new()),
+            endless_bytes: AtomicU64::new(0),
         });
         let task = tokio::spawn(accept_loop(listener, shared.clone()));
         Ok(ScriptedRelay { addr, shared, task })
@@ -384,6 +405,12 @@ impl ScriptedRelay {
     /// with whether it came over TLS.
     pub fn commands(&self) -> Vec<ClientLine> {
         lock(&self.shared.lines).clone()
+    }
+
+    /// How many bytes [`Fault::Endless`] replies have sent so far (the client took them, or
+    /// they wait in the socket buffers).
+    pub fn endless_bytes(&self) -> u64 {
+        self.shared.endless_bytes.load(Ordering::SeqCst)
     }
 
     /// How many TCP connections were accepted so far.
@@ -545,6 +572,10 @@ impl Io {
                     .context("writing a raw reply")?;
                 Ok(Flow::Continue)
             }
+            Fault::Endless { first, then } => {
+                self.endless(first, then).await;
+                Ok(Flow::End)
+            }
             Fault::Stall => {
                 let mut sink = [0u8; 4096];
                 loop {
@@ -554,6 +585,30 @@ impl Io {
                     }
                 }
             }
+        }
+    }
+
+    /// Writes `first`, then `then` again and again until the client stops taking it.
+    async fn endless(&mut self, first: &str, then: &str) {
+        let counter = self.lines.clone();
+        let Ok(writer) = self.writer() else { return };
+        if writer.write_all(first.as_bytes()).await.is_err() {
+            return;
+        }
+        let count = |n: usize| {
+            if let Some(shared) = &counter {
+                shared.endless_bytes.fetch_add(n as u64, Ordering::SeqCst);
+            }
+        };
+        count(first.len());
+        if then.is_empty() {
+            return;
+        }
+        let chunk = then.repeat(65_536 / then.len() + 1);
+        // A client that stops reading without hanging up leaves this write waiting: the
+        // session ends when it closes.
+        while writer.write_all(chunk.as_bytes()).await.is_ok() {
+            count(chunk.len());
         }
     }
 
@@ -1783,6 +1838,35 @@ mod tests {
             replies[replies.len() - 2..],
             ["hello there", "250 2.0.0 Ok"].map(String::from)
         );
+    }
+
+    #[tokio::test]
+    async fn an_endless_reply_goes_on_until_the_client_hangs_up() {
+        let relay = ScriptedRelay::start(RelayScript {
+            greeting: Some(Fault::endless("220-hello ", "x")),
+            ..RelayScript::default()
+        })
+        .await
+        .unwrap();
+        let mut stream = TcpStream::connect(relay.addr).await.unwrap();
+        let mut got = vec![0u8; 1 << 20];
+        stream.read_exact(&mut got).await.unwrap();
+        assert!(got.starts_with(b"220-hello xxx"));
+        assert!(!got.contains(&b'\n'), "no line end, ever");
+        assert!(relay.endless_bytes() >= 1 << 20);
+        drop(stream);
+        // The relay stops writing once the client is gone.
+        let mut last = relay.endless_bytes();
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let now = relay.endless_bytes();
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(relay.endless_bytes(), last);
     }
 
     #[tokio::test]

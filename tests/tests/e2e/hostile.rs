@@ -1,0 +1,228 @@
+//! Relays that attack the agent: a reply that never ends, a reply of endless lines. Whatever
+//! they send, the agent's memory stays small, the attempt ends well within the stage timeout,
+//! and the message stays queued with a reason the user can read in `linkrelay queue`.
+//!
+//! The agent's memory is read from `/proc/PID/status` while the relays attack: its peak
+//! (`VmHWM`) is what the user would see in `top` at its worst. An agent that grows past
+//! [`RSS_KILL_KIB`] is killed at once, so that a regression fails the test instead of the
+//! machine.
+
+use std::time::{Duration, Instant};
+
+use linkrelay_tests::nm::{ActiveSpec, FakeNm};
+use linkrelay_tests::smtp::{Fault, RelayScript, ScriptedRelay};
+use linkrelay_tests::tls::TestCa;
+use linkrelay_tests::world::World;
+use serde_json::Value;
+
+use crate::util::cli_json;
+
+/// The stage timeout of the relays under attack. A reply that never ends used to cost the
+/// whole of it (and gigabytes); the agent must give up on its own, long before.
+const STAGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The peak resident memory the agent may reach while relays attack it. The agent idles at
+/// about 10-15 MiB (a debug build); a reply is read line by line with small bounds.
+const RSS_LIMIT_KIB: u64 = 48 * 1024;
+
+/// An agent larger than this is killed on the spot and the test fails.
+const RSS_KILL_KIB: u64 = 512 * 1024;
+
+/// A field of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`).
+fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| {
+        l.strip_prefix(field)?
+            .strip_prefix(':')?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Waits up to `limit` until `done` says so, reading the agent's memory every 20 ms and
+/// killing it if it passes [`RSS_KILL_KIB`]. Returns the agent's peak RSS in KiB.
+pub async fn watch_memory_until(
+    w: &mut World,
+    what: &str,
+    limit: Duration,
+    mut done: impl FnMut(&World) -> bool,
+) -> u64 {
+    let pid = w.agent_pid().expect("the agent runs");
+    let deadline = Instant::now() + limit;
+    loop {
+        let rss = proc_status_kib(pid, "VmRSS").unwrap_or(0);
+        if rss > RSS_KILL_KIB {
+            w.kill_agent();
+            panic!(
+                "the agent grew to {} MiB (killed) while waiting for {what}\n{}",
+                rss / 1024,
+                tail(&w.agent_log())
+            );
+        }
+        if done(w) {
+            return proc_status_kib(pid, "VmHWM").expect("VmHWM of the agent");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {limit:?} (agent at {} MiB)\n{}",
+            rss / 1024,
+            tail(&w.agent_log())
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The end of a log, enough to see what happened without pages of flood.
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    let from = lines.len().saturating_sub(60);
+    lines[from..]
+        .iter()
+        .map(|l| l.chars().take(400).collect::<String>())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A world on link "lan" where each named user sends through a relay of their own
+/// (`<user>-r` at the given port; `tls = "none"` unless the given relay lines say otherwise),
+/// started with `linkrelay queue` empty.
+async fn world(users: &[(&str, u16, String)]) -> (World, FakeNm) {
+    let mut config = String::from(
+        "[agent]\ndebounce = \"50ms\"\n\n[retry]\nmin = \"1h\"\nmax = \"2h\"\n\n\
+         [[link]]\nname = \"lan\"\nmatch = { id = \"LAN\" }\n",
+    );
+    for (user, port, lines) in users {
+        let lines = if lines.is_empty() {
+            "tls = \"none\"\n"
+        } else {
+            lines
+        };
+        config.push_str(&format!(
+            "\n[[relay]]\nname = \"{user}-r\"\nhost = \"127.0.0.1\"\nport = {port}\n{lines}\
+             timeout = \"{}s\"\n\n[[user]]\nname = \"{user}\"\nfrom = [\"{user}@example.org\"]\n\
+             routes = {{ lan = [\"{user}-r\"] }}\n",
+            STAGE_TIMEOUT.as_secs()
+        ));
+    }
+    let mut w = World::new().unwrap();
+    w.write_config(&config).unwrap();
+    let nm = FakeNm::start(
+        &w.system.address,
+        vec![ActiveSpec::ethernet("LAN", "eth0", "192.0.2.1")],
+        4,
+    )
+    .await
+    .unwrap();
+    w.start_agent().await.unwrap();
+    (w, nm)
+}
+
+/// The queue as `linkrelay queue --json` lists it, by user.
+fn queued_by_user(w: &World) -> std::collections::BTreeMap<String, Value> {
+    cli_json(w, &["queue"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["user"].as_str().unwrap().to_owned(), m.clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_that_never_end_cost_little_memory_and_end_the_attempt_soon() {
+    // (user, the relay's reply that never ends, what `linkrelay queue` says)
+    let ca = TestCa::new("hostile relay CA").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    ca.write_pem(&ca_file).unwrap();
+    let tls = format!("tls = \"tls\"\nca_file = \"{}\"\n", ca_file.display());
+    let cases = [
+        (
+            "greeting-line",
+            RelayScript {
+                greeting: Some(Fault::endless("220-hello ", "x")),
+                ..RelayScript::default()
+            },
+            "a reply line longer than",
+        ),
+        (
+            "ehlo-line",
+            RelayScript {
+                ehlo: Some(Fault::endless("250-relay.test\r\n250-", "x")),
+                ..RelayScript::default()
+            },
+            "a reply line longer than",
+        ),
+        (
+            "ehlo-lines",
+            RelayScript {
+                ehlo: Some(Fault::endless("250-relay.test\r\n", "250-x\r\n")),
+                ..RelayScript::default()
+            },
+            "a reply of more than",
+        ),
+        (
+            // The same inside TLS: the bounds apply to what TLS carries.
+            "tls-greeting-line",
+            RelayScript {
+                greeting: Some(Fault::endless("220-hello ", "x")),
+                ..RelayScript::default()
+                    .with_implicit_tls(ca.server_config(&["127.0.0.1"]).unwrap())
+            },
+            "a reply line longer than",
+        ),
+    ];
+    let mut relays = Vec::new();
+    for (user, script, _) in &cases {
+        relays.push((*user, ScriptedRelay::start(script.clone()).await.unwrap()));
+    }
+    let ports: Vec<(&str, u16, String)> = relays
+        .iter()
+        .map(|(u, r)| {
+            let lines = if u.starts_with("tls-") { &tls } else { "" };
+            (*u, r.port(), lines.to_owned())
+        })
+        .collect();
+    let (mut w, _nm) = world(&ports).await;
+    let started = Instant::now();
+    for (user, _, _) in &cases {
+        w.send(&format!("{user}@example.org"), "you@example.net", user)
+            .unwrap();
+    }
+    let peak = watch_memory_until(&mut w, "every attempt to end", STAGE_TIMEOUT * 2, |w| {
+        let queue = queued_by_user(w);
+        cases
+            .iter()
+            .all(|(user, _, _)| queue.get(*user).is_some_and(|m| m["attempts"] == 1))
+    })
+    .await;
+    let took = started.elapsed();
+
+    let queue = queued_by_user(&w);
+    for (user, _, reason) in &cases {
+        let m = &queue[*user];
+        let error = m["last_error"].as_str().unwrap_or("");
+        assert!(
+            error.contains(&format!("the relay sent {reason}")) && error.contains("(at greeting)"),
+            "{user}: the queue says why: {m}"
+        );
+        assert!(
+            m["status"].as_str().unwrap_or("").starts_with("deferred"),
+            "{user}: {m}"
+        );
+    }
+    eprintln!("the agent's peak RSS: {peak} KiB");
+    assert!(
+        peak < RSS_LIMIT_KIB,
+        "the agent peaked at {} MiB (limit {} MiB)",
+        peak / 1024,
+        RSS_LIMIT_KIB / 1024
+    );
+    // No timeout was needed: each attempt ended as soon as a bound was passed.
+    assert!(
+        took < STAGE_TIMEOUT / 2,
+        "the attempts took {took:?}, the stage timeout is {STAGE_TIMEOUT:?}"
+    );
+}
