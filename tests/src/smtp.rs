@@ -3,10 +3,10 @@
 //! accepted.
 //!
 //! The relay listens on 127.0.0.1 on a free port. It speaks: a 220 greeting; EHLO (multi-line:
-//! `250-<name>`, `250-SIZE 10485760`, `250-8BITMIME`, `250-AUTH PLAIN LOGIN` when credentials are
-//! configured, `250 HELP`) and HELO; AUTH PLAIN and AUTH LOGIN, each with or without an initial
-//! response; MAIL FROM (ESMTP parameters such as `SIZE=` and `BODY=8BITMIME` are accepted;
-//! a `SIZE=` over the limit gets 552); RCPT TO; DATA with dot-unstuffing up to the lone ".";
+//! `250-<name>`, `250-SIZE 10485760`, `250-8BITMIME` unless [`RelayScript::without_8bitmime`],
+//! `250-AUTH PLAIN LOGIN` when credentials are configured, `250 HELP`) and HELO; AUTH PLAIN and
+//! AUTH LOGIN, each with or without an initial response; MAIL FROM (ESMTP parameters such as
+//! `SIZE=` and `BODY=8BITMIME` are accepted; a `SIZE=` over the limit gets 552); RCPT TO; DATA with dot-unstuffing up to the lone ".";
 //! RSET; NOOP; HELP; QUIT. Anything else gets `502 5.5.2 Error: command not recognized`.
 //! PIPELINING is offered only with [`RelayScript::pipelining`] (commands are read in order
 //! either way, so a pipelining client is served the same). With [`RelayScript::tls`] it speaks TLS: STARTTLS (offered in EHLO,
@@ -175,6 +175,10 @@ pub struct RelayScript {
     pub tls: RelayTls,
     /// EHLO offers PIPELINING (RFC 2920).
     pub pipelining: bool,
+    /// When set, EHLO does not offer 8BITMIME and a MAIL FROM with a `BODY=` parameter gets
+    /// this answer instead (Postfix with the extension off says `555 5.5.4 Unsupported
+    /// option: BODY=8BITMIME`; other servers say 501). 8-bit data is taken as it comes.
+    pub without_8bitmime: Option<Fault>,
 }
 
 impl Default for RelayScript {
@@ -194,6 +198,7 @@ impl Default for RelayScript {
             credentials: None,
             tls: RelayTls::Off,
             pipelining: false,
+            without_8bitmime: None,
         }
     }
 }
@@ -218,6 +223,7 @@ impl fmt::Debug for RelayScript {
             )
             .field("tls", &self.tls)
             .field("pipelining", &self.pipelining)
+            .field("without_8bitmime", &self.without_8bitmime)
             .finish()
     }
 }
@@ -826,11 +832,10 @@ async fn ehlo(
     if verb == "HELO" {
         io.reply(250, &script.name).await?;
     } else {
-        let mut lines = vec![
-            script.name.clone(),
-            format!("SIZE {MAX_MESSAGE_SIZE}"),
-            "8BITMIME".to_owned(),
-        ];
+        let mut lines = vec![script.name.clone(), format!("SIZE {MAX_MESSAGE_SIZE}")];
+        if script.without_8bitmime.is_none() {
+            lines.push("8BITMIME".to_owned());
+        }
         if (matches!(script.tls, RelayTls::Starttls(_)) && !io.tls) || script.starttls.is_some() {
             lines.push("STARTTLS".to_owned());
         }
@@ -1017,17 +1022,22 @@ async fn mail(
         io.reply(503, "5.5.1 Error: nested MAIL command").await?;
         return Ok(Flow::Continue);
     }
-    let size: HashMap<String, &str> = params
+    let esmtp: HashMap<String, &str> = params
         .iter()
         .filter_map(|p| p.split_once('='))
         .map(|(k, v)| (k.to_ascii_uppercase(), v))
         .collect();
-    if let Some(size) = size.get("SIZE").and_then(|v| v.parse::<usize>().ok())
+    if let Some(size) = esmtp.get("SIZE").and_then(|v| v.parse::<usize>().ok())
         && size > MAX_MESSAGE_SIZE
     {
         io.reply(552, "5.3.4 Message size exceeds fixed limit")
             .await?;
         return Ok(Flow::Continue);
+    }
+    if let Some(fault) = &script.without_8bitmime
+        && esmtp.contains_key("BODY")
+    {
+        return io.fault(fault).await;
     }
     if let Some(fault) = &script.mail {
         if fault.is_success() {
@@ -1389,6 +1399,36 @@ mod tests {
         assert!(
             replies.contains(&"250-AUTH PLAIN LOGIN".to_owned()),
             "{replies:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_8bitmime_the_extension_is_not_offered_and_body_is_refused() {
+        let relay = ScriptedRelay::start(RelayScript {
+            without_8bitmime: Some(Fault::reply(555, "5.5.4 Unsupported option: BODY=8BITMIME")),
+            ..RelayScript::named("relay.test")
+        })
+        .await
+        .unwrap();
+        let replies = raw_session(
+            &relay,
+            &[
+                "EHLO me",
+                "MAIL FROM:<a@b.example> BODY=8BITMIME",
+                "MAIL FROM:<a@b.example>",
+            ],
+        )
+        .await;
+        assert_eq!(
+            replies[1..],
+            [
+                "250-relay.test",
+                "250-SIZE 10485760",
+                "250 HELP",
+                "555 5.5.4 Unsupported option: BODY=8BITMIME",
+                "250 2.1.0 Ok",
+            ]
+            .map(String::from)
         );
     }
 

@@ -440,8 +440,11 @@ impl Session {
                 )
             })?)
         };
+        // 8-bit data to a relay without 8BITMIME goes as it is, undeclared (RFC 6152 would
+        // have it converted, which changes the bytes a signature covers); a relay that never
+        // offered BODY= refuses it (555, 501).
         let mut params = Vec::new();
-        if !data.is_ascii() {
+        if !data.is_ascii() && self.offers.has("8BITMIME") {
             params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
         }
         let mail = Mail::new(sender, params);

@@ -234,3 +234,74 @@ async fn the_relay_gets_exactly_the_queued_bytes() {
     assert!(queued.ends_with(b"test.\r\n"), "{queued:?}");
     assert_eq!(got[0].data_text(), String::from_utf8_lossy(&queued));
 }
+
+/// 8-bit mail to a relay that does not offer 8BITMIME goes as it is, without `BODY=8BITMIME`
+/// (which such a relay refuses: Postfix with the extension off says 555, others 501), and
+/// arrives byte for byte; a relay that offers it is told `BODY=8BITMIME`, and 7-bit mail
+/// carries no `BODY=` at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_bit_mail_reaches_a_relay_without_8bitmime_intact() {
+    let refusing = |code, text: &str| RelayScript {
+        without_8bitmime: Some(Fault::reply(code, text)),
+        ..RelayScript::named("relay.test")
+    };
+    let relay = ScriptedRelay::start(refusing(555, "5.5.4 Unsupported option: BODY=8BITMIME"))
+        .await
+        .unwrap();
+    let (w, _nm) = office_world(relay.port()).await;
+    let send = |subject: &str, body: &str| {
+        let msg = format!(
+            "From: me@example.org\nTo: you@example.net\nSubject: {subject}\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n{body}\n"
+        );
+        let out = w.sendmail(&["-t", "-i"], &msg).unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let queued = |w: &World, n: usize| {
+        let ids = w.outbox_entries("me", "sent");
+        std::fs::read(w.data_dir.join("me/sent").join(&ids[n]).join("message.eml")).unwrap()
+    };
+    let mail_lines = |relay: &ScriptedRelay| -> Vec<String> {
+        relay
+            .commands()
+            .into_iter()
+            .filter(|c| c.line.starts_with("MAIL FROM:"))
+            .map(|c| c.line)
+            .collect()
+    };
+
+    let cases = [(555, "Grüße aus Köln, 555"), (501, "Grüße aus Köln, 501")];
+    for (n, (code, body)) in cases.iter().enumerate() {
+        if *code == 501 {
+            relay.set_script(refusing(501, "5.5.4 Syntax error in parameters"));
+        }
+        send(&format!("eight-bit-{code}"), body);
+        let got = relay
+            .wait_for(n + 1, Duration::from_secs(10))
+            .await
+            .unwrap();
+        eventually("moved to sent/", &w, || {
+            w.outbox_entries("me", "sent").len() == n + 1
+        })
+        .await;
+        assert_eq!(got[n].data, queued(&w, n), "{code}: the bytes as queued");
+        assert!(got[n].data_text().contains(body), "{code}");
+    }
+    assert!(
+        mail_lines(&relay).iter().all(|l| !l.contains("BODY=")),
+        "{:?}",
+        mail_lines(&relay)
+    );
+
+    // A relay that offers 8BITMIME is told, for 8-bit mail only.
+    relay.set_script(RelayScript::named("relay.test"));
+    send("eight-bit-offered", "Grüße, offered");
+    send("seven-bit", "plain ASCII");
+    relay.wait_for(4, Duration::from_secs(10)).await.unwrap();
+    let lines = mail_lines(&relay);
+    assert!(lines[2].ends_with(" BODY=8BITMIME"), "{lines:?}");
+    assert!(!lines[3].contains("BODY="), "{lines:?}");
+}
