@@ -226,3 +226,94 @@ async fn replies_that_never_end_cost_little_memory_and_end_the_attempt_soon() {
         "the attempts took {took:?}, the stage timeout is {STAGE_TIMEOUT:?}"
     );
 }
+
+/// A relay that wants AUTH, with its password from `command`.
+fn with_password_command(command: &str) -> String {
+    format!("tls = \"none\"\nusername = \"u\"\npassword_command = \"{command}\"\n")
+}
+
+/// Runs one user whose relay takes its password from `command`, and returns the queued
+/// message once its attempt ended, with the agent's peak RSS.
+async fn password_attempt(command: &str) -> (World, FakeNm, Value, u64) {
+    let relay = ScriptedRelay::start(RelayScript::default().with_credentials("u", "p"))
+        .await
+        .unwrap();
+    let (mut w, nm) = world(&[("alice", relay.port(), with_password_command(command))]).await;
+    w.send("alice@example.org", "you@example.net", "password")
+        .unwrap();
+    let peak = watch_memory_until(&mut w, "the attempt to end", STAGE_TIMEOUT * 2, |w| {
+        queued_by_user(w)
+            .get("alice")
+            .is_some_and(|m| m["attempts"] == 1)
+    })
+    .await;
+    eprintln!("the agent's peak RSS: {peak} KiB");
+    let m = queued_by_user(&w).remove("alice").unwrap();
+    assert!(relay.received().is_empty());
+    (w, nm, m, peak)
+}
+
+/// `cat /dev/zero` as the password command: the agent reads a small bound of it, stays small,
+/// and the mail waits with the reason, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_command_that_prints_for_ever_costs_little_memory() {
+    let started = Instant::now();
+    let (_w, _nm, m, peak) = password_attempt("cat /dev/zero").await;
+    let took = started.elapsed();
+    assert!(
+        m["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("password_command printed more than 4096 bytes without a line end (at auth)"),
+        "{m}"
+    );
+    assert!(
+        peak < RSS_LIMIT_KIB,
+        "the agent peaked at {} MiB (limit {} MiB)",
+        peak / 1024,
+        RSS_LIMIT_KIB / 1024
+    );
+    assert!(
+        took < STAGE_TIMEOUT / 2,
+        "the attempt took {took:?}, the stage timeout is {STAGE_TIMEOUT:?}"
+    );
+}
+
+/// A password command that hangs is killed at the stage timeout together with what it
+/// started (its process group): no process is left behind, attempt after attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_command_that_hangs_is_killed_with_what_it_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("child.pid");
+    // The shell starts a child that would hang on, says which, and waits for it.
+    let command = format!("sleep 600 & echo $! > {}; wait", pid_file.display());
+    let (_w, _nm, m, _) = password_attempt(&command).await;
+    assert!(
+        m["last_error"].as_str().unwrap_or("").contains(&format!(
+            "password_command did not finish within {}s (at auth)",
+            STAGE_TIMEOUT.as_secs()
+        )),
+        "{m}"
+    );
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Killed processes may take a moment to be reaped (by init, as orphans).
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.contains(") Z "))
+    };
+    let mut waited = 0;
+    while alive() && waited < 100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += 1;
+    }
+    if alive() {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+        panic!("the command's child {pid} outlived it");
+    }
+}
