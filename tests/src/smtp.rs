@@ -39,7 +39,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 
-/// The message size limit the relay advertises (`SIZE`) and enforces.
+/// The message size limit the relay advertises (`SIZE`) and enforces by default.
 pub const MAX_MESSAGE_SIZE: usize = 10_485_760;
 
 /// The longest command line the relay reads; a longer one ends the session with a 500.
@@ -179,6 +179,9 @@ pub struct RelayScript {
     /// this answer instead (Postfix with the extension off says `555 5.5.4 Unsupported
     /// option: BODY=8BITMIME`; other servers say 501). 8-bit data is taken as it comes.
     pub without_8bitmime: Option<Fault>,
+    /// The message size limit advertised (`SIZE`) and enforced: [`MAX_MESSAGE_SIZE`] unless a
+    /// test sends more.
+    pub max_message_size: usize,
 }
 
 impl Default for RelayScript {
@@ -199,6 +202,7 @@ impl Default for RelayScript {
             tls: RelayTls::Off,
             pipelining: false,
             without_8bitmime: None,
+            max_message_size: MAX_MESSAGE_SIZE,
         }
     }
 }
@@ -224,6 +228,7 @@ impl fmt::Debug for RelayScript {
             .field("tls", &self.tls)
             .field("pipelining", &self.pipelining)
             .field("without_8bitmime", &self.without_8bitmime)
+            .field("max_message_size", &self.max_message_size)
             .finish()
     }
 }
@@ -832,7 +837,10 @@ async fn ehlo(
     if verb == "HELO" {
         io.reply(250, &script.name).await?;
     } else {
-        let mut lines = vec![script.name.clone(), format!("SIZE {MAX_MESSAGE_SIZE}")];
+        let mut lines = vec![
+            script.name.clone(),
+            format!("SIZE {}", script.max_message_size),
+        ];
         if script.without_8bitmime.is_none() {
             lines.push("8BITMIME".to_owned());
         }
@@ -1028,7 +1036,7 @@ async fn mail(
         .map(|(k, v)| (k.to_ascii_uppercase(), v))
         .collect();
     if let Some(size) = esmtp.get("SIZE").and_then(|v| v.parse::<usize>().ok())
-        && size > MAX_MESSAGE_SIZE
+        && size > script.max_message_size
     {
         io.reply(552, "5.3.4 Message size exceeds fixed limit")
             .await?;
@@ -1134,7 +1142,7 @@ async fn data(io: &mut Io, shared: &Shared, s: &mut Session, arg: &str) -> anyho
         } else {
             &line[..]
         };
-        if body.len() + content.len() > MAX_MESSAGE_SIZE {
+        if body.len() + content.len() > script.max_message_size {
             too_big = true;
         } else {
             body.extend_from_slice(content);

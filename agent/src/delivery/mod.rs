@@ -8,15 +8,17 @@
 //! ([`backoff`]), whether a password may go in clear ([`plaintext`]), what a TLS failure
 //! means to the user ([`tls_hint`]), and which verdicts change a message ([`flusher`]'s
 //! `apply_verdicts`). The rest is I/O at the edge: the SMTP session and the connection under
-//! it ([`wire`]: TCP, TLS, replies read with bounds, the data written in pieces), the
-//! password sources ([`credentials`]), the relay memory's file ([`memory`]) and the inotify
-//! watch that wakes a flusher when mail arrives ([`dropwatch`]).
+//! it ([`wire`]: TCP, TLS, replies read with bounds, the data written a piece at a time as
+//! [`message`] reads it from its file), the password sources ([`credentials`]), the relay
+//! memory's file ([`memory`]) and the inotify watch that wakes a flusher when mail arrives
+//! ([`dropwatch`]).
 
 pub(crate) mod backoff;
 pub(crate) mod credentials;
 pub(crate) mod dropwatch;
 pub(crate) mod flusher;
 pub(crate) mod memory;
+pub(crate) mod message;
 pub(crate) mod outcome;
 pub(crate) mod plaintext;
 pub(crate) mod reply;

@@ -9,6 +9,7 @@ use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt};
 use lettre::transport::smtp::extension::{ClientId, MailBodyParameter, MailParameter};
 use linkrelay_config::{Relay, TlsMode};
 
+use crate::delivery::message::Message;
 use crate::delivery::outcome::{Outcome, Stage, classify};
 use crate::delivery::reply::{Offers, Reply};
 use crate::delivery::wire::{Connection, WireError};
@@ -210,8 +211,8 @@ fn bad_address(rcpt: &str, error: &str) -> Verdict {
 
 /// How long the message data may take: the stage timeout plus one second per 16 KiB, so that
 /// a large message on a slow link is not cut off (at least 16 KiB/s is expected).
-pub fn data_timeout(limit: Duration, size: usize) -> Duration {
-    limit + Duration::from_secs((size / 16_384) as u64)
+pub fn data_timeout(limit: Duration, size: u64) -> Duration {
+    limit + Duration::from_secs(size / 16_384)
 }
 
 /// An AUTH mechanism the agent speaks.
@@ -426,7 +427,7 @@ impl Session {
         &mut self,
         from: &str,
         recipients: &[String],
-        data: &[u8],
+        message: &Message,
         before_data: impl Future<Output = ()>,
     ) -> Result<Transaction, Verdict> {
         let sender = if from.is_empty() {
@@ -444,7 +445,7 @@ impl Session {
         // have it converted, which changes the bytes a signature covers); a relay that never
         // offered BODY= refuses it (555, 501).
         let mut params = Vec::new();
-        if !data.is_ascii() && self.offers.has("8BITMIME") {
+        if message.is_8bit() && self.offers.has("8BITMIME") {
             params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
         }
         let mail = Mail::new(sender, params);
@@ -454,7 +455,7 @@ impl Session {
             .collect();
         if self.offers.has("PIPELINING") && addresses.iter().any(Result::is_ok) {
             return self
-                .send_pipelined(mail, recipients, &addresses, data, before_data)
+                .send_pipelined(mail, recipients, &addresses, message, before_data)
                 .await;
         }
         self.command(Stage::Mail, &mail.to_string()).await?;
@@ -485,7 +486,8 @@ impl Session {
             });
         }
         let r = self.command(Stage::Data, &Data.to_string()).await;
-        self.data(r, before_data, data, verdicts, &accepted).await
+        self.data(r, before_data, message, verdicts, &accepted)
+            .await
     }
 
     /// [`Session::send`] with PIPELINING: MAIL, each RCPT and DATA in one write, then their
@@ -496,7 +498,7 @@ impl Session {
         mail: Mail,
         recipients: &[String],
         addresses: &[Result<Address, String>],
-        data: &[u8],
+        message: &Message,
         before_data: impl Future<Output = ()>,
     ) -> Result<Transaction, Verdict> {
         let mut batch = mail.to_string();
@@ -548,7 +550,7 @@ impl Session {
                 recipients: verdicts,
             });
         }
-        self.data(data_reply, before_data, data, verdicts, &accepted)
+        self.data(data_reply, before_data, message, verdicts, &accepted)
             .await
     }
 
@@ -559,7 +561,7 @@ impl Session {
         &mut self,
         data_reply: Result<Reply, Verdict>,
         before_data: impl Future<Output = ()>,
-        data: &[u8],
+        message: &Message,
         mut verdicts: Vec<(String, Verdict)>,
         accepted: &[usize],
     ) -> Result<Transaction, Verdict> {
@@ -570,10 +572,10 @@ impl Session {
             return Err(v);
         }
         before_data.await;
-        let limit = data_timeout(self.timeout, data.len());
+        let limit = data_timeout(self.timeout, message.size());
         let conn = &mut self.conn;
         let sent = async {
-            conn.send_data(data).await?;
+            conn.send_data(message).await?;
             conn.read_reply().await
         };
         let end = match tokio::time::timeout(limit, sent).await {

@@ -1,7 +1,7 @@
 //! The connection to a relay, below the SMTP dialogue: TCP (with `TCP_NODELAY`), TLS (from
 //! the first byte, or after STARTTLS) with rustls, replies read through the bounded
 //! [`ReplyParser`], commands written as they are, and the message data dot-stuffed and
-//! written in bounded pieces.
+//! written a piece at a time as it is read from its file.
 //!
 //! The agent opens every connection and does every TLS handshake itself, so that nothing a
 //! relay sends is read by code that does not bound it. (lettre, which did this before, read
@@ -23,10 +23,8 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
+use crate::delivery::message::{Message, PIECE};
 use crate::delivery::reply::{Reply, ReplyError, ReplyParser};
-
-/// How much of a message is dot-stuffed and written at a time.
-pub const DATA_CHUNK: usize = 64 * 1024;
 
 /// Why the connection failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +41,9 @@ pub enum WireError {
     /// The TLS handshake failed (the certificate, most often).
     #[error("{0}")]
     Tls(String),
+    /// The message could not be read from its file while it was being sent.
+    #[error("cannot read the message: {0}")]
+    Message(io::Error),
     /// Bytes followed the relay's go-ahead to STARTTLS before the handshake: anyone on the
     /// path could have put them there, to be taken for the relay's replies inside TLS.
     #[error("the relay sent more after its answer to STARTTLS, before TLS began")]
@@ -178,23 +179,30 @@ impl Connection {
         }
     }
 
-    /// Sends a message's data after the relay's 354: dot-stuffed (RFC 5321 4.5.2), in pieces
-    /// of [`DATA_CHUNK`], then the final `.` line. The data's last line end is the one before
-    /// the dot (see [`without_last_eol`]).
-    pub async fn send_data(&mut self, data: &[u8]) -> Result<(), WireError> {
+    /// Sends a message's data after the relay's 354: dot-stuffed (RFC 5321 4.5.2), a piece
+    /// of at most [`PIECE`] bytes at a time read from the message's file, then the final `.`
+    /// line. The message's last line end is the one before the dot ([`Message::data_len`]).
+    pub async fn send_data(&mut self, message: &Message) -> Result<(), WireError> {
         let mut stuffer = DotStuffer::default();
-        let mut out = Vec::with_capacity(DATA_CHUNK + DATA_CHUNK / 8);
-        let mut pieces = without_last_eol(data).chunks(DATA_CHUNK).peekable();
-        while let Some(piece) = pieces.next() {
+        let mut buf = Vec::new();
+        let mut out = Vec::with_capacity(PIECE + PIECE / 8);
+        let mut offset = 0;
+        loop {
+            let piece = message
+                .piece(offset, &mut buf)
+                .await
+                .map_err(WireError::Message)?;
+            offset += piece.len() as u64;
             out.clear();
             stuffer.stuff(piece, &mut out);
-            if pieces.peek().is_none() {
+            let last = offset >= message.data_len();
+            if last {
                 out.extend_from_slice(b"\r\n.\r\n");
             }
             self.stream.get_mut().write_all(&out).await?;
-        }
-        if without_last_eol(data).is_empty() {
-            self.stream.get_mut().write_all(b"\r\n.\r\n").await?;
+            if last {
+                break;
+            }
         }
         self.stream.get_mut().flush().await?;
         Ok(())
@@ -232,15 +240,6 @@ impl DotStuffer {
             self.after_cr = b == b'\r';
         }
     }
-}
-
-/// The message without its final line end. The data ends with `CRLF . CRLF`, and our
-/// messages end with CRLF: sent whole, every message would reach the relay with a blank line
-/// added at its end (a patch, a signed part, changed).
-pub fn without_last_eol(data: &[u8]) -> &[u8] {
-    data.strip_suffix(b"\r\n")
-        .or_else(|| data.strip_suffix(b"\n"))
-        .unwrap_or(data)
 }
 
 /// The TLS settings for a relay: rustls with the system's CA store (as OpenSSL finds it:
@@ -305,15 +304,6 @@ mod tests {
         assert_eq!(stuffed(&[b"a\n.b\r.c"]), b"a\n.b\r.c");
     }
 
-    #[test]
-    fn the_final_line_end_is_left_to_the_data_terminator() {
-        assert_eq!(without_last_eol(b"a\r\nb\r\n"), b"a\r\nb");
-        assert_eq!(without_last_eol(b"a\r\n\r\n"), b"a\r\n");
-        assert_eq!(without_last_eol(b"a\nb\n"), b"a\nb");
-        assert_eq!(without_last_eol(b"no end"), b"no end");
-        assert_eq!(without_last_eol(b""), b"");
-    }
-
     #[tokio::test]
     async fn the_data_goes_out_stuffed_and_ends_with_one_dot_line() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -327,15 +317,17 @@ mod tests {
             got
         });
         let mut big = b".first\r\n".to_vec();
-        big.extend(std::iter::repeat_n(b'x', DATA_CHUNK * 2));
+        big.extend(std::iter::repeat_n(b'x', PIECE * 2));
         big.extend_from_slice(b"\r\n.last\r\n");
         let mut conn = Connection::connect(&[addr]).await.unwrap();
-        conn.send_data(&big).await.unwrap();
-        conn.send_data(b"").await.unwrap();
+        conn.send_data(&Message::in_memory(big)).await.unwrap();
+        conn.send_data(&Message::in_memory(Vec::new()))
+            .await
+            .unwrap();
         drop(conn);
         let got = server.await.unwrap();
         let mut want = b"..first\r\n".to_vec();
-        want.extend(std::iter::repeat_n(b'x', DATA_CHUNK * 2));
+        want.extend(std::iter::repeat_n(b'x', PIECE * 2));
         want.extend_from_slice(b"\r\n..last\r\n.\r\n\r\n.\r\n");
         assert_eq!(got, want);
     }

@@ -1,11 +1,8 @@
-//! Relays that attack the agent: a reply that never ends, a reply of endless lines. Whatever
-//! they send, the agent's memory stays small, the attempt ends well within the stage timeout,
-//! and the message stays queued with a reason the user can read in `linkrelay queue`.
-//!
-//! The agent's memory is read from `/proc/PID/status` while the relays attack: its peak
-//! (`VmHWM`) is what the user would see in `top` at its worst. An agent that grows past
-//! [`RSS_KILL_KIB`] is killed at once, so that a regression fails the test instead of the
-//! machine.
+//! Relays that attack the agent (a reply that never ends, a reply of endless lines) and
+//! password commands that do (one that prints for ever, one that hangs). Whatever they do, the
+//! agent's memory stays small (`util::watch_memory_until`), the attempt ends well within the
+//! stage timeout, and the message stays queued with a reason the user can read in `linkrelay
+//! queue`.
 
 use std::time::{Duration, Instant};
 
@@ -15,76 +12,11 @@ use linkrelay_tests::tls::TestCa;
 use linkrelay_tests::world::World;
 use serde_json::Value;
 
-use crate::util::cli_json;
+use crate::util::{RSS_LIMIT_KIB, cli_json, watch_memory_until};
 
 /// The stage timeout of the relays under attack. A reply that never ends used to cost the
 /// whole of it (and gigabytes); the agent must give up on its own, long before.
 const STAGE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The peak resident memory the agent may reach while relays attack it. The agent idles at
-/// about 10-15 MiB (a debug build); a reply is read line by line with small bounds.
-const RSS_LIMIT_KIB: u64 = 48 * 1024;
-
-/// An agent larger than this is killed on the spot and the test fails.
-const RSS_KILL_KIB: u64 = 512 * 1024;
-
-/// A field of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`).
-fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| {
-        l.strip_prefix(field)?
-            .strip_prefix(':')?
-            .trim()
-            .strip_suffix("kB")?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
-
-/// Waits up to `limit` until `done` says so, reading the agent's memory every 20 ms and
-/// killing it if it passes [`RSS_KILL_KIB`]. Returns the agent's peak RSS in KiB.
-pub async fn watch_memory_until(
-    w: &mut World,
-    what: &str,
-    limit: Duration,
-    mut done: impl FnMut(&World) -> bool,
-) -> u64 {
-    let pid = w.agent_pid().expect("the agent runs");
-    let deadline = Instant::now() + limit;
-    loop {
-        let rss = proc_status_kib(pid, "VmRSS").unwrap_or(0);
-        if rss > RSS_KILL_KIB {
-            w.kill_agent();
-            panic!(
-                "the agent grew to {} MiB (killed) while waiting for {what}\n{}",
-                rss / 1024,
-                tail(&w.agent_log())
-            );
-        }
-        if done(w) {
-            return proc_status_kib(pid, "VmHWM").expect("VmHWM of the agent");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {limit:?} (agent at {} MiB)\n{}",
-            rss / 1024,
-            tail(&w.agent_log())
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The end of a log, enough to see what happened without pages of flood.
-fn tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    let from = lines.len().saturating_sub(60);
-    lines[from..]
-        .iter()
-        .map(|l| l.chars().take(400).collect::<String>())
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 /// A world on link "lan" where each named user sends through a relay of their own
 /// (`<user>-r` at the given port; `tls = "none"` unless the given relay lines say otherwise),

@@ -7,7 +7,7 @@ use linkrelay_tests::nm::{ActiveSpec, FakeNm};
 use linkrelay_tests::smtp::{Fault, RelayScript, ScriptedRelay};
 use linkrelay_tests::world::World;
 
-use crate::util::{cli_json, eventually};
+use crate::util::{RSS_LIMIT_KIB, cli_json, eventually, watch_memory_until};
 
 /// Postfix's smtp-sink on a free loopback port, dumping each message into `dir`.
 struct SmtpSink {
@@ -304,4 +304,70 @@ async fn eight_bit_mail_reaches_a_relay_without_8bitmime_intact() {
     let lines = mail_lines(&relay);
     assert!(lines[2].ends_with(" BODY=8BITMIME"), "{lines:?}");
     assert!(!lines[3].contains("BODY="), "{lines:?}");
+}
+
+/// A 100 MB message goes out from its file a piece at a time: the agent does not hold it in
+/// memory (it used to, twice over), and the relay gets every byte as queued, dots stuffed and
+/// unstuffed on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_mb_message_goes_out_from_disk_and_the_agent_stays_small() {
+    const SIZE: usize = 100 * 1024 * 1024;
+    let relay = ScriptedRelay::start(RelayScript {
+        max_message_size: 2 * SIZE,
+        ..RelayScript::named("relay.test")
+    })
+    .await
+    .unwrap();
+    let (mut w, _nm) = office_world(relay.port()).await;
+    let mut message =
+        b"From: me@example.org\r\nTo: you@example.net\r\nSubject: big\r\n\r\n".to_vec();
+    let mut n = 0usize;
+    while message.len() < SIZE {
+        // Lines of 998 bytes (RFC 5322's most), some starting with a dot, some 8-bit.
+        let first = match n % 7 {
+            0 => ".",
+            3 => "é",
+            _ => "x",
+        };
+        message.extend_from_slice(first.as_bytes());
+        message.resize(message.len() + 998 - first.len(), b'a' + (n % 26) as u8);
+        message.extend_from_slice(b"\r\n");
+        n += 1;
+    }
+    let outbox = linkrelay_outbox::Outbox::open(&w.data_dir.join("me")).unwrap();
+    let envelope = linkrelay_outbox::Envelope {
+        from: "me@example.org".into(),
+        recipients: vec!["you@example.net".into()],
+    };
+    outbox.enqueue(&envelope, &message).unwrap();
+    let out = w.run_cli(&["flush"]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let peak = watch_memory_until(
+        &mut w,
+        "the relay to take the message",
+        Duration::from_secs(120),
+        |_| !relay.received().is_empty(),
+    )
+    .await;
+    eprintln!(
+        "the agent's peak RSS while sending {} MiB: {peak} KiB",
+        message.len() >> 20
+    );
+    let got = relay.received();
+    assert!(
+        got[0].data == message,
+        "the relay got other bytes than were queued"
+    );
+    assert!(
+        peak < RSS_LIMIT_KIB,
+        "the agent peaked at {} MiB sending a {} MiB message (limit {} MiB)",
+        peak / 1024,
+        message.len() >> 20,
+        RSS_LIMIT_KIB / 1024
+    );
 }
