@@ -155,6 +155,13 @@ impl ReplyParser {
         }
     }
 
+    /// What the parser holds: the bytes of an unfinished line and the lines taken so far
+    /// (never more than [`MAX_LINE`] and [`MAX_LINES`]). For the tests and the fuzz target.
+    #[allow(dead_code)]
+    pub fn held(&self) -> (usize, usize) {
+        (self.line.len(), self.lines.len())
+    }
+
     fn broken(&mut self, consumed: usize, e: ReplyError) -> Fed {
         self.line.clear();
         Fed {
@@ -333,6 +340,7 @@ mod tests {
         let fed = parser.feed(&flood);
         assert_eq!(fed.done, Some(Err(ReplyError::LineTooLong)));
         assert!(parser.line.capacity() <= 2 * MAX_LINE);
+        assert_eq!(parser.held(), (0, 0));
         // The longest line allowed is taken.
         let mut line = b"250 ".to_vec();
         line.resize(MAX_LINE - 2, b'y');
