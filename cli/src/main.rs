@@ -5,6 +5,9 @@
 
 // In tests a failed unwrap is a failed test, with its location.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
+// Doc comments on clap types are the --help text, where `[[link]]` and `[default: ...]` are
+// words for the user, not links.
+#![allow(rustdoc::broken_intra_doc_links)]
 
 mod connect;
 mod install;
@@ -22,7 +25,7 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Args as ClapArgs, CommandFactory, Parser, Subcommand, ValueEnum};
 use futures_util::StreamExt;
 use linkrelay_config::{Config, ConfigError};
-use linkrelay_dbus::{AGENT_BUS_NAME, AgentProxy};
+use linkrelay_dbus::agent::{AGENT_BUS_NAME, AgentProxy};
 use serde_json::json;
 
 /// sysexits EX_UNAVAILABLE: the agent is not running.
@@ -437,7 +440,7 @@ async fn connect(system: bool) -> anyhow::Result<Result<zbus::Connection, String
     connect_with(system, true).await
 }
 
-/// [`connect`], starting the agent through D-Bus activation only when `activate` says so.
+/// [`connect()`], starting the agent through D-Bus activation only when `activate` says so.
 async fn connect_with(
     system: bool,
     activate: bool,
@@ -642,7 +645,7 @@ async fn watch(conn: &zbus::Connection, agent: &AgentProxy<'_>, json: bool) -> a
     let rule = zbus::MatchRule::builder()
         .msg_type(zbus::message::Type::Signal)
         .sender(AGENT_BUS_NAME)
-        .path(linkrelay_dbus::AGENT_PATH)
+        .path(linkrelay_dbus::agent::AGENT_PATH)
         .build()?;
     let mut stream = zbus::MessageStream::for_match_rule(rule, conn, None).await?;
     // Start with where things stand, so a watcher never has to guess.

@@ -45,7 +45,7 @@ fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// Runs sendmail mode with `args` (without argv[0]).
+/// Runs sendmail mode with `args` (without `argv[0]`).
 pub fn main(args: Vec<String>) -> ExitCode {
     let mut user: Option<String> = None;
     let mut config_path: Option<PathBuf> = std::env::var_os("LINKRELAY_CONFIG").map(PathBuf::from);
@@ -189,7 +189,7 @@ fn nudge(user: &str) {
     rt.block_on(async move {
         let call = async {
             let conn = zbus::Connection::session().await?;
-            let agent = linkrelay_dbus::AgentProxy::new(&conn).await?;
+            let agent = linkrelay_dbus::agent::AgentProxy::new(&conn).await?;
             agent.wake(&user).await?;
             Ok::<_, zbus::Error>(())
         };

@@ -3,9 +3,9 @@
 //! the command's exit status or the item's attributes.
 //!
 //! The Secret Service (`org.freedesktop.secrets` on the session bus: GNOME Keyring, KeePassXC,
-//! KWallet's bridge) is reached by a small client over the workspace's zbus 6 rather than `oo7`
-//! or `secret-service`, which still pull in zbus 5 (a second copy of the whole D-Bus stack). A
-//! plain lookup needs four calls: `OpenSession("plain")`, `SearchItems(attributes)`, `Unlock`
+//! KWallet's bridge) is reached by a small client over the workspace's zbus 6 (the proxies are
+//! in `linkrelay_dbus::secrets`) rather than `oo7` or `secret-service`, which still pull in
+//! zbus 5 (a second copy of the whole D-Bus stack). A plain lookup needs four calls: `OpenSession("plain")`, `SearchItems(attributes)`, `Unlock`
 //! (with its prompt) when the matching item is locked, and `Item.GetSecret`. A "plain" session
 //! is what `secret-tool` uses too: the secret crosses the session bus, which only this user can
 //! connect to, unencrypted.
@@ -14,27 +14,32 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use linkrelay_config::Relay;
-use serde::Deserialize;
+use linkrelay_config::{self as config, Relay};
+use linkrelay_dbus::secrets::item::ItemProxy;
+use linkrelay_dbus::secrets::prompt::PromptProxy;
+use linkrelay_dbus::secrets::service::ServiceProxy;
+use linkrelay_dbus::secrets::session::SessionProxy;
 use tracing::debug;
-use zbus::{Connection, ObjectPath, OwnedObjectPath, OwnedVariant, Type, Variant, proxy};
+use zbus::{Connection, ObjectPath, OwnedObjectPath, OwnedVariant, Variant};
 
-/// The password for `relay`, `None` if it has no password source. The error says what went
-/// wrong, without the password.
+/// The password for `relay`, `None` if it does not log in. The error says what went wrong,
+/// without the password.
 pub(crate) async fn fetch(relay: &Relay) -> Result<Option<String>, String> {
-    if let Some(attributes) = &relay.password_secret {
-        debug!(relay = %relay.name, "looking up the password in the Secret Service");
-        return lookup(attributes)
-            .await
-            .map(Some)
-            .map_err(|e| e.to_string());
-    }
-    match &relay.password_command {
-        Some(command) => {
+    let Some(auth) = &relay.auth else {
+        return Ok(None);
+    };
+    match &auth.secret {
+        config::Secret::Keyring(attributes) => {
+            debug!(relay = %relay.name, "looking up the password in the Secret Service");
+            lookup(attributes)
+                .await
+                .map(Some)
+                .map_err(|e| e.to_string())
+        }
+        config::Secret::Command(command) => {
             debug!(relay = %relay.name, "running password_command");
             run_password_command(command, relay.timeout).await.map(Some)
         }
-        None => Ok(None),
     }
 }
 
@@ -51,7 +56,7 @@ pub const MAX_PASSWORD_LINE: usize = 4096;
 /// rest of the output is read and dropped until the command exits. The command runs in a
 /// process group of its own, and when it is given up on (too long a line, the time limit, the
 /// attempt abandoned) the whole group is killed, so that a child it started cannot outlive it.
-pub async fn run_password_command(command: &str, limit: Duration) -> Result<String, String> {
+async fn run_password_command(command: &str, limit: Duration) -> Result<String, String> {
     let mut child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(command)
@@ -144,62 +149,6 @@ impl Drop for GroupKiller {
 
 /// How long a whole lookup may take, an unlock prompt answered by the user included.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(90);
-
-#[proxy(
-    interface = "org.freedesktop.Secret.Service",
-    default_service = "org.freedesktop.secrets",
-    default_path = "/org/freedesktop/secrets"
-)]
-trait Service {
-    fn open_session(
-        &self,
-        algorithm: &str,
-        input: &Variant<'_>,
-    ) -> zbus::Result<(OwnedVariant, OwnedObjectPath)>;
-
-    fn search_items(
-        &self,
-        attributes: HashMap<&str, &str>,
-    ) -> zbus::Result<(Vec<OwnedObjectPath>, Vec<OwnedObjectPath>)>;
-
-    fn unlock(
-        &self,
-        objects: &[ObjectPath<'_>],
-    ) -> zbus::Result<(Vec<OwnedObjectPath>, OwnedObjectPath)>;
-}
-
-#[proxy(
-    interface = "org.freedesktop.Secret.Item",
-    default_service = "org.freedesktop.secrets"
-)]
-trait Item {
-    fn get_secret(&self, session: &ObjectPath<'_>) -> zbus::Result<Secret>;
-}
-
-#[proxy(
-    interface = "org.freedesktop.Secret.Session",
-    default_service = "org.freedesktop.secrets"
-)]
-trait Session {
-    fn close(&self) -> zbus::Result<()>;
-}
-
-#[proxy(
-    interface = "org.freedesktop.Secret.Prompt",
-    default_service = "org.freedesktop.secrets"
-)]
-trait Prompt {
-    fn prompt(&self, window_id: &str) -> zbus::Result<()>;
-}
-
-/// The Secret Service's `(oayays)` secret.
-#[derive(Deserialize, Type)]
-struct Secret {
-    _session: OwnedObjectPath,
-    _parameters: Vec<u8>,
-    value: Vec<u8>,
-    _content_type: String,
-}
 
 /// Why no password came from the Secret Service. The texts name the attributes, never a
 /// secret.

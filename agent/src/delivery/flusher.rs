@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use linkrelay_config::{Relay, RetrySettings};
+use linkrelay_config::{Relay, RelayName, RetrySettings, UserName};
 use linkrelay_outbox::{
     Counts, Folder, Ingested, Journal, MessageState, Outbox, OutboxError, RecipientStatus,
 };
@@ -17,7 +17,7 @@ use tracing::{debug, info, warn};
 use crate::clock::now;
 use crate::delivery::backoff::{next_step, retry_delay, route_key};
 use crate::delivery::credentials;
-use crate::delivery::memory::{RelayMemory, lock};
+use crate::delivery::memory::{LinkKey, RelayMemory, lock};
 use crate::delivery::message::Message;
 use crate::delivery::outcome::{Outcome, Stage};
 use crate::delivery::smtp::{Session, Verdict};
@@ -26,8 +26,8 @@ use crate::router::Route;
 /// The route a flusher follows, with the link it was decided for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserRoute {
-    /// Link rule name (or the link's id when no rule matched), for relay memory.
-    pub link: String,
+    /// The link the route was decided for, for relay memory.
+    pub link: LinkKey,
     /// The router's decision.
     pub route: Route,
 }
@@ -36,7 +36,7 @@ pub struct UserRoute {
 #[derive(Debug, Clone)]
 pub struct FlushSettings {
     /// Relays by name.
-    pub relays: HashMap<String, Relay>,
+    pub relays: HashMap<RelayName, Relay>,
     /// Backoff and lifetime.
     pub retry: RetrySettings,
 }
@@ -67,15 +67,15 @@ pub struct BatchResult {
 pub enum FlushEvent {
     /// A message left the queue delivered.
     Sent {
-        user: String,
+        user: UserName,
         id: String,
-        /// Relay that took it.
+        /// Relay that took it, as the message's state records it (`sent_via`).
         relay: String,
         reply: String,
     },
     /// A message stays queued until `next_attempt`.
     Deferred {
-        user: String,
+        user: UserName,
         id: String,
         reason: String,
         /// Unix seconds.
@@ -83,20 +83,20 @@ pub enum FlushEvent {
     },
     /// A message moved to failed/.
     Failed {
-        user: String,
+        user: UserName,
         id: String,
         reason: String,
     },
     /// A relay refused us on a link.
     RelayRefused {
-        user: String,
-        relay: String,
-        link: String,
+        user: UserName,
+        relay: RelayName,
+        link: LinkKey,
         reply: String,
     },
     /// A batch ended.
     Finished {
-        user: String,
+        user: UserName,
         result: BatchResult,
         /// Outbox counts afterwards.
         counts: Counts,
@@ -122,7 +122,7 @@ pub struct FlusherHandle {
 /// [`linkrelay_outbox::Journal`]) each outcome costs one fdatasync; without it, the folders
 /// are rewritten durably (four fsyncs).
 pub fn spawn(
-    user: String,
+    user: UserName,
     outbox: Outbox,
     journal: Option<Journal>,
     route: UserRoute,
@@ -176,7 +176,7 @@ struct Flusher {
     held_walk: HeldWalk,
     /// See [`FlusherHandle::arrived`].
     arrived: Arc<AtomicBool>,
-    user: String,
+    user: UserName,
     outbox: Outbox,
     /// Where outcomes are recorded; `None` when the journal could not be opened.
     journal: Option<Journal>,
@@ -184,7 +184,7 @@ struct Flusher {
     settings: watch::Receiver<Arc<FlushSettings>>,
     memory: Arc<Mutex<RelayMemory>>,
     events: mpsc::UnboundedSender<FlushEvent>,
-    passwords: HashMap<String, String>,
+    passwords: HashMap<RelayName, String>,
     /// States this process could not write (a full disk): they stand in for what is on disk,
     /// so that a recipient that was delivered is not sent to again, and are written as soon
     /// as the disk takes them.
@@ -235,7 +235,7 @@ enum HeldWalk {
 
 /// One open session and the relay it belongs to.
 struct Open {
-    relay: String,
+    relay: RelayName,
     session: Session,
 }
 
@@ -245,7 +245,7 @@ struct BatchState {
     open: Option<Open>,
     /// Relays that did not answer (connect, greeting, TLS, a timeout) earlier in this batch,
     /// with why: the next messages skip them instead of waiting for the same timeout again.
-    down: HashMap<String, Verdict>,
+    down: HashMap<RelayName, Verdict>,
     /// Resolves when the route changes: an attempt in flight is then abandoned.
     rerouted: watch::Receiver<UserRoute>,
 }
@@ -507,8 +507,8 @@ impl Flusher {
     async fn deliver(
         &mut self,
         msg: &mut MessageState,
-        link: &str,
-        relays: &[String],
+        link: &LinkKey,
+        relays: &[RelayName],
         settings: &FlushSettings,
         b: &mut BatchState,
     ) -> Done {
@@ -688,7 +688,7 @@ impl Flusher {
         if v.outcome == Outcome::Failed {
             msg.attempts += 1;
             msg.last_attempt = Some(a.t);
-            msg.last_relay = Some(o.relay.clone());
+            msg.last_relay = Some(o.relay.to_string());
             msg.last_error = Some(format!("{}: {}", o.relay, v.describe()));
             b.open = Some(o);
             fail_pending(msg, &v.describe());
@@ -1027,14 +1027,14 @@ impl Flusher {
         self.fail(msg).await
     }
 
-    fn refused(&self, link: &str, relay: &str, v: &Verdict, settings: &FlushSettings) {
+    fn refused(&self, link: &LinkKey, relay: &RelayName, v: &Verdict, settings: &FlushSettings) {
         let until = now() + settings.retry.refusal_memory.as_secs();
         lock(&self.memory).refused(link, relay, until, &v.describe());
-        warn!(user = %self.user, relay, link, reply = %v.describe(), "relay refused us on this link");
+        warn!(user = %self.user, %relay, %link, reply = %v.describe(), "relay refused us on this link");
         self.emit(FlushEvent::RelayRefused {
             user: self.user.clone(),
-            relay: relay.to_string(),
-            link: link.to_string(),
+            relay: relay.clone(),
+            link: link.clone(),
             reply: v.describe(),
         });
     }
@@ -1091,7 +1091,7 @@ impl Tally {
 
 /// The relays to try `msg` through on `route`, or why it is held: the route holds all mail, or
 /// the message is larger than the metered link allows. Pure.
-fn relays_for<'r>(route: &'r UserRoute, msg: &MessageState) -> Result<&'r [String], String> {
+fn relays_for<'r>(route: &'r UserRoute, msg: &MessageState) -> Result<&'r [RelayName], String> {
     match &route.route {
         Route::Hold { reason } => Err(format!("held: {reason}")),
         Route::Send {
@@ -1108,8 +1108,8 @@ fn relays_for<'r>(route: &'r UserRoute, msg: &MessageState) -> Result<&'r [Strin
 /// What one message is tried with: the link it goes out on, the route's relays, the settings,
 /// and when the attempt began.
 struct Attempt<'a> {
-    link: &'a str,
-    relays: &'a [String],
+    link: &'a LinkKey,
+    relays: &'a [RelayName],
     settings: &'a FlushSettings,
     t: u64,
 }
@@ -1118,7 +1118,7 @@ struct Attempt<'a> {
 struct Tries {
     /// The last relay that did not take every recipient, with why; `None` when the last relay
     /// tried took them all, or when there was none to try.
-    last: Option<(String, Verdict)>,
+    last: Option<(RelayName, Verdict)>,
     /// Whether any relay was tried, rather than left out by a recent refusal or down earlier in
     /// the batch.
     tried_any: bool,

@@ -279,7 +279,7 @@ impl Session {
             // RFC 3207: forget what was offered in clear, and ask again.
             self.ehlo(hello).await?;
         }
-        let Some(user) = &relay.username else {
+        let Some(auth) = &relay.auth else {
             return Ok(());
         };
         if !self.conn.is_encrypted() {
@@ -301,7 +301,7 @@ impl Session {
                 "no password: the relay's password source gave nothing",
             ));
         };
-        self.auth(user, &password).await
+        self.auth(&auth.username, &password).await
     }
 
     /// Says EHLO and keeps what the relay offers.

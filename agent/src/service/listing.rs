@@ -12,7 +12,8 @@ use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use linkrelay_dbus::{AgentError, MessageInfo, QueueLine};
+use linkrelay_config::UserName;
+use linkrelay_dbus::agent::{AgentError, MessageInfo, QueueLine};
 use linkrelay_outbox::{Folder, FolderReader, MessageState, Outbox, OutboxError, RecipientStatus};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
@@ -36,7 +37,7 @@ const PIPE_SIZE: usize = 1 << 20;
 /// What a listing walks, taken by the event loop in one step.
 pub struct Listing {
     /// (user, outbox, route) in user order.
-    pub users: Vec<(String, Outbox, UserRoute)>,
+    pub users: Vec<(UserName, Outbox, UserRoute)>,
     /// Relay memory, for "refuses us" statuses.
     pub memory: Arc<Mutex<RelayMemory>>,
     /// Unix seconds the statuses are computed for.
@@ -304,7 +305,7 @@ pub fn message_info(user: &str, folder: Folder, m: MessageState, status: String)
         recipients: m
             .recipients
             .into_iter()
-            .map(|r| linkrelay_dbus::RecipientInfo {
+            .map(|r| linkrelay_dbus::agent::RecipientInfo {
                 addr: r.addr,
                 state: match r.status {
                     RecipientStatus::Pending => "pending",

@@ -6,41 +6,40 @@
 
 use std::time::{Duration, Instant};
 
+use linkrelay_tests::config::{Config, Link, Relay, User};
 use linkrelay_tests::nm::{ActiveSpec, FakeNm};
 use linkrelay_tests::smtp::{Fault, RelayScript, ScriptedRelay};
 use linkrelay_tests::tls::TestCa;
-use linkrelay_tests::world::World;
+use linkrelay_tests::world::{World, cli_json};
 use serde_json::Value;
 
-use crate::util::{RSS_LIMIT_KIB, cli_json, watch_memory_until};
+use crate::util::{RSS_LIMIT_KIB, watch_memory_until};
 
 /// The stage timeout of the relays under attack. A reply that never ends used to cost the
 /// whole of it (and gigabytes); the agent must give up on its own, long before.
 const STAGE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A world on link "lan" where each named user sends through a relay of their own
-/// (`<user>-r` at the given port; `tls = "none"` unless the given relay lines say otherwise),
-/// started with `linkrelay queue` empty.
-async fn world(users: &[(&str, u16, String)]) -> (World, FakeNm) {
-    let mut config = String::from(
-        "[agent]\ndebounce = \"50ms\"\n\n[retry]\nmin = \"1h\"\nmax = \"2h\"\n\n\
-         [[link]]\nname = \"lan\"\nmatch = { id = \"LAN\" }\n",
-    );
-    for (user, port, lines) in users {
-        let lines = if lines.is_empty() {
-            "tls = \"none\"\n"
-        } else {
-            lines
-        };
-        config.push_str(&format!(
-            "\n[[relay]]\nname = \"{user}-r\"\nhost = \"127.0.0.1\"\nport = {port}\n{lines}\
-             timeout = \"{}s\"\n\n[[user]]\nname = \"{user}\"\nfrom = [\"{user}@example.org\"]\n\
-             routes = {{ lan = [\"{user}-r\"] }}\n",
-            STAGE_TIMEOUT.as_secs()
-        ));
+/// A world on link "lan" where each user sends through a relay of their own (`<user>-r`,
+/// the given relay on 127.0.0.1 with the stage timeout set), started with `linkrelay queue`
+/// empty.
+async fn world(users: Vec<(&str, Relay)>) -> (World, FakeNm) {
+    let mut config = Config::new()
+        .agent("debounce", "50ms")
+        .retry("min", "1h")
+        .retry("max", "2h")
+        .link(Link::new("lan").id("LAN"));
+    for (user, relay) in users {
+        let relay_name = format!("{user}-r");
+        config = config
+            .relay(relay.timeout(&format!("{}s", STAGE_TIMEOUT.as_secs())))
+            .user(
+                User::new(user)
+                    .from([format!("{user}@example.org").as_str()])
+                    .route("lan", [relay_name.as_str()]),
+            );
     }
     let mut w = World::new().unwrap();
-    w.write_config(&config).unwrap();
+    w.write_config(&config.to_string()).unwrap();
     let nm = FakeNm::start(
         &w.system.address,
         vec![ActiveSpec::ethernet("LAN", "eth0", "192.0.2.1")],
@@ -69,7 +68,6 @@ async fn replies_that_never_end_cost_little_memory_and_end_the_attempt_soon() {
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("ca.pem");
     ca.write_pem(&ca_file).unwrap();
-    let tls = format!("tls = \"tls\"\nca_file = \"{}\"\n", ca_file.display());
     let cases = [
         (
             "greeting-line",
@@ -110,14 +108,19 @@ async fn replies_that_never_end_cost_little_memory_and_end_the_attempt_soon() {
     for (user, script, _) in &cases {
         relays.push((*user, ScriptedRelay::start(script.clone()).await.unwrap()));
     }
-    let ports: Vec<(&str, u16, String)> = relays
+    let users = relays
         .iter()
-        .map(|(u, r)| {
-            let lines = if u.starts_with("tls-") { &tls } else { "" };
-            (*u, r.port(), lines.to_owned())
+        .map(|(user, r)| {
+            let relay = Relay::local(&format!("{user}-r"), r.port());
+            let relay = if user.starts_with("tls-") {
+                relay.tls("tls").ca_file(&ca_file)
+            } else {
+                relay
+            };
+            (*user, relay)
         })
         .collect();
-    let (mut w, _nm) = world(&ports).await;
+    let (mut w, _nm) = world(users).await;
     let started = Instant::now();
     for (user, _, _) in &cases {
         w.send(&format!("{user}@example.org"), "you@example.net", user)
@@ -159,18 +162,14 @@ async fn replies_that_never_end_cost_little_memory_and_end_the_attempt_soon() {
     );
 }
 
-/// A relay that wants AUTH, with its password from `command`.
-fn with_password_command(command: &str) -> String {
-    format!("tls = \"none\"\nusername = \"u\"\npassword_command = \"{command}\"\n")
-}
-
 /// Runs one user whose relay takes its password from `command`, and returns the queued
 /// message once its attempt ended, with the agent's peak RSS.
 async fn password_attempt(command: &str) -> (World, FakeNm, Value, u64) {
     let relay = ScriptedRelay::start(RelayScript::default().with_credentials("u", "p"))
         .await
         .unwrap();
-    let (mut w, nm) = world(&[("alice", relay.port(), with_password_command(command))]).await;
+    let config = Relay::local("alice-r", relay.port()).password_command("u", command);
+    let (mut w, nm) = world(vec![("alice", config)]).await;
     w.send("alice@example.org", "you@example.net", "password")
         .unwrap();
     let peak = watch_memory_until(&mut w, "the attempt to end", STAGE_TIMEOUT * 2, |w| {

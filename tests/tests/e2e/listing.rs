@@ -6,10 +6,11 @@ use std::io::{BufRead, BufReader};
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use linkrelay_dbus::{MessageInfo, QueueLine};
+use linkrelay_dbus::agent::{MessageInfo, QueueLine};
 use linkrelay_outbox::{Envelope, Outbox};
+use linkrelay_tests::world::cli_json;
 
-use crate::util::{cli_json, seed};
+use crate::util::seed;
 
 /// A bound on calls that must answer while a listing waits for its reader; only reached if
 /// the agent stopped serving.

@@ -2,13 +2,10 @@
 //! same session code a flush uses, and sends nothing.
 
 use linkrelay_tests::nm::{ActiveSpec, FakeNm};
+use linkrelay_tests::run::text;
 use linkrelay_tests::smtp::RelayScript;
 
 use crate::util::{Seed, seed};
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 /// The seed world on ISP A's line.
 async fn on_isp_a() -> (Seed, FakeNm) {
@@ -149,7 +146,7 @@ async fn a_wrong_password_and_an_unknown_relay_are_reported() {
 async fn hostile_test_relay_calls_get_errors() {
     let (s, _nm) = on_isp_a().await;
     let agent = s.world.agent().await.unwrap();
-    let err = |r: zbus::Result<linkrelay_dbus::RelayTest>| match r {
+    let err = |r: zbus::Result<linkrelay_dbus::agent::RelayTest>| match r {
         Err(zbus::Error::MethodError(name, _, _)) => name.to_string(),
         other => panic!("expected a D-Bus error, got {other:?}"),
     };
