@@ -4,9 +4,11 @@
 //!
 //! The relay listens on 127.0.0.1 on a free port. It speaks: a 220 greeting; EHLO (multi-line:
 //! `250-<name>`, `250-SIZE 10485760`, `250-8BITMIME` unless [`RelayScript::without_8bitmime`],
-//! `250-AUTH PLAIN LOGIN` when credentials are configured, `250 HELP`) and HELO; AUTH PLAIN and
-//! AUTH LOGIN, each with or without an initial response; MAIL FROM (ESMTP parameters such as
-//! `SIZE=` and `BODY=8BITMIME` are accepted; a `SIZE=` over the limit gets 552); RCPT TO; DATA with dot-unstuffing up to the lone ".";
+//! `250-AUTH PLAIN LOGIN` when credentials are configured (or fewer mechanisms:
+//! [`RelayScript::auth_mechanisms`]), `250 HELP`) and HELO; AUTH PLAIN and AUTH LOGIN, each
+//! with or without an initial response; MAIL FROM (ESMTP parameters such as `SIZE=` and
+//! `BODY=8BITMIME` are accepted; a `SIZE=` over the limit gets 552); RCPT TO; DATA with
+//! dot-unstuffing up to the lone ".";
 //! RSET; NOOP; HELP; QUIT. Anything else gets `502 5.5.2 Error: command not recognized`.
 //! PIPELINING is offered only with [`RelayScript::pipelining`] (commands are read in order
 //! either way, so a pipelining client is served the same). With [`RelayScript::tls`] it speaks TLS: STARTTLS (offered in EHLO,
@@ -179,6 +181,9 @@ pub struct RelayScript {
     /// The message size limit advertised (`SIZE`) and enforced: [`MAX_MESSAGE_SIZE`] unless a
     /// test sends more.
     pub max_message_size: usize,
+    /// The AUTH mechanisms offered (and taken) when there are credentials: `PLAIN LOGIN`
+    /// unless a test wants fewer. Another gets `504`.
+    pub auth_mechanisms: String,
 }
 
 impl Default for RelayScript {
@@ -200,6 +205,7 @@ impl Default for RelayScript {
             pipelining: false,
             without_8bitmime: None,
             max_message_size: MAX_MESSAGE_SIZE,
+            auth_mechanisms: "PLAIN LOGIN".to_owned(),
         }
     }
 }
@@ -226,6 +232,7 @@ impl fmt::Debug for RelayScript {
             .field("pipelining", &self.pipelining)
             .field("without_8bitmime", &self.without_8bitmime)
             .field("max_message_size", &self.max_message_size)
+            .field("auth_mechanisms", &self.auth_mechanisms)
             .finish()
     }
 }
@@ -845,7 +852,7 @@ async fn ehlo(
             lines.push("STARTTLS".to_owned());
         }
         if script.credentials.is_some() {
-            lines.push("AUTH PLAIN LOGIN".to_owned());
+            lines.push(format!("AUTH {}", script.auth_mechanisms));
         }
         if script.pipelining {
             lines.push("PIPELINING".to_owned());
@@ -900,6 +907,15 @@ async fn auth(
         Some((mechanism, initial)) => (mechanism.to_ascii_uppercase(), Some(initial.trim())),
         None => (arg.to_ascii_uppercase(), None),
     };
+    let offered = script
+        .auth_mechanisms
+        .split_whitespace()
+        .any(|m| m.eq_ignore_ascii_case(&mechanism));
+    if !offered && !mechanism.is_empty() {
+        io.reply(504, "5.5.4 Unsupported authentication mechanism")
+            .await?;
+        return Ok(Flow::Continue);
+    }
     let decode = |text: &str| -> Option<Vec<u8>> {
         if text == "=" {
             Some(Vec::new())

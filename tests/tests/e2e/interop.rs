@@ -52,18 +52,15 @@ impl Drop for SmtpSink {
     }
 }
 
-fn one_relay_config(port: u16) -> String {
-    Config::new()
+/// A world on link "office" where user `me` sends everything through `relay` (named "sink").
+async fn office_world_through(relay: Relay) -> (World, FakeNm) {
+    let config = Config::new()
         .agent("debounce", "50ms")
         .link(Link::new("office").id("Office"))
-        .relay(Relay::local("sink", port).timeout("5s"))
-        .user(User::new("me").from(["*"]).route("office", ["sink"]))
-        .to_string()
-}
-
-async fn office_world(port: u16) -> (World, FakeNm) {
+        .relay(relay)
+        .user(User::new("me").from(["*"]).route("office", ["sink"]));
     let mut w = World::new().unwrap();
-    w.write_config(&one_relay_config(port)).unwrap();
+    w.write_config(&config.to_string()).unwrap();
     let nm = FakeNm::start(
         &w.system.address,
         vec![ActiveSpec::ethernet("Office", "eth0", "192.0.2.1")],
@@ -73,6 +70,10 @@ async fn office_world(port: u16) -> (World, FakeNm) {
     .unwrap();
     w.start_agent().await.unwrap();
     (w, nm)
+}
+
+async fn office_world(port: u16) -> (World, FakeNm) {
+    office_world_through(Relay::local("sink", port).timeout("5s")).await
 }
 
 fn dumps(dir: &std::path::Path) -> Vec<String> {
@@ -356,4 +357,48 @@ async fn a_100_mb_message_goes_out_from_disk_and_the_agent_stays_small() {
         message.len() >> 20,
         RSS_LIMIT_KIB / 1024
     );
+}
+
+/// The agent logs in with AUTH PLAIN, or with AUTH LOGIN when the relay offers only that; to a
+/// relay that offers neither it sends no password, and the mail waits with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_offers_only_auth_login_gets_it_and_one_with_neither_gets_no_password() {
+    let offering = |mechanisms: &str| RelayScript {
+        auth_mechanisms: mechanisms.to_owned(),
+        ..RelayScript::named("relay.test").with_credentials("u", "s3cret")
+    };
+    let relay = ScriptedRelay::start(offering("LOGIN")).await.unwrap();
+    let (w, _nm) = office_world_through(
+        Relay::local("sink", relay.port())
+            .timeout("5s")
+            .password_command("u", "echo s3cret"),
+    )
+    .await;
+    let auth_lines = |relay: &ScriptedRelay| -> Vec<String> {
+        relay
+            .commands()
+            .into_iter()
+            .filter(|c| c.line.starts_with("AUTH"))
+            .map(|c| c.line)
+            .collect()
+    };
+    w.send("me@example.org", "you@example.net", "login")
+        .unwrap();
+    let got = relay.wait_for(1, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(got[0].authenticated_as.as_deref(), Some("u"));
+    assert_eq!(auth_lines(&relay), ["AUTH LOGIN"]);
+
+    relay.set_script(offering("CRAM-MD5"));
+    w.send("me@example.org", "you@example.net", "cram").unwrap();
+    eventually("the message was tried", &w, || {
+        cli_json(&w, &["queue"])[0]["attempts"] == 1
+    })
+    .await;
+    let queue = cli_json(&w, &["queue"]);
+    let error = queue[0]["last_error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("the relay offers no AUTH mechanism linkrelay speaks (PLAIN, LOGIN)"),
+        "{queue}"
+    );
+    assert_eq!(auth_lines(&relay), ["AUTH LOGIN"], "no AUTH was tried");
 }
