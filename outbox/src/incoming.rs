@@ -8,7 +8,7 @@
 //! two syncs (the file, then `incoming/`): the message is as safe, sooner. The agent, which
 //! watches `incoming/`, then moves both kinds into the queue with [`Outbox::ingest_incoming`]:
 //! it builds `queue/<id>/` without syncing, makes every message of the round durable with one
-//! `syncfs`, and only then removes their files and empties the spool. A crash in between
+//! `syncfs`, and only then removes their files and what it took of the spool. A crash in between
 //! leaves a message whose id is already queued (or sent): the next round sees the id and only
 //! removes it, so nothing is queued twice. This is the shape of Postfix's maildrop and pickup.
 //!
@@ -120,10 +120,10 @@ impl Outbox {
 
     /// Moves the messages of `incoming/` (its files and the spool) into the queue (see the
     /// module documentation): one `syncfs` for the whole round, then their files are removed
-    /// and the spool emptied. A message that cannot be parsed goes to `failed/` with the
-    /// reason (bytes of the spool that are no record, only by a round that takes everything
-    /// in: a round that leaves the spool would store them again); an I/O error leaves it for
-    /// the next round. Returns what happened to each: the files, then the spool's records,
+    /// and what was taken of the spool (`.spool.taken`) too. A message that cannot be parsed
+    /// goes to `failed/` with the reason (bytes of the spool that are no record, only by a
+    /// round that takes everything in: a round that leaves them would store them again); an
+    /// I/O error leaves it for the next round. Returns what happened to each: the files, then the spool's records,
     /// then its garbage, each in order.
     pub fn ingest_incoming(&self) -> Vec<Ingested> {
         let dir = self.root().join(INCOMING);
@@ -152,7 +152,7 @@ impl Outbox {
                 Err(error) => out.push(Ingested::Deferred { file: name, error }),
             }
         }
-        // The spool is emptied only when every record in it is in a folder now.
+        // What was taken is removed only when every record in it is in a folder now.
         let mut spool_taken = true;
         if let Some(drain) = &drain {
             let items = drain.items();
@@ -165,8 +165,8 @@ impl Outbox {
                     }
                 }
             }
-            // Garbage is kept in failed/ only by a round that then empties the spool: one that
-            // leaves the spool would store the same bytes again next time.
+            // Garbage is kept in failed/ only by a round that then removes what it took: one that
+            // leaves it would store the same bytes again next time.
             if errors.is_empty() {
                 for item in &items {
                     if let Item::Garbage { bytes, reason } = item {

@@ -25,10 +25,14 @@ fn env(rcpt: &str) -> Envelope {
     }
 }
 
+/// Bytes waiting in the spool: appended and not yet taken, or taken by a drain that has not
+/// finished (`.spool.taken`).
 fn spool_len(ob: &Outbox) -> u64 {
+    let taken = fs::metadata(ob.root().join("incoming/.spool.taken")).map_or(0, |m| m.len());
     fs::metadata(ob.root().join("incoming/.spool"))
         .unwrap()
         .len()
+        + taken
 }
 
 fn queued(ob: &Outbox) -> Vec<String> {
@@ -340,4 +344,39 @@ fn a_batch_is_one_append_and_a_bad_envelope_fails_only_its_own_message() {
         Some(dsn),
         "the DSN request is stored with the message"
     );
+}
+
+#[test]
+fn a_drain_in_progress_holds_up_no_submitter_and_loses_nothing() {
+    let (_d, ob, _j) = held();
+    let first = ob.submit(&env("bob@example.org"), MSG).unwrap();
+    let drain = ob.drain_spool().unwrap().unwrap();
+    assert_eq!(drain.items().len(), 1);
+    // While the drain holds what it took (its syncfs can take long), a submitter appends to
+    // the new spool at once.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ob2 = ob.clone();
+    std::thread::spawn(move || tx.send(ob2.submit(&env("carol@example.org"), MSG).unwrap()));
+    let second = rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("the submitter was not held up by the drain");
+    // Both are listed meanwhile.
+    let listed: Vec<String> = ob
+        .list(Folder::Queue)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(listed, [first.clone(), second.clone()]);
+    // A round that does not finish (a crash, a full disk) leaves what it took for the next.
+    drop(drain);
+    ob.ingest_incoming();
+    assert_eq!(
+        ob.message_ids(Folder::Queue).unwrap(),
+        std::slice::from_ref(&first)
+    );
+    ob.ingest_incoming();
+    assert_eq!(ob.message_ids(Folder::Queue).unwrap(), [first, second]);
+    assert_eq!(spool_len(&ob), 0);
+    assert!(!ob.root().join("incoming/.spool.taken").exists());
 }
