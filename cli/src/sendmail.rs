@@ -109,11 +109,6 @@ pub fn main(args: Vec<String>) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(EX_CONFIG, e),
     };
-    if let Some(u) = &user
-        && config.user(u).is_none()
-    {
-        return fail(EX_NOUSER, format!("no [[user]] named {u:?} in the config"));
-    }
     let ctx = Context { user, config };
     match parsed.mode {
         Mode::Deliver => deliver(&ctx, &parsed),
@@ -135,7 +130,7 @@ fn deliver(ctx: &Context, parsed: &Args) -> ExitCode {
     };
     let user = match ctx.user_for(&envelope.from) {
         Ok(u) => u,
-        Err(why) => return fail(EX_NOUSER, format!("{why}; add one, or pass --user")),
+        Err(why) => return fail(EX_NOUSER, why),
     };
     let outbox = match open_outbox(&user) {
         Ok(o) => o,
@@ -158,12 +153,16 @@ impl Context {
     /// The user mail from `sender` belongs to: `--user`, else by the `from` patterns.
     pub(crate) fn user_for(&self, sender: &str) -> Result<String, String> {
         if let Some(u) = &self.user {
-            return Ok(u.clone());
+            return match self.config.user(u) {
+                Some(user) => Ok(user.name.to_string()),
+                None => Err(format!("no [[user]] named {u:?} in the config")),
+            };
         }
         match self.config.user_for_sender(sender) {
             Some(u) => Ok(u.name.to_string()),
             None => Err(format!(
-                "no [[user]] has a `from` pattern matching {sender:?} and none is `default = true`"
+                "no [[user]] has a `from` pattern matching {sender:?} and none is \
+                 `default = true`; add one, or pass --user"
             )),
         }
     }
