@@ -43,33 +43,58 @@ impl Dsn {
             .find(|r| r.addr.eq_ignore_ascii_case(addr))
     }
 
-    /// The `MAIL FROM` parameters to pass on to a relay that offers DSN, e.g.
-    /// `["RET=HDRS", "ENVID=abc+2B1"]`.
-    pub fn mail_params(&self) -> Vec<String> {
+    /// The `MAIL FROM` parameters to pass on to a relay that offers DSN; written out, e.g.
+    /// `RET=HDRS ENVID=abc+2B1`.
+    pub fn mail_params(&self) -> Vec<DsnParam> {
         let mut out = Vec::new();
         if let Some(ret) = self.ret {
-            out.push(format!("RET={ret}"));
+            out.push(DsnParam::new("RET", ret.to_string()));
         }
         if let Some(envid) = &self.envid {
-            out.push(format!("ENVID={}", xtext(envid)));
+            out.push(DsnParam::new("ENVID", envid.clone()));
         }
         out
     }
 
-    /// The `RCPT TO` parameters for recipient `addr` to pass on to a relay that offers DSN,
-    /// e.g. `["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;bob@example.org"]`.
-    pub fn rcpt_params(&self, addr: &str) -> Vec<String> {
+    /// The `RCPT TO` parameters for recipient `addr` to pass on to a relay that offers DSN;
+    /// written out, e.g. `NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;bob@example.org`.
+    pub fn rcpt_params(&self, addr: &str) -> Vec<DsnParam> {
         let Some(r) = self.recipient(addr) else {
             return Vec::new();
         };
         let mut out = Vec::new();
         if let Some(notify) = r.notify {
-            out.push(format!("NOTIFY={notify}"));
+            out.push(DsnParam::new("NOTIFY", notify.to_string()));
         }
         if let Some(orcpt) = &r.orcpt {
-            out.push(format!("ORCPT={};{}", orcpt.addr_type, xtext(&orcpt.addr)));
+            out.push(DsnParam::new(
+                "ORCPT",
+                format!("{};{}", orcpt.addr_type, orcpt.addr),
+            ));
         }
         out
+    }
+}
+
+/// One DSN parameter of a command: its keyword and its value, decoded. Written out
+/// ([`fmt::Display`]) as `KEYWORD=xtext(value)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DsnParam {
+    /// `RET`, `ENVID`, `NOTIFY` or `ORCPT`.
+    pub keyword: &'static str,
+    /// The value as text (xtext-encoded when written out).
+    pub value: String,
+}
+
+impl DsnParam {
+    fn new(keyword: &'static str, value: String) -> DsnParam {
+        DsnParam { keyword, value }
+    }
+}
+
+impl fmt::Display for DsnParam {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.keyword, xtext(&self.value))
     }
 }
 
@@ -340,10 +365,18 @@ mod tests {
                 orcpt: Some(Orcpt::parse("rfc822;bob+2Bx@example.org").unwrap()),
             }],
         };
-        assert_eq!(dsn.mail_params(), ["RET=HDRS", "ENVID=id+3D1+20x"]);
+        let shown = |params: Vec<DsnParam>| -> Vec<String> {
+            params.iter().map(ToString::to_string).collect()
+        };
+        assert_eq!(shown(dsn.mail_params()), ["RET=HDRS", "ENVID=id+3D1+20x"]);
         assert_eq!(
-            dsn.rcpt_params("bob@example.org"),
+            shown(dsn.rcpt_params("bob@example.org")),
             ["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;bob+2Bx@example.org"]
+        );
+        assert_eq!(
+            dsn.mail_params()[1].value,
+            "id=1 x",
+            "the value is kept decoded"
         );
         assert!(dsn.rcpt_params("carol@example.org").is_empty());
     }

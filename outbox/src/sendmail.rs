@@ -926,7 +926,12 @@ mod tests {
         let dsn = env.dsn.unwrap();
         assert_eq!(dsn.ret, Some(Ret::Hdrs));
         assert_eq!(dsn.envid.as_deref(), Some("cron.42"));
-        assert_eq!(dsn.rcpt_params("e@f.example"), ["NOTIFY=SUCCESS,FAILURE"]);
+        let params: Vec<String> = dsn
+            .rcpt_params("e@f.example")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(params, ["NOTIFY=SUCCESS,FAILURE"]);
         assert_eq!(dsn.recipients.len(), 2);
         let (env, _) = prepare(&args(&["x@y.z"]).unwrap(), b"Subject: x\n\n", "me@h").unwrap();
         assert_eq!(env.dsn, None, "no flag, no DSN request");

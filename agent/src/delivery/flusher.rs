@@ -593,7 +593,13 @@ impl Flusher {
         let pending: Vec<String> = msg.pending().map(|r| r.addr.clone()).collect();
         let Some(transaction) = until_rerouted(
             &mut b.rerouted,
-            o.session.send(&msg.from, &pending, message, self.durable()),
+            o.session.send(
+                &msg.from,
+                &pending,
+                msg.dsn.as_ref(),
+                message,
+                self.durable(),
+            ),
         )
         .await
         else {

@@ -224,8 +224,13 @@ fn dsn_parameters_are_stored_with_the_envelope() {
         dsn.recipients[0].orcpt.as_ref().unwrap().addr,
         "c+x@d.example"
     );
+    let params: Vec<String> = dsn
+        .rcpt_params("c@d.example")
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     assert_eq!(
-        dsn.rcpt_params("c@d.example"),
+        params,
         ["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;c+2Bx@d.example"]
     );
 }

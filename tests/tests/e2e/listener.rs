@@ -46,7 +46,12 @@ pub fn desk_config(relay: &ScriptedRelay, port: u16) -> Config {
 
 /// A desk with the default config, changed by `adjust`.
 pub async fn desk_with(adjust: impl FnOnce(Config) -> Config) -> Desk {
-    let relay = ScriptedRelay::start(RelayScript::default()).await.unwrap();
+    desk_for(RelayScript::default(), adjust).await
+}
+
+/// A desk whose relay plays `script`.
+pub async fn desk_for(script: RelayScript, adjust: impl FnOnce(Config) -> Config) -> Desk {
+    let relay = ScriptedRelay::start(script).await.unwrap();
     let port = free_port();
     let mut world = World::new().unwrap();
     world

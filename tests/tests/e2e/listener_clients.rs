@@ -9,7 +9,9 @@ use std::time::Duration;
 use linkrelay_tests::run::{run_with_input, text};
 use linkrelay_tests::world::{World, bin};
 
-use crate::listener::{Desk, desk};
+use linkrelay_tests::smtp::RelayScript;
+
+use crate::listener::{Desk, desk, desk_for};
 
 /// Runs `cmd` in the desk's world (home, XDG dirs, buses) and asserts it succeeded.
 fn run_ok(w: &World, cmd: &mut Command, input: &[u8]) -> Output {
@@ -91,11 +93,8 @@ async fn msmtp_with_the_listener_as_its_host() {
     assert!(data.contains("Ein 8-bit Text: äöü ß €.\r\n"), "{data}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_smtplib_with_smtputf8_and_a_dsn_request() {
-    let d = desk().await;
-    let w = &d.world;
-    let script = r#"
+/// Python's smtplib sends a message with a UTF-8 recipient, SMTPUTF8 and a DSN request.
+const SMTPLIB_DSN: &str = r#"
 import smtplib, sys
 port = int(sys.argv[1])
 msg = ("From: me@example.org\r\nTo: jürgen@dest.example, you@dest.example\r\n"
@@ -108,15 +107,44 @@ with smtplib.SMTP("127.0.0.1", port) as s:
                          rcpt_options=["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;you@dest.example"])
     assert not refused, refused
 "#;
+
+/// The MAIL and RCPT lines the relay got.
+fn envelope_lines(d: &Desk) -> Vec<String> {
+    d.relay
+        .commands()
+        .into_iter()
+        .map(|c| c.line)
+        .filter(|l| l.starts_with("MAIL ") || l.starts_with("RCPT "))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_smtplib_with_smtputf8_and_a_dsn_request_passed_on_to_a_relay_that_offers_dsn() {
+    let script = RelayScript {
+        offers: vec!["DSN".into(), "SMTPUTF8".into()],
+        ..RelayScript::default()
+    };
+    let d = desk_for(script, |c| c).await;
+    let w = &d.world;
     let mut cmd = Command::new("python3");
-    cmd.args(["-c", script, &d.port.to_string()]);
+    cmd.args(["-c", SMTPLIB_DSN, &d.port.to_string()]);
     run_ok(w, &mut cmd, b"");
     let r = the_one_delivered(&d).await;
     assert_eq!(r.rcpts, ["jürgen@dest.example", "you@dest.example"]);
     let data = r.data_text();
     assert!(data.contains("Subject: Grüße aus Python\r\n"), "{data}");
     assert!(data.contains("UTF-8 überall.\r\n"), "{data}");
-    // The DSN request is kept with the message.
+    // The request reaches the relay as the client made it (smtplib gives every recipient
+    // the same options).
+    assert_eq!(
+        envelope_lines(&d),
+        [
+            "MAIL FROM:<me@example.org> BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=py+2B1",
+            "RCPT TO:<jürgen@dest.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;you@dest.example",
+            "RCPT TO:<you@dest.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;you@dest.example",
+        ]
+    );
+    // And it is kept with the message.
     let sent = w.wait_entries("me", "sent", 1).await;
     let state: serde_json::Value = serde_json::from_slice(
         &std::fs::read(w.data_dir.join("me/sent").join(&sent[0]).join("state.json")).unwrap(),
@@ -124,13 +152,23 @@ with smtplib.SMTP("127.0.0.1", port) as s:
     .unwrap();
     assert_eq!(state["dsn"]["ret"], "hdrs", "{state}");
     assert_eq!(state["dsn"]["envid"], "py+1", "{state}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dsn_request_is_left_out_for_a_relay_without_dsn_and_the_mail_still_goes() {
+    let d = desk().await;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", SMTPLIB_DSN, &d.port.to_string()]);
+    run_ok(&d.world, &mut cmd, b"");
+    let r = the_one_delivered(&d).await;
+    assert_eq!(r.rcpts, ["jürgen@dest.example", "you@dest.example"]);
     assert_eq!(
-        state["dsn"]["recipients"][0]["notify"], "SUCCESS,FAILURE",
-        "{state}"
-    );
-    assert_eq!(
-        state["dsn"]["recipients"][0]["orcpt"]["addr"], "you@dest.example",
-        "{state}"
+        envelope_lines(&d),
+        [
+            "MAIL FROM:<me@example.org> BODY=8BITMIME",
+            "RCPT TO:<jürgen@dest.example>",
+            "RCPT TO:<you@dest.example>",
+        ]
     );
 }
 
