@@ -195,7 +195,12 @@ async fn accept_tcp(listener: TcpListener, shared: Arc<Shared>) {
     let mut told_unknown = false;
     loop {
         let (stream, client) = match listener.accept().await {
-            Ok(accepted) => accepted,
+            // Replies are whole units, written once each: no reason to let Nagle hold one
+            // back for the client's delayed ACK.
+            Ok(accepted) => {
+                let _ = accepted.0.set_nodelay(true);
+                accepted
+            }
             Err(e) => {
                 // Out of file descriptors, most likely: let sessions end first.
                 warn!("submission listener: accept: {e}");
