@@ -48,11 +48,13 @@ mod diag;
 mod glob;
 mod parse;
 mod perms;
+mod read;
 #[cfg(test)]
 mod tests;
 
 pub use diag::{ConfigError, Diagnostic, Diagnostics, Note};
 pub use ipnet::IpNet;
+pub use read::MAX_CONFIG_SIZE;
 
 /// The starter config that `linkrelay config init` writes: every option, commented where
 /// optional. As written it parses, and behaves like [`Config::embedded_default`] (one user
@@ -480,11 +482,12 @@ impl Config {
     /// that another user could write (mode `g+w`/`o+w`, or owned by another user than the
     /// reader or root) is refused, since it decides which commands run and where mail goes;
     /// a file that others can read and that names credentials (`username`) is refused too.
+    ///
+    /// The file is opened without blocking and must be a regular file of at most
+    /// [`MAX_CONFIG_SIZE`] bytes (a FIFO would otherwise hang the caller until someone writes
+    /// to it); bytes that are not UTF-8 are an error at their line and column.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = read::config_text(path)?;
         let config = Config::parse(&text, path)?;
         perms::check(path, &text, &config).map_err(ConfigError::Invalid)?;
         Ok(config)

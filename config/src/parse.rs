@@ -878,25 +878,34 @@ fn agent(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> AgentSettings {
 
 fn retry(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> RetrySettings {
     let mut retry = RetrySettings::default();
+    // Ok(span) when given and valid, Ok(None) when not given, Err when given but refused.
     let positive = |ctx: &mut Ctx<'_>, name: &str, slot: &mut Duration| {
-        let (d, span) = t.duration(ctx, name)?;
+        if t.get(name).is_none() {
+            return Ok(None);
+        }
+        let (d, span) = t.duration(ctx, name).ok_or(())?;
         if d.is_zero() {
             ctx.error(
                 span.start,
                 format!("`{name}` in [retry] must be more than 0"),
                 format!("write {}", t.example(name)),
             );
-            return None;
+            return Err(());
         }
         *slot = d;
-        Some(span)
+        Ok(Some(span))
     };
     let min = positive(ctx, "min", &mut retry.min);
     let max = positive(ctx, "max", &mut retry.max);
-    positive(ctx, "lifetime", &mut retry.lifetime);
+    let _ = positive(ctx, "lifetime", &mut retry.lifetime);
     if let Some((d, _)) = t.duration(ctx, "refusal_memory") {
         retry.refusal_memory = d;
     }
+    // A refused `min` or `max` has its error already; comparing the default that stands in
+    // for it would only add a second, wrong one.
+    let (Ok(min), Ok(max)) = (min, max) else {
+        return retry;
+    };
     if retry.max < retry.min {
         let (min_s, max_s) = (show(retry.min), show(retry.max));
         match (max, min) {

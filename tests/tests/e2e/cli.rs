@@ -411,3 +411,71 @@ fn the_binary_called_sendmail_is_sendmail() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(w.outbox_entries("default", "queue").len(), 1);
 }
+
+/// Runs `linkrelay ARGS`, killing it after `limit`; `None` when it had to be killed.
+fn run_cli_within(w: &World, args: &[&str], limit: Duration) -> Option<std::process::Output> {
+    let mut child = w
+        .cli()
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return Some(child.wait_with_output().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_that_became_a_fifo_is_refused_on_reload_and_the_agent_keeps_answering() {
+    let mut s = seed().await;
+    s.world.start_agent().await.unwrap();
+    let w = &s.world;
+    std::fs::remove_file(&w.config_path).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &w.config_path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    // SIGHUP reloads on the event loop; nobody ever writes to the FIFO.
+    w.hup_agent();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = run_cli_within(w, &["status", "--json"], Duration::from_secs(5));
+    let reload = run_cli_within(w, &["reload"], Duration::from_secs(5));
+    if status.is_none() || reload.is_none() {
+        // Let a stuck agent go on (and stop) before failing.
+        let _ = std::fs::OpenOptions::new().write(true).open(&w.config_path);
+        panic!(
+            "the agent stopped answering after a reload from a FIFO (status answered: {}, reload answered: {})",
+            status.is_some(),
+            reload.is_some()
+        );
+    }
+    let status: serde_json::Value =
+        serde_json::from_slice(&status.unwrap().stdout).expect("status JSON");
+    let error = status["config_error"].as_str().unwrap_or_default();
+    assert!(error.contains("not a regular file"), "{status}");
+    let reload = reload.unwrap();
+    assert_eq!(reload.status.code(), Some(78), "{}", text(&reload.stderr));
+    assert!(
+        text(&reload.stderr).contains("a FIFO is not a regular file"),
+        "{}",
+        text(&reload.stderr)
+    );
+    assert_eq!(
+        status["users"].as_array().unwrap().len(),
+        2,
+        "old config runs"
+    );
+}
