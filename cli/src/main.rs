@@ -6,6 +6,10 @@
 // In tests a failed unwrap is a failed test, with its location.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+// First: the other modules use its macros.
+#[macro_use]
+mod say;
+
 mod connect;
 mod install;
 mod output;
@@ -252,7 +256,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("linkrelay: {e:#}");
+            errln!("linkrelay: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -286,7 +290,7 @@ fn config_verb(verb: &ConfigVerb) -> anyhow::Result<ExitCode> {
     match verb {
         ConfigVerb::Path => {
             let p = default.context("neither XDG_CONFIG_HOME nor HOME is set")?;
-            println!("{}", p.display());
+            outln!("{}", p.display());
             Ok(ExitCode::SUCCESS)
         }
         ConfigVerb::Check { path } => {
@@ -296,25 +300,25 @@ fn config_verb(verb: &ConfigVerb) -> anyhow::Result<ExitCode> {
                 .context("no config path: pass one, or set XDG_CONFIG_HOME or HOME")?;
             match Config::load(&path) {
                 Ok(c) => {
-                    println!(
+                    outln!(
                         "{}: ok ({} links, {} relays, {} users)",
                         path.display(),
                         c.links.len(),
                         c.relays.len(),
                         c.users.len()
                     );
-                    println!("{}", c.agent.source.describe_fields());
+                    outln!("{}", c.agent.source.describe_fields());
                     for note in &c.notes {
-                        println!("{note}");
+                        outln!("{note}");
                     }
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(ConfigError::Invalid(d)) => {
-                    eprintln!("{d}");
+                    errln!("{d}");
                     Ok(ExitCode::from(EX_CONFIG))
                 }
                 Err(e) => {
-                    eprintln!("linkrelay: {e}");
+                    errln!("linkrelay: {e}");
                     Ok(ExitCode::from(EX_CONFIG))
                 }
             }
@@ -333,7 +337,7 @@ fn config_verb(verb: &ConfigVerb) -> anyhow::Result<ExitCode> {
             }
             std::fs::write(&path, linkrelay_config::STARTER_CONFIG)
                 .with_context(|| format!("cannot write {}", path.display()))?;
-            println!(
+            outln!(
                 "wrote {}; edit it, then `linkrelay config check` and `linkrelay reload`",
                 path.display()
             );

@@ -41,7 +41,7 @@ Exit codes: 0 queued, 64 usage, 65 bad message, 67 no user for the sender, 75 tr
 (disk full, I/O), 78 config broken.";
 
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("sendmail: {msg}");
+    errln!("sendmail: {msg}");
     ExitCode::from(code)
 }
 
@@ -54,7 +54,7 @@ pub fn main(args: Vec<String>) -> ExitCode {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--help" | "--help-sendmail" => {
-                println!("{HELP}");
+                outln!("{HELP}");
                 return ExitCode::SUCCESS;
             }
             "--user" => match it.next() {
@@ -146,7 +146,7 @@ pub fn main(args: Vec<String>) -> ExitCode {
         nudge(&user);
     }
     if std::env::var_os("LINKRELAY_VERBOSE").is_some() {
-        eprintln!("sendmail: queued {id} for {user}");
+        errln!("sendmail: queued {id} for {user}");
     }
     ExitCode::SUCCESS
 }

@@ -223,7 +223,9 @@ fn build(req: &Request<'_>, input: &[u8]) -> Result<(Envelope, Vec<u8>), Sendmai
 
     let mut recipients = Recipients::default();
     for arg in req.recipients {
-        recipients.add(strip_angle(arg.trim()), "recipient")?;
+        for addr in split_list(arg) {
+            recipients.add(strip_angle(addr), "recipient")?;
+        }
     }
     if req.extract {
         for field in &section.fields {
@@ -481,6 +483,37 @@ fn check_address(addr: &str, what: &str) -> Result<(), SendmailError> {
         None => Ok(()),
         Some(problem) => Err(SendmailError::DataErr(format!("{what} {addr:?} {problem}"))),
     }
+}
+
+/// The addresses of a command-line recipient argument, which sendmail reads as a list:
+/// split at the commas that are outside double quotes and angle brackets, trimmed, empty
+/// items left out (`a@b.example, c@d.example,` is two).
+fn split_list(arg: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut quoted, mut angle, mut escaped) = (false, false, false);
+    let mut start = 0;
+    for (i, c) in arg.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '<' if !quoted => angle = true,
+            '>' if !quoted => angle = false,
+            ',' if !quoted && !angle => {
+                out.push(arg[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(arg[start..].trim());
+    let given = out.len();
+    out.retain(|a| !a.is_empty());
+    // A lone empty argument stays one, for the "empty recipient" error.
+    if out.is_empty() && given == 1 {
+        out.push("");
+    }
+    out
 }
 
 /// `<addr>` -> `addr` (and `<>` -> the null sender).
@@ -1043,6 +1076,32 @@ mod tests {
         let a = args(&["<bob@example.org>"]).unwrap();
         let (env, _) = prepare(&a, b"Subject: x\n\nb\n", "me@example.net").unwrap();
         assert_eq!(env.recipients, ["bob@example.org"]);
+    }
+
+    #[test]
+    fn a_comma_list_on_the_command_line_is_several_recipients_as_sendmail_takes_it() {
+        let a = args(&[
+            "a@b.example,c@d.example",
+            "e@f.example, <g@h.example>,",
+            "\"x,y\"@quoted.example",
+        ])
+        .unwrap();
+        let (env, _) = prepare(&a, b"Subject: x\n\nb\n", "me@example.net").unwrap();
+        assert_eq!(
+            env.recipients,
+            [
+                "a@b.example",
+                "c@d.example",
+                "e@f.example",
+                "g@h.example",
+                "\"x,y\"@quoted.example"
+            ]
+        );
+        // A bad address in a list is named on its own.
+        let a = args(&["a@b.example,bob"]).unwrap();
+        let e = prepare(&a, b"Subject: x\n\nb\n", "me@example.net").unwrap_err();
+        assert_eq!(e.exit_code(), 65);
+        assert!(e.to_string().contains("\"bob\""), "{e}");
     }
 
     #[test]

@@ -479,3 +479,54 @@ async fn a_config_that_became_a_fifo_is_refused_on_reload_and_the_agent_keeps_an
         "old config runs"
     );
 }
+
+/// `cmd`'s output, run with its stderr (or stdout) a pipe whose reader is gone, as when the
+/// terminal or the program that started it went away.
+fn with_closed(
+    mut cmd: std::process::Command,
+    stream: &str,
+    stdin: &[u8],
+) -> std::process::ExitStatus {
+    use std::io::Write;
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    match stream {
+        "stderr" => cmd.stderr(writer).stdout(std::process::Stdio::null()),
+        _ => cmd.stdout(writer).stderr(std::process::Stdio::null()),
+    };
+    let mut child = cmd.stdin(std::process::Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait().unwrap()
+}
+
+#[test]
+fn a_closed_stderr_or_stdout_keeps_the_exit_codes_of_sendmail_and_config_check() {
+    let w = World::new().unwrap();
+    let msg = b"From: me@example.org\nTo: you@example.org\nSubject: s\n\nhi\n";
+    let mut verbose = w.cli();
+    verbose
+        .env("LINKRELAY_VERBOSE", "1")
+        .args(["sendmail", "-t", "-i"]);
+    assert_eq!(
+        with_closed(verbose, "stderr", msg).code(),
+        Some(0),
+        "queued"
+    );
+    assert_eq!(w.outbox_entries("default", "queue").len(), 1);
+    let mut bad = w.cli();
+    bad.args(["sendmail", "-i"]);
+    assert_eq!(
+        with_closed(bad, "stderr", msg).code(),
+        Some(65),
+        "no recipients"
+    );
+
+    let example = repo_root().join("examples/config.toml");
+    let mut ok = w.cli();
+    ok.args(["config", "check"]).arg(&example);
+    assert_eq!(with_closed(ok, "stdout", b"").code(), Some(0));
+    w.write_config("[agent]\nsource = 1\n").unwrap();
+    let mut broken = w.cli();
+    broken.args(["config", "check"]);
+    assert_eq!(with_closed(broken, "stderr", b"").code(), Some(78));
+}
