@@ -25,7 +25,7 @@ use crate::delivery::memory::RelayMemory;
 use crate::lifecycle;
 use crate::router::{self, Override, Route, Routing};
 use crate::service::interface::{AgentInterface, Command, Published, Reply};
-use crate::service::listing::{Listing, map_outbox_err};
+use crate::service::listing::{ListedUser, Listing, map_outbox_err};
 use crate::service::notify::Notifier;
 use crate::source::link::{LinkState, link_property};
 
@@ -806,7 +806,12 @@ impl Agent {
             .flushers
             .iter()
             .filter(|(name, _)| user.is_empty() || *name == user)
-            .map(|(name, f)| (name.clone(), f.outbox.clone(), self.user_route(name)))
+            .map(|(name, f)| ListedUser {
+                name: name.clone(),
+                outbox: f.outbox.clone(),
+                route: self.user_route(name),
+                no_space: f.handle.no_space.load(std::sync::atomic::Ordering::Relaxed),
+            })
             .collect();
         Ok(Listing {
             users,

@@ -115,6 +115,9 @@ pub struct FlusherHandle {
     /// Set when mail arrived in `incoming/` or `new/`: the flusher takes it in between two
     /// messages, so that it shows in the queue even while a long batch runs.
     pub arrived: Arc<AtomicBool>,
+    /// Set while the last round could not move mail out of `incoming/` or `new/` for lack of
+    /// disk space (listings say so of what waits there).
+    pub no_space: Arc<AtomicBool>,
 }
 
 /// Starts the flusher of `user`. With `journal` (the outbox's outcome journal, see
@@ -133,9 +136,11 @@ pub fn spawn(
     let (route_tx, route_rx) = watch::channel(route);
     let (settings_tx, settings_rx) = watch::channel(settings);
     let arrived = Arc::new(AtomicBool::new(false));
+    let no_space = Arc::new(AtomicBool::new(false));
     let flusher = Flusher {
         held_walk: HeldWalk::NotWalked,
         arrived: arrived.clone(),
+        no_space: no_space.clone(),
         user,
         outbox,
         journal,
@@ -157,6 +162,7 @@ pub fn spawn(
         route: route_tx,
         settings: settings_tx,
         arrived,
+        no_space,
     }
 }
 
@@ -175,6 +181,8 @@ struct Flusher {
     held_walk: HeldWalk,
     /// See [`FlusherHandle::arrived`].
     arrived: Arc<AtomicBool>,
+    /// See [`FlusherHandle::no_space`].
+    no_space: Arc<AtomicBool>,
     user: String,
     outbox: Outbox,
     /// Where outcomes are recorded; `None` when the journal could not be opened.
@@ -321,14 +329,16 @@ impl Flusher {
             .into_iter()
             .map(|i| ("incoming/", i));
         let new = self.outbox.ingest_new().into_iter().map(|i| ("new/", i));
-        let mut deferred = false;
+        let (mut deferred, mut no_space) = (false, false);
         for (from, ingested) in incoming.chain(new) {
             debug!(user = %self.user, ?ingested, "ingested from {from}");
             if let Ingested::Deferred { file, error } = &ingested {
                 warn!(user = %self.user, file = %file, %error, "cannot queue mail from {from} now; trying again soon");
                 deferred = true;
+                no_space |= error.is_no_space();
             }
         }
+        self.no_space.store(no_space, Ordering::Relaxed);
         self.ingest_retry = deferred.then(|| now().saturating_add(INGEST_RETRY));
     }
 
