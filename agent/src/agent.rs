@@ -10,7 +10,7 @@ use linkrelay_config::{Config, ConfigError};
 use linkrelay_dbus::{
     AGENT_BUS_NAME, AGENT_PATH, AgentError, FlushResult, OverrideInfo, QueueCount, RouteInfo,
 };
-use linkrelay_outbox::{Counts, Folder, Outbox, OutboxError};
+use linkrelay_outbox::{Counts, Folder, Limits, Outbox, OutboxError};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -277,7 +277,15 @@ impl Agent {
                 .map(|r| (r.name.clone(), r.clone()))
                 .collect(),
             retry: self.config.retry,
+            limits: self.outbox_limits(),
         })
+    }
+
+    /// What the outboxes read at most, from `[outbox]`.
+    fn outbox_limits(&self) -> Limits {
+        Limits {
+            max_message_size: self.config.outbox.max_message_size,
+        }
     }
 
     fn user_route(&self, user: &str) -> UserRoute {
@@ -304,23 +312,28 @@ impl Agent {
         let users: Vec<String> = self.config.users.iter().map(|u| u.name.clone()).collect();
         self.flushers.retain(|name, _| users.contains(name));
         self.counts.retain(|name, _| users.contains(name));
+        let limits = self.outbox_limits();
         for name in users {
-            if let Some(f) = self.flushers.get(&name) {
+            if let Some(f) = self.flushers.get_mut(&name) {
                 let _ = f.handle.settings.send(settings.clone());
+                f.outbox = f.outbox.clone().with_limits(limits);
                 continue;
             }
-            let outbox = Outbox::open(&self.opts.data_dir.join(&name)).map_err(|source| {
-                RunError::Outbox {
+            let outbox = Outbox::open(&self.opts.data_dir.join(&name))
+                .map_err(|source| RunError::Outbox {
                     user: name.clone(),
                     source,
-                }
-            })?;
+                })?
+                .with_limits(limits);
             if let Err(e) = outbox.recover() {
                 warn!(user = %name, error = %e, "outbox recovery");
             }
             // Before anything lists the queue: the replay may move messages.
             let journal = match outbox.open_journal() {
                 Ok((journal, replayed)) => {
+                    if let Some(size) = replayed.set_aside {
+                        self.journal_set_aside(&name, size);
+                    }
                     if replayed.applied > 0 || replayed.torn > 0 {
                         info!(user = %name, records = replayed.records, applied = replayed.applied, torn = replayed.torn, "outcome journal replayed");
                     }
@@ -365,6 +378,16 @@ impl Agent {
             }
         }
         Ok(())
+    }
+
+    /// Reports a journal too large to replay, which the outbox set aside.
+    fn journal_set_aside(&self, user: &str, size: u64) {
+        let what = format!(
+            "Its outcome journal was {size} bytes, too large to be one linkrelayd wrote, and was set aside as journal.oversized."
+        );
+        let advice = "Mail sent just before linkrelayd last stopped may go out once more. Delete journal.oversized once you have looked at it.";
+        warn!(%user, size, "{what} {advice}");
+        self.notifier.problem(user, &what, advice);
     }
 
     fn override_now(&mut self) -> Option<Override> {

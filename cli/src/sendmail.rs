@@ -18,6 +18,7 @@ use linkrelay_outbox::Outbox;
 use linkrelay_outbox::sendmail::{parse_args, prepare};
 
 const EX_USAGE: u8 = 64;
+const EX_DATAERR: u8 = 65;
 const EX_NOUSER: u8 = 67;
 const EX_SOFTWARE: u8 = 70;
 const EX_TEMPFAIL: u8 = 75;
@@ -37,7 +38,8 @@ matches the link that is up. Exits 0 only once the message is safely on disk.
   --user NAME   queue for this linkrelay user instead of choosing by sender
   --config PATH the config to read users from
 Other sendmail options that mail clients pass (-oem, -odb, -v, ...) are accepted and ignored.
-Exit codes: 0 queued, 64 usage, 65 bad message, 67 no user for the sender, 75 try again
+Exit codes: 0 queued, 64 usage, 65 bad message (or larger than [outbox]
+max_message_size), 67 no user for the sender, 75 try again
 (disk full, I/O), 78 config broken.";
 
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
@@ -93,6 +95,16 @@ pub fn main(args: Vec<String>) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(EX_CONFIG, e),
     };
+    let max = config.outbox.max_message_size;
+    if message.len() as u64 > max {
+        return fail(
+            EX_DATAERR,
+            format!(
+                "message NOT queued: it is {} bytes, larger than the {max} bytes of [outbox] max_message_size",
+                message.len()
+            ),
+        );
+    }
     let user = match user {
         Some(u) => match config.user(&u) {
             Some(u) => u.name.clone(),

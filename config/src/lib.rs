@@ -73,6 +73,8 @@ pub struct Config {
     pub retry: RetrySettings,
     /// `[notify]`
     pub notify: NotifySettings,
+    /// `[outbox]`
+    pub outbox: OutboxSettings,
     /// `[[link]]` tables, in file order (the order [`Config::match_link`] tries them in).
     pub links: Vec<LinkRule>,
     /// `[[relay]]` tables, in file order.
@@ -208,6 +210,31 @@ impl Default for NotifySettings {
         NotifySettings {
             enabled: true,
             after: Duration::from_secs(60 * 60),
+        }
+    }
+}
+
+/// `[outbox]`: what the outboxes keep and take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxSettings {
+    /// `max_message_size`: the largest message taken, in bytes. `sendmail` refuses a larger
+    /// one (exit 65), one dropped in `new/` or found queued goes to `failed/` with the reason.
+    /// Default [`OutboxSettings::DEFAULT_MAX_MESSAGE_SIZE`].
+    pub max_message_size: u64,
+}
+
+impl OutboxSettings {
+    /// `max_message_size` when not given: 50 MiB, the top of the range Postfix admins use
+    /// (Postfix's own default is 10 MB). What the common providers take (25 MB of attachments,
+    /// about 35 MB once encoded) passes; a relay with a lower limit answers 552 and the
+    /// message fails with its words.
+    pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 50 * 1024 * 1024;
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        OutboxSettings {
+            max_message_size: OutboxSettings::DEFAULT_MAX_MESSAGE_SIZE,
         }
     }
 }
@@ -507,6 +534,7 @@ impl Config {
             agent: AgentSettings::default(),
             retry: RetrySettings::default(),
             notify: NotifySettings::default(),
+            outbox: OutboxSettings::default(),
             links: Vec::new(),
             relays: Vec::new(),
             users: vec![User {

@@ -15,7 +15,7 @@ use toml::de::{DeString, DeTable, DeValue};
 use crate::diag::{Diagnostic, Diagnostics, Note, line_col};
 use crate::{
     AgentSettings, Config, IpNet, LinkMatch, LinkRule, MeteredPolicy, NETLINK_FIELDS,
-    NotifySettings, Relay, RetrySettings, SourceKind, TlsMode, User, glob,
+    NotifySettings, OutboxSettings, Relay, RetrySettings, SourceKind, TlsMode, User, glob,
 };
 
 mod relay_auth;
@@ -55,6 +55,10 @@ const ROOT: Schema = Schema {
         key(
             "notify",
             "[notify] on a line of its own, with its keys below it",
+        ),
+        key(
+            "outbox",
+            "[outbox] on a line of its own, with its keys below it",
         ),
         key(
             "link",
@@ -101,6 +105,12 @@ const NOTIFY: Schema = Schema {
         key("enabled", "enabled = true"),
         key("after", r#"after = "1h""#),
     ],
+    refused: &[],
+};
+
+const OUTBOX: Schema = Schema {
+    title: "[outbox]",
+    keys: &[key("max_message_size", "max_message_size = 52428800")],
     refused: &[],
 };
 
@@ -944,6 +954,21 @@ fn notify(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> NotifySettings {
     notify
 }
 
+fn outbox(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> OutboxSettings {
+    let mut outbox = OutboxSettings::default();
+    if let Some((n, span)) = t.integer(ctx, "max_message_size") {
+        match u64::try_from(n) {
+            Ok(n) if n > 0 => outbox.max_message_size = n,
+            _ => ctx.error(
+                span.start,
+                "`max_message_size` in [outbox] must be a number of bytes above 0",
+                "write max_message_size = 52428800 (50 MiB, the default)",
+            ),
+        }
+    }
+    outbox
+}
+
 fn link(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, name: &str, source: SourceKind) -> LinkRule {
     let matcher = match t.get("match") {
         None => {
@@ -1385,6 +1410,13 @@ fn config(ctx: &mut Ctx<'_>, root: &DeTable<'_>) -> Config {
         }
         None => NotifySettings::default(),
     };
+    let outbox = match root.table(ctx, "outbox") {
+        Some((t, span)) => {
+            let t = Table::new(ctx, t, span, &OUTBOX);
+            outbox(ctx, &t)
+        }
+        None => OutboxSettings::default(),
+    };
 
     let mut links = Vec::new();
     let mut link_names = Vec::new();
@@ -1441,6 +1473,7 @@ fn config(ctx: &mut Ctx<'_>, root: &DeTable<'_>) -> Config {
         agent,
         retry,
         notify,
+        outbox,
         links,
         relays,
         users,

@@ -171,6 +171,7 @@ fn starter_config_options_are_valid_when_uncommented() {
         "max",
         "lifetime",
         "refusal_memory",
+        "max_message_size",
         "name",
         "match",
         "metered",
@@ -491,7 +492,7 @@ fn unknown_keys_everywhere_are_all_reported() {
     assert_eq!(d[0].message, "unknown key `colour` in the top level");
     assert_eq!(
         d[0].help.as_deref(),
-        Some("valid keys are `agent`, `retry`, `notify`, `link`, `relay`, `user`")
+        Some("valid keys are `agent`, `retry`, `notify`, `outbox`, `link`, `relay`, `user`")
     );
     assert_eq!(d[1].message, "unknown key `sorce` in [agent]");
     assert_eq!(
@@ -821,6 +822,25 @@ fn durations() {
     );
     assert_eq!(d[1].message, "`min` in [retry] must be more than 0");
     assert_eq!(d[3].message, "`timeout` must be more than 0");
+}
+
+#[test]
+fn the_message_size_limit_is_a_number_of_bytes_above_zero() {
+    let c = parse(&doc(&["[outbox]", "max_message_size = 1000", USER]));
+    assert_eq!(c.outbox.max_message_size, 1000);
+    assert_eq!(
+        parse(USER).outbox.max_message_size,
+        OutboxSettings::DEFAULT_MAX_MESSAGE_SIZE
+    );
+    for bad in ["0", "-1", "\"50MB\""] {
+        let d = diags(&doc(&[
+            "[outbox]",
+            &format!("max_message_size = {bad}"),
+            USER,
+        ]));
+        assert_eq!(d.len(), 1, "{bad}: {}", Diagnostics(d.clone()));
+        assert_eq!((d[0].line, d[0].col), (2, 20), "{bad}");
+    }
 }
 
 #[test]

@@ -31,11 +31,14 @@ use serde::{Deserialize, Serialize};
 use crate::error::OutboxError;
 use crate::fsutil::{FILE_MODE, open_dir, overwrite_unsynced, rename_noreplace};
 use crate::id::validate_id;
+use crate::limits::{JOURNAL_CHECKPOINT_BYTES, JOURNAL_MAX};
 use crate::outbox::{Outbox, STATE, state_json};
 use crate::state::{Folder, MessageState};
 
 /// The journal's file name in the outbox root.
 const JOURNAL: &str = "journal";
+/// Where a journal too large to replay is set aside.
+const JOURNAL_OVERSIZED: &str = "journal.oversized";
 
 /// After this many records the journal is checkpointed (folders synced, journal emptied).
 pub const CHECKPOINT_EVERY: usize = 4096;
@@ -56,6 +59,8 @@ pub struct Journal {
     file: File,
     /// Records appended since the last checkpoint.
     pending: usize,
+    /// Bytes appended since the last checkpoint.
+    appended: u64,
     line: Vec<u8>,
 }
 
@@ -69,6 +74,10 @@ pub struct Replayed {
     pub applied: usize,
     /// Lines that did not parse (a record torn by a crash).
     pub torn: usize,
+    /// The size of a journal too large to replay (more than [`JOURNAL_MAX`]), which was set
+    /// aside as `journal.oversized` and replaced by an empty one. Its records are lost: a
+    /// message whose delivery it held may be sent again.
+    pub set_aside: Option<u64>,
 }
 
 impl Outbox {
@@ -76,24 +85,27 @@ impl Outbox {
     /// earlier run left in it, syncs the folders and empties it. Call it before anything
     /// reads the queue (a replay can change states and move messages).
     ///
-    /// Fails with an I/O error (`EWOULDBLOCK`) when another process holds the journal.
+    /// Fails with an I/O error (`EWOULDBLOCK`) when another process holds the journal. A
+    /// journal larger than [`JOURNAL_MAX`] is not read: it is set aside (renamed
+    /// `journal.oversized`, see [`Replayed::set_aside`]) and an empty one takes its place.
     pub fn open_journal(&self) -> Result<(Journal, Replayed), OutboxError> {
         let path = self.root().join(JOURNAL);
         let ctx = |what: &str| format!("{what} {}", path.display());
         let root =
             open_dir(self.root()).map_err(|e| OutboxError::io(ctx("opening the folder of"), e))?;
-        let fd = rustix::fs::openat(
-            &root,
-            JOURNAL,
-            OFlags::RDWR | OFlags::CREATE | OFlags::APPEND | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(FILE_MODE),
-        )
-        .map_err(|e| OutboxError::io(ctx("opening"), e))?;
-        rustix::fs::fchmod(&fd, Mode::from_raw_mode(FILE_MODE))
-            .map_err(|e| OutboxError::io(ctx("setting the mode of"), e))?;
-        rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive)
-            .map_err(|e| OutboxError::io(ctx("locking (is another linkrelayd using it?)"), e))?;
-        let mut file = File::from(fd);
+        let mut file = lock_journal(&root, &path)?;
+        let size = file
+            .metadata()
+            .map_err(|e| OutboxError::io(ctx("reading"), e))?
+            .len();
+        let mut set_aside = None;
+        if size > JOURNAL_MAX {
+            rustix::fs::renameat(&root, JOURNAL, &root, JOURNAL_OVERSIZED)
+                .map_err(|e| OutboxError::io(ctx("setting aside"), e))?;
+            drop(file);
+            file = lock_journal(&root, &path)?;
+            set_aside = Some(size);
+        }
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)
             .map_err(|e| OutboxError::io(ctx("reading"), e))?;
@@ -102,9 +114,11 @@ impl Outbox {
             root,
             file,
             pending: 0,
+            appended: 0,
             line: Vec::new(),
         };
-        let replayed = journal.replay(&bytes)?;
+        let mut replayed = journal.replay(&bytes)?;
+        replayed.set_aside = set_aside;
         // Holding the outbox, the agent takes in what sendmail appends to the spool.
         self.create_spool()?;
         if !bytes.is_empty() {
@@ -112,6 +126,23 @@ impl Outbox {
         }
         Ok((journal, replayed))
     }
+}
+
+/// Opens (creating it, mode 0600) and locks the journal `path` in the outbox root `root`.
+fn lock_journal(root: &OwnedFd, path: &std::path::Path) -> Result<File, OutboxError> {
+    let ctx = |what: &str| format!("{what} {}", path.display());
+    let fd = rustix::fs::openat(
+        root,
+        JOURNAL,
+        OFlags::RDWR | OFlags::CREATE | OFlags::APPEND | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(FILE_MODE),
+    )
+    .map_err(|e| OutboxError::io(ctx("opening"), e))?;
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(FILE_MODE))
+        .map_err(|e| OutboxError::io(ctx("setting the mode of"), e))?;
+    rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive)
+        .map_err(|e| OutboxError::io(ctx("locking (is another linkrelayd using it?)"), e))?;
+    Ok(File::from(fd))
 }
 
 impl Outbox {
@@ -172,9 +203,10 @@ impl Journal {
             .and_then(|()| self.file.sync_data())
             .map_err(|e| OutboxError::io(format!("appending to {}", path.display()), e))?;
         self.pending += 1;
+        self.appended += self.line.len() as u64;
         durable();
         self.apply(state, Folder::Queue, to)?;
-        if self.pending >= CHECKPOINT_EVERY {
+        if self.pending >= CHECKPOINT_EVERY || self.appended >= JOURNAL_CHECKPOINT_BYTES {
             // The record is durable whatever happens here; a failed checkpoint is retried at
             // the next record.
             let _ = self.checkpoint();
@@ -194,6 +226,7 @@ impl Journal {
             .and_then(|()| self.file.sync_all())
             .map_err(|e| OutboxError::io(format!("emptying {}", path.display()), e))?;
         self.pending = 0;
+        self.appended = 0;
         Ok(())
     }
 

@@ -259,3 +259,29 @@ fn a_shorter_state_written_in_place_leaves_nothing_of_the_longer_one() {
         .len();
     assert_eq!(len, crate::outbox::state_json(&short).unwrap().len() as u64);
 }
+
+#[test]
+fn a_sparse_64_gib_journal_is_set_aside_unread_and_a_fresh_one_takes_its_place() {
+    let (_d, ob) = outbox();
+    let st = queue_one(&ob);
+    let f = fs::File::create(ob.root().join("journal")).unwrap();
+    f.set_len(64 << 30).unwrap();
+    drop(f);
+    let (mut journal, replayed) = ob.open_journal().unwrap();
+    assert_eq!(replayed.set_aside, Some(64 << 30));
+    assert_eq!(
+        fs::metadata(ob.root().join("journal.oversized"))
+            .unwrap()
+            .len(),
+        64 << 30
+    );
+    // The fresh journal works.
+    let mut st = delivered(st);
+    journal.record(&mut st, Folder::Sent).unwrap();
+    assert_eq!(ob.locate(&st.id).unwrap(), Some(Folder::Sent));
+    let mode = fs::metadata(ob.root().join("journal"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}

@@ -16,6 +16,7 @@ use crate::fsutil::{
     rename_noreplace, replace_file_in,
 };
 use crate::id::{new_id, now_secs, validate_id};
+use crate::limits::{Limits, STATE_MAX};
 use crate::sendmail::{address_problem, envelope_from_headers};
 use crate::state::{Counts, Envelope, Folder, MessageState, RecipientStatus};
 
@@ -74,6 +75,7 @@ pub enum Ingested {
 #[derive(Debug, Clone)]
 pub struct Outbox {
     root: PathBuf,
+    limits: Limits,
 }
 
 impl Outbox {
@@ -94,7 +96,19 @@ impl Outbox {
         }
         Ok(Outbox {
             root: root.to_path_buf(),
+            limits: Limits::default(),
         })
+    }
+
+    /// This outbox with other [`Limits`] (the defaults until then).
+    pub fn with_limits(mut self, limits: Limits) -> Outbox {
+        self.limits = limits;
+        self
+    }
+
+    /// What this outbox reads at most.
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// The root directory of this outbox.
@@ -210,7 +224,7 @@ impl Outbox {
         validate_id(id)?;
         let dir = self.open_msg_dir(folder, id)?;
         let path = self.msg_path(folder, id).join(STATE);
-        let bytes = read_file_in(&dir, STATE).map_err(|e| file_error(&path, e))?;
+        let bytes = read_file_in(&dir, STATE, STATE_MAX).map_err(|e| file_error(&path, e))?;
         let state: MessageState =
             serde_json::from_slice(&bytes).map_err(|e| OutboxError::Corrupt {
                 path: path.clone(),
@@ -259,7 +273,7 @@ impl Outbox {
     pub fn read_message(&self, folder: Folder, id: &str) -> Result<Vec<u8>, OutboxError> {
         validate_id(id)?;
         let dir = self.open_msg_dir(folder, id)?;
-        read_file_in(&dir, MESSAGE)
+        read_file_in(&dir, MESSAGE, self.limits.max_message_size)
             .map_err(|e| file_error(&self.msg_path(folder, id).join(MESSAGE), e))
     }
 
@@ -420,7 +434,8 @@ impl Outbox {
                 error,
             })
         };
-        let bytes = match read_file(&path) {
+        let max = self.limits.max_message_size;
+        let bytes = match read_file(&path, max) {
             Ok(bytes) => bytes,
             Err(e)
                 if e.kind() == io::ErrorKind::NotFound
@@ -428,6 +443,14 @@ impl Outbox {
                     || e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) =>
             {
                 return None;
+            }
+            Err(e) if e.kind() == io::ErrorKind::FileTooLarge => {
+                let size = fs::symlink_metadata(&path).map_or(0, |m| m.len());
+                let reason = too_large_reason(size, max);
+                return Some(match self.fail_by_move(&path, size, &reason) {
+                    Ok(id) => Ingested::Failed { file, id, reason },
+                    Err(error) => Ingested::Deferred { file, error },
+                });
             }
             Err(e) => return deferred(OutboxError::io(format!("reading {}", path.display()), e)),
         };
@@ -664,6 +687,64 @@ impl Outbox {
         })
     }
 
+    /// Moves the file `src` (in `new/` or `incoming/`) into `failed/<id>/` as its
+    /// `message.eml`, with a state giving `reason`, and returns the id: for a file too large
+    /// to read. Nothing is read or copied (a sparse file stays sparse). On error the file is
+    /// where it was and nothing is left behind.
+    pub(crate) fn fail_by_move(
+        &self,
+        src: &Path,
+        size: u64,
+        reason: &str,
+    ) -> Result<String, OutboxError> {
+        let id = new_id();
+        let tmp_dir = self.root.join(TMP).join(&id);
+        let final_dir = self.msg_path(Folder::Failed, &id);
+        let from = src.parent().unwrap_or(&self.root);
+        let src = src.to_path_buf();
+        let message = tmp_dir.join(MESSAGE);
+        let io = |what: String| move |e: io::Error| OutboxError::io(what, e);
+        mkdir_private(&tmp_dir).map_err(io(format!("creating {}", tmp_dir.display())))?;
+        let mut moved = false;
+        let result = (|| -> Result<(), OutboxError> {
+            let dir = open_dir(&tmp_dir).map_err(io(format!("opening {}", tmp_dir.display())))?;
+            let state = stand_in_state(&id, size, reason.to_owned());
+            let json = state_json(&state).map_err(io(format!("writing {}", tmp_dir.display())))?;
+            create_file(&dir, STATE, &json)
+                .and_then(|f| f.sync_all())
+                .map_err(io(format!("writing {}/{STATE}", tmp_dir.display())))?;
+            rename_noreplace(&src, &message).map_err(io(format!(
+                "moving {} to {}",
+                src.display(),
+                message.display()
+            )))?;
+            moved = true;
+            rustix::fs::fsync(&dir)
+                .map_err(|e| OutboxError::io(format!("syncing {}", tmp_dir.display()), e))?;
+            rename_noreplace(&tmp_dir, &final_dir).map_err(io(format!(
+                "moving {} to {}",
+                tmp_dir.display(),
+                final_dir.display()
+            )))?;
+            moved = false;
+            for dir in [self.folder_path(Folder::Failed), from.to_path_buf()] {
+                fsync_dir(&dir).map_err(io(format!("syncing {}", dir.display())))?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            // Give the file back before the build goes; never delete what was handed to us.
+            if moved && rename_noreplace(&message, &src).is_err() {
+                return Err(e);
+            }
+            if !final_dir.exists() {
+                let _ = fs::remove_dir_all(&tmp_dir);
+            }
+            return Err(e);
+        }
+        Ok(id)
+    }
+
     /// Moves a queue entry whose state cannot be read to `failed/`, keeping the bad file as
     /// `state.json.corrupt` and writing a new `state.json` with the reason.
     fn quarantine(&self, id: &str, reason: &str) -> Result<(), OutboxError> {
@@ -847,6 +928,11 @@ fn stand_in_state(id: &str, size: u64, reason: String) -> MessageState {
     state
 }
 
+/// Why a message of `size` bytes is not queued (`max` is `[outbox] max_message_size`).
+pub(crate) fn too_large_reason(size: u64, max: u64) -> String {
+    format!("the message is {size} bytes, larger than the {max} bytes of [outbox] max_message_size")
+}
+
 /// Maps an error reading a file of a message directory.
 fn file_error(path: &Path, e: io::Error) -> OutboxError {
     let reason = match e.raw_os_error() {
@@ -864,6 +950,7 @@ fn file_error(path: &Path, e: io::Error) -> OutboxError {
             format!("unreadable: {e}")
         }
         _ if e.kind() == io::ErrorKind::InvalidInput => "not a regular file".to_owned(),
+        _ if e.kind() == io::ErrorKind::FileTooLarge => format!("too large to read: {e}"),
         _ => return OutboxError::io(format!("reading {}", path.display()), e),
     };
     OutboxError::Corrupt {

@@ -853,3 +853,107 @@ fn a_listing_skips_what_it_cannot_read_in_the_queue_and_moves_nothing() {
     fs::write(q.join(&half).join("state.json"), state).unwrap();
     assert_eq!(reader.entry(&half).map(|s| s.id), Some(half));
 }
+
+/// Makes `path` a sparse file claiming 64 GiB (nothing written).
+fn sparse_64_gib(path: &Path) {
+    let f = fs::File::create(path).unwrap();
+    f.set_len(64 << 30).unwrap();
+}
+
+#[test]
+fn a_sparse_64_gib_file_in_new_goes_to_failed_unread_and_the_others_are_queued() {
+    let (_d, ob) = outbox();
+    sparse_64_gib(&ob.root().join("new/a-huge"));
+    fs::write(ob.root().join("new/b-fine"), message(1)).unwrap();
+    let done = ob.ingest_new();
+    assert_eq!(done.len(), 2, "{done:?}");
+    let Ingested::Failed { file, id, reason } = &done[0] else {
+        panic!("{done:?}");
+    };
+    assert_eq!(file, "a-huge");
+    assert!(
+        reason.contains("larger than the 52428800 bytes of [outbox] max_message_size"),
+        "{reason}"
+    );
+    assert!(matches!(&done[1], Ingested::Queued { file, .. } if file == "b-fine"));
+    assert!(names(&ob.root().join("new")).is_empty());
+    // Moved, not copied: still sparse, with the reason beside it.
+    let moved = ob.root().join("failed").join(id).join("message.eml");
+    assert_eq!(fs::metadata(&moved).unwrap().len(), 64 << 30);
+    let state = ob.state(Folder::Failed, id).unwrap();
+    assert_eq!(state.failure.as_deref(), Some(reason.as_str()));
+    assert_eq!(state.size, 64 << 30);
+}
+
+#[test]
+fn the_message_size_limit_is_the_outboxs_to_set() {
+    let (_d, ob) = outbox();
+    let ob = ob.with_limits(crate::Limits {
+        max_message_size: 100,
+    });
+    fs::write(ob.root().join("new/big"), vec![b'x'; 101]).unwrap();
+    let done = ob.ingest_new();
+    assert!(
+        matches!(&done[..], [Ingested::Failed { reason, .. }] if reason.contains("101 bytes, larger than the 100 bytes")),
+        "{done:?}"
+    );
+    // A queued message that has grown past the limit (a lower limit since) cannot be read.
+    let big = Outbox::open(ob.root()).unwrap();
+    let id = big
+        .enqueue(&env("a@example.net", &["b@example.org"]), &[b'y'; 200])
+        .unwrap();
+    match ob.read_message(Folder::Queue, &id) {
+        Err(OutboxError::Corrupt { reason, .. }) => {
+            assert!(reason.contains("too large to read"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_sparse_64_gib_state_or_message_is_refused_unread_and_the_queue_goes_on() {
+    let (_d, ob) = outbox();
+    let e = env("a@example.net", &["b@example.org"]);
+    let bad_state = ob.enqueue(&e, &message(1)).unwrap();
+    let bad_message = ob.enqueue(&e, &message(2)).unwrap();
+    let fine = ob.enqueue(&e, &message(3)).unwrap();
+    sparse_64_gib(&ob.root().join("queue").join(&bad_state).join("state.json"));
+    sparse_64_gib(
+        &ob.root()
+            .join("queue")
+            .join(&bad_message)
+            .join("message.eml"),
+    );
+    // The listing sets the state aside (moved to failed/ with the reason) and goes on.
+    let listed: Vec<String> = ob
+        .list(Folder::Queue)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(listed, [bad_message.clone(), fine.clone()]);
+    let failed = ob.state(Folder::Failed, &bad_state).unwrap();
+    assert!(
+        failed
+            .failure
+            .as_deref()
+            .unwrap()
+            .contains("too large to read"),
+        "{failed:?}"
+    );
+    assert!(
+        ob.root()
+            .join("failed")
+            .join(&bad_state)
+            .join("state.json.corrupt")
+            .exists()
+    );
+    assert!(matches!(
+        ob.read_message(Folder::Queue, &bad_message),
+        Err(OutboxError::Corrupt { .. })
+    ));
+    assert_eq!(ob.read_message(Folder::Queue, &fine).unwrap(), message(3));
+    // The reader that listings use skips it without reading it.
+    let reader = ob.reader(Folder::Queue).unwrap();
+    assert!(reader.entry(&fine).is_some());
+}

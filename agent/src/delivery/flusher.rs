@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use linkrelay_config::{Relay, RetrySettings};
 use linkrelay_outbox::{
-    Counts, Folder, Ingested, Journal, MessageState, Outbox, OutboxError, RecipientStatus,
+    Counts, Folder, Ingested, Journal, Limits, MessageState, Outbox, OutboxError, RecipientStatus,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -38,6 +38,8 @@ pub struct FlushSettings {
     pub relays: HashMap<String, Relay>,
     /// Backoff and lifetime.
     pub retry: RetrySettings,
+    /// What the outbox reads at most (`[outbox]`).
+    pub limits: Limits,
 }
 
 /// A request to flush.
@@ -417,6 +419,7 @@ impl Flusher {
         let rerouted = self.route.has_changed().unwrap_or(false);
         let route = self.route.borrow_and_update().clone();
         let settings = self.settings.borrow_and_update().clone();
+        self.outbox = self.outbox.clone().with_limits(settings.limits);
         let ids = self.queued();
         if rerouted && self.batches > 0 {
             self.rerouted = ids.iter().cloned().collect();

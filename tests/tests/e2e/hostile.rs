@@ -1,0 +1,116 @@
+//! Odd files, a second agent, a bad user, many users: what a desktop agent meets on a real
+//! machine, and what must never stop the mail of the others.
+
+use std::path::Path;
+use std::time::Duration;
+
+use linkrelay_tests::nm::{ActiveSpec, FakeNm};
+use linkrelay_tests::smtp::{RelayScript, ScriptedRelay};
+use linkrelay_tests::world::World;
+
+use crate::util::eventually;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A config with one relay at `port`, reached on link "office", for `users`.
+fn config(port: u16, users: &[&str]) -> String {
+    let mut text = format!(
+        "[agent]\ndebounce = \"50ms\"\nsource = \"networkmanager\"\n\n\
+         [[link]]\nname = \"office\"\nmatch = {{ id = \"Office\" }}\n\n\
+         [[relay]]\nname = \"r\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\ntimeout = \"5s\"\n"
+    );
+    for (i, user) in users.iter().enumerate() {
+        text.push_str(&format!(
+            "\n[[user]]\nname = \"{user}\"\nfrom = [\"{user}@example.org\"]\n{}routes = {{ office = [\"r\"] }}\n",
+            if i == 0 { "default = true\n" } else { "" }
+        ));
+    }
+    text
+}
+
+/// Makes `path` a sparse file claiming 64 GiB: nothing written, nothing on disk.
+fn sparse_64_gib(path: &Path) {
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len(64 << 30).unwrap();
+}
+
+/// The `failure` of every message of `user`'s failed/.
+fn failures(w: &World, user: &str) -> Vec<String> {
+    w.outbox_entries(user, "failed")
+        .iter()
+        .map(|id| {
+            let path = w
+                .data_dir
+                .join(user)
+                .join("failed")
+                .join(id)
+                .join("state.json");
+            let state: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            state["failure"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sparse_64_gib_files_everywhere_in_an_outbox_leave_the_agent_up_and_the_rest_flowing() {
+    let relay = ScriptedRelay::start(RelayScript::default()).await.unwrap();
+    let mut w = World::new().unwrap();
+    w.write_config(&config(relay.port(), &["me"])).unwrap();
+    // Four messages queued while no agent runs; two of them are then spoiled.
+    for n in 0..4 {
+        w.send("me@example.org", "you@dest.example", &format!("m{n}"))
+            .unwrap();
+    }
+    let outbox = w.data_dir.join("me");
+    let queued = w.outbox_entries("me", "queue");
+    sparse_64_gib(&outbox.join("queue").join(&queued[1]).join("state.json"));
+    sparse_64_gib(&outbox.join("queue").join(&queued[2]).join("message.eml"));
+    sparse_64_gib(&outbox.join("new/huge.eml"));
+    sparse_64_gib(&outbox.join("incoming/1700000000.000001.1.beef"));
+    sparse_64_gib(&outbox.join("incoming/.spool"));
+    sparse_64_gib(&outbox.join("journal"));
+    sparse_64_gib(&w.data_dir.join(".relay-memory.json"));
+
+    let _nm = FakeNm::start(
+        &w.system.address,
+        vec![ActiveSpec::ethernet("Office", "eth0", "192.0.2.1")],
+        4,
+    )
+    .await
+    .unwrap();
+    w.start_agent().await.unwrap();
+    relay.wait_for(2, WAIT).await.unwrap();
+    // Mail handed over now flows too (through the spool the agent emptied).
+    w.send("me@example.org", "you@dest.example", "after")
+        .unwrap();
+    relay.wait_for(3, WAIT).await.unwrap();
+    eventually("the spoiled ones are in failed/", &w, || {
+        w.outbox_entries("me", "failed").len() == 5
+    })
+    .await;
+    let status = w.run_cli(&["status", "--json"]).unwrap();
+    assert!(
+        status.status.success(),
+        "the agent is up:\n{}",
+        w.agent_log()
+    );
+
+    let subjects = crate::util::subjects(&relay);
+    assert_eq!(subjects, ["m0", "m3", "after"]);
+    let failures = failures(&w, "me").join("\n");
+    for reason in [
+        "unusable state.json",
+        "cannot read the message",
+        "larger than the 52428800 bytes of [outbox] max_message_size",
+        "the file from incoming/",
+        "unusable bytes in incoming/.spool",
+    ] {
+        assert!(failures.contains(reason), "{reason}:\n{failures}");
+    }
+    assert!(outbox.join("journal.oversized").exists());
+    assert!(w.outbox_entries("me", "new").is_empty());
+    let log = w.agent_log();
+    assert!(log.contains("set aside as journal.oversized"), "{log}");
+    assert!(!log.contains("memory allocation"), "{log}");
+}
