@@ -1,6 +1,6 @@
 //! `linkrelay-bench`: measures linkrelay and its peers in one run, on one 4 KB message, against
 //! one Postfix smtp-sink on 127.0.0.1, and prints a Markdown table of medians and ratios with
-//! the targets of issue 6. Run it through `bench/run` (which installs the peers and builds the
+//! the targets of docs/benchmarks.md. Run it through `bench/run` (which installs the peers and builds the
 //! release binaries); `--smoke` runs every measurement with tiny counts (seconds) and proves
 //! only that the bench works.
 
@@ -295,7 +295,7 @@ async fn run(args: Args) -> anyhow::Result<(String, Vec<String>)> {
             .peer("Postfix sendmail", med(&pf_enq))
             .peer("msmtpq (relay down)", med(&msmtpq_enq));
     }
-    rows.push(r.target(Target::AtLeast(500.0), "issue 6"));
+    rows.push(r.target(Target::AtLeast(500.0), ""));
     rows.push(
         Row::new(
             "enqueue, `linkrelay sendmail`, agent holding (no link)",
@@ -303,7 +303,7 @@ async fn run(args: Args) -> anyhow::Result<(String, Vec<String>)> {
             Better::Higher,
             enq_off,
         )
-        .target(Target::AtLeast(500.0), "issue 6"),
+        .target(Target::AtLeast(500.0), ""),
     );
 
     let (routed, accepted) = match &reaction {
@@ -323,7 +323,7 @@ async fn run(args: Args) -> anyhow::Result<(String, Vec<String>)> {
             Better::Lower,
             med(&routed),
         )
-        .target(Target::Below(5.0), "issue 6")
+        .target(Target::Below(5.0), "")
         .note(p90(&routed)),
     );
     rows.push(
@@ -333,7 +333,7 @@ async fn run(args: Args) -> anyhow::Result<(String, Vec<String>)> {
             Better::Lower,
             med(&accepted),
         )
-        .target(Target::Below(50.0), "issue 6")
+        .target(Target::Below(50.0), "")
         .note(p90(&accepted)),
     );
 
@@ -346,7 +346,7 @@ async fn run(args: Args) -> anyhow::Result<(String, Vec<String>)> {
     if has_pf {
         r = r.peer("Postfix master+qmgr+pickup", pf_rss);
     }
-    rows.push(r.target(Target::Below(8.0), "issue 6"));
+    rows.push(r.target(Target::Below(8.0), ""));
     let mut r = Row::new(
         &format!("idle wake-ups (context switches over {:?})", s.idle),
         "/min",
@@ -373,7 +373,7 @@ async fn run(args: Args) -> anyhow::Result<(String, Vec<String>)> {
             Better::Lower,
             sc.and_then(|x| median(&x.startup)),
         )
-        .target(Target::Below(1.0), "issue 6"),
+        .target(Target::Below(1.0), ""),
     );
     rows.push(
         Row::new(
@@ -382,7 +382,7 @@ async fn run(args: Args) -> anyhow::Result<(String, Vec<String>)> {
             Better::Lower,
             sc.and_then(|x| median(&x.queue_json)),
         )
-        .target(Target::Below(0.5), "issue 6"),
+        .target(Target::Below(0.5), ""),
     );
     rows.push(
         Row::new(
@@ -391,7 +391,7 @@ async fn run(args: Args) -> anyhow::Result<(String, Vec<String>)> {
             Better::Lower,
             sc.map(|x| mib(x.peak_kib)),
         )
-        .target(Target::Below(64.0), "issue 6"),
+        .target(Target::Below(64.0), ""),
     );
     let mut r = Row::new(
         &format!("{n} queued: flush, 1 user"),

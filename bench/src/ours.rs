@@ -11,6 +11,7 @@ use anyhow::{Context, bail, ensure};
 use futures_util::StreamExt;
 use linkrelay_dbus::{AGENT_BUS_NAME, AGENT_PATH};
 use linkrelay_outbox::{Envelope, Outbox};
+use linkrelay_tests::config::{Config, Link, Relay, User};
 use linkrelay_tests::nm::{ActiveSpec, FakeNm};
 use linkrelay_tests::smtp::{RelayScript, ScriptedRelay};
 use linkrelay_tests::world::{World, bin};
@@ -31,43 +32,29 @@ fn cafe() -> ActiveSpec {
 /// A config with `users` users (u1..), both links, and two relay names for one server (so a
 /// link change is a route change).
 pub fn config(port: u16, users: usize) -> String {
-    let mut c = format!(
-        r#"[agent]
-debounce = "300ms"
-
-[[link]]
-name = "office"
-match = {{ id = "Office" }}
-
-[[link]]
-name = "cafe"
-match = {{ id = "Cafe" }}
-
-[[relay]]
-name = "office-relay"
-host = "127.0.0.1"
-port = {port}
-tls = "none"
-helo = "bench.localdomain"
-timeout = "30s"
-
-[[relay]]
-name = "cafe-relay"
-host = "127.0.0.1"
-port = {port}
-tls = "none"
-helo = "bench.localdomain"
-timeout = "30s"
-"#
-    );
+    let relay = |name: &str| {
+        Relay::local(name, port)
+            .set("helo", "bench.localdomain")
+            .timeout("30s")
+    };
+    let mut config = Config::new()
+        .agent("debounce", "300ms")
+        .link(Link::new("office").id("Office"))
+        .link(Link::new("cafe").id("Cafe"))
+        .relay(relay("office-relay"))
+        .relay(relay("cafe-relay"));
     for n in 1..=users {
-        c.push_str(&format!(
-            "\n[[user]]\nname = \"u{n}\"\nfrom = [\"{}\"]\n{}routes = {{ office = [\"office-relay\"], cafe = [\"cafe-relay\"] }}\n",
-            sender(n),
-            if n == 1 { "default = true\n" } else { "" }
-        ));
+        let user = User::new(&format!("u{n}"))
+            .from([sender(n).as_str()])
+            .route("office", ["office-relay"])
+            .route("cafe", ["cafe-relay"]);
+        config = config.user(if n == 1 {
+            user.set("default", true)
+        } else {
+            user
+        });
     }
-    c
+    config.to_string()
 }
 
 /// A running `linkrelayd`, stopped with SIGTERM on drop.

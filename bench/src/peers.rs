@@ -4,73 +4,35 @@
 //! private mount namespace since it conflicts with postfix as a package) and Postfix itself
 //! (a private instance with its own config and queue directories, no inet listeners).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 
 use crate::env::{RCPT, free_port, sender, write_mode};
 use crate::procfs;
+use linkrelay_tests::run::{run, run_with_input};
 
 /// Where msmtpq lives in Debian's msmtp package.
 const MSMTPQ: &str = "/usr/libexec/msmtp/msmtpq/msmtpq";
 
-fn run_ok(cmd: &mut Command, what: &str) -> anyhow::Result<std::process::Output> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {what}"))?;
-    if !out.status.success() {
-        bail!(
-            "{what} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(out)
-}
-
-/// Runs `cmd` with `msg` on stdin and checks it succeeded.
-fn pipe_ok(cmd: &mut Command, msg: &[u8], what: &str) -> anyhow::Result<()> {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {what}"))?;
-    child.stdin.take().context("stdin")?.write_all(msg)?;
-    let out = child.wait_with_output()?;
-    ensure!(
-        out.status.success(),
-        "{what} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
 /// smtp-source with session reuse (`-d`), `sessions` at once, `n` 4 KB messages: msg/s.
 pub fn smtp_source(port: u16, sessions: usize, n: usize) -> anyhow::Result<f64> {
     let t = Instant::now();
-    run_ok(
-        Command::new("/usr/sbin/smtp-source")
-            .args(["-d", "-s", &sessions.to_string(), "-m", &n.to_string()])
-            .args([
-                "-l",
-                "4096",
-                "-M",
-                "bench.localdomain",
-                "-f",
-                &sender(1),
-                "-t",
-                RCPT,
-            ])
-            .arg(format!("127.0.0.1:{port}")),
-        "smtp-source",
-    )?;
+    run(Command::new("/usr/sbin/smtp-source")
+        .args(["-d", "-s", &sessions.to_string(), "-m", &n.to_string()])
+        .args([
+            "-l",
+            "4096",
+            "-M",
+            "bench.localdomain",
+            "-f",
+            &sender(1),
+            "-t",
+            RCPT,
+        ])
+        .arg(format!("127.0.0.1:{port}")))?;
     Ok(n as f64 / t.elapsed().as_secs_f64())
 }
 
@@ -124,11 +86,7 @@ impl Msmtp {
     pub fn direct(&self, n: usize, msg: &[u8]) -> anyhow::Result<f64> {
         let t = Instant::now();
         for _ in 0..n {
-            pipe_ok(
-                self.cmd("msmtp", true).args(["-f", &sender(1), RCPT]),
-                msg,
-                "msmtp",
-            )?;
+            run_with_input(self.cmd("msmtp", true).args(["-f", &sender(1), RCPT]), msg)?;
         }
         Ok(n as f64 / t.elapsed().as_secs_f64())
     }
@@ -149,11 +107,7 @@ impl Msmtp {
         let before = self.queued();
         let t = Instant::now();
         for _ in 0..n {
-            pipe_ok(
-                self.cmd(MSMTPQ, false).args(["-f", &sender(1), RCPT]),
-                msg,
-                "msmtpq",
-            )?;
+            run_with_input(self.cmd(MSMTPQ, false).args(["-f", &sender(1), RCPT]), msg)?;
         }
         let rate = n as f64 / t.elapsed().as_secs_f64();
         ensure!(
@@ -169,7 +123,7 @@ impl Msmtp {
         let n = self.queued();
         ensure!(n > 0, "nothing queued for msmtpq to flush");
         let t = Instant::now();
-        run_ok(self.cmd(MSMTPQ, true).args(["--q-mgmt", "-r"]), "msmtpq -r")?;
+        run(self.cmd(MSMTPQ, true).args(["--q-mgmt", "-r"]))?;
         let rate = n as f64 / t.elapsed().as_secs_f64();
         ensure!(
             self.queued() == 0,
@@ -230,14 +184,11 @@ impl Nullmailer {
         }
         let trigger = w.join("spool/nullmailer/trigger");
         if !trigger.exists() {
-            run_ok(Command::new("mkfifo").arg(&trigger), "mkfifo")?;
+            run(Command::new("mkfifo").arg(&trigger))?;
         }
-        run_ok(
-            Command::new("chown")
-                .args(["-R", "mail:mail"])
-                .arg(w.join("spool/nullmailer")),
-            "chown",
-        )?;
+        run(Command::new("chown")
+            .args(["-R", "mail:mail"])
+            .arg(w.join("spool/nullmailer")))?;
         std::fs::write(w.join("ns.sh"), NULLMAILER_NS)?;
         let m = w.join("message.txt");
         std::fs::write(&m, msg)?;
@@ -249,19 +200,16 @@ impl Nullmailer {
     }
 
     fn ns(&self, mode: &str, n: usize) -> anyhow::Result<Duration> {
-        let out = run_ok(
-            Command::new("unshare")
-                .args(["-m", "--propagation", "private", "sh"])
-                .arg(self.work.join("ns.sh"))
-                .arg(&self.root)
-                .arg(&self.work)
-                .arg(mode)
-                .arg(n.to_string())
-                .arg(&self.msg)
-                .arg(sender(1))
-                .arg(RCPT),
-            &format!("nullmailer {mode}"),
-        )?;
+        let out = run(Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh"])
+            .arg(self.work.join("ns.sh"))
+            .arg(&self.root)
+            .arg(&self.work)
+            .arg(mode)
+            .arg(n.to_string())
+            .arg(&self.msg)
+            .arg(sender(1))
+            .arg(RCPT))?;
         let ns: u64 = String::from_utf8_lossy(&out.stdout)
             .trim()
             .parse()
@@ -342,14 +290,11 @@ impl Postfix {
                 dir.join("maillog").display()
             ),
         )?;
-        run_ok(Command::new("chown").arg("postfix").arg(&data), "chown")?;
-        run_ok(
-            Command::new("postfix")
-                .arg("-c")
-                .arg(&config)
-                .args(["post-install", "create-missing"]),
-            "postfix post-install",
-        )?;
+        run(Command::new("chown").arg("postfix").arg(&data))?;
+        run(Command::new("postfix")
+            .arg("-c")
+            .arg(&config)
+            .args(["post-install", "create-missing"]))?;
         Ok(Postfix {
             config,
             spool,
@@ -359,13 +304,10 @@ impl Postfix {
 
     /// `postfix start`.
     pub fn start(&mut self) -> anyhow::Result<()> {
-        run_ok(
-            Command::new("postfix")
-                .arg("-c")
-                .arg(&self.config)
-                .arg("start"),
-            "postfix start",
-        )?;
+        run(Command::new("postfix")
+            .arg("-c")
+            .arg(&self.config)
+            .arg("start"))?;
         self.running = true;
         Ok(())
     }
@@ -400,12 +342,11 @@ impl Postfix {
     pub fn enqueue(&self, n: usize, msg: &[u8]) -> anyhow::Result<f64> {
         let t = Instant::now();
         for _ in 0..n {
-            pipe_ok(
+            run_with_input(
                 Command::new("/usr/sbin/sendmail")
                     .env("MAIL_CONFIG", &self.config)
                     .args(["-i", "-f", &sender(1), RCPT]),
                 msg,
-                "postfix sendmail",
             )?;
         }
         Ok(n as f64 / t.elapsed().as_secs_f64())

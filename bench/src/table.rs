@@ -1,5 +1,5 @@
 //! The results table: one row per measure, linkrelay's median beside the peers' medians from
-//! the same run, the ratios, and the target from issue 6.
+//! the same run, the ratios, and the target (docs/benchmarks.md).
 
 use std::fmt::Write;
 
@@ -36,9 +36,9 @@ pub struct Row {
     pub better: Better,
     /// Peers measured in the same run: (name, median).
     pub peers: Vec<(String, Option<f64>)>,
-    /// The target and how it was derived ("50% of smtp-source c1").
+    /// The target.
     pub target: Target,
-    /// Where the target comes from.
+    /// How the target was derived ("50% of smtp-source c1"); empty for a fixed one.
     pub target_text: String,
     /// Anything the reader must know (sample count, an error).
     pub note: String,
@@ -65,7 +65,7 @@ impl Row {
         self
     }
 
-    /// Sets the target.
+    /// Sets the target and how it was derived (empty for a fixed target).
     pub fn target(mut self, target: Target, text: &str) -> Row {
         self.target = target;
         self.target_text = text.to_string();
@@ -141,9 +141,13 @@ pub fn render(rows: &[Row]) -> String {
                 (None, _) => format!("{name} n/a"),
             })
             .collect();
+        let derived = match r.target_text.as_str() {
+            "" => String::new(),
+            text => format!(" ({text})"),
+        };
         let target = match r.target {
-            Target::AtLeast(t) => format!(">= {} ({})", fmt_num(t), r.target_text),
-            Target::Below(t) => format!("< {} ({})", fmt_num(t), r.target_text),
+            Target::AtLeast(t) => format!(">= {}{derived}", fmt_num(t)),
+            Target::Below(t) => format!("< {}{derived}", fmt_num(t)),
             Target::None => "-".into(),
         };
         let met = match r.met() {
@@ -184,7 +188,7 @@ mod tests {
                 .target(Target::AtLeast(500.0), "half of x"),
             Row::new("rss", "MiB", Better::Lower, Some(4.0))
                 .peer("postfix", Some(19.0))
-                .target(Target::Below(8.0), "issue 6"),
+                .target(Target::Below(8.0), ""),
         ];
         let t = render(&rows);
         assert!(
@@ -194,7 +198,7 @@ mod tests {
             "{t}"
         );
         assert!(
-            t.contains("| rss | 4.000 MiB | postfix 19.00 (4.750x) | < 8.000 (issue 6) | yes |"),
+            t.contains("| rss | 4.000 MiB | postfix 19.00 (4.750x) | < 8.000 | yes |"),
             "{t}"
         );
     }

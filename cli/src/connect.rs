@@ -1,6 +1,6 @@
 //! `linkrelay flush --connect`: connect to send. When a user's mail is held because no link
 //! with a relay for them is up, ask NetworkManager to activate a saved connection whose
-//! [[link]] rule gives them a relay, wait until the agent routes over it, then flush. The old
+//! `[[link]]` rule gives them a relay, wait until the agent routes over it, then flush. The old
 //! mail clients' dial-up dialog, done right.
 //!
 //! The CLI does this itself rather than the agent: NetworkManager asks polkit whether the
@@ -42,7 +42,7 @@ pub struct Profile {
 pub struct Choice {
     /// The profile to activate.
     pub profile: Profile,
-    /// The [[link]] rule it matches.
+    /// The `[[link]]` rule it matches.
     pub link: String,
     /// The users it gives a relay to, of those whose mail is held.
     pub serves: Vec<String>,

@@ -5,6 +5,9 @@
 
 // In tests a failed unwrap is a failed test, with its location.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
+// Doc comments on clap types are the --help text, where `[[link]]` and `[default: ...]` are
+// words for the user, not links.
+#![allow(rustdoc::broken_intra_doc_links)]
 
 // First: the other modules use its macros.
 #[macro_use]
@@ -441,7 +444,7 @@ async fn connect(system: bool) -> anyhow::Result<Result<zbus::Connection, String
     connect_with(system, true).await
 }
 
-/// [`connect`], starting the agent through D-Bus activation only when `activate` says so.
+/// [`connect()`], starting the agent through D-Bus activation only when `activate` says so.
 async fn connect_with(
     system: bool,
     activate: bool,

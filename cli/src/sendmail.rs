@@ -47,7 +47,7 @@ fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// Runs sendmail mode with `args` (without argv[0]).
+/// Runs sendmail mode with `args` (without `argv[0]`).
 pub fn main(args: Vec<String>) -> ExitCode {
     let mut user: Option<String> = None;
     let mut config_path: Option<PathBuf> = std::env::var_os("LINKRELAY_CONFIG").map(PathBuf::from);

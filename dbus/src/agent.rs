@@ -143,7 +143,7 @@ pub struct RelayTest {
     pub address: String,
     /// Its `tls` setting.
     pub tls: String,
-    /// The link the agent is on (its [[link]] name, "" when none matches or none is up).
+    /// The link the agent is on (its `[[link]]` name, "" when none matches or none is up).
     pub link: String,
     /// The users whose route on this link lists this relay.
     pub routed_for: Vec<String>,

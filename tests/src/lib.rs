@@ -8,19 +8,19 @@
 //!   with STARTTLS or implicit TLS;
 //! - [`tls`]: [`TestCa`], a certificate authority made at test time, and server certificates
 //!   it signs;
-//! - [`netns`]: [`NetNs`], a network namespace per test with veth uplinks (root only), where
-//!   the agent follows the kernel's default route;
+//! - [`netns`]: [`NetNs`], a network namespace per test with veth links (root only), where
+//!   the agent follows the kernel's default route, and [`netns::pair::NetnsPair`], two of them
+//!   joined by a veth pair, for a relay that is not on loopback;
 //! - [`notifications`]: [`notifications::FakeNotifications`], a desktop notification server
 //!   that records what the user would have read;
 //! - [`keyring`]: [`keyring::Keyring`], a real gnome-keyring-daemon serving the Secret Service
 //!   on a test bus;
-//! - [`netns_pair`]: [`netns_pair::NetnsPair`], two network namespaces joined by a veth pair, for a
-//!   relay that is not on loopback;
+//! - [`config`]: the agent's config file, built in code ([`config::Config`]);
 //! - [`world`]: one test's whole world: both buses, a home, the real `linkrelayd` and
 //!   `linkrelay` binaries.
 //! - [`twoisp`]: for the interoperability suite (root only): two ISPs in network namespaces,
-//!   with the real NetworkManager ([`realnm`]), real Postfix relays ([`postfix`]) and the
-//!   namespaces themselves ([`realnet_netns`]).
+//!   with the real NetworkManager ([`realnm`]) and real Postfix relays ([`postfix`]);
+//! - [`run`]: running a program, or saying which command line failed, how and why.
 //!
 //! Nothing here touches the machine's own buses or network configuration (network changes
 //! happen only inside the namespaces [`netns`] makes).
@@ -29,14 +29,14 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod bus;
+pub mod config;
 pub mod keyring;
 pub mod netns;
-pub mod netns_pair;
 pub mod nm;
 pub mod notifications;
 pub mod postfix;
-pub mod realnet_netns;
 pub mod realnm;
+pub mod run;
 pub mod smtp;
 pub mod tls;
 pub mod twoisp;
@@ -50,14 +50,3 @@ pub use netns::NetNs;
 pub use nm::{ActiveSpec, FakeNm};
 pub use smtp::{ClientLine, Fault, Received, RelayScript, RelayTls, ScriptedRelay};
 pub use tls::TestCa;
-
-/// Route `tracing` output of the code under test to the test's captured output, filtered by
-/// `RUST_LOG` (default `info`). Safe to call from every test: only the first call installs.
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
-}

@@ -33,7 +33,7 @@
 //! `Connection.Active.StateChanged` (and the ObjectManager's InterfacesAdded/Removed); all
 //! objects are exported before the name is requested.
 //!
-//! Where this model follows real NM rather than the simplest reading of our brief:
+//! Where this model follows real NM rather than the simplest reading of NM's D-Bus API:
 //! - manager `State` is 70 (connected-global) while there is a primary connection and
 //!   Connectivity is full (4) or unknown (0), and 60 (connected-site) behind a portal or with
 //!   limited/no connectivity, as NM computes it; 40 (connecting) while the only connection is
@@ -262,12 +262,6 @@ impl ActiveSpec {
     /// With this address ("192.0.2.10/24").
     pub fn with_address(mut self, address: &str) -> Self {
         self.address = Some(address.to_owned());
-        self
-    }
-
-    /// With this UUID instead of the one derived from the id.
-    pub fn with_uuid(mut self, uuid: &str) -> Self {
-        self.uuid = uuid.to_owned();
         self
     }
 

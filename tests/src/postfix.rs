@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::realnet_netns::{NetNs, run};
+use crate::netns::{self, NetNs};
+use crate::run::run;
 
 /// The port smtp-sink listens on, on the ISP namespace's loopback.
 const SINK_PORT: u16 = 2525;
@@ -424,8 +425,8 @@ service auth {{
     fn wait_listening(&self, listeners: &[Listener]) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let out = Command::new("ip")
-                .args(["netns", "exec", &self.ns_name, "ss", "-ltnH"])
+            let out = netns::command_in(&self.ns_name, "ss")
+                .arg("-ltnH")
                 .output()?;
             let text = String::from_utf8_lossy(&out.stdout);
             let want = listeners
@@ -503,8 +504,8 @@ service auth {{
 
 impl Drop for PostfixRelays {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "exec", &self.ns_name, "/usr/sbin/postfix", "-c"])
+        let _ = netns::command_in(&self.ns_name, "/usr/sbin/postfix")
+            .arg("-c")
             .arg(&self.conf)
             .arg("stop")
             .stdout(Stdio::null())

@@ -1,7 +1,7 @@
 //! The real NetworkManager (Debian's package), run inside a test network namespace on a
 //! private system bus, with keyfile profiles and every path in a temporary directory.
 //!
-//! What it takes (see shared/notes/platform-facts.md):
+//! What it takes:
 //! - its own mount namespace (`ip netns exec` makes one) where `/run` is a fresh tmpfs with our
 //!   directory bind-mounted on `/run/NetworkManager` (kept across restarts, as on a real
 //!   machine, so a restarted NM re-assumes the connections that are up), and our directory on
@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::realnet_netns::NetNs;
+use crate::netns::NetNs;
+use crate::run::{run, text};
 
 /// A keyfile profile for an ethernet (veth) link with a static address.
 #[derive(Debug, Clone)]
@@ -255,20 +256,10 @@ exec /usr/sbin/NetworkManager --debug --config={d}/NetworkManager.conf \\
     }
 
     fn nmcli_output(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new("nmcli")
+        let out = run(Command::new("nmcli")
             .args(args)
-            .env("DBUS_SYSTEM_BUS_ADDRESS", &self.bus)
-            .stdin(Stdio::null())
-            .output()
-            .context("running nmcli")?;
-        if !out.status.success() {
-            bail!(
-                "nmcli {args:?} failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &self.bus))?;
+        Ok(text(&out.stdout))
     }
 
     /// Runs `nmcli ARGS` against this NetworkManager and returns its output.

@@ -114,9 +114,6 @@ pub struct ClientLine {
 /// A per-recipient answer: the fault for an address, or `None` for the normal answer.
 pub type RcptScript = Arc<dyn Fn(&str) -> Option<Fault> + Send + Sync>;
 
-/// Old name of [`RcptScript`].
-pub type RcptCheck = RcptScript;
-
 /// The ISP's network check of [`RelayScript::allow_client`].
 pub type ClientCheck = Arc<dyn Fn() -> bool + Send + Sync>;
 
@@ -335,7 +332,7 @@ impl ScriptedRelay {
     }
 
     /// Serve `script` on a listener made elsewhere (e.g. in another network namespace with
-    /// [`crate::netns_pair::NetnsPair::listen_in_relay`]); it must be non-blocking.
+    /// [`crate::netns::pair::NetnsPair::listen_in_relay`]); it must be non-blocking.
     pub fn start_with(
         listener: std::net::TcpListener,
         script: RelayScript,

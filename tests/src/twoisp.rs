@@ -24,13 +24,14 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use crate::config::{Config, Link, Relay, User};
+use crate::netns::{self, NetNs};
 use crate::postfix::{Delivered, Listener, PostfixRelays};
-use crate::realnet_netns::{self as netns, NetNs};
 use crate::realnm::{Profile, RealNm};
 use crate::world::{World, bin};
 
@@ -78,12 +79,15 @@ impl TwoIsp {
     /// missing.
     pub fn start() -> anyhow::Result<TwoIsp> {
         if let Some(why) = netns::unavailable() {
-            bail!("{why}");
+            bail!(
+                "{why}. These tests create network namespaces and run NetworkManager and \
+                 Postfix in them: run them as root (CI does, through scripts/test), or leave \
+                 them out with: cargo nextest run --workspace -E 'not binary(realnet)'"
+            );
         }
         if !Path::new("/usr/bin/python3").exists() {
             bail!("/usr/bin/python3 is missing: run scripts/install-test-deps");
         }
-        netns::sweep_stale();
         let dir = tempfile::Builder::new()
             .prefix("linkrelay-twoisp-")
             .tempdir()?;
@@ -93,11 +97,11 @@ impl TwoIsp {
         let laptop = NetNs::create("laptop")?;
         laptop.veth("lr-a", &isp, "isp-a")?;
         laptop.veth("lr-b", &isp, "isp-b")?;
-        isp.ip(&["addr", "add", &format!("{RELAY_A}/24"), "dev", "isp-a"])?;
-        isp.ip(&["addr", "add", &format!("{RELAY_B}/24"), "dev", "isp-b"])?;
-        isp.ip(&["addr", "add", &format!("{CHECK_ADDR}/32"), "dev", "lo"])?;
-        isp.ip(&["link", "set", "isp-a", "up"])?;
-        isp.ip(&["link", "set", "isp-b", "up"])?;
+        isp.ip(&format!("addr add {RELAY_A}/24 dev isp-a"))?;
+        isp.ip(&format!("addr add {RELAY_B}/24 dev isp-b"))?;
+        isp.ip(&format!("addr add {CHECK_ADDR}/32 dev lo"))?;
+        isp.ip("link set isp-a up")?;
+        isp.ip("link set isp-b up")?;
 
         let check_dir = dir.path().join("www");
         std::fs::create_dir_all(&check_dir)?;
@@ -176,50 +180,33 @@ impl TwoIsp {
     /// The agent's config: links ISP-A and ISP-B (metered: hold), relay A (STARTTLS) and relay
     /// B (STARTTLS + AUTH as bob), both trusting the test CA when `trust_ca`; one user "me".
     pub fn config(&self, trust_ca: bool) -> String {
-        let ca = if trust_ca {
-            format!("ca_file = \"{}\"\n", self.relays.ca.ca_pem.display())
-        } else {
-            String::new()
+        let relay = |name: &str, host: &str| {
+            let relay = Relay::new(name)
+                .host(host)
+                .port(SUBMISSION)
+                .tls("starttls")
+                .set("helo", "laptop.example")
+                .timeout("10s");
+            match trust_ca {
+                true => relay.ca_file(&self.relays.ca.ca_pem),
+                false => relay,
+            }
         };
-        format!(
-            r#"[agent]
-source = "networkmanager"
-debounce = "100ms"
-
-[[link]]
-name = "isp-a"
-match = {{ id = "ISP-A" }}
-
-[[link]]
-name = "isp-b"
-match = {{ id = "ISP-B" }}
-metered = "hold"
-
-[[relay]]
-name = "relay-a"
-host = "{RELAY_A}"
-port = {SUBMISSION}
-tls = "starttls"
-helo = "laptop.example"
-timeout = "10s"
-{ca}
-[[relay]]
-name = "relay-b"
-host = "{RELAY_B}"
-port = {SUBMISSION}
-tls = "starttls"
-helo = "laptop.example"
-username = "bob"
-password_command = "cat {pw}"
-timeout = "10s"
-{ca}
-[[user]]
-name = "me"
-from = ["*"]
-routes = {{ isp-a = ["relay-a"], isp-b = ["relay-b"] }}
-"#,
-            pw = self.dir.path().join("password-b").display(),
-        )
+        let password = format!("cat {}", self.dir.path().join("password-b").display());
+        Config::new()
+            .agent("source", "networkmanager")
+            .agent("debounce", "100ms")
+            .link(Link::new("isp-a").id("ISP-A"))
+            .link(Link::new("isp-b").id("ISP-B").set("metered", "hold"))
+            .relay(relay("relay-a", RELAY_A))
+            .relay(relay("relay-b", RELAY_B).password_command("bob", &password))
+            .user(
+                User::new("me")
+                    .from(["*"])
+                    .route("isp-a", ["relay-a"])
+                    .route("isp-b", ["relay-b"]),
+            )
+            .to_string()
     }
 
     /// Starts linkrelayd inside the laptop namespace.
@@ -268,28 +255,6 @@ routes = {{ isp-a = ["relay-a"], isp-b = ["relay-b"] }}
             .env("LANG", "C.UTF-8")
             .env("LC_ALL", "C.UTF-8");
         cmd
-    }
-
-    /// Runs a command with `stdin` as its input; fails with its output unless it succeeds.
-    pub fn run_with_input(&self, cmd: &mut Command, stdin: &[u8]) -> anyhow::Result<Output> {
-        use std::io::Write;
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {cmd:?}"))?;
-        child.stdin.take().context("stdin")?.write_all(stdin)?;
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!(
-                "{cmd:?} failed ({}):\n{}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(out)
     }
 
     /// Waits until Postfix passed on `count` messages with `subject`, and returns them.

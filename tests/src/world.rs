@@ -11,6 +11,7 @@ use linkrelay_dbus::{AGENT_BUS_NAME, AgentProxy, RouteInfo};
 
 use crate::bus::{BusKind, TestBus};
 use crate::netns::NetNs;
+use crate::run::text;
 
 /// Where cargo put the workspace's binaries: next to the test executable's `deps/` folder.
 /// `LINKRELAY_BIN_DIR` overrides it.
@@ -475,6 +476,21 @@ impl Drop for World {
     fn drop(&mut self) {
         self.stop_agent();
     }
+}
+
+/// `linkrelay ARGS --json`, parsed. Panics (failing the test) with linkrelay's stderr and the
+/// agent's log when it fails or prints something that is not JSON.
+pub fn cli_json(world: &World, args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = world.run_cli(&all).expect("linkrelay runs");
+    assert!(
+        out.status.success(),
+        "linkrelay {args:?} failed: {}\n{}",
+        text(&out.stderr),
+        world.agent_log()
+    );
+    serde_json::from_slice(&out.stdout).expect("linkrelay prints JSON")
 }
 
 /// The repository's example config with its relays pointed at local test relays (plain SMTP on

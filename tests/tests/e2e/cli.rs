@@ -3,13 +3,10 @@
 use std::time::Duration;
 
 use linkrelay_tests::nm::{ActiveSpec, FakeNm};
-use linkrelay_tests::world::{World, repo_root};
+use linkrelay_tests::run::text;
+use linkrelay_tests::world::{World, cli_json, repo_root};
 
-use crate::util::{cli_json, queue_ids, seed};
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use crate::util::{queue_ids, seed};
 
 #[test]
 fn status_without_an_agent_says_it_is_not_running() {

@@ -5,12 +5,9 @@
 use std::time::Duration;
 
 use linkrelay_tests::nm::{ActiveSpec, FakeNm};
+use linkrelay_tests::run::text;
 
 use crate::util::{Seed, seed, subjects, wait_queued};
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 /// The seed world offline, with NetworkManager knowing `profiles` but none up.
 async fn offline(profiles: Vec<ActiveSpec>) -> (Seed, FakeNm) {

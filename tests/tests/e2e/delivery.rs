@@ -3,12 +3,13 @@
 
 use std::time::{Duration, Instant};
 
+use linkrelay_tests::config::{Config, Link, Relay, User};
 use linkrelay_tests::nm::{ActiveSpec, FakeNm};
 use linkrelay_tests::smtp::{Fault, RelayScript, ScriptedRelay};
-use linkrelay_tests::world::World;
+use linkrelay_tests::world::{World, cli_json};
 use serde_json::Value;
 
-use crate::util::{cli_json, eventually, subjects};
+use crate::util::{eventually, subjects};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -16,17 +17,19 @@ fn eth(id: &str) -> ActiveSpec {
     ActiveSpec::ethernet(id, "eth0", "192.0.2.1")
 }
 
-fn relay_toml(name: &str, relay: &ScriptedRelay, timeout: &str) -> String {
-    format!(
-        "[[relay]]\nname = \"{name}\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\n\
-         timeout = \"{timeout}\"\n\n",
-        relay.port()
-    )
+/// A relay of the harness with this stage `timeout`.
+fn local(name: &str, relay: &ScriptedRelay, timeout: &str) -> Relay {
+    Relay::local(name, relay.port()).timeout(timeout)
 }
 
-const LINKS: &str = "[[link]]\nname = \"office-a\"\nmatch = { id = \"A\" }\n\n\
-                     [[link]]\nname = \"office-b\"\nmatch = { id = \"B\" }\n\n\
-                     [[link]]\nname = \"office-c\"\nmatch = { id = \"C\" }\n\n";
+/// Links office-a, office-b and office-c (NetworkManager ids A, B and C).
+fn offices() -> Config {
+    Config::new()
+        .agent("debounce", "50ms")
+        .link(Link::new("office-a").id("A"))
+        .link(Link::new("office-b").id("B"))
+        .link(Link::new("office-c").id("C"))
+}
 
 /// The only message of `user` in `linkrelay queue --json`, if any.
 fn only_message(w: &World, user: &str) -> Option<Value> {
@@ -65,14 +68,20 @@ async fn a_hung_relay_does_not_hold_up_another_users_mail() {
     .unwrap();
     let good = ScriptedRelay::start(RelayScript::default()).await.unwrap();
     let mut w = World::new().unwrap();
-    w.write_config(&format!(
-        "[agent]\ndebounce = \"50ms\"\n\n{LINKS}{}{}\
-         [[user]]\nname = \"alice\"\nfrom = [\"alice@example.org\"]\nroutes = {{ office-a = [\"hung\"] }}\n\n\
-         [[user]]\nname = \"bob\"\nfrom = [\"bob@example.org\"]\nroutes = {{ office-a = [\"good\"] }}\n",
-        relay_toml("hung", &hung, "1h"),
-        relay_toml("good", &good, "5s"),
-    ))
-    .unwrap();
+    let config = offices()
+        .relay(local("hung", &hung, "1h"))
+        .relay(local("good", &good, "5s"))
+        .user(
+            User::new("alice")
+                .from(["alice@example.org"])
+                .route("office-a", ["hung"]),
+        )
+        .user(
+            User::new("bob")
+                .from(["bob@example.org"])
+                .route("office-a", ["good"]),
+        );
+    w.write_config(&config.to_string()).unwrap();
     let _nm = FakeNm::start(&w.system.address, vec![eth("A")], 4)
         .await
         .unwrap();
@@ -112,13 +121,16 @@ async fn a_link_change_mid_send_abandons_the_attempt_and_the_new_route_takes_the
         .await
         .unwrap();
     let mut w = World::new().unwrap();
-    w.write_config(&format!(
-        "[agent]\ndebounce = \"50ms\"\n\n{LINKS}{}{}\
-         [[user]]\nname = \"me\"\nfrom = [\"*\"]\nroutes = {{ office-a = [\"ra\"], office-b = [\"rb\"] }}\n",
-        relay_toml("ra", &relay_a, "1h"),
-        relay_toml("rb", &relay_b, "5s"),
-    ))
-    .unwrap();
+    let config = offices()
+        .relay(local("ra", &relay_a, "1h"))
+        .relay(local("rb", &relay_b, "5s"))
+        .user(
+            User::new("me")
+                .from(["*"])
+                .route("office-a", ["ra"])
+                .route("office-b", ["rb"]),
+        );
+    w.write_config(&config.to_string()).unwrap();
     let nm = FakeNm::start(&w.system.address, vec![eth("A")], 4)
         .await
         .unwrap();
@@ -163,12 +175,10 @@ async fn link_down_mid_send_keeps_the_message_queued_as_it_was() {
     .await
     .unwrap();
     let mut w = World::new().unwrap();
-    w.write_config(&format!(
-        "[agent]\ndebounce = \"50ms\"\n\n{LINKS}{}\
-         [[user]]\nname = \"me\"\nfrom = [\"*\"]\nroutes = {{ office-a = [\"r\"] }}\n",
-        relay_toml("r", &relay, "1h"),
-    ))
-    .unwrap();
+    let config = offices()
+        .relay(local("r", &relay, "1h"))
+        .user(User::new("me").from(["*"]).route("office-a", ["r"]));
+    w.write_config(&config.to_string()).unwrap();
     let nm = FakeNm::start(&w.system.address, vec![eth("A")], 4)
         .await
         .unwrap();
@@ -217,15 +227,21 @@ async fn relay_memory_survives_a_restart() {
         .await
         .unwrap();
     let mut w = World::new().unwrap();
-    w.write_config(&format!(
-        "[agent]\ndebounce = \"50ms\"\n\n{LINKS}{}{}{}\
-         [[user]]\nname = \"me\"\nfrom = [\"me@example.org\"]\nroutes = {{ office-a = [\"slow\", \"fast\"] }}\n\n\
-         [[user]]\nname = \"other\"\nfrom = [\"other@example.org\"]\nroutes = {{ office-a = [\"denier\"] }}\n",
-        relay_toml("slow", &slow, "1s"),
-        relay_toml("fast", &fast, "5s"),
-        relay_toml("denier", &denier, "5s"),
-    ))
-    .unwrap();
+    let config = offices()
+        .relay(local("slow", &slow, "1s"))
+        .relay(local("fast", &fast, "5s"))
+        .relay(local("denier", &denier, "5s"))
+        .user(
+            User::new("me")
+                .from(["me@example.org"])
+                .route("office-a", ["slow", "fast"]),
+        )
+        .user(
+            User::new("other")
+                .from(["other@example.org"])
+                .route("office-a", ["denier"]),
+        );
+    w.write_config(&config.to_string()).unwrap();
     let _nm = FakeNm::start(&w.system.address, vec![eth("A")], 4)
         .await
         .unwrap();
@@ -316,12 +332,17 @@ async fn backoff_grows_on_a_route_starts_again_when_the_link_changes_and_survive
     .await
     .unwrap();
     let mut w = World::new().unwrap();
-    w.write_config(&format!(
-        "[agent]\ndebounce = \"50ms\"\n\n[retry]\nmin = \"100s\"\nmax = \"1000s\"\n\n{LINKS}{}\
-         [[user]]\nname = \"me\"\nfrom = [\"*\"]\nroutes = {{ office-a = [\"r\"], office-c = [\"r\"] }}\n",
-        relay_toml("r", &relay, "5s"),
-    ))
-    .unwrap();
+    let config = offices()
+        .retry("min", "100s")
+        .retry("max", "1000s")
+        .relay(local("r", &relay, "5s"))
+        .user(
+            User::new("me")
+                .from(["*"])
+                .route("office-a", ["r"])
+                .route("office-c", ["r"]),
+        );
+    w.write_config(&config.to_string()).unwrap();
     let nm = FakeNm::start(&w.system.address, vec![eth("A")], 4)
         .await
         .unwrap();
@@ -379,13 +400,22 @@ async fn after_the_lifetime_a_message_goes_to_failed_and_says_why() {
     .await
     .unwrap();
     let mut w = World::new().unwrap();
-    w.write_config(&format!(
-        "[agent]\ndebounce = \"50ms\"\n\n[retry]\nmin = \"1s\"\nmax = \"1s\"\nlifetime = \"3s\"\n\n{LINKS}{}\
-         [[user]]\nname = \"me\"\nfrom = [\"me@example.org\"]\nroutes = {{ office-a = [\"r\"] }}\n\n\
-         [[user]]\nname = \"held\"\nfrom = [\"held@example.org\"]\nroutes = {{ office-b = [\"r\"] }}\n",
-        relay_toml("r", &relay, "5s"),
-    ))
-    .unwrap();
+    let config = offices()
+        .retry("min", "1s")
+        .retry("max", "1s")
+        .retry("lifetime", "3s")
+        .relay(local("r", &relay, "5s"))
+        .user(
+            User::new("me")
+                .from(["me@example.org"])
+                .route("office-a", ["r"]),
+        )
+        .user(
+            User::new("held")
+                .from(["held@example.org"])
+                .route("office-b", ["r"]),
+        );
+    w.write_config(&config.to_string()).unwrap();
     let _nm = FakeNm::start(&w.system.address, vec![eth("A")], 4)
         .await
         .unwrap();

@@ -11,13 +11,10 @@ use std::time::{Duration, Instant};
 
 use linkrelay_dbus::AGENT_BUS_NAME;
 use linkrelay_tests::bus::{BusKind, BusOptions, TestBus};
-use linkrelay_tests::world::{World, bin};
+use linkrelay_tests::run::text;
+use linkrelay_tests::world::{World, bin, cli_json};
 
-use crate::util::{cli_json, seed};
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use crate::util::seed;
 
 fn unit_path(w: &World) -> PathBuf {
     w.home().join(".config/systemd/user/linkrelayd.service")

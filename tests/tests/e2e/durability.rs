@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use linkrelay_outbox::{Envelope, Outbox};
+use linkrelay_tests::config::{Config, Link, Relay, User};
 use linkrelay_tests::nm::{ActiveSpec, FakeNm};
 use linkrelay_tests::smtp::{RelayScript, ScriptedRelay};
 use linkrelay_tests::world::World;
@@ -18,6 +19,15 @@ use crate::util::subjects;
 
 const MESSAGES: usize = 300;
 const KILLS: usize = 20;
+
+/// User "me" sends everything through `relay` on link "office" (NetworkManager id "Office").
+fn office(relay: &ScriptedRelay) -> Config {
+    Config::new()
+        .agent("debounce", "50ms")
+        .link(Link::new("office").id("Office"))
+        .relay(Relay::local("r", relay.port()).timeout("5s"))
+        .user(User::new("me").from(["*"]).route("office", ["r"]))
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_nothing_and_duplicates_at_most_one_per_kill() {
@@ -30,14 +40,8 @@ async fn sigkill_at_random_moments_loses_nothing_and_duplicates_at_most_one_per_
 
     let relay = ScriptedRelay::start(RelayScript::default()).await.unwrap();
     let mut w = World::new().unwrap();
-    w.write_config(&format!(
-        "[agent]\ndebounce = \"50ms\"\n\n[retry]\nmin = \"1s\"\nmax = \"2s\"\n\n\
-         [[link]]\nname = \"office\"\nmatch = {{ id = \"Office\" }}\n\n\
-         [[relay]]\nname = \"r\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\ntimeout = \"5s\"\n\n\
-         [[user]]\nname = \"me\"\nfrom = [\"*\"]\nroutes = {{ office = [\"r\"] }}\n",
-        relay.port()
-    ))
-    .unwrap();
+    let config = office(&relay).retry("min", "1s").retry("max", "2s");
+    w.write_config(&config.to_string()).unwrap();
     // Queue the messages the way sendmail does (the same library call), while the agent is down.
     let outbox = Outbox::open(&w.data_dir.join("me")).unwrap();
     let envelope = Envelope {
@@ -417,14 +421,7 @@ fn fill(dir: &Path) {
 async fn a_disk_that_fills_up_while_sending_does_not_make_the_agent_send_twice() {
     let relay = ScriptedRelay::start(RelayScript::default()).await.unwrap();
     let mut w = World::new().unwrap();
-    w.write_config(&format!(
-        "[agent]\ndebounce = \"50ms\"\n\n\
-         [[link]]\nname = \"office\"\nmatch = {{ id = \"Office\" }}\n\n\
-         [[relay]]\nname = \"r\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"none\"\ntimeout = \"5s\"\n\n\
-         [[user]]\nname = \"me\"\nfrom = [\"*\"]\nroutes = {{ office = [\"r\"] }}\n",
-        relay.port()
-    ))
-    .unwrap();
+    w.write_config(&office(&relay).to_string()).unwrap();
     let _disk = Tmpfs::mount(&w.data_dir, "1m");
     w.send("me@example.org", "you@dest.example", "full")
         .unwrap();

@@ -7,15 +7,13 @@
 //! and relay memory and all of them run at once.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use linkrelay_tests::config::{Config, Link, Relay, User};
 use linkrelay_tests::nm::{ActiveSpec, FakeNm};
 use linkrelay_tests::smtp::{Fault, RelayScript, ScriptedRelay};
-use linkrelay_tests::world::World;
+use linkrelay_tests::world::{World, cli_json};
 use serde_json::Value;
-
-use crate::util::cli_json;
 
 const ONE: &str = "one@dest.example";
 const TWO: &str = "two@dest.example";
@@ -723,43 +721,34 @@ const PENDING_END: &[(&str, &str)] = &[
 ];
 
 fn config(cases: &[Case], relays: &BTreeMap<&str, (u16, Option<u16>)>) -> String {
-    let mut out = String::from(
-        "[agent]\ndebounce = \"50ms\"\n\n[retry]\nmin = \"1h\"\nmax = \"2h\"\n\n\
-         [[link]]\nname = \"office\"\nmatch = { id = \"Office\" }\n",
-    );
+    let mut config = Config::new()
+        .agent("debounce", "50ms")
+        .retry("min", "1h")
+        .retry("max", "2h")
+        .link(Link::new("office").id("Office"));
     for case in cases {
-        let (port, fallback) = relays[case.name];
-        let (tls, auth) = match case.login {
-            Login::None => ("none", String::new()),
-            Login::Starttls => ("starttls", String::new()),
-            Login::Auth(password) => (
-                "none",
-                format!("username = \"u\"\npassword_command = \"echo {password}\"\n"),
-            ),
+        let n = case.name;
+        let (port, fallback) = relays[n];
+        let first = Relay::local(&format!("{n}-a"), port).timeout(STAGE_TIMEOUT);
+        let first = match case.login {
+            Login::None => first,
+            Login::Starttls => first.tls("starttls"),
+            Login::Auth(password) => first.password_command("u", &format!("echo {password}")),
         };
-        let _ = write!(
-            out,
-            "\n[[relay]]\nname = \"{n}-a\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"{tls}\"\n\
-             timeout = \"{STAGE_TIMEOUT}\"\n{auth}",
-            n = case.name
-        );
-        let mut route = format!("\"{}-a\"", case.name);
+        config = config.relay(first);
+        let mut route = vec![format!("{n}-a")];
         if let Some(port) = fallback {
-            let _ = write!(
-                out,
-                "\n[[relay]]\nname = \"{n}-b\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\n\
-                 timeout = \"{STAGE_TIMEOUT}\"\n",
-                n = case.name
-            );
-            let _ = write!(route, ", \"{}-b\"", case.name);
+            config = config.relay(Relay::local(&format!("{n}-b"), port).timeout(STAGE_TIMEOUT));
+            route.push(format!("{n}-b"));
         }
-        let _ = write!(
-            out,
-            "\n[[user]]\nname = \"{n}\"\nfrom = [\"{n}@example.org\"]\nroutes = {{ office = [{route}] }}\n",
-            n = case.name
+        let from = format!("{n}@example.org");
+        config = config.user(
+            User::new(n)
+                .from([from.as_str()])
+                .route("office", route.as_slice()),
         );
     }
-    out
+    config.to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -203,7 +203,7 @@ async fn symbolic_links_in_the_outbox_are_never_followed_out_of_it() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("symbolic link"), "{verb}: {err}");
     }
-    let q = crate::util::cli_json(w, &["queue"]);
+    let q = linkrelay_tests::world::cli_json(w, &["queue"]);
     assert!(!q.to_string().contains(&id), "{q}");
     assert_eq!(snapshot(&outside), before);
 }

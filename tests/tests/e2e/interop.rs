@@ -3,11 +3,12 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use linkrelay_tests::config::{Config, Link, Relay, User};
 use linkrelay_tests::nm::{ActiveSpec, FakeNm};
 use linkrelay_tests::smtp::{Fault, RelayScript, ScriptedRelay};
-use linkrelay_tests::world::World;
+use linkrelay_tests::world::{World, cli_json};
 
-use crate::util::{cli_json, eventually};
+use crate::util::eventually;
 
 /// Postfix's smtp-sink on a free loopback port, dumping each message into `dir`.
 struct SmtpSink {
@@ -52,27 +53,12 @@ impl Drop for SmtpSink {
 }
 
 fn one_relay_config(port: u16) -> String {
-    format!(
-        r#"[agent]
-debounce = "50ms"
-
-[[link]]
-name = "office"
-match = {{ id = "Office" }}
-
-[[relay]]
-name = "sink"
-host = "127.0.0.1"
-port = {port}
-tls = "none"
-timeout = "5s"
-
-[[user]]
-name = "me"
-from = ["*"]
-routes = {{ office = ["sink"] }}
-"#
-    )
+    Config::new()
+        .agent("debounce", "50ms")
+        .link(Link::new("office").id("Office"))
+        .relay(Relay::local("sink", port).timeout("5s"))
+        .user(User::new("me").from(["*"]).route("office", ["sink"]))
+        .to_string()
 }
 
 async fn office_world(port: u16) -> (World, FakeNm) {

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use linkrelay_dbus::{MessageInfo, QueueLine};
 use linkrelay_outbox::{Envelope, Outbox};
+use linkrelay_tests::world::cli_json;
 
-use crate::util::{cli_json, seed};
+use crate::util::seed;
 
 /// A bound on calls that must answer while a listing waits for its reader; only reached if
 /// the agent stopped serving.

@@ -4,13 +4,15 @@
 
 use std::time::Duration;
 
+use linkrelay_tests::config::{Config, Link, Relay, User};
 use linkrelay_tests::netns::NetNs;
 use linkrelay_tests::nm::{ActiveSpec, FakeNm};
+use linkrelay_tests::run::text;
 use linkrelay_tests::smtp::{RelayScript, ScriptedRelay};
-use linkrelay_tests::world::World;
+use linkrelay_tests::world::{World, cli_json};
 use serde_json::Value;
 
-use crate::util::{cli_json, eventually, subjects};
+use crate::util::{eventually, subjects};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -26,48 +28,29 @@ struct Laptop {
 }
 
 fn config(source: &str, port_a: u16, port_b: u16) -> String {
-    format!(
-        r#"[agent]
-source = "{source}"
-debounce = "50ms"
-
-[retry]
-min = "1s"
-max = "2s"
-
-# NetworkManager's name for the office network; netlink never sees it.
-[[link]]
-name = "office"
-match = {{ id = "Office" }}
-
-[[link]]
-name = "fibre"
-match = {{ interface = "upa", type = "veth", gateway = "198.51.100.1" }}
-
-[[link]]
-name = "mobile"
-match = {{ address = "2001:db8:b::/48" }}
-
-[[relay]]
-name = "relay-a"
-host = "127.0.0.1"
-port = {port_a}
-tls = "none"
-timeout = "5s"
-
-[[relay]]
-name = "relay-b"
-host = "127.0.0.1"
-port = {port_b}
-tls = "none"
-timeout = "5s"
-
-[[user]]
-name = "me"
-from = ["*"]
-routes = {{ fibre = ["relay-a"], mobile = ["relay-b"] }}
-"#
-    )
+    Config::new()
+        .agent("source", source)
+        .agent("debounce", "50ms")
+        .retry("min", "1s")
+        .retry("max", "2s")
+        // NetworkManager's name for the office network; netlink never sees it.
+        .link(Link::new("office").id("Office"))
+        .link(
+            Link::new("fibre")
+                .matching("interface", "upa")
+                .matching("type", "veth")
+                .matching("gateway", "198.51.100.1"),
+        )
+        .link(Link::new("mobile").matching("address", "2001:db8:b::/48"))
+        .relay(Relay::local("relay-a", port_a).timeout("5s"))
+        .relay(Relay::local("relay-b", port_b).timeout("5s"))
+        .user(
+            User::new("me")
+                .from(["*"])
+                .route("fibre", ["relay-a"])
+                .route("mobile", ["relay-b"]),
+        )
+        .to_string()
 }
 
 async fn laptop(source: &str) -> Laptop {
@@ -193,7 +176,7 @@ async fn netlink_follows_the_default_route_as_it_moves_and_changes_metric() {
     l.delivered_via("metric-gone", &l.relay_b, &l.relay_a).await;
 
     // The human status shows the kernel's link.
-    let text = String::from_utf8_lossy(&l.world.run_cli(&["status"]).unwrap().stdout).into_owned();
+    let text = text(&l.world.run_cli(&["status"]).unwrap().stdout);
     assert!(
         text.contains("link:      mobile (veth upb, on upb, gateway 203.0.113.1"),
         "{text}"
@@ -377,8 +360,7 @@ async fn without_networkmanager_the_agent_shows_this_machines_default_route_link
     match expected {
         Some(dev) => {
             assert_eq!(status["link"]["interface"], dev.as_str(), "{status:#}");
-            let text =
-                String::from_utf8_lossy(&w.run_cli(&["status"]).unwrap().stdout).into_owned();
+            let text = text(&w.run_cli(&["status"]).unwrap().stdout);
             assert!(text.contains(&format!("on {dev}")), "{text}");
         }
         None => assert!(status["link"].is_null(), "{status:#}"),
@@ -489,7 +471,6 @@ async fn a_socket_overrun_neither_stops_the_source_nor_leaves_it_wrong() {
 #[test]
 fn config_check_says_what_the_source_can_see() {
     let w = World::new().unwrap();
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     let rules = |address: &str| {
         format!(
             "[agent]\nsource = \"netlink\"\n\n[[link]]\nname = \"home\"\nmatch = {{ ssid = \"Home*\" }}\n\n[[link]]\nname = \"dsl\"\nmatch = {{ interface = \"ppp*\", address = \"{address}\" }}\n\n[[user]]\nname = \"me\"\nfrom = [\"*\"]\n"

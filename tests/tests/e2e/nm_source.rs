@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use linkrelay_tests::nm::{ActiveSpec, FakeNm};
-use linkrelay_tests::world::example_config_for;
+use linkrelay_tests::world::{cli_json, example_config_for};
 
-use crate::util::{cli_json, seed};
+use crate::util::seed;
 
 const WAIT: Duration = Duration::from_secs(10);
 

@@ -7,49 +7,39 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use linkrelay_dbus::AGENT_BUS_NAME;
+use linkrelay_tests::config::{Config, Link, Relay, User};
 use linkrelay_tests::keyring::Keyring;
 use linkrelay_tests::nm::{ActiveSpec, FakeNm};
 use linkrelay_tests::smtp::base64_encode;
 use linkrelay_tests::smtp::{RelayScript, ScriptedRelay};
 use linkrelay_tests::tls::TestCa;
-use linkrelay_tests::world::World;
+use linkrelay_tests::world::{World, cli_json};
 
-use crate::util::{cli_json, eventually};
+use crate::util::eventually;
 
 const WAIT: Duration = Duration::from_secs(10);
 const PASSWORD: &str = "k3yring-Pa55-w0rd";
 
-fn config(port: u16, ca: &std::path::Path, source: &str) -> String {
-    format!(
-        r#"[agent]
-debounce = "50ms"
-
-[retry]
-min = "1h"
-max = "2h"
-refusal_memory = "0s"
-
-[[link]]
-name = "lan"
-match = {{ id = "LAN" }}
-
-[[relay]]
-name = "isp-b"
-host = "localhost"
-port = {port}
-tls = "starttls"
-ca_file = "{ca}"
-timeout = "5s"
-username = "bob"
-{source}
-
-[[user]]
-name = "bob"
-from = ["*"]
-routes = {{ lan = ["isp-b"] }}
-"#,
-        ca = ca.display()
-    )
+/// User bob sends everything through relay isp-b (STARTTLS, trusting `ca`), logging in as bob
+/// with the password of the keyring item service=smtp username=bob.
+fn config(port: u16, ca: &std::path::Path) -> String {
+    Config::new()
+        .agent("debounce", "50ms")
+        .retry("min", "1h")
+        .retry("max", "2h")
+        .retry("refusal_memory", "0s")
+        .link(Link::new("lan").id("LAN"))
+        .relay(
+            Relay::new("isp-b")
+                .host("localhost")
+                .port(port)
+                .tls("starttls")
+                .ca_file(ca)
+                .timeout("5s")
+                .password_secret("bob", &[("service", "smtp"), ("username", "bob")]),
+        )
+        .user(User::new("bob").from(["*"]).route("lan", ["isp-b"]))
+        .to_string()
 }
 
 /// Every form in which the password could leak: as is, and as AUTH PLAIN and LOGIN send it.
@@ -91,15 +81,7 @@ async fn the_keyring_password_authenticates_and_never_leaks() {
         )
         .unwrap();
     // A config that names a keyring item holds no secret: it may be readable by others.
-    std::fs::write(
-        &w.config_path,
-        config(
-            relay.port(),
-            &ca_path,
-            r#"password_secret = { service = "smtp", username = "bob" }"#,
-        ),
-    )
-    .unwrap();
+    std::fs::write(&w.config_path, config(relay.port(), &ca_path)).unwrap();
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&w.config_path, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -207,12 +189,7 @@ async fn no_keyring_no_item_or_a_locked_one_keeps_the_mail_and_says_what_to_do()
     let mut w = World::new().unwrap();
     let ca_path = w.dir().join("ca.pem");
     ca.write_pem(&ca_path).unwrap();
-    w.write_config(&config(
-        relay.port(),
-        &ca_path,
-        r#"password_secret = { service = "smtp", username = "bob" }"#,
-    ))
-    .unwrap();
+    w.write_config(&config(relay.port(), &ca_path)).unwrap();
     let _nm = FakeNm::start(
         &w.system.address,
         vec![ActiveSpec::ethernet("LAN", "eth0", "192.0.2.1")],

@@ -4,8 +4,10 @@
 use std::time::Duration;
 
 use linkrelay_tests::nm::{ActiveSpec, FakeNm};
+use linkrelay_tests::run::text;
+use linkrelay_tests::world::cli_json;
 
-use crate::util::{cli_json, eventually, seed, subjects};
+use crate::util::{eventually, seed, subjects};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -315,7 +317,7 @@ async fn wifi_is_matched_by_ssid_and_its_facts_are_published() {
     // The example routes nobody over home-wifi: mail is held, and status says why.
     let bob = s.world.route("bob").await.unwrap().unwrap();
     assert_eq!(bob.hold, "no relay for link home-wifi for user bob");
-    let human = String::from_utf8_lossy(&s.world.run_cli(&["status"]).unwrap().stdout).into_owned();
+    let human = text(&s.world.run_cli(&["status"]).unwrap().stdout);
     assert!(
         human.contains(
             "link:      home-wifi (802-11-wireless Home Network, on wlp2s0, ssid HomeNet-5G"

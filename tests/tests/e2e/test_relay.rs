@@ -2,13 +2,10 @@
 //! same session code a flush uses, and sends nothing.
 
 use linkrelay_tests::nm::{ActiveSpec, FakeNm};
+use linkrelay_tests::run::text;
 use linkrelay_tests::smtp::RelayScript;
 
 use crate::util::{Seed, seed};
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 /// The seed world on ISP A's line.
 async fn on_isp_a() -> (Seed, FakeNm) {

@@ -4,45 +4,39 @@
 
 use std::time::Duration;
 
-use linkrelay_tests::netns_pair::NetnsPair;
+use linkrelay_tests::config::{Config, Link, Relay, User};
+use linkrelay_tests::netns::pair::{NetnsPair, RELAY_ADDR};
 use linkrelay_tests::nm::{ActiveSpec, FakeNm};
 use linkrelay_tests::smtp::{RelayScript, ScriptedRelay};
 use linkrelay_tests::tls::TestCa;
-use linkrelay_tests::world::World;
+use linkrelay_tests::world::{World, cli_json};
 use serde_json::Value;
 
-use crate::util::{cli_json, eventually};
+use crate::util::eventually;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// A world on link "lan" whose user `alice` sends everything through relay `r`, described by
-/// `relay` (the lines of its [[relay]] table after `name`).
-async fn lan_world(relay: &str) -> (World, FakeNm) {
+/// Relay `r` at `host:port` with `tls`.
+fn relay_r(host: &str, port: u16, tls: &str) -> Relay {
+    Relay::new("r").host(host).port(port).tls(tls)
+}
+
+/// Link "lan" (NetworkManager id "LAN") whose user `alice` sends everything through `relay`,
+/// which must be named `r`.
+fn lan_config(relay: Relay) -> Config {
+    Config::new()
+        .agent("debounce", "50ms")
+        .retry("min", "1h")
+        .retry("max", "2h")
+        .link(Link::new("lan").id("LAN"))
+        .relay(relay.timeout("5s"))
+        .user(User::new("alice").from(["*"]).route("lan", ["r"]))
+}
+
+/// A world with [`lan_config`], its link up and the agent running.
+async fn lan_world(relay: Relay) -> (World, FakeNm) {
     let mut w = World::new().unwrap();
-    w.write_config(&format!(
-        r#"[agent]
-debounce = "50ms"
-
-[retry]
-min = "1h"
-max = "2h"
-
-[[link]]
-name = "lan"
-match = {{ id = "LAN" }}
-
-[[relay]]
-name = "r"
-timeout = "5s"
-{relay}
-
-[[user]]
-name = "alice"
-from = ["*"]
-routes = {{ lan = ["r"] }}
-"#
-    ))
-    .unwrap();
+    w.write_config(&lan_config(relay).to_string()).unwrap();
     let nm = FakeNm::start(
         &w.system.address,
         vec![ActiveSpec::ethernet("LAN", "eth0", "192.0.2.1")],
@@ -100,11 +94,11 @@ async fn starttls_with_the_relays_ca_file_sends_and_authenticates_inside_tls() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     ca.write_pem(&dir.path().join("ca.pem")).unwrap();
-    let (w, _nm) = lan_world(&format!(
-        "host = \"localhost\"\nport = {}\ntls = \"starttls\"\nca_file = \"{}\"\nusername = \"bob\"\npassword_command = \"echo tls-s3cret\"",
-        relay.port(),
-        dir.path().join("ca.pem").display()
-    ))
+    let (w, _nm) = lan_world(
+        relay_r("localhost", relay.port(), "starttls")
+            .ca_file(&dir.path().join("ca.pem"))
+            .password_command("bob", "echo tls-s3cret"),
+    )
     .await;
     w.send("bob@bob.example", "carol@dest.example", "over-starttls")
         .unwrap();
@@ -134,12 +128,9 @@ async fn implicit_tls_with_the_relays_ca_file_sends() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     ca.write_pem(&dir.path().join("ca.pem")).unwrap();
-    let (w, _nm) = lan_world(&format!(
-        "host = \"127.0.0.1\"\nport = {}\ntls = \"tls\"\nca_file = \"{}\"",
-        relay.port(),
-        dir.path().join("ca.pem").display()
-    ))
-    .await;
+    let (w, _nm) =
+        lan_world(relay_r("127.0.0.1", relay.port(), "tls").ca_file(&dir.path().join("ca.pem")))
+            .await;
     w.send("me@example.org", "you@example.net", "over-smtps")
         .unwrap();
     let got = relay.wait_for(1, WAIT).await.unwrap();
@@ -149,8 +140,8 @@ async fn implicit_tls_with_the_relays_ca_file_sends() {
 
 /// A relay whose certificate the agent must refuse: the message stays queued, nothing but
 /// the greeting exchange went out, and `linkrelay queue` says it was the certificate.
-async fn refused_certificate(relay: ScriptedRelay, relay_lines: &str, want: &[&str], hint: &str) {
-    let (w, _nm) = lan_world(relay_lines).await;
+async fn refused_certificate(relay: ScriptedRelay, config: Relay, want: &[&str], hint: &str) {
+    let (w, _nm) = lan_world(config).await;
     w.send("me@example.org", "you@example.net", "must-not-leak")
         .unwrap();
     let m = tried_message(&w).await;
@@ -194,10 +185,7 @@ async fn a_certificate_from_an_unknown_ca_is_refused_and_the_message_waits() {
     let port = relay.port();
     refused_certificate(
         relay,
-        &format!(
-            "host = \"127.0.0.1\"\nport = {port}\ntls = \"starttls\"\nca_file = \"{}\"",
-            dir.path().join("ca.pem").display()
-        ),
+        relay_r("127.0.0.1", port, "starttls").ca_file(&dir.path().join("ca.pem")),
         &["unknownissuer"],
         "not signed by a CA this machine trusts; if the relay uses a CA of its own, give it as ca_file",
     )
@@ -215,7 +203,7 @@ async fn a_certificate_without_ca_file_is_checked_against_the_system_store_and_r
     let port = relay.port();
     refused_certificate(
         relay,
-        &format!("host = \"127.0.0.1\"\nport = {port}\ntls = \"tls\""),
+        relay_r("127.0.0.1", port, "tls"),
         &["unknownissuer"],
         "not signed by a CA this machine trusts",
     )
@@ -236,10 +224,7 @@ async fn a_certificate_for_another_host_name_is_refused() {
     let port = relay.port();
     refused_certificate(
         relay,
-        &format!(
-            "host = \"localhost\"\nport = {port}\ntls = \"starttls\"\nca_file = \"{}\"",
-            dir.path().join("ca.pem").display()
-        ),
+        relay_r("localhost", port, "starttls").ca_file(&dir.path().join("ca.pem")),
         &["certificate not valid for name \"localhost\""],
         "check the relay's host",
     )
@@ -252,10 +237,9 @@ async fn starttls_required_but_not_offered_sends_nothing_in_clear() {
     let relay = ScriptedRelay::start(RelayScript::default().with_credentials("bob", "n0-leak"))
         .await
         .unwrap();
-    let (w, _nm) = lan_world(&format!(
-        "host = \"127.0.0.1\"\nport = {}\ntls = \"starttls\"\nusername = \"bob\"\npassword_command = \"echo n0-leak\"",
-        relay.port()
-    ))
+    let (w, _nm) = lan_world(
+        relay_r("127.0.0.1", relay.port(), "starttls").password_command("bob", "echo n0-leak"),
+    )
     .await;
     w.send("bob@bob.example", "carol@dest.example", "no-downgrade")
         .unwrap();
@@ -286,11 +270,7 @@ async fn a_refused_starttls_is_not_a_downgrade_either() {
     })
     .await
     .unwrap();
-    let (w, _nm) = lan_world(&format!(
-        "host = \"127.0.0.1\"\nport = {}\ntls = \"starttls\"",
-        relay.port()
-    ))
-    .await;
+    let (w, _nm) = lan_world(relay_r("127.0.0.1", relay.port(), "starttls")).await;
     w.send("me@example.org", "you@example.net", "tls-refused")
         .unwrap();
     let m = tried_message(&w).await;
@@ -322,27 +302,16 @@ async fn plaintext_auth_off_this_machine_is_refused_unless_dangerously_allowed()
         RelayScript::default().with_credentials("bob", "cle4r-text"),
     )
     .unwrap();
-    let lines = |dangerous: bool| {
-        format!(
-            "host = \"{}\"\nport = {}\ntls = \"none\"\nusername = \"bob\"\npassword_command = \"echo cle4r-text\"{}",
-            linkrelay_tests::netns_pair::RELAY_ADDR,
-            relay.port(),
-            if dangerous {
-                "\ndangerous_plaintext_auth = true"
-            } else {
-                ""
-            }
-        )
-    };
-
     let mut w = World::new().unwrap();
     w.set_agent_prefix(pair.client_prefix());
     let config = |w: &World, dangerous: bool| {
-        w.write_config(&format!(
-            "[agent]\ndebounce = \"50ms\"\n[retry]\nmin = \"1h\"\nmax = \"2h\"\nrefusal_memory = \"0s\"\n[[link]]\nname = \"lan\"\nmatch = {{ id = \"LAN\" }}\n[[relay]]\nname = \"r\"\ntimeout = \"5s\"\n{}\n[[user]]\nname = \"alice\"\nfrom = [\"*\"]\nroutes = {{ lan = [\"r\"] }}\n",
-            lines(dangerous)
-        ))
-        .unwrap();
+        let mut r =
+            relay_r(RELAY_ADDR, relay.port(), "none").password_command("bob", "echo cle4r-text");
+        if dangerous {
+            r = r.set("dangerous_plaintext_auth", true);
+        }
+        let config = lan_config(r).retry("refusal_memory", "0s");
+        w.write_config(&config.to_string()).unwrap();
     };
     config(&w, false);
     let _nm = FakeNm::start(

@@ -2,7 +2,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use linkrelay_tests::smtp::{RelayScript, ScriptedRelay};
-use linkrelay_tests::world::{World, example_config_for};
+use linkrelay_tests::world::{World, cli_json, example_config_for};
 
 /// Which ISP's network the laptop is on, as the ISPs' relays see it.
 #[derive(Clone, Default)]
@@ -65,20 +65,6 @@ pub fn subjects(relay: &ScriptedRelay) -> Vec<String> {
                 .find_map(|l| l.strip_prefix("Subject: ").map(str::to_string))
         })
         .collect()
-}
-
-/// `linkrelay ARGS --json` parsed.
-pub fn cli_json(world: &World, args: &[&str]) -> serde_json::Value {
-    let mut all = args.to_vec();
-    all.push("--json");
-    let out = world.run_cli(&all).expect("cli runs");
-    assert!(
-        out.status.success(),
-        "linkrelay {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        world.agent_log()
-    );
-    serde_json::from_slice(&out.stdout).expect("valid JSON")
 }
 
 /// The ids `linkrelay queue --json` lists for `user`, in its order.

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use linkrelay_tests::postfix::Delivered;
+use linkrelay_tests::run::run_with_input;
 use linkrelay_tests::twoisp::{HOST_A, TwoIsp};
 use mailparse::{MailHeaderMap, ParsedMail};
 
@@ -127,7 +128,7 @@ async fn s_nail_mail_s_with_an_attachment() {
         .arg("-a")
         .arg(&file)
         .arg("carol@dest.example");
-    t.run_with_input(&mut cmd, BODY.as_bytes()).unwrap();
+    run_with_input(&mut cmd, BODY.as_bytes()).unwrap();
 
     let d = the_one_delivered(&t).await;
     assert_eq!(d.mail_from, "bob@bob.example");
@@ -172,7 +173,7 @@ set folder=\"{}\"
         .arg("-a")
         .arg(&file)
         .args(["--", "carol@dest.example"]);
-    t.run_with_input(&mut cmd, BODY.as_bytes()).unwrap();
+    run_with_input(&mut cmd, BODY.as_bytes()).unwrap();
 
     let d = the_one_delivered(&t).await;
     assert_eq!(d.mail_from, "bob@bob.example");
@@ -199,7 +200,7 @@ async fn git_send_email_with_sendmail_cmd() {
                 "user.email=bob@bob.example",
             ])
             .args(args);
-        t.run_with_input(&mut cmd, b"").unwrap()
+        run_with_input(&mut cmd, b"").unwrap()
     };
     git(&["init", "-q", "."]);
     std::fs::write(
@@ -289,7 +290,7 @@ a line with a single dot above, and this one stays too\n";
     let mut cmd = t.user_command("sendmail");
     cmd.args(["-FCronDaemon", "-i", "-odi", "-oem", "-oi", "-t"])
         .args(["-f", "root@laptop.example"]);
-    t.run_with_input(&mut cmd, message.as_bytes()).unwrap();
+    run_with_input(&mut cmd, message.as_bytes()).unwrap();
 
     let d = the_one_delivered(&t).await;
     assert_eq!(d.mail_from, "root@laptop.example");

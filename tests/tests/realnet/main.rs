@@ -13,6 +13,7 @@ mod scenarios;
 use std::time::Duration;
 
 use linkrelay_tests::twoisp::{TwoIsp, WAIT};
+use linkrelay_tests::world::cli_json;
 
 /// The two-ISP world with the agent running in the laptop namespace, no link up yet.
 pub async fn started() -> TwoIsp {
@@ -34,22 +35,9 @@ pub async fn on_isp_a() -> TwoIsp {
     t
 }
 
-/// `linkrelay ARGS --json`, parsed.
-pub fn cli_json(t: &TwoIsp, args: &[&str]) -> serde_json::Value {
-    let mut all = args.to_vec();
-    all.push("--json");
-    let out = t.world.run_cli(&all).expect("linkrelay runs");
-    assert!(
-        out.status.success(),
-        "linkrelay {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("linkrelay prints JSON")
-}
-
 /// `linkrelay flush --wait`: returns (sent, remaining) once the agent's batch is over.
 pub fn flush_wait(t: &TwoIsp) -> (u64, u64) {
-    let v = cli_json(t, &["flush", "--wait"]);
+    let v = cli_json(&t.world, &["flush", "--wait"]);
     let me = v
         .as_array()
         .and_then(|a| a.iter().find(|r| r["user"] == "me"))
@@ -62,7 +50,7 @@ pub fn flush_wait(t: &TwoIsp) -> (u64, u64) {
 
 /// The queued and failed messages (`linkrelay queue --json`).
 pub fn queue(t: &TwoIsp) -> Vec<serde_json::Value> {
-    cli_json(t, &["queue"])
+    cli_json(&t.world, &["queue"])
         .as_array()
         .cloned()
         .unwrap_or_default()

@@ -1,8 +1,9 @@
-//! The link scenarios of issue 5, each against the real NetworkManager and real Postfix.
+//! The link scenarios, each against the real NetworkManager and real Postfix.
 
 use linkrelay_tests::twoisp::{HOST_A, HOST_B, LAPTOP_A, LAPTOP_B, TwoIsp};
+use linkrelay_tests::world::cli_json;
 
-use crate::{cli_json, eventually, flush_wait, on_isp_a, postfix_idle, queue, started};
+use crate::{eventually, flush_wait, on_isp_a, postfix_idle, queue, started};
 
 const FROM: &str = "bob@bob.example";
 const TO: &str = "carol@dest.example";
@@ -84,7 +85,7 @@ async fn with_isp_a_down_and_isp_b_up_new_mail_goes_through_relay_b() {
     t.wait_route("relay-b", |r| r.relays == ["relay-b"])
         .await
         .unwrap();
-    let status = cli_json(&t, &["status"]);
+    let status = cli_json(&t.world, &["status"]);
     assert_eq!(status["link"]["id"], "ISP-B", "{status}");
     assert_eq!(status["link"]["interface"], "lr-b", "{status}");
     assert_eq!(status["link"]["gateway"], "198.51.100.1", "{status}");
@@ -202,7 +203,7 @@ async fn the_agent_follows_networkmanager_through_a_restart() {
         .await
         .unwrap();
     eventually("status says NetworkManager is not running", || {
-        cli_json(&t, &["status"])["source_problem"]
+        cli_json(&t.world, &["status"])["source_problem"]
             .as_str()
             .is_some_and(|p| p.contains("NetworkManager is not running"))
     })
@@ -245,7 +246,7 @@ async fn a_metered_isp_b_with_a_hold_policy_holds_mail_until_isp_a_returns() {
     t.wait_route("held: metered", |r| r.hold == "metered link isp-b, hold")
         .await
         .unwrap();
-    let status = cli_json(&t, &["status"]);
+    let status = cli_json(&t.world, &["status"]);
     assert_eq!(status["link"]["metered"], "yes", "{status}");
 
     send(&t, "metered");
