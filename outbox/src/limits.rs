@@ -35,7 +35,7 @@ pub const STATE_MAX: u64 = 16 * 1024 * 1024;
 
 /// The largest outcome journal replayed; a larger one is set aside as `journal.oversized`.
 /// The agent checkpoints (empties) the journal long before: every
-/// [`crate::CHECKPOINT_EVERY`] records or [`JOURNAL_CHECKPOINT_BYTES`].
+/// [`crate::CHECKPOINT_EVERY`] records or 16 MiB.
 pub const JOURNAL_MAX: u64 = 64 * 1024 * 1024;
 
 /// A journal this long is checkpointed at the next record, however few records it holds.

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use linkrelay_tests::config::{Config, Link, Relay, User};
 use linkrelay_tests::nm::{ActiveSpec, FakeNm};
 use linkrelay_tests::smtp::{RelayScript, ScriptedRelay};
 use linkrelay_tests::world::World;
@@ -12,20 +13,23 @@ use crate::util::eventually;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// A config with one relay at `port`, reached on link "office", for `users`.
-fn config(port: u16, users: &[&str]) -> String {
-    let mut text = format!(
-        "[agent]\ndebounce = \"50ms\"\nsource = \"networkmanager\"\n\n\
-         [[link]]\nname = \"office\"\nmatch = {{ id = \"Office\" }}\n\n\
-         [[relay]]\nname = \"r\"\nhost = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\ntimeout = \"5s\"\n"
-    );
+/// A config with one relay at `port`, reached on link "office", for `users` (the first is
+/// the default user; each sends as `<user>@example.org`).
+fn config(port: u16, users: &[&str]) -> Config {
+    let mut config = Config::new()
+        .agent("debounce", "50ms")
+        .agent("source", "networkmanager")
+        .link(Link::new("office").id("Office"))
+        .relay(Relay::local("r", port).timeout("5s"));
     for (i, user) in users.iter().enumerate() {
-        text.push_str(&format!(
-            "\n[[user]]\nname = \"{user}\"\nfrom = [\"{user}@example.org\"]\n{}routes = {{ office = [\"r\"] }}\n",
-            if i == 0 { "default = true\n" } else { "" }
-        ));
+        config = config.user(
+            User::new(user)
+                .from([format!("{user}@example.org").as_str()])
+                .set("default", i == 0)
+                .route("office", ["r"]),
+        );
     }
-    text
+    config
 }
 
 /// Makes `path` a sparse file claiming 64 GiB: nothing written, nothing on disk.
@@ -56,7 +60,8 @@ fn failures(w: &World, user: &str) -> Vec<String> {
 async fn sparse_64_gib_files_everywhere_in_an_outbox_leave_the_agent_up_and_the_rest_flowing() {
     let relay = ScriptedRelay::start(RelayScript::default()).await.unwrap();
     let mut w = World::new().unwrap();
-    w.write_config(&config(relay.port(), &["me"])).unwrap();
+    w.write_config(&config(relay.port(), &["me"]).to_string())
+        .unwrap();
     // Four messages queued while no agent runs; two of them are then spoiled.
     for n in 0..4 {
         w.send("me@example.org", "you@dest.example", &format!("m{n}"))
