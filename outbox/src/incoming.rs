@@ -22,7 +22,7 @@ use std::io;
 use crate::error::OutboxError;
 use crate::fsutil::{create_file, fsync_dir, open_dir, read_file, rename_noreplace};
 use crate::id::{new_id, now_secs, validate_id};
-use crate::outbox::{INCOMING, Ingested, Outbox, check_envelope, too_large_reason};
+use crate::outbox::{Content, INCOMING, Ingested, Outbox, check_envelope, too_large_reason};
 use crate::spool::{Drain, Item, SPOOL};
 use crate::state::{Envelope, Folder, MessageState};
 
@@ -306,12 +306,11 @@ impl Outbox {
             }
         };
         let now = now_secs();
-        let size = message.len() as u64;
         let made = self.build_and_move(
             Some(id),
             Folder::Queue,
-            message,
-            |id| MessageState::new(id, &env, size, now),
+            Content::Bytes(message),
+            |id, size| MessageState::new(id, &env, size, now),
             false,
         );
         match made {

@@ -527,3 +527,60 @@ fn a_closed_stderr_or_stdout_keeps_the_exit_codes_of_sendmail_and_config_check()
     broken.args(["config", "check"]);
     assert_eq!(with_closed(broken, "stderr", b"").code(), Some(78));
 }
+
+/// A config for the world's user `default` (every sender) taking messages up to `max` bytes.
+fn max_size_config(max: u64) -> String {
+    linkrelay_tests::config::Config::new()
+        .outbox("max_message_size", max)
+        .user(linkrelay_tests::config::User::new("default").from(["*"]))
+        .to_string()
+}
+
+#[test]
+fn sendmail_streams_a_100_mb_message_to_disk_in_under_32_mb() {
+    let w = World::new().unwrap();
+    w.write_config(&max_size_config(200 << 20)).unwrap();
+    let body = 100 << 20;
+    let (out, peak_kib) = w.sendmail_peak(&["-t", "-i"], body).unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    eprintln!("sendmail peak RSS for a 100 MiB message: {peak_kib} KiB");
+    assert!(peak_kib < 32 * 1024, "sendmail peaked at {peak_kib} KiB");
+    let queued = w.outbox_entries("default", "queue");
+    assert_eq!(queued.len(), 1);
+    let eml = w
+        .data_dir
+        .join("default/queue")
+        .join(&queued[0])
+        .join("message.eml");
+    let data = std::fs::read(&eml).unwrap();
+    // Every line got its CR (the last, cut one its CRLF); the body is whole.
+    let (lines, rest) = (body / 77, body % 77);
+    let expected = lines * 78 + if rest > 0 { rest + 2 } else { 0 };
+    let body_start = data.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(data.len() - body_start, expected, "body length");
+    assert!(data.ends_with(b"\r\n"));
+    assert!(
+        !data[body_start..]
+            .windows(2)
+            .any(|w| w[1] == b'\n' && w[0] != b'\r')
+    );
+}
+
+#[test]
+fn sendmail_refuses_a_message_over_max_message_size_with_65_and_leaves_nothing() {
+    let w = World::new().unwrap();
+    w.write_config(&max_size_config(1 << 20)).unwrap();
+    // Over it as written, and only once every line ends in CRLF.
+    for body in [2 << 20, 1_040_000] {
+        let (out, _) = w.sendmail_peak(&["-t", "-i"], body).unwrap();
+        assert_eq!(out.status.code(), Some(65), "{body}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr)
+                .contains("larger than the 1048576 bytes of [outbox] max_message_size"),
+            "{}",
+            text(&out.stderr)
+        );
+        assert!(w.outbox_entries("default", "queue").is_empty());
+        assert!(w.outbox_entries("default", "tmp").is_empty());
+    }
+}

@@ -119,3 +119,35 @@ async fn sparse_64_gib_files_everywhere_in_an_outbox_leave_the_agent_up_and_the_
     assert!(log.contains("set aside as journal.oversized"), "{log}");
     assert!(!log.contains("memory allocation"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_too_big_for_the_spool_goes_straight_to_a_running_agents_queue_and_out() {
+    let relay = ScriptedRelay::start(RelayScript::default()).await.unwrap();
+    let mut w = World::new().unwrap();
+    w.write_config(&config(relay.port(), &["me"]).to_string())
+        .unwrap();
+    let _nm = FakeNm::start(
+        &w.system.address,
+        vec![ActiveSpec::ethernet("Office", "eth0", "192.0.2.1")],
+        4,
+    )
+    .await
+    .unwrap();
+    w.start_agent().await.unwrap();
+    let (out, peak_kib) = w.sendmail_peak(&["-t", "-i"], 3 << 20).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(peak_kib < 32 * 1024, "{peak_kib} KiB");
+    let got = relay.wait_for(1, WAIT).await.unwrap();
+    assert!(got[0].data.len() > 3 << 20);
+    assert!(got[0].data_text().contains("Subject: big"));
+    let spool = w.data_dir.join("me/incoming/.spool");
+    assert_eq!(
+        std::fs::metadata(spool).unwrap().len(),
+        0,
+        "not through the spool"
+    );
+}
