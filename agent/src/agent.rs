@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use linkrelay_config::{Config, ConfigError};
 use linkrelay_dbus::{
-    AGENT_BUS_NAME, AGENT_PATH, AgentError, FlushResult, OverrideInfo, QueueCount, RouteInfo,
+    AGENT_BUS_NAME, AGENT_PATH, AgentError, FlushResult, OverrideInfo, PruneResult, QueueCount,
+    RouteInfo,
 };
-use linkrelay_outbox::{Counts, Folder, Limits, Outbox, OutboxError};
+use linkrelay_outbox::{Counts, Limits, Outbox, OutboxError};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -27,6 +28,7 @@ use crate::router::{self, Override, Route, Routing};
 use crate::service::interface::{AgentInterface, Command, Published, Reply};
 use crate::service::listing::{ListedUser, Listing, map_outbox_err};
 use crate::service::notify::Notifier;
+use crate::service::prune;
 use crate::source::link::{LinkState, link_property};
 
 /// Errors that stop the agent.
@@ -98,6 +100,19 @@ struct Agent {
     published: Arc<Mutex<Published>>,
     iface: InterfaceRef<AgentInterface>,
     notifier: Notifier,
+    prunes: Prunes,
+}
+
+/// Where pruning of sent mail stands (see [`crate::service::prune`]).
+struct Prunes {
+    /// When to prune next (unix seconds); `None` while one runs, or when nothing is kept.
+    at: Option<u64>,
+    /// When the last prune started.
+    last: u64,
+    /// Mail was sent since the last prune started.
+    sent_since: bool,
+    /// Where prunes report to the loop.
+    done: mpsc::UnboundedSender<Vec<prune::Report>>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -105,6 +120,7 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
     let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let (drops_tx, mut drops_rx) = mpsc::unbounded_channel::<String>();
+    let (prunes_tx, mut prunes_rx) = mpsc::unbounded_channel();
     let published = Arc::new(Mutex::new(Published::default()));
 
     let builder = match opts.bus {
@@ -156,6 +172,13 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
         published,
         iface,
         notifier,
+        // Once at start-up: mail may have aged while the agent was down.
+        prunes: Prunes {
+            at: Some(now()),
+            last: 0,
+            sent_since: false,
+            done: prunes_tx,
+        },
     };
     agent.sync_flushers()?;
 
@@ -229,6 +252,7 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
             }
             Some(cmd) = cmd_rx.recv() => agent.on_command(cmd).await,
             Some(ev) = events_rx.recv() => agent.on_flush_event(ev).await,
+            Some(reports) = prunes_rx.recv() => agent.on_pruned(reports).await,
             Some(user) = drops_rx.recv() => {
                 if let Some(f) = agent.flushers.get(&user) {
                     f.handle.arrived.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -539,16 +563,16 @@ impl Agent {
     }
 
     fn next_wake(&self) -> Option<u64> {
-        let due = self.next_due.values().copied().min();
+        let due = self.next_due.values().copied();
         let ovr = self.ovr.as_ref().map(|(_, e)| *e).filter(|e| *e != 0);
-        match (due, ovr) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        due.chain(ovr).chain(self.prunes.at).min()
     }
 
     async fn on_timer(&mut self) {
         let t = now();
+        if self.prunes.at.is_some_and(|at| at <= t) {
+            self.prune("", None);
+        }
         if self.ovr.as_ref().is_some_and(|(_, e)| *e != 0 && *e <= t) {
             self.reroute().await;
         }
@@ -575,6 +599,7 @@ impl Agent {
                 relay,
                 reply,
             } => {
+                self.mail_sent();
                 let _ = AgentInterface::message_sent(&e, &user, &id, &relay, &reply).await;
             }
             FlushEvent::Deferred {
@@ -679,6 +704,7 @@ impl Agent {
                 }
                 let _ = reply.send(r);
             }
+            Command::Prune { user, reply } => self.prune(&user, Some(reply)),
             Command::Reload { reply } => {
                 let r = self.reload().await;
                 let _ = reply.send(r);
@@ -795,6 +821,64 @@ impl Agent {
         });
     }
 
+    /// Starts a prune of `user`'s sent mail ("" = every user), off the loop; with `reply`,
+    /// for `linkrelay prune`.
+    fn prune(&mut self, user: &str, reply: Option<Reply<Vec<PruneResult>>>) {
+        if !user.is_empty() && !self.flushers.contains_key(user) {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(AgentError::UnknownUser(format!(
+                    "no user named {user:?}"
+                ))));
+            }
+            return;
+        }
+        let users = self
+            .flushers
+            .iter()
+            .filter(|(name, _)| user.is_empty() || *name == user)
+            .map(|(name, f)| (name.clone(), f.outbox.clone()))
+            .collect();
+        let t = now();
+        if user.is_empty() {
+            self.prunes.at = None;
+            self.prunes.last = t;
+            self.prunes.sent_since = false;
+        }
+        let outbox = self.config.outbox;
+        prune::Job {
+            users,
+            now: t,
+            keep: outbox.keep_sent,
+            keep_size: outbox.keep_sent_size,
+        }
+        .spawn(self.prunes.done.clone(), reply);
+    }
+
+    /// Mail went out: `sent/` may now be over its size; prune within the hour.
+    fn mail_sent(&mut self) {
+        self.prunes.sent_since = true;
+        let soon = prune::next_prune(self.prunes.last, None, true);
+        self.prunes.at = prune::earliest(self.prunes.at, soon);
+    }
+
+    /// A prune ended: new counts, and when to prune next.
+    async fn on_pruned(&mut self, reports: Vec<prune::Report>) {
+        let mut expiry = None;
+        for r in reports {
+            if let Some(c) = r.counts
+                && self.flushers.contains_key(&r.user)
+            {
+                self.counts.insert(r.user, c);
+            }
+            if let Ok(p) = r.result {
+                expiry = prune::earliest(expiry, p.next_expiry);
+            }
+        }
+        let next = prune::next_prune(self.prunes.last, expiry, self.prunes.sent_since);
+        self.prunes.at = prune::earliest(self.prunes.at, next);
+        self.publish_queue().await;
+    }
+
     fn find(&self, id: &str) -> Result<(String, Outbox), AgentError> {
         linkrelay_outbox::validate_id(id).map_err(map_outbox_err)?;
         // Take in what `linkrelay sendmail` handed over first (a stat each when nothing
@@ -807,16 +891,12 @@ impl Agent {
         }
         for (user, f) in &self.flushers {
             match f.outbox.locate(id) {
-                Ok(Some(Folder::Queue | Folder::Failed)) => {
-                    return Ok((user.clone(), f.outbox.clone()));
-                }
+                Ok(Some(_)) => return Ok((user.clone(), f.outbox.clone())),
                 Ok(_) => {}
                 Err(e) => return Err(map_outbox_err(e)),
             }
         }
-        Err(AgentError::UnknownId(format!(
-            "no queued or failed message with id {id}"
-        )))
+        Err(AgentError::UnknownId(format!("no message with id {id}")))
     }
 
     /// What a queue listing of `user` ("" = every user) walks; the walk happens off the loop

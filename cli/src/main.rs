@@ -67,11 +67,14 @@ enum Verb {
         /// Message id (see `linkrelay queue`)
         id: String,
     },
-    /// Delete a queued or failed message for good
+    /// Delete a queued, failed or sent message for good
     Drop {
-        /// Message id (see `linkrelay queue`)
+        /// Message id (see `linkrelay queue`, or a directory name in sent/)
         id: String,
     },
+    /// Remove the sent mail that [outbox] keep_sent and keep_sent_size no longer keep (the
+    /// agent does it by itself, at most once an hour)
+    Prune(PruneArgs),
     /// Make the agent re-read its config (a broken file keeps the running config)
     Reload,
     /// Try a relay from the link that is up, as the agent would use it, without sending: EHLO,
@@ -206,6 +209,16 @@ struct FlushArgs {
     /// With --connect: how long to wait for the connection to carry a route
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// Print JSON instead of text
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, ClapArgs)]
+struct PruneArgs {
+    /// Only this user's sent mail
+    #[arg(long)]
+    user: Option<String>,
     /// Print JSON instead of text
     #[arg(long)]
     json: bool,
@@ -627,6 +640,20 @@ async fn agent_verb(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             if result.may_relay != "yes" {
                 return Ok(ExitCode::FAILURE);
+            }
+        }
+        Verb::Prune(p) => {
+            let results = agent
+                .prune(&p.user.unwrap_or_default())
+                .await
+                .map_err(dbus_error)?;
+            if p.json {
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&output::prune_json(&results))?
+                );
+            } else {
+                print!("{}", output::prune_text(&results));
             }
         }
         Verb::Reload => match agent.reload().await {

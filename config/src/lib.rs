@@ -221,9 +221,22 @@ pub struct OutboxSettings {
     /// one (exit 65), one dropped in `new/` or found queued goes to `failed/` with the reason.
     /// Default [`OutboxSettings::DEFAULT_MAX_MESSAGE_SIZE`].
     pub max_message_size: u64,
+    /// `keep_sent`: how long sent mail stays in `sent/` (`linkrelay prune` and the agent, at
+    /// most hourly, remove it then). Default [`OutboxSettings::DEFAULT_KEEP_SENT`].
+    pub keep_sent: Duration,
+    /// `keep_sent_size`: at most this many bytes of sent mail are kept per user; the oldest
+    /// go first. Default [`OutboxSettings::DEFAULT_KEEP_SENT_SIZE`].
+    pub keep_sent_size: u64,
 }
 
 impl OutboxSettings {
+    /// `keep_sent` when not given: 3 days. Long enough to answer "did Friday's mail go, and
+    /// through which relay?" on Monday; the mail client keeps its own copy in its Sent folder.
+    pub const DEFAULT_KEEP_SENT: Duration = Duration::from_secs(3 * 24 * 60 * 60);
+
+    /// `keep_sent_size` when not given: 100 MiB, two messages of the largest default size.
+    pub const DEFAULT_KEEP_SENT_SIZE: u64 = 100 * 1024 * 1024;
+
     /// `max_message_size` when not given: 50 MiB, the top of the range Postfix admins use
     /// (Postfix's own default is 10 MB). What the common providers take (25 MB of attachments,
     /// about 35 MB once encoded) passes; a relay with a lower limit answers 552 and the
@@ -235,6 +248,8 @@ impl Default for OutboxSettings {
     fn default() -> Self {
         OutboxSettings {
             max_message_size: OutboxSettings::DEFAULT_MAX_MESSAGE_SIZE,
+            keep_sent: OutboxSettings::DEFAULT_KEEP_SENT,
+            keep_sent_size: OutboxSettings::DEFAULT_KEEP_SENT_SIZE,
         }
     }
 }

@@ -110,7 +110,11 @@ const NOTIFY: Schema = Schema {
 
 const OUTBOX: Schema = Schema {
     title: "[outbox]",
-    keys: &[key("max_message_size", "max_message_size = 52428800")],
+    keys: &[
+        key("max_message_size", "max_message_size = 52428800"),
+        key("keep_sent", r#"keep_sent = "3d""#),
+        key("keep_sent_size", "keep_sent_size = 104857600"),
+    ],
     refused: &[],
 };
 
@@ -956,15 +960,22 @@ fn notify(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> NotifySettings {
 
 fn outbox(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> OutboxSettings {
     let mut outbox = OutboxSettings::default();
-    if let Some((n, span)) = t.integer(ctx, "max_message_size") {
-        match u64::try_from(n) {
-            Ok(n) if n > 0 => outbox.max_message_size = n,
-            _ => ctx.error(
-                span.start,
-                "`max_message_size` in [outbox] must be a number of bytes above 0",
-                "write max_message_size = 52428800 (50 MiB, the default)",
-            ),
+    let bytes = |ctx: &mut Ctx<'_>, name: &str, min: u64, slot: &mut u64| {
+        if let Some((n, span)) = t.integer(ctx, name) {
+            match u64::try_from(n) {
+                Ok(n) if n >= min => *slot = n,
+                _ => ctx.error(
+                    span.start,
+                    format!("`{name}` in [outbox] must be a number of bytes, at least {min}"),
+                    format!("write {}", t.example(name)),
+                ),
+            }
         }
+    };
+    bytes(ctx, "max_message_size", 1, &mut outbox.max_message_size);
+    bytes(ctx, "keep_sent_size", 0, &mut outbox.keep_sent_size);
+    if let Some((d, _)) = t.duration(ctx, "keep_sent") {
+        outbox.keep_sent = d;
     }
     outbox
 }

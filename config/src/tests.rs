@@ -172,6 +172,8 @@ fn starter_config_options_are_valid_when_uncommented() {
         "lifetime",
         "refusal_memory",
         "max_message_size",
+        "keep_sent",
+        "keep_sent_size",
         "name",
         "match",
         "metered",
@@ -841,6 +843,28 @@ fn the_message_size_limit_is_a_number_of_bytes_above_zero() {
         assert_eq!(d.len(), 1, "{bad}: {}", Diagnostics(d.clone()));
         assert_eq!((d[0].line, d[0].col), (2, 20), "{bad}");
     }
+}
+
+#[test]
+fn sent_mail_is_kept_three_days_and_100_mib_unless_the_config_says() {
+    let c = parse(USER);
+    assert_eq!(c.outbox.keep_sent, Duration::from_secs(3 * 86_400));
+    assert_eq!(c.outbox.keep_sent_size, 100 << 20);
+    let c = parse(&doc(&[
+        "[outbox]",
+        r#"keep_sent = "0s""#,
+        "keep_sent_size = 0",
+        USER,
+    ]));
+    assert_eq!(
+        (c.outbox.keep_sent, c.outbox.keep_sent_size),
+        (Duration::ZERO, 0)
+    );
+    let (line, col, message, _) = one(&doc(&["[outbox]", "keep_sent_size = -1", USER]));
+    assert_eq!((line, col), (2, 18));
+    assert!(message.contains("keep_sent_size"), "{message}");
+    let (line, col, _, _) = one(&doc(&["[outbox]", r#"keep_sent = "a week""#, USER]));
+    assert_eq!((line, col), (2, 13));
 }
 
 #[test]

@@ -31,6 +31,7 @@ mod incoming;
 mod journal;
 mod limits;
 mod outbox;
+mod prune;
 mod scan;
 pub mod sendmail;
 mod spool;
@@ -42,6 +43,7 @@ pub use id::validate_id;
 pub use journal::{CHECKPOINT_EVERY, Journal, Replayed};
 pub use limits::{JOURNAL_MAX, Limits, STATE_MAX};
 pub use outbox::{Ingested, Outbox};
+pub use prune::Pruned;
 pub use scan::FolderReader;
 pub use state::{Counts, Envelope, Folder, MessageState, RecipientState, RecipientStatus};
 

@@ -372,18 +372,12 @@ impl Outbox {
         }
     }
 
-    /// Deletes message `id` from `queue/` or `failed/` and returns where it was. Messages in
-    /// `sent/` are not removed ([`OutboxError::WrongFolder`]).
+    /// Deletes message `id` from whichever folder holds it and returns which.
     ///
     /// The directory is first renamed into `tmp/` (atomic), then deleted.
     pub fn remove(&self, id: &str) -> Result<Folder, OutboxError> {
         match self.locate(id)? {
             None => Err(OutboxError::NotFound(id.to_owned())),
-            Some(folder @ Folder::Sent) => Err(OutboxError::WrongFolder {
-                id: id.to_owned(),
-                folder,
-                action: "remove",
-            }),
             Some(folder) => {
                 self.delete(folder, id)?;
                 Ok(folder)

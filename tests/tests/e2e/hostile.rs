@@ -151,3 +151,111 @@ async fn a_message_too_big_for_the_spool_goes_straight_to_a_running_agents_queue
         "not through the spool"
     );
 }
+
+/// `linkrelay prune --json`, parsed.
+fn prune(w: &World) -> serde_json::Value {
+    let out = w.run_cli(&["prune", "--json"]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sent_mail_goes_after_keep_sent_by_linkrelay_prune_and_at_start_up_and_drop_takes_sent_ids()
+{
+    let relay = ScriptedRelay::start(RelayScript::default()).await.unwrap();
+    let mut w = World::new().unwrap();
+    w.write_config(
+        &config(relay.port(), &["me"])
+            .outbox("keep_sent", "2s")
+            .to_string(),
+    )
+    .unwrap();
+    let _nm = FakeNm::start(
+        &w.system.address,
+        vec![ActiveSpec::ethernet("Office", "eth0", "192.0.2.1")],
+        4,
+    )
+    .await
+    .unwrap();
+    w.start_agent().await.unwrap();
+    w.send("me@example.org", "you@dest.example", "m0").unwrap();
+    relay.wait_for(1, WAIT).await.unwrap();
+    assert_eq!(w.wait_entries("me", "sent", 1).await.len(), 1);
+    let p = prune(&w);
+    assert_eq!(
+        (p[0]["removed"].as_u64(), p[0]["kept"].as_u64()),
+        (Some(0), Some(1)),
+        "{p}"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let p = prune(&w);
+    assert_eq!(
+        (p[0]["removed"].as_u64(), p[0]["kept"].as_u64()),
+        (Some(1), Some(0)),
+        "{p}"
+    );
+    assert!(p[0]["freed"].as_u64().unwrap() > 0, "{p}");
+    assert!(w.outbox_entries("me", "sent").is_empty());
+
+    // Aged while the agent was down: gone at its start.
+    w.send("me@example.org", "you@dest.example", "m1").unwrap();
+    relay.wait_for(2, WAIT).await.unwrap();
+    assert_eq!(w.wait_entries("me", "sent", 1).await.len(), 1);
+    w.stop_agent();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    w.start_agent().await.unwrap();
+    eventually("the start-up prune emptied sent/", &w, || {
+        w.outbox_entries("me", "sent").is_empty()
+    })
+    .await;
+
+    // A sent id is dropped like any other.
+    w.send("me@example.org", "you@dest.example", "m2").unwrap();
+    relay.wait_for(3, WAIT).await.unwrap();
+    let sent = w.wait_entries("me", "sent", 1).await;
+    let out = w.run_cli(&["drop", &sent[0]]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(w.outbox_entries("me", "sent").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sent_mail_over_keep_sent_size_is_pruned_oldest_first() {
+    let relay = ScriptedRelay::start(RelayScript::default()).await.unwrap();
+    let mut w = World::new().unwrap();
+    // Room for one small message.
+    w.write_config(
+        &config(relay.port(), &["me"])
+            .outbox("keep_sent_size", 300u64)
+            .to_string(),
+    )
+    .unwrap();
+    let _nm = FakeNm::start(
+        &w.system.address,
+        vec![ActiveSpec::ethernet("Office", "eth0", "192.0.2.1")],
+        4,
+    )
+    .await
+    .unwrap();
+    w.start_agent().await.unwrap();
+    for n in 0..3 {
+        w.send("me@example.org", "you@dest.example", &format!("m{n}"))
+            .unwrap();
+    }
+    relay.wait_for(3, WAIT).await.unwrap();
+    let sent = w.wait_entries("me", "sent", 3).await;
+    let p = prune(&w);
+    assert_eq!(
+        (p[0]["removed"].as_u64(), p[0]["kept"].as_u64()),
+        (Some(2), Some(1)),
+        "{p}"
+    );
+    assert_eq!(w.outbox_entries("me", "sent"), sent[2..]);
+}
