@@ -9,9 +9,9 @@ use std::time::Duration;
 use linkrelay_config::{Config, ConfigError};
 use linkrelay_dbus::{
     AGENT_BUS_NAME, AGENT_PATH, AgentError, FlushResult, OverrideInfo, PruneResult, QueueCount,
-    RouteInfo,
+    RouteInfo, address,
 };
-use linkrelay_outbox::{Counts, Limits, Outbox, OutboxError};
+use linkrelay_outbox::{AgentLock, Counts, Limits, LockError, Outbox, OutboxError, Owner};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -40,6 +40,14 @@ pub enum RunError {
     /// Another agent owns the name.
     #[error("another linkrelayd already owns {0} on this bus")]
     AlreadyRunning(String),
+    /// The data directory (or its lock) cannot be made.
+    #[error("data directory: {0}")]
+    DataDir(OutboxError),
+    /// Another agent holds the data directory (its outboxes): this one gives way.
+    #[error(
+        "{0}; this one exits (one agent per data directory: two would send mail twice). `linkrelay` and `sendmail` work with the one that runs"
+    )]
+    DataDirBusy(LockError),
     /// An outbox cannot be opened.
     #[error("outbox of user {user}: {source}")]
     Outbox {
@@ -117,6 +125,8 @@ struct Prunes {
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
+    // First of all: no outbox is touched while another agent holds them.
+    let _lock = take_data_dir(&opts)?;
     let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let (drops_tx, mut drops_rx) = mpsc::unbounded_channel::<String>();
@@ -280,6 +290,23 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
     lifecycle::stopping();
     info!("linkrelayd stopping");
     Ok(())
+}
+
+/// Takes the lock of the data directory for this process, saying where it serves.
+fn take_data_dir(opts: &Options) -> Result<AgentLock, RunError> {
+    let (bus, address) = match opts.bus {
+        ServeBus::Session => ("session", address::session_bus_address()),
+        ServeBus::System => ("system", address::system_bus_address()),
+    };
+    let owner = Owner {
+        pid: std::process::id(),
+        bus: bus.into(),
+        address,
+    };
+    AgentLock::take(&opts.data_dir, &owner).map_err(|e| match e {
+        e @ LockError::Held { .. } => RunError::DataDirBusy(e),
+        LockError::Outbox(e) => RunError::DataDir(e),
+    })
 }
 
 async fn sleep_until_unix(at: Option<u64>) {

@@ -463,12 +463,7 @@ async fn connect_with(
     activate: bool,
 ) -> anyhow::Result<Result<zbus::Connection, String>> {
     let which = if system { "system" } else { "session" };
-    let conn = if system {
-        zbus::Connection::system().await
-    } else {
-        zbus::Connection::session().await
-    };
-    let conn = match conn {
+    let conn = match agent_bus(system).await {
         Ok(c) => c,
         Err(e) => {
             return Ok(Err(format!(
@@ -477,6 +472,40 @@ async fn connect_with(
         }
     };
     Ok(ensure_agent(&conn, system, activate).await?.map(|()| conn))
+}
+
+/// A connection to the bus the agent serves on: this session's (or the system) bus, unless
+/// the lock of the data directory says that the agent that runs serves on another bus of
+/// that kind (started from another session: a desktop's and an ssh `dbus-run-session`'s):
+/// then that one, so that every verb reaches the one agent that holds the outboxes.
+pub async fn agent_bus(system: bool) -> zbus::Result<zbus::Connection> {
+    if let Some(address) = agent_elsewhere(system)
+        && let Ok(conn) = zbus::connection::Builder::address(address.as_str())
+            .build()
+            .await
+    {
+        return Ok(conn);
+    }
+    if system {
+        zbus::Connection::system().await
+    } else {
+        zbus::Connection::session().await
+    }
+}
+
+/// The address of the bus the running agent serves on, when it is not this process's bus
+/// of that kind.
+fn agent_elsewhere(system: bool) -> Option<String> {
+    let data_dir = std::env::var_os("LINKRELAY_DATA_DIR")
+        .map(PathBuf::from)
+        .or_else(linkrelay_config::default_data_dir)?;
+    let owner = linkrelay_outbox::holder(&data_dir)??;
+    let (kind, ours) = if system {
+        ("system", linkrelay_dbus::address::system_bus_address())
+    } else {
+        ("session", linkrelay_dbus::address::session_bus_address())
+    };
+    (owner.bus == kind && owner.address != ours).then_some(owner.address)
 }
 
 /// Whether the agent is on `conn`'s bus, starting it through D-Bus activation when it is

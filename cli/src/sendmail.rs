@@ -1,7 +1,7 @@
 //! sendmail mode: queue a message straight into the user's outbox (works while the agent is
 //! down), durably. Exit codes follow sysexits(3), as mail clients expect.
 //!
-//! While an agent holds the outbox (its journal lock), sendmail appends the message to
+//! While an agent holds the outbox (the data directory's `.agent.lock`), sendmail appends the message to
 //! `incoming/.spool` (`Outbox::submit`), which the agent watches with inotify and takes into
 //! the queue: no D-Bus, one sync. Without an agent it queues straight into `queue/` and calls
 //! `Wake`, which starts an installed agent through D-Bus activation. A client that queues

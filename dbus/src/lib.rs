@@ -1,5 +1,6 @@
 //! D-Bus pieces shared by the linkrelay agent and its CLI.
 //!
+//! - [`address`]: where the session and system buses are, as clients find them.
 //! - [`nm`]: client proxies for the parts of NetworkManager's API the agent reads (one module
 //!   per interface, so their generated signal types never clash).
 //! - [`agent`]: the client proxy of our own `org.linkrelay.Agent1` interface, the wire types its
@@ -10,6 +11,7 @@
 // In tests a failed unwrap is a failed test, with its location.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod address;
 pub mod agent;
 pub mod nm;
 

@@ -146,9 +146,17 @@ fn lock_journal(root: &OwnedFd, path: &std::path::Path) -> Result<File, OutboxEr
 }
 
 impl Outbox {
-    /// True when a process holds this outbox's journal: a running agent, which watches
-    /// `queue/` and sends what [`Outbox::enqueue`] puts there without being told.
+    /// True when a running agent holds this outbox: the lock of its data directory (the
+    /// outbox root's parent, see [`crate::AgentLock`]) or, for an agent from before that
+    /// lock, its journal. Such an agent watches `queue/` and `incoming/` and sends what
+    /// arrives there without being told.
     pub fn agent_holds_it(&self) -> bool {
+        let data_dir = self.root().parent();
+        data_dir.is_some_and(|d| crate::holder(d).is_some()) || self.journal_held()
+    }
+
+    /// True when a process holds this outbox's journal.
+    fn journal_held(&self) -> bool {
         let Ok(fd) = rustix::fs::open(
             self.root().join(JOURNAL),
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,

@@ -24,6 +24,7 @@
 // In tests a failed unwrap is a failed test, with its location.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod agent_lock;
 mod error;
 mod fsutil;
 mod id;
@@ -37,6 +38,7 @@ pub mod sendmail;
 mod spool;
 mod state;
 
+pub use agent_lock::{AGENT_LOCK, AgentLock, LockError, Owner, holder};
 pub use error::OutboxError;
 pub use fsutil::replace_file;
 pub use id::validate_id;

@@ -853,7 +853,7 @@ impl Outbox {
 /// Creates the missing directories of `path` (the parents of an outbox root) with mode
 /// 0700, whatever the umask. Existing ones are left as they are (they may be shared, like
 /// `~/.local/share`, or links the user made on purpose).
-fn create_parents(path: &Path) -> Result<(), OutboxError> {
+pub(crate) fn create_parents(path: &Path) -> Result<(), OutboxError> {
     let mut missing = Vec::new();
     for dir in path.ancestors() {
         if dir.as_os_str().is_empty() {

@@ -259,3 +259,124 @@ async fn sent_mail_over_keep_sent_size_is_pruned_oldest_first() {
     );
     assert_eq!(w.outbox_entries("me", "sent"), sent[2..]);
 }
+
+/// Runs `linkrelay sendmail -t -i` in `w` with the session bus at `bus`, for message `n`.
+fn send_over(w: &World, bus: &str, n: usize) {
+    use std::io::Write;
+    let mut child = w
+        .cli()
+        .env("DBUS_SESSION_BUS_ADDRESS", bus)
+        .args(["sendmail", "-t", "-i"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let msg = format!("From: me@example.org\nTo: you@dest.example\nSubject: n{n}\n\nhi\n");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(msg.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_agent_on_another_session_bus_gives_way_and_every_message_goes_out_once() {
+    use linkrelay_tests::bus::{BusKind, TestBus};
+    let relay = ScriptedRelay::start(RelayScript::default()).await.unwrap();
+    let mut w = World::new().unwrap();
+    w.write_config(&config(relay.port(), &["me"]).to_string())
+        .unwrap();
+    let _nm = FakeNm::start(
+        &w.system.address,
+        vec![ActiveSpec::ethernet("Office", "eth0", "192.0.2.1")],
+        4,
+    )
+    .await
+    .unwrap();
+    w.start_agent().await.unwrap();
+    let first = w.agent_pid().unwrap();
+    // An ssh session's own bus (dbus-run-session), on which D-Bus activation would start a
+    // second agent for the same user and data directory.
+    let ssh = TestBus::start(BusKind::Session).unwrap();
+    let mut second = std::process::Command::new(linkrelay_tests::world::bin("linkrelayd"));
+    w.env(&mut second);
+    let mut second = second
+        .env("DBUS_SESSION_BUS_ADDRESS", &ssh.address)
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut exited = None;
+    for _ in 0..150 {
+        if let Some(status) = second.try_wait().unwrap() {
+            exited = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Mail from both sessions, as fast as two clients hand it over.
+    let n = 1000;
+    std::thread::scope(|s| {
+        for (part, bus) in [&w.session.address, &ssh.address].into_iter().enumerate() {
+            let w = &w;
+            s.spawn(move || {
+                for i in (part..n).step_by(2) {
+                    send_over(w, bus, i);
+                }
+            });
+        }
+    });
+    relay.wait_for(n, Duration::from_secs(120)).await.unwrap();
+    eventually("the queue is empty", &w, || {
+        w.outbox_entries("me", "queue").is_empty()
+    })
+    .await;
+    // Time for a second sending of anything.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    if exited.is_none() {
+        let _ = second.kill();
+    }
+    let subjects = crate::util::subjects(&relay);
+    let unique: std::collections::BTreeSet<&String> = subjects.iter().collect();
+    assert_eq!(
+        (subjects.len(), unique.len()),
+        (n, n),
+        "{} of {n} messages were sent more than once",
+        subjects.len() - unique.len()
+    );
+
+    let status = exited.expect("the second agent gave way");
+    let out = second.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(status.code(), Some(75), "EX_TEMPFAIL: {said}");
+    assert!(said.contains(&format!("pid {first}")), "{said}");
+    assert!(
+        said.contains(&format!("on the session bus at {}", w.session.address)),
+        "{said}"
+    );
+    // The CLI in the other session reaches the agent that runs.
+    let out = w
+        .cli()
+        .env("DBUS_SESSION_BUS_ADDRESS", &ssh.address)
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["users"][0]["user"], "me", "{status}");
+}
