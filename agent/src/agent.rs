@@ -15,7 +15,7 @@ use linkrelay_outbox::{AgentLock, Counts, Limits, LockError, Outbox, OutboxError
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 use zbus::object_server::InterfaceRef;
 
 use crate::clock::now;
@@ -48,14 +48,6 @@ pub enum RunError {
         "{0}; this one exits (one agent per data directory: two would send mail twice). `linkrelay` and `sendmail` work with the one that runs"
     )]
     DataDirBusy(LockError),
-    /// An outbox cannot be opened.
-    #[error("outbox of user {user}: {source}")]
-    Outbox {
-        /// User.
-        user: String,
-        /// Cause.
-        source: OutboxError,
-    },
     /// The connection to the bus broke (the session ended, the bus daemon went away).
     #[error("lost the connection to the bus it serves on")]
     BusLost,
@@ -99,6 +91,9 @@ struct Agent {
     ovr: Option<(Override, u64)>,
     routing: Routing,
     flushers: BTreeMap<String, UserSlot>,
+    /// Users whose outbox cannot be used, with why: they have no flusher, their route holds
+    /// their mail with that reason, and the others run.
+    held: BTreeMap<String, String>,
     counts: BTreeMap<String, Counts>,
     next_due: BTreeMap<String, u64>,
     memory: Arc<Mutex<RelayMemory>>,
@@ -173,6 +168,7 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
             routes: BTreeMap::new(),
         },
         flushers: BTreeMap::new(),
+        held: BTreeMap::new(),
         counts: BTreeMap::new(),
         next_due: BTreeMap::new(),
         memory: Arc::new(Mutex::new(memory)),
@@ -190,7 +186,7 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
             done: prunes_tx,
         },
     };
-    agent.sync_flushers()?;
+    agent.sync_flushers();
 
     // Wait briefly for the link source's first reading so the first published state is real.
     let _ = tokio::time::timeout(Duration::from_secs(2), link_rx.changed()).await;
@@ -357,11 +353,14 @@ impl Agent {
         UserRoute { link, route }
     }
 
-    /// Starts flushers for new users, stops those of removed users, updates settings.
-    fn sync_flushers(&mut self) -> Result<(), RunError> {
+    /// Starts flushers for new users (and for held ones whose outbox can be used now), stops
+    /// those of removed users, updates settings. A user whose outbox cannot be used is held
+    /// ([`Agent::hold`]); the others run.
+    fn sync_flushers(&mut self) {
         let settings = self.settings();
         let users: Vec<String> = self.config.users.iter().map(|u| u.name.clone()).collect();
         self.flushers.retain(|name, _| users.contains(name));
+        self.held.retain(|name, _| users.contains(name));
         self.counts.retain(|name, _| users.contains(name));
         let limits = self.outbox_limits();
         for name in users {
@@ -370,44 +369,14 @@ impl Agent {
                 f.outbox = f.outbox.clone().with_limits(limits);
                 continue;
             }
-            let outbox = Outbox::open(&self.opts.data_dir.join(&name))
-                .map_err(|source| RunError::Outbox {
-                    user: name.clone(),
-                    source,
-                })?
-                .with_limits(limits);
-            if let Err(e) = outbox.recover() {
-                warn!(user = %name, error = %e, "outbox recovery");
-            }
-            // Before anything lists the queue: the replay may move messages.
-            let journal = match outbox.open_journal() {
-                Ok((journal, replayed)) => {
-                    if let Some(size) = replayed.set_aside {
-                        self.journal_set_aside(&name, size);
+            match self.start_flusher(&name, &settings) {
+                Ok(()) => {
+                    if self.held.remove(&name).is_some() {
+                        info!(user = %name, "the outbox can be used again");
                     }
-                    if replayed.applied > 0 || replayed.torn > 0 {
-                        info!(user = %name, records = replayed.records, applied = replayed.applied, torn = replayed.torn, "outcome journal replayed");
-                    }
-                    Some(journal)
                 }
-                Err(e) => {
-                    warn!(user = %name, error = %e, "cannot use the outcome journal; recording each outcome with fsyncs instead");
-                    None
-                }
-            };
-            if let Ok(c) = outbox.counts() {
-                self.counts.insert(name.clone(), c);
+                Err(e) => self.hold(&name, &e),
             }
-            let handle = flusher::spawn(
-                name.clone(),
-                outbox.clone(),
-                journal,
-                self.user_route(&name),
-                settings.clone(),
-                self.memory.clone(),
-                self.events_tx.clone(),
-            );
-            self.flushers.insert(name, UserSlot { handle, outbox });
         }
         // (Re)watch every user's new/ for files dropped by mail clients, incoming/ for what
         // `linkrelay sendmail` submits, and queue/ for what it queues when it finds no agent
@@ -428,7 +397,95 @@ impl Agent {
                 warn!("cannot watch the outboxes ({e}); new mail waits for the next flush")
             }
         }
+    }
+
+    /// Opens `user`'s outbox (replaying its journal) and starts its flusher.
+    fn start_flusher(
+        &mut self,
+        user: &str,
+        settings: &Arc<FlushSettings>,
+    ) -> Result<(), OutboxError> {
+        let outbox =
+            Outbox::open(&self.opts.data_dir.join(user))?.with_limits(self.outbox_limits());
+        if let Err(e) = outbox.recover() {
+            warn!(%user, error = %e, "outbox recovery");
+        }
+        // Before anything lists the queue: the replay may move messages.
+        let journal = match outbox.open_journal() {
+            Ok((journal, replayed)) => {
+                if let Some(size) = replayed.set_aside {
+                    self.journal_set_aside(user, size);
+                }
+                if replayed.applied > 0 || replayed.torn > 0 {
+                    info!(%user, records = replayed.records, applied = replayed.applied, torn = replayed.torn, "outcome journal replayed");
+                }
+                Some(journal)
+            }
+            Err(e) => {
+                warn!(%user, error = %e, "cannot use the outcome journal; recording each outcome with fsyncs instead");
+                None
+            }
+        };
+        if let Ok(c) = outbox.counts() {
+            self.counts.insert(user.to_owned(), c);
+        }
+        let handle = flusher::spawn(
+            user.to_owned(),
+            outbox.clone(),
+            journal,
+            self.user_route(user),
+            settings.clone(),
+            self.memory.clone(),
+            self.events_tx.clone(),
+        );
+        self.flushers
+            .insert(user.to_owned(), UserSlot { handle, outbox });
         Ok(())
+    }
+
+    /// Holds `user`, whose outbox cannot be used: logged and notified (once per reason), and
+    /// shown as the user's route.
+    fn hold(&mut self, user: &str, e: &OutboxError) {
+        let why = format!("its outbox cannot be used: {e}");
+        if self.held.get(user) == Some(&why) {
+            return;
+        }
+        let advice = format!(
+            "Mail from {user} is held meanwhile; the other users' mail goes on. Fix it, then `linkrelay reload`."
+        );
+        warn!(%user, "{why}. {advice}");
+        self.notifier
+            .problem(user, &format!("Its outbox cannot be used: {e}."), &advice);
+        self.held.insert(user.to_owned(), why);
+    }
+
+    /// The error for a command about `user`, who has no flusher: held (and why), or unknown.
+    fn no_flusher(&self, user: &str) -> AgentError {
+        match self.held.get(user) {
+            Some(why) => AgentError::Io(format!("{user}: {why}")),
+            None => AgentError::UnknownUser(format!("no user named {user:?}")),
+        }
+    }
+
+    /// Whether the outboxes of the users `config` adds can be used; every problem, if not.
+    fn new_outboxes_usable(&self, config: &Config) -> Result<(), String> {
+        let problems: Vec<String> = config
+            .users
+            .iter()
+            .map(|u| u.name.as_str())
+            .filter(|u| !self.flushers.contains_key(*u) && !self.held.contains_key(*u))
+            .filter_map(|u| {
+                let e = Outbox::open(&self.opts.data_dir.join(u)).err()?;
+                Some(format!("user {u}: its outbox cannot be used: {e}"))
+            })
+            .collect();
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "the config is not applied (the running one stays): {}",
+            problems.join("; ")
+        ))
     }
 
     /// Reports a journal too large to replay, which the outbox set aside.
@@ -456,7 +513,11 @@ impl Agent {
     /// reset) and out as RouteChanged.
     async fn reroute(&mut self) {
         let ovr = self.override_now();
-        let routing = router::route(&self.config, &self.link, ovr.as_ref());
+        let mut routing = router::route(&self.config, &self.link, ovr.as_ref());
+        for (user, why) in &self.held {
+            let reason = format!("{why}; fix it, then `linkrelay reload`");
+            routing.routes.insert(user.clone(), Route::Hold { reason });
+        }
         let old = std::mem::replace(&mut self.routing, routing);
         let link_changed = old.link_name != self.routing.link_name;
         let emitter = self.iface.signal_emitter().clone();
@@ -694,7 +755,7 @@ impl Agent {
                     }
                     Ok(())
                 } else {
-                    Err(AgentError::UnknownUser(format!("no user named {user:?}")))
+                    Err(self.no_flusher(&user))
                 };
                 let _ = reply.send(r);
             }
@@ -803,9 +864,7 @@ impl Agent {
         } else if self.flushers.contains_key(user) {
             vec![user.to_string()]
         } else {
-            let _ = reply.send(Err(AgentError::UnknownUser(format!(
-                "no user named {user:?}"
-            ))));
+            let _ = reply.send(Err(self.no_flusher(user)));
             return;
         };
         let mut waits = Vec::new();
@@ -853,9 +912,7 @@ impl Agent {
     fn prune(&mut self, user: &str, reply: Option<Reply<Vec<PruneResult>>>) {
         if !user.is_empty() && !self.flushers.contains_key(user) {
             if let Some(reply) = reply {
-                let _ = reply.send(Err(AgentError::UnknownUser(format!(
-                    "no user named {user:?}"
-                ))));
+                let _ = reply.send(Err(self.no_flusher(user)));
             }
             return;
         }
@@ -930,7 +987,7 @@ impl Agent {
     /// ([`crate::service::listing`]).
     fn listing(&self, user: &str) -> Result<Listing, AgentError> {
         if !user.is_empty() && !self.flushers.contains_key(user) {
-            return Err(AgentError::UnknownUser(format!("no user named {user:?}")));
+            return Err(self.no_flusher(user));
         }
         let users = self
             .flushers
@@ -956,7 +1013,13 @@ impl Agent {
                 "running on the embedded default config; there is no file to reload (write one with `linkrelay config init`)".into(),
             ));
         };
-        match Config::load(&path) {
+        match Config::load(&path).map_err(|e| match e {
+            ConfigError::Invalid(d) => d.to_string(),
+            other => other.to_string(),
+        }) {
+            Ok(config) if let Err(text) = self.new_outboxes_usable(&config) => {
+                self.reload_failed(text).await
+            }
             Ok(config) => {
                 info!(path = %path.display(), "config reloaded");
                 if config.agent.source != self.config.agent.source {
@@ -968,24 +1031,21 @@ impl Agent {
                 self.config = Arc::new(config);
                 self.config_error = None;
                 self.notifier.settings(self.config.notify);
-                if let Err(e) = self.sync_flushers() {
-                    error!("after reload: {e}");
-                }
+                self.sync_flushers();
                 self.reroute().await;
                 self.publish_all().await;
                 Ok(())
             }
-            Err(e) => {
-                let text = match &e {
-                    ConfigError::Invalid(d) => d.to_string(),
-                    other => other.to_string(),
-                };
-                warn!("config reload failed; the running config stays:\n{text}");
-                self.config_error = Some(text.clone());
-                self.publish_all().await;
-                Err(AgentError::ConfigInvalid(text))
-            }
+            Err(text) => self.reload_failed(text).await,
         }
+    }
+
+    /// A reload that is not applied: the running config stays, and says why.
+    async fn reload_failed(&mut self, text: String) -> Result<(), AgentError> {
+        warn!("config reload failed; the running config stays:\n{text}");
+        self.config_error = Some(text.clone());
+        self.publish_all().await;
+        Err(AgentError::ConfigInvalid(text))
     }
 }
 

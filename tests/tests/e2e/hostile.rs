@@ -380,3 +380,139 @@ async fn a_second_agent_on_another_session_bus_gives_way_and_every_message_goes_
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["users"][0]["user"], "me", "{status}");
 }
+
+/// `linkrelay status --json`'s entry for `user`.
+fn status_of(w: &World, user: &str) -> serde_json::Value {
+    let status = linkrelay_tests::world::cli_json(w, &["status"]);
+    status["users"]
+        .as_array()
+        .and_then(|users| users.iter().find(|u| u["user"] == user).cloned())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_whose_outbox_is_unusable_is_held_with_the_reason_and_the_others_send() {
+    use linkrelay_tests::notifications::FakeNotifications;
+    let relay = ScriptedRelay::start(RelayScript::default()).await.unwrap();
+    let mut w = World::new().unwrap();
+    w.write_config(&config(relay.port(), &["alice", "bob"]).to_string())
+        .unwrap();
+    // bob's queue/ is a link to somewhere else: the outbox refuses it.
+    let elsewhere = w.dir().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::create_dir_all(w.data_dir.join("bob")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, w.data_dir.join("bob/queue")).unwrap();
+    let notes = FakeNotifications::start(&w.session.address, &["body"])
+        .await
+        .unwrap();
+    let _nm = FakeNm::start(
+        &w.system.address,
+        vec![ActiveSpec::ethernet("Office", "eth0", "192.0.2.1")],
+        4,
+    )
+    .await
+    .unwrap();
+    w.start_agent().await.unwrap();
+    w.send("alice@example.org", "you@dest.example", "from-alice")
+        .unwrap();
+    relay.wait_for(1, WAIT).await.unwrap();
+
+    let bob = status_of(&w, "bob");
+    let hold = bob["hold"].as_str().unwrap_or_default();
+    assert!(
+        hold.contains("outbox") && hold.contains("symbolic link"),
+        "{bob}"
+    );
+    let shown = notes.wait_for(1, WAIT).await.unwrap();
+    assert!(
+        shown
+            .iter()
+            .any(|n| n.summary.contains("bob") && n.body.contains("symbolic link")),
+        "{shown:?}"
+    );
+    // Asked for bob, the agent says why rather than "no user".
+    let out = w.run_cli(&["flush", "--user", "bob"]).unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("symbolic link"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Once the link is gone, a reload gives bob his flusher.
+    std::fs::remove_file(w.data_dir.join("bob/queue")).unwrap();
+    let out = w.run_cli(&["reload"]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    w.send("bob@example.org", "you@dest.example", "from-bob")
+        .unwrap();
+    relay.wait_for(2, WAIT).await.unwrap();
+    let bob = status_of(&w, "bob");
+    assert!(bob["hold"].is_null(), "{bob}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_adds_a_bad_user_and_a_good_one_is_refused_whole_and_says_why() {
+    let relay = ScriptedRelay::start(RelayScript::default()).await.unwrap();
+    let mut w = World::new().unwrap();
+    w.write_config(&config(relay.port(), &["alice"]).to_string())
+        .unwrap();
+    let _nm = FakeNm::start(
+        &w.system.address,
+        vec![ActiveSpec::ethernet("Office", "eth0", "192.0.2.1")],
+        4,
+    )
+    .await
+    .unwrap();
+    w.start_agent().await.unwrap();
+    // carol's outbox belongs to another user.
+    let carol = w.data_dir.join("carol");
+    std::fs::create_dir_all(&carol).unwrap();
+    std::os::unix::fs::chown(&carol, Some(65534), Some(65534)).unwrap();
+    w.write_config(&config(relay.port(), &["alice", "carol", "dave"]).to_string())
+        .unwrap();
+    let out = w.run_cli(&["reload"]).unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{said}");
+    assert!(
+        said.contains("carol") && said.contains("owned by uid 65534"),
+        "{said}"
+    );
+    // The old set runs on, whole: no carol, no dave.
+    let status = linkrelay_tests::world::cli_json(&w, &["status"]);
+    let users: Vec<&str> = status["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u["user"].as_str())
+        .collect();
+    assert_eq!(users, ["alice"], "{status}");
+    assert!(
+        status["config_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("carol"),
+        "{status}"
+    );
+
+    // Without carol, the reload applies and dave gets his flusher.
+    w.write_config(&config(relay.port(), &["alice", "dave"]).to_string())
+        .unwrap();
+    let out = w.run_cli(&["reload"]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = w.run_cli(&["queue", "--user", "dave"]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    w.send("dave@example.org", "you@dest.example", "from-dave")
+        .unwrap();
+    relay.wait_for(1, WAIT).await.unwrap();
+}
