@@ -94,6 +94,8 @@ struct Agent {
     /// Users whose outbox cannot be used, with why: they have no flusher, their route holds
     /// their mail with that reason, and the others run.
     held: BTreeMap<String, String>,
+    /// The open-files limit in force (raised to the hard one at start); `None`: unlimited.
+    fd_limit: Option<u64>,
     counts: BTreeMap<String, Counts>,
     next_due: BTreeMap<String, u64>,
     memory: Arc<Mutex<RelayMemory>>,
@@ -122,6 +124,7 @@ struct Prunes {
 pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
     // First of all: no outbox is touched while another agent holds them.
     let _lock = take_data_dir(&opts)?;
+    let fd_limit = lifecycle::raise_fd_limit();
     let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let (drops_tx, mut drops_rx) = mpsc::unbounded_channel::<String>();
@@ -169,6 +172,7 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
         },
         flushers: BTreeMap::new(),
         held: BTreeMap::new(),
+        fd_limit,
         counts: BTreeMap::new(),
         next_due: BTreeMap::new(),
         memory: Arc::new(Mutex::new(memory)),
@@ -359,6 +363,7 @@ impl Agent {
     fn sync_flushers(&mut self) {
         let settings = self.settings();
         let users: Vec<String> = self.config.users.iter().map(|u| u.name.clone()).collect();
+        self.say_how_many_fit(users.len() as u64);
         self.flushers.retain(|name, _| users.contains(name));
         self.held.retain(|name, _| users.contains(name));
         self.counts.retain(|name, _| users.contains(name));
@@ -396,6 +401,29 @@ impl Agent {
             Err(e) => {
                 warn!("cannot watch the outboxes ({e}); new mail waits for the next flush")
             }
+        }
+    }
+
+    /// Says at start (and reload) how many users can send at once under the open-files
+    /// limit: a warning when some cannot, and what to do.
+    fn say_how_many_fit(&self, users: u64) {
+        let Some(limit) = self.fd_limit else {
+            info!(users, "open files: no limit");
+            return;
+        };
+        let fit = lifecycle::users_sending_at_once(limit);
+        if users <= fit {
+            info!(
+                users,
+                limit, "open files: up to {fit} users can send at once"
+            );
+        } else {
+            warn!(
+                "{users} users, but the open-files limit of {limit} lets only about {fit} send at once \
+                 ({} descriptors each while sending; none while idle): the others' mail waits and is \
+                 retried. Raise the limit (`ulimit -Hn`, or LimitNOFILE= in the unit).",
+                lifecycle::FDS_PER_SENDING_USER
+            );
         }
     }
 

@@ -55,8 +55,9 @@ struct Record {
 #[derive(Debug)]
 pub struct Journal {
     outbox: Outbox,
-    root: OwnedFd,
-    file: File,
+    /// Open (and locked) while records are written; closed by [`Journal::release`] between
+    /// them, so that an idle user holds no descriptor.
+    file: Option<File>,
     /// Records appended since the last checkpoint.
     pending: usize,
     /// Bytes appended since the last checkpoint.
@@ -109,10 +110,10 @@ impl Outbox {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)
             .map_err(|e| OutboxError::io(ctx("reading"), e))?;
+        drop(root);
         let mut journal = Journal {
             outbox: self.clone(),
-            root,
-            file,
+            file: Some(file),
             pending: 0,
             appended: 0,
             line: Vec::new(),
@@ -124,6 +125,7 @@ impl Outbox {
         if !bytes.is_empty() {
             journal.checkpoint()?;
         }
+        journal.release();
         Ok((journal, replayed))
     }
 }
@@ -206,10 +208,13 @@ impl Journal {
         )
         .map_err(|e| OutboxError::io("encoding a journal record", std::io::Error::other(e)))?;
         let path = self.outbox.root().join(JOURNAL);
-        self.file
-            .write_all(&self.line)
-            .and_then(|()| self.file.sync_data())
-            .map_err(|e| OutboxError::io(format!("appending to {}", path.display()), e))?;
+        let line = std::mem::take(&mut self.line);
+        let written = self
+            .open()?
+            .write_all(&line)
+            .and_then(|()| self.open_file()?.sync_data());
+        self.line = line;
+        written.map_err(|e| OutboxError::io(format!("appending to {}", path.display()), e))?;
         self.pending += 1;
         self.appended += self.line.len() as u64;
         durable();
@@ -226,16 +231,43 @@ impl Journal {
     /// empties the journal.
     pub fn checkpoint(&mut self) -> Result<(), OutboxError> {
         let path = self.outbox.root().join(JOURNAL);
-        rustix::fs::syncfs(&self.root).map_err(|e| {
+        let file = self.open()?;
+        rustix::fs::syncfs(&*file).map_err(|e| {
             OutboxError::io(format!("syncing the file system of {}", path.display()), e)
         })?;
-        self.file
-            .set_len(0)
-            .and_then(|()| self.file.sync_all())
+        file.set_len(0)
+            .and_then(|()| file.sync_all())
             .map_err(|e| OutboxError::io(format!("emptying {}", path.display()), e))?;
         self.pending = 0;
         self.appended = 0;
         Ok(())
+    }
+
+    /// Closes the journal's file (and lets go of its lock) until the next record: what is
+    /// recorded is durable, and a user with nothing to send holds no descriptor. The next
+    /// record opens it again.
+    pub fn release(&mut self) {
+        self.file = None;
+    }
+
+    /// The journal's file, opened and locked if it is not.
+    fn open(&mut self) -> Result<&mut File, OutboxError> {
+        if self.file.is_none() {
+            let path = self.outbox.root().join(JOURNAL);
+            let root = open_dir(self.outbox.root()).map_err(|e| {
+                OutboxError::io(format!("opening the folder of {}", path.display()), e)
+            })?;
+            self.file = Some(lock_journal(&root, &path)?);
+        }
+        self.open_file()
+            .map_err(|e| OutboxError::io("opening the journal", e))
+    }
+
+    /// The journal's file when it is open.
+    fn open_file(&mut self) -> std::io::Result<&mut File> {
+        self.file
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("the journal is not open"))
     }
 
     /// Records appended since the last checkpoint.

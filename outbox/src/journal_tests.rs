@@ -207,16 +207,27 @@ fn the_last_record_of_a_message_wins() {
 }
 
 #[test]
-fn only_one_writer_holds_the_journal() {
+fn only_one_writer_holds_the_journal_while_it_records_and_none_between() {
     let (_d, ob) = outbox();
+    let mut st = queue_one(&ob);
     assert!(!ob.agent_holds_it());
-    let (journal, _) = ob.open_journal().unwrap();
+    let (mut journal, _) = ob.open_journal().unwrap();
+    // Opened, replayed, let go: an idle user holds no descriptor.
+    assert!(!ob.agent_holds_it());
+    journal.record(&mut st, Folder::Queue).unwrap();
+    // Recording, it holds the journal's lock until it lets go.
     assert!(ob.agent_holds_it());
     let err = ob.open_journal().unwrap_err();
     assert!(err.to_string().contains("another linkrelayd"), "{err}");
-    drop(journal);
+    journal.release();
     assert!(!ob.agent_holds_it());
     ob.open_journal().unwrap();
+    // The next record opens it again.
+    journal.record(&mut st, Folder::Queue).unwrap();
+    assert_eq!(
+        ob.state(Folder::Queue, &st.id).unwrap().revision,
+        st.revision
+    );
 }
 
 #[test]

@@ -478,6 +478,10 @@ impl Flusher {
             o.session.close().await;
         }
         self.settle().await;
+        // Between batches a user holds no descriptor: the next record opens the journal.
+        if let Some(journal) = self.journal.as_mut() {
+            journal.release();
+        }
         self.take_unrecorded(&mut tally);
         let Tally {
             mut result,

@@ -516,3 +516,64 @@ async fn a_reload_that_adds_a_bad_user_and_a_good_one_is_refused_whole_and_says_
         .unwrap();
     relay.wait_for(1, WAIT).await.unwrap();
 }
+
+/// The file descriptors process `pid` holds.
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_users_under_a_soft_limit_of_1024_descriptors_hold_none_while_idle_and_send() {
+    let relay = ScriptedRelay::start(RelayScript::default()).await.unwrap();
+    let mut w = World::new().unwrap();
+    // Two descriptors each for good used to be 1040 of the 1024 (and nothing was sent); more
+    // users only make the test slower (the removal of their outboxes, at the end).
+    let users: Vec<String> = (0..520).map(|n| format!("u{n:03}")).collect();
+    let names: Vec<&str> = users.iter().map(String::as_str).collect();
+    w.write_config(&config(relay.port(), &names).to_string())
+        .unwrap();
+    let _nm = FakeNm::start(
+        &w.system.address,
+        vec![ActiveSpec::ethernet("Office", "eth0", "192.0.2.1")],
+        4,
+    )
+    .await
+    .unwrap();
+    // The usual desktop limits: soft 1024, a higher hard one.
+    w.set_agent_prefix(
+        [
+            "sh",
+            "-c",
+            "ulimit -Sn 1024 && ulimit -Hn 4096 && exec \"$0\" \"$@\"",
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
+    w.start_agent().await.unwrap();
+    let pid = w.agent_pid().unwrap();
+    eventually("the agent settled", &w, || fds(pid) > 0).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = fds(pid);
+    assert!(idle < 100, "{idle} descriptors held by an idle agent");
+    for user in ["u000", "u259", "u519"] {
+        w.send(&format!("{user}@example.org"), "you@dest.example", user)
+            .unwrap();
+    }
+    relay.wait_for(3, WAIT).await.unwrap();
+    let out = w.run_cli(&["queue", "--json"]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        open_files.split_whitespace().nth(3) == Some("4096"),
+        "{open_files}"
+    );
+}
