@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use linkrelay_config::{Config, ConfigError};
-use linkrelay_dbus::{
+use linkrelay_config::{Config, ConfigError, UserName};
+use linkrelay_dbus::address;
+use linkrelay_dbus::agent::{
     AGENT_BUS_NAME, AGENT_PATH, AgentError, FlushResult, OverrideInfo, PruneResult, QueueCount,
-    RouteInfo, address,
+    RouteInfo,
 };
 use linkrelay_outbox::{AgentLock, Counts, Limits, LockError, Outbox, OutboxError, Owner};
 use tokio::signal::unix::{SignalKind, signal};
@@ -22,7 +23,7 @@ use crate::clock::now;
 use crate::delivery::flusher::{
     self, BatchResult, FlushEvent, FlushRequest, FlushSettings, UserRoute,
 };
-use crate::delivery::memory::RelayMemory;
+use crate::delivery::memory::{LinkKey, RelayMemory};
 use crate::lifecycle;
 use crate::router::{self, Override, Route, Routing};
 use crate::service::interface::{AgentInterface, Command, Published, Reply};
@@ -90,17 +91,17 @@ struct Agent {
     link: LinkState,
     ovr: Option<(Override, u64)>,
     routing: Routing,
-    flushers: BTreeMap<String, UserSlot>,
+    flushers: BTreeMap<UserName, UserSlot>,
     /// Users whose outbox cannot be used, with why: they have no flusher, their route holds
     /// their mail with that reason, and the others run.
-    held: BTreeMap<String, String>,
+    held: BTreeMap<UserName, String>,
     /// The open-files limit in force (raised to the hard one at start); `None`: unlimited.
     fd_limit: Option<u64>,
-    counts: BTreeMap<String, Counts>,
-    next_due: BTreeMap<String, u64>,
+    counts: BTreeMap<UserName, Counts>,
+    next_due: BTreeMap<UserName, u64>,
     memory: Arc<Mutex<RelayMemory>>,
     events_tx: mpsc::UnboundedSender<FlushEvent>,
-    drops_tx: mpsc::UnboundedSender<String>,
+    drops_tx: mpsc::UnboundedSender<UserName>,
     drop_watch: Option<tokio::task::JoinHandle<()>>,
     published: Arc<Mutex<Published>>,
     iface: InterfaceRef<AgentInterface>,
@@ -127,7 +128,7 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
     let fd_limit = lifecycle::raise_fd_limit();
     let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
-    let (drops_tx, mut drops_rx) = mpsc::unbounded_channel::<String>();
+    let (drops_tx, mut drops_rx) = mpsc::unbounded_channel::<UserName>();
     let (prunes_tx, mut prunes_rx) = mpsc::unbounded_channel();
     let published = Arc::new(Mutex::new(Published::default()));
 
@@ -340,12 +341,11 @@ impl Agent {
     }
 
     fn user_route(&self, user: &str) -> UserRoute {
-        let link = self
-            .routing
-            .link_name
-            .clone()
-            .or_else(|| self.link.link.as_ref().map(|l| l.facts.id.clone()))
-            .unwrap_or_default();
+        let link = match (&self.routing.link_name, &self.link.link) {
+            (Some(rule), _) => LinkKey::Rule(rule.clone()),
+            (None, Some(link)) => LinkKey::Unmatched(link.facts.id.clone()),
+            (None, None) => LinkKey::NoLink,
+        };
         let route = self
             .routing
             .routes
@@ -362,7 +362,7 @@ impl Agent {
     /// ([`Agent::hold`]); the others run.
     fn sync_flushers(&mut self) {
         let settings = self.settings();
-        let users: Vec<String> = self.config.users.iter().map(|u| u.name.clone()).collect();
+        let users: Vec<UserName> = self.config.users.iter().map(|u| u.name.clone()).collect();
         self.say_how_many_fit(users.len() as u64);
         self.flushers.retain(|name, _| users.contains(name));
         self.held.retain(|name, _| users.contains(name));
@@ -430,7 +430,7 @@ impl Agent {
     /// Opens `user`'s outbox (replaying its journal) and starts its flusher.
     fn start_flusher(
         &mut self,
-        user: &str,
+        user: &UserName,
         settings: &Arc<FlushSettings>,
     ) -> Result<(), OutboxError> {
         let outbox =
@@ -455,10 +455,10 @@ impl Agent {
             }
         };
         if let Ok(c) = outbox.counts() {
-            self.counts.insert(user.to_owned(), c);
+            self.counts.insert(user.clone(), c);
         }
         let handle = flusher::spawn(
-            user.to_owned(),
+            user.clone(),
             outbox.clone(),
             journal,
             self.user_route(user),
@@ -467,13 +467,13 @@ impl Agent {
             self.events_tx.clone(),
         );
         self.flushers
-            .insert(user.to_owned(), UserSlot { handle, outbox });
+            .insert(user.clone(), UserSlot { handle, outbox });
         Ok(())
     }
 
     /// Holds `user`, whose outbox cannot be used: logged and notified (once per reason), and
     /// shown as the user's route.
-    fn hold(&mut self, user: &str, e: &OutboxError) {
+    fn hold(&mut self, user: &UserName, e: &OutboxError) {
         let why = format!("its outbox cannot be used: {e}");
         if self.held.get(user) == Some(&why) {
             return;
@@ -484,7 +484,7 @@ impl Agent {
         warn!(%user, "{why}. {advice}");
         self.notifier
             .problem(user, &format!("Its outbox cannot be used: {e}."), &advice);
-        self.held.insert(user.to_owned(), why);
+        self.held.insert(user.clone(), why);
     }
 
     /// The error for a command about `user`, who has no flusher: held (and why), or unknown.
@@ -549,13 +549,13 @@ impl Agent {
         let old = std::mem::replace(&mut self.routing, routing);
         let link_changed = old.link_name != self.routing.link_name;
         let emitter = self.iface.signal_emitter().clone();
-        let users: Vec<String> = self.flushers.keys().cloned().collect();
+        let users: Vec<UserName> = self.flushers.keys().cloned().collect();
         for user in users {
             let new_route = self.user_route(&user);
             let Some(f) = self.flushers.get(&user) else {
                 continue;
             };
-            let changed = old.routes.get(&user) != Some(&new_route.route) || link_changed;
+            let changed = old.routes.get(&*user) != Some(&new_route.route) || link_changed;
             if !changed {
                 continue;
             }
@@ -587,8 +587,8 @@ impl Agent {
                 .collect(),
             override_info: ovr.map(|o| {
                 let (kind, name) = match o {
-                    Override::Link(name) => ("link", name),
-                    Override::Relay(name) => ("relay", name),
+                    Override::Link(name) => ("link", name.into()),
+                    Override::Relay(name) => ("relay", name.into()),
                 };
                 OverrideInfo {
                     kind: kind.into(),
@@ -670,7 +670,7 @@ impl Agent {
         self.counts
             .iter()
             .map(|(user, c)| QueueCount {
-                user: user.clone(),
+                user: user.to_string(),
                 queued: c.queued as u32,
                 failed: c.failed as u32,
                 sent: c.sent as u32,
@@ -692,7 +692,7 @@ impl Agent {
         if self.ovr.as_ref().is_some_and(|(_, e)| *e != 0 && *e <= t) {
             self.reroute().await;
         }
-        let due: Vec<String> = self
+        let due: Vec<UserName> = self
             .next_due
             .iter()
             .filter(|(_, at)| **at <= t)
@@ -737,7 +737,8 @@ impl Agent {
                 link,
                 reply,
             } => {
-                let _ = AgentInterface::relay_refused(&e, &user, &relay, &link, &reply).await;
+                let link = link.as_str();
+                let _ = AgentInterface::relay_refused(&e, &user, &relay, link, &reply).await;
             }
             FlushEvent::Finished {
                 user,
@@ -760,12 +761,11 @@ impl Agent {
     async fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::SetOverride {
-                kind,
-                name,
+                target,
                 seconds,
                 reply,
             } => {
-                let r = self.set_override(&kind, &name, seconds).await;
+                let r = self.set_override(target, seconds).await;
                 let _ = reply.send(r);
             }
             Command::ClearOverride { reply } => {
@@ -775,9 +775,9 @@ impl Agent {
             }
             Command::Flush { user, wait, reply } => self.flush(&user, wait, reply),
             Command::Wake { user, reply } => {
-                let r = if user.is_empty() || self.flushers.contains_key(&user) {
+                let r = if user.is_empty() || self.flushers.contains_key(user.as_str()) {
                     for (name, f) in &self.flushers {
-                        if user.is_empty() || *name == user {
+                        if user.is_empty() || *name == *user {
                             let _ = f.handle.requests.send(FlushRequest::default());
                         }
                     }
@@ -841,40 +841,24 @@ impl Agent {
         }
     }
 
-    async fn set_override(
-        &mut self,
-        kind: &str,
-        name: &str,
-        seconds: u64,
-    ) -> Result<(), AgentError> {
-        let ovr = match kind {
-            "link" => {
-                if self.config.link(name).is_none() {
-                    let known: Vec<_> = self.config.links.iter().map(|l| l.name.as_str()).collect();
-                    return Err(AgentError::UnknownLink(format!(
-                        "no link named {name:?}; known links: {}",
-                        list_or_none(&known)
-                    )));
-                }
-                Override::Link(name.to_string())
-            }
-            "relay" => {
-                if self.config.relay(name).is_none() {
-                    let known: Vec<_> =
-                        self.config.relays.iter().map(|r| r.name.as_str()).collect();
-                    return Err(AgentError::UnknownRelay(format!(
-                        "no relay named {name:?}; known relays: {}",
-                        list_or_none(&known)
-                    )));
-                }
-                Override::Relay(name.to_string())
-            }
-            other => {
-                return Err(AgentError::InvalidArgument(format!(
-                    "override kind must be \"link\" or \"relay\", not {other:?}"
+    async fn set_override(&mut self, ovr: Override, seconds: u64) -> Result<(), AgentError> {
+        match &ovr {
+            Override::Link(name) if self.config.link(name).is_none() => {
+                let known: Vec<_> = self.config.links.iter().map(|l| l.name.as_str()).collect();
+                return Err(AgentError::UnknownLink(format!(
+                    "no link named {name:?}; known links: {}",
+                    list_or_none(&known)
                 )));
             }
-        };
+            Override::Relay(name) if self.config.relay(name).is_none() => {
+                let known: Vec<_> = self.config.relays.iter().map(|r| r.name.as_str()).collect();
+                return Err(AgentError::UnknownRelay(format!(
+                    "no relay named {name:?}; known relays: {}",
+                    list_or_none(&known)
+                )));
+            }
+            _ => {}
+        }
         let expires = if seconds == 0 {
             0
         } else {
@@ -887,10 +871,10 @@ impl Agent {
     }
 
     fn flush(&mut self, user: &str, wait: bool, reply: Reply<Vec<FlushResult>>) {
-        let users: Vec<String> = if user.is_empty() {
+        let users: Vec<UserName> = if user.is_empty() {
             self.flushers.keys().cloned().collect()
         } else if self.flushers.contains_key(user) {
-            vec![user.to_string()]
+            vec![user.into()]
         } else {
             let _ = reply.send(Err(self.no_flusher(user)));
             return;
@@ -912,7 +896,7 @@ impl Agent {
             let now: Vec<FlushResult> = users
                 .iter()
                 .map(|u| FlushResult {
-                    user: u.clone(),
+                    user: u.to_string(),
                     sent: 0,
                     remaining: self.counts.get(u).map(|c| c.queued as u32).unwrap_or(0),
                 })
@@ -926,7 +910,7 @@ impl Agent {
             for (user, rx) in waits {
                 let r: BatchResult = rx.await.unwrap_or_default();
                 out.push(FlushResult {
-                    user,
+                    user: user.into(),
                     sent: r.sent,
                     remaining: r.remaining,
                 });
@@ -991,7 +975,7 @@ impl Agent {
         self.publish_queue().await;
     }
 
-    fn find(&self, id: &str) -> Result<(String, Outbox), AgentError> {
+    fn find(&self, id: &str) -> Result<(UserName, Outbox), AgentError> {
         linkrelay_outbox::validate_id(id).map_err(map_outbox_err)?;
         // Take in what `linkrelay sendmail` handed over first (a stat each when nothing
         // waits): an id it just printed is then known, and a message dropped now cannot
@@ -1090,7 +1074,7 @@ pub fn route_info(user: &str, route: &Route) -> RouteInfo {
     match route {
         Route::Send { relays, .. } => RouteInfo {
             user: user.to_string(),
-            relays: relays.clone(),
+            relays: relays.iter().map(|r| r.to_string()).collect(),
             hold: String::new(),
         },
         Route::Hold { reason } => RouteInfo {

@@ -75,8 +75,8 @@ pub fn stopping() {
 /// The `STATUS=` line for the agent's state: the link, each user's route, the queue.
 pub fn status_line(
     link: Option<&str>,
-    routes: &[linkrelay_dbus::RouteInfo],
-    queue: &[linkrelay_dbus::QueueCount],
+    routes: &[linkrelay_dbus::agent::RouteInfo],
+    queue: &[linkrelay_dbus::agent::QueueCount],
 ) -> String {
     let mut parts = vec![match link {
         Some(l) => format!("link {l}"),
@@ -233,18 +233,18 @@ mod tests {
     #[test]
     fn status_line_says_link_routes_and_counts() {
         let routes = [
-            linkrelay_dbus::RouteInfo {
+            linkrelay_dbus::agent::RouteInfo {
                 user: "alice".into(),
                 relays: vec![],
                 hold: "no relay for link isp-b".into(),
             },
-            linkrelay_dbus::RouteInfo {
+            linkrelay_dbus::agent::RouteInfo {
                 user: "bob".into(),
                 relays: vec!["relay-b".into()],
                 hold: String::new(),
             },
         ];
-        let queue = [linkrelay_dbus::QueueCount {
+        let queue = [linkrelay_dbus::agent::QueueCount {
             user: "alice".into(),
             queued: 2,
             failed: 1,

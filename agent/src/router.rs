@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use linkrelay_config::{Config, MeteredPolicy};
+use linkrelay_config::{Config, LinkName, MeteredPolicy, RelayName, UserName};
 use linkrelay_dbus::nm::Connectivity;
 
 use crate::source::link::LinkState;
@@ -11,9 +11,9 @@ use crate::source::link::LinkState;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Override {
     /// Act as if this link rule matched (whatever link is up).
-    Link(String),
+    Link(LinkName),
     /// Send every user's mail through this relay (whatever link is up).
-    Relay(String),
+    Relay(RelayName),
 }
 
 /// What to do with one user's mail right now.
@@ -22,7 +22,7 @@ pub enum Route {
     /// Try these relays in order; messages larger than `max_size` wait (metered links).
     Send {
         /// Relay names, in the order to try them.
-        relays: Vec<String>,
+        relays: Vec<RelayName>,
         /// Size limit from a metered "small" policy.
         max_size: Option<u64>,
     },
@@ -45,9 +45,9 @@ impl Route {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Routing {
     /// The link rule in effect (matched or overridden), if any.
-    pub link_name: Option<String>,
+    pub link_name: Option<LinkName>,
     /// Route per user name.
-    pub routes: BTreeMap<String, Route>,
+    pub routes: BTreeMap<UserName, Route>,
 }
 
 /// Decides every user's route. Pure: same inputs, same routes.
@@ -226,7 +226,7 @@ routes = { isp-b = ["relay-b"], isp-a = ["relay-a", "relay-b"] }
 
     fn send(relays: &[&str]) -> Route {
         Route::Send {
-            relays: relays.iter().map(|s| s.to_string()).collect(),
+            relays: relays.iter().map(|s| RelayName::from(*s)).collect(),
             max_size: None,
         }
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use futures_util::StreamExt;
-use linkrelay_dbus::{AGENT_BUS_NAME, AGENT_PATH};
+use linkrelay_dbus::agent::{AGENT_BUS_NAME, AGENT_PATH};
 use linkrelay_outbox::{Envelope, Outbox};
 use linkrelay_tests::config::{Config, Link, Relay, User};
 use linkrelay_tests::nm::{ActiveSpec, FakeNm};

@@ -19,11 +19,11 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use linkrelay_config::{Config, LinkFacts, MeteredPolicy};
+use linkrelay_config::{Config, LinkFacts, LinkName, MeteredPolicy};
+use linkrelay_dbus::agent::{AgentProxy, FlushResult, RouteInfo};
 use linkrelay_dbus::nm::active::ActiveConnectionProxy;
 use linkrelay_dbus::nm::manager::NetworkManagerProxy;
 use linkrelay_dbus::nm::settings::{SettingsConnectionProxy, SettingsProxy};
-use linkrelay_dbus::{AgentProxy, FlushResult, RouteInfo};
 use zbus::{OwnedObjectPath, OwnedVariant};
 
 /// A saved NetworkManager profile, as far as link rules can judge it.
@@ -43,7 +43,7 @@ pub struct Choice {
     /// The profile to activate.
     pub profile: Profile,
     /// The `[[link]]` rule it matches.
-    pub link: String,
+    pub link: LinkName,
     /// The users it gives a relay to, of those whose mail is held.
     pub serves: Vec<String>,
 }
@@ -272,7 +272,7 @@ pub async fn connect_and_flush(
                 .map(|q| q.user.clone())
                 .collect();
             if waiting.is_empty() {
-                config.users.iter().map(|u| u.name.clone()).collect()
+                config.users.iter().map(|u| u.name.to_string()).collect()
             } else {
                 waiting
             }
@@ -338,7 +338,7 @@ pub async fn connect_and_flush(
         .into_iter()
         .filter(|r| users.contains(&r.user))
         .map(|r| {
-            let sent_of = |list: &[linkrelay_dbus::QueueCount]| {
+            let sent_of = |list: &[linkrelay_dbus::agent::QueueCount]| {
                 list.iter().find(|q| q.user == r.user).map_or(0, |q| q.sent)
             };
             FlushResult {

@@ -29,7 +29,7 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Args as ClapArgs, CommandFactory, Parser, Subcommand, ValueEnum};
 use futures_util::StreamExt;
 use linkrelay_config::{Config, ConfigError};
-use linkrelay_dbus::{AGENT_BUS_NAME, AgentProxy};
+use linkrelay_dbus::agent::{AGENT_BUS_NAME, AgentProxy};
 use serde_json::json;
 
 /// sysexits EX_UNAVAILABLE: the agent is not running.
@@ -705,7 +705,7 @@ async fn watch(conn: &zbus::Connection, agent: &AgentProxy<'_>, json: bool) -> a
     let rule = zbus::MatchRule::builder()
         .msg_type(zbus::message::Type::Signal)
         .sender(AGENT_BUS_NAME)
-        .path(linkrelay_dbus::AGENT_PATH)
+        .path(linkrelay_dbus::agent::AGENT_PATH)
         .build()?;
     let mut stream = zbus::MessageStream::for_match_rule(rule, conn, None).await?;
     // Start with where things stand, so a watcher never has to guess.

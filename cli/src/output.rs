@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use linkrelay_dbus::{
+use linkrelay_dbus::agent::{
     AgentProxy, FlushResult, MessageInfo, OverrideInfo, PruneResult, QueueCount, RouteInfo,
 };
 use serde::Serialize;
@@ -418,7 +418,7 @@ pub fn event_line(msg: &zbus::Message, as_json: bool) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use linkrelay_dbus::RecipientInfo;
+    use linkrelay_dbus::agent::RecipientInfo;
 
     /// The JSON of a message as `linkrelay queue --json` wrote it before `MessageJson`.
     fn as_value_did(m: &MessageInfo) -> Value {

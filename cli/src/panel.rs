@@ -20,7 +20,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use linkrelay_dbus::{AGENT_BUS_NAME, AGENT_PATH, AgentProxy};
+use linkrelay_dbus::agent::{AGENT_BUS_NAME, AGENT_PATH, AgentProxy};
 use serde_json::json;
 
 use crate::output::Status;
@@ -80,7 +80,7 @@ pub fn summarize(s: &Status) -> Panel {
             .find(|q| q.user == user)
             .map_or(0, |q| q.queued)
     };
-    let held: Vec<&linkrelay_dbus::RouteInfo> = s
+    let held: Vec<&linkrelay_dbus::agent::RouteInfo> = s
         .routes
         .iter()
         .filter(|r| !r.hold.is_empty() && queued_of(&r.user) > 0)
@@ -311,7 +311,7 @@ pub async fn run(system: bool, format: PanelFormat, follow: bool) -> anyhow::Res
 mod tests {
     use std::collections::HashMap;
 
-    use linkrelay_dbus::{OverrideInfo, QueueCount, RouteInfo};
+    use linkrelay_dbus::agent::{OverrideInfo, QueueCount, RouteInfo};
 
     use super::*;
 

@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::os::fd::OwnedFd;
 
 use anyhow::anyhow;
-use linkrelay_dbus::{AgentProxy, MessageInfo, QueueLine};
+use linkrelay_dbus::agent::{AgentProxy, MessageInfo, QueueLine};
 use serde::Serialize;
 use serde::ser::{Error as _, SerializeSeq, Serializer};
 
@@ -191,7 +191,7 @@ impl<R: Read> Iterator for Listing<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use linkrelay_dbus::RecipientInfo;
+    use linkrelay_dbus::agent::RecipientInfo;
 
     fn msg(id: &str) -> MessageInfo {
         MessageInfo {

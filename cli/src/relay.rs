@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use linkrelay_dbus::RelayTest;
+use linkrelay_dbus::agent::RelayTest;
 use serde_json::{Value, json};
 
 /// The text form.

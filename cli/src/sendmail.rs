@@ -174,7 +174,7 @@ fn queue_message(
     if !agent {
         nudge(&user);
     }
-    Ok((id, user))
+    Ok((id, user.to_string()))
 }
 
 /// Messages up to this size are read whole: with an agent running they go through its spool
@@ -250,7 +250,7 @@ fn nudge(user: &str) {
     rt.block_on(async move {
         let call = async {
             let conn = zbus::Connection::session().await?;
-            let agent = linkrelay_dbus::AgentProxy::new(&conn).await?;
+            let agent = linkrelay_dbus::agent::AgentProxy::new(&conn).await?;
             agent.wake(&user).await?;
             Ok::<_, zbus::Error>(())
         };

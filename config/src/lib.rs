@@ -46,6 +46,7 @@ use std::time::Duration;
 
 mod diag;
 mod glob;
+mod names;
 mod parse;
 mod perms;
 mod read;
@@ -54,6 +55,7 @@ mod tests;
 
 pub use diag::{ConfigError, Diagnostic, Diagnostics, Note};
 pub use ipnet::IpNet;
+pub use names::{LinkName, RelayName, UserName};
 pub use read::MAX_CONFIG_SIZE;
 
 /// The starter config that `linkrelay config init` writes: every option, commented where
@@ -258,7 +260,7 @@ impl Default for OutboxSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkRule {
     /// `name`: `[a-z0-9][a-z0-9._-]*`, unique among links; users' `routes` refer to it.
-    pub name: String,
+    pub name: LinkName,
     /// `match = { ... }`: which links this rule stands for.
     pub matcher: LinkMatch,
     /// `metered` (and `metered_max_size`): what to do when the link is metered.
@@ -416,7 +418,7 @@ pub struct LinkFacts {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Relay {
     /// `name`: `[a-z0-9][a-z0-9._-]*`, unique among relays; users' `routes` refer to it.
-    pub name: String,
+    pub name: RelayName,
     /// `host`: host name or address.
     pub host: String,
     /// `port`: default by `tls` (see [`TlsMode::default_port`]).
@@ -425,15 +427,9 @@ pub struct Relay {
     pub tls: TlsMode,
     /// `helo`: the name we give in EHLO/HELO; `None` = this machine's host name.
     pub helo: Option<String>,
-    /// `username`: for SMTP AUTH; given together with `password_command` or
-    /// `password_secret` (exactly one of them).
-    pub username: Option<String>,
-    /// `password_command`: run with `sh -c`; the first line of its stdout is the password.
-    pub password_command: Option<String>,
-    /// `password_secret = { service = "smtp", username = "bob" }`: the password is the secret
-    /// of the item with these attributes in the Secret Service (the desktop keyring, as
-    /// `secret-tool lookup service smtp username bob` finds it).
-    pub password_secret: Option<BTreeMap<String, String>>,
+    /// `username` with `password_secret` or `password_command`: how to log in (SMTP AUTH);
+    /// `None` for a relay that takes mail without.
+    pub auth: Option<Auth>,
     /// `dangerous_plaintext_auth = true`: allows AUTH on a connection without TLS to a relay
     /// that is not on this machine (the password crosses the network in clear). Only with
     /// `tls = "none"`; without it such an AUTH is refused.
@@ -448,6 +444,27 @@ pub struct Relay {
 impl Relay {
     /// `timeout` when not given.
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+}
+
+/// `[[relay]] username` and its password source: how we log in to a relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Auth {
+    /// `username`: the account name on the relay.
+    pub username: String,
+    /// Where the password comes from.
+    pub secret: Secret,
+}
+
+/// Where a relay's password comes from: exactly one of `password_secret` and
+/// `password_command`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Secret {
+    /// `password_secret = { service = "smtp", username = "bob" }`: the password is the secret
+    /// of the item with these attributes in the Secret Service (the desktop keyring, as
+    /// `secret-tool lookup service smtp username bob` finds it).
+    Keyring(BTreeMap<String, String>),
+    /// `password_command`: run with `sh -c`; the first line of its stdout is the password.
+    Command(String),
 }
 
 /// `[[relay]] tls`: how the connection to a relay is secured.
@@ -491,24 +508,32 @@ impl fmt::Display for TlsMode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
     /// `name`: `[a-z0-9][a-z0-9._-]*`, unique among users; also the outbox directory name.
-    pub name: String,
+    pub name: UserName,
     /// `from`: globs on the envelope sender, case-insensitive.
     pub from: Vec<String>,
     /// `default`: chosen when no user's `from` matches.
     pub default: bool,
-    /// `routes`: link name (or `"*"`: any link not listed) -> relays tried in order. An empty
-    /// list means: hold mail on that link.
-    pub routes: BTreeMap<String, Vec<String>>,
+    /// `routes`: link name -> relays tried in order. An empty list means: hold mail on that
+    /// link.
+    pub routes: BTreeMap<LinkName, Vec<RelayName>>,
+    /// `routes`' `"*"` entry: the relays for any link not listed in [`User::routes`]. `None`
+    /// when there is no `"*"` entry; an empty list holds mail.
+    pub other_links: Option<Vec<RelayName>>,
 }
 
 impl User {
     /// The relays to try, in order, on the link named `link_name`: its own entry in `routes`,
     /// else the `"*"` entry, else `None` (no relay for this link).
-    pub fn relays_for(&self, link_name: &str) -> Option<&[String]> {
+    pub fn relays_for(&self, link_name: &str) -> Option<&[RelayName]> {
         self.routes
             .get(link_name)
-            .or_else(|| self.routes.get("*"))
+            .or(self.other_links.as_ref())
             .map(Vec::as_slice)
+    }
+
+    /// Every relay this user's routes name, on any link (with repeats).
+    pub fn all_relays(&self) -> impl Iterator<Item = &RelayName> {
+        self.routes.values().chain(&self.other_links).flatten()
     }
 
     /// Whether one of this user's `from` globs matches the envelope sender (case-insensitive).
@@ -553,10 +578,11 @@ impl Config {
             links: Vec::new(),
             relays: Vec::new(),
             users: vec![User {
-                name: "default".to_owned(),
+                name: "default".into(),
                 from: vec!["*".to_owned()],
                 default: true,
                 routes: BTreeMap::new(),
+                other_links: None,
             }],
             notes: Vec::new(),
         }

@@ -14,8 +14,9 @@ use toml::de::{DeString, DeTable, DeValue};
 
 use crate::diag::{Diagnostic, Diagnostics, Note, line_col};
 use crate::{
-    AgentSettings, Config, IpNet, LinkMatch, LinkRule, MeteredPolicy, NETLINK_FIELDS,
-    NotifySettings, OutboxSettings, Relay, RetrySettings, SourceKind, TlsMode, User, glob,
+    AgentSettings, Config, IpNet, LinkMatch, LinkName, LinkRule, MeteredPolicy, NETLINK_FIELDS,
+    NotifySettings, OutboxSettings, Relay, RelayName, RetrySettings, SourceKind, TlsMode, User,
+    glob,
 };
 
 mod relay_auth;
@@ -1040,7 +1041,7 @@ fn link(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, name: &str, source: SourceKind) ->
     }
 
     LinkRule {
-        name: name.to_owned(),
+        name: name.into(),
         matcher,
         metered,
     }
@@ -1256,10 +1257,7 @@ fn relay(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, name: &str) -> Relay {
         s.value.to_owned()
     });
 
-    let username = t.text(ctx, "username").map(|s| s.value.to_owned());
-    let password_command = t.text(ctx, "password_command").map(|s| s.value.to_owned());
-    let password_secret = relay_auth::read(ctx, t);
-    credentials(ctx, t, &who, name);
+    let auth = relay_auth::auth(ctx, t, &who, name);
     let dangerous_plaintext_auth = relay_auth::plaintext_auth(ctx, t, &who, tls);
 
     let ca_file = t.text(ctx, "ca_file").map(|s| {
@@ -1284,52 +1282,15 @@ fn relay(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, name: &str) -> Relay {
     }
 
     Relay {
-        name: name.to_owned(),
+        name: name.into(),
         host,
         port,
         tls: tls.unwrap_or(TlsMode::Starttls),
         helo,
-        username,
-        password_command,
-        password_secret,
+        auth,
         ca_file,
         timeout,
         dangerous_plaintext_auth,
-    }
-}
-
-/// A `username` needs exactly one password source, and a password source needs a `username`.
-fn credentials(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, who: &str, name: &str) {
-    let relay = if name.is_empty() { "relay" } else { name };
-    let command = t.get("password_command");
-    let secret = t.get("password_secret");
-    let source = t
-        .get("password_command")
-        .or_else(|| t.get("password_secret"));
-    match (t.get("username"), source) {
-        (Some(e), None) => ctx.error(
-            e.key_span.start,
-            format!("{who} has a `username` but no `password_command` or `password_secret`"),
-            format!(
-                "add password_secret = {{ service = \"smtp\", username = \"...\" }} (looked up in the desktop keyring), or password_command = \"pass show smtp/{relay}\" (run with sh -c; the first line it prints is the password), or remove `username`"
-            ),
-        ),
-        (None, Some(e)) => ctx.error(
-            e.key_span.start,
-            format!("{who} has a `{}` but no `username`", e.key),
-            format!(
-                "add username = \"...\" (the account name on the relay), or remove `{}`",
-                e.key
-            ),
-        ),
-        _ => {}
-    }
-    if let (Some(_), Some(e)) = (&command, &secret) {
-        ctx.error(
-            e.key_span.start,
-            format!("{who} has both `password_command` and `password_secret`"),
-            "keep one of them: the password comes from one place",
-        );
     }
 }
 
@@ -1555,6 +1516,7 @@ fn check_users(
     let mut users = Vec::new();
     for u in raw {
         let mut routes = BTreeMap::new();
+        let mut other_links = None;
         for (link, relays) in &u.routes {
             if link.value != "*" && !known_links.iter().any(|l| l == link.value) {
                 let mut help = String::new();
@@ -1615,16 +1577,20 @@ fn check_users(
                 }
                 seen.push(relay.value);
             }
-            routes.insert(
-                link.value.to_owned(),
-                relays.iter().map(|r| r.value.to_owned()).collect(),
-            );
+            let relays = relays.iter().map(|r| RelayName::from(r.value)).collect();
+            match link.value {
+                "*" => other_links = Some(relays),
+                name => {
+                    routes.insert(LinkName::from(name), relays);
+                }
+            }
         }
         users.push(User {
-            name: u.name,
+            name: u.name.into(),
             from: u.from,
             default: u.default.is_some(),
             routes,
+            other_links,
         });
     }
     users

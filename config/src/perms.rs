@@ -9,8 +9,8 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use crate::Config;
 use crate::diag::{Diagnostic, Diagnostics, line_col};
+use crate::{Config, Secret};
 
 /// Checks the owner and mode of the config file at `path`, whose contents are `text` and
 /// which parsed as `config`.
@@ -73,7 +73,11 @@ fn problems(
             "chmod go-w {path}".to_owned(),
         ));
     }
-    let has_command = config.relays.iter().any(|r| r.password_command.is_some());
+    let has_command = config.relays.iter().any(|r| {
+        r.auth
+            .as_ref()
+            .is_some_and(|a| matches!(a.secret, Secret::Command(_)))
+    });
     if has_command && mode & 0o044 != 0 {
         let who = if mode & 0o004 != 0 {
             "anyone"

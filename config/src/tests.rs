@@ -59,6 +59,7 @@ fn user(name: &str, from: &[&str], default: bool) -> User {
         from: from.iter().map(|s| s.to_string()).collect(),
         default,
         routes: BTreeMap::new(),
+        other_links: None,
     }
 }
 
@@ -84,16 +85,15 @@ fn example_config_parses() {
         (a.host.as_str(), a.port, a.tls),
         ("smtp.isp-a.example", 587, TlsMode::Starttls)
     );
-    assert_eq!(
-        (a.username.as_deref(), a.password_command.as_deref()),
-        (None, None)
-    );
+    assert_eq!(a.auth, None);
     assert_eq!(a.timeout, Duration::from_secs(60));
     let b = c.relay("relay-b").expect("relay-b");
     assert_eq!((b.host.as_str(), b.port), ("smtp.isp-b.example", 587));
-    assert_eq!(b.username.as_deref(), Some("bob"));
-    assert_eq!(b.password_command, None);
-    let secret = b.password_secret.as_ref().expect("password_secret");
+    let auth = b.auth.as_ref().expect("auth");
+    assert_eq!(auth.username, "bob");
+    let Secret::Keyring(secret) = &auth.secret else {
+        panic!("password_secret read as {:?}", auth.secret);
+    };
     assert_eq!(secret.get("service").map(String::as_str), Some("smtp"));
     assert_eq!(secret.get("username").map(String::as_str), Some("bob"));
 
@@ -101,13 +101,19 @@ fn example_config_parses() {
     assert!(!alice.default);
     assert_eq!(
         alice.relays_for("isp-a"),
-        Some(&["relay-a".to_string()][..])
+        Some(&[RelayName::from("relay-a")][..])
     );
     assert_eq!(alice.relays_for("isp-b"), None);
     let bob = c.user("bob").expect("bob");
     assert!(bob.default);
-    assert_eq!(bob.relays_for("isp-a"), Some(&["relay-a".to_string()][..]));
-    assert_eq!(bob.relays_for("isp-b"), Some(&["relay-b".to_string()][..]));
+    assert_eq!(
+        bob.relays_for("isp-a"),
+        Some(&[RelayName::from("relay-a")][..])
+    );
+    assert_eq!(
+        bob.relays_for("isp-b"),
+        Some(&[RelayName::from("relay-b")][..])
+    );
     assert_eq!(bob.relays_for("home-wifi"), None);
 
     let user_of = |s: &str| c.user_for_sender(s).map(|u| u.name.as_str());
@@ -154,14 +160,21 @@ fn starter_config_options_are_valid_when_uncommented() {
     assert!(link.matcher.domain.is_some());
     assert_eq!(link.metered, MeteredPolicy::Small { max_size: 1048576 });
     let r = &c.relays[0];
-    assert!(r.helo.is_some() && r.username.is_some() && r.password_secret.is_some());
+    assert!(r.helo.is_some());
+    assert!(matches!(
+        &r.auth,
+        Some(Auth {
+            secret: Secret::Keyring(_),
+            ..
+        })
+    ));
     assert_eq!(
         r.ca_file.as_deref(),
         Some(Path::new("/etc/ssl/certs/my-isp-ca.pem"))
     );
     assert_eq!(
         c.users[0].relays_for("home"),
-        Some(&["my-isp".to_string()][..])
+        Some(&[RelayName::from("my-isp")][..])
     );
     // every key of every table is shown in the starter
     for key in [
@@ -1448,7 +1461,8 @@ fn relays_for_exact_then_star() {
         r#"routes = { isp-a = ["ra", "rb"], isp-b = [], "*" = ["rb"] }"#,
     ]));
     let u = c.user("u").expect("u");
-    let names = |r: Option<&[String]>| r.map(|r| r.to_vec());
+    let names =
+        |r: Option<&[RelayName]>| r.map(|r| r.iter().map(|n| n.to_string()).collect::<Vec<_>>());
     assert_eq!(
         names(u.relays_for("isp-a")),
         Some(vec!["ra".to_string(), "rb".to_string()])
@@ -1720,7 +1734,10 @@ fn password_secret_is_a_table_of_attributes() {
         USER,
     ]));
     let r = c.relay("r").expect("relay r");
-    let attrs = r.password_secret.as_ref().expect("attributes");
+    let auth = r.auth.as_ref().expect("auth");
+    let Secret::Keyring(attrs) = &auth.secret else {
+        panic!("password_secret read as {:?}", auth.secret);
+    };
     assert_eq!(
         attrs
             .iter()
@@ -1728,7 +1745,6 @@ fn password_secret_is_a_table_of_attributes() {
             .collect::<Vec<_>>(),
         ["host=smtp.isp-b.example", "service=smtp", "username=bob"]
     );
-    assert_eq!(r.password_command, None);
     assert!(!r.dangerous_plaintext_auth);
 }
 
@@ -1781,6 +1797,27 @@ fn password_secret_problems_point_at_the_attribute() {
     assert_eq!(
         message,
         "`password_secret` has 17 attributes; at most 16 are allowed"
+    );
+}
+
+#[test]
+fn a_password_command_with_a_username_is_how_to_log_in() {
+    let c = parse(&doc(&[
+        "[[relay]]",
+        r#"name = "r""#,
+        r#"host = "h""#,
+        r#"tls = "tls""#,
+        r#"username = "bob""#,
+        r#"password_command = "pass show r""#,
+        USER,
+    ]));
+    let r = c.relay("r").expect("relay r");
+    assert_eq!(
+        r.auth,
+        Some(Auth {
+            username: "bob".into(),
+            secret: Secret::Command("pass show r".into()),
+        })
     );
 }
 

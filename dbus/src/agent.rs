@@ -9,8 +9,6 @@ use zbus::{DBusError, Type, proxy};
 pub const AGENT_BUS_NAME: &str = "org.linkrelay.Agent";
 /// The object path the agent serves.
 pub const AGENT_PATH: &str = "/org/linkrelay/Agent";
-/// The interface name.
-pub const AGENT_INTERFACE: &str = "org.linkrelay.Agent1";
 /// The checked-in introspection XML of the interface.
 pub const AGENT_INTERFACE_XML: &str = include_str!("../org.linkrelay.Agent1.xml");
 

@@ -3,6 +3,9 @@
 //! - [`address`]: where the session and system buses are, as clients find them.
 //! - [`nm`]: client proxies for the parts of NetworkManager's API the agent reads (one module
 //!   per interface, so their generated signal types never clash).
+//! - [`notifications`]: the client proxy of the desktop's notification service.
+//! - [`secrets`]: client proxies for the Secret Service (the desktop keyring), one module per
+//!   interface.
 //! - [`agent`]: the client proxy of our own `org.linkrelay.Agent1` interface, the wire types its
 //!   properties, methods and signals carry, and its error names. The agent serves the same
 //!   interface; `org.linkrelay.Agent1.xml` beside this crate is the checked-in introspection
@@ -14,5 +17,5 @@
 pub mod address;
 pub mod agent;
 pub mod nm;
-
-pub use agent::*;
+pub mod notifications;
+pub mod secrets;

@@ -17,10 +17,9 @@ fuzz_target!(|data: &[u8]| {
             assert!(!config.users.is_empty());
             for r in &config.relays {
                 assert!(r.port > 0);
-                assert!(
-                    r.username.is_some()
-                        || (r.password_command.is_none() && r.password_secret.is_none())
-                );
+                // A password source without a username cannot be represented; the username
+                // that comes with one is not empty.
+                assert!(r.auth.as_ref().is_none_or(|a| !a.username.is_empty()));
             }
         }
         Err(ConfigError::Invalid(diags)) => {

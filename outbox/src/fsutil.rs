@@ -71,7 +71,7 @@ pub(crate) fn read_file(path: &Path, max: u64) -> io::Result<Vec<u8>> {
 
 /// Opens the regular file `path` (relative to `dir`) for reading, never following a link in
 /// its last component and never blocking (a FIFO); anything but a regular file is
-/// `InvalidInput`.
+/// `InvalidInput`. For a file read a piece at a time, or whole by [`read_file_in`].
 pub(crate) fn open_regular_in(dir: impl AsFd, path: impl rustix::path::Arg) -> io::Result<File> {
     let fd = rustix::fs::openat(
         dir,

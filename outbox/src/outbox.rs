@@ -302,6 +302,22 @@ impl Outbox {
             .map_err(|e| file_error(&self.msg_path(folder, id).join(MESSAGE), e))
     }
 
+    /// Message `id` in `folder`, opened for reading (as [`Outbox::read_message`] checks it: a
+    /// regular file, never through a link, at most [`Limits::max_message_size`]), for reading
+    /// a piece at a time: sending a large message does not cost its size in memory.
+    pub fn open_message(&self, folder: Folder, id: &str) -> Result<fs::File, OutboxError> {
+        validate_id(id)?;
+        let dir = self.open_msg_dir(folder, id)?;
+        let error = |e| file_error(&self.msg_path(folder, id).join(MESSAGE), e);
+        let file = open_regular_in(&dir, MESSAGE).map_err(error)?;
+        let size = file.metadata().map_err(error)?.len();
+        let max = self.limits.max_message_size;
+        if size > max {
+            return Err(error(crate::fsutil::too_large(size, max)));
+        }
+        Ok(file)
+    }
+
     /// Replaces `queue/<id>/state.json` atomically and durably (write `state.json.tmp`, fsync,
     /// rename, fsync the directory). What is written has the revision of the state on disk
     /// plus one, so that a replay of the outcome journal never undoes it.

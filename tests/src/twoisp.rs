@@ -283,8 +283,8 @@ impl TwoIsp {
     pub async fn wait_route(
         &self,
         what: &str,
-        ok: impl Fn(&linkrelay_dbus::RouteInfo) -> bool,
-    ) -> anyhow::Result<linkrelay_dbus::RouteInfo> {
+        ok: impl Fn(&linkrelay_dbus::agent::RouteInfo) -> bool,
+    ) -> anyhow::Result<linkrelay_dbus::agent::RouteInfo> {
         let deadline = Instant::now() + WAIT;
         loop {
             let r = self.world.route("me").await?;

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use linkrelay_dbus::{AGENT_BUS_NAME, AgentProxy, RouteInfo};
+use linkrelay_dbus::agent::{AGENT_BUS_NAME, AgentProxy, RouteInfo};
 
 use crate::bus::{BusKind, TestBus};
 use crate::netns::NetNs;

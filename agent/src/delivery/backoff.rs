@@ -3,6 +3,10 @@
 
 use std::time::Duration;
 
+use linkrelay_config::RelayName;
+
+use crate::delivery::memory::LinkKey;
+
 /// The delay before retry number `step` (1 = the first retry): `min * 2^(step-1)`, capped at
 /// `max`, then scaled by `jitter` (expected in 0.8..=1.2, so that many messages deferred at once
 /// do not all come back in the same second).
@@ -14,7 +18,8 @@ pub fn retry_delay(step: u32, min: Duration, max: Duration, jitter: f64) -> Dura
 
 /// The key of a route for the backoff: the link and the relays, in order. A message whose
 /// backoff grew on another key starts again from the first step.
-pub fn route_key(link: &str, relays: &[String]) -> String {
+pub fn route_key(link: &LinkKey, relays: &[RelayName]) -> String {
+    let relays: Vec<&str> = relays.iter().map(|r| r.as_str()).collect();
     format!("{link}: {}", relays.join(", "))
 }
 
@@ -58,16 +63,15 @@ mod tests {
 
     #[test]
     fn route_keys_name_link_and_relays_in_order() {
-        let r = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(route_key("home", &r(&["a", "b"])), "home: a, b");
+        let r = |v: &[&str]| v.iter().map(|s| RelayName::from(*s)).collect::<Vec<_>>();
+        let home = LinkKey::Rule("home".into());
+        let office = LinkKey::Rule("office".into());
+        assert_eq!(route_key(&home, &r(&["a", "b"])), "home: a, b");
         assert_ne!(
-            route_key("home", &r(&["a", "b"])),
-            route_key("home", &r(&["b", "a"]))
+            route_key(&home, &r(&["a", "b"])),
+            route_key(&home, &r(&["b", "a"]))
         );
-        assert_ne!(
-            route_key("home", &r(&["a"])),
-            route_key("office", &r(&["a"]))
-        );
+        assert_ne!(route_key(&home, &r(&["a"])), route_key(&office, &r(&["a"])));
     }
 
     #[test]

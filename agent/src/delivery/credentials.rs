@@ -3,9 +3,9 @@
 //! the command's exit status or the item's attributes.
 //!
 //! The Secret Service (`org.freedesktop.secrets` on the session bus: GNOME Keyring, KeePassXC,
-//! KWallet's bridge) is reached by a small client over the workspace's zbus 6 rather than `oo7`
-//! or `secret-service`, which still pull in zbus 5 (a second copy of the whole D-Bus stack). A
-//! plain lookup needs four calls: `OpenSession("plain")`, `SearchItems(attributes)`, `Unlock`
+//! KWallet's bridge) is reached by a small client over the workspace's zbus 6 (the proxies are
+//! in `linkrelay_dbus::secrets`) rather than `oo7` or `secret-service`, which still pull in
+//! zbus 5 (a second copy of the whole D-Bus stack). A plain lookup needs four calls: `OpenSession("plain")`, `SearchItems(attributes)`, `Unlock`
 //! (with its prompt) when the matching item is locked, and `Item.GetSecret`. A "plain" session
 //! is what `secret-tool` uses too: the secret crosses the session bus, which only this user can
 //! connect to, unencrypted.
@@ -14,46 +14,79 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use linkrelay_config::Relay;
-use serde::Deserialize;
+use linkrelay_config::{self as config, Relay};
+use linkrelay_dbus::secrets::item::ItemProxy;
+use linkrelay_dbus::secrets::prompt::PromptProxy;
+use linkrelay_dbus::secrets::service::ServiceProxy;
+use linkrelay_dbus::secrets::session::SessionProxy;
 use tracing::debug;
-use zbus::{Connection, ObjectPath, OwnedObjectPath, OwnedVariant, Type, Variant, proxy};
+use zbus::{Connection, ObjectPath, OwnedObjectPath, OwnedVariant, Variant};
 
-/// The password for `relay`, `None` if it has no password source. The error says what went
-/// wrong, without the password.
+/// The password for `relay`, `None` if it does not log in. The error says what went wrong,
+/// without the password.
 pub(crate) async fn fetch(relay: &Relay) -> Result<Option<String>, String> {
-    if let Some(attributes) = &relay.password_secret {
-        debug!(relay = %relay.name, "looking up the password in the Secret Service");
-        return lookup(attributes)
-            .await
-            .map(Some)
-            .map_err(|e| e.to_string());
-    }
-    match &relay.password_command {
-        Some(command) => {
+    let Some(auth) = &relay.auth else {
+        return Ok(None);
+    };
+    match &auth.secret {
+        config::Secret::Keyring(attributes) => {
+            debug!(relay = %relay.name, "looking up the password in the Secret Service");
+            lookup(attributes)
+                .await
+                .map(Some)
+                .map_err(|e| e.to_string())
+        }
+        config::Secret::Command(command) => {
             debug!(relay = %relay.name, "running password_command");
             run_password_command(command, relay.timeout).await.map(Some)
         }
-        None => Ok(None),
     }
 }
+
+/// The most a `password_command` may print before its first line end. A password is far
+/// shorter; `cat /dev/zero` is not a password and must not grow the agent.
+pub const MAX_PASSWORD_LINE: usize = 4096;
 
 /// Runs a relay's `password_command` with `sh -c` and returns the first line of its output.
 /// The password is never logged; a failing command is reported without its output. A command
 /// that has not finished within `limit` (a pinentry nobody answers) is killed: a user's
 /// outbox must not hang on it.
-pub async fn run_password_command(command: &str, limit: Duration) -> Result<String, String> {
-    let child = tokio::process::Command::new("sh")
+///
+/// Only the first line is kept, and only if it ends within [`MAX_PASSWORD_LINE`] bytes; the
+/// rest of the output is read and dropped until the command exits. The command runs in a
+/// process group of its own, and when it is given up on (too long a line, the time limit, the
+/// attempt abandoned) the whole group is killed, so that a child it started cannot outlive it.
+async fn run_password_command(command: &str, limit: Duration) -> Result<String, String> {
+    let mut child = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(command)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot run password_command: {e}"))?;
-    let out = match tokio::time::timeout(limit, child.wait_with_output()).await {
-        Ok(out) => out.map_err(|e| format!("cannot run password_command: {e}"))?,
+    let group = GroupKiller(child.id());
+    let stdout = child.stdout.take();
+    let run = async {
+        let Some(stdout) = stdout else {
+            return Err("cannot read password_command's output".to_owned());
+        };
+        let mut stdout = tokio::io::BufReader::new(stdout);
+        let line = first_line(&mut stdout).await?;
+        // The rest is not kept, but read: a command killed by a closed pipe would fail.
+        tokio::io::copy(&mut stdout, &mut tokio::io::sink())
+            .await
+            .map_err(|e| format!("cannot read password_command's output: {e}"))?;
+        let status = child
+            .wait()
+            .await
+            .map_err(|e| format!("cannot run password_command: {e}"))?;
+        Ok((line, status))
+    };
+    let (line, status) = match tokio::time::timeout(limit, run).await {
+        Ok(result) => result?,
         Err(_) => {
             return Err(format!(
                 "password_command did not finish within {}",
@@ -61,75 +94,61 @@ pub async fn run_password_command(command: &str, limit: Duration) -> Result<Stri
             ));
         }
     };
-    if !out.status.success() {
-        return Err(format!("password_command exited with {}", out.status));
+    // It exited and was reaped: its group id may be another's now.
+    group.disarm();
+    if !status.success() {
+        return Err(format!("password_command exited with {status}"));
     }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().next().unwrap_or("").to_string();
     if line.is_empty() {
         return Err("password_command printed nothing".into());
     }
     Ok(line)
 }
 
+/// The first line `out` gives, without its end; at most [`MAX_PASSWORD_LINE`] bytes.
+async fn first_line(out: &mut (impl tokio::io::AsyncBufRead + Unpin)) -> Result<String, String> {
+    use tokio::io::AsyncBufReadExt;
+    let mut line = Vec::new();
+    let cap = MAX_PASSWORD_LINE as u64 + 1;
+    let n = tokio::io::AsyncReadExt::take(&mut *out, cap)
+        .read_until(b'\n', &mut line)
+        .await
+        .map_err(|e| format!("cannot read password_command's output: {e}"))?;
+    if n as u64 == cap && !line.ends_with(b"\n") {
+        return Err(format!(
+            "password_command printed more than {MAX_PASSWORD_LINE} bytes without a line end"
+        ));
+    }
+    let text = String::from_utf8_lossy(&line);
+    Ok(text.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+/// Kills the process group of a command when dropped, unless disarmed once the command was
+/// reaped. While the command has not been reaped its pid (the group's id) cannot be reused.
+struct GroupKiller(Option<u32>);
+
+impl GroupKiller {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GroupKiller {
+    fn drop(&mut self) {
+        let Some(pid) = self
+            .0
+            .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+        else {
+            return;
+        };
+        if let Err(e) = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL) {
+            debug!(error = %e, "cannot kill password_command's process group");
+        }
+    }
+}
+
 /// How long a whole lookup may take, an unlock prompt answered by the user included.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(90);
-
-#[proxy(
-    interface = "org.freedesktop.Secret.Service",
-    default_service = "org.freedesktop.secrets",
-    default_path = "/org/freedesktop/secrets"
-)]
-trait Service {
-    fn open_session(
-        &self,
-        algorithm: &str,
-        input: &Variant<'_>,
-    ) -> zbus::Result<(OwnedVariant, OwnedObjectPath)>;
-
-    fn search_items(
-        &self,
-        attributes: HashMap<&str, &str>,
-    ) -> zbus::Result<(Vec<OwnedObjectPath>, Vec<OwnedObjectPath>)>;
-
-    fn unlock(
-        &self,
-        objects: &[ObjectPath<'_>],
-    ) -> zbus::Result<(Vec<OwnedObjectPath>, OwnedObjectPath)>;
-}
-
-#[proxy(
-    interface = "org.freedesktop.Secret.Item",
-    default_service = "org.freedesktop.secrets"
-)]
-trait Item {
-    fn get_secret(&self, session: &ObjectPath<'_>) -> zbus::Result<Secret>;
-}
-
-#[proxy(
-    interface = "org.freedesktop.Secret.Session",
-    default_service = "org.freedesktop.secrets"
-)]
-trait Session {
-    fn close(&self) -> zbus::Result<()>;
-}
-
-#[proxy(
-    interface = "org.freedesktop.Secret.Prompt",
-    default_service = "org.freedesktop.secrets"
-)]
-trait Prompt {
-    fn prompt(&self, window_id: &str) -> zbus::Result<()>;
-}
-
-/// The Secret Service's `(oayays)` secret.
-#[derive(Deserialize, Type)]
-struct Secret {
-    _session: OwnedObjectPath,
-    _parameters: Vec<u8>,
-    value: Vec<u8>,
-    _content_type: String,
-}
 
 /// Why no password came from the Secret Service. The texts name the attributes, never a
 /// secret.
@@ -326,6 +345,31 @@ async fn unlock(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_password_is_the_first_line_whatever_follows_it() {
+        let run = |c: &'static str| run_password_command(c, Duration::from_secs(5));
+        // `pass show` prints the password, then more lines.
+        assert_eq!(run("printf 'pw\\nuser: bob\\n'").await, Ok("pw".into()));
+        assert_eq!(run("printf 'pw\\r\\n'").await, Ok("pw".into()));
+        assert_eq!(run("printf pw").await, Ok("pw".into()));
+        // What follows may be long: it is read and dropped.
+        assert_eq!(
+            run("echo pw; head -c 1000000 /dev/zero").await,
+            Ok("pw".into())
+        );
+        let longest = format!("head -c {MAX_PASSWORD_LINE} /dev/zero | tr '\\0' x; echo");
+        let longest = run_password_command(&longest, Duration::from_secs(5)).await;
+        assert_eq!(longest.map(|p| p.len()), Ok(MAX_PASSWORD_LINE));
+        assert_eq!(
+            run("echo pw; exit 3").await,
+            Err("password_command exited with exit status: 3".into())
+        );
+        assert_eq!(
+            run("true").await,
+            Err("password_command printed nothing".into())
+        );
+    }
 
     #[test]
     fn messages_name_the_attributes_and_how_to_store_them() {

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use futures_util::StreamExt;
 use inotify::{Inotify, WatchMask};
+use linkrelay_config::UserName;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
@@ -15,8 +16,8 @@ use tracing::{debug, warn};
 /// Starts watching `dirs` (user, directory); sends the user's name on `tx` when a file or
 /// directory arrives in one. Returns the task, to abort when the set of users changes.
 pub fn spawn(
-    dirs: Vec<(String, PathBuf)>,
-    tx: mpsc::UnboundedSender<String>,
+    dirs: Vec<(UserName, PathBuf)>,
+    tx: mpsc::UnboundedSender<UserName>,
 ) -> std::io::Result<JoinHandle<()>> {
     let inotify = Inotify::init()?;
     let mut users = HashMap::new();

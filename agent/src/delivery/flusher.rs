@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use linkrelay_config::{Relay, RetrySettings};
+use linkrelay_config::{Relay, RelayName, RetrySettings, UserName};
 use linkrelay_outbox::{
     Counts, Folder, Ingested, Journal, Limits, MessageState, Outbox, OutboxError, RecipientStatus,
 };
@@ -17,7 +17,8 @@ use tracing::{debug, info, warn};
 use crate::clock::now;
 use crate::delivery::backoff::{next_step, retry_delay, route_key};
 use crate::delivery::credentials;
-use crate::delivery::memory::{RelayMemory, lock};
+use crate::delivery::memory::{LinkKey, RelayMemory, lock};
+use crate::delivery::message::Message;
 use crate::delivery::outcome::{Outcome, Stage};
 use crate::delivery::smtp::{Session, Verdict};
 use crate::router::Route;
@@ -25,8 +26,8 @@ use crate::router::Route;
 /// The route a flusher follows, with the link it was decided for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserRoute {
-    /// Link rule name (or the link's id when no rule matched), for relay memory.
-    pub link: String,
+    /// The link the route was decided for, for relay memory.
+    pub link: LinkKey,
     /// The router's decision.
     pub route: Route,
 }
@@ -35,7 +36,7 @@ pub struct UserRoute {
 #[derive(Debug, Clone)]
 pub struct FlushSettings {
     /// Relays by name.
-    pub relays: HashMap<String, Relay>,
+    pub relays: HashMap<RelayName, Relay>,
     /// Backoff and lifetime.
     pub retry: RetrySettings,
     /// What the outbox reads at most (`[outbox]`).
@@ -68,15 +69,15 @@ pub struct BatchResult {
 pub enum FlushEvent {
     /// A message left the queue delivered.
     Sent {
-        user: String,
+        user: UserName,
         id: String,
-        /// Relay that took it.
+        /// Relay that took it, as the message's state records it (`sent_via`).
         relay: String,
         reply: String,
     },
     /// A message stays queued until `next_attempt`.
     Deferred {
-        user: String,
+        user: UserName,
         id: String,
         reason: String,
         /// Unix seconds.
@@ -84,20 +85,20 @@ pub enum FlushEvent {
     },
     /// A message moved to failed/.
     Failed {
-        user: String,
+        user: UserName,
         id: String,
         reason: String,
     },
     /// A relay refused us on a link.
     RelayRefused {
-        user: String,
-        relay: String,
-        link: String,
+        user: UserName,
+        relay: RelayName,
+        link: LinkKey,
         reply: String,
     },
     /// A batch ended.
     Finished {
-        user: String,
+        user: UserName,
         result: BatchResult,
         /// Outbox counts afterwards.
         counts: Counts,
@@ -126,7 +127,7 @@ pub struct FlusherHandle {
 /// [`linkrelay_outbox::Journal`]) each outcome costs one fdatasync; without it, the folders
 /// are rewritten durably (four fsyncs).
 pub fn spawn(
-    user: String,
+    user: UserName,
     outbox: Outbox,
     journal: Option<Journal>,
     route: UserRoute,
@@ -185,7 +186,7 @@ struct Flusher {
     arrived: Arc<AtomicBool>,
     /// See [`FlusherHandle::no_space`].
     no_space: Arc<AtomicBool>,
-    user: String,
+    user: UserName,
     outbox: Outbox,
     /// Where outcomes are recorded; `None` when the journal could not be opened.
     journal: Option<Journal>,
@@ -193,7 +194,7 @@ struct Flusher {
     settings: watch::Receiver<Arc<FlushSettings>>,
     memory: Arc<Mutex<RelayMemory>>,
     events: mpsc::UnboundedSender<FlushEvent>,
-    passwords: HashMap<String, String>,
+    passwords: HashMap<RelayName, String>,
     /// States this process could not write (a full disk): they stand in for what is on disk,
     /// so that a recipient that was delivered is not sent to again, and are written as soon
     /// as the disk takes them.
@@ -244,7 +245,7 @@ enum HeldWalk {
 
 /// One open session and the relay it belongs to.
 struct Open {
-    relay: String,
+    relay: RelayName,
     session: Session,
 }
 
@@ -254,7 +255,7 @@ struct BatchState {
     open: Option<Open>,
     /// Relays that did not answer (connect, greeting, TLS, a timeout) earlier in this batch,
     /// with why: the next messages skip them instead of waiting for the same timeout again.
-    down: HashMap<String, Verdict>,
+    down: HashMap<RelayName, Verdict>,
     /// Resolves when the route changes: an attempt in flight is then abandoned.
     rerouted: watch::Receiver<UserRoute>,
 }
@@ -523,8 +524,8 @@ impl Flusher {
     async fn deliver(
         &mut self,
         msg: &mut MessageState,
-        link: &str,
-        relays: &[String],
+        link: &LinkKey,
+        relays: &[RelayName],
         settings: &FlushSettings,
         b: &mut BatchState,
     ) -> Done {
@@ -534,8 +535,8 @@ impl Flusher {
             settings,
             t: now(),
         };
-        let data = match self.read_queued(msg, a.t).await {
-            Ok(data) => data,
+        let message = match self.open_queued(msg, a.t).await {
+            Ok(message) => message,
             Err(done) => return done,
         };
         let order = lock(&self.memory).order(link, relays, a.t);
@@ -552,7 +553,7 @@ impl Flusher {
                 continue;
             }
             tries.tried_any = true;
-            match self.try_relay(msg, relay, &data, &a, b).await {
+            match self.try_relay(msg, relay, &message, &a, b).await {
                 Step::Next(v) => tries.last = Some((relay_name.clone(), v)),
                 Step::Stop(v) => {
                     tries.last = v.map(|v| (relay_name.clone(), v));
@@ -564,25 +565,32 @@ impl Flusher {
         self.conclude(msg, &a, tries).await
     }
 
-    /// The content of queued message `msg`, or how its attempt ends when it cannot be read.
-    async fn read_queued(&mut self, msg: &mut MessageState, t: u64) -> Result<Vec<u8>, Done> {
-        match self.outbox.read_message(Folder::Queue, &msg.id) {
-            Ok(d) => Ok(d),
+    /// Queued message `msg`, opened to be sent, or how its attempt ends when it cannot be
+    /// read. A large message is not read into memory: it is sent from its file.
+    async fn open_queued(&mut self, msg: &mut MessageState, t: u64) -> Result<Message, Done> {
+        let file = match self.outbox.open_message(Folder::Queue, &msg.id) {
+            Ok(file) => file,
             // Dropped by the user since the batch began.
-            Err(e) if e.is_not_found() => Err(Done::Failed),
-            // A passing I/O error (EIO, EMFILE): try again later; nothing was attempted.
-            Err(e @ OutboxError::Io { .. }) => {
-                warn!(user = %self.user, id = %msg.id, error = %e, "cannot read the message now");
-                Err(Done::Deferred(t + RECORD_RETRY))
-            }
+            Err(e) if e.is_not_found() => return Err(Done::Failed),
+            Err(e @ OutboxError::Io { .. }) => return Err(self.unreadable_now(msg, t, &e)),
             // message.eml missing, a link, not a file: this message cannot be sent.
             Err(e) => {
                 let reason = format!("cannot read the message: {e}");
                 fail_pending(msg, &reason);
                 msg.failure = Some(reason);
-                Err(self.fail(msg).await)
+                return Err(self.fail(msg).await);
             }
-        }
+        };
+        Message::open(file)
+            .await
+            .map_err(|e| self.unreadable_now(msg, t, &e))
+    }
+
+    /// A passing I/O error (EIO, EMFILE) while reading `msg`: it is tried again later; nothing
+    /// was attempted.
+    fn unreadable_now(&self, msg: &MessageState, t: u64, e: &dyn std::fmt::Display) -> Done {
+        warn!(user = %self.user, id = %msg.id, error = %e, "cannot read the message now");
+        Done::Deferred(t + RECORD_RETRY)
     }
 
     /// Sends `msg` to its pending recipients through `relay` and records what each verdict
@@ -591,7 +599,7 @@ impl Flusher {
         &mut self,
         msg: &mut MessageState,
         relay: &Relay,
-        data: &[u8],
+        message: &Message,
         a: &Attempt<'_>,
         b: &mut BatchState,
     ) -> Step {
@@ -602,7 +610,7 @@ impl Flusher {
         let pending: Vec<String> = msg.pending().map(|r| r.addr.clone()).collect();
         let Some(transaction) = until_rerouted(
             &mut b.rerouted,
-            o.session.send(&msg.from, &pending, data, self.durable()),
+            o.session.send(&msg.from, &pending, message, self.durable()),
         )
         .await
         else {
@@ -697,7 +705,7 @@ impl Flusher {
         if v.outcome == Outcome::Failed {
             msg.attempts += 1;
             msg.last_attempt = Some(a.t);
-            msg.last_relay = Some(o.relay.clone());
+            msg.last_relay = Some(o.relay.to_string());
             msg.last_error = Some(format!("{}: {}", o.relay, v.describe()));
             b.open = Some(o);
             fail_pending(msg, &v.describe());
@@ -1036,14 +1044,14 @@ impl Flusher {
         self.fail(msg).await
     }
 
-    fn refused(&self, link: &str, relay: &str, v: &Verdict, settings: &FlushSettings) {
+    fn refused(&self, link: &LinkKey, relay: &RelayName, v: &Verdict, settings: &FlushSettings) {
         let until = now() + settings.retry.refusal_memory.as_secs();
         lock(&self.memory).refused(link, relay, until, &v.describe());
-        warn!(user = %self.user, relay, link, reply = %v.describe(), "relay refused us on this link");
+        warn!(user = %self.user, %relay, %link, reply = %v.describe(), "relay refused us on this link");
         self.emit(FlushEvent::RelayRefused {
             user: self.user.clone(),
-            relay: relay.to_string(),
-            link: link.to_string(),
+            relay: relay.clone(),
+            link: link.clone(),
             reply: v.describe(),
         });
     }
@@ -1100,7 +1108,7 @@ impl Tally {
 
 /// The relays to try `msg` through on `route`, or why it is held: the route holds all mail, or
 /// the message is larger than the metered link allows. Pure.
-fn relays_for<'r>(route: &'r UserRoute, msg: &MessageState) -> Result<&'r [String], String> {
+fn relays_for<'r>(route: &'r UserRoute, msg: &MessageState) -> Result<&'r [RelayName], String> {
     match &route.route {
         Route::Hold { reason } => Err(format!("held: {reason}")),
         Route::Send {
@@ -1117,8 +1125,8 @@ fn relays_for<'r>(route: &'r UserRoute, msg: &MessageState) -> Result<&'r [Strin
 /// What one message is tried with: the link it goes out on, the route's relays, the settings,
 /// and when the attempt began.
 struct Attempt<'a> {
-    link: &'a str,
-    relays: &'a [String],
+    link: &'a LinkKey,
+    relays: &'a [RelayName],
     settings: &'a FlushSettings,
     t: u64,
 }
@@ -1127,7 +1135,7 @@ struct Attempt<'a> {
 struct Tries {
     /// The last relay that did not take every recipient, with why; `None` when the last relay
     /// tried took them all, or when there was none to try.
-    last: Option<(String, Verdict)>,
+    last: Option<(RelayName, Verdict)>,
     /// Whether any relay was tried, rather than left out by a recent refusal or down earlier in
     /// the batch.
     tried_any: bool,

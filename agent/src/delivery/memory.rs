@@ -7,15 +7,50 @@
 //! time: the next messages try the relays in route order again.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+use linkrelay_config::{LinkName, RelayName};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 /// The file name of the persisted memory in the data directory. It starts with a dot, which no
 /// user name (an outbox directory) can.
 pub const FILE_NAME: &str = ".relay-memory.json";
+
+/// The link a route was decided for, as the relay memory (and the words about a held or
+/// refused message) names it.
+///
+/// Mostly a `[[link]]` rule; but a relay override sends mail even on a link that no rule
+/// matches, or with no link at all, and what a relay does there is remembered too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkKey {
+    /// The `[[link]]` rule in effect: matched, or named by a link override.
+    Rule(LinkName),
+    /// No rule matched: the link source's own name for the link (NetworkManager's connection
+    /// id, or the interface under netlink).
+    Unmatched(String),
+    /// The link source reports no link.
+    NoLink,
+}
+
+impl LinkKey {
+    /// The key in the memory's file: the rule name, the link's id, or empty for no link.
+    pub fn as_str(&self) -> &str {
+        match self {
+            LinkKey::Rule(name) => name.as_str(),
+            LinkKey::Unmatched(id) => id,
+            LinkKey::NoLink => "",
+        }
+    }
+}
+
+impl fmt::Display for LinkKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// A refusal of `relay` on `link`, remembered until `until` (unix seconds).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,11 +61,30 @@ pub struct Refusal {
     pub reply: String,
 }
 
-/// Relay memory, keyed by link name.
+/// Which relay, on which link: what a refusal is filed under. Named fields, so that the two
+/// cannot trade places.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct OnLink {
+    /// [`LinkKey::as_str`] of the link.
+    link: String,
+    relay: RelayName,
+}
+
+impl OnLink {
+    fn new(link: &LinkKey, relay: &RelayName) -> Self {
+        OnLink {
+            link: link.as_str().to_owned(),
+            relay: relay.clone(),
+        }
+    }
+}
+
+/// Relay memory, keyed by link.
 #[derive(Debug, Default, Clone)]
 pub struct RelayMemory {
-    good: HashMap<String, String>,
-    refused: HashMap<(String, String), Refusal>,
+    /// [`LinkKey::as_str`] -> the relay that accepted last on that link.
+    good: HashMap<String, RelayName>,
+    refused: HashMap<OnLink, Refusal>,
     /// Where changes are written; `None` keeps the memory in this process only.
     path: Option<PathBuf>,
 }
@@ -39,16 +93,16 @@ pub struct RelayMemory {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Stored {
     version: u32,
-    /// Link name -> the relay that accepted last on it.
+    /// Link -> the relay that accepted last on it.
     #[serde(default)]
-    accepted: BTreeMap<String, String>,
+    accepted: BTreeMap<String, RelayName>,
     #[serde(default)]
     refused: Vec<StoredRefusal>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 struct StoredRefusal {
-    relay: String,
+    relay: RelayName,
     link: String,
     until: u64,
     reply: String,
@@ -83,7 +137,10 @@ impl RelayMemory {
         for r in stored.refused {
             if r.until > now {
                 memory.refused.insert(
-                    (r.relay, r.link),
+                    OnLink {
+                        link: r.link,
+                        relay: r.relay,
+                    },
                     Refusal {
                         until: r.until,
                         reply: r.reply,
@@ -95,29 +152,26 @@ impl RelayMemory {
     }
 
     /// Remembers that `relay` accepted mail on `link`.
-    pub fn accepted(&mut self, link: &str, relay: &str) {
-        let changed = self.good.get(link).is_none_or(|r| r != relay)
-            | self
-                .refused
-                .remove(&(relay.to_string(), link.to_string()))
-                .is_some();
+    pub fn accepted(&mut self, link: &LinkKey, relay: &RelayName) {
+        let changed = (self.good.get(link.as_str()) != Some(relay))
+            | self.refused.remove(&OnLink::new(link, relay)).is_some();
         if changed {
-            self.good.insert(link.to_string(), relay.to_string());
+            self.good.insert(link.as_str().to_owned(), relay.clone());
             self.save();
         }
     }
 
     /// Remembers that `relay` refused us on `link` until `until`.
-    pub fn refused(&mut self, link: &str, relay: &str, until: u64, reply: &str) {
+    pub fn refused(&mut self, link: &LinkKey, relay: &RelayName, until: u64, reply: &str) {
         self.refused.insert(
-            (relay.to_string(), link.to_string()),
+            OnLink::new(link, relay),
             Refusal {
                 until,
                 reply: reply.to_string(),
             },
         );
-        if self.good.get(link).is_some_and(|r| r == relay) {
-            self.good.remove(link);
+        if self.good.get(link.as_str()) == Some(relay) {
+            self.good.remove(link.as_str());
         }
         self.save();
     }
@@ -133,9 +187,9 @@ impl RelayMemory {
         let mut refused: Vec<StoredRefusal> = self
             .refused
             .iter()
-            .map(|((relay, link), r)| StoredRefusal {
-                relay: relay.clone(),
-                link: link.clone(),
+            .map(|(on, r)| StoredRefusal {
+                relay: on.relay.clone(),
+                link: on.link.clone(),
                 until: r.until,
                 reply: r.reply.clone(),
             })
@@ -163,21 +217,21 @@ impl RelayMemory {
     }
 
     /// The active refusal of `relay` on `link`, if any.
-    pub fn refusal(&self, link: &str, relay: &str, now: u64) -> Option<&Refusal> {
+    pub fn refusal(&self, link: &LinkKey, relay: &RelayName, now: u64) -> Option<&Refusal> {
         self.refused
-            .get(&(relay.to_string(), link.to_string()))
+            .get(&OnLink::new(link, relay))
             .filter(|r| r.until > now)
     }
 
     /// The order to try `relays` in on `link`: the one that accepted last first, the rest in
     /// route order, relays with an active refusal left out.
-    pub fn order(&self, link: &str, relays: &[String], now: u64) -> Vec<String> {
-        let mut out: Vec<String> = relays
+    pub fn order(&self, link: &LinkKey, relays: &[RelayName], now: u64) -> Vec<RelayName> {
+        let mut out: Vec<RelayName> = relays
             .iter()
             .filter(|r| self.refusal(link, r, now).is_none())
             .cloned()
             .collect();
-        if let Some(good) = self.good.get(link)
+        if let Some(good) = self.good.get(link.as_str())
             && let Some(pos) = out.iter().position(|r| r == good)
         {
             let g = out.remove(pos);
@@ -187,7 +241,7 @@ impl RelayMemory {
     }
 
     /// When the earliest of the given relays' refusals on `link` ends.
-    pub fn earliest_release(&self, link: &str, relays: &[String], now: u64) -> Option<u64> {
+    pub fn earliest_release(&self, link: &LinkKey, relays: &[RelayName], now: u64) -> Option<u64> {
         relays
             .iter()
             .filter_map(|r| self.refusal(link, r, now).map(|f| f.until))
@@ -240,30 +294,43 @@ fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
 mod tests {
     use super::*;
 
-    fn names(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
+    fn names(v: &[&str]) -> Vec<RelayName> {
+        v.iter().map(|s| RelayName::from(*s)).collect()
+    }
+
+    fn link(name: &str) -> LinkKey {
+        LinkKey::Rule(name.into())
+    }
+
+    fn relay(name: &str) -> RelayName {
+        name.into()
     }
 
     #[test]
     fn accepted_relay_goes_first_on_that_link_only() {
         let mut m = RelayMemory::default();
         let relays = names(&["a", "b", "c"]);
-        m.accepted("home", "c");
-        assert_eq!(m.order("home", &relays, 0), names(&["c", "a", "b"]));
-        assert_eq!(m.order("office", &relays, 0), relays);
+        m.accepted(&link("home"), &relay("c"));
+        assert_eq!(m.order(&link("home"), &relays, 0), names(&["c", "a", "b"]));
+        assert_eq!(m.order(&link("office"), &relays, 0), relays);
     }
 
     #[test]
     fn refused_relay_is_skipped_until_the_memory_ends() {
         let mut m = RelayMemory::default();
         let relays = names(&["a", "b"]);
-        m.refused("home", "a", 100, "554 5.7.1 Relay access denied");
-        assert_eq!(m.order("home", &relays, 50), names(&["b"]));
-        assert_eq!(m.order("office", &relays, 50), relays);
-        assert_eq!(m.order("home", &relays, 100), relays);
-        assert_eq!(m.earliest_release("home", &relays, 50), Some(100));
-        m.accepted("home", "a");
-        assert_eq!(m.order("home", &relays, 50), relays);
+        m.refused(
+            &link("home"),
+            &relay("a"),
+            100,
+            "554 5.7.1 Relay access denied",
+        );
+        assert_eq!(m.order(&link("home"), &relays, 50), names(&["b"]));
+        assert_eq!(m.order(&link("office"), &relays, 50), relays);
+        assert_eq!(m.order(&link("home"), &relays, 100), relays);
+        assert_eq!(m.earliest_release(&link("home"), &relays, 50), Some(100));
+        m.accepted(&link("home"), &relay("a"));
+        assert_eq!(m.order(&link("home"), &relays, 50), relays);
     }
 
     #[test]
@@ -273,10 +340,24 @@ mod tests {
         let relays = names(&["a", "b", "c"]);
         let now = crate::clock::now();
         let mut m = RelayMemory::load(&path, now);
-        assert_eq!(m.order("home", &relays, now), relays, "no file: empty");
-        m.accepted("home", "c");
-        m.refused("home", "a", now + 600, "554 5.7.1 Relay access denied");
-        m.refused("office", "b", now + 1, "530 5.7.0 Authentication required");
+        assert_eq!(
+            m.order(&link("home"), &relays, now),
+            relays,
+            "no file: empty"
+        );
+        m.accepted(&link("home"), &relay("c"));
+        m.refused(
+            &link("home"),
+            &relay("a"),
+            now + 600,
+            "554 5.7.1 Relay access denied",
+        );
+        m.refused(
+            &link("office"),
+            &relay("b"),
+            now + 1,
+            "530 5.7.0 Authentication required",
+        );
         let mode = std::fs::metadata(&path).unwrap().permissions();
         assert_eq!(
             std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
@@ -284,16 +365,21 @@ mod tests {
         );
 
         let again = RelayMemory::load(&path, now);
-        assert_eq!(again.order("home", &relays, now), names(&["c", "b"]));
+        assert_eq!(again.order(&link("home"), &relays, now), names(&["c", "b"]));
         assert_eq!(
-            again.refusal("home", "a", now).map(|r| r.reply.as_str()),
+            again
+                .refusal(&link("home"), &relay("a"), now)
+                .map(|r| r.reply.as_str()),
             Some("554 5.7.1 Relay access denied")
         );
-        assert_eq!(again.order("office", &relays, now), names(&["a", "c"]));
+        assert_eq!(
+            again.order(&link("office"), &relays, now),
+            names(&["a", "c"])
+        );
         // Loaded after the office refusal ended: it is gone.
         let later = RelayMemory::load(&path, now + 2);
-        assert_eq!(later.order("office", &relays, now + 2), relays);
-        assert!(later.refusal("home", "a", now + 2).is_some());
+        assert_eq!(later.order(&link("office"), &relays, now + 2), relays);
+        assert!(later.refusal(&link("home"), &relay("a"), now + 2).is_some());
         // Nothing is left beside it.
         let files: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -309,26 +395,29 @@ mod tests {
         std::fs::write(&path, b"{ not json").unwrap();
         let relays = names(&["a", "b"]);
         let mut m = RelayMemory::load(&path, 0);
-        assert_eq!(m.order("home", &relays, 0), relays);
-        m.accepted("home", "b");
+        assert_eq!(m.order(&link("home"), &relays, 0), relays);
+        m.accepted(&link("home"), &relay("b"));
         let again = RelayMemory::load(&path, 0);
-        assert_eq!(again.order("home", &relays, 0), names(&["b", "a"]));
+        assert_eq!(again.order(&link("home"), &relays, 0), names(&["b", "a"]));
     }
 
     #[test]
     fn without_a_file_nothing_is_written() {
         let mut m = RelayMemory::default();
-        m.accepted("home", "a");
-        m.refused("home", "b", 10, "535");
-        assert_eq!(m.order("home", &names(&["a", "b"]), 0), names(&["a"]));
+        m.accepted(&link("home"), &relay("a"));
+        m.refused(&link("home"), &relay("b"), 10, "535");
+        assert_eq!(
+            m.order(&link("home"), &names(&["a", "b"]), 0),
+            names(&["a"])
+        );
     }
 
     #[test]
     fn a_refusal_demotes_the_remembered_relay() {
         let mut m = RelayMemory::default();
         let relays = names(&["a", "b"]);
-        m.accepted("home", "b");
-        m.refused("home", "b", 100, "535");
-        assert_eq!(m.order("home", &relays, 0), names(&["a"]));
+        m.accepted(&link("home"), &relay("b"));
+        m.refused(&link("home"), &relay("b"), 100, "535");
+        assert_eq!(m.order(&link("home"), &relays, 0), names(&["a"]));
     }
 }

@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use linkrelay_dbus::{
+use linkrelay_config::RelayName;
+use linkrelay_dbus::agent::{
     AgentError, FlushResult, MessageInfo, OverrideInfo, PruneResult, QueueCount, RelayTest,
     RouteInfo,
 };
@@ -14,6 +15,7 @@ use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::{Connection, interface};
 
+use crate::router::Override;
 use crate::service::listing::Listing;
 
 /// Longest string argument accepted (names, ids): anything longer is hostile or a mistake.
@@ -47,11 +49,9 @@ pub type Reply<T> = oneshot::Sender<Result<T, AgentError>>;
 /// What the interface asks of the event loop.
 #[derive(Debug)]
 pub enum Command {
-    /// Set the override.
+    /// Set the override (the loop checks that the link or relay exists).
     SetOverride {
-        /// "link" or "relay".
-        kind: String,
-        name: String,
+        target: Override,
         /// Duration; 0 = until cleared.
         seconds: u64,
         reply: Reply<()>,
@@ -90,7 +90,7 @@ pub enum Command {
     Reload { reply: Reply<()> },
     /// Test a relay without sending.
     TestRelay {
-        relay: String,
+        relay: RelayName,
         /// Envelope sender to try ("" = a default).
         from: String,
         /// Recipient to try ("" = a default).
@@ -183,6 +183,18 @@ fn bounded(what: &str, value: &str) -> Result<(), AgentError> {
 }
 
 /// Mail routing by network link: the current link, each user's route, and their outboxes.
+/// SetOverride's `kind` and `name` as the override they ask for: `"link"` names a [[link]]
+/// rule, `"relay"` a relay. Any other kind is an InvalidArgument.
+fn override_target(kind: &str, name: String) -> Result<Override, AgentError> {
+    match kind {
+        "link" => Ok(Override::Link(name.into())),
+        "relay" => Ok(Override::Relay(name.into())),
+        other => Err(AgentError::InvalidArgument(format!(
+            "override kind must be \"link\" or \"relay\", not {other:?}"
+        ))),
+    }
+}
+
 #[interface(name = "org.linkrelay.Agent1")]
 impl AgentInterface {
     /// Overrides the router. `kind` is "link" (act as if that [[link]] rule matched) or
@@ -199,9 +211,9 @@ impl AgentInterface {
         self.check_caller(conn, &header).await?;
         bounded("kind", &kind)?;
         bounded("name", &name)?;
+        let target = override_target(&kind, name)?;
         self.ask(|reply| Command::SetOverride {
-            kind,
-            name,
+            target,
             seconds,
             reply,
         })
@@ -346,7 +358,7 @@ impl AgentInterface {
         bounded("from", &from)?;
         bounded("to", &to)?;
         self.ask(|reply| Command::TestRelay {
-            relay,
+            relay: relay.into(),
             from,
             to,
             reply,
@@ -473,4 +485,27 @@ impl AgentInterface {
         sent: u32,
         remaining: u32,
     ) -> zbus::Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_override_names_a_link_or_a_relay_and_any_other_kind_is_refused() {
+        assert_eq!(
+            override_target("link", "isp-a".into()),
+            Ok(Override::Link("isp-a".into()))
+        );
+        assert_eq!(
+            override_target("relay", "relay-b".into()),
+            Ok(Override::Relay("relay-b".into()))
+        );
+        assert_eq!(
+            override_target("Link", "isp-a".into()),
+            Err(AgentError::InvalidArgument(
+                "override kind must be \"link\" or \"relay\", not \"Link\"".into()
+            ))
+        );
+    }
 }

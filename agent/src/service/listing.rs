@@ -12,7 +12,8 @@ use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use linkrelay_dbus::{AgentError, MessageInfo, QueueLine};
+use linkrelay_config::UserName;
+use linkrelay_dbus::agent::{AgentError, MessageInfo, QueueLine};
 use linkrelay_outbox::{Folder, FolderReader, MessageState, Outbox, OutboxError, RecipientStatus};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
@@ -40,7 +41,7 @@ const PIPE_SIZE: usize = 1 << 20;
 /// One user of a listing.
 pub struct ListedUser {
     /// The user's name.
-    pub name: String,
+    pub name: UserName,
     /// The user's outbox.
     pub outbox: Outbox,
     /// The user's route now.
@@ -326,7 +327,7 @@ pub fn message_info(user: &str, folder: Folder, m: MessageState, status: String)
         recipients: m
             .recipients
             .into_iter()
-            .map(|r| linkrelay_dbus::RecipientInfo {
+            .map(|r| linkrelay_dbus::agent::RecipientInfo {
                 addr: r.addr,
                 state: match r.status {
                     RecipientStatus::Pending => "pending",

@@ -10,49 +10,23 @@
 //! "waiting" notice of a user replaces the older one. The words are built by pure functions
 //! ([`failed_note`], [`waiting_note`], [`advice`]).
 //!
-//! The proxy is our own (a dozen lines): notify-rust 4.19 is on zbus 6, but its zbus backend
-//! brings zbus's own runtime beside our tokio one and opens a new bus connection per
-//! notification.
+//! The proxy is `linkrelay_dbus::notifications`'s.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::ControlFlow;
 use std::time::Duration;
 
-use linkrelay_config::NotifySettings;
-use linkrelay_dbus::{AgentError, MessageInfo};
+use linkrelay_config::{NotifySettings, UserName};
+use linkrelay_dbus::agent::{AgentError, MessageInfo};
+use linkrelay_dbus::notifications::NotificationsProxy;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
-use zbus::{Variant, proxy};
+use zbus::Variant;
 
 use crate::clock::now;
 use crate::service::interface::Command;
 use crate::service::listing::Listing;
-
-/// The freedesktop notification service (Desktop Notifications Specification 1.2).
-#[proxy(
-    interface = "org.freedesktop.Notifications",
-    default_service = "org.freedesktop.Notifications",
-    default_path = "/org/freedesktop/Notifications"
-)]
-pub trait Notifications {
-    /// Shows a notification; returns its id (to replace or close it later).
-    #[allow(clippy::too_many_arguments)]
-    fn notify(
-        &self,
-        app_name: &str,
-        replaces_id: u32,
-        app_icon: &str,
-        summary: &str,
-        body: &str,
-        actions: &[&str],
-        hints: HashMap<&str, Variant<'_>>,
-        expire_timeout: i32,
-    ) -> zbus::Result<u32>;
-
-    /// What the server supports ("body", "body-markup", "actions", ...).
-    fn get_capabilities(&self) -> zbus::Result<Vec<String>>;
-}
 
 /// The `urgency` hint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,7 +193,7 @@ pub fn markup_escape(text: &str) -> String {
 #[derive(Debug)]
 enum Event {
     Failed {
-        user: String,
+        user: UserName,
         id: String,
         reason: String,
     },
@@ -248,9 +222,9 @@ impl Notifier {
     }
 
     /// A message moved to failed/.
-    pub fn failed(&self, user: &str, id: &str, reason: &str) {
+    pub fn failed(&self, user: &UserName, id: &str, reason: &str) {
         let _ = self.tx.send(Event::Failed {
-            user: user.into(),
+            user: user.clone(),
             id: id.into(),
             reason: reason.into(),
         });
@@ -464,7 +438,7 @@ impl State {
 
 #[cfg(test)]
 mod tests {
-    use linkrelay_dbus::RecipientInfo;
+    use linkrelay_dbus::agent::RecipientInfo;
 
     use super::*;
 

@@ -7,7 +7,8 @@
 
 use std::time::Duration;
 
-use linkrelay_dbus::PruneResult;
+use linkrelay_config::UserName;
+use linkrelay_dbus::agent::{AgentError, PruneResult};
 use linkrelay_outbox::{Counts, Outbox, Pruned};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -38,7 +39,7 @@ pub fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
 /// A prune of some users' `sent/`, as the event loop hands it out.
 pub struct Job {
     /// (user, outbox) to prune.
-    pub users: Vec<(String, Outbox)>,
+    pub users: Vec<(UserName, Outbox)>,
     /// Unix seconds the ages are counted at.
     pub now: u64,
     /// `[outbox] keep_sent`.
@@ -51,7 +52,7 @@ pub struct Job {
 #[derive(Debug)]
 pub struct Report {
     /// The user.
-    pub user: String,
+    pub user: UserName,
     /// What was removed and kept, or why it could not be done.
     pub result: Result<Pruned, String>,
     /// The user's counts afterwards, when they could be read.
@@ -107,17 +108,17 @@ impl Job {
 }
 
 /// The D-Bus form of the reports: an error if any user's prune failed.
-fn results(reports: &[Report]) -> Result<Vec<PruneResult>, linkrelay_dbus::AgentError> {
+fn results(reports: &[Report]) -> Result<Vec<PruneResult>, AgentError> {
     reports
         .iter()
         .map(|r| match &r.result {
             Ok(p) => Ok(PruneResult {
-                user: r.user.clone(),
+                user: r.user.to_string(),
                 removed: p.removed as u32,
                 freed: p.freed,
                 kept: p.kept as u32,
             }),
-            Err(e) => Err(linkrelay_dbus::AgentError::Io(format!(
+            Err(e) => Err(AgentError::Io(format!(
                 "pruning the sent mail of {}: {e}",
                 r.user
             ))),

@@ -1,8 +1,8 @@
 //! `TestRelay`: try a relay from the link that is up without sending anything.
 //!
 //! It runs in the agent, not in the CLI, because the question is whether *the agent* can use
-//! the relay: the same code opens the session (TLS policy, `ca_file`, the password from
-//! `password_command`), from the same process environment (a systemd user service may see
+//! the relay: the same code opens the session (TLS policy, `ca_file`, the password from the
+//! keyring or `password_command`), from the same process environment (a systemd user service may see
 //! other credentials and networks than a terminal), on the link the agent routes for. The CLI
 //! stays a thin D-Bus client.
 //!
@@ -16,11 +16,11 @@
 
 use std::sync::Arc;
 
-use linkrelay_config::{Config, Relay, TlsMode};
-use linkrelay_dbus::{AgentError, RelayStep, RelayTest};
+use linkrelay_config::{Config, LinkName, Relay, RelayName, TlsMode, UserName};
+use linkrelay_dbus::agent::{AgentError, RelayStep, RelayTest};
 use tracing::info;
 
-use crate::delivery::credentials::run_password_command;
+use crate::delivery::credentials;
 use crate::delivery::outcome::{Outcome, Stage};
 use crate::delivery::smtp::{Session, Verdict};
 use crate::service::interface::Reply;
@@ -31,8 +31,8 @@ pub const DEFAULT_TO: &str = "postmaster@example.com";
 /// Checks the request, then runs the test in a task of its own and replies when it is done.
 pub fn spawn(
     config: Arc<Config>,
-    link: Option<String>,
-    relay: String,
+    link: Option<LinkName>,
+    relay: RelayName,
     from: String,
     to: String,
     reply: Reply<RelayTest>,
@@ -57,7 +57,10 @@ pub fn spawn(
             return;
         }
     }
-    let routed_for = routed_for(&config, link.as_deref(), &r.name);
+    let routed_for = routed_for(&config, link.as_ref(), &r.name)
+        .into_iter()
+        .map(String::from)
+        .collect();
     let from = if from.is_empty() {
         default_from(&config, &r.name)
     } else {
@@ -65,35 +68,33 @@ pub fn spawn(
     };
     let to = if to.is_empty() { DEFAULT_TO.into() } else { to };
     tokio::spawn(async move {
-        let result = run(&r, &from, &to, link.unwrap_or_default(), routed_for).await;
+        let link = link.map(String::from).unwrap_or_default();
+        let result = run(&r, &from, &to, link, routed_for).await;
         info!(relay = %result.relay, may_relay = %result.may_relay, "relay test: {}", result.verdict);
         let _ = reply.send(Ok(result));
     });
 }
 
 /// The users whose route on `link` lists `relay`.
-pub fn routed_for(config: &Config, link: Option<&str>, relay: &str) -> Vec<String> {
+pub fn routed_for(config: &Config, link: Option<&LinkName>, relay: &RelayName) -> Vec<UserName> {
     let Some(link) = link else {
         return Vec::new();
     };
     config
         .users
         .iter()
-        .filter(|u| {
-            u.relays_for(link)
-                .is_some_and(|rs| rs.iter().any(|r| r == relay))
-        })
+        .filter(|u| u.relays_for(link).is_some_and(|rs| rs.contains(relay)))
         .map(|u| u.name.clone())
         .collect()
 }
 
 /// A sender of a user who routes through `relay` on some link, if one of their `from`
 /// entries is a plain address; else the null sender.
-pub fn default_from(config: &Config, relay: &str) -> String {
+pub fn default_from(config: &Config, relay: &RelayName) -> String {
     config
         .users
         .iter()
-        .filter(|u| u.routes.values().any(|rs| rs.iter().any(|r| r == relay)))
+        .filter(|u| u.all_relays().any(|r| r == relay))
         .flat_map(|u| u.from.iter())
         .find(|f| !f.contains(['*', '?', '[']) && f.parse::<lettre::Address>().is_ok())
         .cloned()
@@ -146,7 +147,7 @@ pub async fn run(
 ) -> RelayTest {
     let address = format!("{}:{}", relay.host, relay.port);
     let mut out = RelayTest {
-        relay: relay.name.clone(),
+        relay: relay.name.to_string(),
         address: address.clone(),
         tls: relay.tls.as_str().into(),
         link,
@@ -157,18 +158,13 @@ pub async fn run(
         may_relay: "unknown".into(),
         verdict: String::new(),
     };
-    let password = match &relay.password_command {
-        Some(cmd) if relay.username.is_some() => {
-            match run_password_command(cmd, relay.timeout).await {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    out.steps.push(step("auth", "failed", e.clone()));
-                    out.verdict = format!("cannot log in: {e}");
-                    return out;
-                }
-            }
+    let password = match credentials::fetch(relay).await {
+        Ok(p) => p,
+        Err(e) => {
+            out.steps.push(step("auth", "failed", e.clone()));
+            out.verdict = format!("cannot log in: {e}");
+            return out;
         }
-        _ => None,
     };
     let mut session = match Session::open(relay, password).await {
         Ok(s) => s,
@@ -208,10 +204,12 @@ pub async fn run(
             .steps
             .push(step("starttls", "skipped", "tls = \"none\"")),
     }
-    match &relay.username {
-        Some(u) => out
-            .steps
-            .push(step("auth", "ok", format!("logged in as {u}"))),
+    match &relay.auth {
+        Some(auth) => out.steps.push(step(
+            "auth",
+            "ok",
+            format!("logged in as {}", auth.username),
+        )),
         None => out.steps.push(step("auth", "skipped", "no username")),
     }
     out.offers = session.offers(relay).await.unwrap_or_default();
@@ -275,8 +273,7 @@ async fn bare_offers(relay: &Relay) -> Vec<String> {
             TlsMode::Tls => TlsMode::Tls,
             _ => TlsMode::None,
         },
-        username: None,
-        password_command: None,
+        auth: None,
         ..relay.clone()
     };
     match Session::open(&bare, None).await {
@@ -381,12 +378,21 @@ routes = { "*" = ["relay-b", "relay-a"] }
             Path::new("t.toml"),
         )
         .unwrap();
-        assert_eq!(default_from(&c, "relay-a"), "alice@isp-a.example");
-        assert_eq!(default_from(&c, "relay-b"), "");
+        assert_eq!(default_from(&c, &"relay-a".into()), "alice@isp-a.example");
+        assert_eq!(default_from(&c, &"relay-b".into()), "");
         // bob has no isp-a entry: his "*" route applies there.
-        assert_eq!(routed_for(&c, Some("isp-a"), "relay-a"), ["alice", "bob"]);
-        assert_eq!(routed_for(&c, Some("isp-a"), "relay-b"), ["bob"]);
-        assert_eq!(routed_for(&c, Some("other"), "relay-a"), ["bob"]);
-        assert!(routed_for(&c, None, "relay-a").is_empty());
+        assert_eq!(
+            routed_for(&c, Some(&"isp-a".into()), &"relay-a".into()),
+            ["alice", "bob"]
+        );
+        assert_eq!(
+            routed_for(&c, Some(&"isp-a".into()), &"relay-b".into()),
+            ["bob"]
+        );
+        assert_eq!(
+            routed_for(&c, Some(&"other".into()), &"relay-a".into()),
+            ["bob"]
+        );
+        assert!(routed_for(&c, None, &"relay-a".into()).is_empty());
     }
 }

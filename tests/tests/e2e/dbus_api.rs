@@ -1,6 +1,6 @@
 //! The D-Bus interface: what it serves matches the checked-in XML, and hostile calls get errors.
 
-use linkrelay_dbus::{AGENT_BUS_NAME, AGENT_INTERFACE_XML, AGENT_PATH};
+use linkrelay_dbus::agent::{AGENT_BUS_NAME, AGENT_INTERFACE_XML, AGENT_PATH};
 use linkrelay_tests::world::World;
 
 use crate::util::seed;

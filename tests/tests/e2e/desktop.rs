@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use linkrelay_dbus::AGENT_BUS_NAME;
+use linkrelay_dbus::agent::AGENT_BUS_NAME;
 use linkrelay_tests::bus::{BusKind, BusOptions, TestBus};
 use linkrelay_tests::run::text;
 use linkrelay_tests::world::{World, bin, cli_json};
@@ -309,7 +309,7 @@ async fn an_agent_started_by_a_message_answers_and_ends_with_its_bus_every_time(
         let guard = ActivatedAgent(Some(pid));
         // Calls into the event loop right after the start: the hang showed as no answer.
         let conn = bus.connect().await.unwrap();
-        let agent = linkrelay_dbus::AgentProxy::builder(&conn)
+        let agent = linkrelay_dbus::agent::AgentProxy::builder(&conn)
             .cache_properties(zbus::proxy::CacheProperties::No)
             .build()
             .await

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use linkrelay_dbus::{MessageInfo, QueueLine};
+use linkrelay_dbus::agent::{MessageInfo, QueueLine};
 use linkrelay_outbox::{Envelope, Outbox};
 use linkrelay_tests::world::cli_json;
 

@@ -146,7 +146,7 @@ async fn a_wrong_password_and_an_unknown_relay_are_reported() {
 async fn hostile_test_relay_calls_get_errors() {
     let (s, _nm) = on_isp_a().await;
     let agent = s.world.agent().await.unwrap();
-    let err = |r: zbus::Result<linkrelay_dbus::RelayTest>| match r {
+    let err = |r: zbus::Result<linkrelay_dbus::agent::RelayTest>| match r {
         Err(zbus::Error::MethodError(name, _, _)) => name.to_string(),
         other => panic!("expected a D-Bus error, got {other:?}"),
     };

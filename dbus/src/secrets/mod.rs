@@ -1,0 +1,30 @@
+//! Client proxies for the Secret Service (`org.freedesktop.secrets` on the session bus: GNOME
+//! Keyring, KeePassXC, KWallet's bridge), one module per interface, and the secret it hands
+//! out.
+//!
+//! Only what a plain password lookup needs is declared: `OpenSession("plain")`,
+//! `SearchItems(attributes)`, `Unlock` with its prompt when the matching item is locked, and
+//! `Item.GetSecret`. The agent's client (`agent/src/delivery/credentials.rs`) uses these over
+//! the workspace's zbus 6 rather than `oo7` or `secret-service`, which still pull in zbus 5.
+
+pub mod item;
+pub mod prompt;
+pub mod service;
+pub mod session;
+
+use serde::Deserialize;
+use zbus::{OwnedObjectPath, Type};
+
+/// A secret as the Secret Service hands it out: `(oayays)`. With a "plain" session the value
+/// is the secret itself.
+#[derive(Debug, Deserialize, Type)]
+pub struct Secret {
+    /// The session it was encoded for.
+    pub session: OwnedObjectPath,
+    /// Encryption parameters (empty for a "plain" session).
+    pub parameters: Vec<u8>,
+    /// The secret.
+    pub value: Vec<u8>,
+    /// Its MIME type, e.g. `text/plain`.
+    pub content_type: String,
+}
