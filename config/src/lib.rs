@@ -49,12 +49,14 @@ mod glob;
 mod names;
 mod parse;
 mod perms;
+mod read;
 #[cfg(test)]
 mod tests;
 
 pub use diag::{ConfigError, Diagnostic, Diagnostics, Note};
 pub use ipnet::IpNet;
 pub use names::{LinkName, RelayName, UserName};
+pub use read::MAX_CONFIG_SIZE;
 
 /// The starter config that `linkrelay config init` writes: every option, commented where
 /// optional. As written it parses, and behaves like [`Config::embedded_default`] (one user
@@ -73,6 +75,8 @@ pub struct Config {
     pub retry: RetrySettings,
     /// `[notify]`
     pub notify: NotifySettings,
+    /// `[outbox]`
+    pub outbox: OutboxSettings,
     /// `[[link]]` tables, in file order (the order [`Config::match_link`] tries them in).
     pub links: Vec<LinkRule>,
     /// `[[relay]]` tables, in file order.
@@ -208,6 +212,46 @@ impl Default for NotifySettings {
         NotifySettings {
             enabled: true,
             after: Duration::from_secs(60 * 60),
+        }
+    }
+}
+
+/// `[outbox]`: what the outboxes keep and take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxSettings {
+    /// `max_message_size`: the largest message taken, in bytes. `sendmail` refuses a larger
+    /// one (exit 65), one dropped in `new/` or found queued goes to `failed/` with the reason.
+    /// Default [`OutboxSettings::DEFAULT_MAX_MESSAGE_SIZE`].
+    pub max_message_size: u64,
+    /// `keep_sent`: how long sent mail stays in `sent/` (`linkrelay prune` and the agent, at
+    /// most hourly, remove it then). Default [`OutboxSettings::DEFAULT_KEEP_SENT`].
+    pub keep_sent: Duration,
+    /// `keep_sent_size`: at most this many bytes of sent mail are kept per user; the oldest
+    /// go first. Default [`OutboxSettings::DEFAULT_KEEP_SENT_SIZE`].
+    pub keep_sent_size: u64,
+}
+
+impl OutboxSettings {
+    /// `keep_sent` when not given: 3 days. Long enough to answer "did Friday's mail go, and
+    /// through which relay?" on Monday; the mail client keeps its own copy in its Sent folder.
+    pub const DEFAULT_KEEP_SENT: Duration = Duration::from_secs(3 * 24 * 60 * 60);
+
+    /// `keep_sent_size` when not given: 100 MiB, two messages of the largest default size.
+    pub const DEFAULT_KEEP_SENT_SIZE: u64 = 100 * 1024 * 1024;
+
+    /// `max_message_size` when not given: 50 MiB, the top of the range Postfix admins use
+    /// (Postfix's own default is 10 MB). What the common providers take (25 MB of attachments,
+    /// about 35 MB once encoded) passes; a relay with a lower limit answers 552 and the
+    /// message fails with its words.
+    pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 50 * 1024 * 1024;
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        OutboxSettings {
+            max_message_size: OutboxSettings::DEFAULT_MAX_MESSAGE_SIZE,
+            keep_sent: OutboxSettings::DEFAULT_KEEP_SENT,
+            keep_sent_size: OutboxSettings::DEFAULT_KEEP_SENT_SIZE,
         }
     }
 }
@@ -505,11 +549,12 @@ impl Config {
     /// that another user could write (mode `g+w`/`o+w`, or owned by another user than the
     /// reader or root) is refused, since it decides which commands run and where mail goes;
     /// a file that others can read and that names credentials (`username`) is refused too.
+    ///
+    /// The file is opened without blocking and must be a regular file of at most
+    /// [`MAX_CONFIG_SIZE`] bytes (a FIFO would otherwise hang the caller until someone writes
+    /// to it); bytes that are not UTF-8 are an error at their line and column.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = read::config_text(path)?;
         let config = Config::parse(&text, path)?;
         perms::check(path, &text, &config).map_err(ConfigError::Invalid)?;
         Ok(config)
@@ -529,6 +574,7 @@ impl Config {
             agent: AgentSettings::default(),
             retry: RetrySettings::default(),
             notify: NotifySettings::default(),
+            outbox: OutboxSettings::default(),
             links: Vec::new(),
             relays: Vec::new(),
             users: vec![User {

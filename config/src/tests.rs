@@ -184,6 +184,9 @@ fn starter_config_options_are_valid_when_uncommented() {
         "max",
         "lifetime",
         "refusal_memory",
+        "max_message_size",
+        "keep_sent",
+        "keep_sent_size",
         "name",
         "match",
         "metered",
@@ -323,6 +326,68 @@ fn load_reads_the_file_and_resolves_ca_file_against_its_directory() {
     }
 }
 
+#[test]
+fn load_refuses_a_fifo_at_once_instead_of_waiting_for_a_writer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("config.toml");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .expect("mkfifo");
+    // Without a writer, a blocking open of a FIFO never returns: run it on a thread.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = path.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(Config::load(&p).map_err(|e| e.to_string()));
+    });
+    let result = rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("Config::load returned within 5 s");
+    let e = result.expect_err("a FIFO is no config");
+    assert!(e.contains("not a regular file"), "{e}");
+    assert!(e.contains("config.toml"), "{e}");
+}
+
+#[test]
+fn load_refuses_a_directory_and_a_huge_file_without_reading_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = Config::load(dir.path()).expect_err("a directory is no config");
+    assert!(e.to_string().contains("not a regular file"), "{e}");
+    let path = dir.path().join("config.toml");
+    let f = std::fs::File::create(&path).expect("create");
+    // Sparse: 64 GiB claimed, nothing written.
+    f.set_len(64 << 30).expect("set_len");
+    let e = Config::load(&path).expect_err("64 GiB is no config");
+    assert!(e.to_string().contains("larger than"), "{e}");
+}
+
+#[test]
+fn invalid_utf8_is_reported_at_its_line_and_column() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        b"[agent]\ndebounce = \"3\xff0ms\"\n[[user]]\nname = \"u\"\n",
+    )
+    .expect("write");
+    match Config::load(&path) {
+        Err(ConfigError::Invalid(d)) => {
+            assert_eq!(d.0.len(), 1, "{d}");
+            assert_eq!((d.0[0].line, d.0[0].col), (2, 14), "{d}");
+            assert!(d.0[0].message.contains("UTF-8"), "{d}");
+            assert!(
+                d.to_string()
+                    .starts_with(&format!("{}:2:14: error: ", path.display()))
+            );
+        }
+        other => panic!("expected diagnostics, got {other:?}"),
+    }
+}
+
 // ---- validation, rule by rule ---------------------------------------------------------------
 
 #[test]
@@ -442,7 +507,7 @@ fn unknown_keys_everywhere_are_all_reported() {
     assert_eq!(d[0].message, "unknown key `colour` in the top level");
     assert_eq!(
         d[0].help.as_deref(),
-        Some("valid keys are `agent`, `retry`, `notify`, `link`, `relay`, `user`")
+        Some("valid keys are `agent`, `retry`, `notify`, `outbox`, `link`, `relay`, `user`")
     );
     assert_eq!(d[1].message, "unknown key `sorce` in [agent]");
     assert_eq!(
@@ -775,6 +840,47 @@ fn durations() {
 }
 
 #[test]
+fn the_message_size_limit_is_a_number_of_bytes_above_zero() {
+    let c = parse(&doc(&["[outbox]", "max_message_size = 1000", USER]));
+    assert_eq!(c.outbox.max_message_size, 1000);
+    assert_eq!(
+        parse(USER).outbox.max_message_size,
+        OutboxSettings::DEFAULT_MAX_MESSAGE_SIZE
+    );
+    for bad in ["0", "-1", "\"50MB\""] {
+        let d = diags(&doc(&[
+            "[outbox]",
+            &format!("max_message_size = {bad}"),
+            USER,
+        ]));
+        assert_eq!(d.len(), 1, "{bad}: {}", Diagnostics(d.clone()));
+        assert_eq!((d[0].line, d[0].col), (2, 20), "{bad}");
+    }
+}
+
+#[test]
+fn sent_mail_is_kept_three_days_and_100_mib_unless_the_config_says() {
+    let c = parse(USER);
+    assert_eq!(c.outbox.keep_sent, Duration::from_secs(3 * 86_400));
+    assert_eq!(c.outbox.keep_sent_size, 100 << 20);
+    let c = parse(&doc(&[
+        "[outbox]",
+        r#"keep_sent = "0s""#,
+        "keep_sent_size = 0",
+        USER,
+    ]));
+    assert_eq!(
+        (c.outbox.keep_sent, c.outbox.keep_sent_size),
+        (Duration::ZERO, 0)
+    );
+    let (line, col, message, _) = one(&doc(&["[outbox]", "keep_sent_size = -1", USER]));
+    assert_eq!((line, col), (2, 18));
+    assert!(message.contains("keep_sent_size"), "{message}");
+    let (line, col, _, _) = one(&doc(&["[outbox]", r#"keep_sent = "a week""#, USER]));
+    assert_eq!((line, col), (2, 13));
+}
+
+#[test]
 fn retry_max_must_not_be_less_than_min() {
     let (line, col, message, help) =
         one(&doc(&["[retry]", r#"min = "10m""#, r#"max = "5m""#, USER]));
@@ -785,6 +891,16 @@ fn retry_max_must_not_be_less_than_min() {
     let (line, col, message, _) = one(&doc(&["[retry]", r#"min = "2h""#, USER]));
     assert_eq!((line, col), (2, 7));
     assert_eq!(message, "`min` (2h) is more than `max` (1h, the default)");
+}
+
+#[test]
+fn a_zero_min_is_its_only_error_even_with_a_max_below_the_default_min() {
+    let (line, col, message, _) = one(&doc(&["[retry]", r#"min = "0s""#, r#"max = "1m""#, USER]));
+    assert_eq!((line, col), (2, 7));
+    assert_eq!(message, "`min` in [retry] must be more than 0");
+    let (line, col, message, _) = one(&doc(&["[retry]", r#"min = "2h""#, r#"max = "0s""#, USER]));
+    assert_eq!((line, col), (3, 7));
+    assert_eq!(message, "`max` in [retry] must be more than 0");
 }
 
 #[test]

@@ -33,6 +33,12 @@ pub enum OutboxError {
     /// white space or control characters).
     #[error("bad envelope: {0}")]
     BadEnvelope(String),
+    /// The message is larger than the outbox takes ([`crate::Limits::max_message_size`]).
+    #[error("the message is larger than the {max} bytes of [outbox] max_message_size")]
+    TooLarge {
+        /// The limit, in bytes.
+        max: u64,
+    },
     /// A system call failed.
     #[error("{context}: {source}")]
     Io {

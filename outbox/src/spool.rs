@@ -27,14 +27,14 @@
 //! the reason, like any unusable input, and the drain goes on at the next record header.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
 use rustix::fs::{FileType, FlockOperation, Mode, OFlags};
 
 use crate::error::OutboxError;
-use crate::fsutil::{FILE_MODE, read_file};
+use crate::fsutil::FILE_MODE;
 use crate::id::validate_id;
 use crate::outbox::{INCOMING, Outbox};
 
@@ -48,24 +48,32 @@ const HEADER: &[u8] = b"linkrelay-spool 1 ";
 /// The longest header line read (id, length and CRC fit well within it).
 const HEADER_MAX: usize = 256;
 
-/// What a spool's bytes hold, in order.
+/// What a spool holds, in order.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Item<'a> {
+pub(crate) enum Item {
     /// A complete record.
     Record {
         /// The message's id, chosen by the submitter.
-        id: &'a str,
+        id: String,
         /// The envelope line and the message.
-        payload: &'a [u8],
+        payload: Vec<u8>,
     },
     /// Bytes that are no complete record, up to the next record header (or the end).
     Garbage {
-        /// The bytes.
-        bytes: &'a [u8],
+        /// The first [`GARBAGE_SAMPLE`] bytes of them, kept in `failed/` for a look.
+        sample: Vec<u8>,
+        /// How many bytes they are.
+        len: u64,
         /// Why they are not a record.
         reason: String,
     },
 }
+
+/// How much of a run of garbage is kept: enough to see what it was.
+pub(crate) const GARBAGE_SAMPLE: usize = 64 * 1024;
+
+/// Bytes looked at at once while searching for the next record header.
+const SCAN_CHUNK: usize = 64 * 1024;
 
 /// The bytes of one record for message `id`.
 pub(crate) fn encode(id: &str, payload: &[u8]) -> Vec<u8> {
@@ -82,31 +90,206 @@ pub(crate) fn encode(id: &str, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Splits a spool's bytes into records and garbage.
-pub(crate) fn items(bytes: &[u8]) -> Vec<Item<'_>> {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < bytes.len() {
-        match record_at(&bytes[pos..]) {
-            Ok((id, payload, len)) => {
-                out.push(Item::Record { id, payload });
-                pos += len;
-            }
-            Err(reason) => {
-                let next = find(&bytes[pos + 1..], HEADER).map_or(bytes.len(), |i| pos + 1 + i);
-                out.push(Item::Garbage {
-                    bytes: &bytes[pos..next],
-                    reason,
-                });
-                pos = next;
-            }
-        }
+/// Random access to a spool's bytes: the spool file, or (in tests) a slice.
+pub(crate) trait Bytes {
+    /// How many bytes there are.
+    fn size(&self) -> u64;
+    /// Reads at `offset` into `buf` until it is full or the bytes end; how many were read.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+    /// The first offset at or after `offset` that is not in a hole (a sparse file's
+    /// unwritten range reads as zeros, which hold no record header): `size()` when none is.
+    fn data_from(&self, offset: u64) -> u64 {
+        offset
     }
-    out
 }
 
-/// The record at the start of `bytes`: its id, its payload, and its whole length.
-fn record_at(bytes: &[u8]) -> Result<(&str, &[u8], usize), String> {
+impl Bytes for [u8] {
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.len());
+        let n = buf.len().min(self.len() - start);
+        buf[..n].copy_from_slice(&self[start..start + n]);
+        Ok(n)
+    }
+}
+
+/// The spool file, with the size it had when opened: what is appended later is the next
+/// round's (a drain holds the lock, so nothing is).
+pub(crate) struct SpoolFile {
+    file: File,
+    size: u64,
+}
+
+impl SpoolFile {
+    fn new(file: File) -> io::Result<SpoolFile> {
+        let size = file.metadata()?.len();
+        Ok(SpoolFile { file, size })
+    }
+}
+
+impl Bytes for SpoolFile {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+
+    fn data_from(&self, offset: u64) -> u64 {
+        match rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Data(offset)) {
+            Ok(at) => at.max(offset),
+            // ENXIO: only a hole from here to the end.
+            Err(rustix::io::Errno::NXIO) => self.size,
+            // A file system without SEEK_DATA: look at every byte.
+            Err(_) => offset,
+        }
+    }
+}
+
+/// What is at a position of a spool: a record (its id, its payload and its whole length), or
+/// why there is none.
+type Found = Result<(String, Vec<u8>, u64), String>;
+
+/// The records and garbage of a spool, one at a time: at most one record (of at most
+/// `max_record` bytes) or one garbage sample is in memory, whatever the spool's size.
+pub(crate) struct Items<'a, B: Bytes + ?Sized> {
+    bytes: &'a B,
+    pos: u64,
+    max_record: u64,
+    failed: bool,
+}
+
+/// Walks the records and garbage of `bytes`; a record claiming more than `max_record` bytes
+/// is garbage.
+pub(crate) fn items<B: Bytes + ?Sized>(bytes: &B, max_record: u64) -> Items<'_, B> {
+    Items {
+        bytes,
+        pos: 0,
+        max_record,
+        failed: false,
+    }
+}
+
+impl<B: Bytes + ?Sized> Iterator for Items<'_, B> {
+    type Item = io::Result<Item>;
+
+    fn next(&mut self) -> Option<io::Result<Item>> {
+        if self.failed || self.pos >= self.bytes.size() {
+            return None;
+        }
+        let item = self.item_at_pos();
+        self.failed = item.is_err();
+        Some(item)
+    }
+}
+
+impl<B: Bytes + ?Sized> Items<'_, B> {
+    fn item_at_pos(&mut self) -> io::Result<Item> {
+        let reason = match self.record_at(self.pos)? {
+            Ok((id, payload, len)) => {
+                self.pos += len;
+                return Ok(Item::Record { id, payload });
+            }
+            Err(reason) => reason,
+        };
+        let start = self.pos;
+        let next = self.next_header(start + 1)?;
+        let len = next - start;
+        let mut sample = vec![
+            0;
+            usize::try_from(len)
+                .unwrap_or(usize::MAX)
+                .min(GARBAGE_SAMPLE)
+        ];
+        let n = self.bytes.read_at(&mut sample, start)?;
+        sample.truncate(n);
+        self.pos = next;
+        Ok(Item::Garbage {
+            sample,
+            len,
+            reason,
+        })
+    }
+
+    /// The record at `pos`: its id, its payload and its whole length; `Err` (the inner one)
+    /// says why there is none.
+    fn record_at(&self, pos: u64) -> io::Result<Found> {
+        let mut head = [0; HEADER.len() + HEADER_MAX];
+        let n = self.bytes.read_at(&mut head, pos)?;
+        let (id, len, crc, start) = match parse_header(&head[..n]) {
+            Ok(h) => h,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        if len > self.max_record {
+            return Ok(Err(format!(
+                "record {id} claims {len} bytes, more than the {} a submitted message may have",
+                self.max_record
+            )));
+        }
+        // Checked before anything is allocated: a torn record may claim more than is there.
+        if pos + start + len > self.bytes.size() {
+            return Ok(Err(format!(
+                "record {id} is cut short (a writer stopped in the middle)"
+            )));
+        }
+        let mut payload = vec![0; usize::try_from(len).unwrap_or(usize::MAX)];
+        let got = self.bytes.read_at(&mut payload, pos + start)?;
+        if got as u64 != len {
+            return Ok(Err(format!(
+                "record {id} is cut short (a writer stopped in the middle)"
+            )));
+        }
+        if crc32fast::hash(&payload) != crc {
+            return Ok(Err(format!("record {id} does not match its checksum")));
+        }
+        Ok(Ok((id, payload, start + len)))
+    }
+
+    /// The offset of the next record header at or after `from`, or the end. Holes are
+    /// skipped without reading them.
+    fn next_header(&self, from: u64) -> io::Result<u64> {
+        let size = self.bytes.size();
+        let mut chunk = vec![0; SCAN_CHUNK];
+        let mut at = from;
+        while at < size {
+            at = self.bytes.data_from(at);
+            if at >= size {
+                break;
+            }
+            let n = self.bytes.read_at(&mut chunk, at)?;
+            if n == 0 {
+                break;
+            }
+            if let Some(i) = find(&chunk[..n], HEADER) {
+                return Ok(at + i as u64);
+            }
+            // A header may straddle the chunk's end: look at its last bytes again.
+            let step = n.saturating_sub(HEADER.len() - 1).max(1);
+            at += step as u64;
+        }
+        Ok(size)
+    }
+}
+
+/// Parses the record header at the start of `bytes`: id, payload length, CRC and where the
+/// payload starts.
+fn parse_header(bytes: &[u8]) -> Result<(String, u64, u32, u64), String> {
     let rest = bytes
         .strip_prefix(HEADER)
         .ok_or("no record header where one should start")?;
@@ -123,20 +306,12 @@ fn record_at(bytes: &[u8]) -> Result<(&str, &[u8], usize), String> {
         return Err(format!("a malformed record header {line:?}"));
     };
     validate_id(id).map_err(|e| format!("a record header with a bad id: {e}"))?;
-    let len: usize = len
+    let len: u64 = len
         .parse()
         .map_err(|_| format!("a record header with a bad length {len:?}"))?;
     let crc = u32::from_str_radix(crc, 16)
         .map_err(|_| format!("a record header with a bad checksum {crc:?}"))?;
-    let start = HEADER.len() + end + 1;
-    let payload = bytes
-        .get(start..)
-        .and_then(|b| b.get(..len))
-        .ok_or_else(|| format!("record {id} is cut short (a writer stopped in the middle)"))?;
-    if crc32fast::hash(payload) != crc {
-        return Err(format!("record {id} does not match its checksum"));
-    }
-    Ok((id, payload, start + len))
+    Ok((id.to_owned(), len, crc, (HEADER.len() + end + 1) as u64))
 }
 
 /// Where `needle` first occurs in `hay`.
@@ -179,21 +354,20 @@ fn size(outbox: &Outbox) -> u64 {
     std::fs::symlink_metadata(outbox.spool_path()).map_or(0, |m| m.len())
 }
 
-/// A drained spool, still locked: emptied by [`Drain::finish`] once what was taken from it
+/// A spool being drained, locked: emptied by [`Drain::finish`] once what was taken from it
 /// is durable.
 pub(crate) struct Drain {
     outbox: Outbox,
     /// Open for reading only: closing a file opened for writing is what wakes the agent's
     /// watch (`IN_CLOSE_WRITE`), and a round that cannot take everything in (a full disk)
     /// would then wake itself again at once, for as long as the disk stays full.
-    file: File,
-    bytes: Vec<u8>,
+    spool: SpoolFile,
 }
 
 impl Drain {
-    /// The records and garbage drained.
-    pub(crate) fn items(&self) -> Vec<Item<'_>> {
-        items(&self.bytes)
+    /// The records and garbage to drain, one at a time.
+    pub(crate) fn items(&self) -> Items<'_, SpoolFile> {
+        items(&self.spool, self.outbox.limits().max_submission())
     }
 
     /// Empties the spool (no sync needed: a record that comes back after a crash has its id
@@ -210,7 +384,7 @@ impl Drain {
             return Ok(());
         };
         let (a, b) = (
-            rustix::fs::fstat(&self.file).map_err(|e| ctx(e.into()))?,
+            rustix::fs::fstat(&self.spool.file).map_err(|e| ctx(e.into()))?,
             rustix::fs::fstat(&writable).map_err(|e| ctx(e.into()))?,
         );
         if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino) {
@@ -266,32 +440,43 @@ impl Outbox {
         Ok(true)
     }
 
-    /// Locks and reads the spool for draining; `None` when it is missing or empty (checked
-    /// first with a `stat`: the agent asks after every arrival, and it is mostly empty).
+    /// Locks the spool for draining; `None` when it is missing or empty (checked first with
+    /// a `stat`: the agent asks after every arrival, and it is mostly empty).
     pub(crate) fn drain_spool(&self) -> Result<Option<Drain>, OutboxError> {
         if size(self) == 0 {
             return Ok(None);
         }
-        let Some(mut file) = open(self, OFlags::RDONLY)? else {
+        let Some(file) = open(self, OFlags::RDONLY)? else {
             return Ok(None);
         };
         lock(self, &file)?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
+        let spool = SpoolFile::new(file)
             .map_err(|e| OutboxError::io(format!("reading {}", self.spool_path().display()), e))?;
         Ok(Some(Drain {
             outbox: self.clone(),
-            file,
-            bytes,
+            spool,
         }))
     }
 
-    /// The spool's bytes as they are now, read without the lock (for listings: a record
-    /// being written does not check out and is skipped). Empty when there is no spool.
-    pub(crate) fn peek_spool(&self) -> Vec<u8> {
+    /// The records of the spool as it is now, read without the lock (for listings: a
+    /// record being written does not check out and is skipped), one at a time, each given
+    /// to `f`. Nothing when there is no spool or it cannot be read.
+    pub(crate) fn peek_spool(&self, mut f: impl FnMut(&str, &[u8])) {
         if size(self) == 0 {
-            return Vec::new();
+            return;
         }
-        read_file(&self.spool_path()).unwrap_or_default()
+        let Ok(Some(file)) = open(self, OFlags::RDONLY) else {
+            return;
+        };
+        let Ok(spool) = SpoolFile::new(file) else {
+            return;
+        };
+        for item in items(&spool, self.limits().max_submission()) {
+            match item {
+                Ok(Item::Record { id, payload }) => f(&id, &payload),
+                Ok(Item::Garbage { .. }) => {}
+                Err(_) => return,
+            }
+        }
     }
 }

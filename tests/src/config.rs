@@ -57,6 +57,12 @@ impl From<u16> for Value {
     }
 }
 
+impl From<u64> for Value {
+    fn from(n: u64) -> Value {
+        Value(n.to_string())
+    }
+}
+
 impl From<bool> for Value {
     fn from(b: bool) -> Value {
         Value(b.to_string())
@@ -144,12 +150,13 @@ impl Entries {
     }
 }
 
-/// A whole config file: `[agent]`, `[retry]`, then the links, relays and users in the order
+/// A whole config file: `[agent]`, `[retry]`, `[outbox]`, then the links, relays and users in the order
 /// they were added. Its [`Display`](fmt::Display) is the TOML text.
 #[derive(Debug, Clone, Default)]
 pub struct Config {
     agent: Entries,
     retry: Entries,
+    outbox: Entries,
     links: Vec<Link>,
     relays: Vec<Relay>,
     users: Vec<User>,
@@ -170,6 +177,12 @@ impl Config {
     /// Sets `key` in `[retry]` (`min`, `max`, `lifetime`, `refusal_memory`).
     pub fn retry(mut self, key: &str, value: impl Into<Value>) -> Config {
         self.retry.set(key, value);
+        self
+    }
+
+    /// Sets `key` in `[outbox]` (`max_message_size`, `keep_sent`, `keep_sent_size`).
+    pub fn outbox(mut self, key: &str, value: impl Into<Value>) -> Config {
+        self.outbox.set(key, value);
         self
     }
 
@@ -194,7 +207,11 @@ impl Config {
 
 impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (header, table) in [("[agent]", &self.agent), ("[retry]", &self.retry)] {
+        for (header, table) in [
+            ("[agent]", &self.agent),
+            ("[retry]", &self.retry),
+            ("[outbox]", &self.outbox),
+        ] {
             if !table.is_empty() {
                 table.write(f, header)?;
             }
