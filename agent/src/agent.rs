@@ -7,14 +7,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use linkrelay_config::{Config, ConfigError, UserName};
+use linkrelay_dbus::address;
 use linkrelay_dbus::agent::{
-    AGENT_BUS_NAME, AGENT_PATH, AgentError, FlushResult, OverrideInfo, QueueCount, RouteInfo,
+    AGENT_BUS_NAME, AGENT_PATH, AgentError, FlushResult, OverrideInfo, PruneResult, QueueCount,
+    RouteInfo,
 };
-use linkrelay_outbox::{Counts, Folder, Outbox, OutboxError};
+use linkrelay_outbox::{AgentLock, Counts, Limits, LockError, Outbox, OutboxError, Owner};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 use zbus::object_server::InterfaceRef;
 
 use crate::clock::now;
@@ -25,8 +27,9 @@ use crate::delivery::memory::{LinkKey, RelayMemory};
 use crate::lifecycle;
 use crate::router::{self, Override, Route, Routing};
 use crate::service::interface::{AgentInterface, Command, Published, Reply};
-use crate::service::listing::{Listing, map_outbox_err};
+use crate::service::listing::{ListedUser, Listing, map_outbox_err};
 use crate::service::notify::Notifier;
+use crate::service::prune;
 use crate::source::link::{LinkState, link_property};
 
 /// Errors that stop the agent.
@@ -38,14 +41,14 @@ pub enum RunError {
     /// Another agent owns the name.
     #[error("another linkrelayd already owns {0} on this bus")]
     AlreadyRunning(String),
-    /// An outbox cannot be opened.
-    #[error("outbox of user {user}: {source}")]
-    Outbox {
-        /// User.
-        user: String,
-        /// Cause.
-        source: OutboxError,
-    },
+    /// The data directory (or its lock) cannot be made.
+    #[error("data directory: {0}")]
+    DataDir(OutboxError),
+    /// Another agent holds the data directory (its outboxes): this one gives way.
+    #[error(
+        "{0}; this one exits (one agent per data directory: two would send mail twice). `linkrelay` and `sendmail` work with the one that runs"
+    )]
+    DataDirBusy(LockError),
     /// The connection to the bus broke (the session ended, the bus daemon went away).
     #[error("lost the connection to the bus it serves on")]
     BusLost,
@@ -89,6 +92,11 @@ struct Agent {
     ovr: Option<(Override, u64)>,
     routing: Routing,
     flushers: BTreeMap<UserName, UserSlot>,
+    /// Users whose outbox cannot be used, with why: they have no flusher, their route holds
+    /// their mail with that reason, and the others run.
+    held: BTreeMap<UserName, String>,
+    /// The open-files limit in force (raised to the hard one at start); `None`: unlimited.
+    fd_limit: Option<u64>,
     counts: BTreeMap<UserName, Counts>,
     next_due: BTreeMap<UserName, u64>,
     memory: Arc<Mutex<RelayMemory>>,
@@ -100,13 +108,30 @@ struct Agent {
     notifier: Notifier,
     /// The SMTP submission listener, once the agent owns its bus name.
     listener: Option<crate::submission::Listener>,
+    prunes: Prunes,
+}
+
+/// Where pruning of sent mail stands (see [`crate::service::prune`]).
+struct Prunes {
+    /// When to prune next (unix seconds); `None` while one runs, or when nothing is kept.
+    at: Option<u64>,
+    /// When the last prune started.
+    last: u64,
+    /// Mail was sent since the last prune started.
+    sent_since: bool,
+    /// Where prunes report to the loop.
+    done: mpsc::UnboundedSender<Vec<prune::Report>>,
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
+    // First of all: no outbox is touched while another agent holds them.
+    let _lock = take_data_dir(&opts)?;
+    let fd_limit = lifecycle::raise_fd_limit();
     let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
     let (events_tx, mut events_rx) = mpsc::unbounded_channel();
     let (drops_tx, mut drops_rx) = mpsc::unbounded_channel::<UserName>();
+    let (prunes_tx, mut prunes_rx) = mpsc::unbounded_channel();
     let published = Arc::new(Mutex::new(Published::default()));
 
     let builder = match opts.bus {
@@ -149,6 +174,8 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
             routes: BTreeMap::new(),
         },
         flushers: BTreeMap::new(),
+        held: BTreeMap::new(),
+        fd_limit,
         counts: BTreeMap::new(),
         next_due: BTreeMap::new(),
         memory: Arc::new(Mutex::new(memory)),
@@ -159,8 +186,15 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
         iface,
         notifier,
         listener: None,
+        // Once at start-up: mail may have aged while the agent was down.
+        prunes: Prunes {
+            at: Some(now()),
+            last: 0,
+            sent_since: false,
+            done: prunes_tx,
+        },
     };
-    agent.sync_flushers()?;
+    agent.sync_flushers();
 
     // Wait briefly for the link source's first reading so the first published state is real.
     let _ = tokio::time::timeout(Duration::from_secs(2), link_rx.changed()).await;
@@ -239,6 +273,7 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
             }
             Some(cmd) = cmd_rx.recv() => agent.on_command(cmd).await,
             Some(ev) = events_rx.recv() => agent.on_flush_event(ev).await,
+            Some(reports) = prunes_rx.recv() => agent.on_pruned(reports).await,
             Some(user) = drops_rx.recv() => {
                 if let Some(f) = agent.flushers.get(&user) {
                     f.handle.arrived.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -268,6 +303,23 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
     Ok(())
 }
 
+/// Takes the lock of the data directory for this process, saying where it serves.
+fn take_data_dir(opts: &Options) -> Result<AgentLock, RunError> {
+    let (bus, address) = match opts.bus {
+        ServeBus::Session => ("session", address::session_bus_address()),
+        ServeBus::System => ("system", address::system_bus_address()),
+    };
+    let owner = Owner {
+        pid: std::process::id(),
+        bus: bus.into(),
+        address,
+    };
+    AgentLock::take(&opts.data_dir, &owner).map_err(|e| match e {
+        e @ LockError::Held { .. } => RunError::DataDirBusy(e),
+        LockError::Outbox(e) => RunError::DataDir(e),
+    })
+}
+
 async fn sleep_until_unix(at: Option<u64>) {
     let Some(at) = at else {
         std::future::pending::<()>().await;
@@ -287,7 +339,15 @@ impl Agent {
                 .map(|r| (r.name.clone(), r.clone()))
                 .collect(),
             retry: self.config.retry,
+            limits: self.outbox_limits(),
         })
+    }
+
+    /// What the outboxes read at most, from `[outbox]`.
+    fn outbox_limits(&self) -> Limits {
+        Limits {
+            max_message_size: self.config.outbox.max_message_size,
+        }
     }
 
     fn user_route(&self, user: &str) -> UserRoute {
@@ -307,52 +367,31 @@ impl Agent {
         UserRoute { link, route }
     }
 
-    /// Starts flushers for new users, stops those of removed users, updates settings.
-    fn sync_flushers(&mut self) -> Result<(), RunError> {
+    /// Starts flushers for new users (and for held ones whose outbox can be used now), stops
+    /// those of removed users, updates settings. A user whose outbox cannot be used is held
+    /// ([`Agent::hold`]); the others run.
+    fn sync_flushers(&mut self) {
         let settings = self.settings();
         let users: Vec<UserName> = self.config.users.iter().map(|u| u.name.clone()).collect();
+        self.say_how_many_fit(users.len() as u64);
         self.flushers.retain(|name, _| users.contains(name));
+        self.held.retain(|name, _| users.contains(name));
         self.counts.retain(|name, _| users.contains(name));
+        let limits = self.outbox_limits();
         for name in users {
-            if let Some(f) = self.flushers.get(&name) {
+            if let Some(f) = self.flushers.get_mut(&name) {
                 let _ = f.handle.settings.send(settings.clone());
+                f.outbox = f.outbox.clone().with_limits(limits);
                 continue;
             }
-            let outbox = Outbox::open(&self.opts.data_dir.join(&name)).map_err(|source| {
-                RunError::Outbox {
-                    user: name.to_string(),
-                    source,
-                }
-            })?;
-            if let Err(e) = outbox.recover() {
-                warn!(user = %name, error = %e, "outbox recovery");
-            }
-            // Before anything lists the queue: the replay may move messages.
-            let journal = match outbox.open_journal() {
-                Ok((journal, replayed)) => {
-                    if replayed.applied > 0 || replayed.torn > 0 {
-                        info!(user = %name, records = replayed.records, applied = replayed.applied, torn = replayed.torn, "outcome journal replayed");
+            match self.start_flusher(&name, &settings) {
+                Ok(()) => {
+                    if self.held.remove(&name).is_some() {
+                        info!(user = %name, "the outbox can be used again");
                     }
-                    Some(journal)
                 }
-                Err(e) => {
-                    warn!(user = %name, error = %e, "cannot use the outcome journal; recording each outcome with fsyncs instead");
-                    None
-                }
-            };
-            if let Ok(c) = outbox.counts() {
-                self.counts.insert(name.clone(), c);
+                Err(e) => self.hold(&name, &e),
             }
-            let handle = flusher::spawn(
-                name.clone(),
-                outbox.clone(),
-                journal,
-                self.user_route(&name),
-                settings.clone(),
-                self.memory.clone(),
-                self.events_tx.clone(),
-            );
-            self.flushers.insert(name, UserSlot { handle, outbox });
         }
         // (Re)watch every user's new/ for files dropped by mail clients, incoming/ for what
         // `linkrelay sendmail` submits, and queue/ for what it queues when it finds no agent
@@ -373,7 +412,128 @@ impl Agent {
                 warn!("cannot watch the outboxes ({e}); new mail waits for the next flush")
             }
         }
+    }
+
+    /// Says at start (and reload) how many users can send at once under the open-files
+    /// limit: a warning when some cannot, and what to do.
+    fn say_how_many_fit(&self, users: u64) {
+        let Some(limit) = self.fd_limit else {
+            info!(users, "open files: no limit");
+            return;
+        };
+        let fit = lifecycle::users_sending_at_once(limit);
+        if users <= fit {
+            info!(
+                users,
+                limit, "open files: up to {fit} users can send at once"
+            );
+        } else {
+            warn!(
+                "{users} users, but the open-files limit of {limit} lets only about {fit} send at once \
+                 ({} descriptors each while sending; none while idle): the others' mail waits and is \
+                 retried. Raise the limit (`ulimit -Hn`, or LimitNOFILE= in the unit).",
+                lifecycle::FDS_PER_SENDING_USER
+            );
+        }
+    }
+
+    /// Opens `user`'s outbox (replaying its journal) and starts its flusher.
+    fn start_flusher(
+        &mut self,
+        user: &UserName,
+        settings: &Arc<FlushSettings>,
+    ) -> Result<(), OutboxError> {
+        let outbox =
+            Outbox::open(&self.opts.data_dir.join(user))?.with_limits(self.outbox_limits());
+        if let Err(e) = outbox.recover() {
+            warn!(%user, error = %e, "outbox recovery");
+        }
+        // Before anything lists the queue: the replay may move messages.
+        let journal = match outbox.open_journal() {
+            Ok((journal, replayed)) => {
+                if let Some(size) = replayed.set_aside {
+                    self.journal_set_aside(user, size);
+                }
+                if replayed.applied > 0 || replayed.torn > 0 {
+                    info!(%user, records = replayed.records, applied = replayed.applied, torn = replayed.torn, "outcome journal replayed");
+                }
+                Some(journal)
+            }
+            Err(e) => {
+                warn!(%user, error = %e, "cannot use the outcome journal; recording each outcome with fsyncs instead");
+                None
+            }
+        };
+        if let Ok(c) = outbox.counts() {
+            self.counts.insert(user.clone(), c);
+        }
+        let handle = flusher::spawn(
+            user.clone(),
+            outbox.clone(),
+            journal,
+            self.user_route(user),
+            settings.clone(),
+            self.memory.clone(),
+            self.events_tx.clone(),
+        );
+        self.flushers
+            .insert(user.clone(), UserSlot { handle, outbox });
         Ok(())
+    }
+
+    /// Holds `user`, whose outbox cannot be used: logged and notified (once per reason), and
+    /// shown as the user's route.
+    fn hold(&mut self, user: &UserName, e: &OutboxError) {
+        let why = format!("its outbox cannot be used: {e}");
+        if self.held.get(user) == Some(&why) {
+            return;
+        }
+        let advice = format!(
+            "Mail from {user} is held meanwhile; the other users' mail goes on. Fix it, then `linkrelay reload`."
+        );
+        warn!(%user, "{why}. {advice}");
+        self.notifier
+            .problem(user, &format!("Its outbox cannot be used: {e}."), &advice);
+        self.held.insert(user.clone(), why);
+    }
+
+    /// The error for a command about `user`, who has no flusher: held (and why), or unknown.
+    fn no_flusher(&self, user: &str) -> AgentError {
+        match self.held.get(user) {
+            Some(why) => AgentError::Io(format!("{user}: {why}")),
+            None => AgentError::UnknownUser(format!("no user named {user:?}")),
+        }
+    }
+
+    /// Whether the outboxes of the users `config` adds can be used; every problem, if not.
+    fn new_outboxes_usable(&self, config: &Config) -> Result<(), String> {
+        let problems: Vec<String> = config
+            .users
+            .iter()
+            .map(|u| u.name.as_str())
+            .filter(|u| !self.flushers.contains_key(*u) && !self.held.contains_key(*u))
+            .filter_map(|u| {
+                let e = Outbox::open(&self.opts.data_dir.join(u)).err()?;
+                Some(format!("user {u}: its outbox cannot be used: {e}"))
+            })
+            .collect();
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "the config is not applied (the running one stays): {}",
+            problems.join("; ")
+        ))
+    }
+
+    /// Reports a journal too large to replay, which the outbox set aside.
+    fn journal_set_aside(&self, user: &str, size: u64) {
+        let what = format!(
+            "Its outcome journal was {size} bytes, too large to be one linkrelayd wrote, and was set aside as journal.oversized."
+        );
+        let advice = "Mail sent just before linkrelayd last stopped may go out once more. Delete journal.oversized once you have looked at it.";
+        warn!(%user, size, "{what} {advice}");
+        self.notifier.problem(user, &what, advice);
     }
 
     fn override_now(&mut self) -> Option<Override> {
@@ -391,7 +551,11 @@ impl Agent {
     /// reset) and out as RouteChanged.
     async fn reroute(&mut self) {
         let ovr = self.override_now();
-        let routing = router::route(&self.config, &self.link, ovr.as_ref());
+        let mut routing = router::route(&self.config, &self.link, ovr.as_ref());
+        for (user, why) in &self.held {
+            let reason = format!("{why}; fix it, then `linkrelay reload`");
+            routing.routes.insert(user.clone(), Route::Hold { reason });
+        }
         let old = std::mem::replace(&mut self.routing, routing);
         let link_changed = old.link_name != self.routing.link_name;
         let emitter = self.iface.signal_emitter().clone();
@@ -525,16 +689,16 @@ impl Agent {
     }
 
     fn next_wake(&self) -> Option<u64> {
-        let due = self.next_due.values().copied().min();
+        let due = self.next_due.values().copied();
         let ovr = self.ovr.as_ref().map(|(_, e)| *e).filter(|e| *e != 0);
-        match (due, ovr) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        due.chain(ovr).chain(self.prunes.at).min()
     }
 
     async fn on_timer(&mut self) {
         let t = now();
+        if self.prunes.at.is_some_and(|at| at <= t) {
+            self.prune("", None);
+        }
         if self.ovr.as_ref().is_some_and(|(_, e)| *e != 0 && *e <= t) {
             self.reroute().await;
         }
@@ -561,6 +725,7 @@ impl Agent {
                 relay,
                 reply,
             } => {
+                self.mail_sent();
                 let _ = AgentInterface::message_sent(&e, &user, &id, &relay, &reply).await;
             }
             FlushEvent::Deferred {
@@ -628,7 +793,7 @@ impl Agent {
                     }
                     Ok(())
                 } else {
-                    Err(AgentError::UnknownUser(format!("no user named {user:?}")))
+                    Err(self.no_flusher(&user))
                 };
                 let _ = reply.send(r);
             }
@@ -665,6 +830,7 @@ impl Agent {
                 }
                 let _ = reply.send(r);
             }
+            Command::Prune { user, reply } => self.prune(&user, Some(reply)),
             Command::Reload { reply } => {
                 let r = self.reload().await;
                 let _ = reply.send(r);
@@ -720,9 +886,7 @@ impl Agent {
         } else if self.flushers.contains_key(user) {
             vec![user.into()]
         } else {
-            let _ = reply.send(Err(AgentError::UnknownUser(format!(
-                "no user named {user:?}"
-            ))));
+            let _ = reply.send(Err(self.no_flusher(user)));
             return;
         };
         let mut waits = Vec::new();
@@ -765,6 +929,62 @@ impl Agent {
         });
     }
 
+    /// Starts a prune of `user`'s sent mail ("" = every user), off the loop; with `reply`,
+    /// for `linkrelay prune`.
+    fn prune(&mut self, user: &str, reply: Option<Reply<Vec<PruneResult>>>) {
+        if !user.is_empty() && !self.flushers.contains_key(user) {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(self.no_flusher(user)));
+            }
+            return;
+        }
+        let users = self
+            .flushers
+            .iter()
+            .filter(|(name, _)| user.is_empty() || *name == user)
+            .map(|(name, f)| (name.clone(), f.outbox.clone()))
+            .collect();
+        let t = now();
+        if user.is_empty() {
+            self.prunes.at = None;
+            self.prunes.last = t;
+            self.prunes.sent_since = false;
+        }
+        let outbox = self.config.outbox;
+        prune::Job {
+            users,
+            now: t,
+            keep: outbox.keep_sent,
+            keep_size: outbox.keep_sent_size,
+        }
+        .spawn(self.prunes.done.clone(), reply);
+    }
+
+    /// Mail went out: `sent/` may now be over its size; prune within the hour.
+    fn mail_sent(&mut self) {
+        self.prunes.sent_since = true;
+        let soon = prune::next_prune(self.prunes.last, None, true);
+        self.prunes.at = prune::earliest(self.prunes.at, soon);
+    }
+
+    /// A prune ended: new counts, and when to prune next.
+    async fn on_pruned(&mut self, reports: Vec<prune::Report>) {
+        let mut expiry = None;
+        for r in reports {
+            if let Some(c) = r.counts
+                && self.flushers.contains_key(&r.user)
+            {
+                self.counts.insert(r.user, c);
+            }
+            if let Ok(p) = r.result {
+                expiry = prune::earliest(expiry, p.next_expiry);
+            }
+        }
+        let next = prune::next_prune(self.prunes.last, expiry, self.prunes.sent_since);
+        self.prunes.at = prune::earliest(self.prunes.at, next);
+        self.publish_queue().await;
+    }
+
     fn find(&self, id: &str) -> Result<(UserName, Outbox), AgentError> {
         linkrelay_outbox::validate_id(id).map_err(map_outbox_err)?;
         // Take in what `linkrelay sendmail` handed over first (a stat each when nothing
@@ -777,29 +997,30 @@ impl Agent {
         }
         for (user, f) in &self.flushers {
             match f.outbox.locate(id) {
-                Ok(Some(Folder::Queue | Folder::Failed)) => {
-                    return Ok((user.clone(), f.outbox.clone()));
-                }
+                Ok(Some(_)) => return Ok((user.clone(), f.outbox.clone())),
                 Ok(_) => {}
                 Err(e) => return Err(map_outbox_err(e)),
             }
         }
-        Err(AgentError::UnknownId(format!(
-            "no queued or failed message with id {id}"
-        )))
+        Err(AgentError::UnknownId(format!("no message with id {id}")))
     }
 
     /// What a queue listing of `user` ("" = every user) walks; the walk happens off the loop
     /// ([`crate::service::listing`]).
     fn listing(&self, user: &str) -> Result<Listing, AgentError> {
         if !user.is_empty() && !self.flushers.contains_key(user) {
-            return Err(AgentError::UnknownUser(format!("no user named {user:?}")));
+            return Err(self.no_flusher(user));
         }
         let users = self
             .flushers
             .iter()
-            .filter(|(name, _)| user.is_empty() || **name == user)
-            .map(|(name, f)| (name.clone(), f.outbox.clone(), self.user_route(name)))
+            .filter(|(name, _)| user.is_empty() || *name == user)
+            .map(|(name, f)| ListedUser {
+                name: name.clone(),
+                outbox: f.outbox.clone(),
+                route: self.user_route(name),
+                no_space: f.handle.no_space.load(std::sync::atomic::Ordering::Relaxed),
+            })
             .collect();
         Ok(Listing {
             users,
@@ -814,7 +1035,13 @@ impl Agent {
                 "running on the embedded default config; there is no file to reload (write one with `linkrelay config init`)".into(),
             ));
         };
-        match Config::load(&path) {
+        match Config::load(&path).map_err(|e| match e {
+            ConfigError::Invalid(d) => d.to_string(),
+            other => other.to_string(),
+        }) {
+            Ok(config) if let Err(text) = self.new_outboxes_usable(&config) => {
+                self.reload_failed(text).await
+            }
             Ok(config) => {
                 info!(path = %path.display(), "config reloaded");
                 if config.agent.source != self.config.agent.source {
@@ -832,24 +1059,21 @@ impl Agent {
                         linkrelay_config::submission_socket_path(),
                     );
                 }
-                if let Err(e) = self.sync_flushers() {
-                    error!("after reload: {e}");
-                }
+                self.sync_flushers();
                 self.reroute().await;
                 self.publish_all().await;
                 Ok(())
             }
-            Err(e) => {
-                let text = match &e {
-                    ConfigError::Invalid(d) => d.to_string(),
-                    other => other.to_string(),
-                };
-                warn!("config reload failed; the running config stays:\n{text}");
-                self.config_error = Some(text.clone());
-                self.publish_all().await;
-                Err(AgentError::ConfigInvalid(text))
-            }
+            Err(text) => self.reload_failed(text).await,
         }
+    }
+
+    /// A reload that is not applied: the running config stays, and says why.
+    async fn reload_failed(&mut self, text: String) -> Result<(), AgentError> {
+        warn!("config reload failed; the running config stays:\n{text}");
+        self.config_error = Some(text.clone());
+        self.publish_all().await;
+        Err(AgentError::ConfigInvalid(text))
     }
 }
 

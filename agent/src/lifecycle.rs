@@ -11,6 +11,9 @@
 //!   (the session ended, the bus daemon died): an agent without its bus is of no use to anyone.
 //!
 //! Without `NOTIFY_SOCKET` (not started by systemd) every notification is a no-op.
+//!
+//! - [`raise_fd_limit`] raises the soft limit of open files to the hard one at start: a
+//!   desktop session gives 1024, and each user that sends holds a few descriptors.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -18,6 +21,38 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use sd_notify::NotifyState;
 use tracing::{debug, warn};
+
+/// Descriptors a user holds while it sends: its outcome journal, the relay's socket, a file
+/// of its outbox being read, and a listing's pipe. An idle user holds none.
+pub const FDS_PER_SENDING_USER: u64 = 4;
+/// Descriptors the agent needs besides the users': the buses, inotify, the runtime, logs.
+const FDS_BESIDES: u64 = 64;
+
+/// Raises the soft limit of open files to the hard one; the limit in force afterwards
+/// (`None`: unlimited). A failure leaves the limit as it was.
+pub fn raise_fd_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => {
+                debug!(from = ?limit.current, to = ?limit.maximum, "raised the open-files limit");
+                return limit.maximum;
+            }
+            Err(e) => warn!("cannot raise the open-files limit: {e}"),
+        }
+    }
+    limit.current
+}
+
+/// How many users can send at once under a limit of `limit` open files. Pure.
+pub fn users_sending_at_once(limit: u64) -> u64 {
+    limit.saturating_sub(FDS_BESIDES) / FDS_PER_SENDING_USER
+}
 
 /// The shortest ping interval used, whatever `WATCHDOG_USEC` says.
 const MIN_PING: Duration = Duration::from_millis(10);

@@ -12,9 +12,13 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use linkrelay_agent::logging;
-use linkrelay_agent::{Options, ServeBus, run};
+use linkrelay_agent::{Options, RunError, ServeBus, run};
 use linkrelay_config::{Config, ConfigError};
 
+/// sysexits EX_TEMPFAIL: another agent holds the data directory. The systemd unit
+/// (`linkrelay install --user`) lists it in `RestartPreventExitStatus=`, so that a unit that
+/// finds another agent in charge is not restarted every few seconds.
+const EX_TEMPFAIL: u8 = 75;
 /// sysexits EX_CONFIG.
 const EX_CONFIG: u8 = 78;
 
@@ -81,7 +85,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("linkrelayd: {e:#}");
-            ExitCode::FAILURE
+            match e.downcast_ref::<RunError>() {
+                Some(RunError::DataDirBusy(_)) => ExitCode::from(EX_TEMPFAIL),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -34,6 +34,8 @@ pub struct Settings {
     pub scale_n: usize,
     /// Messages timed in the flush at scale.
     pub scale_flush_n: usize,
+    /// Body bytes of the big message (the memory rows).
+    pub big_message: usize,
 }
 
 impl Settings {
@@ -52,6 +54,7 @@ impl Settings {
             idle: Duration::from_secs(60),
             scale_n: 100_000,
             scale_flush_n: 2000,
+            big_message: 100 << 20,
         }
     }
 
@@ -70,6 +73,7 @@ impl Settings {
             idle: Duration::from_secs(1),
             scale_n: 300,
             scale_flush_n: 20,
+            big_message: 2 << 20,
         }
     }
 }

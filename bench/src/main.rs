@@ -42,7 +42,7 @@ struct Args {
     #[arg(long)]
     no_peers: bool,
     /// Run only these groups (comma-separated): source, flush, peers, enqueue, submit,
-    /// reaction, idle, scale
+    /// reaction, idle, scale, big
     #[arg(long, value_delimiter = ',', value_name = "GROUPS")]
     only: Vec<String>,
     /// Repetitions (default 5; smoke 1)
@@ -269,6 +269,13 @@ async fn run(args: Args) -> anyhow::Result<(String, Vec<String>)> {
         None
     };
 
+    progress(&format!("one message of {} MiB", s.big_message >> 20));
+    let big = if on("big") {
+        t.take("big message", ours::big(&s, port).await)
+    } else {
+        None
+    };
+
     // ---- the table ----
     let src1_m = med(&src1);
     let src4_m = med(&src4);
@@ -473,6 +480,27 @@ async fn run(args: Args) -> anyhow::Result<(String, Vec<String>)> {
         ));
     }
     rows.push(r);
+
+    let size = format!("{} MiB", s.big_message >> 20);
+    rows.push(
+        Row::new(
+            &format!("{size} message: `linkrelay sendmail` peak RSS"),
+            "MiB",
+            Better::Lower,
+            big.as_ref().map(|b| mib(b.sendmail_kib)),
+        )
+        .target(Target::Below(32.0), "")
+        .note("queued while the agent runs: straight to queue/, written as it is read"),
+    );
+    rows.push(
+        Row::new(
+            &format!("{size} message: agent peak RSS, taking it in and sending it"),
+            "MiB",
+            Better::Lower,
+            big.as_ref().map(|b| mib(b.agent_kib)),
+        )
+        .target(Target::Below(32.0), ""),
+    );
 
     let mut text = table::render(&rows);
     if s.smoke {

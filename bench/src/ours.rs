@@ -32,6 +32,11 @@ fn cafe() -> ActiveSpec {
 /// A config with `users` users (u1..), both links, and two relay names for one server (so a
 /// link change is a route change).
 pub fn config(port: u16, users: usize) -> String {
+    config_builder(port, users).to_string()
+}
+
+/// [`config`], to add to.
+fn config_builder(port: u16, users: usize) -> Config {
     let relay = |name: &str| {
         Relay::local(name, port)
             .set("helo", "bench.localdomain")
@@ -54,7 +59,7 @@ pub fn config(port: u16, users: usize) -> String {
             user
         });
     }
-    config.to_string()
+    config
 }
 
 /// A running `linkrelayd`, stopped with SIGTERM on drop.
@@ -580,5 +585,49 @@ pub async fn scale(s: &Settings, port: u16) -> anyhow::Result<ScaleFigures> {
         peak_kib,
         flush: s.scale_flush_n as f64 / (last - first).as_secs_f64(),
         first_sent: (first - t0).as_secs_f64(),
+    })
+}
+
+/// Memory for one big message, KiB.
+pub struct BigFigures {
+    /// Peak RSS of `linkrelay sendmail` queueing it (the kernel's figure for the process).
+    pub sendmail_kib: u64,
+    /// Peak RSS (VmHWM) of a fresh agent that took it in and sent it.
+    pub agent_kib: u64,
+}
+
+/// One message of `s.big_message` body bytes: `linkrelay sendmail` queues it while an agent
+/// runs on a link whose relay is the sink, and the agent sends it.
+pub async fn big(s: &Settings, port: u16) -> anyhow::Result<BigFigures> {
+    let w = World::new()?;
+    let limit = (s.big_message as u64).saturating_mul(2).max(1 << 20);
+    w.write_config(
+        &config_builder(port, 1)
+            .outbox("max_message_size", limit)
+            .to_string(),
+    )?;
+    let _nm = FakeNm::start(&w.system.address, vec![office()], 4).await?;
+    let log = w.dir().join("linkrelayd.log");
+    let (agent, _) = Agent::start(&w, &log).await?;
+    let from = sender(1);
+    let (out, sendmail_kib) = w.sendmail_peak(&["-i", "-f", &from, RCPT], s.big_message)?;
+    ensure!(
+        out.status.success(),
+        "linkrelay sendmail failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t0 = Instant::now();
+    while w.outbox_entries("u1", "sent").is_empty() {
+        ensure!(
+            t0.elapsed() < Duration::from_secs(300),
+            "the big message was not sent within 300 s: {:?} queued, {:?} failed",
+            w.outbox_entries("u1", "queue"),
+            w.outbox_entries("u1", "failed")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(BigFigures {
+        sendmail_kib,
+        agent_kib: agent.sample().hwm_kib,
     })
 }

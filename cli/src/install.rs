@@ -105,6 +105,9 @@ ExecReload=/bin/kill -HUP $MAINPID
 WatchdogSec={WATCHDOG_SEC}
 Restart=on-failure
 RestartSec=5
+# 75: another linkrelayd (another session bus) holds the outboxes; restarting would only
+# find it again. The next D-Bus call starts this one once that one is gone.
+RestartPreventExitStatus=75
 # Outbox files and directories are private to the user.
 UMask=0077
 
@@ -311,6 +314,8 @@ mod tests {
         assert!(unit.contains("\nExecStart=/usr/local/bin/linkrelayd\n"));
         assert!(unit.contains("\nWatchdogSec=30\n"));
         assert!(unit.contains("\nBusName=org.linkrelay.Agent\n"));
+        // An agent that gives way to another is not restarted in a loop.
+        assert!(unit.contains("\nRestartPreventExitStatus=75\n"));
         let dbus = dbus_service_text(agent).unwrap();
         assert!(dbus.contains("\nName=org.linkrelay.Agent\n"));
         assert!(dbus.contains("\nExec=/usr/local/bin/linkrelayd\n"));

@@ -9,6 +9,10 @@
 // words for the user, not links.
 #![allow(rustdoc::broken_intra_doc_links)]
 
+// First: the other modules use its macros.
+#[macro_use]
+mod say;
+
 mod connect;
 mod install;
 mod mailq;
@@ -65,11 +69,14 @@ enum Verb {
         /// Message id (see `linkrelay queue`)
         id: String,
     },
-    /// Delete a queued or failed message for good
+    /// Delete a queued, failed or sent message for good
     Drop {
-        /// Message id (see `linkrelay queue`)
+        /// Message id (see `linkrelay queue`, or a directory name in sent/)
         id: String,
     },
+    /// Remove the sent mail that [outbox] keep_sent and keep_sent_size no longer keep (the
+    /// agent does it by itself, at most once an hour)
+    Prune(PruneArgs),
     /// Make the agent re-read its config (a broken file keeps the running config)
     Reload,
     /// Try a relay from the link that is up, as the agent would use it, without sending: EHLO,
@@ -218,6 +225,16 @@ struct FlushArgs {
 }
 
 #[derive(Debug, ClapArgs)]
+struct PruneArgs {
+    /// Only this user's sent mail
+    #[arg(long)]
+    user: Option<String>,
+    /// Print JSON instead of text
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, ClapArgs)]
 struct QueueArgs {
     /// Only this user's outbox
     #[arg(long)]
@@ -269,7 +286,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("linkrelay: {e:#}");
+            errln!("linkrelay: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -309,7 +326,7 @@ fn config_verb(verb: &ConfigVerb) -> anyhow::Result<ExitCode> {
     match verb {
         ConfigVerb::Path => {
             let p = default.context("neither XDG_CONFIG_HOME nor HOME is set")?;
-            println!("{}", p.display());
+            outln!("{}", p.display());
             Ok(ExitCode::SUCCESS)
         }
         ConfigVerb::Check { path } => {
@@ -319,25 +336,25 @@ fn config_verb(verb: &ConfigVerb) -> anyhow::Result<ExitCode> {
                 .context("no config path: pass one, or set XDG_CONFIG_HOME or HOME")?;
             match Config::load(&path) {
                 Ok(c) => {
-                    println!(
+                    outln!(
                         "{}: ok ({} links, {} relays, {} users)",
                         path.display(),
                         c.links.len(),
                         c.relays.len(),
                         c.users.len()
                     );
-                    println!("{}", c.agent.source.describe_fields());
+                    outln!("{}", c.agent.source.describe_fields());
                     for note in &c.notes {
-                        println!("{note}");
+                        outln!("{note}");
                     }
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(ConfigError::Invalid(d)) => {
-                    eprintln!("{d}");
+                    errln!("{d}");
                     Ok(ExitCode::from(EX_CONFIG))
                 }
                 Err(e) => {
-                    eprintln!("linkrelay: {e}");
+                    errln!("linkrelay: {e}");
                     Ok(ExitCode::from(EX_CONFIG))
                 }
             }
@@ -356,7 +373,7 @@ fn config_verb(verb: &ConfigVerb) -> anyhow::Result<ExitCode> {
             }
             std::fs::write(&path, linkrelay_config::STARTER_CONFIG)
                 .with_context(|| format!("cannot write {}", path.display()))?;
-            println!(
+            outln!(
                 "wrote {}; edit it, then `linkrelay config check` and `linkrelay reload`",
                 path.display()
             );
@@ -466,12 +483,7 @@ async fn connect_with(
     activate: bool,
 ) -> anyhow::Result<Result<zbus::Connection, String>> {
     let which = if system { "system" } else { "session" };
-    let conn = if system {
-        zbus::Connection::system().await
-    } else {
-        zbus::Connection::session().await
-    };
-    let conn = match conn {
+    let conn = match agent_bus(system).await {
         Ok(c) => c,
         Err(e) => {
             return Ok(Err(format!(
@@ -480,6 +492,40 @@ async fn connect_with(
         }
     };
     Ok(ensure_agent(&conn, system, activate).await?.map(|()| conn))
+}
+
+/// A connection to the bus the agent serves on: this session's (or the system) bus, unless
+/// the lock of the data directory says that the agent that runs serves on another bus of
+/// that kind (started from another session: a desktop's and an ssh `dbus-run-session`'s):
+/// then that one, so that every verb reaches the one agent that holds the outboxes.
+pub async fn agent_bus(system: bool) -> zbus::Result<zbus::Connection> {
+    if let Some(address) = agent_elsewhere(system)
+        && let Ok(conn) = zbus::connection::Builder::address(address.as_str())
+            .build()
+            .await
+    {
+        return Ok(conn);
+    }
+    if system {
+        zbus::Connection::system().await
+    } else {
+        zbus::Connection::session().await
+    }
+}
+
+/// The address of the bus the running agent serves on, when it is not this process's bus
+/// of that kind.
+fn agent_elsewhere(system: bool) -> Option<String> {
+    let data_dir = std::env::var_os("LINKRELAY_DATA_DIR")
+        .map(PathBuf::from)
+        .or_else(linkrelay_config::default_data_dir)?;
+    let owner = linkrelay_outbox::holder(&data_dir)??;
+    let (kind, ours) = if system {
+        ("system", linkrelay_dbus::address::system_bus_address())
+    } else {
+        ("session", linkrelay_dbus::address::session_bus_address())
+    };
+    (owner.bus == kind && owner.address != ours).then_some(owner.address)
 }
 
 /// Whether the agent is on `conn`'s bus, starting it through D-Bus activation when it is
@@ -643,6 +689,20 @@ async fn agent_verb(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             if result.may_relay != "yes" {
                 return Ok(ExitCode::FAILURE);
+            }
+        }
+        Verb::Prune(p) => {
+            let results = agent
+                .prune(&p.user.unwrap_or_default())
+                .await
+                .map_err(dbus_error)?;
+            if p.json {
+                outln!(
+                    "{}",
+                    serde_json::to_string_pretty(&output::prune_json(&results))?
+                );
+            } else {
+                print!("{}", output::prune_text(&results));
             }
         }
         Verb::Reload => match agent.reload().await {

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use linkrelay_dbus::agent::{
-    AgentProxy, FlushResult, MessageInfo, OverrideInfo, QueueCount, RouteInfo,
+    AgentProxy, FlushResult, MessageInfo, OverrideInfo, PruneResult, QueueCount, RouteInfo,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -189,6 +189,35 @@ pub fn flush_json(results: &[FlushResult]) -> Value {
             .map(|r| json!({"user": r.user, "sent": r.sent, "remaining": r.remaining}))
             .collect::<Vec<_>>()
     )
+}
+
+/// JSON of a prune's results.
+pub fn prune_json(results: &[PruneResult]) -> Value {
+    json!(
+        results
+            .iter()
+            .map(
+                |r| json!({"user": r.user, "removed": r.removed, "freed": r.freed, "kept": r.kept})
+            )
+            .collect::<Vec<_>>()
+    )
+}
+
+/// One line per user of a prune's results.
+pub fn prune_text(results: &[PruneResult]) -> String {
+    results
+        .iter()
+        .map(|r| {
+            format!(
+                "{}: removed {} sent message{} ({} bytes), {} kept\n",
+                r.user,
+                r.removed,
+                if r.removed == 1 { "" } else { "s" },
+                r.freed,
+                r.kept
+            )
+        })
+        .collect()
 }
 
 /// JSON of a queue listing.

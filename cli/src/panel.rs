@@ -244,12 +244,7 @@ async fn read(conn: &zbus::Connection, system: bool, activate: bool) -> anyhow::
 ///
 /// Exits 0 even when the agent is down: a panel shows that state rather than an error.
 pub async fn run(system: bool, format: PanelFormat, follow: bool) -> anyhow::Result<ExitCode> {
-    let bus = if system {
-        zbus::Connection::system().await
-    } else {
-        zbus::Connection::session().await
-    };
-    let conn = match bus {
+    let conn = match crate::agent_bus(system).await {
         Ok(c) => c,
         Err(e) if !follow => {
             let which = if system { "system" } else { "session" };

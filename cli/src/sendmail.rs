@@ -1,12 +1,17 @@
 //! sendmail mode: queue a message straight into the user's outbox (works while the agent is
 //! down), durably. Exit codes follow sysexits(3), as mail clients expect.
 //!
-//! While an agent holds the outbox (its journal lock), sendmail appends the message to
+//! While an agent holds the outbox (the data directory's `.agent.lock`), sendmail appends the message to
 //! `incoming/.spool` (`Outbox::submit`), which the agent watches with inotify and takes into
 //! the queue: no D-Bus, one sync. Without an agent it queues straight into `queue/` and calls
 //! `Wake`, which starts an installed agent through D-Bus activation. A client that queues
 //! mail one process per message (cron, git send-email, a script) so pays for one durable
 //! append and not for a bus connection and round trip.
+//!
+//! The message is read as a stream: the header section (at most 1 MiB) is parsed, and the
+//! body is normalised as it is read. A message over 1 MiB does not go through the spool: it
+//! is written straight into `queue/` as it is read (the agent watches `queue/` too), so that
+//! sendmail's memory does not grow with the message (a 100 MiB message: under 14 MiB).
 //!
 //! The other modes: `-bs` speaks the listener's SMTP dialogue on standard input and output
 //! ([`crate::smtp_stdio`]), `-bp` (and the name `mailq`) prints the queue ([`crate::mailq`]),
@@ -18,15 +23,16 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use linkrelay_config::{Config, ConfigError};
-use linkrelay_outbox::sendmail::{Args, Mode, parse_args, prepare};
-use linkrelay_outbox::{Envelope, Outbox, OutboxError};
+use linkrelay_outbox::sendmail::{Args, Mode, ReadError, parse_args, prepare_stream};
+use linkrelay_outbox::{Envelope, Limits, Outbox, OutboxError};
 
-pub(crate) const EX_USAGE: u8 = 64;
-pub(crate) const EX_NOUSER: u8 = 67;
-pub(crate) const EX_UNAVAILABLE: u8 = 69;
+const EX_USAGE: u8 = 64;
+const EX_DATAERR: u8 = 65;
+const EX_NOUSER: u8 = 67;
+const EX_UNAVAILABLE: u8 = 69;
 pub(crate) const EX_SOFTWARE: u8 = 70;
 pub(crate) const EX_TEMPFAIL: u8 = 75;
-pub(crate) const EX_CONFIG: u8 = 78;
+const EX_CONFIG: u8 = 78;
 
 const HELP: &str = "\
 usage: linkrelay sendmail [options] [recipient...] < message
@@ -49,22 +55,16 @@ matches the link that is up. Exits 0 only once the message is safely on disk.
   -q            ask linkrelayd to send what is queued now
   --user NAME   queue for this linkrelay user instead of choosing by sender
   --config PATH the config to read users from
-Other sendmail options that cron daemons and mail clients pass (-oem, -odb, -odi, -B8BITMIME,
--v, ...) are accepted and ignored; an unknown option is a usage error (64) naming it.
--N, -R and -V are passed on to relays that offer DSN.
-Exit codes: 0 queued, 64 usage, 65 bad message, 67 no user for the sender, 69 agent not
-running (-q), 75 try again (disk full, I/O), 78 config broken.";
+Other sendmail options that cron daemons and mail clients pass (-oem, -odb, -odi,
+-B8BITMIME, -v, ...) are accepted and ignored; an unknown option is a usage error (64)
+naming it. -N, -R and -V are passed on to relays that offer DSN.
+Exit codes: 0 queued, 64 usage, 65 bad message (or larger than [outbox]
+max_message_size), 67 no user for the sender, 69 agent not running (-q), 75 try again
+(disk full, I/O), 78 config broken.";
 
 pub(crate) fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("sendmail: {msg}");
+    errln!("sendmail: {msg}");
     ExitCode::from(code)
-}
-
-/// What the command line says beyond sendmail's own options.
-pub(crate) struct Context {
-    /// `--user`: every message goes to this user.
-    pub(crate) user: Option<String>,
-    pub(crate) config: Config,
 }
 
 /// Runs sendmail mode with `args` (without `argv[0]`).
@@ -76,7 +76,7 @@ pub fn main(args: Vec<String>) -> ExitCode {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--help" | "--help-sendmail" => {
-                println!("{HELP}");
+                outln!("{HELP}");
                 return ExitCode::SUCCESS;
             }
             "--user" => match it.next() {
@@ -102,51 +102,150 @@ pub fn main(args: Vec<String>) -> ExitCode {
         Ok(p) => p,
         Err(e) => return fail(e.exit_code() as u8, e),
     };
-    if parsed.mode == Mode::Flush {
-        return flush();
-    }
-    let config = match load_config(config_path) {
-        Ok(c) => c,
-        Err(e) => return fail(EX_CONFIG, e),
-    };
-    let ctx = Context { user, config };
     match parsed.mode {
-        Mode::Deliver => deliver(&ctx, &parsed),
-        Mode::Smtp => crate::smtp_stdio::main(&ctx),
-        Mode::Print => crate::mailq::main(&ctx.config),
-        Mode::Flush => flush(),
+        Mode::Deliver => {}
+        Mode::Flush => return flush(),
+        Mode::Smtp | Mode::Print => {
+            let config = match load_config(config_path) {
+                Ok(c) => c,
+                Err(e) => return fail(EX_CONFIG, e),
+            };
+            if parsed.mode == Mode::Print {
+                return crate::mailq::main(&config);
+            }
+            return crate::smtp_stdio::main(&Context { user, config });
+        }
+    }
+    let mut input = std::io::stdin().lock();
+    let result = queue_message(&parsed, &mut input, user, config_path);
+    // Read what the client still writes (after a lone dot, or after an error), so that it
+    // does not fail on a closed pipe: sendmail reads it all too.
+    let _ = std::io::copy(&mut input, &mut std::io::sink());
+    match result {
+        Ok((id, user)) => {
+            if std::env::var_os("LINKRELAY_VERBOSE").is_some() {
+                errln!("sendmail: queued {id} for {user}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err((code, text)) => fail(code, text),
     }
 }
 
-/// `-bm`: one message from standard input into the outbox.
-fn deliver(ctx: &Context, parsed: &Args) -> ExitCode {
-    let mut input = Vec::new();
-    if let Err(e) = std::io::stdin().lock().read_to_end(&mut input) {
-        return fail(EX_TEMPFAIL, format!("cannot read the message: {e}"));
-    }
-    let (envelope, message) = match prepare(parsed, &input, &default_from()) {
-        Ok(v) => v,
-        Err(e) => return fail(e.exit_code() as u8, e),
+/// Reads the message from `input` and queues it for its user; the id and the user, or the
+/// exit code and what to say.
+fn queue_message(
+    parsed: &Args,
+    input: &mut impl Read,
+    user: Option<String>,
+    config_path: Option<PathBuf>,
+) -> Result<(String, String), (u8, String)> {
+    let mut message = match prepare_stream(parsed, input, &default_from()) {
+        Ok(m) => m,
+        Err(ReadError::Io(e)) => {
+            return Err((EX_TEMPFAIL, format!("cannot read the message: {e}")));
+        }
+        Err(ReadError::Message(e)) => return Err((e.exit_code() as u8, e.to_string())),
     };
-    let user = match ctx.user_for(&envelope.from) {
-        Ok(u) => u,
-        Err(why) => return fail(EX_NOUSER, why),
+    let envelope = message.envelope.clone();
+    let config = load_config(config_path).map_err(|e| (EX_CONFIG, e))?;
+    let user = match user {
+        Some(u) => match config.user(&u) {
+            Some(u) => u.name.clone(),
+            None => {
+                return Err((EX_NOUSER, format!("no [[user]] named {u:?} in the config")));
+            }
+        },
+        None => match config.user_for_sender(&envelope.from) {
+            Some(u) => u.name.clone(),
+            None => {
+                return Err((
+                    EX_NOUSER,
+                    format!(
+                        "no [[user]] has a `from` pattern matching {:?} and none is `default = true`; \
+                         add one, or pass --user",
+                        envelope.from
+                    ),
+                ));
+            }
+        },
     };
-    let outbox = match open_outbox(&user) {
-        Ok(o) => o,
-        Err((code, why)) => return fail(code, why),
+    let data_dir = std::env::var_os("LINKRELAY_DATA_DIR")
+        .map(PathBuf::from)
+        .or_else(linkrelay_config::default_data_dir)
+        .ok_or_else(|| {
+            (
+                EX_SOFTWARE,
+                "cannot find the data directory: set XDG_DATA_HOME or HOME".to_owned(),
+            )
+        })?;
+    let limits = Limits {
+        max_message_size: config.outbox.max_message_size,
     };
-    let (id, woke) = match queue(&outbox, &envelope, &message) {
-        Ok(queued) => queued,
-        Err(e) => return fail(EX_TEMPFAIL, format!("message NOT queued: {e}")),
+    let outbox = Outbox::open(&data_dir.join(&user))
+        .map_err(|e| {
+            (
+                EX_TEMPFAIL,
+                format!("cannot open the outbox of {user}: {e}"),
+            )
+        })?
+        .with_limits(limits);
+    // With an agent running, the fast way in (one durable file it takes into the queue);
+    // without one, straight into the queue, then a nudge that starts an installed agent.
+    let agent = outbox.agent_holds_it();
+    let id = match queue(&outbox, &envelope, &mut message, agent) {
+        Ok(id) => id,
+        Err(e @ OutboxError::TooLarge { .. }) => {
+            return Err((EX_DATAERR, format!("message NOT queued: {e}")));
+        }
+        Err(e) => return Err((EX_TEMPFAIL, format!("message NOT queued: {e}"))),
     };
-    if woke {
+    if !agent {
         nudge(&user);
     }
-    if std::env::var_os("LINKRELAY_VERBOSE").is_some() {
-        eprintln!("sendmail: queued {id} for {user}");
+    Ok((id, user.to_string()))
+}
+
+/// Messages up to this size are read whole: with an agent running they go through its spool
+/// (one append and one sync). A larger one is written to the queue as it is read, so that
+/// sendmail's memory does not grow with the message.
+const INLINE_MAX: u64 = 1024 * 1024;
+
+/// Queues `message` in `outbox`: through the spool when an agent holds the outbox and the
+/// message is small, else straight into the queue.
+fn queue(
+    outbox: &Outbox,
+    envelope: &Envelope,
+    message: &mut impl Read,
+    agent: bool,
+) -> Result<String, OutboxError> {
+    let mut start = Vec::new();
+    message
+        .take(INLINE_MAX + 1)
+        .read_to_end(&mut start)
+        .map_err(|e| OutboxError::Io {
+            context: "reading the message".into(),
+            source: e,
+        })?;
+    if start.len() as u64 > INLINE_MAX {
+        return outbox.enqueue_from(envelope, &mut start.chain(message));
     }
-    ExitCode::SUCCESS
+    if agent {
+        let max = outbox.limits().max_message_size;
+        if start.len() as u64 > max {
+            return Err(OutboxError::TooLarge { max });
+        }
+        outbox.submit(envelope, &start)
+    } else {
+        outbox.enqueue(envelope, &start)
+    }
+}
+
+/// What `-bs` needs beyond the dialogue: `--user`, and the config.
+pub(crate) struct Context {
+    /// `--user`: every message goes to this user.
+    pub(crate) user: Option<String>,
+    pub(crate) config: Config,
 }
 
 impl Context {
@@ -166,22 +265,18 @@ impl Context {
             )),
         }
     }
-}
 
-/// The outbox of `user`, or the exit code and message for why not.
-pub(crate) fn open_outbox(user: &str) -> Result<Outbox, (u8, String)> {
-    let Some(data_dir) = data_dir() else {
-        return Err((
-            EX_SOFTWARE,
-            "cannot find the data directory: set XDG_DATA_HOME or HOME".into(),
-        ));
-    };
-    Outbox::open(&data_dir.join(user)).map_err(|e| {
-        (
-            EX_TEMPFAIL,
-            format!("cannot open the outbox of {user}: {e}"),
-        )
-    })
+    /// The outbox of `user`, with the config's limits.
+    pub(crate) fn outbox(&self, user: &str) -> Result<Outbox, String> {
+        let data_dir =
+            data_dir().ok_or("cannot find the data directory: set XDG_DATA_HOME or HOME")?;
+        let limits = Limits {
+            max_message_size: self.config.outbox.max_message_size,
+        };
+        Outbox::open(&data_dir.join(user))
+            .map(|o| o.with_limits(limits))
+            .map_err(|e| format!("cannot open the outbox of {user}: {e}"))
+    }
 }
 
 /// Where the outboxes are: `LINKRELAY_DATA_DIR`, else the XDG default.
@@ -191,10 +286,9 @@ pub(crate) fn data_dir() -> Option<PathBuf> {
         .or_else(linkrelay_config::default_data_dir)
 }
 
-/// Queues one message durably: with an agent running, the fast way in (one durable append it
-/// takes into the queue); without one, straight into the queue. Returns the id, and whether
-/// the agent should be nudged (none held the outbox).
-pub(crate) fn queue(
+/// Queues a message held whole (`-bs`): through the spool when an agent holds the outbox,
+/// else straight into the queue. Returns the id, and whether the agent should be nudged.
+pub(crate) fn queue_whole(
     outbox: &Outbox,
     envelope: &Envelope,
     message: &[u8],
@@ -229,14 +323,15 @@ fn flush() -> ExitCode {
         Ok(Err(e)) => fail(
             EX_UNAVAILABLE,
             format!(
-                "cannot ask linkrelayd to send the queue ({e}); is it running? (linkrelayd, or linkrelay install --user)"
+                "cannot ask linkrelayd to send the queue ({e}); is it running? \
+                 (linkrelayd, or linkrelay install --user)"
             ),
         ),
         Err(_) => fail(EX_UNAVAILABLE, "linkrelayd did not answer within 10 s"),
     }
 }
 
-pub(crate) fn default_from() -> String {
+fn default_from() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "root".into());

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use linkrelay_outbox::submission::{Committed, Limits, Peer, Policy, Session, Step};
 
-use crate::sendmail::{Context, EX_TEMPFAIL, fail, nudge, open_outbox, queue};
+use crate::sendmail::{Context, EX_TEMPFAIL, fail, nudge, queue_whole};
 
 /// The dialogue's questions: the user by sender (or `--user`); no token is needed.
 impl Policy for Context {
@@ -27,7 +27,7 @@ impl Policy for Context {
 pub(crate) fn main(ctx: &Context) -> ExitCode {
     let settings = &ctx.config.submission;
     let limits = Limits {
-        max_message_size: settings.max_message_size,
+        max_message_size: ctx.config.outbox.max_message_size,
         max_recipients: settings.max_recipients,
         ..Limits::default()
     };
@@ -53,9 +53,9 @@ pub(crate) fn main(ctx: &Context) -> ExitCode {
                 }
             }
             Step::Submit(sub) => {
-                let committed = match open_outbox(&sub.user) {
-                    Err((_, why)) => Committed::Failed(why),
-                    Ok(outbox) => match queue(&outbox, &sub.envelope, &sub.message) {
+                let committed = match ctx.outbox(&sub.user) {
+                    Err(why) => Committed::Failed(why),
+                    Ok(outbox) => match queue_whole(&outbox, &sub.envelope, &sub.message) {
                         Ok((id, woke)) => {
                             if woke {
                                 to_wake.insert(sub.user.clone());

@@ -49,12 +49,14 @@ mod glob;
 mod names;
 mod parse;
 mod perms;
+mod read;
 #[cfg(test)]
 mod tests;
 
 pub use diag::{ConfigError, Diagnostic, Diagnostics, Note};
 pub use ipnet::IpNet;
 pub use names::{LinkName, RelayName, UserName};
+pub use read::MAX_CONFIG_SIZE;
 
 /// The starter config that `linkrelay config init` writes: every option, commented where
 /// optional. As written it parses, and behaves like [`Config::embedded_default`] (one user
@@ -75,6 +77,8 @@ pub struct Config {
     pub notify: NotifySettings,
     /// `[submission]`
     pub submission: SubmissionSettings,
+    /// `[outbox]`
+    pub outbox: OutboxSettings,
     /// `[[link]]` tables, in file order (the order [`Config::match_link`] tries them in).
     pub links: Vec<LinkRule>,
     /// `[[relay]]` tables, in file order.
@@ -223,10 +227,8 @@ pub struct SubmissionSettings {
     /// Default none: a port is shared by every user of the machine, so it is opt-in.
     pub listen: Vec<SocketAddr>,
     /// `socket`: listen on the unix socket [`submission_socket_path`] too. Default true.
+    /// (The largest message it takes, announced as `SIZE`, is `[outbox] max_message_size`.)
     pub socket: bool,
-    /// `max_message_size`: the largest message taken, in bytes (announced as `SIZE`).
-    /// Default 25 MiB.
-    pub max_message_size: u64,
     /// `max_sessions`: the most clients served at once; more wait to be accepted. Default 32.
     pub max_sessions: usize,
     /// `max_recipients`: the most recipients of one message. Default 1000.
@@ -243,11 +245,50 @@ impl Default for SubmissionSettings {
         SubmissionSettings {
             listen: Vec::new(),
             socket: true,
-            max_message_size: 25 * 1024 * 1024,
             max_sessions: 32,
             max_recipients: 1000,
             timeout: Duration::from_secs(5 * 60),
             data_timeout: Duration::from_secs(10 * 60),
+        }
+    }
+}
+
+/// `[outbox]`: what the outboxes keep and take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxSettings {
+    /// `max_message_size`: the largest message taken, in bytes. `sendmail` refuses a larger
+    /// one (exit 65), one dropped in `new/` or found queued goes to `failed/` with the reason.
+    /// Default [`OutboxSettings::DEFAULT_MAX_MESSAGE_SIZE`].
+    pub max_message_size: u64,
+    /// `keep_sent`: how long sent mail stays in `sent/` (`linkrelay prune` and the agent, at
+    /// most hourly, remove it then). Default [`OutboxSettings::DEFAULT_KEEP_SENT`].
+    pub keep_sent: Duration,
+    /// `keep_sent_size`: at most this many bytes of sent mail are kept per user; the oldest
+    /// go first. Default [`OutboxSettings::DEFAULT_KEEP_SENT_SIZE`].
+    pub keep_sent_size: u64,
+}
+
+impl OutboxSettings {
+    /// `keep_sent` when not given: 3 days. Long enough to answer "did Friday's mail go, and
+    /// through which relay?" on Monday; the mail client keeps its own copy in its Sent folder.
+    pub const DEFAULT_KEEP_SENT: Duration = Duration::from_secs(3 * 24 * 60 * 60);
+
+    /// `keep_sent_size` when not given: 100 MiB, two messages of the largest default size.
+    pub const DEFAULT_KEEP_SENT_SIZE: u64 = 100 * 1024 * 1024;
+
+    /// `max_message_size` when not given: 50 MiB, the top of the range Postfix admins use
+    /// (Postfix's own default is 10 MB). What the common providers take (25 MB of attachments,
+    /// about 35 MB once encoded) passes; a relay with a lower limit answers 552 and the
+    /// message fails with its words.
+    pub const DEFAULT_MAX_MESSAGE_SIZE: u64 = 50 * 1024 * 1024;
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        OutboxSettings {
+            max_message_size: OutboxSettings::DEFAULT_MAX_MESSAGE_SIZE,
+            keep_sent: OutboxSettings::DEFAULT_KEEP_SENT,
+            keep_sent_size: OutboxSettings::DEFAULT_KEEP_SENT_SIZE,
         }
     }
 }
@@ -545,11 +586,12 @@ impl Config {
     /// that another user could write (mode `g+w`/`o+w`, or owned by another user than the
     /// reader or root) is refused, since it decides which commands run and where mail goes;
     /// a file that others can read and that names credentials (`username`) is refused too.
+    ///
+    /// The file is opened without blocking and must be a regular file of at most
+    /// [`MAX_CONFIG_SIZE`] bytes (a FIFO would otherwise hang the caller until someone writes
+    /// to it); bytes that are not UTF-8 are an error at their line and column.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = read::config_text(path)?;
         let config = Config::parse(&text, path)?;
         perms::check(path, &text, &config).map_err(ConfigError::Invalid)?;
         Ok(config)
@@ -570,6 +612,7 @@ impl Config {
             retry: RetrySettings::default(),
             notify: NotifySettings::default(),
             submission: SubmissionSettings::default(),
+            outbox: OutboxSettings::default(),
             links: Vec::new(),
             relays: Vec::new(),
             users: vec![User {

@@ -15,8 +15,8 @@ use toml::de::{DeString, DeTable, DeValue};
 use crate::diag::{Diagnostic, Diagnostics, Note, line_col};
 use crate::{
     AgentSettings, Config, IpNet, LinkMatch, LinkName, LinkRule, MeteredPolicy, NETLINK_FIELDS,
-    NotifySettings, Relay, RelayName, RetrySettings, SourceKind, SubmissionSettings, TlsMode, User,
-    glob,
+    NotifySettings, OutboxSettings, Relay, RelayName, RetrySettings, SourceKind,
+    SubmissionSettings, TlsMode, User, glob,
 };
 
 mod relay_auth;
@@ -57,6 +57,10 @@ const ROOT: Schema = Schema {
         key(
             "notify",
             "[notify] on a line of its own, with its keys below it",
+        ),
+        key(
+            "outbox",
+            "[outbox] on a line of its own, with its keys below it",
         ),
         key(
             "submission",
@@ -106,6 +110,16 @@ const NOTIFY: Schema = Schema {
     keys: &[
         key("enabled", "enabled = true"),
         key("after", r#"after = "1h""#),
+    ],
+    refused: &[],
+};
+
+const OUTBOX: Schema = Schema {
+    title: "[outbox]",
+    keys: &[
+        key("max_message_size", "max_message_size = 52428800"),
+        key("keep_sent", r#"keep_sent = "3d""#),
+        key("keep_sent_size", "keep_sent_size = 104857600"),
     ],
     refused: &[],
 };
@@ -884,25 +898,34 @@ fn agent(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> AgentSettings {
 
 fn retry(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> RetrySettings {
     let mut retry = RetrySettings::default();
+    // Ok(span) when given and valid, Ok(None) when not given, Err when given but refused.
     let positive = |ctx: &mut Ctx<'_>, name: &str, slot: &mut Duration| {
-        let (d, span) = t.duration(ctx, name)?;
+        if t.get(name).is_none() {
+            return Ok(None);
+        }
+        let (d, span) = t.duration(ctx, name).ok_or(())?;
         if d.is_zero() {
             ctx.error(
                 span.start,
                 format!("`{name}` in [retry] must be more than 0"),
                 format!("write {}", t.example(name)),
             );
-            return None;
+            return Err(());
         }
         *slot = d;
-        Some(span)
+        Ok(Some(span))
     };
     let min = positive(ctx, "min", &mut retry.min);
     let max = positive(ctx, "max", &mut retry.max);
-    positive(ctx, "lifetime", &mut retry.lifetime);
+    let _ = positive(ctx, "lifetime", &mut retry.lifetime);
     if let Some((d, _)) = t.duration(ctx, "refusal_memory") {
         retry.refusal_memory = d;
     }
+    // A refused `min` or `max` has its error already; comparing the default that stands in
+    // for it would only add a second, wrong one.
+    let (Ok(min), Ok(max)) = (min, max) else {
+        return retry;
+    };
     if retry.max < retry.min {
         let (min_s, max_s) = (show(retry.min), show(retry.max));
         match (max, min) {
@@ -939,6 +962,28 @@ fn notify(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> NotifySettings {
         }
     }
     notify
+}
+
+fn outbox(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> OutboxSettings {
+    let mut outbox = OutboxSettings::default();
+    let bytes = |ctx: &mut Ctx<'_>, name: &str, min: u64, slot: &mut u64| {
+        if let Some((n, span)) = t.integer(ctx, name) {
+            match u64::try_from(n) {
+                Ok(n) if n >= min => *slot = n,
+                _ => ctx.error(
+                    span.start,
+                    format!("`{name}` in [outbox] must be a number of bytes, at least {min}"),
+                    format!("write {}", t.example(name)),
+                ),
+            }
+        }
+    };
+    bytes(ctx, "max_message_size", 1, &mut outbox.max_message_size);
+    bytes(ctx, "keep_sent_size", 0, &mut outbox.keep_sent_size);
+    if let Some((d, _)) = t.duration(ctx, "keep_sent") {
+        outbox.keep_sent = d;
+    }
+    outbox
 }
 
 fn link(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, name: &str, source: SourceKind) -> LinkRule {
@@ -1342,6 +1387,13 @@ fn config(ctx: &mut Ctx<'_>, root: &DeTable<'_>) -> Config {
         }
         None => NotifySettings::default(),
     };
+    let outbox = match root.table(ctx, "outbox") {
+        Some((t, span)) => {
+            let t = Table::new(ctx, t, span, &OUTBOX);
+            outbox(ctx, &t)
+        }
+        None => OutboxSettings::default(),
+    };
     let submission = match root.table(ctx, "submission") {
         Some((t, span)) => {
             let t = Table::new(ctx, t, span, &submission::SUBMISSION);
@@ -1405,6 +1457,7 @@ fn config(ctx: &mut Ctx<'_>, root: &DeTable<'_>) -> Config {
         agent,
         retry,
         notify,
+        outbox,
         submission,
         links,
         relays,

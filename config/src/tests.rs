@@ -187,6 +187,9 @@ fn starter_config_options_are_valid_when_uncommented() {
         "max",
         "lifetime",
         "refusal_memory",
+        "max_message_size",
+        "keep_sent",
+        "keep_sent_size",
         "name",
         "match",
         "metered",
@@ -214,7 +217,6 @@ fn starter_config_options_are_valid_when_uncommented() {
         "routes",
         "listen",
         "socket",
-        "max_message_size",
         "max_sessions",
         "max_recipients",
         "data_timeout",
@@ -326,6 +328,68 @@ fn load_reads_the_file_and_resolves_ca_file_against_its_directory() {
             assert!(
                 d.to_string()
                     .starts_with(&format!("{}:2:10: error: ", path.display()))
+            );
+        }
+        other => panic!("expected diagnostics, got {other:?}"),
+    }
+}
+
+#[test]
+fn load_refuses_a_fifo_at_once_instead_of_waiting_for_a_writer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("config.toml");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .expect("mkfifo");
+    // Without a writer, a blocking open of a FIFO never returns: run it on a thread.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = path.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(Config::load(&p).map_err(|e| e.to_string()));
+    });
+    let result = rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("Config::load returned within 5 s");
+    let e = result.expect_err("a FIFO is no config");
+    assert!(e.contains("not a regular file"), "{e}");
+    assert!(e.contains("config.toml"), "{e}");
+}
+
+#[test]
+fn load_refuses_a_directory_and_a_huge_file_without_reading_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = Config::load(dir.path()).expect_err("a directory is no config");
+    assert!(e.to_string().contains("not a regular file"), "{e}");
+    let path = dir.path().join("config.toml");
+    let f = std::fs::File::create(&path).expect("create");
+    // Sparse: 64 GiB claimed, nothing written.
+    f.set_len(64 << 30).expect("set_len");
+    let e = Config::load(&path).expect_err("64 GiB is no config");
+    assert!(e.to_string().contains("larger than"), "{e}");
+}
+
+#[test]
+fn invalid_utf8_is_reported_at_its_line_and_column() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        b"[agent]\ndebounce = \"3\xff0ms\"\n[[user]]\nname = \"u\"\n",
+    )
+    .expect("write");
+    match Config::load(&path) {
+        Err(ConfigError::Invalid(d)) => {
+            assert_eq!(d.0.len(), 1, "{d}");
+            assert_eq!((d.0[0].line, d.0[0].col), (2, 14), "{d}");
+            assert!(d.0[0].message.contains("UTF-8"), "{d}");
+            assert!(
+                d.to_string()
+                    .starts_with(&format!("{}:2:14: error: ", path.display()))
             );
         }
         other => panic!("expected diagnostics, got {other:?}"),
@@ -451,7 +515,9 @@ fn unknown_keys_everywhere_are_all_reported() {
     assert_eq!(d[0].message, "unknown key `colour` in the top level");
     assert_eq!(
         d[0].help.as_deref(),
-        Some("valid keys are `agent`, `retry`, `notify`, `submission`, `link`, `relay`, `user`")
+        Some(
+            "valid keys are `agent`, `retry`, `notify`, `outbox`, `submission`, `link`, `relay`, `user`"
+        )
     );
     assert_eq!(d[1].message, "unknown key `sorce` in [agent]");
     assert_eq!(
@@ -784,6 +850,47 @@ fn durations() {
 }
 
 #[test]
+fn the_message_size_limit_is_a_number_of_bytes_above_zero() {
+    let c = parse(&doc(&["[outbox]", "max_message_size = 1000", USER]));
+    assert_eq!(c.outbox.max_message_size, 1000);
+    assert_eq!(
+        parse(USER).outbox.max_message_size,
+        OutboxSettings::DEFAULT_MAX_MESSAGE_SIZE
+    );
+    for bad in ["0", "-1", "\"50MB\""] {
+        let d = diags(&doc(&[
+            "[outbox]",
+            &format!("max_message_size = {bad}"),
+            USER,
+        ]));
+        assert_eq!(d.len(), 1, "{bad}: {}", Diagnostics(d.clone()));
+        assert_eq!((d[0].line, d[0].col), (2, 20), "{bad}");
+    }
+}
+
+#[test]
+fn sent_mail_is_kept_three_days_and_100_mib_unless_the_config_says() {
+    let c = parse(USER);
+    assert_eq!(c.outbox.keep_sent, Duration::from_secs(3 * 86_400));
+    assert_eq!(c.outbox.keep_sent_size, 100 << 20);
+    let c = parse(&doc(&[
+        "[outbox]",
+        r#"keep_sent = "0s""#,
+        "keep_sent_size = 0",
+        USER,
+    ]));
+    assert_eq!(
+        (c.outbox.keep_sent, c.outbox.keep_sent_size),
+        (Duration::ZERO, 0)
+    );
+    let (line, col, message, _) = one(&doc(&["[outbox]", "keep_sent_size = -1", USER]));
+    assert_eq!((line, col), (2, 18));
+    assert!(message.contains("keep_sent_size"), "{message}");
+    let (line, col, _, _) = one(&doc(&["[outbox]", r#"keep_sent = "a week""#, USER]));
+    assert_eq!((line, col), (2, 13));
+}
+
+#[test]
 fn retry_max_must_not_be_less_than_min() {
     let (line, col, message, help) =
         one(&doc(&["[retry]", r#"min = "10m""#, r#"max = "5m""#, USER]));
@@ -794,6 +901,16 @@ fn retry_max_must_not_be_less_than_min() {
     let (line, col, message, _) = one(&doc(&["[retry]", r#"min = "2h""#, USER]));
     assert_eq!((line, col), (2, 7));
     assert_eq!(message, "`min` (2h) is more than `max` (1h, the default)");
+}
+
+#[test]
+fn a_zero_min_is_its_only_error_even_with_a_max_below_the_default_min() {
+    let (line, col, message, _) = one(&doc(&["[retry]", r#"min = "0s""#, r#"max = "1m""#, USER]));
+    assert_eq!((line, col), (2, 7));
+    assert_eq!(message, "`min` in [retry] must be more than 0");
+    let (line, col, message, _) = one(&doc(&["[retry]", r#"min = "2h""#, r#"max = "0s""#, USER]));
+    assert_eq!((line, col), (3, 7));
+    assert_eq!(message, "`max` in [retry] must be more than 0");
 }
 
 #[test]
@@ -1417,12 +1534,10 @@ fn submission_is_a_private_socket_by_default_and_tcp_when_asked() {
     assert_eq!(c.submission, SubmissionSettings::default());
     assert!(c.submission.listen.is_empty());
     assert!(c.submission.socket);
-    assert_eq!(c.submission.max_message_size, 25 * 1024 * 1024);
     let c = parse(&doc(&[
         "[submission]",
         r#"listen = ["127.0.0.1:2525", "[::1]:2525"]"#,
         "socket = false",
-        "max_message_size = 1000",
         "max_sessions = 4",
         "max_recipients = 10",
         r#"timeout = "30s""#,
@@ -1433,10 +1548,7 @@ fn submission_is_a_private_socket_by_default_and_tcp_when_asked() {
     let addrs: Vec<String> = s.listen.iter().map(|a| a.to_string()).collect();
     assert_eq!(addrs, ["127.0.0.1:2525", "[::1]:2525"]);
     assert!(!s.socket);
-    assert_eq!(
-        (s.max_message_size, s.max_sessions, s.max_recipients),
-        (1000, 4, 10)
-    );
+    assert_eq!((s.max_sessions, s.max_recipients), (4, 10));
     assert_eq!(s.timeout, Duration::from_secs(30));
     assert_eq!(s.data_timeout, Duration::from_secs(120));
 }
@@ -1462,8 +1574,8 @@ fn submission_listens_only_on_this_machine() {
         (r#"listen = ["::1:2525"]"#, "is not an address and port"),
         (r#"listen = ["127.0.0.1:0"]"#, "has no port"),
         (r#"listen = "127.0.0.1:2525""#, "must be an array"),
-        ("max_message_size = 0", "must be more than 0"),
-        ("max_sessions = -1", "must be more than 0"),
+        ("max_sessions = 0", "must be more than 0"),
+        ("max_recipients = -1", "must be more than 0"),
         (r#"timeout = "0s""#, "must be more than 0"),
         ("sockets = true", "did you mean"),
     ] {

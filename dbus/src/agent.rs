@@ -121,6 +121,19 @@ pub struct FlushResult {
     pub remaining: u32,
 }
 
+/// What a prune of sent mail did for one user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct PruneResult {
+    /// The user.
+    pub user: String,
+    /// Sent messages removed.
+    pub removed: u32,
+    /// Bytes of message they held.
+    pub freed: u64,
+    /// Sent messages kept.
+    pub kept: u32,
+}
+
 /// One step of a relay test.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
 pub struct RelayStep {
@@ -207,8 +220,11 @@ pub trait Agent {
     fn stream_queue(&self, user: &str) -> zbus::Result<zbus::OwnedFd>;
     /// Makes a message due now (queued) or puts it back in the queue (failed).
     fn retry(&self, id: &str) -> zbus::Result<()>;
-    /// Deletes a queued or failed message.
+    /// Deletes a queued, failed or sent message.
     fn drop(&self, id: &str) -> zbus::Result<()>;
+    /// Removes the sent mail of a user ("" = all) that `[outbox] keep_sent` and
+    /// `keep_sent_size` no longer keep.
+    fn prune(&self, user: &str) -> zbus::Result<Vec<PruneResult>>;
     /// Re-reads the config file; on error the old config stays.
     fn reload(&self) -> zbus::Result<()>;
     /// Connects to a relay as a flush would (TLS, AUTH), asks MAIL FROM `from` and RCPT TO

@@ -1,5 +1,6 @@
 //! D-Bus pieces shared by the linkrelay agent and its CLI.
 //!
+//! - [`address`]: where the session and system buses are, as clients find them.
 //! - [`nm`]: client proxies for the parts of NetworkManager's API the agent reads (one module
 //!   per interface, so their generated signal types never clash).
 //! - [`notifications`]: the client proxy of the desktop's notification service.
@@ -13,6 +14,7 @@
 // In tests a failed unwrap is a failed test, with its location.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod address;
 pub mod agent;
 pub mod nm;
 pub mod notifications;

@@ -1,11 +1,19 @@
 //! sendmail's message handling on any input: `prepare` (with -t/-i/-f chosen by the first
 //! byte) and `envelope_from_headers` (files dropped in new/). They never panic, and what they
 //! accept is safe to queue and to put into SMTP commands: CRLF line ends only, a final CRLF,
-//! no Bcc: header left, recipients without white space or control characters.
+//! no Bcc: header left, recipients without white space or control characters. The streamed
+//! forms (`prepare_stream`, `envelope_from_headers_stream`) give the same envelope, error and
+//! length.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use linkrelay_outbox::sendmail::{Args, envelope_from_headers, prepare};
+use std::io::Read;
+
+use linkrelay_outbox::Envelope;
+use linkrelay_outbox::sendmail::{
+    Args, MessageStream, ReadError, SendmailError, envelope_from_headers,
+    envelope_from_headers_stream, prepare, prepare_stream,
+};
 
 fn check(envelope: &linkrelay_outbox::Envelope, message: &[u8]) {
     assert!(
@@ -54,10 +62,32 @@ fuzz_target!(|data: &[u8]| {
         },
         ..Args::default()
     };
-    if let Ok((envelope, message)) = prepare(&args, input, "me@localhost") {
-        check(&envelope, &message);
+    let whole = prepare(&args, input, "me@localhost");
+    if let Ok((envelope, message)) = &whole {
+        check(envelope, message);
     }
-    if let Ok((envelope, message)) = envelope_from_headers(input) {
-        check(&envelope, &message);
+    same_as_streamed(whole, prepare_stream(&args, input, "me@localhost"));
+    let whole = envelope_from_headers(input);
+    if let Ok((envelope, message)) = &whole {
+        check(envelope, message);
     }
+    same_as_streamed(whole, envelope_from_headers_stream(input));
 });
+
+/// The streamed message is the one made whole: the same envelope, the same error, the same
+/// length (the Date: and Message-ID: added may differ, never in length).
+fn same_as_streamed<R: std::io::Read + std::fmt::Debug>(
+    whole: Result<(Envelope, Vec<u8>), SendmailError>,
+    streamed: Result<MessageStream<R>, ReadError>,
+) {
+    match (whole, streamed) {
+        (Ok((envelope, message)), Ok(mut stream)) => {
+            let mut streamed = Vec::new();
+            stream.read_to_end(&mut streamed).expect("reading a slice");
+            assert_eq!(stream.envelope, envelope, "streamed envelope");
+            assert_eq!(streamed.len(), message.len(), "streamed length");
+        }
+        (Err(w), Err(ReadError::Message(s))) => assert_eq!(w, s, "streamed error"),
+        (w, s) => panic!("whole {w:?}, streamed {s:?}"),
+    }
+}

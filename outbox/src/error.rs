@@ -33,6 +33,12 @@ pub enum OutboxError {
     /// white space or control characters).
     #[error("bad envelope: {0}")]
     BadEnvelope(String),
+    /// The message is larger than the outbox takes ([`crate::Limits::max_message_size`]).
+    #[error("the message is larger than the {max} bytes of [outbox] max_message_size")]
+    TooLarge {
+        /// The limit, in bytes.
+        max: u64,
+    },
     /// A system call failed.
     #[error("{context}: {source}")]
     Io {
@@ -100,6 +106,7 @@ impl OutboxError {
                 action,
             },
             OutboxError::BadEnvelope(why) => OutboxError::BadEnvelope(why.clone()),
+            OutboxError::TooLarge { max } => OutboxError::TooLarge { max: *max },
             OutboxError::Corrupt { path, reason } => OutboxError::Corrupt {
                 path: path.clone(),
                 reason: reason.clone(),

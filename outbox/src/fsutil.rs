@@ -57,23 +57,25 @@ pub(crate) fn create_file(dir: impl AsFd, name: &str, data: &[u8]) -> io::Result
     Ok(file)
 }
 
-/// Reads the regular file `name` in `dir`, never following a link.
-pub(crate) fn read_file_in(dir: impl AsFd, name: &str) -> io::Result<Vec<u8>> {
-    let fd = rustix::fs::openat(
-        dir,
-        name,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
-        Mode::empty(),
-    )?;
-    read_regular(File::from(fd))
+/// Reads the regular file `name` in `dir`, never following a link; at most `max` bytes (a
+/// larger file is [`too_large`]).
+pub(crate) fn read_file_in(dir: impl AsFd, name: &str, max: u64) -> io::Result<Vec<u8>> {
+    read_regular(open_regular_in(dir, name)?, max)
 }
 
-/// Opens the regular file `name` in `dir` for reading, never following a link: for a file
-/// that is read a piece at a time.
-pub(crate) fn open_file_in(dir: impl AsFd, name: &str) -> io::Result<File> {
+/// Reads a regular file given by path, never following a link in the last component; at
+/// most `max` bytes (a larger file is [`too_large`]).
+pub(crate) fn read_file(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    read_regular(open_regular_in(CWD, path)?, max)
+}
+
+/// Opens the regular file `path` (relative to `dir`) for reading, never following a link in
+/// its last component and never blocking (a FIFO); anything but a regular file is
+/// `InvalidInput`. For a file read a piece at a time, or whole by [`read_file_in`].
+pub(crate) fn open_regular_in(dir: impl AsFd, path: impl rustix::path::Arg) -> io::Result<File> {
     let fd = rustix::fs::openat(
         dir,
-        name,
+        path,
         OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
         Mode::empty(),
     )?;
@@ -87,31 +89,25 @@ pub(crate) fn open_file_in(dir: impl AsFd, name: &str) -> io::Result<File> {
     Ok(File::from(fd))
 }
 
-/// Reads a regular file given by path, never following a link in the last component.
-pub(crate) fn read_file(path: &Path) -> io::Result<Vec<u8>> {
-    let fd = rustix::fs::openat(
-        CWD,
-        path,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
-        Mode::empty(),
-    )?;
-    read_regular(File::from(fd))
+/// The error for a file of `size` bytes where at most `max` are read (`FileTooLarge`).
+pub(crate) fn too_large(size: u64, max: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::FileTooLarge,
+        format!("it is {size} bytes, more than the {max} read at most"),
+    )
 }
 
-/// The files read here are never written in place (a new version is renamed over the old
-/// one), so the size `fstat` gives is the size to read: one `fstat` and one `read`, where
-/// `read_to_end` would add a second `statx`, an `lseek` and a `read` that only finds the end.
-fn read_regular(mut file: File) -> io::Result<Vec<u8>> {
-    let st = rustix::fs::fstat(&file)?;
-    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
+/// Never allocates by the size a file claims (a sparse file can claim 64 GiB): a file above
+/// `max` is refused unread. The files read here are never written in place (a new version is
+/// renamed over the old one), so the size `fstat` gives is the size to read: one `fstat` and
+/// one `read`, where `read_to_end` would add a second `statx`, an `lseek` and a `read` that
+/// only finds the end.
+fn read_regular(mut file: File, max: u64) -> io::Result<Vec<u8>> {
+    let size = file.metadata()?.len();
+    if size > max {
+        return Err(too_large(size, max));
     }
-    let len = usize::try_from(st.st_size)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "file too large"))?;
-    let mut data = vec![0; len];
+    let mut data = vec![0; usize::try_from(size).map_err(|_| too_large(size, max))?];
     file.read_exact(&mut data)?;
     Ok(data)
 }

@@ -22,8 +22,8 @@ use std::io;
 use crate::error::OutboxError;
 use crate::fsutil::{create_file, fsync_dir, open_dir, read_file, rename_noreplace};
 use crate::id::{new_id, now_secs, validate_id};
-use crate::outbox::{INCOMING, Ingested, Outbox, check_envelope};
-use crate::spool::{self, Item, SPOOL};
+use crate::outbox::{Content, INCOMING, Ingested, Outbox, check_envelope, too_large_reason};
+use crate::spool::{Drain, Item, SPOOL};
 use crate::state::{Envelope, Folder, MessageState};
 
 /// The start of the first line of an `incoming/` file.
@@ -155,33 +155,8 @@ impl Outbox {
         // What was taken is removed only when every record in it is in a folder now.
         let mut spool_taken = true;
         if let Some(drain) = &drain {
-            let items = drain.items();
-            let mut errors = Vec::new();
-            for item in &items {
-                if let Item::Record { id, payload } = item {
-                    match self.ingest_payload(SPOOL, id, payload) {
-                        Ok(ingested) => out.extend(ingested),
-                        Err(error) => errors.push(error),
-                    }
-                }
-            }
-            // Garbage is kept in failed/ only by a round that then removes what it took: one that
-            // leaves it would store the same bytes again next time.
-            if errors.is_empty() {
-                for item in &items {
-                    if let Item::Garbage { bytes, reason } = item {
-                        let reason = format!("unusable bytes in incoming/{SPOOL}: {reason}");
-                        match self.store_failed(bytes, &reason) {
-                            Ok(id) => out.push(Ingested::Failed {
-                                file: SPOOL.to_owned(),
-                                id,
-                                reason,
-                            }),
-                            Err(error) => errors.push(error),
-                        }
-                    }
-                }
-            }
+            let (ingested, errors) = self.ingest_spool(drain);
+            out.extend(ingested);
             spool_taken = errors.is_empty();
             out.extend(errors.into_iter().map(|error| Ingested::Deferred {
                 file: SPOOL.to_owned(),
@@ -222,6 +197,48 @@ impl Outbox {
         out
     }
 
+    /// Queues the records of a locked spool, one at a time, and (only when all of them are
+    /// in a folder: a round that leaves the spool would store them again) keeps its garbage
+    /// in `failed/`. Returns what happened and the errors that leave the spool as it is.
+    fn ingest_spool(&self, drain: &Drain) -> (Vec<Ingested>, Vec<OutboxError>) {
+        let mut out = Vec::new();
+        let mut errors = Vec::new();
+        let mut garbage = Garbage::default();
+        for item in drain.items() {
+            match item {
+                Ok(Item::Record { id, payload }) => match self.ingest_payload(SPOOL, &id, &payload)
+                {
+                    Ok(ingested) => out.extend(ingested),
+                    Err(error) => errors.push(error),
+                },
+                Ok(Item::Garbage {
+                    sample,
+                    len,
+                    reason,
+                }) => garbage.add(sample, len, reason),
+                Err(e) => {
+                    let path = self.root().join(INCOMING).join(SPOOL);
+                    errors.push(OutboxError::io(format!("reading {}", path.display()), e));
+                    break;
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return (out, errors);
+        }
+        for (sample, reason) in garbage.into_failures() {
+            match self.store_failed(&sample, &reason) {
+                Ok(id) => out.push(Ingested::Failed {
+                    file: SPOOL.to_owned(),
+                    id,
+                    reason,
+                }),
+                Err(error) => errors.push(error),
+            }
+        }
+        (out, errors)
+    }
+
     /// The ids of the files in `incoming/`, sorted.
     pub(crate) fn incoming_ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = fs::read_dir(self.root().join(INCOMING))
@@ -242,36 +259,26 @@ impl Outbox {
     /// records: what the agent has not taken in yet), sorted by id.
     pub fn incoming_states(&self) -> Vec<MessageState> {
         let dir = self.root().join(INCOMING);
+        let max = self.limits().max_submission();
         let fresh = |id: &str, bytes: &[u8]| {
             let (env, message) = parse(bytes).ok()?;
             let queued_at = id.split('.').next()?.parse().ok()?;
             Some(MessageState::new(id, &env, message.len() as u64, queued_at))
         };
-        let spool = self.peek_spool();
         let mut states: Vec<MessageState> = self
             .incoming_ids()
             .into_iter()
-            .filter_map(|id| fresh(&id, &read_file(&dir.join(&id)).ok()?))
-            .chain(
-                spool::items(&spool)
-                    .into_iter()
-                    .filter_map(|item| match item {
-                        Item::Record { id, payload } => fresh(id, payload),
-                        Item::Garbage { .. } => None,
-                    }),
-            )
+            .filter_map(|id| fresh(&id, &read_file(&dir.join(&id), max).ok()?))
             .collect();
+        self.peek_spool(|id, payload| states.extend(fresh(id, payload)));
         states.sort_by(|a, b| a.id.cmp(&b.id));
         states
     }
 
     /// How many messages wait in `incoming/` (files and spool records).
     pub(crate) fn incoming_count(&self) -> usize {
-        let spool = self.peek_spool();
-        let records = spool::items(&spool)
-            .iter()
-            .filter(|i| matches!(i, Item::Record { .. }))
-            .count();
+        let mut records = 0;
+        self.peek_spool(|_, _| records += 1);
         self.incoming_ids().len() + records
     }
 
@@ -279,9 +286,23 @@ impl Outbox {
     /// this id is already in a folder (or the file went away).
     fn ingest_one(&self, id: &str) -> Result<Option<Ingested>, OutboxError> {
         let path = self.root().join(INCOMING).join(id);
-        let bytes = match read_file(&path) {
+        let max = self.limits().max_submission();
+        let bytes = match read_file(&path, max) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::FileTooLarge => {
+                let size = fs::symlink_metadata(&path).map_or(0, |m| m.len());
+                let reason = format!(
+                    "{} (the file from incoming/: an envelope line, then the message)",
+                    too_large_reason(size, self.limits().max_message_size)
+                );
+                let failed = self.fail_by_move(&path, size, &reason)?;
+                return Ok(Some(Ingested::Failed {
+                    file: id.to_owned(),
+                    id: failed,
+                    reason,
+                }));
+            }
             Err(e) => return Err(OutboxError::io(format!("reading {}", path.display()), e)),
         };
         self.ingest_payload(id, id, &bytes)
@@ -317,12 +338,11 @@ impl Outbox {
             }
         };
         let now = now_secs();
-        let size = message.len() as u64;
         let made = self.build_and_move(
             Some(id),
             Folder::Queue,
-            message,
-            |id| MessageState::new(id, &env, size, now),
+            Content::Bytes(message),
+            |id, size| MessageState::new(id, &env, size, now),
             false,
         );
         match made {
@@ -361,4 +381,45 @@ fn parse(bytes: &[u8]) -> Result<(Envelope, &[u8]), String> {
     let env: Envelope =
         serde_json::from_slice(&rest[..end]).map_err(|e| format!("bad envelope line: {e}"))?;
     Ok((env, &rest[end + 1..]))
+}
+
+/// How many runs of garbage one round keeps in `failed/`; the rest are counted in the last.
+const GARBAGE_KEPT: usize = 16;
+
+/// The garbage of one drain: samples of the first runs, and a count of the others (a spool
+/// can hold millions of runs, each cut short at the next bytes that look like a header).
+#[derive(Default)]
+struct Garbage {
+    kept: Vec<(Vec<u8>, String)>,
+    more_runs: u64,
+    more_bytes: u64,
+}
+
+impl Garbage {
+    fn add(&mut self, sample: Vec<u8>, len: u64, reason: String) {
+        if self.kept.len() < GARBAGE_KEPT {
+            let kept = sample.len() as u64;
+            let mut reason = format!("unusable bytes in incoming/{SPOOL}: {reason}");
+            if kept < len {
+                reason.push_str(&format!(" ({len} bytes; the first {kept} are kept here)"));
+            }
+            self.kept.push((sample, reason));
+        } else {
+            self.more_runs += 1;
+            self.more_bytes += len;
+        }
+    }
+
+    /// What to store in `failed/`: a sample and the reason for each run kept.
+    fn into_failures(mut self) -> Vec<(Vec<u8>, String)> {
+        if self.more_runs > 0
+            && let Some((_, reason)) = self.kept.last_mut()
+        {
+            reason.push_str(&format!(
+                "; and {} more runs of unusable bytes ({} bytes), dropped",
+                self.more_runs, self.more_bytes
+            ));
+        }
+        self.kept
+    }
 }

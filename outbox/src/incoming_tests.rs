@@ -153,3 +153,25 @@ fn ingestion_keeps_the_order_of_submission() {
         .collect();
     assert_eq!(queued, ids);
 }
+
+#[test]
+fn a_sparse_64_gib_file_in_incoming_goes_to_failed_unread_and_the_others_are_queued() {
+    let (_d, ob) = outbox();
+    let fine = ob.submit(&env(&["bob@example.org"]), MSG).unwrap();
+    let huge = "1700000000.000001.1.abcd";
+    let f = fs::File::create(ob.root().join("incoming").join(huge)).unwrap();
+    f.set_len(64 << 30).unwrap();
+    // Listings skip it unread.
+    let listed: Vec<String> = ob.incoming_states().into_iter().map(|s| s.id).collect();
+    assert_eq!(listed, std::slice::from_ref(&fine));
+    let done = ob.ingest_incoming();
+    assert!(
+        done.iter()
+            .any(|i| matches!(i, Ingested::Failed { file, reason, .. }
+            if file == huge && reason.contains("max_message_size"))),
+        "{done:?}"
+    );
+    assert_eq!(names(&ob, "queue"), [fine]);
+    assert_eq!(names(&ob, "failed").len(), 1);
+    assert!(names(&ob, "incoming").is_empty());
+}

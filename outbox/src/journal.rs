@@ -31,11 +31,14 @@ use serde::{Deserialize, Serialize};
 use crate::error::OutboxError;
 use crate::fsutil::{FILE_MODE, open_dir, overwrite_unsynced, rename_noreplace};
 use crate::id::validate_id;
+use crate::limits::{JOURNAL_CHECKPOINT_BYTES, JOURNAL_MAX};
 use crate::outbox::{Outbox, STATE, state_json};
 use crate::state::{Folder, MessageState};
 
 /// The journal's file name in the outbox root.
 const JOURNAL: &str = "journal";
+/// Where a journal too large to replay is set aside.
+const JOURNAL_OVERSIZED: &str = "journal.oversized";
 
 /// After this many records the journal is checkpointed (folders synced, journal emptied).
 pub const CHECKPOINT_EVERY: usize = 4096;
@@ -52,10 +55,13 @@ struct Record {
 #[derive(Debug)]
 pub struct Journal {
     outbox: Outbox,
-    root: OwnedFd,
-    file: File,
+    /// Open (and locked) while records are written; closed by [`Journal::release`] between
+    /// them, so that an idle user holds no descriptor.
+    file: Option<File>,
     /// Records appended since the last checkpoint.
     pending: usize,
+    /// Bytes appended since the last checkpoint.
+    appended: u64,
     line: Vec<u8>,
 }
 
@@ -69,6 +75,10 @@ pub struct Replayed {
     pub applied: usize,
     /// Lines that did not parse (a record torn by a crash).
     pub torn: usize,
+    /// The size of a journal too large to replay (more than [`JOURNAL_MAX`]), which was set
+    /// aside as `journal.oversized` and replaced by an empty one. Its records are lost: a
+    /// message whose delivery it held may be sent again.
+    pub set_aside: Option<u64>,
 }
 
 impl Outbox {
@@ -76,48 +86,79 @@ impl Outbox {
     /// earlier run left in it, syncs the folders and empties it. Call it before anything
     /// reads the queue (a replay can change states and move messages).
     ///
-    /// Fails with an I/O error (`EWOULDBLOCK`) when another process holds the journal.
+    /// Fails with an I/O error (`EWOULDBLOCK`) when another process holds the journal. A
+    /// journal larger than [`JOURNAL_MAX`] is not read: it is set aside (renamed
+    /// `journal.oversized`, see [`Replayed::set_aside`]) and an empty one takes its place.
     pub fn open_journal(&self) -> Result<(Journal, Replayed), OutboxError> {
         let path = self.root().join(JOURNAL);
         let ctx = |what: &str| format!("{what} {}", path.display());
         let root =
             open_dir(self.root()).map_err(|e| OutboxError::io(ctx("opening the folder of"), e))?;
-        let fd = rustix::fs::openat(
-            &root,
-            JOURNAL,
-            OFlags::RDWR | OFlags::CREATE | OFlags::APPEND | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(FILE_MODE),
-        )
-        .map_err(|e| OutboxError::io(ctx("opening"), e))?;
-        rustix::fs::fchmod(&fd, Mode::from_raw_mode(FILE_MODE))
-            .map_err(|e| OutboxError::io(ctx("setting the mode of"), e))?;
-        rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive)
-            .map_err(|e| OutboxError::io(ctx("locking (is another linkrelayd using it?)"), e))?;
-        let mut file = File::from(fd);
+        let mut file = lock_journal(&root, &path)?;
+        let size = file
+            .metadata()
+            .map_err(|e| OutboxError::io(ctx("reading"), e))?
+            .len();
+        let mut set_aside = None;
+        if size > JOURNAL_MAX {
+            rustix::fs::renameat(&root, JOURNAL, &root, JOURNAL_OVERSIZED)
+                .map_err(|e| OutboxError::io(ctx("setting aside"), e))?;
+            drop(file);
+            file = lock_journal(&root, &path)?;
+            set_aside = Some(size);
+        }
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)
             .map_err(|e| OutboxError::io(ctx("reading"), e))?;
+        drop(root);
         let mut journal = Journal {
             outbox: self.clone(),
-            root,
-            file,
+            file: Some(file),
             pending: 0,
+            appended: 0,
             line: Vec::new(),
         };
-        let replayed = journal.replay(&bytes)?;
+        let mut replayed = journal.replay(&bytes)?;
+        replayed.set_aside = set_aside;
         // Holding the outbox, the agent takes in what sendmail appends to the spool.
         self.create_spool()?;
         if !bytes.is_empty() {
             journal.checkpoint()?;
         }
+        journal.release();
         Ok((journal, replayed))
     }
 }
 
+/// Opens (creating it, mode 0600) and locks the journal `path` in the outbox root `root`.
+fn lock_journal(root: &OwnedFd, path: &std::path::Path) -> Result<File, OutboxError> {
+    let ctx = |what: &str| format!("{what} {}", path.display());
+    let fd = rustix::fs::openat(
+        root,
+        JOURNAL,
+        OFlags::RDWR | OFlags::CREATE | OFlags::APPEND | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(FILE_MODE),
+    )
+    .map_err(|e| OutboxError::io(ctx("opening"), e))?;
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(FILE_MODE))
+        .map_err(|e| OutboxError::io(ctx("setting the mode of"), e))?;
+    rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive)
+        .map_err(|e| OutboxError::io(ctx("locking (is another linkrelayd using it?)"), e))?;
+    Ok(File::from(fd))
+}
+
 impl Outbox {
-    /// True when a process holds this outbox's journal: a running agent, which watches
-    /// `queue/` and sends what [`Outbox::enqueue`] puts there without being told.
+    /// True when a running agent holds this outbox: the lock of its data directory (the
+    /// outbox root's parent, see [`crate::AgentLock`]) or, for an agent from before that
+    /// lock, its journal. Such an agent watches `queue/` and `incoming/` and sends what
+    /// arrives there without being told.
     pub fn agent_holds_it(&self) -> bool {
+        let data_dir = self.root().parent();
+        data_dir.is_some_and(|d| crate::holder(d).is_some()) || self.journal_held()
+    }
+
+    /// True when a process holds this outbox's journal.
+    fn journal_held(&self) -> bool {
         let Ok(fd) = rustix::fs::open(
             self.root().join(JOURNAL),
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
@@ -167,14 +208,18 @@ impl Journal {
         )
         .map_err(|e| OutboxError::io("encoding a journal record", std::io::Error::other(e)))?;
         let path = self.outbox.root().join(JOURNAL);
-        self.file
-            .write_all(&self.line)
-            .and_then(|()| self.file.sync_data())
-            .map_err(|e| OutboxError::io(format!("appending to {}", path.display()), e))?;
+        let line = std::mem::take(&mut self.line);
+        let written = self
+            .open()?
+            .write_all(&line)
+            .and_then(|()| self.open_file()?.sync_data());
+        self.line = line;
+        written.map_err(|e| OutboxError::io(format!("appending to {}", path.display()), e))?;
         self.pending += 1;
+        self.appended += self.line.len() as u64;
         durable();
         self.apply(state, Folder::Queue, to)?;
-        if self.pending >= CHECKPOINT_EVERY {
+        if self.pending >= CHECKPOINT_EVERY || self.appended >= JOURNAL_CHECKPOINT_BYTES {
             // The record is durable whatever happens here; a failed checkpoint is retried at
             // the next record.
             let _ = self.checkpoint();
@@ -186,15 +231,43 @@ impl Journal {
     /// empties the journal.
     pub fn checkpoint(&mut self) -> Result<(), OutboxError> {
         let path = self.outbox.root().join(JOURNAL);
-        rustix::fs::syncfs(&self.root).map_err(|e| {
+        let file = self.open()?;
+        rustix::fs::syncfs(&*file).map_err(|e| {
             OutboxError::io(format!("syncing the file system of {}", path.display()), e)
         })?;
-        self.file
-            .set_len(0)
-            .and_then(|()| self.file.sync_all())
+        file.set_len(0)
+            .and_then(|()| file.sync_all())
             .map_err(|e| OutboxError::io(format!("emptying {}", path.display()), e))?;
         self.pending = 0;
+        self.appended = 0;
         Ok(())
+    }
+
+    /// Closes the journal's file (and lets go of its lock) until the next record: what is
+    /// recorded is durable, and a user with nothing to send holds no descriptor. The next
+    /// record opens it again.
+    pub fn release(&mut self) {
+        self.file = None;
+    }
+
+    /// The journal's file, opened and locked if it is not.
+    fn open(&mut self) -> Result<&mut File, OutboxError> {
+        if self.file.is_none() {
+            let path = self.outbox.root().join(JOURNAL);
+            let root = open_dir(self.outbox.root()).map_err(|e| {
+                OutboxError::io(format!("opening the folder of {}", path.display()), e)
+            })?;
+            self.file = Some(lock_journal(&root, &path)?);
+        }
+        self.open_file()
+            .map_err(|e| OutboxError::io("opening the journal", e))
+    }
+
+    /// The journal's file when it is open.
+    fn open_file(&mut self) -> std::io::Result<&mut File> {
+        self.file
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("the journal is not open"))
     }
 
     /// Records appended since the last checkpoint.

@@ -208,16 +208,27 @@ fn the_last_record_of_a_message_wins() {
 }
 
 #[test]
-fn only_one_writer_holds_the_journal() {
+fn only_one_writer_holds_the_journal_while_it_records_and_none_between() {
     let (_d, ob) = outbox();
+    let mut st = queue_one(&ob);
     assert!(!ob.agent_holds_it());
-    let (journal, _) = ob.open_journal().unwrap();
+    let (mut journal, _) = ob.open_journal().unwrap();
+    // Opened, replayed, let go: an idle user holds no descriptor.
+    assert!(!ob.agent_holds_it());
+    journal.record(&mut st, Folder::Queue).unwrap();
+    // Recording, it holds the journal's lock until it lets go.
     assert!(ob.agent_holds_it());
     let err = ob.open_journal().unwrap_err();
     assert!(err.to_string().contains("another linkrelayd"), "{err}");
-    drop(journal);
+    journal.release();
     assert!(!ob.agent_holds_it());
     ob.open_journal().unwrap();
+    // The next record opens it again.
+    journal.record(&mut st, Folder::Queue).unwrap();
+    assert_eq!(
+        ob.state(Folder::Queue, &st.id).unwrap().revision,
+        st.revision
+    );
 }
 
 #[test]
@@ -259,4 +270,30 @@ fn a_shorter_state_written_in_place_leaves_nothing_of_the_longer_one() {
         .unwrap()
         .len();
     assert_eq!(len, crate::outbox::state_json(&short).unwrap().len() as u64);
+}
+
+#[test]
+fn a_sparse_64_gib_journal_is_set_aside_unread_and_a_fresh_one_takes_its_place() {
+    let (_d, ob) = outbox();
+    let st = queue_one(&ob);
+    let f = fs::File::create(ob.root().join("journal")).unwrap();
+    f.set_len(64 << 30).unwrap();
+    drop(f);
+    let (mut journal, replayed) = ob.open_journal().unwrap();
+    assert_eq!(replayed.set_aside, Some(64 << 30));
+    assert_eq!(
+        fs::metadata(ob.root().join("journal.oversized"))
+            .unwrap()
+            .len(),
+        64 << 30
+    );
+    // The fresh journal works.
+    let mut st = delivered(st);
+    journal.record(&mut st, Folder::Sent).unwrap();
+    assert_eq!(ob.locate(&st.id).unwrap(), Some(Folder::Sent));
+    let mode = fs::metadata(ob.root().join("journal"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
 }

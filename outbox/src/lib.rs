@@ -24,14 +24,17 @@
 // In tests a failed unwrap is a failed test, with its location.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod agent_lock;
 pub mod dsn;
 mod error;
 mod fsutil;
 mod id;
 mod incoming;
 mod journal;
+mod limits;
 pub mod mailq;
 mod outbox;
+mod prune;
 mod scan;
 pub mod sendmail;
 mod spool;
@@ -39,11 +42,14 @@ mod state;
 pub mod submission;
 pub mod token;
 
+pub use agent_lock::{AGENT_LOCK, AgentLock, LockError, Owner, holder};
 pub use error::OutboxError;
 pub use fsutil::replace_file;
 pub use id::validate_id;
 pub use journal::{CHECKPOINT_EVERY, Journal, Replayed};
+pub use limits::{JOURNAL_MAX, Limits, STATE_MAX};
 pub use outbox::{Ingested, Outbox};
+pub use prune::Pruned;
 pub use scan::FolderReader;
 pub use state::{Counts, Envelope, Folder, MessageState, RecipientState, RecipientStatus};
 

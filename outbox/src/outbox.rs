@@ -1,22 +1,23 @@
 //! The per-user outbox on disk.
 
 use std::ffi::{OsStr, OsString};
-use std::fs;
-use std::io;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use rustix::fs::AtFlags;
+use rustix::fs::{AtFlags, CWD};
 
 use crate::error::OutboxError;
 use crate::fsutil::{
-    DIR_MODE, create_file, fsync_dir, mkdir_private, open_dir, open_file_in, read_file,
+    DIR_MODE, FILE_MODE, create_file, fsync_dir, mkdir_private, open_dir, open_regular_in,
     read_file_in, rename_noreplace, replace_file_in,
 };
 use crate::id::{new_id, now_secs, validate_id};
-use crate::sendmail::{address_problem, envelope_from_headers};
+use crate::limits::{Limits, STATE_MAX};
+use crate::sendmail::{ReadError, address_problem, envelope_from_headers_stream};
 use crate::state::{Counts, Envelope, Folder, MessageState, RecipientStatus};
 
 /// The message bytes in a message directory.
@@ -74,6 +75,7 @@ pub enum Ingested {
 #[derive(Debug, Clone)]
 pub struct Outbox {
     root: PathBuf,
+    limits: Limits,
 }
 
 impl Outbox {
@@ -94,7 +96,19 @@ impl Outbox {
         }
         Ok(Outbox {
             root: root.to_path_buf(),
+            limits: Limits::default(),
         })
+    }
+
+    /// This outbox with other [`Limits`] (the defaults until then).
+    pub fn with_limits(mut self, limits: Limits) -> Outbox {
+        self.limits = limits;
+        self
+    }
+
+    /// What this outbox reads at most.
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// The root directory of this outbox.
@@ -107,13 +121,38 @@ impl Outbox {
     /// When this returns `Ok`, `queue/<id>/message.eml` and `state.json` are on disk and
     /// fsync'd, and so is the directory entry in `queue/`. On error nothing is left behind (a
     /// full disk gives an error for which [`OutboxError::is_no_space`] is true).
+    ///
+    /// A message larger than [`Limits::max_message_size`] is [`OutboxError::TooLarge`].
     pub fn enqueue(&self, env: &Envelope, message: &[u8]) -> Result<String, OutboxError> {
+        let max = self.limits.max_message_size;
+        if message.len() as u64 > max {
+            return Err(OutboxError::TooLarge { max });
+        }
+        self.enqueue_content(env, Content::Bytes(message))
+    }
+
+    /// [`Outbox::enqueue`] of a message read from `message` as it is written to disk: a
+    /// message of any size costs a buffer. More than [`Limits::max_message_size`] bytes is
+    /// [`OutboxError::TooLarge`] (and nothing is left behind).
+    pub fn enqueue_from(
+        &self,
+        env: &Envelope,
+        message: &mut dyn Read,
+    ) -> Result<String, OutboxError> {
+        let max = self.limits.max_message_size;
+        self.enqueue_content(env, Content::Stream(message, max))
+    }
+
+    fn enqueue_content(&self, env: &Envelope, message: Content<'_>) -> Result<String, OutboxError> {
         check_envelope(env)?;
         let now = now_secs();
-        let size = message.len() as u64;
-        self.commit_new(Folder::Queue, message, |id| {
-            MessageState::new(id, env, size, now)
-        })
+        self.build_and_move(
+            None,
+            Folder::Queue,
+            message,
+            |id, size| MessageState::new(id, env, size, now),
+            true,
+        )
     }
 
     /// Ingests the files of `new/` (in name order): each regular file whose name does not start
@@ -210,7 +249,7 @@ impl Outbox {
         validate_id(id)?;
         let dir = self.open_msg_dir(folder, id)?;
         let path = self.msg_path(folder, id).join(STATE);
-        let bytes = read_file_in(&dir, STATE).map_err(|e| file_error(&path, e))?;
+        let bytes = read_file_in(&dir, STATE, STATE_MAX).map_err(|e| file_error(&path, e))?;
         let state: MessageState =
             serde_json::from_slice(&bytes).map_err(|e| OutboxError::Corrupt {
                 path: path.clone(),
@@ -259,18 +298,24 @@ impl Outbox {
     pub fn read_message(&self, folder: Folder, id: &str) -> Result<Vec<u8>, OutboxError> {
         validate_id(id)?;
         let dir = self.open_msg_dir(folder, id)?;
-        read_file_in(&dir, MESSAGE)
+        read_file_in(&dir, MESSAGE, self.limits.max_message_size)
             .map_err(|e| file_error(&self.msg_path(folder, id).join(MESSAGE), e))
     }
 
     /// Message `id` in `folder`, opened for reading (as [`Outbox::read_message`] checks it: a
-    /// regular file, never through a link), for reading a piece at a time: sending a large
-    /// message does not cost its size in memory.
+    /// regular file, never through a link, at most [`Limits::max_message_size`]), for reading
+    /// a piece at a time: sending a large message does not cost its size in memory.
     pub fn open_message(&self, folder: Folder, id: &str) -> Result<fs::File, OutboxError> {
         validate_id(id)?;
         let dir = self.open_msg_dir(folder, id)?;
-        open_file_in(&dir, MESSAGE)
-            .map_err(|e| file_error(&self.msg_path(folder, id).join(MESSAGE), e))
+        let error = |e| file_error(&self.msg_path(folder, id).join(MESSAGE), e);
+        let file = open_regular_in(&dir, MESSAGE).map_err(error)?;
+        let size = file.metadata().map_err(error)?.len();
+        let max = self.limits.max_message_size;
+        if size > max {
+            return Err(error(crate::fsutil::too_large(size, max)));
+        }
+        Ok(file)
     }
 
     /// Replaces `queue/<id>/state.json` atomically and durably (write `state.json.tmp`, fsync,
@@ -343,18 +388,12 @@ impl Outbox {
         }
     }
 
-    /// Deletes message `id` from `queue/` or `failed/` and returns where it was. Messages in
-    /// `sent/` are not removed ([`OutboxError::WrongFolder`]).
+    /// Deletes message `id` from whichever folder holds it and returns which.
     ///
     /// The directory is first renamed into `tmp/` (atomic), then deleted.
     pub fn remove(&self, id: &str) -> Result<Folder, OutboxError> {
         match self.locate(id)? {
             None => Err(OutboxError::NotFound(id.to_owned())),
-            Some(folder @ Folder::Sent) => Err(OutboxError::WrongFolder {
-                id: id.to_owned(),
-                folder,
-                action: "remove",
-            }),
             Some(folder) => {
                 self.delete(folder, id)?;
                 Ok(folder)
@@ -430,8 +469,9 @@ impl Outbox {
                 error,
             })
         };
-        let bytes = match read_file(&path) {
-            Ok(bytes) => bytes,
+        let reading = |e| OutboxError::io(format!("reading {}", path.display()), e);
+        let input = match open_regular_in(CWD, &path) {
+            Ok(input) => input,
             Err(e)
                 if e.kind() == io::ErrorKind::NotFound
                     || e.kind() == io::ErrorKind::InvalidInput
@@ -439,23 +479,46 @@ impl Outbox {
             {
                 return None;
             }
-            Err(e) => return deferred(OutboxError::io(format!("reading {}", path.display()), e)),
+            Err(e) => return deferred(reading(e)),
         };
-        let failed = |reason: String| {
-            self.store_failed(&bytes, &reason)
-                .map(|id| (id, Some(reason)))
+        let size = match input.metadata() {
+            Ok(meta) => meta.len(),
+            Err(e) => return deferred(reading(e)),
         };
-        let stored = match envelope_from_headers(&bytes) {
-            Ok((env, message)) => match self.enqueue(&env, &message) {
-                Ok(id) => Ok((id, None)),
-                Err(OutboxError::BadEnvelope(reason)) => failed(reason),
-                Err(e) => Err(e),
-            },
-            Err(e) => failed(e.to_string()),
+        // What is not a message to queue goes to failed/ as it is: moved, never read whole.
+        let fail = |reason: String| {
+            Some(match self.fail_by_move(&path, size, &reason) {
+                Ok(id) => Ingested::Failed {
+                    file: file.clone(),
+                    id,
+                    reason,
+                },
+                Err(error) => Ingested::Deferred {
+                    file: file.clone(),
+                    error,
+                },
+            })
         };
-        let (id, failure) = match stored {
-            Ok(stored) => stored,
-            Err(error) => return deferred(error),
+        let max = self.limits.max_message_size;
+        if size > max {
+            return fail(too_large_reason(size, max));
+        }
+        let mut message = match envelope_from_headers_stream(io::BufReader::new(input)) {
+            Ok(message) => message,
+            Err(ReadError::Message(e)) => return fail(e.to_string()),
+            Err(ReadError::Io(e)) => return deferred(reading(e)),
+        };
+        let envelope = message.envelope.clone();
+        let id = match self.enqueue_from(&envelope, &mut message) {
+            Ok(id) => id,
+            Err(OutboxError::BadEnvelope(reason)) => return fail(reason),
+            // Line ends made CRLF can take a message over the limit.
+            Err(OutboxError::TooLarge { max }) => {
+                return fail(format!(
+                    "the message with CRLF line ends is larger than the {max} bytes of [outbox] max_message_size"
+                ));
+            }
+            Err(e) => return deferred(e),
         };
         // The message is stored; now the file must go, or it would be ingested twice.
         if let Err(e) = fs::remove_file(&path) {
@@ -466,10 +529,7 @@ impl Outbox {
         // If this fails the removal may not survive a crash: at worst the file is ingested
         // again (sent twice), never lost.
         let _ = fsync_dir(new_dir);
-        Some(match failure {
-            None => Ingested::Queued { file, id },
-            Some(reason) => Ingested::Failed { file, id, reason },
-        })
+        Some(Ingested::Queued { file, id })
     }
 
     fn folder_path(&self, folder: Folder) -> PathBuf {
@@ -558,27 +618,17 @@ impl Outbox {
         Ok(())
     }
 
-    /// Builds `tmp/<id>/` with the message and the state made by `make_state`, then renames it
-    /// into `<dest>/<id>` and fsyncs `<dest>/`. On error nothing is left behind.
-    fn commit_new(
-        &self,
-        dest: Folder,
-        message: &[u8],
-        make_state: impl Fn(&str) -> MessageState,
-    ) -> Result<String, OutboxError> {
-        self.build_and_move(None, dest, message, make_state, true)
-    }
-
     /// Builds `tmp/<id>/` (with the id given, or a new one) holding `message` and the state
-    /// made by `make_state`, and renames it into `<dest>/<id>`, never replacing an entry that
+    /// made by `make_state` (from the id and the message's size), and renames it into
+    /// `<dest>/<id>`, never replacing an entry that
     /// exists (`EEXIST` then). With `durable`, files and directories are fsync'd; without,
     /// the caller makes them durable some other way. On error nothing is left behind.
     pub(crate) fn build_and_move(
         &self,
         given_id: Option<&str>,
         dest: Folder,
-        message: &[u8],
-        make_state: impl Fn(&str) -> MessageState,
+        message: Content<'_>,
+        make_state: impl Fn(&str, u64) -> MessageState,
         durable: bool,
     ) -> Result<String, OutboxError> {
         let tmp_root = self.root.join(TMP);
@@ -612,14 +662,15 @@ impl Outbox {
         };
         let dest_dir = self.folder_path(dest);
         let final_dir = dest_dir.join(&id);
-        let state = make_state(&id);
+        let mut message = message;
         let mut renamed = false;
         let result = (|| -> Result<(), OutboxError> {
             let ctx = |what: &str| format!("{what} {}", tmp_dir.display());
             let dir = open_dir(&tmp_dir).map_err(|e| OutboxError::io(ctx("opening"), e))?;
-            let msg_file = create_file(&dir, MESSAGE, message).map_err(|e| {
-                OutboxError::io(format!("writing {}/{MESSAGE}", tmp_dir.display()), e)
+            let (msg_file, size) = message.write_into(&dir, MESSAGE).map_err(|e| {
+                message_error(e, format!("writing {}/{MESSAGE}", tmp_dir.display()))
             })?;
+            let state = make_state(&id, size);
             let json = state_json(&state).map_err(|e| {
                 OutboxError::io(format!("writing {}/{STATE}", tmp_dir.display()), e)
             })?;
@@ -666,12 +717,82 @@ impl Outbox {
     /// Stores bytes that could not be queued in `failed/<id>/` with the reason.
     pub(crate) fn store_failed(&self, message: &[u8], reason: &str) -> Result<String, OutboxError> {
         let now = now_secs();
-        let size = message.len() as u64;
-        self.commit_new(Folder::Failed, message, |id| {
+        let make_state = |id: &str, size| {
             let mut state = MessageState::new(id, &Envelope::default(), size, now);
             state.failure = Some(reason.to_owned());
             state
-        })
+        };
+        self.build_and_move(
+            None,
+            Folder::Failed,
+            Content::Bytes(message),
+            make_state,
+            true,
+        )
+    }
+
+    /// Moves the file `src` (in `new/` or `incoming/`) into `failed/<id>/` as its
+    /// `message.eml`, with a state giving `reason`, and returns the id: for a file too large
+    /// to read. Nothing is read or copied (a sparse file stays sparse). On error the file is
+    /// where it was and nothing is left behind.
+    pub(crate) fn fail_by_move(
+        &self,
+        src: &Path,
+        size: u64,
+        reason: &str,
+    ) -> Result<String, OutboxError> {
+        let id = new_id();
+        let tmp_dir = self.root.join(TMP).join(&id);
+        let final_dir = self.msg_path(Folder::Failed, &id);
+        let from = src.parent().unwrap_or(&self.root);
+        let src = src.to_path_buf();
+        let message = tmp_dir.join(MESSAGE);
+        let io = |what: String| move |e: io::Error| OutboxError::io(what, e);
+        mkdir_private(&tmp_dir).map_err(io(format!("creating {}", tmp_dir.display())))?;
+        let mut moved = false;
+        let result = (|| -> Result<(), OutboxError> {
+            let dir = open_dir(&tmp_dir).map_err(io(format!("opening {}", tmp_dir.display())))?;
+            let state = stand_in_state(&id, size, reason.to_owned());
+            let json = state_json(&state).map_err(io(format!("writing {}", tmp_dir.display())))?;
+            create_file(&dir, STATE, &json)
+                .and_then(|f| f.sync_all())
+                .map_err(io(format!("writing {}/{STATE}", tmp_dir.display())))?;
+            rename_noreplace(&src, &message).map_err(io(format!(
+                "moving {} to {}",
+                src.display(),
+                message.display()
+            )))?;
+            moved = true;
+            // Private like every file of the outbox, whatever mode it came with.
+            let moved_file = open_regular_in(&dir, MESSAGE)
+                .map_err(io(format!("opening {}", message.display())))?;
+            rustix::fs::fchmod(&moved_file, rustix::fs::Mode::from_raw_mode(FILE_MODE)).map_err(
+                |e| OutboxError::io(format!("setting the mode of {}", message.display()), e),
+            )?;
+            rustix::fs::fsync(&dir)
+                .map_err(|e| OutboxError::io(format!("syncing {}", tmp_dir.display()), e))?;
+            rename_noreplace(&tmp_dir, &final_dir).map_err(io(format!(
+                "moving {} to {}",
+                tmp_dir.display(),
+                final_dir.display()
+            )))?;
+            moved = false;
+            for dir in [self.folder_path(Folder::Failed), from.to_path_buf()] {
+                fsync_dir(&dir).map_err(io(format!("syncing {}", dir.display())))?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            // Give the file back before the build goes; never delete what was handed to us.
+            if moved && rename_noreplace(&message, &src).is_err() {
+                return Err(e);
+            }
+            if !final_dir.exists() {
+                let _ = fs::remove_dir_all(&tmp_dir);
+            }
+            return Err(e);
+        }
+        Ok(id)
     }
 
     /// Moves a queue entry whose state cannot be read to `failed/`, keeping the bad file as
@@ -815,6 +936,63 @@ fn ensure_private_dir(path: &Path, euid: u32) -> Result<(), OutboxError> {
     Ok(())
 }
 
+/// The bytes of a message being stored.
+pub(crate) enum Content<'a> {
+    /// All in memory.
+    Bytes(&'a [u8]),
+    /// Read as they are written, at most this many bytes.
+    Stream(&'a mut dyn Read, u64),
+}
+
+impl Content<'_> {
+    /// Creates `name` in `dir` (see `create_file`) holding the message; gives the file and
+    /// the message's size.
+    fn write_into(&mut self, dir: &OwnedFd, name: &str) -> io::Result<(File, u64)> {
+        match self {
+            Content::Bytes(bytes) => Ok((create_file(dir, name, bytes)?, bytes.len() as u64)),
+            Content::Stream(reader, max) => {
+                let mut file = create_file(dir, name, b"")?;
+                let size = copy_at_most(reader, &mut file, *max)?;
+                Ok((file, size))
+            }
+        }
+    }
+}
+
+/// The error of a message longer than the limit, told apart from the file system's own
+/// `EFBIG` (`FileTooLarge`).
+#[derive(Debug)]
+struct TooLarge(u64);
+
+impl std::fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "more than {} bytes", self.0)
+    }
+}
+
+impl std::error::Error for TooLarge {}
+
+/// Copies `reader` to `writer`, failing with [`TooLarge`] past `max` bytes; the bytes copied.
+fn copy_at_most(reader: &mut dyn Read, writer: &mut dyn Write, max: u64) -> io::Result<u64> {
+    let copied = io::copy(&mut reader.take(max.saturating_add(1)), writer)?;
+    if copied > max {
+        return Err(io::Error::other(TooLarge(max)));
+    }
+    Ok(copied)
+}
+
+/// The outbox error for a failed write of a message: [`OutboxError::TooLarge`] when the
+/// message went past the limit.
+fn message_error(e: io::Error, context: String) -> OutboxError {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<TooLarge>())
+    {
+        Some(TooLarge(max)) => OutboxError::TooLarge { max: *max },
+        None => OutboxError::io(context, e),
+    }
+}
+
 /// Checks the envelope before it is queued: at least one recipient, and addresses that can
 /// go into an SMTP command.
 pub(crate) fn check_envelope(env: &Envelope) -> Result<(), OutboxError> {
@@ -857,6 +1035,11 @@ fn stand_in_state(id: &str, size: u64, reason: String) -> MessageState {
     state
 }
 
+/// Why a message of `size` bytes is not queued (`max` is `[outbox] max_message_size`).
+pub(crate) fn too_large_reason(size: u64, max: u64) -> String {
+    format!("the message is {size} bytes, larger than the {max} bytes of [outbox] max_message_size")
+}
+
 /// Maps an error reading a file of a message directory.
 fn file_error(path: &Path, e: io::Error) -> OutboxError {
     let reason = match e.raw_os_error() {
@@ -874,6 +1057,7 @@ fn file_error(path: &Path, e: io::Error) -> OutboxError {
             format!("unreadable: {e}")
         }
         _ if e.kind() == io::ErrorKind::InvalidInput => "not a regular file".to_owned(),
+        _ if e.kind() == io::ErrorKind::FileTooLarge => format!("too large to read: {e}"),
         _ => return OutboxError::io(format!("reading {}", path.display()), e),
     };
     OutboxError::Corrupt {

@@ -324,20 +324,18 @@ fn enqueue_list_update_finish_retry_remove_round_trip() {
     ob.finish_failed(&g).unwrap();
     assert_eq!(ob.remove(&ids[3]).unwrap(), Folder::Failed);
     assert_eq!(ob.locate(&ids[3]).unwrap(), None);
-    assert!(matches!(
-        ob.remove(&ids[0]),
-        Err(OutboxError::WrongFolder {
-            folder: Folder::Sent,
-            ..
-        })
-    ));
+    // Sent mail may be dropped too (`linkrelay drop` of a sent id).
+    let sent_copy = ob.root().join("sent").join(&ids[0]);
+    assert!(sent_copy.exists());
+    assert_eq!(ob.remove(&ids[0]).unwrap(), Folder::Sent);
+    assert!(!sent_copy.exists());
     assert!(ob.remove(&ids[2]).unwrap_err().is_not_found());
     assert_eq!(
         ob.counts().unwrap(),
         Counts {
             queued: 1,
             failed: 0,
-            sent: 1
+            sent: 0
         }
     );
     // Removal went through tmp/ and left nothing there.
@@ -853,6 +851,148 @@ fn a_listing_skips_what_it_cannot_read_in_the_queue_and_moves_nothing() {
     let state = String::from_utf8(state).unwrap().replace(&whole, &half);
     fs::write(q.join(&half).join("state.json"), state).unwrap();
     assert_eq!(reader.entry(&half).map(|s| s.id), Some(half));
+}
+
+/// Makes `path` a sparse file claiming 64 GiB (nothing written).
+fn sparse_64_gib(path: &Path) {
+    let f = fs::File::create(path).unwrap();
+    f.set_len(64 << 30).unwrap();
+}
+
+#[test]
+fn a_sparse_64_gib_file_in_new_goes_to_failed_unread_and_the_others_are_queued() {
+    let (_d, ob) = outbox();
+    sparse_64_gib(&ob.root().join("new/a-huge"));
+    fs::write(ob.root().join("new/b-fine"), message(1)).unwrap();
+    let done = ob.ingest_new();
+    assert_eq!(done.len(), 2, "{done:?}");
+    let Ingested::Failed { file, id, reason } = &done[0] else {
+        panic!("{done:?}");
+    };
+    assert_eq!(file, "a-huge");
+    assert!(
+        reason.contains("larger than the 52428800 bytes of [outbox] max_message_size"),
+        "{reason}"
+    );
+    assert!(matches!(&done[1], Ingested::Queued { file, .. } if file == "b-fine"));
+    assert!(names(&ob.root().join("new")).is_empty());
+    // Moved, not copied: still sparse, with the reason beside it.
+    let moved = ob.root().join("failed").join(id).join("message.eml");
+    assert_eq!(fs::metadata(&moved).unwrap().len(), 64 << 30);
+    let state = ob.state(Folder::Failed, id).unwrap();
+    assert_eq!(state.failure.as_deref(), Some(reason.as_str()));
+    assert_eq!(state.size, 64 << 30);
+}
+
+#[test]
+fn the_message_size_limit_is_the_outboxs_to_set() {
+    let (_d, ob) = outbox();
+    let ob = ob.with_limits(crate::Limits {
+        max_message_size: 100,
+    });
+    fs::write(ob.root().join("new/big"), vec![b'x'; 101]).unwrap();
+    let done = ob.ingest_new();
+    assert!(
+        matches!(&done[..], [Ingested::Failed { reason, .. }] if reason.contains("101 bytes, larger than the 100 bytes")),
+        "{done:?}"
+    );
+    // A queued message that has grown past the limit (a lower limit since) cannot be read.
+    let big = Outbox::open(ob.root()).unwrap();
+    let id = big
+        .enqueue(&env("a@example.net", &["b@example.org"]), &[b'y'; 200])
+        .unwrap();
+    match ob.read_message(Folder::Queue, &id) {
+        Err(OutboxError::Corrupt { reason, .. }) => {
+            assert!(reason.contains("too large to read"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_sparse_64_gib_state_or_message_is_refused_unread_and_the_queue_goes_on() {
+    let (_d, ob) = outbox();
+    let e = env("a@example.net", &["b@example.org"]);
+    let bad_state = ob.enqueue(&e, &message(1)).unwrap();
+    let bad_message = ob.enqueue(&e, &message(2)).unwrap();
+    let fine = ob.enqueue(&e, &message(3)).unwrap();
+    sparse_64_gib(&ob.root().join("queue").join(&bad_state).join("state.json"));
+    sparse_64_gib(
+        &ob.root()
+            .join("queue")
+            .join(&bad_message)
+            .join("message.eml"),
+    );
+    // The listing sets the state aside (moved to failed/ with the reason) and goes on.
+    let listed: Vec<String> = ob
+        .list(Folder::Queue)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(listed, [bad_message.clone(), fine.clone()]);
+    let failed = ob.state(Folder::Failed, &bad_state).unwrap();
+    assert!(
+        failed
+            .failure
+            .as_deref()
+            .unwrap()
+            .contains("too large to read"),
+        "{failed:?}"
+    );
+    assert!(
+        ob.root()
+            .join("failed")
+            .join(&bad_state)
+            .join("state.json.corrupt")
+            .exists()
+    );
+    assert!(matches!(
+        ob.read_message(Folder::Queue, &bad_message),
+        Err(OutboxError::Corrupt { .. })
+    ));
+    assert_eq!(ob.read_message(Folder::Queue, &fine).unwrap(), message(3));
+    // The reader that listings use skips it without reading it.
+    let reader = ob.reader(Folder::Queue).unwrap();
+    assert!(reader.entry(&fine).is_some());
+}
+
+#[test]
+fn prune_removes_what_was_sent_longer_ago_than_kept_and_keeps_the_rest() {
+    let (_d, ob) = outbox();
+    let e = env("a@example.net", &["b@example.org"]);
+    let now = crate::id::now_secs();
+    let mut ids = Vec::new();
+    for (n, sent_ago) in [(1, 10 * 86_400), (2, 86_400), (3, 60)] {
+        // Queued a minute before it was sent (the id says when).
+        let id = format!("{:010}.000000.1.abc{n}", now - sent_ago - 60);
+        let make_state = |id: &str, size| {
+            let mut st = MessageState::new(id, &e, size, now - sent_ago - 60);
+            st.sent_at = Some(now - sent_ago);
+            st.recipients[0].status = RecipientStatus::Sent;
+            st
+        };
+        let content = crate::outbox::Content::Bytes(&message(n));
+        ob.build_and_move(Some(&id), Folder::Sent, content, make_state, true)
+            .unwrap();
+        ids.push(id);
+    }
+    let queued = ob.enqueue(&e, &message(4)).unwrap();
+    let keep = Duration::from_secs(3 * 86_400);
+    let pruned = ob.prune_sent(now, keep, u64::MAX).unwrap();
+    assert_eq!(pruned.removed, 1);
+    assert_eq!(pruned.kept, 2);
+    assert_eq!(pruned.freed, message(1).len() as u64);
+    // Mail queued since the cutoff is not read: its expiry counts from its queueing, a
+    // little early (the next prune then finds it due, or not yet).
+    assert_eq!(pruned.next_expiry, Some(now - 86_400 - 60 + 3 * 86_400));
+    assert_eq!(names(&ob.root().join("sent")), ids[1..].to_vec());
+    assert_eq!(ob.locate(&queued).unwrap(), Some(Folder::Queue));
+    // Over the size kept: the oldest goes first.
+    let pruned = ob.prune_sent(now, keep, message(3).len() as u64).unwrap();
+    assert_eq!((pruned.removed, pruned.kept), (1, 1));
+    assert_eq!(names(&ob.root().join("sent")), [ids[2].clone()]);
+    assert!(names(&ob.root().join("tmp")).is_empty());
 }
 
 #[test]

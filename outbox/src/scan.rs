@@ -15,6 +15,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 use crate::error::OutboxError;
 use crate::fsutil::open_dir;
 use crate::id::validate_id;
+use crate::limits::STATE_MAX;
 use crate::outbox::Outbox;
 use crate::state::{Envelope, Folder, MessageState};
 
@@ -181,7 +182,9 @@ impl FolderReader<'_> {
         if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
             return None;
         }
-        let len = usize::try_from(st.st_size).ok()?;
+        // Never by a claimed size above the cap: Outbox::entry says what is wrong then.
+        let len = u64::try_from(st.st_size).ok().filter(|l| *l <= STATE_MAX)?;
+        let len = usize::try_from(len).ok()?;
         let mut bytes = vec![0; len];
         let mut file = File::from(fd);
         // state.json is replaced by rename, never changed in place: its size holds.

@@ -5,6 +5,7 @@
 //! removed, `From:`, `Date:` and `Message-ID:` added when missing. 8-bit bytes pass through.
 
 use std::collections::HashSet;
+use std::io::Read;
 
 use mailparse::{MailAddr, addrparse_header, parse_header, parse_headers};
 
@@ -280,6 +281,188 @@ pub fn prepare_submitted(envelope: &Envelope, data: &[u8]) -> Result<Vec<u8>, Se
     .map(|(_, message)| message)
 }
 
+/// The largest header section read into memory: a message whose header section (up to the
+/// first empty line) is longer is refused. Postfix cuts a single header at 100 KB; ten times
+/// that holds any real one, `Received:` lines and all.
+pub const MAX_HEADER_SECTION: usize = 1024 * 1024;
+
+/// Why reading a message from a stream stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The stream could not be read.
+    #[error("cannot read the message: {0}")]
+    Io(#[from] std::io::Error),
+    /// What was read is not a message to queue.
+    #[error("{0}")]
+    Message(#[from] SendmailError),
+}
+
+/// [`prepare`] on a stream: reads `input` up to the end of its header section (at most
+/// [`MAX_HEADER_SECTION`] bytes), and gives the envelope and a reader of the message to
+/// queue. The body is normalised as it is read, so a message of any size costs a few
+/// buffers: `MessageStream` yields exactly the bytes `prepare` would return.
+pub fn prepare_stream<R: Read>(
+    args: &Args,
+    input: R,
+    default_from: &str,
+) -> Result<MessageStream<R>, ReadError> {
+    let mut message = stream(
+        &Request {
+            dot_ends: !args.ignore_dots,
+            extract: args.extract_recipients,
+            recipients: &args.recipients,
+            from: args.from.as_deref(),
+            full_name: args.full_name.as_deref(),
+            default_from: Some(default_from),
+        },
+        input,
+    )?;
+    message.envelope.dsn = args.dsn(&message.envelope.recipients);
+    Ok(message)
+}
+
+/// [`envelope_from_headers`] on a stream (a file of `new/`), as [`prepare_stream`] is to
+/// [`prepare`].
+pub fn envelope_from_headers_stream<R: Read>(input: R) -> Result<MessageStream<R>, ReadError> {
+    stream(
+        &Request {
+            dot_ends: false,
+            extract: true,
+            recipients: &[],
+            from: None,
+            full_name: None,
+            default_from: None,
+        },
+        input,
+    )
+}
+
+/// A message being read: its envelope, and the bytes to queue as a reader (the header section
+/// as queued, then the body, normalised as it is read).
+#[derive(Debug)]
+pub struct MessageStream<R> {
+    /// The envelope, from the command line and the header section.
+    pub envelope: Envelope,
+    /// The header section as queued and the part of the body read with it.
+    start: Vec<u8>,
+    pos: usize,
+    rest: Normalized<R>,
+}
+
+impl<R: Read> Read for MessageStream<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos < self.start.len() {
+            let n = buf.len().min(self.start.len() - self.pos);
+            buf[..n].copy_from_slice(&self.start[self.pos..self.pos + n]);
+            self.pos += n;
+            return Ok(n);
+        }
+        self.rest.read(buf)
+    }
+}
+
+impl<R: Read> MessageStream<R> {
+    /// The input, for reading what follows a dot that ended the message (so that the writer
+    /// is not cut off).
+    pub fn into_input(self) -> R {
+        self.rest.input
+    }
+}
+
+/// Reads `input` through a [`Normalizer`] up to the end of the header section, and builds
+/// the stream of the message to queue.
+fn stream<R: Read>(req: &Request<'_>, input: R) -> Result<MessageStream<R>, ReadError> {
+    let mut rest = Normalized::new(input, req.dot_ends);
+    let mut read = Vec::new();
+    let mut chunk = [0; 16 * 1024];
+    let mut scanned = 0;
+    let body = loop {
+        if let Some(at) = header_end(&read, scanned) {
+            break at;
+        }
+        // The next search starts where a blank line cut by this read's end could start.
+        scanned = read.len().saturating_sub(3);
+        if read.len() > MAX_HEADER_SECTION {
+            return Err(SendmailError::DataErr(format!(
+                "the header section is longer than {MAX_HEADER_SECTION} bytes"
+            ))
+            .into());
+        }
+        let n = rest.read(&mut chunk)?;
+        if n == 0 {
+            break read.len();
+        }
+        read.extend_from_slice(&chunk[..n]);
+    };
+    let (envelope, mut start, at) = build_head(req, &read[..body])?;
+    start.extend_from_slice(&read[at..]);
+    Ok(MessageStream {
+        envelope,
+        start,
+        pos: 0,
+        rest,
+    })
+}
+
+/// Where the body of normalised bytes starts (after the first empty line), if it is in them;
+/// the search for the empty line starts at `from`.
+fn header_end(msg: &[u8], from: usize) -> Option<usize> {
+    if msg.starts_with(b"\r\n") {
+        return Some(2);
+    }
+    msg.get(from..)?
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| from + i + 4)
+}
+
+/// A reader that normalises another as it reads (see [`Normalizer`]).
+#[derive(Debug)]
+pub(crate) struct Normalized<R> {
+    input: R,
+    normalizer: Normalizer,
+    out: Vec<u8>,
+    pos: usize,
+}
+
+impl<R: Read> Normalized<R> {
+    pub(crate) fn new(input: R, dot_ends: bool) -> Normalized<R> {
+        Normalized {
+            input,
+            normalizer: Normalizer::new(dot_ends),
+            out: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl<R: Read> Read for Normalized<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let mut chunk = [0; 16 * 1024];
+        while self.pos == self.out.len() {
+            if self.normalizer.ended() {
+                return Ok(0);
+            }
+            self.out.clear();
+            self.pos = 0;
+            let n = match self.input.read(&mut chunk) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                self.normalizer.finish(&mut self.out);
+            } else {
+                self.normalizer.push(&chunk[..n], &mut self.out);
+            }
+        }
+        let n = buf.len().min(self.out.len() - self.pos);
+        buf[..n].copy_from_slice(&self.out[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
 /// Why `addr` cannot be an SMTP envelope address, if it cannot.
 pub(crate) fn address_problem(addr: &str) -> Option<&'static str> {
     if addr.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -326,16 +509,28 @@ struct Section {
 
 fn build(req: &Request<'_>, input: &[u8]) -> Result<(Envelope, Vec<u8>), SendmailError> {
     let msg = normalize(input, req.dot_ends);
-    let section = header_section(&msg)?;
+    let (envelope, mut out, body) = build_head(req, &msg)?;
+    out.extend_from_slice(&msg[body..]);
+    Ok((envelope, out))
+}
+
+/// The envelope and the header section to queue (`Bcc:` removed, `From:`, `Date:` and
+/// `Message-ID:` added, the blank line when a body follows) of the normalised message that
+/// starts with `msg`, which holds at least its whole header section; and where in `msg` the
+/// body starts (`msg.len()` when there is none).
+fn build_head(req: &Request<'_>, msg: &[u8]) -> Result<(Envelope, Vec<u8>, usize), SendmailError> {
+    let section = header_section(msg)?;
 
     let mut recipients = Recipients::default();
     for arg in req.recipients {
-        recipients.add(strip_angle(arg.trim()), "recipient")?;
+        for addr in split_list(arg) {
+            recipients.add(strip_angle(addr), "recipient")?;
+        }
     }
     if req.extract {
         for field in &section.fields {
             if field.is("to") || field.is("cc") || field.is("bcc") {
-                for addr in field_addresses(&msg, field)? {
+                for addr in field_addresses(msg, field)? {
                     recipients.add(&addr, "recipient")?;
                 }
             }
@@ -347,7 +542,7 @@ fn build(req: &Request<'_>, input: &[u8]) -> Result<(Envelope, Vec<u8>), Sendmai
 
     let header_sender = match req.from {
         Some(_) => None,
-        None => sender_from_headers(&msg, &section)?,
+        None => sender_from_headers(msg, &section)?,
     };
     let sender = match (req.from, header_sender, req.default_from) {
         (Some(f), _, _) => {
@@ -396,14 +591,14 @@ fn build(req: &Request<'_>, input: &[u8]) -> Result<(Envelope, Vec<u8>), Sendmai
         ));
     }
 
-    let mut out = Vec::with_capacity(msg.len() + added.len());
+    let head_len = section.fields.last().map_or(0, |f| f.end);
+    let mut out = Vec::with_capacity(head_len + added.len() + 2);
     for field in section.fields.iter().filter(|f| !f.is("bcc")) {
         out.extend_from_slice(&msg[field.start..field.end]);
     }
     out.extend_from_slice(added.as_bytes());
-    if let Some(body) = section.body {
+    if section.body.is_some() {
         out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&msg[body..]);
     }
     Ok((
         Envelope {
@@ -412,6 +607,7 @@ fn build(req: &Request<'_>, input: &[u8]) -> Result<(Envelope, Vec<u8>), Sendmai
             dsn: None,
         },
         out,
+        section.body.unwrap_or(msg.len()),
     ))
 }
 
@@ -423,23 +619,121 @@ fn build(req: &Request<'_>, input: &[u8]) -> Result<(Envelope, Vec<u8>), Sendmai
 /// the client's dot-stuffing does not see a line there to stuff.
 fn normalize(input: &[u8], dot_ends: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len() + input.len() / 32 + 2);
-    let mut rest = input;
-    while !rest.is_empty() {
-        let (line, next) = match rest.iter().position(|&b| b == b'\n') {
-            Some(i) => (&rest[..i], &rest[i + 1..]),
-            None => (rest, &rest[rest.len()..]),
-        };
-        let content = line.strip_suffix(b"\r").unwrap_or(line);
-        if dot_ends && content == b"." {
-            break;
+    let mut n = Normalizer::new(dot_ends);
+    n.push(input, &mut out);
+    n.finish(&mut out);
+    out
+}
+
+/// Where the normaliser stands in the current line (split at LF), for the dot that ends the
+/// input: only a line that is `.` or `.` CR does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Line {
+    /// Nothing of the line yet.
+    Start,
+    /// `.` so far, held back.
+    Dot,
+    /// `.` CR so far, held back.
+    DotCr,
+    /// Anything else: the line is content.
+    Other,
+}
+
+/// [`normalize`] a piece at a time: what streams through it comes out as `normalize` makes
+/// the whole, whatever the pieces.
+#[derive(Debug)]
+pub(crate) struct Normalizer {
+    dot_ends: bool,
+    line: Line,
+    /// A CR was seen: a line end, CRLF whether or not an LF follows.
+    cr: bool,
+    /// The dot line ended the input.
+    ended: bool,
+}
+
+impl Normalizer {
+    pub(crate) fn new(dot_ends: bool) -> Normalizer {
+        Normalizer {
+            dot_ends,
+            line: Line::Start,
+            cr: false,
+            ended: false,
         }
-        for part in content.split(|&b| b == b'\r') {
-            out.extend_from_slice(part);
+    }
+
+    /// Whether a line with a single dot ended the input (what follows is not read).
+    pub(crate) fn ended(&self) -> bool {
+        self.ended
+    }
+
+    /// Normalises `input` onto `out`; stops at the end of the input (a dot line).
+    pub(crate) fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        for &b in input {
+            if self.ended {
+                return;
+            }
+            match (self.line, b) {
+                (Line::Start, b'.') if self.dot_ends && !self.cr => self.line = Line::Dot,
+                (Line::Dot, b'\r') => self.line = Line::DotCr,
+                (Line::Dot | Line::DotCr, b'\n') => self.ended = true,
+                (Line::Dot, _) => {
+                    self.line = Line::Other;
+                    self.content(b'.', out);
+                    self.content(b, out);
+                }
+                (Line::DotCr, _) => {
+                    self.line = Line::Other;
+                    self.content(b'.', out);
+                    self.content(b'\r', out);
+                    self.content(b, out);
+                }
+                _ => self.content(b, out),
+            }
+        }
+    }
+
+    /// Ends the input: a last line without its line end gets one.
+    pub(crate) fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.ended {
+            return;
+        }
+        if matches!(self.line, Line::Dot | Line::DotCr) {
+            // A dot line at the very end ends the input as well.
+            self.ended = true;
+            return;
+        }
+        if self.cr || self.line == Line::Other {
             out.extend_from_slice(b"\r\n");
         }
-        rest = next;
+        self.cr = false;
+        self.line = Line::Start;
+        self.ended = true;
     }
-    out
+
+    /// One byte of a line's content (or its end).
+    fn content(&mut self, b: u8, out: &mut Vec<u8>) {
+        if std::mem::take(&mut self.cr) {
+            out.extend_from_slice(b"\r\n");
+            if b == b'\n' {
+                self.line = Line::Start;
+                return;
+            }
+        }
+        match b {
+            b'\r' => {
+                self.cr = true;
+                self.line = Line::Other;
+            }
+            b'\n' => {
+                out.extend_from_slice(b"\r\n");
+                self.line = Line::Start;
+            }
+            _ => {
+                out.push(b);
+                self.line = Line::Other;
+            }
+        }
+    }
 }
 
 /// Splits the header section of a normalised message into fields, checking that every line
@@ -589,6 +883,37 @@ fn check_address(addr: &str, what: &str) -> Result<(), SendmailError> {
         None => Ok(()),
         Some(problem) => Err(SendmailError::DataErr(format!("{what} {addr:?} {problem}"))),
     }
+}
+
+/// The addresses of a command-line recipient argument, which sendmail reads as a list:
+/// split at the commas that are outside double quotes and angle brackets, trimmed, empty
+/// items left out (`a@b.example, c@d.example,` is two).
+fn split_list(arg: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut quoted, mut angle, mut escaped) = (false, false, false);
+    let mut start = 0;
+    for (i, c) in arg.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '<' if !quoted => angle = true,
+            '>' if !quoted => angle = false,
+            ',' if !quoted && !angle => {
+                out.push(arg[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(arg[start..].trim());
+    let given = out.len();
+    out.retain(|a| !a.is_empty());
+    // A lone empty argument stays one, for the "empty recipient" error.
+    if out.is_empty() && given == 1 {
+        out.push("");
+    }
+    out
 }
 
 /// `<addr>` -> `addr` (and `<>` -> the null sender).
@@ -1208,6 +1533,32 @@ mod tests {
     }
 
     #[test]
+    fn a_comma_list_on_the_command_line_is_several_recipients_as_sendmail_takes_it() {
+        let a = args(&[
+            "a@b.example,c@d.example",
+            "e@f.example, <g@h.example>,",
+            "\"x,y\"@quoted.example",
+        ])
+        .unwrap();
+        let (env, _) = prepare(&a, b"Subject: x\n\nb\n", "me@example.net").unwrap();
+        assert_eq!(
+            env.recipients,
+            [
+                "a@b.example",
+                "c@d.example",
+                "e@f.example",
+                "g@h.example",
+                "\"x,y\"@quoted.example"
+            ]
+        );
+        // A bad address in a list is named on its own.
+        let a = args(&["a@b.example,bob"]).unwrap();
+        let e = prepare(&a, b"Subject: x\n\nb\n", "me@example.net").unwrap_err();
+        assert_eq!(e.exit_code(), 65);
+        assert!(e.to_string().contains("\"bob\""), "{e}");
+    }
+
+    #[test]
     fn invalid_header_sections_are_data_errors() {
         let a = args(&["bob@example.org"]).unwrap();
         for input in [
@@ -1288,6 +1639,108 @@ mod tests {
             };
             let _ = prepare(&a, &input, "me@example.net");
             let _ = envelope_from_headers(&input);
+        }
+    }
+
+    /// The normalisation of a whole input as it was done before the streaming one, line by
+    /// line: the reference the streaming normaliser must match.
+    fn normalize_reference(input: &[u8], dot_ends: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut rest = input;
+        while !rest.is_empty() {
+            let (line, next) = match rest.iter().position(|&b| b == b'\n') {
+                Some(i) => (&rest[..i], &rest[i + 1..]),
+                None => (rest, &rest[rest.len()..]),
+            };
+            let content = line.strip_suffix(b"\r").unwrap_or(line);
+            if dot_ends && content == b"." {
+                break;
+            }
+            for part in content.split(|&b| b == b'\r') {
+                out.extend_from_slice(part);
+                out.extend_from_slice(b"\r\n");
+            }
+            rest = next;
+        }
+        out
+    }
+
+    /// A reader that hands out its bytes a few at a time, at random.
+    struct Trickle {
+        data: Vec<u8>,
+        pos: usize,
+        rng: rand::rngs::StdRng,
+    }
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            use rand::Rng;
+            let n = self
+                .rng
+                .random_range(1..=9)
+                .min(buf.len())
+                .min(self.data.len() - self.pos);
+            buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn the_streamed_message_is_byte_for_byte_the_one_prepare_makes_whatever_the_pieces() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x57ea);
+        let alphabet: &[u8] = b"ab. \r\n\r\n\n.:Bcc To:x@y.example\n";
+        let fixed = b"From: a@b.example\nDate: now\nMessage-ID: <1@b.example>\n";
+        for i in 0..3000 {
+            let dot_ends = i % 2 == 0;
+            let tail: Vec<u8> = (0..rng.random_range(0..200))
+                .map(|_| alphabet[rng.random_range(0..alphabet.len())])
+                .collect();
+            assert_eq!(
+                normalize(&tail, dot_ends),
+                normalize_reference(&tail, dot_ends),
+                "{:?}",
+                String::from_utf8_lossy(&tail)
+            );
+            let input = [fixed.as_slice(), &tail].concat();
+            let a = if dot_ends {
+                args(&["-t", "c@d.example"]).unwrap()
+            } else {
+                args(&["-t", "-i", "c@d.example"]).unwrap()
+            };
+            let whole = prepare(&a, &input, "me@example.net");
+            let trickle = Trickle {
+                data: input.clone(),
+                pos: 0,
+                rng: rand::rngs::StdRng::seed_from_u64(i),
+            };
+            let streamed = prepare_stream(&a, trickle, "me@example.net").map(|mut m| {
+                let mut out = Vec::new();
+                m.read_to_end(&mut out).unwrap();
+                (m.envelope, out)
+            });
+            match (whole, streamed) {
+                (Ok(w), Ok(s)) => assert_eq!(w, s, "{:?}", String::from_utf8_lossy(&input)),
+                (Err(w), Err(ReadError::Message(s))) => assert_eq!(w, s),
+                (w, s) => panic!("{:?}: {w:?} / {s:?}", String::from_utf8_lossy(&input)),
+            }
+        }
+    }
+
+    #[test]
+    fn a_header_section_without_end_is_refused_after_a_mebibyte() {
+        let endless = std::io::repeat(b'X').take(8 << 20);
+        let input = b"Subject: ".chain(endless);
+        let a = args(&["c@d.example"]).unwrap();
+        match prepare_stream(&a, input, "me@example.net") {
+            Err(ReadError::Message(SendmailError::DataErr(m))) => {
+                assert!(
+                    m.contains("header section is longer than 1048576 bytes"),
+                    "{m}"
+                )
+            }
+            other => panic!("{other:?}"),
         }
     }
 

@@ -19,28 +19,29 @@
 //! Locking (`flock` on the spool): a submitter holds it exclusively while it appends and
 //! `fdatasync`s, so that on any error it can cut its own record off again and leave nothing
 //! behind. A drain holds it only for a moment: it makes an empty `.spool.taken`, swaps the
-//! two names (`RENAME_EXCHANGE`: there is always a spool to append to) and reads what it took.
-//! Submitters go on at once with the new, empty spool (one that waited for the lock finds its
-//! file renamed away, and opens the spool again); the drain builds `queue/<id>/` for every
-//! record it took without syncing, `syncfs`es once, and only then removes `.spool.taken`. The
-//! `syncfs` (tens of ms on a busy disk) so never holds up a submitter: the listener's sessions
-//! wait for their own `fdatasync` only. A crash (or a round that cannot finish, a full disk)
-//! leaves `.spool.taken`: the next drain takes it first, skipping records whose ids are queued
-//! already. Drains take turns on the lock of `.spool.taken`. Listings read both files without
-//! a lock and skip what does not check out (a record being written).
+//! two names (`RENAME_EXCHANGE`: there is always a spool to append to) and keeps the lock of
+//! what it took. Submitters go on at once with the new, empty spool (one that waited for the
+//! lock finds its file renamed away, and opens the spool again); the drain builds
+//! `queue/<id>/` for every record it took without syncing, `syncfs`es once, and only then
+//! removes `.spool.taken`. The `syncfs` (tens of ms on a busy disk) so never holds up a
+//! submitter: the listener's sessions wait for their own `fdatasync` only. A crash (or a
+//! round that cannot finish, a full disk) leaves `.spool.taken`: the next drain takes it
+//! first, skipping records whose ids are queued already. Drains take turns on the lock of
+//! `.spool.taken`. Listings read both files without a lock and skip what does not check out
+//! (a record being written).
 //!
 //! Bytes that are no record (a writer killed in the middle of its append) go to `failed/` with
 //! the reason, like any unusable input, and the drain goes on at the next record header.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{FileType, FlockOperation, Mode, OFlags};
 
 use crate::error::OutboxError;
-use crate::fsutil::{FILE_MODE, read_file};
+use crate::fsutil::FILE_MODE;
 use crate::id::validate_id;
 use crate::outbox::{INCOMING, Outbox};
 
@@ -57,24 +58,32 @@ const HEADER: &[u8] = b"linkrelay-spool 1 ";
 /// The longest header line read (id, length and CRC fit well within it).
 const HEADER_MAX: usize = 256;
 
-/// What a spool's bytes hold, in order.
+/// What a spool holds, in order.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Item<'a> {
+pub(crate) enum Item {
     /// A complete record.
     Record {
         /// The message's id, chosen by the submitter.
-        id: &'a str,
+        id: String,
         /// The envelope line and the message.
-        payload: &'a [u8],
+        payload: Vec<u8>,
     },
     /// Bytes that are no complete record, up to the next record header (or the end).
     Garbage {
-        /// The bytes.
-        bytes: &'a [u8],
+        /// The first [`GARBAGE_SAMPLE`] bytes of them, kept in `failed/` for a look.
+        sample: Vec<u8>,
+        /// How many bytes they are.
+        len: u64,
         /// Why they are not a record.
         reason: String,
     },
 }
+
+/// How much of a run of garbage is kept: enough to see what it was.
+pub(crate) const GARBAGE_SAMPLE: usize = 64 * 1024;
+
+/// Bytes looked at at once while searching for the next record header.
+const SCAN_CHUNK: usize = 64 * 1024;
 
 /// The bytes of one record for message `id`.
 pub(crate) fn encode(id: &str, payload: &[u8]) -> Vec<u8> {
@@ -91,31 +100,206 @@ pub(crate) fn encode(id: &str, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Splits a spool's bytes into records and garbage.
-pub(crate) fn items(bytes: &[u8]) -> Vec<Item<'_>> {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < bytes.len() {
-        match record_at(&bytes[pos..]) {
-            Ok((id, payload, len)) => {
-                out.push(Item::Record { id, payload });
-                pos += len;
-            }
-            Err(reason) => {
-                let next = find(&bytes[pos + 1..], HEADER).map_or(bytes.len(), |i| pos + 1 + i);
-                out.push(Item::Garbage {
-                    bytes: &bytes[pos..next],
-                    reason,
-                });
-                pos = next;
-            }
-        }
+/// Random access to a spool's bytes: the spool file, or (in tests) a slice.
+pub(crate) trait Bytes {
+    /// How many bytes there are.
+    fn size(&self) -> u64;
+    /// Reads at `offset` into `buf` until it is full or the bytes end; how many were read.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+    /// The first offset at or after `offset` that is not in a hole (a sparse file's
+    /// unwritten range reads as zeros, which hold no record header): `size()` when none is.
+    fn data_from(&self, offset: u64) -> u64 {
+        offset
     }
-    out
 }
 
-/// The record at the start of `bytes`: its id, its payload, and its whole length.
-fn record_at(bytes: &[u8]) -> Result<(&str, &[u8], usize), String> {
+impl Bytes for [u8] {
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.len());
+        let n = buf.len().min(self.len() - start);
+        buf[..n].copy_from_slice(&self[start..start + n]);
+        Ok(n)
+    }
+}
+
+/// The spool file, with the size it had when opened: what is appended later is the next
+/// round's (a drain swapped it away and holds its lock, so nothing is).
+pub(crate) struct SpoolFile {
+    file: File,
+    size: u64,
+}
+
+impl SpoolFile {
+    fn new(file: File) -> io::Result<SpoolFile> {
+        let size = file.metadata()?.len();
+        Ok(SpoolFile { file, size })
+    }
+}
+
+impl Bytes for SpoolFile {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+
+    fn data_from(&self, offset: u64) -> u64 {
+        match rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Data(offset)) {
+            Ok(at) => at.max(offset),
+            // ENXIO: only a hole from here to the end.
+            Err(rustix::io::Errno::NXIO) => self.size,
+            // A file system without SEEK_DATA: look at every byte.
+            Err(_) => offset,
+        }
+    }
+}
+
+/// What is at a position of a spool: a record (its id, its payload and its whole length), or
+/// why there is none.
+type Found = Result<(String, Vec<u8>, u64), String>;
+
+/// The records and garbage of a spool, one at a time: at most one record (of at most
+/// `max_record` bytes) or one garbage sample is in memory, whatever the spool's size.
+pub(crate) struct Items<'a, B: Bytes + ?Sized> {
+    bytes: &'a B,
+    pos: u64,
+    max_record: u64,
+    failed: bool,
+}
+
+/// Walks the records and garbage of `bytes`; a record claiming more than `max_record` bytes
+/// is garbage.
+pub(crate) fn items<B: Bytes + ?Sized>(bytes: &B, max_record: u64) -> Items<'_, B> {
+    Items {
+        bytes,
+        pos: 0,
+        max_record,
+        failed: false,
+    }
+}
+
+impl<B: Bytes + ?Sized> Iterator for Items<'_, B> {
+    type Item = io::Result<Item>;
+
+    fn next(&mut self) -> Option<io::Result<Item>> {
+        if self.failed || self.pos >= self.bytes.size() {
+            return None;
+        }
+        let item = self.item_at_pos();
+        self.failed = item.is_err();
+        Some(item)
+    }
+}
+
+impl<B: Bytes + ?Sized> Items<'_, B> {
+    fn item_at_pos(&mut self) -> io::Result<Item> {
+        let reason = match self.record_at(self.pos)? {
+            Ok((id, payload, len)) => {
+                self.pos += len;
+                return Ok(Item::Record { id, payload });
+            }
+            Err(reason) => reason,
+        };
+        let start = self.pos;
+        let next = self.next_header(start + 1)?;
+        let len = next - start;
+        let mut sample = vec![
+            0;
+            usize::try_from(len)
+                .unwrap_or(usize::MAX)
+                .min(GARBAGE_SAMPLE)
+        ];
+        let n = self.bytes.read_at(&mut sample, start)?;
+        sample.truncate(n);
+        self.pos = next;
+        Ok(Item::Garbage {
+            sample,
+            len,
+            reason,
+        })
+    }
+
+    /// The record at `pos`: its id, its payload and its whole length; `Err` (the inner one)
+    /// says why there is none.
+    fn record_at(&self, pos: u64) -> io::Result<Found> {
+        let mut head = [0; HEADER.len() + HEADER_MAX];
+        let n = self.bytes.read_at(&mut head, pos)?;
+        let (id, len, crc, start) = match parse_header(&head[..n]) {
+            Ok(h) => h,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        if len > self.max_record {
+            return Ok(Err(format!(
+                "record {id} claims {len} bytes, more than the {} a submitted message may have",
+                self.max_record
+            )));
+        }
+        // Checked before anything is allocated: a torn record may claim more than is there.
+        if pos + start + len > self.bytes.size() {
+            return Ok(Err(format!(
+                "record {id} is cut short (a writer stopped in the middle)"
+            )));
+        }
+        let mut payload = vec![0; usize::try_from(len).unwrap_or(usize::MAX)];
+        let got = self.bytes.read_at(&mut payload, pos + start)?;
+        if got as u64 != len {
+            return Ok(Err(format!(
+                "record {id} is cut short (a writer stopped in the middle)"
+            )));
+        }
+        if crc32fast::hash(&payload) != crc {
+            return Ok(Err(format!("record {id} does not match its checksum")));
+        }
+        Ok(Ok((id, payload, start + len)))
+    }
+
+    /// The offset of the next record header at or after `from`, or the end. Holes are
+    /// skipped without reading them.
+    fn next_header(&self, from: u64) -> io::Result<u64> {
+        let size = self.bytes.size();
+        let mut chunk = vec![0; SCAN_CHUNK];
+        let mut at = from;
+        while at < size {
+            at = self.bytes.data_from(at);
+            if at >= size {
+                break;
+            }
+            let n = self.bytes.read_at(&mut chunk, at)?;
+            if n == 0 {
+                break;
+            }
+            if let Some(i) = find(&chunk[..n], HEADER) {
+                return Ok(at + i as u64);
+            }
+            // A header may straddle the chunk's end: look at its last bytes again.
+            let step = n.saturating_sub(HEADER.len() - 1).max(1);
+            at += step as u64;
+        }
+        Ok(size)
+    }
+}
+
+/// Parses the record header at the start of `bytes`: id, payload length, CRC and where the
+/// payload starts.
+fn parse_header(bytes: &[u8]) -> Result<(String, u64, u32, u64), String> {
     let rest = bytes
         .strip_prefix(HEADER)
         .ok_or("no record header where one should start")?;
@@ -132,20 +316,12 @@ fn record_at(bytes: &[u8]) -> Result<(&str, &[u8], usize), String> {
         return Err(format!("a malformed record header {line:?}"));
     };
     validate_id(id).map_err(|e| format!("a record header with a bad id: {e}"))?;
-    let len: usize = len
+    let len: u64 = len
         .parse()
         .map_err(|_| format!("a record header with a bad length {len:?}"))?;
     let crc = u32::from_str_radix(crc, 16)
         .map_err(|_| format!("a record header with a bad checksum {crc:?}"))?;
-    let start = HEADER.len() + end + 1;
-    let payload = bytes
-        .get(start..)
-        .and_then(|b| b.get(..len))
-        .ok_or_else(|| format!("record {id} is cut short (a writer stopped in the middle)"))?;
-    if crc32fast::hash(payload) != crc {
-        return Err(format!("record {id} does not match its checksum"));
-    }
-    Ok((id, payload, start + len))
+    Ok((id.to_owned(), len, crc, (HEADER.len() + end + 1) as u64))
 }
 
 /// Where `needle` first occurs in `hay`.
@@ -164,7 +340,7 @@ fn open_at(path: &Path, flags: OFlags) -> Result<Option<File>, OutboxError> {
     let fd: OwnedFd = match rustix::fs::open(
         path,
         flags | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
-        Mode::from_raw_mode(FILE_MODE),
+        Mode::empty(),
     ) {
         Ok(fd) => fd,
         Err(rustix::io::Errno::NOENT) => return Ok(None),
@@ -210,21 +386,20 @@ pub(crate) struct Drain {
     /// Open for reading only: closing a file opened for writing is what wakes the agent's
     /// watch (`IN_CLOSE_WRITE`), and a round that cannot take everything in (a full disk)
     /// would then wake itself again at once, for as long as the disk stays full.
-    file: File,
-    bytes: Vec<u8>,
+    spool: SpoolFile,
 }
 
 impl Drain {
-    /// The records and garbage drained.
-    pub(crate) fn items(&self) -> Vec<Item<'_>> {
-        items(&self.bytes)
+    /// The records and garbage to drain, one at a time.
+    pub(crate) fn items(&self) -> Items<'_, SpoolFile> {
+        items(&self.spool, self.outbox.limits().max_submission())
     }
 
     /// Removes `.spool.taken` (no sync needed: a record that comes back after a crash has
     /// its id queued already), after checking that it is the file locked.
     pub(crate) fn finish(self) -> Result<(), OutboxError> {
         let taken = self.outbox.taken_path();
-        if !still_named(&self.file, &taken) {
+        if !still_named(&self.spool.file, &taken) {
             return Err(OutboxError::io(
                 format!("removing {}", taken.display()),
                 io::Error::other("it was replaced while it was drained"),
@@ -308,7 +483,7 @@ impl Outbox {
             lock(&taken, &file)?;
             // Another drain may have finished it while we waited.
             if still_named(&file, &taken) {
-                return self.read_drain(file, &taken).map(Some);
+                return self.drain_of(file, &taken).map(Some);
             }
         }
         if size(self) == 0 {
@@ -365,30 +540,40 @@ impl Outbox {
             }
         }
         // Still locked: we hold the file that is now `.spool.taken`.
-        self.read_drain(file, &taken).map(Some)
+        self.drain_of(file, &taken).map(Some)
     }
 
-    fn read_drain(&self, mut file: File, path: &Path) -> Result<Drain, OutboxError> {
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
+    fn drain_of(&self, file: File, path: &Path) -> Result<Drain, OutboxError> {
+        let spool = SpoolFile::new(file)
             .map_err(|e| OutboxError::io(format!("reading {}", path.display()), e))?;
         Ok(Drain {
             outbox: self.clone(),
-            file,
-            bytes,
+            spool,
         })
     }
 
-    /// What waits in the spool as it is now (what a drain took, then the spool), read
-    /// without the lock (for listings: a record being written does not check out and is
-    /// skipped). Empty when there is nothing.
-    pub(crate) fn peek_spool(&self) -> Vec<u8> {
-        let mut out = Vec::new();
+    /// The records waiting in the spool as it is now (what a drain took, then the spool),
+    /// read without the lock (for listings: a record being written does not check out and is
+    /// skipped), one at a time, each given to `f`. Nothing for a file that is missing or
+    /// cannot be read.
+    pub(crate) fn peek_spool(&self, mut f: impl FnMut(&str, &[u8])) {
         for path in [self.taken_path(), self.spool_path()] {
-            if std::fs::symlink_metadata(&path).is_ok_and(|m| m.len() > 0) {
-                out.extend(read_file(&path).unwrap_or_default());
+            if std::fs::symlink_metadata(&path).map_or(0, |m| m.len()) == 0 {
+                continue;
+            }
+            let Ok(Some(file)) = open_at(&path, OFlags::RDONLY) else {
+                continue;
+            };
+            let Ok(spool) = SpoolFile::new(file) else {
+                continue;
+            };
+            for item in items(&spool, self.limits().max_submission()) {
+                match item {
+                    Ok(Item::Record { id, payload }) => f(&id, &payload),
+                    Ok(Item::Garbage { .. }) => {}
+                    Err(_) => break,
+                }
             }
         }
-        out
     }
 }

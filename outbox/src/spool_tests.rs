@@ -6,7 +6,7 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 
-use crate::spool::{Item, encode, items};
+use crate::spool::{Item, encode};
 use crate::{Envelope, Folder, Ingested, Outbox, RecipientStatus};
 
 /// An outbox as a running agent holds it: journal open, spool made.
@@ -224,6 +224,13 @@ fn concurrent_submitters_and_an_ingesting_agent_lose_and_double_nothing() {
     assert_eq!(fs::read_dir(ob.root().join("failed")).unwrap().count(), 0);
 }
 
+/// The items of spool bytes, read as the agent reads them.
+fn items(bytes: &[u8]) -> Vec<Item> {
+    crate::spool::items(bytes, 1 << 20)
+        .map(Result::unwrap)
+        .collect()
+}
+
 #[test]
 fn records_are_told_from_garbage() {
     let a = encode("1700000000.000001.1.abcd", b"first");
@@ -233,20 +240,20 @@ fn records_are_told_from_garbage() {
         items(&joined),
         [
             Item::Record {
-                id: "1700000000.000001.1.abcd",
-                payload: b"first"
+                id: "1700000000.000001.1.abcd".into(),
+                payload: b"first".to_vec()
             },
             Item::Record {
-                id: "1700000000.000002.1.abcd",
-                payload: b"second\nline"
+                id: "1700000000.000002.1.abcd".into(),
+                payload: b"second\nline".to_vec()
             }
         ]
     );
     // Leading junk, then a good record: the junk alone is garbage.
     let junk = [b"junk".as_slice(), &a].concat();
     let got = items(&junk);
-    assert!(matches!(&got[0], Item::Garbage { bytes, .. } if *bytes == b"junk"));
-    assert!(matches!(&got[1], Item::Record { payload, .. } if *payload == b"first"));
+    assert!(matches!(&got[0], Item::Garbage { sample, len: 4, .. } if sample == b"junk"));
+    assert!(matches!(&got[1], Item::Record { payload, .. } if payload == b"first"));
     // Cut short at the end.
     let got = items(&b[..b.len() - 1]);
     assert!(matches!(&got[..], [Item::Garbage { reason, .. }] if reason.contains("cut short")));
@@ -269,6 +276,50 @@ fn records_are_told_from_garbage() {
         );
     }
     assert!(items(b"").is_empty());
+}
+
+#[test]
+fn a_record_claiming_more_than_a_message_may_have_is_garbage_and_nothing_is_allocated_for_it() {
+    let claim = b"linkrelay-spool 1 1700000000.000001.1.abcd 68719476736 00000000\nx";
+    let a = encode("1700000000.000002.1.abcd", b"after");
+    let got = items(&[claim.as_slice(), &a].concat());
+    assert!(
+        matches!(&got[0], Item::Garbage { reason, .. } if reason.contains("claims 68719476736 bytes")),
+        "{got:?}"
+    );
+    assert!(matches!(&got[1], Item::Record { payload, .. } if payload == b"after"));
+}
+
+#[test]
+fn a_sparse_64_gib_spool_is_garbage_kept_as_a_sample_and_the_records_around_it_are_queued() {
+    let (_d, ob, _j) = held();
+    let before = ob.submit(&env("bob@example.org"), MSG).unwrap();
+    let path = ob.root().join("incoming/.spool");
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    // 64 GiB of hole after the first record: nothing written, nothing read.
+    f.set_len(64 << 30).unwrap();
+    drop(f);
+    let after = ob.submit(&env("carol@example.org"), MSG).unwrap();
+    // Listed without reading the hole.
+    let listed: Vec<String> = ob.incoming_states().into_iter().map(|s| s.id).collect();
+    assert_eq!(listed, [before.clone(), after.clone()]);
+    let done = ob.ingest_incoming();
+    assert!(
+        !done.iter().any(|i| matches!(i, Ingested::Deferred { .. })),
+        "{done:?}"
+    );
+    assert_eq!(queued(&ob), [before, after]);
+    assert_eq!(spool_len(&ob), 0);
+    let failed = ob.list(Folder::Failed).unwrap();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let reason = failed[0].failure.clone().unwrap();
+    assert!(
+        reason.contains("unusable bytes in incoming/.spool"),
+        "{reason}"
+    );
+    assert!(reason.contains("the first 65536 are kept here"), "{reason}");
+    let kept = ob.read_message(Folder::Failed, &failed[0].id).unwrap();
+    assert_eq!(kept.len(), 64 * 1024);
 }
 
 #[test]
@@ -351,7 +402,7 @@ fn a_drain_in_progress_holds_up_no_submitter_and_loses_nothing() {
     let (_d, ob, _j) = held();
     let first = ob.submit(&env("bob@example.org"), MSG).unwrap();
     let drain = ob.drain_spool().unwrap().unwrap();
-    assert_eq!(drain.items().len(), 1);
+    assert_eq!(drain.items().count(), 1);
     // While the drain holds what it took (its syncfs can take long), a submitter appends to
     // the new spool at once.
     let (tx, rx) = std::sync::mpsc::channel();

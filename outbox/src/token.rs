@@ -15,7 +15,8 @@ pub const TOKEN_FILE: &str = ".submission-token";
 /// The token, if there is one.
 pub fn read_token(data_dir: &Path) -> Result<Option<String>, OutboxError> {
     let path = data_dir.join(TOKEN_FILE);
-    match read_file(&path) {
+    // A token is 64 hex digits and a line end; anything much longer is not one.
+    match read_file(&path, 4096) {
         Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).trim().to_owned())),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(OutboxError::io(format!("reading {}", path.display()), e)),

@@ -57,6 +57,12 @@ impl From<u16> for Value {
     }
 }
 
+impl From<u64> for Value {
+    fn from(n: u64) -> Value {
+        Value(n.to_string())
+    }
+}
+
 impl From<bool> for Value {
     fn from(b: bool) -> Value {
         Value(b.to_string())
@@ -80,13 +86,6 @@ impl From<&[String]> for Value {
     fn from(items: &[String]) -> Value {
         let items: Vec<&str> = items.iter().map(String::as_str).collect();
         Value::from(&items[..])
-    }
-}
-
-impl Value {
-    /// An integer, e.g. a size in bytes.
-    pub fn int(n: u64) -> Value {
-        Value(n.to_string())
     }
 }
 
@@ -151,12 +150,13 @@ impl Entries {
     }
 }
 
-/// A whole config file: `[agent]`, `[retry]`, then the links, relays and users in the order
+/// A whole config file: `[agent]`, `[retry]`, `[outbox]`, then the links, relays and users in the order
 /// they were added. Its [`Display`](fmt::Display) is the TOML text.
 #[derive(Debug, Clone, Default)]
 pub struct Config {
     agent: Entries,
     retry: Entries,
+    outbox: Entries,
     submission: Entries,
     links: Vec<Link>,
     relays: Vec<Relay>,
@@ -181,7 +181,13 @@ impl Config {
         self
     }
 
-    /// Sets `key` in `[submission]` (`listen`, `socket`, `max_message_size`, `timeout`...).
+    /// Sets `key` in `[outbox]` (`max_message_size`, `keep_sent`, `keep_sent_size`).
+    pub fn outbox(mut self, key: &str, value: impl Into<Value>) -> Config {
+        self.outbox.set(key, value);
+        self
+    }
+
+    /// Sets `key` in `[submission]` (`listen`, `socket`, `max_sessions`, `timeout`...).
     pub fn submission(mut self, key: &str, value: impl Into<Value>) -> Config {
         self.submission.set(key, value);
         self
@@ -211,6 +217,7 @@ impl fmt::Display for Config {
         for (header, table) in [
             ("[agent]", &self.agent),
             ("[retry]", &self.retry),
+            ("[outbox]", &self.outbox),
             ("[submission]", &self.submission),
         ] {
             if !table.is_empty() {

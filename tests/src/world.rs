@@ -235,6 +235,55 @@ impl World {
         Ok(child.wait_with_output()?)
     }
 
+    /// Runs `linkrelay sendmail ARGS` with a generated message of about `body_len` bytes
+    /// streamed to its stdin (headers `From: me@example.org`, `To: you@example.org`,
+    /// `Subject: big`, then lines of 76 `x`), and returns its output and its peak resident
+    /// memory in KiB: the kernel's figure for that one process (`getrusage` of the only
+    /// child of a python3 that runs it), not a sample that could miss the peak.
+    pub fn sendmail_peak(&self, args: &[&str], body_len: usize) -> anyhow::Result<(Output, u64)> {
+        use std::io::Write;
+        const MEASURE: &str = "import resource, subprocess, sys\n\
+            r = subprocess.run(sys.argv[1:])\n\
+            print('peak-kib', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n\
+            sys.exit(r.returncode)\n";
+        let mut cmd = Command::new("python3");
+        cmd.arg("-c")
+            .arg(MEASURE)
+            .arg(bin("linkrelay"))
+            .arg("sendmail");
+        self.env(&mut cmd);
+        let mut child = cmd
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting python3 (the tests need it)")?;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        let writer = std::thread::spawn(move || -> std::io::Result<()> {
+            stdin.write_all(b"From: me@example.org\nTo: you@example.org\nSubject: big\n\n")?;
+            let line = [b"x".repeat(76), b"\n".to_vec()].concat();
+            let block = line.repeat(1024);
+            let mut left = body_len;
+            while left > 0 {
+                let n = left.min(block.len());
+                stdin.write_all(&block[..n])?;
+                left -= n;
+            }
+            Ok(())
+        });
+        let out = child.wait_with_output()?;
+        // A sendmail that refuses the message early may close its stdin: not our error.
+        let _ = writer.join();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let peak = text
+            .lines()
+            .find_map(|l| l.strip_prefix("peak-kib "))
+            .and_then(|n| n.trim().parse().ok())
+            .with_context(|| format!("no peak in {text:?}"))?;
+        Ok((out, peak))
+    }
+
     /// Queues a simple message from `from` to `to` with `subject`, asserting success.
     pub fn send(&self, from: &str, to: &str, subject: &str) -> anyhow::Result<()> {
         let msg = format!(

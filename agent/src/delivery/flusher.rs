@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use linkrelay_config::{Relay, RelayName, RetrySettings, UserName};
 use linkrelay_outbox::{
-    Counts, Folder, Ingested, Journal, MessageState, Outbox, OutboxError, RecipientStatus,
+    Counts, Folder, Ingested, Journal, Limits, MessageState, Outbox, OutboxError, RecipientStatus,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -39,6 +39,8 @@ pub struct FlushSettings {
     pub relays: HashMap<RelayName, Relay>,
     /// Backoff and lifetime.
     pub retry: RetrySettings,
+    /// What the outbox reads at most (`[outbox]`).
+    pub limits: Limits,
 }
 
 /// A request to flush.
@@ -116,6 +118,9 @@ pub struct FlusherHandle {
     /// Set when mail arrived in `incoming/` or `new/`: the flusher takes it in between two
     /// messages, so that it shows in the queue even while a long batch runs.
     pub arrived: Arc<AtomicBool>,
+    /// Set while the last round could not move mail out of `incoming/` or `new/` for lack of
+    /// disk space (listings say so of what waits there).
+    pub no_space: Arc<AtomicBool>,
 }
 
 /// Starts the flusher of `user`. With `journal` (the outbox's outcome journal, see
@@ -134,9 +139,11 @@ pub fn spawn(
     let (route_tx, route_rx) = watch::channel(route);
     let (settings_tx, settings_rx) = watch::channel(settings);
     let arrived = Arc::new(AtomicBool::new(false));
+    let no_space = Arc::new(AtomicBool::new(false));
     let flusher = Flusher {
         held_walk: HeldWalk::NotWalked,
         arrived: arrived.clone(),
+        no_space: no_space.clone(),
         user,
         outbox,
         journal,
@@ -158,6 +165,7 @@ pub fn spawn(
         route: route_tx,
         settings: settings_tx,
         arrived,
+        no_space,
     }
 }
 
@@ -176,6 +184,8 @@ struct Flusher {
     held_walk: HeldWalk,
     /// See [`FlusherHandle::arrived`].
     arrived: Arc<AtomicBool>,
+    /// See [`FlusherHandle::no_space`].
+    no_space: Arc<AtomicBool>,
     user: UserName,
     outbox: Outbox,
     /// Where outcomes are recorded; `None` when the journal could not be opened.
@@ -322,14 +332,16 @@ impl Flusher {
             .into_iter()
             .map(|i| ("incoming/", i));
         let new = self.outbox.ingest_new().into_iter().map(|i| ("new/", i));
-        let mut deferred = false;
+        let (mut deferred, mut no_space) = (false, false);
         for (from, ingested) in incoming.chain(new) {
             debug!(user = %self.user, ?ingested, "ingested from {from}");
             if let Ingested::Deferred { file, error } = &ingested {
                 warn!(user = %self.user, file = %file, %error, "cannot queue mail from {from} now; trying again soon");
                 deferred = true;
+                no_space |= error.is_no_space();
             }
         }
+        self.no_space.store(no_space, Ordering::Relaxed);
         self.ingest_retry = deferred.then(|| now().saturating_add(INGEST_RETRY));
     }
 
@@ -408,6 +420,7 @@ impl Flusher {
         let rerouted = self.route.has_changed().unwrap_or(false);
         let route = self.route.borrow_and_update().clone();
         let settings = self.settings.borrow_and_update().clone();
+        self.outbox = self.outbox.clone().with_limits(settings.limits);
         let ids = self.queued();
         if rerouted && self.batches > 0 {
             self.rerouted = ids.iter().cloned().collect();
@@ -466,6 +479,10 @@ impl Flusher {
             o.session.close().await;
         }
         self.settle().await;
+        // Between batches a user holds no descriptor: the next record opens the journal.
+        if let Some(journal) = self.journal.as_mut() {
+            journal.release();
+        }
         self.take_unrecorded(&mut tally);
         let Tally {
             mut result,

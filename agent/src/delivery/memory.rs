@@ -118,7 +118,7 @@ impl RelayMemory {
             path: Some(path.to_path_buf()),
             ..RelayMemory::default()
         };
-        let bytes = match std::fs::read(path) {
+        let bytes = match read_capped(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return memory,
             Err(e) => {
@@ -253,6 +253,40 @@ impl RelayMemory {
 /// still holds usable data.
 pub fn lock(m: &Mutex<RelayMemory>) -> MutexGuard<'_, RelayMemory> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The largest relay memory read: a few hundred bytes per (relay, link); a larger file is
+/// not one we wrote (a sparse file would otherwise be read by the size it claims).
+const MAX_FILE_SIZE: u64 = 4 * 1024 * 1024;
+
+/// The bytes of the relay memory file, at most [`MAX_FILE_SIZE`] of them.
+fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
+    use rustix::fs::{Mode, OFlags};
+    use std::io::Read;
+    // Without blocking: a FIFO here would hold the agent's start.
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let file = std::fs::File::from(fd);
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let size = meta.len();
+    if size > MAX_FILE_SIZE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!("it is {size} bytes, more than the {MAX_FILE_SIZE} a relay memory may have"),
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_SIZE).read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 #[cfg(test)]

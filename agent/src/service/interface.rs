@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use linkrelay_config::RelayName;
 use linkrelay_dbus::agent::{
-    AgentError, FlushResult, MessageInfo, OverrideInfo, QueueCount, RelayTest, RouteInfo,
+    AgentError, FlushResult, MessageInfo, OverrideInfo, PruneResult, QueueCount, RelayTest,
+    RouteInfo,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use zbus::message::Header;
@@ -80,6 +81,11 @@ pub enum Command {
     Retry { id: String, reply: Reply<()> },
     /// Delete a message.
     Drop { id: String, reply: Reply<()> },
+    /// Prune a user's sent mail ("" = all).
+    Prune {
+        user: String,
+        reply: Reply<Vec<PruneResult>>,
+    },
     /// Re-read the config.
     Reload { reply: Reply<()> },
     /// Test a relay without sending.
@@ -297,7 +303,7 @@ impl AgentInterface {
         self.ask(|reply| Command::Retry { id, reply }).await
     }
 
-    /// Deletes a queued or failed message for good.
+    /// Deletes a queued, failed or sent message for good.
     async fn drop(
         &self,
         id: String,
@@ -307,6 +313,20 @@ impl AgentInterface {
         self.check_caller(conn, &header).await?;
         bounded("id", &id)?;
         self.ask(|reply| Command::Drop { id, reply }).await
+    }
+
+    /// Removes the sent mail of a user ("" = every user) that `[outbox] keep_sent` and
+    /// `keep_sent_size` no longer keep; says per user how many messages and bytes went and
+    /// how many messages stay. The agent does the same by itself, at most once an hour.
+    async fn prune(
+        &self,
+        user: String,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<Vec<PruneResult>, AgentError> {
+        self.check_caller(conn, &header).await?;
+        bounded("user", &user)?;
+        self.ask(|reply| Command::Prune { user, reply }).await
     }
 
     /// Re-reads the config file. A broken file is reported (file:line:col) and the running

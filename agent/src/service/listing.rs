@@ -23,6 +23,10 @@ use crate::delivery::flusher::UserRoute;
 use crate::delivery::memory::{RelayMemory, lock};
 use crate::router::Route;
 
+/// The status of mail handed to the agent that the disk had no room to queue yet.
+const NO_SPACE: &str =
+    "waiting for disk space: safe in incoming/, queued as soon as the disk has room";
+
 /// Bytes of JSON lines handed to the pipe writer at once.
 const CHUNK: usize = 64 * 1024;
 /// Chunks waiting for the pipe: with [`CHUNK`], what a listing holds at most beyond the pipe.
@@ -34,10 +38,23 @@ const READ_CHUNK: usize = 256;
 /// Pipe capacity asked for (the kernel may give less to an unprivileged user).
 const PIPE_SIZE: usize = 1 << 20;
 
+/// One user of a listing.
+pub struct ListedUser {
+    /// The user's name.
+    pub name: UserName,
+    /// The user's outbox.
+    pub outbox: Outbox,
+    /// The user's route now.
+    pub route: UserRoute,
+    /// The user's flusher could not move mail out of `incoming/` for lack of disk space in
+    /// its last round: what waits there is listed as waiting for disk space.
+    pub no_space: bool,
+}
+
 /// What a listing walks, taken by the event loop in one step.
 pub struct Listing {
-    /// (user, outbox, route) in user order.
-    pub users: Vec<(UserName, Outbox, UserRoute)>,
+    /// The users, in user order.
+    pub users: Vec<ListedUser>,
     /// Relay memory, for "refuses us" statuses.
     pub memory: Arc<Mutex<RelayMemory>>,
     /// Unix seconds the statuses are computed for.
@@ -46,7 +63,7 @@ pub struct Listing {
 
 impl std::fmt::Debug for Listing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let users: Vec<&str> = self.users.iter().map(|(u, _, _)| u.as_str()).collect();
+        let users: Vec<&str> = self.users.iter().map(|u| u.name.as_str()).collect();
         f.debug_struct("Listing")
             .field("users", &users)
             .field("t", &self.t)
@@ -62,7 +79,8 @@ impl Listing {
         mut f: impl FnMut(MessageInfo) -> ControlFlow<()>,
     ) -> Result<u64, AgentError> {
         let mut count = 0;
-        for (name, outbox, route) in &self.users {
+        for user in &self.users {
+            let (name, outbox, route) = (&user.name, &user.outbox, &user.route);
             for folder in [Folder::Queue, Folder::Failed] {
                 // What `linkrelay sendmail` submitted and the flusher has not taken in yet is
                 // queued for the user; read it first, so that a message taken in meanwhile
@@ -74,17 +92,21 @@ impl Listing {
                 let ids = outbox.message_ids(folder).map_err(map_outbox_err)?;
                 waiting.retain(|m| ids.binary_search(&m.id).is_err());
                 let reader = outbox.reader(folder).map_err(map_outbox_err)?;
-                let mut one = |m: MessageState| {
-                    let status = message_status(&m, folder, route, self.t, &self.memory);
+                let mut one = |m: MessageState, waiting: bool| {
+                    let status = if waiting && user.no_space {
+                        NO_SPACE.to_owned()
+                    } else {
+                        message_status(&m, folder, route, self.t, &self.memory)
+                    };
                     count += 1;
                     f(message_info(name, folder, m, status))
                 };
-                let mut flow = read_in_order(&reader, &ids, &mut one);
+                let mut flow = read_in_order(&reader, &ids, |m| one(m, false));
                 for m in waiting {
                     if flow.is_break() {
                         break;
                     }
-                    flow = one(m);
+                    flow = one(m, true);
                 }
                 if flow.is_break() {
                     return Ok(count);

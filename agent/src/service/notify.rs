@@ -171,6 +171,17 @@ pub fn waiting_note(user: &str, n: usize, oldest: &MessageInfo, after: Duration)
     }
 }
 
+/// The notice for something wrong with a user's outbox itself (not one message): what
+/// happened, and what it means or what to do.
+pub fn problem_note(user: &str, what: &str, advice: &str) -> Note {
+    Note {
+        summary: format!("linkrelay: the outbox of {user} needs a look"),
+        body: format!("{what}\n{advice}"),
+        urgency: Urgency::Critical,
+        category: "email",
+    }
+}
+
 /// Escapes text for a server with the `body-markup` capability.
 pub fn markup_escape(text: &str) -> String {
     text.replace('&', "&amp;")
@@ -188,6 +199,7 @@ enum Event {
     },
     QueueChanged,
     Settings(NotifySettings),
+    Problem(Note),
 }
 
 /// The event loop's handle on the notifier task.
@@ -216,6 +228,13 @@ impl Notifier {
             id: id.into(),
             reason: reason.into(),
         });
+    }
+
+    /// Something is wrong with a user's outbox (see [`problem_note`]).
+    pub fn problem(&self, user: &str, what: &str, advice: &str) {
+        let _ = self
+            .tx
+            .send(Event::Problem(problem_note(user, what, advice)));
     }
 
     /// Something in the outboxes changed: look again (coalesced).
@@ -299,6 +318,11 @@ async fn run(
                 // queue twice a second during a flush: with 100,000 queued, a core's worth.
                 Some(Event::QueueChanged) => {
                     scan_at.get_or_insert_with(|| Instant::now() + SETTLE);
+                }
+                Some(Event::Problem(note)) => {
+                    if st.settings.enabled {
+                        st.show(note, 0).await;
+                    }
                 }
                 Some(Event::Settings(s)) => {
                     st.settings = s;

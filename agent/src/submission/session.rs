@@ -55,7 +55,7 @@ where
     let config = shared.config();
     let settings = &config.submission;
     let limits = Limits {
-        max_message_size: settings.max_message_size,
+        max_message_size: config.outbox.max_message_size,
         max_recipients: settings.max_recipients,
         ..Limits::default()
     };

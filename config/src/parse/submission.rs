@@ -1,4 +1,5 @@
-//! `[submission]`: the SMTP submission listener's addresses, its unix socket and its caps.
+//! `[submission]`: the SMTP submission listener's addresses, its unix socket and its caps (the
+//! largest message is `[outbox] max_message_size`, as for every way in).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -11,7 +12,6 @@ pub(super) const SUBMISSION: Schema = Schema {
     keys: &[
         key("listen", r#"listen = ["127.0.0.1:2525", "[::1]:2525"]"#),
         key("socket", "socket = true"),
-        key("max_message_size", "max_message_size = 26214400"),
         key("max_sessions", "max_sessions = 32"),
         key("max_recipients", "max_recipients = 1000"),
         key("timeout", r#"timeout = "5m""#),
@@ -43,7 +43,6 @@ pub(super) fn submission(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> SubmissionSett
             }
         }
     };
-    count(ctx, "max_message_size", &mut s.max_message_size);
     let mut sessions = s.max_sessions as u64;
     count(ctx, "max_sessions", &mut sessions);
     s.max_sessions = usize::try_from(sessions).unwrap_or(usize::MAX);

@@ -408,3 +408,179 @@ fn the_binary_called_sendmail_is_sendmail() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(w.outbox_entries("default", "queue").len(), 1);
 }
+
+/// Runs `linkrelay ARGS`, killing it after `limit`; `None` when it had to be killed.
+fn run_cli_within(w: &World, args: &[&str], limit: Duration) -> Option<std::process::Output> {
+    let mut child = w
+        .cli()
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return Some(child.wait_with_output().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_that_became_a_fifo_is_refused_on_reload_and_the_agent_keeps_answering() {
+    let mut s = seed().await;
+    s.world.start_agent().await.unwrap();
+    let w = &s.world;
+    std::fs::remove_file(&w.config_path).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &w.config_path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    // SIGHUP reloads on the event loop; nobody ever writes to the FIFO.
+    w.hup_agent();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = run_cli_within(w, &["status", "--json"], Duration::from_secs(5));
+    let reload = run_cli_within(w, &["reload"], Duration::from_secs(5));
+    if status.is_none() || reload.is_none() {
+        // Let a stuck agent go on (and stop) before failing.
+        let _ = std::fs::OpenOptions::new().write(true).open(&w.config_path);
+        panic!(
+            "the agent stopped answering after a reload from a FIFO (status answered: {}, reload answered: {})",
+            status.is_some(),
+            reload.is_some()
+        );
+    }
+    let status: serde_json::Value =
+        serde_json::from_slice(&status.unwrap().stdout).expect("status JSON");
+    let error = status["config_error"].as_str().unwrap_or_default();
+    assert!(error.contains("not a regular file"), "{status}");
+    let reload = reload.unwrap();
+    assert_eq!(reload.status.code(), Some(78), "{}", text(&reload.stderr));
+    assert!(
+        text(&reload.stderr).contains("a FIFO is not a regular file"),
+        "{}",
+        text(&reload.stderr)
+    );
+    assert_eq!(
+        status["users"].as_array().unwrap().len(),
+        2,
+        "old config runs"
+    );
+}
+
+/// `cmd`'s output, run with its stderr (or stdout) a pipe whose reader is gone, as when the
+/// terminal or the program that started it went away.
+fn with_closed(
+    mut cmd: std::process::Command,
+    stream: &str,
+    stdin: &[u8],
+) -> std::process::ExitStatus {
+    use std::io::Write;
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    match stream {
+        "stderr" => cmd.stderr(writer).stdout(std::process::Stdio::null()),
+        _ => cmd.stdout(writer).stderr(std::process::Stdio::null()),
+    };
+    let mut child = cmd.stdin(std::process::Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait().unwrap()
+}
+
+#[test]
+fn a_closed_stderr_or_stdout_keeps_the_exit_codes_of_sendmail_and_config_check() {
+    let w = World::new().unwrap();
+    let msg = b"From: me@example.org\nTo: you@example.org\nSubject: s\n\nhi\n";
+    let mut verbose = w.cli();
+    verbose
+        .env("LINKRELAY_VERBOSE", "1")
+        .args(["sendmail", "-t", "-i"]);
+    assert_eq!(
+        with_closed(verbose, "stderr", msg).code(),
+        Some(0),
+        "queued"
+    );
+    assert_eq!(w.outbox_entries("default", "queue").len(), 1);
+    let mut bad = w.cli();
+    bad.args(["sendmail", "-i"]);
+    assert_eq!(
+        with_closed(bad, "stderr", msg).code(),
+        Some(65),
+        "no recipients"
+    );
+
+    let example = repo_root().join("examples/config.toml");
+    let mut ok = w.cli();
+    ok.args(["config", "check"]).arg(&example);
+    assert_eq!(with_closed(ok, "stdout", b"").code(), Some(0));
+    w.write_config("[agent]\nsource = 1\n").unwrap();
+    let mut broken = w.cli();
+    broken.args(["config", "check"]);
+    assert_eq!(with_closed(broken, "stderr", b"").code(), Some(78));
+}
+
+/// A config for the world's user `default` (every sender) taking messages up to `max` bytes.
+fn max_size_config(max: u64) -> String {
+    linkrelay_tests::config::Config::new()
+        .outbox("max_message_size", max)
+        .user(linkrelay_tests::config::User::new("default").from(["*"]))
+        .to_string()
+}
+
+#[test]
+fn sendmail_streams_a_100_mb_message_to_disk_in_under_32_mb() {
+    let w = World::new().unwrap();
+    w.write_config(&max_size_config(200 << 20)).unwrap();
+    let body = 100 << 20;
+    let (out, peak_kib) = w.sendmail_peak(&["-t", "-i"], body).unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    eprintln!("sendmail peak RSS for a 100 MiB message: {peak_kib} KiB");
+    assert!(peak_kib < 32 * 1024, "sendmail peaked at {peak_kib} KiB");
+    let queued = w.outbox_entries("default", "queue");
+    assert_eq!(queued.len(), 1);
+    let eml = w
+        .data_dir
+        .join("default/queue")
+        .join(&queued[0])
+        .join("message.eml");
+    let data = std::fs::read(&eml).unwrap();
+    // Every line got its CR (the last, cut one its CRLF); the body is whole.
+    let (lines, rest) = (body / 77, body % 77);
+    let expected = lines * 78 + if rest > 0 { rest + 2 } else { 0 };
+    let body_start = data.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(data.len() - body_start, expected, "body length");
+    assert!(data.ends_with(b"\r\n"));
+    assert!(
+        !data[body_start..]
+            .windows(2)
+            .any(|w| w[1] == b'\n' && w[0] != b'\r')
+    );
+}
+
+#[test]
+fn sendmail_refuses_a_message_over_max_message_size_with_65_and_leaves_nothing() {
+    let w = World::new().unwrap();
+    w.write_config(&max_size_config(1 << 20)).unwrap();
+    // Over it as written, and only once every line ends in CRLF.
+    for body in [2 << 20, 1_040_000] {
+        let (out, _) = w.sendmail_peak(&["-t", "-i"], body).unwrap();
+        assert_eq!(out.status.code(), Some(65), "{body}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr)
+                .contains("larger than the 1048576 bytes of [outbox] max_message_size"),
+            "{}",
+            text(&out.stderr)
+        );
+        assert!(w.outbox_entries("default", "queue").is_empty());
+        assert!(w.outbox_entries("default", "tmp").is_empty());
+    }
+}

@@ -384,6 +384,11 @@ async fn mail_the_agent_could_not_take_in_on_a_full_disk_is_queued_once_there_is
     let out = w.run_cli(&["queue", "--json"]).unwrap();
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed.as_array().map(Vec::len), Some(3), "{listed}");
+    // And said to wait for room, not to be on their way.
+    for m in listed.as_array().unwrap() {
+        let status = m["status"].as_str().unwrap_or_default();
+        assert!(status.starts_with("waiting for disk space"), "{listed}");
+    }
 
     // Room again: queued within seconds, with no new mail and no command to wake the agent.
     std::fs::remove_file(w.data_dir.join("filler")).unwrap();

@@ -54,7 +54,12 @@ impl Drop for SmtpSink {
 
 /// A world on link "office" where user `me` sends everything through `relay` (named "sink").
 async fn office_world_through(relay: Relay) -> (World, FakeNm) {
-    let config = Config::new()
+    office_world_with(Config::new(), relay).await
+}
+
+/// [`office_world_through`] with `config` to start from (an `[outbox]` of its own, say).
+async fn office_world_with(config: Config, relay: Relay) -> (World, FakeNm) {
+    let config = config
         .agent("debounce", "50ms")
         .link(Link::new("office").id("Office"))
         .relay(relay)
@@ -305,7 +310,15 @@ async fn a_100_mb_message_goes_out_from_disk_and_the_agent_stays_small() {
     })
     .await
     .unwrap();
-    let (mut w, _nm) = office_world(relay.port()).await;
+    // Above the default [outbox] max_message_size (50 MiB).
+    let limits = linkrelay_outbox::Limits {
+        max_message_size: 2 * SIZE as u64,
+    };
+    let (mut w, _nm) = office_world_with(
+        Config::new().outbox("max_message_size", limits.max_message_size),
+        Relay::local("sink", relay.port()).timeout("5s"),
+    )
+    .await;
     let mut message =
         b"From: me@example.org\r\nTo: you@example.net\r\nSubject: big\r\n\r\n".to_vec();
     let mut n = 0usize;
@@ -321,7 +334,9 @@ async fn a_100_mb_message_goes_out_from_disk_and_the_agent_stays_small() {
         message.extend_from_slice(b"\r\n");
         n += 1;
     }
-    let outbox = linkrelay_outbox::Outbox::open(&w.data_dir.join("me")).unwrap();
+    let outbox = linkrelay_outbox::Outbox::open(&w.data_dir.join("me"))
+        .unwrap()
+        .with_limits(limits);
     let envelope = linkrelay_outbox::Envelope {
         from: "me@example.org".into(),
         recipients: vec!["you@example.net".into()],

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use linkrelay_tests::config::{Config, Link, Relay, User, Value};
+use linkrelay_tests::config::{Config, Link, Relay, User};
 use linkrelay_tests::nm::{ActiveSpec, FakeNm};
 use linkrelay_tests::smtp::{RelayScript, ScriptedRelay};
 use linkrelay_tests::world::World;
@@ -335,7 +335,7 @@ async fn slow_clients_are_cut_off_per_command_and_for_the_whole_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_over_the_size_limit_gets_552_and_the_session_goes_on() {
-    let d = desk_with(|c| c.submission("max_message_size", Value::int(10_000))).await;
+    let d = desk_with(|c| c.outbox("max_message_size", 10_000u64)).await;
     let mut c = Smtp::tcp(d.port).await;
     assert!(c.reply().await.starts_with("220 "));
     let ehlo = c.cmd("EHLO laptop").await;

@@ -15,6 +15,7 @@ mod durability;
 mod faults;
 mod files;
 mod hostile;
+mod hostile_local;
 mod interop;
 mod listener;
 mod listener_clients;
