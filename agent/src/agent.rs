@@ -208,6 +208,11 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
     // Subscribed before the loop: nothing the loop polls between events may call the bus (see
     // lifecycle::BusWatch).
     let mut bus = lifecycle::BusWatch::subscribe(&conn).await;
+    // Before anyone can see the agent (its name, its listener): a SIGHUP sent as soon as it
+    // shows must reload it, not end it as the default action would.
+    let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
+    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
     // Claim the name last: once a client sees it, the state behind it is real.
     let flags = zbus::fdo::RequestNameFlags::DO_NOT_QUEUE;
     match conn.request_name_with_flags(AGENT_BUS_NAME, flags).await? {
@@ -224,10 +229,6 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
     info!(bus = ?agent.opts.bus, "linkrelayd ready as {AGENT_BUS_NAME}");
     lifecycle::ready(&format!("serving {AGENT_BUS_NAME}"));
     let mut watchdog = lifecycle::Watchdog::from_env();
-
-    let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
-    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
 
     let debounce = agent.config.agent.debounce;
     let mut last_applied = Instant::now();
