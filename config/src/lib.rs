@@ -521,6 +521,13 @@ impl Config {
         parse::parse(text, origin).map_err(ConfigError::Invalid)
     }
 
+    /// Validates `text` as one `[[relay]]` table and nothing else, by the rules of the file
+    /// (an inline password is refused, ...): how the agent takes a relay that is not in the
+    /// config yet (`ProbeRelay`).
+    pub fn parse_relay(text: &str, origin: &Path) -> Result<Relay, ConfigError> {
+        parse::parse_relay(text, origin).map_err(ConfigError::Invalid)
+    }
+
     /// The config used when there is no file: no links, no relays, one user `default` with
     /// `from = ["*"]` (so all mail is held with "no relay"), default agent and retry settings.
     pub fn embedded_default() -> Config {

@@ -739,6 +739,51 @@ pub(crate) fn parse(text: &str, origin: &Path) -> Result<Config, Diagnostics> {
     }
 }
 
+/// The top level of a text that holds one `[[relay]]` table and nothing else.
+const RELAY_ONLY: Schema = Schema {
+    title: "a relay's settings",
+    keys: &[key(
+        "relay",
+        "[[relay]] on a line of its own, with its keys below it",
+    )],
+    refused: &[],
+};
+
+/// Validates `text` as exactly one `[[relay]]` table, with the file's own rules for it.
+pub(crate) fn parse_relay(text: &str, origin: &Path) -> Result<Relay, Diagnostics> {
+    let mut ctx = Ctx {
+        text,
+        origin,
+        diags: Vec::new(),
+        notes: Vec::new(),
+    };
+    let (root, errors) = DeTable::parse_recoverable(text);
+    if !errors.is_empty() {
+        for error in &errors {
+            syntax_error(&mut ctx, error);
+        }
+        return Err(finish(ctx));
+    }
+    let root = Table::new(&mut ctx, root.get_ref(), 0..0, &RELAY_ONLY);
+    let mut relays = Vec::new();
+    for (t, span) in root.tables(&mut ctx, "relay") {
+        let t = Table::new(&mut ctx, t, span, &RELAY);
+        let name = name(&mut ctx, &t, "relay");
+        relays.push(relay(&mut ctx, &t, name.as_ref().map_or("", |n| n.value)));
+    }
+    if relays.len() != 1 && ctx.diags.is_empty() {
+        ctx.error(
+            0,
+            format!("{} [[relay]] tables where one is expected", relays.len()),
+            "give exactly one [[relay]] table",
+        );
+    }
+    match (relays.pop(), ctx.diags.is_empty()) {
+        (Some(relay), true) => Ok(relay),
+        _ => Err(finish(ctx)),
+    }
+}
+
 fn finish(ctx: Ctx<'_>) -> Diagnostics {
     let mut diags = ctx.diags;
     diags.sort_by_key(|d| (d.line, d.col));
