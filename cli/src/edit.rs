@@ -40,6 +40,18 @@ fn tables<'d>(doc: &'d mut DocumentMut, key: &str) -> anyhow::Result<&'d mut Arr
         .ok_or_else(|| anyhow!("`{key}` is not a list of [[{key}]] tables"))
 }
 
+/// The names the `[[key]]` tables have.
+pub fn names(doc: &DocumentMut, key: &str) -> Vec<String> {
+    doc.get(key)
+        .and_then(|i| i.as_array_of_tables())
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t.get("name").and_then(|n| n.as_str()).map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A table of string keys and values, in the order given.
 fn string_table(pairs: &[(&str, &str)]) -> InlineTable {
     let mut t = InlineTable::new();
@@ -47,6 +59,10 @@ fn string_table(pairs: &[(&str, &str)]) -> InlineTable {
         t.insert(*k, Value::from(*v));
     }
     t
+}
+
+fn string_array<S: AsRef<str>>(items: &[S]) -> Array {
+    items.iter().map(|s| s.as_ref()).collect()
 }
 
 /// Appends a `[[link]]` rule `name` matching `pairs` (e.g. `[("id", "ISP-A")]`), with a
@@ -65,12 +81,116 @@ pub fn add_link(
     Ok(())
 }
 
+/// A relay as setup writes it: where it is, and how to log in without a password in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelaySpec {
+    /// Its name.
+    pub name: String,
+    /// Host name.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// `starttls` or `tls`.
+    pub tls: String,
+    /// How to log in, if at all.
+    pub login: Option<Login>,
+}
+
+/// A relay's login: the user name and where its password is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Login {
+    /// The SMTP user name.
+    pub username: String,
+    /// Where the password is.
+    pub secret: SecretSpec,
+}
+
+/// Where a relay's password is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSpec {
+    /// In the keyring, under these attributes.
+    Keyring(Vec<(String, String)>),
+    /// Printed by this command.
+    Command(String),
+}
+
+impl RelaySpec {
+    /// The relay as a `[[relay]]` table.
+    pub fn table(&self) -> Table {
+        let mut t = Table::new();
+        t.insert("name", value(&self.name));
+        t.insert("host", value(&self.host));
+        t.insert("port", value(i64::from(self.port)));
+        t.insert("tls", value(&self.tls));
+        if let Some(login) = &self.login {
+            t.insert("username", value(&login.username));
+            match &login.secret {
+                SecretSpec::Keyring(attrs) => {
+                    let pairs: Vec<(&str, &str)> = attrs
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect();
+                    t.insert("password_secret", value(string_table(&pairs)));
+                }
+                SecretSpec::Command(cmd) => {
+                    t.insert("password_command", value(cmd));
+                }
+            }
+        }
+        t
+    }
+
+    /// The relay alone, as the TOML `ProbeRelay` takes (and as it would appear in the file).
+    pub fn toml(&self) -> String {
+        let mut doc = DocumentMut::new();
+        let mut list = ArrayOfTables::new();
+        list.push(self.table());
+        doc.insert("relay", Item::ArrayOfTables(list));
+        doc.to_string()
+    }
+}
+
+/// Appends `relay` as a `[[relay]]` table with a comment saying where it came from.
+pub fn add_relay(doc: &mut DocumentMut, relay: &RelaySpec, comment: &str) -> anyhow::Result<()> {
+    let mut t = relay.table();
+    t.decor_mut().set_prefix(format!("\n# {comment}\n"));
+    tables(doc, "relay")?.push(t);
+    Ok(())
+}
+
 /// The `[[user]]` table named `user`.
 fn user_table<'d>(doc: &'d mut DocumentMut, user: &str) -> anyhow::Result<&'d mut Table> {
     tables(doc, "user")?
         .iter_mut()
         .find(|t| t.get("name").and_then(|n| n.as_str()) == Some(user))
         .ok_or_else(|| anyhow!("no [[user]] named {user:?}"))
+}
+
+/// Makes sure user `user` exists and sends as `address`: a new `[[user]]` when there is none
+/// of that name, else `address` added to its `from` unless there.
+pub fn ensure_user(doc: &mut DocumentMut, user: &str, address: &str) -> anyhow::Result<()> {
+    if !names(doc, "user").iter().any(|n| n == user) {
+        let mut t = Table::new();
+        t.decor_mut().set_prefix("\n");
+        t.insert("name", value(user));
+        t.insert("from", value(string_array(&[address])));
+        t.insert("routes", value(InlineTable::new()));
+        tables(doc, "user")?.push(t);
+        return Ok(());
+    }
+    let t = user_table(doc, user)?;
+    let from = t
+        .entry("from")
+        .or_insert_with(|| value(Array::new()))
+        .as_array_mut()
+        .ok_or_else(|| anyhow!("`from` of user {user} is not a list"))?;
+    if !from
+        .iter()
+        .any(|f| f.as_str().is_some_and(|f| f.eq_ignore_ascii_case(address)))
+    {
+        from.push(address);
+    }
+    Ok(())
 }
 
 /// Adds `relays` to user `user`'s route on `link`: a new entry when the user has none for
@@ -228,10 +348,15 @@ routes = { isp-a = ["relay-a"] }   # at home
         add_link(&mut doc, "isp-b", &[("id", "ISP-B")], "seen by linkrelay").unwrap();
         add_route(&mut doc, "me", "isp-b", &["relay-a".into()]).unwrap();
         assert!(!add_route(&mut doc, "me", "isp-a", &["relay-a".into()]).unwrap());
+        ensure_user(&mut doc, "me", "me@isp-a.example").unwrap();
         let text = doc.to_string();
         assert!(text.starts_with("# my relays\n[[link]]\nname = \"isp-a\"   # home\n"));
         assert!(
             text.contains("routes = { isp-a = [\"relay-a\"], isp-b = [\"relay-a\"] }   # at home"),
+            "{text}"
+        );
+        assert!(
+            text.contains("from = [\"*\", \"me@isp-a.example\"]"),
             "{text}"
         );
         assert!(
@@ -242,6 +367,44 @@ routes = { isp-a = ["relay-a"] }   # at home
         );
         let config = Config::parse(&text, Path::new("c.toml")).unwrap();
         assert_eq!(config.links.len(), 2);
+    }
+
+    #[test]
+    fn a_fresh_config_gets_a_relay_a_link_and_a_user_and_no_password() {
+        let mut doc = document("", Path::new("c.toml")).unwrap();
+        let relay = RelaySpec {
+            name: "isp-b.example".into(),
+            host: "smtp.isp-b.example".into(),
+            port: 587,
+            tls: "starttls".into(),
+            login: Some(Login {
+                username: "bob".into(),
+                secret: SecretSpec::Keyring(vec![
+                    ("service".into(), "smtp".into()),
+                    ("username".into(), "bob".into()),
+                ]),
+            }),
+        };
+        add_relay(&mut doc, &relay, "from autoconfig").unwrap();
+        add_link(&mut doc, "isp-b", &[("id", "ISP-B")], "seen").unwrap();
+        ensure_user(&mut doc, "bob", "bob@isp-b.example").unwrap();
+        add_route(&mut doc, "bob", "isp-b", &["isp-b.example".into()]).unwrap();
+        let text = doc.to_string();
+        let config = Config::parse(&text, Path::new("c.toml")).unwrap();
+        assert_eq!(config.relays[0].port, 587);
+        assert!(
+            text.contains(r#"password_secret = { service = "smtp", username = "bob" }"#),
+            "{text}"
+        );
+        assert_eq!(
+            config.users[0].relays_for("isp-b").map(|r| r.len()),
+            Some(1)
+        );
+        assert!(
+            relay
+                .toml()
+                .starts_with("[[relay]]\nname = \"isp-b.example\"\n")
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod queue;
 mod relay;
 mod routes;
 mod sendmail;
+mod setup;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -75,6 +76,9 @@ enum Verb {
     /// Try a relay from the link that is up, as the agent would use it, without sending: EHLO,
     /// STARTTLS, AUTH, then MAIL FROM and RCPT TO and RSET. Exits 0 when it would relay for us
     TestRelay(TestRelayArgs),
+    /// Find the submission server of an address (autoconfig, the ISP database, SRV and MX
+    /// records, guesses), have the agent try it from this link, and propose the config for it
+    Setup(setup::SetupArgs),
     /// Routes learnt per link: what each relay answered on each link, and the [[link]] rules
     /// and routes that follow from it
     #[command(subcommand)]
@@ -657,6 +661,7 @@ async fn agent_verb(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Verb::Routes(r) => return routes_verb(&agent, r).await,
+        Verb::Setup(a) => return setup::run(&agent, a).await,
         Verb::Reload => match agent.reload().await {
             Ok(()) => println!("config reloaded"),
             Err(e) => {

@@ -91,7 +91,7 @@ fn facts(map: &BTreeMap<String, String>) -> LinkFacts {
 
 /// The rule to write for a link no rule matches: NetworkManager's connection id when there is
 /// one, else the DHCP domain, else the interface (all the netlink source knows).
-fn rule_for(map: &BTreeMap<String, String>, taken: &[String]) -> Option<NewRule> {
+pub fn rule_for(map: &BTreeMap<String, String>, taken: &[String]) -> Option<NewRule> {
     let get = |k: &str| map.get(k).filter(|v| !v.is_empty()).cloned();
     let nm = get("uuid").is_some();
     let (field, value) = match (nm, get("id"), get("domains"), get("interface")) {

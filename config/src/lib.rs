@@ -73,6 +73,8 @@ pub struct Config {
     pub retry: RetrySettings,
     /// `[notify]`
     pub notify: NotifySettings,
+    /// `[setup]`
+    pub setup: SetupSettings,
     /// `[[link]]` tables, in file order (the order [`Config::match_link`] tries them in).
     pub links: Vec<LinkRule>,
     /// `[[relay]]` tables, in file order.
@@ -209,6 +211,27 @@ impl Default for NotifySettings {
             enabled: true,
             after: Duration::from_secs(60 * 60),
         }
+    }
+}
+
+/// `[setup]`: where `linkrelay setup` looks for a mail domain's settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetupSettings {
+    /// `ispdb`: the base URL of the ISP database (Thunderbird's, or a mirror of it);
+    /// `None` = Thunderbird's.
+    pub ispdb: Option<String>,
+    /// `nameserver`: the DNS server to ask for SRV and MX records and host addresses;
+    /// `None` = the system's (`/etc/resolv.conf`).
+    pub nameserver: Option<std::net::SocketAddr>,
+}
+
+impl SetupSettings {
+    /// `"192.0.2.53"`, `"192.0.2.53:5353"` or `"[2001:db8::53]:53"` as an address (port 53
+    /// when none is given).
+    pub fn parse_nameserver(text: &str) -> Option<std::net::SocketAddr> {
+        text.parse::<std::net::SocketAddr>()
+            .ok()
+            .or_else(|| text.parse::<IpAddr>().ok().map(|ip| (ip, 53).into()))
     }
 }
 
@@ -536,6 +559,7 @@ impl Config {
             agent: AgentSettings::default(),
             retry: RetrySettings::default(),
             notify: NotifySettings::default(),
+            setup: SetupSettings::default(),
             links: Vec::new(),
             relays: Vec::new(),
             users: vec![User {

@@ -15,7 +15,8 @@ use toml::de::{DeString, DeTable, DeValue};
 use crate::diag::{Diagnostic, Diagnostics, Note, line_col};
 use crate::{
     AgentSettings, Config, IpNet, LinkMatch, LinkName, LinkRule, MeteredPolicy, NETLINK_FIELDS,
-    NotifySettings, Relay, RelayName, RetrySettings, SourceKind, TlsMode, User, glob,
+    NotifySettings, Relay, RelayName, RetrySettings, SetupSettings, SourceKind, TlsMode, User,
+    glob,
 };
 
 mod relay_auth;
@@ -55,6 +56,10 @@ const ROOT: Schema = Schema {
         key(
             "notify",
             "[notify] on a line of its own, with its keys below it",
+        ),
+        key(
+            "setup",
+            "[setup] on a line of its own, with its keys below it",
         ),
         key(
             "link",
@@ -100,6 +105,18 @@ const NOTIFY: Schema = Schema {
     keys: &[
         key("enabled", "enabled = true"),
         key("after", r#"after = "1h""#),
+    ],
+    refused: &[],
+};
+
+const SETUP: Schema = Schema {
+    title: "[setup]",
+    keys: &[
+        key(
+            "ispdb",
+            r#"ispdb = "https://autoconfig.thunderbird.net/v1.1/""#,
+        ),
+        key("nameserver", r#"nameserver = "192.0.2.53""#),
     ],
     refused: &[],
 };
@@ -980,6 +997,35 @@ fn notify(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> NotifySettings {
     notify
 }
 
+fn setup(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> SetupSettings {
+    let mut setup = SetupSettings::default();
+    if let Some(s) = t.text(ctx, "ispdb") {
+        if s.value.starts_with("https://") || s.value.starts_with("http://") {
+            setup.ispdb = Some(s.value.to_string());
+        } else {
+            ctx.error(
+                s.span.start,
+                format!("`ispdb` must be an http(s) URL, not {:?}", s.value),
+                r#"write ispdb = "https://autoconfig.thunderbird.net/v1.1/" (or your own mirror of it)"#,
+            );
+        }
+    }
+    if let Some(s) = t.text(ctx, "nameserver") {
+        match SetupSettings::parse_nameserver(s.value) {
+            Some(addr) => setup.nameserver = Some(addr),
+            None => ctx.error(
+                s.span.start,
+                format!(
+                    "`nameserver` must be an IP address, with or without a port, not {:?}",
+                    s.value
+                ),
+                r#"write nameserver = "192.0.2.53" (or "192.0.2.53:5353", "[2001:db8::53]:53")"#,
+            ),
+        }
+    }
+    setup
+}
+
 fn link(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, name: &str, source: SourceKind) -> LinkRule {
     let matcher = match t.get("match") {
         None => {
@@ -1381,6 +1427,13 @@ fn config(ctx: &mut Ctx<'_>, root: &DeTable<'_>) -> Config {
         }
         None => NotifySettings::default(),
     };
+    let setup = match root.table(ctx, "setup") {
+        Some((t, span)) => {
+            let t = Table::new(ctx, t, span, &SETUP);
+            setup(ctx, &t)
+        }
+        None => SetupSettings::default(),
+    };
 
     let mut links = Vec::new();
     let mut link_names = Vec::new();
@@ -1437,6 +1490,7 @@ fn config(ctx: &mut Ctx<'_>, root: &DeTable<'_>) -> Config {
         agent,
         retry,
         notify,
+        setup,
         links,
         relays,
         users,
