@@ -275,15 +275,23 @@ async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<String, 
     String::from_utf8(body).map_err(|_| "the answer is not UTF-8 text".to_string())
 }
 
-/// A reqwest error in a few words, with its cause (a certificate problem says so).
+/// A reqwest error in a few words: its innermost cause ("no such host" for a name without an
+/// address), since the outer layers only repeat the URL.
 fn describe(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text = format!("{text}: {s}");
-        source = s.source();
+    let mut inner: &dyn std::error::Error = e;
+    while let Some(s) = inner.source() {
+        inner = s;
     }
-    text
+    let cause = inner.to_string();
+    if cause.contains("no records found") || cause.contains("NXDomain") {
+        "no such host".into()
+    } else if e.is_timeout() {
+        "no answer in time".into()
+    } else if e.is_connect() {
+        format!("cannot connect: {cause}")
+    } else {
+        cause
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ mod notify;
 mod routes;
 mod secrets;
 mod seed;
+mod setup;
 mod test_relay;
 mod tls;
 
