@@ -315,6 +315,28 @@ fn propose(
 ) -> anyhow::Result<Proposal> {
     let mut doc = edit::document(text, path)?;
     let mut notes = Vec::new();
+    // The link first: in a new file the rules then come before the relays and users, as
+    // people write them.
+    let rule = match (test.may_relay.as_str(), link.is_empty()) {
+        ("yes", false) => Some(link_rule(&mut doc, link, &spec.name)?),
+        ("yes", true) => {
+            notes.push(
+                "No link is up, so no route is proposed: on each link, `linkrelay routes probe` then `linkrelay routes suggest --apply`.".into(),
+            );
+            None
+        }
+        ("no", _) => {
+            notes.push(format!(
+                "{} refuses to relay for us on this link ({}); it is written down, without a route here. On the link it belongs to, `linkrelay routes probe` then `linkrelay routes suggest --apply`.",
+                spec.name, test.verdict
+            ));
+            None
+        }
+        _ => bail!(
+            "the relay did not answer the test ({}); nothing was written. Check the settings above, or try again on another link",
+            test.verdict
+        ),
+    };
     if config.is_none_or(|c| c.relay(&spec.name).is_none()) {
         edit::add_relay(
             &mut doc,
@@ -340,47 +362,41 @@ fn propose(
             edit::fresh_name(local, "me", &taken)
         });
     edit::ensure_user(&mut doc, &user, &args.address)?;
-    match (test.may_relay.as_str(), link.is_empty()) {
-        ("yes", false) => {
-            let rule = link.get("name").cloned().unwrap_or_default();
-            let rule = if rule.is_empty() {
-                let facts: BTreeMap<String, String> = link
-                    .iter()
-                    .filter(|(k, _)| ["id", "uuid", "domains", "interface"].contains(&k.as_str()))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                let taken = edit::names(&doc, "link");
-                let new = routes::rule_for(&facts, &taken)
-                    .ok_or_else(|| anyhow!("the link that is up shows nothing to recognise it by"))?;
-                let id = link.get("id").cloned().unwrap_or_default();
-                edit::add_link(
-                    &mut doc,
-                    &new.name,
-                    &[(new.field, new.value.as_str())],
-                    &format!("the link {id}, where {} takes our mail (`linkrelay setup`)", spec.name),
-                )?;
-                new.name
-            } else {
-                rule
-            };
-            edit::add_route(&mut doc, &user, &rule, std::slice::from_ref(&spec.name))?;
-        }
-        ("yes", true) => notes.push(
-            "No link is up, so no route is proposed: on each link, `linkrelay routes probe` then `linkrelay routes suggest --apply`.".into(),
-        ),
-        ("no", _) => notes.push(format!(
-            "{} refuses to relay for us on this link ({}); it is written down, without a route here. On the link it belongs to, `linkrelay routes probe` then `linkrelay routes suggest --apply`.",
-            spec.name, test.verdict
-        )),
-        _ => bail!(
-            "the relay did not answer the test ({}); nothing was written. Check the settings above, or try again on another link",
-            test.verdict
-        ),
+    if let Some(rule) = rule {
+        edit::add_route(&mut doc, &user, &rule, std::slice::from_ref(&spec.name))?;
     }
     Ok(Proposal {
         text: doc.to_string(),
         notes,
     })
+}
+
+/// The `[[link]]` rule of the link that is up: the one that matches it, else a new one
+/// (added to `doc`) by its NetworkManager id, DHCP domain or interface.
+fn link_rule(
+    doc: &mut toml_edit::DocumentMut,
+    link: &std::collections::HashMap<String, String>,
+    relay: &str,
+) -> anyhow::Result<String> {
+    if let Some(rule) = link.get("name").filter(|n| !n.is_empty()) {
+        return Ok(rule.clone());
+    }
+    let facts: BTreeMap<String, String> = link
+        .iter()
+        .filter(|(k, _)| ["id", "uuid", "domains", "interface"].contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let taken = edit::names(doc, "link");
+    let new = routes::rule_for(&facts, &taken)
+        .ok_or_else(|| anyhow!("the link that is up shows nothing to recognise it by"))?;
+    let id = link.get("id").cloned().unwrap_or_default();
+    edit::add_link(
+        doc,
+        &new.name,
+        &[(new.field, new.value.as_str())],
+        &format!("the link {id}, where {relay} takes our mail (`linkrelay setup`)"),
+    )?;
+    Ok(new.name)
 }
 
 /// Asks a yes/no question on the terminal; `None` of a terminal means no.

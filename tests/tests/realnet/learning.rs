@@ -8,11 +8,13 @@ use linkrelay_tests::world::cli_json;
 
 use crate::{eventually, postfix_idle, started};
 
-/// `linkrelay ARGS` in the laptop namespace; fails the test unless it exits 0.
+/// `linkrelay ARGS` in the laptop namespace; fails the test unless it exits 0. The session is
+/// printed as it goes (shown when the test fails, or with --no-capture).
 fn run_ok(t: &TwoIsp, args: &[&str]) -> String {
     let out = t
         .laptop_cli(args)
         .expect("linkrelay runs in the laptop namespace");
+    eprintln!("$ linkrelay {}\n{}", args.join(" "), text(&out.stdout));
     assert!(
         out.status.success(),
         "linkrelay {args:?}:\n{}{}",
