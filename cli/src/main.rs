@@ -14,12 +14,15 @@
 mod say;
 
 mod connect;
+mod edit;
 mod install;
 mod output;
 mod panel;
 mod queue;
 mod relay;
+mod routes;
 mod sendmail;
+mod setup;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -80,6 +83,13 @@ enum Verb {
     /// Try a relay from the link that is up, as the agent would use it, without sending: EHLO,
     /// STARTTLS, AUTH, then MAIL FROM and RCPT TO and RSET. Exits 0 when it would relay for us
     TestRelay(TestRelayArgs),
+    /// Find the submission server of an address (autoconfig, the ISP database, SRV and MX
+    /// records, guesses), have the agent try it from this link, and propose the config for it
+    Setup(setup::SetupArgs),
+    /// Routes learnt per link: what each relay answered on each link, and the [[link]] rules
+    /// and routes that follow from it
+    #[command(subcommand)]
+    Routes(RoutesVerb),
     /// Check, create or locate the config file
     #[command(subcommand)]
     Config(ConfigVerb),
@@ -232,6 +242,31 @@ struct QueueArgs {
     /// Print JSON instead of text
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum RoutesVerb {
+    /// Per link seen, the relays that accepted there and those that refused; proposes the
+    /// [[link]] rules and routes that follow (a relay that logs in is offered only to the
+    /// users already sending through it, or to all while none does)
+    Suggest {
+        /// Write the proposal into the config (shown as a diff first) and reload the agent
+        #[arg(long)]
+        apply: bool,
+        /// Print JSON instead of text
+        #[arg(long, conflicts_with = "apply")]
+        json: bool,
+        /// The config file [default: the agent's, else $XDG_CONFIG_HOME/linkrelay/config.toml]
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
+    /// Test every configured relay from the link that is up (nothing is sent), so that the
+    /// agent learns which accept us here
+    Probe {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -685,6 +720,8 @@ async fn agent_verb(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", output::prune_text(&results));
             }
         }
+        Verb::Routes(r) => return routes_verb(&agent, r).await,
+        Verb::Setup(a) => return setup::run(&agent, a).await,
         Verb::Reload => match agent.reload().await {
             Ok(()) => println!("config reloaded"),
             Err(e) => {
@@ -699,6 +736,93 @@ async fn agent_verb(cli: Cli) -> anyhow::Result<ExitCode> {
         | Verb::Man { .. } => unreachable!("handled before connecting"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The config file the agent runs on, else `explicit`, else the default path.
+async fn config_file(agent: &AgentProxy<'_>, explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p);
+    }
+    match agent.config_path().await {
+        Ok(p) if !p.is_empty() => Ok(PathBuf::from(p)),
+        _ => linkrelay_config::default_config_path()
+            .context("no config path: pass --config, or set XDG_CONFIG_HOME or HOME"),
+    }
+}
+
+/// After the config file changed: the agent reloads it, or says why not.
+async fn reload_after_write(agent: &AgentProxy<'_>) -> anyhow::Result<ExitCode> {
+    match agent.reload().await {
+        Ok(()) => {
+            println!("linkrelayd reloaded the config");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!(
+                "linkrelay: the agent did not take the new config: {:#}",
+                dbus_error(e)
+            );
+            Ok(ExitCode::from(EX_CONFIG))
+        }
+    }
+}
+
+async fn routes_verb(agent: &AgentProxy<'_>, verb: RoutesVerb) -> anyhow::Result<ExitCode> {
+    match verb {
+        RoutesVerb::Probe { json } => {
+            let config =
+                Config::load(&config_file(agent, None).await?).map_err(|e| anyhow!("{e}"))?;
+            let mut results = Vec::new();
+            for r in &config.relays {
+                let t = agent
+                    .test_relay(&r.name, "", "")
+                    .await
+                    .map_err(dbus_error)?;
+                if !json {
+                    println!("{}", routes::probe_line(&t));
+                }
+                results.push(t);
+            }
+            if json {
+                let all: Vec<_> = results.iter().map(relay::to_json).collect();
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else if results.is_empty() {
+                println!("no [[relay]] in the config: `linkrelay setup ADDRESS` finds one");
+            } else {
+                println!("Nothing was sent. `linkrelay routes suggest` shows what follows.");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RoutesVerb::Suggest {
+            apply,
+            json,
+            config,
+        } => {
+            let path = config_file(agent, config).await?;
+            let text = edit::read_or_empty(&path)?;
+            let config = Config::parse(&text, &path).map_err(|e| anyhow!("{e}"))?;
+            let history = agent.link_history().await.map_err(dbus_error)?;
+            let s = routes::suggest(&config, &history);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&routes::to_json(&s))?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            print!("{}", routes::render(&s, output::unix_now()));
+            let new = routes::apply(&text, &path, &s)?;
+            let diff = edit::diff(&text, &new, &path);
+            if diff.is_empty() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            if !apply {
+                println!("\nProposed change (write it with --apply):\n{diff}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("\n{diff}");
+            edit::write_checked(&path, &new)?;
+            println!("wrote {}", path.display());
+            reload_after_write(agent).await
+        }
+    }
 }
 
 async fn watch(conn: &zbus::Connection, agent: &AgentProxy<'_>, json: bool) -> anyhow::Result<()> {

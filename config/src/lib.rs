@@ -77,6 +77,8 @@ pub struct Config {
     pub notify: NotifySettings,
     /// `[outbox]`
     pub outbox: OutboxSettings,
+    /// `[setup]`
+    pub setup: SetupSettings,
     /// `[[link]]` tables, in file order (the order [`Config::match_link`] tries them in).
     pub links: Vec<LinkRule>,
     /// `[[relay]]` tables, in file order.
@@ -253,6 +255,27 @@ impl Default for OutboxSettings {
             keep_sent: OutboxSettings::DEFAULT_KEEP_SENT,
             keep_sent_size: OutboxSettings::DEFAULT_KEEP_SENT_SIZE,
         }
+    }
+}
+
+/// `[setup]`: where `linkrelay setup` looks for a mail domain's settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetupSettings {
+    /// `ispdb`: the base URL of the ISP database (Thunderbird's, or a mirror of it);
+    /// `None` = Thunderbird's.
+    pub ispdb: Option<String>,
+    /// `nameserver`: the DNS server to ask for SRV and MX records and host addresses;
+    /// `None` = the system's (`/etc/resolv.conf`).
+    pub nameserver: Option<std::net::SocketAddr>,
+}
+
+impl SetupSettings {
+    /// `"192.0.2.53"`, `"192.0.2.53:5353"` or `"[2001:db8::53]:53"` as an address (port 53
+    /// when none is given).
+    pub fn parse_nameserver(text: &str) -> Option<std::net::SocketAddr> {
+        text.parse::<std::net::SocketAddr>()
+            .ok()
+            .or_else(|| text.parse::<IpAddr>().ok().map(|ip| (ip, 53).into()))
     }
 }
 
@@ -566,6 +589,13 @@ impl Config {
         parse::parse(text, origin).map_err(ConfigError::Invalid)
     }
 
+    /// Validates `text` as one `[[relay]]` table and nothing else, by the rules of the file
+    /// (an inline password is refused, ...): how the agent takes a relay that is not in the
+    /// config yet (`ProbeRelay`).
+    pub fn parse_relay(text: &str, origin: &Path) -> Result<Relay, ConfigError> {
+        parse::parse_relay(text, origin).map_err(ConfigError::Invalid)
+    }
+
     /// The config used when there is no file: no links, no relays, one user `default` with
     /// `from = ["*"]` (so all mail is held with "no relay"), default agent and retry settings.
     pub fn embedded_default() -> Config {
@@ -575,6 +605,7 @@ impl Config {
             retry: RetrySettings::default(),
             notify: NotifySettings::default(),
             outbox: OutboxSettings::default(),
+            setup: SetupSettings::default(),
             links: Vec::new(),
             relays: Vec::new(),
             users: vec![User {

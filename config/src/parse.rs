@@ -15,8 +15,8 @@ use toml::de::{DeString, DeTable, DeValue};
 use crate::diag::{Diagnostic, Diagnostics, Note, line_col};
 use crate::{
     AgentSettings, Config, IpNet, LinkMatch, LinkName, LinkRule, MeteredPolicy, NETLINK_FIELDS,
-    NotifySettings, OutboxSettings, Relay, RelayName, RetrySettings, SourceKind, TlsMode, User,
-    glob,
+    NotifySettings, OutboxSettings, Relay, RelayName, RetrySettings, SetupSettings, SourceKind,
+    TlsMode, User, glob,
 };
 
 mod relay_auth;
@@ -60,6 +60,10 @@ const ROOT: Schema = Schema {
         key(
             "outbox",
             "[outbox] on a line of its own, with its keys below it",
+        ),
+        key(
+            "setup",
+            "[setup] on a line of its own, with its keys below it",
         ),
         key(
             "link",
@@ -115,6 +119,18 @@ const OUTBOX: Schema = Schema {
         key("max_message_size", "max_message_size = 52428800"),
         key("keep_sent", r#"keep_sent = "3d""#),
         key("keep_sent_size", "keep_sent_size = 104857600"),
+    ],
+    refused: &[],
+};
+
+const SETUP: Schema = Schema {
+    title: "[setup]",
+    keys: &[
+        key(
+            "ispdb",
+            r#"ispdb = "https://autoconfig.thunderbird.net/v1.1/""#,
+        ),
+        key("nameserver", r#"nameserver = "192.0.2.53""#),
     ],
     refused: &[],
 };
@@ -754,6 +770,51 @@ pub(crate) fn parse(text: &str, origin: &Path) -> Result<Config, Diagnostics> {
     }
 }
 
+/// The top level of a text that holds one `[[relay]]` table and nothing else.
+const RELAY_ONLY: Schema = Schema {
+    title: "a relay's settings",
+    keys: &[key(
+        "relay",
+        "[[relay]] on a line of its own, with its keys below it",
+    )],
+    refused: &[],
+};
+
+/// Validates `text` as exactly one `[[relay]]` table, with the file's own rules for it.
+pub(crate) fn parse_relay(text: &str, origin: &Path) -> Result<Relay, Diagnostics> {
+    let mut ctx = Ctx {
+        text,
+        origin,
+        diags: Vec::new(),
+        notes: Vec::new(),
+    };
+    let (root, errors) = DeTable::parse_recoverable(text);
+    if !errors.is_empty() {
+        for error in &errors {
+            syntax_error(&mut ctx, error);
+        }
+        return Err(finish(ctx));
+    }
+    let root = Table::new(&mut ctx, root.get_ref(), 0..0, &RELAY_ONLY);
+    let mut relays = Vec::new();
+    for (t, span) in root.tables(&mut ctx, "relay") {
+        let t = Table::new(&mut ctx, t, span, &RELAY);
+        let name = name(&mut ctx, &t, "relay");
+        relays.push(relay(&mut ctx, &t, name.as_ref().map_or("", |n| n.value)));
+    }
+    if relays.len() != 1 && ctx.diags.is_empty() {
+        ctx.error(
+            0,
+            format!("{} [[relay]] tables where one is expected", relays.len()),
+            "give exactly one [[relay]] table",
+        );
+    }
+    match (relays.pop(), ctx.diags.is_empty()) {
+        (Some(relay), true) => Ok(relay),
+        _ => Err(finish(ctx)),
+    }
+}
+
 fn finish(ctx: Ctx<'_>) -> Diagnostics {
     let mut diags = ctx.diags;
     diags.sort_by_key(|d| (d.line, d.col));
@@ -979,6 +1040,35 @@ fn outbox(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> OutboxSettings {
         outbox.keep_sent = d;
     }
     outbox
+}
+
+fn setup(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> SetupSettings {
+    let mut setup = SetupSettings::default();
+    if let Some(s) = t.text(ctx, "ispdb") {
+        if s.value.starts_with("https://") || s.value.starts_with("http://") {
+            setup.ispdb = Some(s.value.to_string());
+        } else {
+            ctx.error(
+                s.span.start,
+                format!("`ispdb` must be an http(s) URL, not {:?}", s.value),
+                r#"write ispdb = "https://autoconfig.thunderbird.net/v1.1/" (or your own mirror of it)"#,
+            );
+        }
+    }
+    if let Some(s) = t.text(ctx, "nameserver") {
+        match SetupSettings::parse_nameserver(s.value) {
+            Some(addr) => setup.nameserver = Some(addr),
+            None => ctx.error(
+                s.span.start,
+                format!(
+                    "`nameserver` must be an IP address, with or without a port, not {:?}",
+                    s.value
+                ),
+                r#"write nameserver = "192.0.2.53" (or "192.0.2.53:5353", "[2001:db8::53]:53")"#,
+            ),
+        }
+    }
+    setup
 }
 
 fn link(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, name: &str, source: SourceKind) -> LinkRule {
@@ -1390,6 +1480,14 @@ fn config(ctx: &mut Ctx<'_>, root: &DeTable<'_>) -> Config {
         None => OutboxSettings::default(),
     };
 
+    let setup = match root.table(ctx, "setup") {
+        Some((t, span)) => {
+            let t = Table::new(ctx, t, span, &SETUP);
+            setup(ctx, &t)
+        }
+        None => SetupSettings::default(),
+    };
+
     let mut links = Vec::new();
     let mut link_names = Vec::new();
     for (t, span) in root.tables(ctx, "link") {
@@ -1446,6 +1544,7 @@ fn config(ctx: &mut Ctx<'_>, root: &DeTable<'_>) -> Config {
         retry,
         notify,
         outbox,
+        setup,
         links,
         relays,
         users,

@@ -176,8 +176,15 @@ fn starter_config_options_are_valid_when_uncommented() {
         c.users[0].relays_for("home"),
         Some(&[RelayName::from("my-isp")][..])
     );
+    assert_eq!(
+        c.setup.ispdb.as_deref(),
+        Some("https://autoconfig.thunderbird.net/v1.1/")
+    );
+    assert_eq!(c.setup.nameserver, Some(([192, 0, 2, 53], 53).into()));
     // every key of every table is shown in the starter
     for key in [
+        "ispdb",
+        "nameserver",
         "source",
         "debounce",
         "min",
@@ -218,6 +225,28 @@ fn starter_config_options_are_valid_when_uncommented() {
             "starter config does not show `{key}`"
         );
     }
+}
+
+#[test]
+fn setup_settings_take_a_url_and_a_nameserver_with_or_without_a_port() {
+    let c = parse(
+        "[setup]\nispdb = \"https://ispdb.test/v1.1/\"\nnameserver = \"[2001:db8::53]:5353\"\n[[user]]\nname = \"u\"\nfrom = [\"*\"]\n",
+    );
+    assert_eq!(c.setup.nameserver.map(|a| a.port()), Some(5353));
+    let err = Config::parse(
+        "[setup]\nispdb = \"ftp://x\"\nnameserver = \"ns.example\"\n[[user]]\nname = \"u\"\nfrom = [\"*\"]\n",
+        Path::new("c.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("c.toml:2:9: error: `ispdb` must be an http(s) URL"),
+        "{err}"
+    );
+    assert!(
+        err.contains("c.toml:3:14: error: `nameserver` must be an IP address"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -507,7 +536,9 @@ fn unknown_keys_everywhere_are_all_reported() {
     assert_eq!(d[0].message, "unknown key `colour` in the top level");
     assert_eq!(
         d[0].help.as_deref(),
-        Some("valid keys are `agent`, `retry`, `notify`, `outbox`, `link`, `relay`, `user`")
+        Some(
+            "valid keys are `agent`, `retry`, `notify`, `outbox`, `setup`, `link`, `relay`, `user`"
+        )
     );
     assert_eq!(d[1].message, "unknown key `sorce` in [agent]");
     assert_eq!(

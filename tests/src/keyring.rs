@@ -110,6 +110,27 @@ impl Keyring {
         Ok(())
     }
 
+    /// What `secret-tool lookup ATTRIBUTES` prints (the secret), as a user would check it.
+    pub fn lookup(&self, attributes: &[(&str, &str)]) -> anyhow::Result<String> {
+        let mut cmd = Command::new(SECRET_TOOL);
+        cmd.arg("lookup");
+        for (k, v) in attributes {
+            cmd.arg(k).arg(v);
+        }
+        env(&mut cmd, &self.bus_address, &self.home);
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .context("running secret-tool")?;
+        if !out.status.success() {
+            bail!(
+                "secret-tool lookup found nothing: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Locks every collection (as the screen locker or `Lock` would), through the Secret
     /// Service API.
     pub async fn lock_all(&self) -> anyhow::Result<()> {

@@ -11,6 +11,8 @@
 //! - [`netns`]: [`NetNs`], a network namespace per test with veth links (root only), where
 //!   the agent follows the kernel's default route, and [`netns::pair::NetnsPair`], two of them
 //!   joined by a veth pair, for a relay that is not on loopback;
+//! - [`maildomain`]: [`maildomain::DomainServers`], dnsmasq and an HTTPS server in a
+//!   namespace, answering what `linkrelay setup` asks (autoconfig, ISP database, SRV, MX);
 //! - [`notifications`]: [`notifications::FakeNotifications`], a desktop notification server
 //!   that records what the user would have read;
 //! - [`keyring`]: [`keyring::Keyring`], a real gnome-keyring-daemon serving the Secret Service
@@ -31,6 +33,7 @@
 pub mod bus;
 pub mod config;
 pub mod keyring;
+pub mod maildomain;
 pub mod netns;
 pub mod nm;
 pub mod notifications;

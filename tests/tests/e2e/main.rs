@@ -21,8 +21,10 @@ mod listing;
 mod netlink;
 mod nm_source;
 mod notify;
+mod routes;
 mod secrets;
 mod seed;
+mod setup;
 mod test_relay;
 mod tls;
 
