@@ -40,6 +40,10 @@ pub(crate) async fn fetch(relay: &Relay) -> Result<Option<String>, String> {
             debug!(relay = %relay.name, "running password_command");
             run_password_command(command, relay.timeout).await.map(Some)
         }
+        config::Secret::OAuth2(_) => Err(format!(
+            "relay {} gets its tokens with OAuth2, which this agent cannot do yet",
+            relay.name
+        )),
     }
 }
 

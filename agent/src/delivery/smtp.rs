@@ -319,12 +319,12 @@ impl Session {
                 ));
             };
             let creds = Credentials::new(auth.username.clone(), password);
-            timed(
-                Stage::Auth,
-                limit,
-                conn.auth(&[Mechanism::Plain, Mechanism::Login], &creds),
-            )
-            .await?;
+            let mechanisms: &[Mechanism] = match auth.mechanism {
+                linkrelay_config::Mechanism::Password => &[Mechanism::Plain, Mechanism::Login],
+                linkrelay_config::Mechanism::Xoauth2 => &[Mechanism::Xoauth2],
+                linkrelay_config::Mechanism::OAuthBearer => &[],
+            };
+            timed(Stage::Auth, limit, conn.auth(mechanisms, &creds)).await?;
         }
         Ok(Session {
             conn,
