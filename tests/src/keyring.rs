@@ -110,6 +110,27 @@ impl Keyring {
         Ok(())
     }
 
+    /// The secret of the item with `attributes`, as `secret-tool lookup` prints it.
+    pub fn lookup(
+        &self,
+        attributes: &std::collections::BTreeMap<String, String>,
+    ) -> anyhow::Result<String> {
+        let mut cmd = Command::new(SECRET_TOOL);
+        cmd.arg("lookup");
+        for (k, v) in attributes {
+            cmd.arg(k).arg(v);
+        }
+        env(&mut cmd, &self.bus_address, &self.home);
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .context("running secret-tool")?;
+        if !out.status.success() {
+            bail!("secret-tool lookup found nothing");
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
     /// Locks every collection (as the screen locker or `Lock` would), through the Secret
     /// Service API.
     pub async fn lock_all(&self) -> anyhow::Result<()> {
