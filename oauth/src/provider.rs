@@ -8,8 +8,7 @@ use linkrelay_config::{LoginFlow, OAuth2};
 use oauth2::basic::BasicClient;
 use oauth2::{
     AuthUrl, ClientId, ClientSecret, DeviceAuthorizationUrl, EndpointMaybeSet, EndpointNotSet,
-    EndpointSet, RefreshToken, RequestTokenError, RevocationUrl, Scope, StandardRevocableToken,
-    TokenResponse, TokenUrl,
+    EndpointSet, RefreshToken, RequestTokenError, Scope, TokenResponse, TokenUrl,
 };
 use tracing::debug;
 
@@ -18,7 +17,7 @@ use crate::{OAuthError, Token, Tokens};
 
 /// The oauth2 crate's client with the endpoints a config can give.
 pub(crate) type Client =
-    BasicClient<EndpointMaybeSet, EndpointMaybeSet, EndpointNotSet, EndpointMaybeSet, EndpointSet>;
+    BasicClient<EndpointMaybeSet, EndpointMaybeSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
 
 /// How long one request to the provider may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -28,6 +27,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Provider {
     pub(crate) relay: String,
     pub(crate) client_id: String,
+    client_secret: Option<Token>,
+    revocation_url: Option<String>,
     pub(crate) client: Client,
     pub(crate) scopes: Vec<Scope>,
     pub(crate) http: reqwest::Client,
@@ -59,28 +60,30 @@ impl Provider {
                 DeviceAuthorizationUrl::new(u.clone()).map_err(|e| url_error("device_url", u, e))
             })
             .transpose()?;
-        let revocation_url = settings
-            .revocation_url
-            .as_ref()
-            .map(|u| RevocationUrl::new(u.clone()).map_err(|e| url_error("revocation_url", u, e)))
-            .transpose()?;
         let mut client = BasicClient::new(ClientId::new(settings.client_id.clone()))
             .set_auth_uri_option(auth_url)
             .set_device_authorization_url_option(device_url)
-            .set_revocation_url_option(revocation_url)
             .set_token_uri(token_url);
-        if let Some(command) = &settings.client_secret_command {
-            client = client.set_client_secret(ClientSecret::new(first_line(command).await?));
+        let client_secret = match &settings.client_secret_command {
+            Some(command) => Some(Token::new(first_line(command).await?)),
+            None => None,
+        };
+        if let Some(secret) = &client_secret {
+            client = client.set_client_secret(ClientSecret::new(secret.secret().to_owned()));
         }
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(Duration::from_secs(10))
+            // No getaddrinfo (NSS), which the static CLI could not load.
+            .hickory_dns(true)
             .build()
             .map_err(|e| OAuthError::Settings(format!("cannot make an HTTP client: {e}")))?;
         Ok(Provider {
             relay: relay.to_owned(),
             client_id: settings.client_id.clone(),
+            client_secret,
+            revocation_url: settings.revocation_url.clone(),
             client,
             scopes: settings.scopes.iter().cloned().map(Scope::new).collect(),
             http,
@@ -116,18 +119,35 @@ impl Provider {
     }
 
     /// Revokes `refresh` at the provider (RFC 7009), if it has a revocation endpoint;
-    /// whether it had one.
+    /// whether it had one. The request is made here rather than by the oauth2 crate, which
+    /// refuses an `http` endpoint even on this machine (the config allows only those).
     pub async fn revoke(&self, refresh: &Token) -> Result<bool, OAuthError> {
-        let token =
-            StandardRevocableToken::RefreshToken(RefreshToken::new(refresh.secret().to_owned()));
-        let Ok(request) = self.client.revoke_token(token) else {
+        let Some(url) = &self.revocation_url else {
             return Ok(false);
         };
-        request
-            .request_async(&self.http)
+        let mut request = self.http.post(url).form(&[
+            ("token", refresh.secret()),
+            ("token_type_hint", "refresh_token"),
+            ("client_id", self.client_id.as_str()),
+        ]);
+        if let Some(secret) = &self.client_secret {
+            request = request.basic_auth(&self.client_id, Some(secret.secret()));
+        }
+        let reply = request
+            .send()
             .await
-            .map_err(|e| self.request_error(e, Exchange::Revoke))?;
-        Ok(true)
+            .map_err(|e| OAuthError::Unreachable(chain(&e)))?;
+        let status = reply.status();
+        if status.is_success() {
+            return Ok(true);
+        }
+        let body = reply.text().await.unwrap_or_default();
+        let code = body
+            .split("\"error\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').nth(1))
+            .unwrap_or("no error code");
+        Err(self.server_error(code, Some(&format!("HTTP {status}")), Exchange::Revoke))
     }
 
     /// What a failed request means to the user.

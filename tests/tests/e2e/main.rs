@@ -19,6 +19,7 @@ mod listing;
 mod netlink;
 mod nm_source;
 mod notify;
+mod oauth_login;
 mod secrets;
 mod seed;
 mod test_relay;
