@@ -68,6 +68,25 @@ pub(crate) fn read_file_in(dir: impl AsFd, name: &str) -> io::Result<Vec<u8>> {
     read_regular(File::from(fd))
 }
 
+/// Opens the regular file `name` in `dir` for reading, never following a link: for a file
+/// that is read a piece at a time.
+pub(crate) fn open_file_in(dir: impl AsFd, name: &str) -> io::Result<File> {
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
+        Mode::empty(),
+    )?;
+    let st = rustix::fs::fstat(&fd)?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(File::from(fd))
+}
+
 /// Reads a regular file given by path, never following a link in the last component.
 pub(crate) fn read_file(path: &Path) -> io::Result<Vec<u8>> {
     let fd = rustix::fs::openat(

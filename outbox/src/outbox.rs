@@ -12,8 +12,8 @@ use rustix::fs::AtFlags;
 
 use crate::error::OutboxError;
 use crate::fsutil::{
-    DIR_MODE, create_file, fsync_dir, mkdir_private, open_dir, read_file, read_file_in,
-    rename_noreplace, replace_file_in,
+    DIR_MODE, create_file, fsync_dir, mkdir_private, open_dir, open_file_in, read_file,
+    read_file_in, rename_noreplace, replace_file_in,
 };
 use crate::id::{new_id, now_secs, validate_id};
 use crate::sendmail::{address_problem, envelope_from_headers};
@@ -260,6 +260,16 @@ impl Outbox {
         validate_id(id)?;
         let dir = self.open_msg_dir(folder, id)?;
         read_file_in(&dir, MESSAGE)
+            .map_err(|e| file_error(&self.msg_path(folder, id).join(MESSAGE), e))
+    }
+
+    /// Message `id` in `folder`, opened for reading (as [`Outbox::read_message`] checks it: a
+    /// regular file, never through a link), for reading a piece at a time: sending a large
+    /// message does not cost its size in memory.
+    pub fn open_message(&self, folder: Folder, id: &str) -> Result<fs::File, OutboxError> {
+        validate_id(id)?;
+        let dir = self.open_msg_dir(folder, id)?;
+        open_file_in(&dir, MESSAGE)
             .map_err(|e| file_error(&self.msg_path(folder, id).join(MESSAGE), e))
     }
 

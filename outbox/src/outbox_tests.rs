@@ -853,3 +853,33 @@ fn a_listing_skips_what_it_cannot_read_in_the_queue_and_moves_nothing() {
     fs::write(q.join(&half).join("state.json"), state).unwrap();
     assert_eq!(reader.entry(&half).map(|s| s.id), Some(half));
 }
+
+#[test]
+fn a_message_opened_to_be_read_in_pieces_is_its_file_and_never_a_link() {
+    use std::io::Read;
+    let (dir, ob) = outbox();
+    let id = ob.enqueue(&env("a@b.c", &["d@e.f"]), &message(0)).unwrap();
+    let mut got = Vec::new();
+    ob.open_message(Folder::Queue, &id)
+        .unwrap()
+        .read_to_end(&mut got)
+        .unwrap();
+    assert_eq!(got, message(0));
+
+    let eml = ob.root().join("queue").join(&id).join("message.eml");
+    let outside = dir.path().join("outside.eml");
+    fs::write(&outside, b"not in the outbox").unwrap();
+    fs::remove_file(&eml).unwrap();
+    symlink(&outside, &eml).unwrap();
+    assert!(matches!(
+        ob.open_message(Folder::Queue, &id),
+        Err(OutboxError::Unsafe { .. })
+    ));
+    fs::remove_file(&eml).unwrap();
+    fs::create_dir(&eml).unwrap();
+    assert!(ob.open_message(Folder::Queue, &id).is_err());
+    assert!(matches!(
+        ob.open_message(Folder::Queue, "../x"),
+        Err(OutboxError::BadId(_))
+    ));
+}

@@ -3,10 +3,12 @@
 //! accepted.
 //!
 //! The relay listens on 127.0.0.1 on a free port. It speaks: a 220 greeting; EHLO (multi-line:
-//! `250-<name>`, `250-SIZE 10485760`, `250-8BITMIME`, `250-AUTH PLAIN LOGIN` when credentials are
-//! configured, `250 HELP`) and HELO; AUTH PLAIN and AUTH LOGIN, each with or without an initial
-//! response; MAIL FROM (ESMTP parameters such as `SIZE=` and `BODY=8BITMIME` are accepted;
-//! a `SIZE=` over the limit gets 552); RCPT TO; DATA with dot-unstuffing up to the lone ".";
+//! `250-<name>`, `250-SIZE 10485760`, `250-8BITMIME` unless [`RelayScript::without_8bitmime`],
+//! `250-AUTH PLAIN LOGIN` when credentials are configured (or fewer mechanisms:
+//! [`RelayScript::auth_mechanisms`]), `250 HELP`) and HELO; AUTH PLAIN and AUTH LOGIN, each
+//! with or without an initial response; MAIL FROM (ESMTP parameters such as `SIZE=` and
+//! `BODY=8BITMIME` are accepted; a `SIZE=` over the limit gets 552); RCPT TO; DATA with
+//! dot-unstuffing up to the lone ".";
 //! RSET; NOOP; HELP; QUIT. Anything else gets `502 5.5.2 Error: command not recognized`.
 //! PIPELINING is offered only with [`RelayScript::pipelining`] (commands are read in order
 //! either way, so a pipelining client is served the same). With [`RelayScript::tls`] it speaks TLS: STARTTLS (offered in EHLO,
@@ -39,7 +41,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 
-/// The message size limit the relay advertises (`SIZE`) and enforces.
+/// The message size limit the relay advertises (`SIZE`) and enforces by default.
 pub const MAX_MESSAGE_SIZE: usize = 10_485_760;
 
 /// The longest command line the relay reads; a longer one ends the session with a 500.
@@ -64,12 +66,30 @@ pub enum Fault {
     /// code, a missing line end, a multi-line reply that never ends), then go on reading
     /// commands.
     Raw(String),
+    /// Send `first`, then `then` over and over for as long as the client takes it: a hostile
+    /// relay's reply that never ends (`220-hello` and a line with no end, or endless short
+    /// lines). The session ends when the client stops reading or hangs up. See
+    /// [`Fault::endless`].
+    Endless {
+        /// Sent once.
+        first: String,
+        /// Sent again and again after `first`.
+        then: String,
+    },
 }
 
 impl Fault {
     /// `Fault::Reply(code, text.to_owned())`.
     pub fn reply(code: u16, text: &str) -> Fault {
         Fault::Reply(code, text.to_owned())
+    }
+
+    /// `Fault::Endless { first, then }`.
+    pub fn endless(first: &str, then: &str) -> Fault {
+        Fault::Endless {
+            first: first.to_owned(),
+            then: then.to_owned(),
+        }
     }
 
     fn is_success(&self) -> bool {
@@ -154,6 +174,16 @@ pub struct RelayScript {
     pub tls: RelayTls,
     /// EHLO offers PIPELINING (RFC 2920).
     pub pipelining: bool,
+    /// When set, EHLO does not offer 8BITMIME and a MAIL FROM with a `BODY=` parameter gets
+    /// this answer instead (Postfix with the extension off says `555 5.5.4 Unsupported
+    /// option: BODY=8BITMIME`; other servers say 501). 8-bit data is taken as it comes.
+    pub without_8bitmime: Option<Fault>,
+    /// The message size limit advertised (`SIZE`) and enforced: [`MAX_MESSAGE_SIZE`] unless a
+    /// test sends more.
+    pub max_message_size: usize,
+    /// The AUTH mechanisms offered (and taken) when there are credentials: `PLAIN LOGIN`
+    /// unless a test wants fewer. Another gets `504`.
+    pub auth_mechanisms: String,
 }
 
 impl Default for RelayScript {
@@ -173,6 +203,9 @@ impl Default for RelayScript {
             credentials: None,
             tls: RelayTls::Off,
             pipelining: false,
+            without_8bitmime: None,
+            max_message_size: MAX_MESSAGE_SIZE,
+            auth_mechanisms: "PLAIN LOGIN".to_owned(),
         }
     }
 }
@@ -197,6 +230,9 @@ impl fmt::Debug for RelayScript {
             )
             .field("tls", &self.tls)
             .field("pipelining", &self.pipelining)
+            .field("without_8bitmime", &self.without_8bitmime)
+            .field("max_message_size", &self.max_message_size)
+            .field("auth_mechanisms", &self.auth_mechanisms)
             .finish()
     }
 }
@@ -285,6 +321,8 @@ struct Shared {
     connections: AtomicUsize,
     queue_ids: AtomicU64,
     lines: Mutex<Vec<ClientLine>>,
+    /// Bytes written by [`Fault::Endless`], all sessions together.
+    endless_bytes: AtomicU64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -362,6 +400,7 @@ impl ScriptedRelay {
             connections: AtomicUsize::new(0),
             queue_ids: AtomicU64::new(1),
             lines: Mutex::new(Vec::new()),
+            endless_bytes: AtomicU64::new(0),
         });
         let task = tokio::spawn(accept_loop(listener, shared.clone()));
         Ok(ScriptedRelay { addr, shared, task })
@@ -381,6 +420,12 @@ impl ScriptedRelay {
     /// with whether it came over TLS.
     pub fn commands(&self) -> Vec<ClientLine> {
         lock(&self.shared.lines).clone()
+    }
+
+    /// How many bytes [`Fault::Endless`] replies have sent so far (the client took them, or
+    /// they wait in the socket buffers).
+    pub fn endless_bytes(&self) -> u64 {
+        self.shared.endless_bytes.load(Ordering::SeqCst)
     }
 
     /// How many TCP connections were accepted so far.
@@ -542,6 +587,10 @@ impl Io {
                     .context("writing a raw reply")?;
                 Ok(Flow::Continue)
             }
+            Fault::Endless { first, then } => {
+                self.endless(first, then).await;
+                Ok(Flow::End)
+            }
             Fault::Stall => {
                 let mut sink = [0u8; 4096];
                 loop {
@@ -551,6 +600,30 @@ impl Io {
                     }
                 }
             }
+        }
+    }
+
+    /// Writes `first`, then `then` again and again until the client stops taking it.
+    async fn endless(&mut self, first: &str, then: &str) {
+        let counter = self.lines.clone();
+        let Ok(writer) = self.writer() else { return };
+        if writer.write_all(first.as_bytes()).await.is_err() {
+            return;
+        }
+        let count = |n: usize| {
+            if let Some(shared) = &counter {
+                shared.endless_bytes.fetch_add(n as u64, Ordering::SeqCst);
+            }
+        };
+        count(first.len());
+        if then.is_empty() {
+            return;
+        }
+        let chunk = then.repeat(65_536 / then.len() + 1);
+        // A client that stops reading without hanging up leaves this write waiting: the
+        // session ends when it closes.
+        while writer.write_all(chunk.as_bytes()).await.is_ok() {
+            count(chunk.len());
         }
     }
 
@@ -770,14 +843,16 @@ async fn ehlo(
     } else {
         let mut lines = vec![
             script.name.clone(),
-            format!("SIZE {MAX_MESSAGE_SIZE}"),
-            "8BITMIME".to_owned(),
+            format!("SIZE {}", script.max_message_size),
         ];
+        if script.without_8bitmime.is_none() {
+            lines.push("8BITMIME".to_owned());
+        }
         if (matches!(script.tls, RelayTls::Starttls(_)) && !io.tls) || script.starttls.is_some() {
             lines.push("STARTTLS".to_owned());
         }
         if script.credentials.is_some() {
-            lines.push("AUTH PLAIN LOGIN".to_owned());
+            lines.push(format!("AUTH {}", script.auth_mechanisms));
         }
         if script.pipelining {
             lines.push("PIPELINING".to_owned());
@@ -832,6 +907,15 @@ async fn auth(
         Some((mechanism, initial)) => (mechanism.to_ascii_uppercase(), Some(initial.trim())),
         None => (arg.to_ascii_uppercase(), None),
     };
+    let offered = script
+        .auth_mechanisms
+        .split_whitespace()
+        .any(|m| m.eq_ignore_ascii_case(&mechanism));
+    if !offered && !mechanism.is_empty() {
+        io.reply(504, "5.5.4 Unsupported authentication mechanism")
+            .await?;
+        return Ok(Flow::Continue);
+    }
     let decode = |text: &str| -> Option<Vec<u8>> {
         if text == "=" {
             Some(Vec::new())
@@ -959,17 +1043,22 @@ async fn mail(
         io.reply(503, "5.5.1 Error: nested MAIL command").await?;
         return Ok(Flow::Continue);
     }
-    let size: HashMap<String, &str> = params
+    let esmtp: HashMap<String, &str> = params
         .iter()
         .filter_map(|p| p.split_once('='))
         .map(|(k, v)| (k.to_ascii_uppercase(), v))
         .collect();
-    if let Some(size) = size.get("SIZE").and_then(|v| v.parse::<usize>().ok())
-        && size > MAX_MESSAGE_SIZE
+    if let Some(size) = esmtp.get("SIZE").and_then(|v| v.parse::<usize>().ok())
+        && size > script.max_message_size
     {
         io.reply(552, "5.3.4 Message size exceeds fixed limit")
             .await?;
         return Ok(Flow::Continue);
+    }
+    if let Some(fault) = &script.without_8bitmime
+        && esmtp.contains_key("BODY")
+    {
+        return io.fault(fault).await;
     }
     if let Some(fault) = &script.mail {
         if fault.is_success() {
@@ -1066,7 +1155,7 @@ async fn data(io: &mut Io, shared: &Shared, s: &mut Session, arg: &str) -> anyho
         } else {
             &line[..]
         };
-        if body.len() + content.len() > MAX_MESSAGE_SIZE {
+        if body.len() + content.len() > script.max_message_size {
             too_big = true;
         } else {
             body.extend_from_slice(content);
@@ -1331,6 +1420,36 @@ mod tests {
         assert!(
             replies.contains(&"250-AUTH PLAIN LOGIN".to_owned()),
             "{replies:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_8bitmime_the_extension_is_not_offered_and_body_is_refused() {
+        let relay = ScriptedRelay::start(RelayScript {
+            without_8bitmime: Some(Fault::reply(555, "5.5.4 Unsupported option: BODY=8BITMIME")),
+            ..RelayScript::named("relay.test")
+        })
+        .await
+        .unwrap();
+        let replies = raw_session(
+            &relay,
+            &[
+                "EHLO me",
+                "MAIL FROM:<a@b.example> BODY=8BITMIME",
+                "MAIL FROM:<a@b.example>",
+            ],
+        )
+        .await;
+        assert_eq!(
+            replies[1..],
+            [
+                "250-relay.test",
+                "250-SIZE 10485760",
+                "250 HELP",
+                "555 5.5.4 Unsupported option: BODY=8BITMIME",
+                "250 2.1.0 Ok",
+            ]
+            .map(String::from)
         );
     }
 
@@ -1780,6 +1899,35 @@ mod tests {
             replies[replies.len() - 2..],
             ["hello there", "250 2.0.0 Ok"].map(String::from)
         );
+    }
+
+    #[tokio::test]
+    async fn an_endless_reply_goes_on_until_the_client_hangs_up() {
+        let relay = ScriptedRelay::start(RelayScript {
+            greeting: Some(Fault::endless("220-hello ", "x")),
+            ..RelayScript::default()
+        })
+        .await
+        .unwrap();
+        let mut stream = TcpStream::connect(relay.addr).await.unwrap();
+        let mut got = vec![0u8; 1 << 20];
+        stream.read_exact(&mut got).await.unwrap();
+        assert!(got.starts_with(b"220-hello xxx"));
+        assert!(!got.contains(&b'\n'), "no line end, ever");
+        assert!(relay.endless_bytes() >= 1 << 20);
+        drop(stream);
+        // The relay stops writing once the client is gone.
+        let mut last = relay.endless_bytes();
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let now = relay.endless_bytes();
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(relay.endless_bytes(), last);
     }
 
     #[tokio::test]

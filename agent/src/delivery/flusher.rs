@@ -18,6 +18,7 @@ use crate::clock::now;
 use crate::delivery::backoff::{next_step, retry_delay, route_key};
 use crate::delivery::credentials;
 use crate::delivery::memory::{LinkKey, RelayMemory, lock};
+use crate::delivery::message::Message;
 use crate::delivery::outcome::{Outcome, Stage};
 use crate::delivery::smtp::{Session, Verdict};
 use crate::router::Route;
@@ -517,8 +518,8 @@ impl Flusher {
             settings,
             t: now(),
         };
-        let data = match self.read_queued(msg, a.t).await {
-            Ok(data) => data,
+        let message = match self.open_queued(msg, a.t).await {
+            Ok(message) => message,
             Err(done) => return done,
         };
         let order = lock(&self.memory).order(link, relays, a.t);
@@ -535,7 +536,7 @@ impl Flusher {
                 continue;
             }
             tries.tried_any = true;
-            match self.try_relay(msg, relay, &data, &a, b).await {
+            match self.try_relay(msg, relay, &message, &a, b).await {
                 Step::Next(v) => tries.last = Some((relay_name.clone(), v)),
                 Step::Stop(v) => {
                     tries.last = v.map(|v| (relay_name.clone(), v));
@@ -547,25 +548,32 @@ impl Flusher {
         self.conclude(msg, &a, tries).await
     }
 
-    /// The content of queued message `msg`, or how its attempt ends when it cannot be read.
-    async fn read_queued(&mut self, msg: &mut MessageState, t: u64) -> Result<Vec<u8>, Done> {
-        match self.outbox.read_message(Folder::Queue, &msg.id) {
-            Ok(d) => Ok(d),
+    /// Queued message `msg`, opened to be sent, or how its attempt ends when it cannot be
+    /// read. A large message is not read into memory: it is sent from its file.
+    async fn open_queued(&mut self, msg: &mut MessageState, t: u64) -> Result<Message, Done> {
+        let file = match self.outbox.open_message(Folder::Queue, &msg.id) {
+            Ok(file) => file,
             // Dropped by the user since the batch began.
-            Err(e) if e.is_not_found() => Err(Done::Failed),
-            // A passing I/O error (EIO, EMFILE): try again later; nothing was attempted.
-            Err(e @ OutboxError::Io { .. }) => {
-                warn!(user = %self.user, id = %msg.id, error = %e, "cannot read the message now");
-                Err(Done::Deferred(t + RECORD_RETRY))
-            }
+            Err(e) if e.is_not_found() => return Err(Done::Failed),
+            Err(e @ OutboxError::Io { .. }) => return Err(self.unreadable_now(msg, t, &e)),
             // message.eml missing, a link, not a file: this message cannot be sent.
             Err(e) => {
                 let reason = format!("cannot read the message: {e}");
                 fail_pending(msg, &reason);
                 msg.failure = Some(reason);
-                Err(self.fail(msg).await)
+                return Err(self.fail(msg).await);
             }
-        }
+        };
+        Message::open(file)
+            .await
+            .map_err(|e| self.unreadable_now(msg, t, &e))
+    }
+
+    /// A passing I/O error (EIO, EMFILE) while reading `msg`: it is tried again later; nothing
+    /// was attempted.
+    fn unreadable_now(&self, msg: &MessageState, t: u64, e: &dyn std::fmt::Display) -> Done {
+        warn!(user = %self.user, id = %msg.id, error = %e, "cannot read the message now");
+        Done::Deferred(t + RECORD_RETRY)
     }
 
     /// Sends `msg` to its pending recipients through `relay` and records what each verdict
@@ -574,7 +582,7 @@ impl Flusher {
         &mut self,
         msg: &mut MessageState,
         relay: &Relay,
-        data: &[u8],
+        message: &Message,
         a: &Attempt<'_>,
         b: &mut BatchState,
     ) -> Step {
@@ -585,7 +593,7 @@ impl Flusher {
         let pending: Vec<String> = msg.pending().map(|r| r.addr.clone()).collect();
         let Some(transaction) = until_rerouted(
             &mut b.rerouted,
-            o.session.send(&msg.from, &pending, data, self.durable()),
+            o.session.send(&msg.from, &pending, message, self.durable()),
         )
         .await
         else {

@@ -1,19 +1,18 @@
-//! One SMTP session with a relay, driven with lettre's low-level connection so that every
-//! recipient gets its own verdict (lettre's high-level `send` aborts at the first bad RCPT).
+//! One SMTP session with a relay: every recipient gets its own verdict, every stage its
+//! time limit. The bytes go through [`crate::delivery::wire`], which reads replies with
+//! bounds; lettre formats the commands and checks the addresses in them.
 
 use std::time::Duration;
 
 use lettre::Address;
-use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
 use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt};
 use lettre::transport::smtp::extension::{ClientId, MailBodyParameter, MailParameter};
-use lettre::transport::smtp::response::Response;
 use linkrelay_config::{Relay, TlsMode};
-use tokio::net::TcpStream;
-use tracing::debug;
 
+use crate::delivery::message::Message;
 use crate::delivery::outcome::{Outcome, Stage, classify};
+use crate::delivery::reply::{Offers, Reply};
+use crate::delivery::wire::{Connection, WireError};
 
 /// A reply or transport error at some stage, already classified.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,20 +56,18 @@ impl Verdict {
         )
     }
 
-    fn from_error(stage: Stage, err: &lettre::transport::smtp::Error) -> Self {
-        let code = err.status().map(u16::from);
-        // A TLS failure during an implicit-TLS connect is a TLS problem, not a connect problem.
-        let stage = if err.is_tls() { Stage::Tls } else { stage };
-        let text = match std::error::Error::source(err) {
-            Some(source) if code.is_some() => source.to_string(),
-            _ => err.to_string(),
+    /// A reply, positive or not, at `stage`.
+    fn reply(stage: Stage, reply: &Reply) -> Self {
+        Self::new(stage, Some(reply.code), reply.text())
+    }
+
+    /// Transport trouble at `stage`: the connection, TLS or a reply that is none.
+    fn wire(stage: Stage, err: &WireError) -> Self {
+        let text = match err {
+            WireError::Tls(text) => crate::delivery::tls_hint::explain(text),
+            other => other.to_string(),
         };
-        let text = crate::delivery::tls_hint::explain(&text.replace(['\r', '\n'], " "));
-        let mut v = Self::new(stage, code, text);
-        if err.is_timeout() {
-            v.text = "timed out".into();
-        }
-        v
+        Self::new(stage, None, text)
     }
 
     /// Whether this verdict means the connection cannot carry another command: transport
@@ -104,14 +101,13 @@ pub struct Transaction {
 
 /// An open, greeted, secured and authenticated session.
 pub struct Session {
-    conn: AsyncSmtpConnection,
+    conn: Connection,
     timeout: Duration,
     /// Set once the connection is out of step with the server (transport trouble, a timeout
-    /// in the middle of a command, a 421): it must not carry another command. lettre's own
-    /// flag only covers the errors of its high-level calls.
+    /// in the middle of a command, a 421): it must not carry another command.
     broken: bool,
-    /// The relay offers PIPELINING (RFC 2920): MAIL, the RCPTs and DATA go in one write.
-    pipelining: bool,
+    /// What the relay offered in its last EHLO reply.
+    offers: Offers,
 }
 
 fn helo_name(relay: &Relay) -> ClientId {
@@ -123,30 +119,6 @@ fn helo_name(relay: &Relay) -> ClientId {
             .unwrap_or_else(|| "localhost".into())
     });
     ClientId::Domain(name)
-}
-
-fn tls_parameters(relay: &Relay) -> Result<TlsParameters, Verdict> {
-    let mut builder = TlsParameters::builder(relay.host.clone());
-    if let Some(ca) = &relay.ca_file {
-        let pem = std::fs::read(ca).map_err(|e| {
-            Verdict::local(
-                Stage::Tls,
-                Outcome::Deferred,
-                format!("cannot read ca_file {}: {e}", ca.display()),
-            )
-        })?;
-        let cert = Certificate::from_pem(&pem).map_err(|e| {
-            Verdict::local(
-                Stage::Tls,
-                Outcome::Deferred,
-                format!("bad ca_file {}: {e}", ca.display()),
-            )
-        })?;
-        builder = builder.add_root_certificate(cert);
-    }
-    builder
-        .build_rustls()
-        .map_err(|e| Verdict::from_error(Stage::Tls, &e))
 }
 
 /// The addresses of the relay's host, resolved within the stage timeout.
@@ -178,9 +150,54 @@ async fn resolve(relay: &Relay, limit: Duration) -> Result<Vec<std::net::SocketA
     }
 }
 
-/// A reply's text, its lines joined by spaces.
-fn reply_text(reply: &Response) -> String {
-    reply.message().collect::<Vec<_>>().join(" ")
+/// Connects to the relay's first address that answers, within the stage timeout.
+async fn connect(
+    relay: &Relay,
+    peers: &[std::net::SocketAddr],
+    limit: Duration,
+) -> Result<Connection, Verdict> {
+    match tokio::time::timeout(limit, Connection::connect(peers)).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(Verdict::local(
+            Stage::Connect,
+            Outcome::Deferred,
+            format!("cannot connect to {}:{}: {e}", relay.host, relay.port),
+        )),
+        Err(_) => Err(Verdict::timeout(Stage::Connect, limit)),
+    }
+}
+
+/// The TLS handshake with the relay, within the stage timeout.
+async fn secure(conn: &mut Connection, relay: &Relay, limit: Duration) -> Result<(), Verdict> {
+    let config = crate::delivery::wire::tls_config(relay.ca_file.as_deref())
+        .map_err(|text| Verdict::local(Stage::Tls, Outcome::Deferred, text))?;
+    match tokio::time::timeout(limit, conn.start_tls(config, &relay.host)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Verdict::wire(Stage::Tls, &e)),
+        Err(_) => Err(Verdict::timeout(Stage::Tls, limit)),
+    }
+}
+
+/// Writes `command` (unless empty: the reply to what was written before is due) and reads
+/// the reply, within `limit`. A reply that is not positive (4xx, 5xx) is an `Err`.
+async fn exchange(
+    conn: &mut Connection,
+    stage: Stage,
+    limit: Duration,
+    command: &[u8],
+) -> Result<Reply, Verdict> {
+    let io = async {
+        if !command.is_empty() {
+            conn.write(command).await?;
+        }
+        conn.read_reply().await
+    };
+    match tokio::time::timeout(limit, io).await {
+        Ok(Ok(reply)) if reply.is_positive() => Ok(reply),
+        Ok(Ok(reply)) => Err(Verdict::reply(stage, &reply)),
+        Ok(Err(e)) => Err(Verdict::wire(stage, &e)),
+        Err(_) => Err(Verdict::timeout(stage, limit)),
+    }
 }
 
 /// The verdict of a recipient whose address does not parse: it fails, nothing is asked.
@@ -192,24 +209,22 @@ fn bad_address(rcpt: &str, error: &str) -> Verdict {
     )
 }
 
-/// Runs one stage with a time limit. lettre's async connection has no timeout of its own
-/// beyond the TCP connect, so every stage is bounded here.
-async fn timed<T>(
-    stage: Stage,
-    limit: Duration,
-    fut: impl Future<Output = Result<T, lettre::transport::smtp::Error>>,
-) -> Result<T, Verdict> {
-    match tokio::time::timeout(limit, fut).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(Verdict::from_error(stage, &e)),
-        Err(_) => Err(Verdict::timeout(stage, limit)),
-    }
-}
-
 /// How long the message data may take: the stage timeout plus one second per 16 KiB, so that
 /// a large message on a slow link is not cut off (at least 16 KiB/s is expected).
-pub fn data_timeout(limit: Duration, size: usize) -> Duration {
-    limit + Duration::from_secs((size / 16_384) as u64)
+pub fn data_timeout(limit: Duration, size: u64) -> Duration {
+    limit + Duration::from_secs(size / 16_384)
+}
+
+/// An AUTH mechanism the agent speaks.
+#[derive(Debug, Clone, Copy)]
+enum Mechanism {
+    Plain,
+    Login,
+}
+
+fn base64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 impl Session {
@@ -219,139 +234,162 @@ impl Session {
     pub async fn open(relay: &Relay, password: Option<String>) -> Result<Session, Verdict> {
         let limit = relay.timeout;
         let hello = helo_name(relay);
-        let host = relay.host.as_str();
         // Resolve first: whether a password may go in clear depends on where the host is.
         let peers = resolve(relay, limit).await?;
-        let mut conn = match relay.tls {
-            TlsMode::Tls => {
-                // Connect, handshake, greeting and EHLO happen in one call of lettre's.
-                let params = tls_parameters(relay)?;
-                timed(
-                    Stage::Connect,
-                    limit,
-                    AsyncSmtpConnection::connect_tokio1(
-                        &peers[..],
-                        Some(limit),
-                        &hello,
-                        Some(params),
-                        None,
-                    ),
-                )
-                .await?
-            }
-            TlsMode::Starttls | TlsMode::None => {
-                let tcp = match tokio::time::timeout(limit, TcpStream::connect(&peers[..])).await {
-                    Ok(Ok(tcp)) => tcp,
-                    Ok(Err(e)) => {
-                        return Err(Verdict::local(
-                            Stage::Connect,
-                            Outcome::Deferred,
-                            format!("cannot connect to {host}:{}: {e}", relay.port),
-                        ));
-                    }
-                    Err(_) => return Err(Verdict::timeout(Stage::Connect, limit)),
-                };
-                // lettre writes the data and the final dot separately: with Nagle's algorithm
-                // the dot waits for the server's delayed ACK, 40 ms per message.
-                if let Err(e) = tcp.set_nodelay(true) {
-                    debug!(error = %e, "cannot set TCP_NODELAY");
-                }
-                timed(
-                    Stage::Greeting,
-                    limit,
-                    AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &hello),
-                )
-                .await?
-            }
+        let mut conn = connect(relay, &peers, limit).await?;
+        if relay.tls == TlsMode::Tls {
+            secure(&mut conn, relay, limit).await?;
+        }
+        let mut session = Session {
+            conn,
+            timeout: limit,
+            broken: false,
+            offers: Offers::default(),
         };
+        match session.begin(relay, &hello, &peers, password).await {
+            Ok(()) => Ok(session),
+            Err(v) => {
+                session.note_verdict(&v);
+                session.close().await;
+                Err(v)
+            }
+        }
+    }
+
+    /// Greeting, EHLO, STARTTLS and AUTH as the relay's settings say.
+    async fn begin(
+        &mut self,
+        relay: &Relay,
+        hello: &ClientId,
+        peers: &[std::net::SocketAddr],
+        password: Option<String>,
+    ) -> Result<(), Verdict> {
+        exchange(&mut self.conn, Stage::Greeting, self.timeout, b"").await?;
+        self.ehlo(hello).await?;
         if relay.tls == TlsMode::Starttls {
-            if !conn.can_starttls() {
-                conn.abort().await;
+            if !self.offers.has("STARTTLS") {
                 return Err(Verdict::local(
                     Stage::Tls,
                     Outcome::RelayRefused,
                     "relay does not offer STARTTLS (tls = \"starttls\" never falls back to plain text)",
                 ));
             }
-            let params = tls_parameters(relay)?;
-            timed(Stage::Tls, limit, conn.starttls(params, &hello)).await?;
+            exchange(&mut self.conn, Stage::Tls, self.timeout, b"STARTTLS\r\n").await?;
+            secure(&mut self.conn, relay, self.timeout).await?;
+            // RFC 3207: forget what was offered in clear, and ask again.
+            self.ehlo(hello).await?;
         }
-        // lettre keeps only the EHLO keywords it knows, and PIPELINING is not one of them: ask
-        // again (RFC 5321 allows EHLO at any point; before AUTH it changes nothing).
-        let pipelining = match timed(
-            Stage::Greeting,
-            limit,
-            conn.command(Ehlo::new(hello.clone())),
-        )
-        .await
-        {
-            Ok(reply) => reply.message().skip(1).any(|kw| {
-                kw.split_whitespace()
-                    .next()
-                    .is_some_and(|k| k.eq_ignore_ascii_case("PIPELINING"))
-            }),
-            Err(v) if v.breaks_connection() => {
-                conn.abort().await;
-                return Err(v);
-            }
-            Err(_) => false,
+        let Some(auth) = &relay.auth else {
+            return Ok(());
         };
-        if let Some(auth) = &relay.auth {
-            if !conn.is_encrypted() {
-                match crate::delivery::plaintext::allow(relay, &peers) {
-                    Ok(crate::delivery::plaintext::PlainAuth::Loopback) => {}
-                    Ok(crate::delivery::plaintext::PlainAuth::Dangerous) => tracing::warn!(
-                        relay = %relay.name,
-                        "sending the password UNENCRYPTED over the network (dangerous_plaintext_auth = true)"
-                    ),
-                    Err(text) => {
-                        conn.abort().await;
-                        return Err(Verdict::local(Stage::Auth, Outcome::RelayRefused, text));
-                    }
+        if !self.conn.is_encrypted() {
+            match crate::delivery::plaintext::allow(relay, peers) {
+                Ok(crate::delivery::plaintext::PlainAuth::Loopback) => {}
+                Ok(crate::delivery::plaintext::PlainAuth::Dangerous) => tracing::warn!(
+                    relay = %relay.name,
+                    "sending the password UNENCRYPTED over the network (dangerous_plaintext_auth = true)"
+                ),
+                Err(text) => {
+                    return Err(Verdict::local(Stage::Auth, Outcome::RelayRefused, text));
                 }
             }
-            let Some(password) = password else {
-                conn.abort().await;
+        }
+        let Some(password) = password else {
+            return Err(Verdict::local(
+                Stage::Auth,
+                Outcome::Deferred,
+                "no password: the relay's password source gave nothing",
+            ));
+        };
+        self.auth(&auth.username, &password).await
+    }
+
+    /// Says EHLO and keeps what the relay offers.
+    async fn ehlo(&mut self, hello: &ClientId) -> Result<(), Verdict> {
+        let command = Ehlo::new(hello.clone()).to_string();
+        let reply = exchange(
+            &mut self.conn,
+            Stage::Greeting,
+            self.timeout,
+            command.as_bytes(),
+        )
+        .await?;
+        self.offers = Offers::from_ehlo(&reply);
+        Ok(())
+    }
+
+    /// AUTH PLAIN (RFC 4616, with the initial response) or, when only that is offered, AUTH
+    /// LOGIN. The commands are never logged: they carry the password.
+    async fn auth(&mut self, user: &str, password: &str) -> Result<(), Verdict> {
+        let mechanism = if self.offers.has_auth("PLAIN") {
+            Mechanism::Plain
+        } else if self.offers.has_auth("LOGIN") {
+            Mechanism::Login
+        } else {
+            return Err(Verdict::local(
+                Stage::Auth,
+                Outcome::Deferred,
+                "the relay offers no AUTH mechanism linkrelay speaks (PLAIN, LOGIN)",
+            ));
+        };
+        let steps = match mechanism {
+            Mechanism::Plain => {
+                let token = base64(format!("\0{user}\0{password}").as_bytes());
+                vec![format!("AUTH PLAIN {token}\r\n")]
+            }
+            Mechanism::Login => vec![
+                "AUTH LOGIN\r\n".to_owned(),
+                format!("{}\r\n", base64(user.as_bytes())),
+                format!("{}\r\n", base64(password.as_bytes())),
+            ],
+        };
+        let last = steps.len() - 1;
+        for (i, step) in steps.iter().enumerate() {
+            let reply =
+                exchange(&mut self.conn, Stage::Auth, self.timeout, step.as_bytes()).await?;
+            let done = reply.code / 100 == 2;
+            if done != (i == last) {
+                // Done too soon, or a challenge after the password: out of step.
+                self.broken = true;
                 return Err(Verdict::local(
                     Stage::Auth,
                     Outcome::Deferred,
-                    "no password: the relay's password source gave nothing",
+                    format!(
+                        "unexpected reply to AUTH {mechanism:?}: {} {}",
+                        reply.code,
+                        reply.text()
+                    ),
                 ));
-            };
-            let creds = Credentials::new(auth.username.clone(), password);
-            let mechanisms: &[Mechanism] = match auth.mechanism {
-                linkrelay_config::Mechanism::Password => &[Mechanism::Plain, Mechanism::Login],
-                linkrelay_config::Mechanism::Xoauth2 => &[Mechanism::Xoauth2],
-                linkrelay_config::Mechanism::OAuthBearer => &[],
-            };
-            timed(Stage::Auth, limit, conn.auth(mechanisms, &creds)).await?;
+            }
         }
-        Ok(Session {
-            conn,
-            timeout: limit,
-            broken: false,
-            pipelining,
-        })
+        Ok(())
     }
 
     /// Whether the connection can take another transaction.
     pub fn is_usable(&self) -> bool {
-        !self.broken && !self.conn.has_broken()
+        !self.broken
+    }
+
+    /// Writes `command` and reads its reply at `stage`, noting what it means for the
+    /// connection.
+    async fn command(&mut self, stage: Stage, command: &str) -> Result<Reply, Verdict> {
+        let r = exchange(&mut self.conn, stage, self.timeout, command.as_bytes()).await;
+        self.note(&r);
+        r
+    }
+
+    /// Reads the reply to a command written before (pipelining) at `stage`.
+    async fn reply_to_earlier(&mut self, stage: Stage) -> Result<Reply, Verdict> {
+        let r = exchange(&mut self.conn, stage, self.timeout, b"").await;
+        self.note(&r);
+        r
     }
 
     /// A RCPT's verdict from its reply, and whether the recipient was accepted; `Err` when
     /// the connection cannot go on.
-    fn rcpt_verdict(&mut self, r: Result<Response, Verdict>) -> Result<(Verdict, bool), Verdict> {
-        self.note(&r);
+    fn rcpt_verdict(r: Result<Reply, Verdict>) -> Result<(Verdict, bool), Verdict> {
         match r {
-            Ok(reply) => Ok((
-                Verdict::new(
-                    Stage::Rcpt,
-                    Some(u16::from(reply.code())),
-                    reply_text(&reply),
-                ),
-                true,
-            )),
+            Ok(reply) => Ok((Verdict::reply(Stage::Rcpt, &reply), true)),
             Err(v) if v.breaks_connection() => Err(v),
             Err(v) => Ok((v, false)),
         }
@@ -359,9 +397,13 @@ impl Session {
 
     /// Notes what a stage's result means for the connection.
     fn note<T>(&mut self, result: &Result<T, Verdict>) {
-        if let Err(v) = result
-            && v.breaks_connection()
-        {
+        if let Err(v) = result {
+            self.note_verdict(v);
+        }
+    }
+
+    fn note_verdict(&mut self, v: &Verdict) {
+        if v.breaks_connection() {
             self.broken = true;
         }
     }
@@ -369,8 +411,7 @@ impl Session {
     /// Ends an open transaction (after MAIL was accepted and something later went wrong) so
     /// that the connection can carry the next one; if that fails, the connection is done.
     async fn reset(&mut self) {
-        let r = timed(Stage::Mail, self.timeout, self.conn.command("RSET\r\n")).await;
-        if r.is_err() {
+        if self.command(Stage::Mail, "RSET\r\n").await.is_err() {
             self.broken = true;
         }
     }
@@ -386,10 +427,9 @@ impl Session {
         &mut self,
         from: &str,
         recipients: &[String],
-        data: &[u8],
+        message: &Message,
         before_data: impl Future<Output = ()>,
     ) -> Result<Transaction, Verdict> {
-        let limit = self.timeout;
         let sender = if from.is_empty() {
             None
         } else {
@@ -401,8 +441,11 @@ impl Session {
                 )
             })?)
         };
+        // 8-bit data to a relay without 8BITMIME goes as it is, undeclared (RFC 6152 would
+        // have it converted, which changes the bytes a signature covers); a relay that never
+        // offered BODY= refuses it (555, 501).
         let mut params = Vec::new();
-        if !data.is_ascii() {
+        if message.is_8bit() && self.offers.has("8BITMIME") {
             params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
         }
         let mail = Mail::new(sender, params);
@@ -410,14 +453,12 @@ impl Session {
             .iter()
             .map(|r| r.parse::<Address>().map_err(|e| e.to_string()))
             .collect();
-        if self.pipelining && addresses.iter().any(Result::is_ok) {
+        if self.offers.has("PIPELINING") && addresses.iter().any(Result::is_ok) {
             return self
-                .send_pipelined(mail, recipients, &addresses, data, before_data)
+                .send_pipelined(mail, recipients, &addresses, message, before_data)
                 .await;
         }
-        let r = timed(Stage::Mail, limit, self.conn.command(mail)).await;
-        self.note(&r);
-        r?;
+        self.command(Stage::Mail, &mail.to_string()).await?;
 
         let mut verdicts: Vec<(String, Verdict)> = Vec::with_capacity(recipients.len());
         let mut accepted = Vec::new();
@@ -425,13 +466,10 @@ impl Session {
             let verdict = match addr {
                 Err(e) => bad_address(rcpt, &e),
                 Ok(addr) => {
-                    let r = timed(
-                        Stage::Rcpt,
-                        limit,
-                        self.conn.command(Rcpt::new(addr, vec![])),
-                    )
-                    .await;
-                    let (verdict, ok) = self.rcpt_verdict(r)?;
+                    let r = self
+                        .command(Stage::Rcpt, &Rcpt::new(addr, vec![]).to_string())
+                        .await;
+                    let (verdict, ok) = Self::rcpt_verdict(r)?;
                     if ok {
                         accepted.push(verdicts.len());
                     }
@@ -447,9 +485,9 @@ impl Session {
                 recipients: verdicts,
             });
         }
-        let r = timed(Stage::Data, limit, self.conn.command(Data)).await;
-        self.note(&r);
-        self.data(r, before_data, data, verdicts, &accepted).await
+        let r = self.command(Stage::Data, &Data.to_string()).await;
+        self.data(r, before_data, message, verdicts, &accepted)
+            .await
     }
 
     /// [`Session::send`] with PIPELINING: MAIL, each RCPT and DATA in one write, then their
@@ -460,18 +498,16 @@ impl Session {
         mail: Mail,
         recipients: &[String],
         addresses: &[Result<Address, String>],
-        data: &[u8],
+        message: &Message,
         before_data: impl Future<Output = ()>,
     ) -> Result<Transaction, Verdict> {
-        let limit = self.timeout;
         let mut batch = mail.to_string();
         for addr in addresses.iter().flatten() {
             batch.push_str(&Rcpt::new(addr.clone(), vec![]).to_string());
         }
         batch.push_str(&Data.to_string());
         // Writes the whole batch, then reads the first reply (MAIL's).
-        let mail_reply = timed(Stage::Mail, limit, self.conn.command(batch)).await;
-        self.note(&mail_reply);
+        let mail_reply = self.command(Stage::Mail, &batch).await;
         if let Err(v) = &mail_reply
             && v.breaks_connection()
         {
@@ -483,8 +519,8 @@ impl Session {
             let verdict = match addr {
                 Err(e) => bad_address(rcpt, e),
                 Ok(_) => {
-                    let r = timed(Stage::Rcpt, limit, self.conn.read_response()).await;
-                    let (verdict, ok) = self.rcpt_verdict(r)?;
+                    let r = self.reply_to_earlier(Stage::Rcpt).await;
+                    let (verdict, ok) = Self::rcpt_verdict(r)?;
                     if ok {
                         accepted.push(verdicts.len());
                     }
@@ -493,8 +529,7 @@ impl Session {
             };
             verdicts.push((rcpt.clone(), verdict));
         }
-        let data_reply = timed(Stage::Data, limit, self.conn.read_response()).await;
-        self.note(&data_reply);
+        let data_reply = self.reply_to_earlier(Stage::Data).await;
         if let Err(v) = mail_reply {
             // The relay refused the sender; the RCPTs and DATA after it were refused too (503).
             if data_reply.is_ok() {
@@ -515,7 +550,7 @@ impl Session {
                 recipients: verdicts,
             });
         }
-        self.data(data_reply, before_data, data, verdicts, &accepted)
+        self.data(data_reply, before_data, message, verdicts, &accepted)
             .await
     }
 
@@ -524,9 +559,9 @@ impl Session {
     /// the final reply.
     async fn data(
         &mut self,
-        data_reply: Result<Response, Verdict>,
+        data_reply: Result<Reply, Verdict>,
         before_data: impl Future<Output = ()>,
-        data: &[u8],
+        message: &Message,
         mut verdicts: Vec<(String, Verdict)>,
         accepted: &[usize],
     ) -> Result<Transaction, Verdict> {
@@ -537,20 +572,18 @@ impl Session {
             return Err(v);
         }
         before_data.await;
-        let r = timed(
-            Stage::Message,
-            data_timeout(self.timeout, data.len()),
-            self.conn.message(without_last_eol(data)),
-        )
-        .await;
-        self.note(&r);
-        let end = match r {
-            Ok(reply) => {
-                let text = reply_text(&reply);
-                Verdict::new(Stage::Message, Some(u16::from(reply.code())), text)
-            }
-            Err(v) => v,
+        let limit = data_timeout(self.timeout, message.size());
+        let conn = &mut self.conn;
+        let sent = async {
+            conn.send_data(message).await?;
+            conn.read_reply().await
         };
+        let end = match tokio::time::timeout(limit, sent).await {
+            Ok(Ok(reply)) => Verdict::reply(Stage::Message, &reply),
+            Ok(Err(e)) => Verdict::wire(Stage::Message, &e),
+            Err(_) => Verdict::timeout(Stage::Message, limit),
+        };
+        self.note_verdict(&end);
         for &i in accepted {
             verdicts[i].1 = end.clone();
         }
@@ -561,7 +594,7 @@ impl Session {
 
     /// The name the relay gave in its EHLO reply.
     pub fn server_name(&self) -> String {
-        self.conn.server_info().name().to_string()
+        self.offers.name.clone()
     }
 
     /// Whether the connection is encrypted (implicit TLS or STARTTLS).
@@ -572,15 +605,15 @@ impl Session {
     /// Says EHLO again and returns what the relay offers on this connection, one extension
     /// per line as it wrote them (`SIZE 10485760`, `AUTH PLAIN LOGIN`, ...).
     pub async fn offers(&mut self, relay: &Relay) -> Result<Vec<String>, Verdict> {
-        let ehlo = lettre::transport::smtp::commands::Ehlo::new(helo_name(relay));
-        let reply = timed(Stage::Greeting, self.timeout, self.conn.command(ehlo)).await?;
-        Ok(reply.message().skip(1).map(str::to_string).collect())
+        let r = self.ehlo(&helo_name(relay)).await;
+        self.note(&r);
+        r?;
+        Ok(self.offers.extensions.clone())
     }
 
     /// MAIL FROM and RCPT TO, then RSET: the relay's answers say whether it would take mail
     /// for `to` from us, and nothing is sent. The RCPT verdict is `None` when MAIL was refused.
     pub async fn probe(&mut self, from: &str, to: &str) -> (Verdict, Option<Verdict>) {
-        let limit = self.timeout;
         let sender = if from.is_empty() {
             None
         } else {
@@ -596,17 +629,11 @@ impl Session {
                 }
             }
         };
-        let mail = match timed(
-            Stage::Mail,
-            limit,
-            self.conn.command(Mail::new(sender, vec![])),
-        )
-        .await
+        let mail = match self
+            .command(Stage::Mail, &Mail::new(sender, vec![]).to_string())
+            .await
         {
-            Ok(reply) => {
-                let text = reply_text(&reply);
-                Verdict::new(Stage::Mail, Some(u16::from(reply.code())), text)
-            }
+            Ok(reply) => Verdict::reply(Stage::Mail, &reply),
             Err(v) => return (v, None),
         };
         let rcpt = match to.parse::<Address>() {
@@ -615,51 +642,30 @@ impl Session {
                 Outcome::Failed,
                 format!("bad recipient {to:?}: {e}"),
             ),
-            Ok(addr) => match timed(
-                Stage::Rcpt,
-                limit,
-                self.conn.command(Rcpt::new(addr, vec![])),
-            )
-            .await
+            Ok(addr) => match self
+                .command(Stage::Rcpt, &Rcpt::new(addr, vec![]).to_string())
+                .await
             {
-                Ok(reply) => {
-                    let text = reply_text(&reply);
-                    Verdict::new(Stage::Rcpt, Some(u16::from(reply.code())), text)
-                }
+                Ok(reply) => Verdict::reply(Stage::Rcpt, &reply),
                 Err(v) => v,
             },
         };
-        let _ = timed(Stage::Data, limit, self.conn.command("RSET\r\n")).await;
+        if self.is_usable() {
+            let _ = self.command(Stage::Data, "RSET\r\n").await;
+        }
         (mail, Some(rcpt))
     }
 
     /// Says goodbye politely when the connection is healthy; errors do not matter any more.
     pub async fn close(mut self) {
         if self.is_usable() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), self.conn.quit()).await;
+            let _ = exchange(
+                &mut self.conn,
+                Stage::Data,
+                Duration::from_secs(2),
+                b"QUIT\r\n",
+            )
+            .await;
         }
-    }
-}
-
-/// The message without its final line end. lettre ends the data with `CRLF . CRLF` whatever
-/// the message ends with, and our messages end with CRLF: passed whole, every message would
-/// reach the relay with a blank line added at its end (a patch, a signed part, changed).
-fn without_last_eol(data: &[u8]) -> &[u8] {
-    data.strip_suffix(b"\r\n")
-        .or_else(|| data.strip_suffix(b"\n"))
-        .unwrap_or(data)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::without_last_eol;
-
-    #[test]
-    fn the_final_line_end_is_left_to_the_data_terminator() {
-        assert_eq!(without_last_eol(b"a\r\nb\r\n"), b"a\r\nb");
-        assert_eq!(without_last_eol(b"a\r\n\r\n"), b"a\r\n");
-        assert_eq!(without_last_eol(b"a\nb\n"), b"a\nb");
-        assert_eq!(without_last_eol(b"no end"), b"no end");
-        assert_eq!(without_last_eol(b""), b"");
     }
 }

@@ -8,7 +8,7 @@ use linkrelay_tests::nm::{ActiveSpec, FakeNm};
 use linkrelay_tests::smtp::{Fault, RelayScript, ScriptedRelay};
 use linkrelay_tests::world::{World, cli_json};
 
-use crate::util::eventually;
+use crate::util::{RSS_LIMIT_KIB, eventually, watch_memory_until};
 
 /// Postfix's smtp-sink on a free loopback port, dumping each message into `dir`.
 struct SmtpSink {
@@ -52,18 +52,15 @@ impl Drop for SmtpSink {
     }
 }
 
-fn one_relay_config(port: u16) -> String {
-    Config::new()
+/// A world on link "office" where user `me` sends everything through `relay` (named "sink").
+async fn office_world_through(relay: Relay) -> (World, FakeNm) {
+    let config = Config::new()
         .agent("debounce", "50ms")
         .link(Link::new("office").id("Office"))
-        .relay(Relay::local("sink", port).timeout("5s"))
-        .user(User::new("me").from(["*"]).route("office", ["sink"]))
-        .to_string()
-}
-
-async fn office_world(port: u16) -> (World, FakeNm) {
+        .relay(relay)
+        .user(User::new("me").from(["*"]).route("office", ["sink"]));
     let mut w = World::new().unwrap();
-    w.write_config(&one_relay_config(port)).unwrap();
+    w.write_config(&config.to_string()).unwrap();
     let nm = FakeNm::start(
         &w.system.address,
         vec![ActiveSpec::ethernet("Office", "eth0", "192.0.2.1")],
@@ -73,6 +70,10 @@ async fn office_world(port: u16) -> (World, FakeNm) {
     .unwrap();
     w.start_agent().await.unwrap();
     (w, nm)
+}
+
+async fn office_world(port: u16) -> (World, FakeNm) {
+    office_world_through(Relay::local("sink", port).timeout("5s")).await
 }
 
 fn dumps(dir: &std::path::Path) -> Vec<String> {
@@ -219,4 +220,185 @@ async fn the_relay_gets_exactly_the_queued_bytes() {
     let queued = std::fs::read(w.data_dir.join("me/sent").join(id).join("message.eml")).unwrap();
     assert!(queued.ends_with(b"test.\r\n"), "{queued:?}");
     assert_eq!(got[0].data_text(), String::from_utf8_lossy(&queued));
+}
+
+/// 8-bit mail to a relay that does not offer 8BITMIME goes as it is, without `BODY=8BITMIME`
+/// (which such a relay refuses: Postfix with the extension off says 555, others 501), and
+/// arrives byte for byte; a relay that offers it is told `BODY=8BITMIME`, and 7-bit mail
+/// carries no `BODY=` at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_bit_mail_reaches_a_relay_without_8bitmime_intact() {
+    let refusing = |code, text: &str| RelayScript {
+        without_8bitmime: Some(Fault::reply(code, text)),
+        ..RelayScript::named("relay.test")
+    };
+    let relay = ScriptedRelay::start(refusing(555, "5.5.4 Unsupported option: BODY=8BITMIME"))
+        .await
+        .unwrap();
+    let (w, _nm) = office_world(relay.port()).await;
+    let send = |subject: &str, body: &str| {
+        let msg = format!(
+            "From: me@example.org\nTo: you@example.net\nSubject: {subject}\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n{body}\n"
+        );
+        let out = w.sendmail(&["-t", "-i"], &msg).unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let queued = |w: &World, n: usize| {
+        let ids = w.outbox_entries("me", "sent");
+        std::fs::read(w.data_dir.join("me/sent").join(&ids[n]).join("message.eml")).unwrap()
+    };
+    let mail_lines = |relay: &ScriptedRelay| -> Vec<String> {
+        relay
+            .commands()
+            .into_iter()
+            .filter(|c| c.line.starts_with("MAIL FROM:"))
+            .map(|c| c.line)
+            .collect()
+    };
+
+    let cases = [(555, "Grüße aus Köln, 555"), (501, "Grüße aus Köln, 501")];
+    for (n, (code, body)) in cases.iter().enumerate() {
+        if *code == 501 {
+            relay.set_script(refusing(501, "5.5.4 Syntax error in parameters"));
+        }
+        send(&format!("eight-bit-{code}"), body);
+        let got = relay
+            .wait_for(n + 1, Duration::from_secs(10))
+            .await
+            .unwrap();
+        eventually("moved to sent/", &w, || {
+            w.outbox_entries("me", "sent").len() == n + 1
+        })
+        .await;
+        assert_eq!(got[n].data, queued(&w, n), "{code}: the bytes as queued");
+        assert!(got[n].data_text().contains(body), "{code}");
+    }
+    assert!(
+        mail_lines(&relay).iter().all(|l| !l.contains("BODY=")),
+        "{:?}",
+        mail_lines(&relay)
+    );
+
+    // A relay that offers 8BITMIME is told, for 8-bit mail only.
+    relay.set_script(RelayScript::named("relay.test"));
+    send("eight-bit-offered", "Grüße, offered");
+    send("seven-bit", "plain ASCII");
+    relay.wait_for(4, Duration::from_secs(10)).await.unwrap();
+    let lines = mail_lines(&relay);
+    assert!(lines[2].ends_with(" BODY=8BITMIME"), "{lines:?}");
+    assert!(!lines[3].contains("BODY="), "{lines:?}");
+}
+
+/// A 100 MB message goes out from its file a piece at a time: the agent does not hold it in
+/// memory (it used to, twice over), and the relay gets every byte as queued, dots stuffed and
+/// unstuffed on the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_mb_message_goes_out_from_disk_and_the_agent_stays_small() {
+    const SIZE: usize = 100 * 1024 * 1024;
+    let relay = ScriptedRelay::start(RelayScript {
+        max_message_size: 2 * SIZE,
+        ..RelayScript::named("relay.test")
+    })
+    .await
+    .unwrap();
+    let (mut w, _nm) = office_world(relay.port()).await;
+    let mut message =
+        b"From: me@example.org\r\nTo: you@example.net\r\nSubject: big\r\n\r\n".to_vec();
+    let mut n = 0usize;
+    while message.len() < SIZE {
+        // Lines of 998 bytes (RFC 5322's most), some starting with a dot, some 8-bit.
+        let first = match n % 7 {
+            0 => ".",
+            3 => "é",
+            _ => "x",
+        };
+        message.extend_from_slice(first.as_bytes());
+        message.resize(message.len() + 998 - first.len(), b'a' + (n % 26) as u8);
+        message.extend_from_slice(b"\r\n");
+        n += 1;
+    }
+    let outbox = linkrelay_outbox::Outbox::open(&w.data_dir.join("me")).unwrap();
+    let envelope = linkrelay_outbox::Envelope {
+        from: "me@example.org".into(),
+        recipients: vec!["you@example.net".into()],
+    };
+    outbox.enqueue(&envelope, &message).unwrap();
+    let out = w.run_cli(&["flush"]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let peak = watch_memory_until(
+        &mut w,
+        "the relay to take the message",
+        Duration::from_secs(120),
+        |_| !relay.received().is_empty(),
+    )
+    .await;
+    eprintln!(
+        "the agent's peak RSS while sending {} MiB: {peak} KiB",
+        message.len() >> 20
+    );
+    let got = relay.received();
+    assert!(
+        got[0].data == message,
+        "the relay got other bytes than were queued"
+    );
+    assert!(
+        peak < RSS_LIMIT_KIB,
+        "the agent peaked at {} MiB sending a {} MiB message (limit {} MiB)",
+        peak / 1024,
+        message.len() >> 20,
+        RSS_LIMIT_KIB / 1024
+    );
+}
+
+/// The agent logs in with AUTH PLAIN, or with AUTH LOGIN when the relay offers only that; to a
+/// relay that offers neither it sends no password, and the mail waits with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_offers_only_auth_login_gets_it_and_one_with_neither_gets_no_password() {
+    let offering = |mechanisms: &str| RelayScript {
+        auth_mechanisms: mechanisms.to_owned(),
+        ..RelayScript::named("relay.test").with_credentials("u", "s3cret")
+    };
+    let relay = ScriptedRelay::start(offering("LOGIN")).await.unwrap();
+    let (w, _nm) = office_world_through(
+        Relay::local("sink", relay.port())
+            .timeout("5s")
+            .password_command("u", "echo s3cret"),
+    )
+    .await;
+    let auth_lines = |relay: &ScriptedRelay| -> Vec<String> {
+        relay
+            .commands()
+            .into_iter()
+            .filter(|c| c.line.starts_with("AUTH"))
+            .map(|c| c.line)
+            .collect()
+    };
+    w.send("me@example.org", "you@example.net", "login")
+        .unwrap();
+    let got = relay.wait_for(1, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(got[0].authenticated_as.as_deref(), Some("u"));
+    assert_eq!(auth_lines(&relay), ["AUTH LOGIN"]);
+
+    relay.set_script(offering("CRAM-MD5"));
+    w.send("me@example.org", "you@example.net", "cram").unwrap();
+    eventually("the message was tried", &w, || {
+        cli_json(&w, &["queue"])[0]["attempts"] == 1
+    })
+    .await;
+    let queue = cli_json(&w, &["queue"]);
+    let error = queue[0]["last_error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("the relay offers no AUTH mechanism linkrelay speaks (PLAIN, LOGIN)"),
+        "{queue}"
+    );
+    assert_eq!(auth_lines(&relay), ["AUTH LOGIN"], "no AUTH was tried");
 }

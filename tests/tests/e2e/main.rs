@@ -14,6 +14,7 @@ mod desktop;
 mod durability;
 mod faults;
 mod files;
+mod hostile;
 mod interop;
 mod listing;
 mod netlink;

@@ -1,5 +1,5 @@
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use linkrelay_tests::smtp::{RelayScript, ScriptedRelay};
 use linkrelay_tests::world::{World, cli_json, example_config_for};
@@ -108,4 +108,74 @@ pub async fn wait_queued(world: &World, user: &str, n: u64) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+// The agent's memory, read from `/proc/PID/status` while a test runs: its peak (`VmHWM`) is
+// what the user would see in `top` at its worst. An agent that grows past [`RSS_KILL_KIB`] is
+// killed at once, so that a regression fails the test instead of the machine.
+
+/// The peak resident memory the agent may reach in a test that attacks it or sends a big
+/// message. The agent runs at about 20 MiB (a debug build); what a relay sends is read with
+/// small bounds, and a message is sent from its file a piece at a time.
+pub const RSS_LIMIT_KIB: u64 = 48 * 1024;
+
+/// An agent larger than this is killed on the spot and the test fails.
+const RSS_KILL_KIB: u64 = 512 * 1024;
+
+/// A field of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`).
+fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| {
+        l.strip_prefix(field)?
+            .strip_prefix(':')?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Waits up to `limit` until `done` says so, reading the agent's memory every 20 ms and
+/// killing it if it passes [`RSS_KILL_KIB`]. Returns the agent's peak RSS in KiB.
+pub async fn watch_memory_until(
+    w: &mut World,
+    what: &str,
+    limit: Duration,
+    mut done: impl FnMut(&World) -> bool,
+) -> u64 {
+    let pid = w.agent_pid().expect("the agent runs");
+    let deadline = Instant::now() + limit;
+    loop {
+        let rss = proc_status_kib(pid, "VmRSS").unwrap_or(0);
+        if rss > RSS_KILL_KIB {
+            w.kill_agent();
+            panic!(
+                "the agent grew to {} MiB (killed) while waiting for {what}\n{}",
+                rss / 1024,
+                tail(&w.agent_log())
+            );
+        }
+        if done(w) {
+            return proc_status_kib(pid, "VmHWM").expect("VmHWM of the agent");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {limit:?} (agent at {} MiB)\n{}",
+            rss / 1024,
+            tail(&w.agent_log())
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The end of a log, enough to see what happened without pages of flood.
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    let from = lines.len().saturating_sub(60);
+    lines[from..]
+        .iter()
+        .map(|l| l.chars().take(400).collect::<String>())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
