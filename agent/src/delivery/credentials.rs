@@ -13,6 +13,10 @@ use linkrelay_config::{self as config, Relay};
 use linkrelay_dbus::secrets;
 use tracing::debug;
 
+use crate::delivery::outcome::{Outcome, Stage};
+use crate::delivery::smtp::Verdict;
+use crate::delivery::tokens;
+
 /// The password for `relay`, `None` if it does not log in. The error says what went wrong,
 /// without the password.
 pub(crate) async fn fetch(relay: &Relay) -> Result<Option<String>, String> {
@@ -31,10 +35,46 @@ pub(crate) async fn fetch(relay: &Relay) -> Result<Option<String>, String> {
             debug!(relay = %relay.name, "running password_command");
             run_password_command(command, relay.timeout).await.map(Some)
         }
-        config::Secret::OAuth2(_) => Err(format!(
-            "relay {} gets its tokens with OAuth2, which this agent cannot do yet",
-            relay.name
-        )),
+        config::Secret::OAuth2(settings) => tokens::access_token(relay, settings, false)
+            .await
+            .map(|t| Some(t.secret().to_owned()))
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// A new access token for an OAuth2 relay, not the one in memory (the relay refused it).
+pub(crate) async fn fetch_renewed(relay: &Relay) -> Result<Option<String>, String> {
+    match relay.auth.as_ref().map(|a| &a.secret) {
+        Some(config::Secret::OAuth2(settings)) => tokens::access_token(relay, settings, true)
+            .await
+            .map(|t| Some(t.secret().to_owned()))
+            .map_err(|e| e.to_string()),
+        _ => fetch(relay).await,
+    }
+}
+
+/// Whether `relay` gets access tokens by OAuth2.
+pub(crate) fn is_oauth2(relay: &Relay) -> bool {
+    matches!(
+        relay.auth.as_ref().map(|a| &a.secret),
+        Some(config::Secret::OAuth2(_))
+    )
+}
+
+/// Whether `v`, from opening a session with `relay`, is the relay refusing an OAuth2 access
+/// token (a 5xx to AUTH): worth one refresh and one more try.
+pub(crate) fn refused_token(relay: &Relay, v: &Verdict) -> bool {
+    is_oauth2(relay) && v.stage == Stage::Auth && v.code.is_some_and(|c| (500..600).contains(&c))
+}
+
+/// The verdict of a password or token source that gave nothing: the mail waits (a relay
+/// that needs a login is held, never failed).
+pub(crate) fn verdict(text: String) -> Verdict {
+    Verdict {
+        stage: Stage::Auth,
+        code: None,
+        text,
+        outcome: Outcome::Deferred,
     }
 }
 

@@ -19,7 +19,7 @@ use crate::delivery::backoff::{next_step, retry_delay, route_key};
 use crate::delivery::credentials;
 use crate::delivery::memory::{LinkKey, RelayMemory, lock};
 use crate::delivery::message::Message;
-use crate::delivery::outcome::{Outcome, Stage};
+use crate::delivery::outcome::Outcome;
 use crate::delivery::smtp::{Session, Verdict};
 use crate::router::Route;
 
@@ -492,12 +492,17 @@ impl Flusher {
         result
     }
 
+    /// The password (or access token) for `relay`. Passwords are kept for the flusher's
+    /// life; OAuth2 access tokens are kept by [`crate::delivery::tokens`], which knows when
+    /// they end.
     async fn password_for(&mut self, relay: &Relay) -> Result<Option<String>, String> {
         if let Some(p) = self.passwords.get(&relay.name) {
             return Ok(Some(p.clone()));
         }
         let p = credentials::fetch(relay).await?;
-        if let Some(p) = &p {
+        if let Some(p) = &p
+            && !credentials::is_oauth2(relay)
+        {
             self.passwords.insert(relay.name.clone(), p.clone());
         }
         Ok(p)
@@ -639,20 +644,33 @@ impl Flusher {
         let password = match self.password_for(relay).await {
             Ok(p) => p,
             Err(e) => {
-                let v = Verdict {
-                    stage: Stage::Auth,
-                    code: None,
-                    text: e,
-                    outcome: Outcome::Deferred,
-                };
+                let v = credentials::verdict(e);
                 b.down.insert(relay.name.clone(), v.clone());
                 return Err(Step::Next(v));
             }
         };
-        let Some(opened) = until_rerouted(&mut b.rerouted, Session::open(relay, password)).await
+        let Some(mut opened) =
+            until_rerouted(&mut b.rerouted, Session::open(relay, password)).await
         else {
             return Err(Step::End(Done::Interrupted));
         };
+        if let Err(v) = &opened
+            && credentials::refused_token(relay, v)
+        {
+            // The access token in memory may have been revoked or cut short: one refresh,
+            // one more try.
+            info!(user = %self.user, relay = %relay.name, reply = %v.describe(), "access token refused; refreshing it once");
+            let retried = async {
+                match credentials::fetch_renewed(relay).await {
+                    Ok(token) => Session::open(relay, token).await,
+                    Err(e) => Err(credentials::verdict(e)),
+                }
+            };
+            let Some(retried) = until_rerouted(&mut b.rerouted, retried).await else {
+                return Err(Step::End(Done::Interrupted));
+            };
+            opened = retried;
+        }
         let v = match opened {
             Ok(session) => {
                 return Ok(Open {
@@ -1251,6 +1269,7 @@ mod tests {
 
     use super::Step::{Next, Stop};
     use super::*;
+    use crate::delivery::outcome::Stage;
 
     fn message(recipients: &[&str]) -> MessageState {
         let envelope = Envelope {
