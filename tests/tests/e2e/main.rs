@@ -20,6 +20,7 @@ mod listing;
 mod netlink;
 mod nm_source;
 mod notify;
+mod oauth_delivery;
 mod oauth_login;
 mod secrets;
 mod seed;

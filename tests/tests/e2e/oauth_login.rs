@@ -57,7 +57,7 @@ fn provider_config(p: &OidcProvider, client_id: &str, extra: Vec<(&str, Value)>)
 }
 
 /// The keyring item's attributes for relay `mail`, account bob.
-fn item() -> BTreeMap<String, String> {
+pub fn item() -> BTreeMap<String, String> {
     [
         ("xdg:schema", "org.linkrelay.OAuth2"),
         ("relay", "mail"),
@@ -69,14 +69,14 @@ fn item() -> BTreeMap<String, String> {
 }
 
 /// A running `linkrelay login ARGS`, its output read line by line.
-struct Login {
+pub struct Login {
     child: tokio::process::Child,
     lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
     seen: String,
 }
 
 impl Login {
-    fn start(w: &World, args: &[&str], path: Option<&std::path::Path>) -> Login {
+    pub fn start(w: &World, args: &[&str], path: Option<&std::path::Path>) -> Login {
         let mut cmd = w.cli();
         cmd.arg("login").args(args);
         if let Some(path) = path {
@@ -99,7 +99,7 @@ impl Login {
     }
 
     /// Reads lines until one contains `text`; returns it.
-    async fn line_with(&mut self, text: &str) -> String {
+    pub async fn line_with(&mut self, text: &str) -> String {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let line = tokio::time::timeout_at(deadline, self.lines.next_line()).await;
@@ -118,7 +118,7 @@ impl Login {
     }
 
     /// Waits for the end: (success, all it printed).
-    async fn finish(mut self) -> (bool, String) {
+    pub async fn finish(mut self) -> (bool, String) {
         while let Ok(Some(line)) = self.lines.next_line().await {
             self.seen.push_str(&line);
             self.seen.push('\n');
@@ -142,7 +142,7 @@ fn user_code(line: &str) -> String {
 }
 
 /// Logs bob in to relay `mail` by the device flow, the test typing the code.
-async fn device_login(w: &World, provider: &OidcProvider) -> String {
+pub async fn device_login(w: &World, provider: &OidcProvider) -> String {
     let mut login = Login::start(w, &["mail", "--device"], None);
     let line = login.line_with("enter the code").await;
     assert!(
