@@ -187,7 +187,7 @@ impl Provider {
         };
         match (code, exchange) {
             ("invalid_grant", Exchange::Refresh) => OAuthError::NeedsLogin(format!(
-                "the provider refused the refresh token ({said}): log in again with `linkrelay login {relay}`"
+                "the provider refused the refresh token of relay {relay} ({said})"
             )),
             ("invalid_client" | "unauthorized_client", _) => OAuthError::Refused(format!(
                 "{said}; check client_id \"{}\" (and client_secret_command) against your app registration with the provider (docs/oauth2.md)",

@@ -17,9 +17,35 @@ use crate::delivery::outcome::{Outcome, Stage};
 use crate::delivery::smtp::Verdict;
 use crate::delivery::tokens;
 
+/// Why no password or token came: what went wrong, without the secret, and whether only a
+/// `linkrelay login` helps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CredentialError {
+    pub text: String,
+    pub needs_login: bool,
+}
+
+impl From<String> for CredentialError {
+    fn from(text: String) -> Self {
+        CredentialError {
+            text,
+            needs_login: false,
+        }
+    }
+}
+
+impl From<linkrelay_oauth::OAuthError> for CredentialError {
+    fn from(e: linkrelay_oauth::OAuthError) -> Self {
+        CredentialError {
+            needs_login: e.needs_login(),
+            text: e.to_string(),
+        }
+    }
+}
+
 /// The password for `relay`, `None` if it does not log in. The error says what went wrong,
 /// without the password.
-pub(crate) async fn fetch(relay: &Relay) -> Result<Option<String>, String> {
+pub(crate) async fn fetch(relay: &Relay) -> Result<Option<String>, CredentialError> {
     let Some(auth) = &relay.auth else {
         return Ok(None);
     };
@@ -29,26 +55,30 @@ pub(crate) async fn fetch(relay: &Relay) -> Result<Option<String>, String> {
             secrets::lookup(attributes)
                 .await
                 .map(Some)
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string().into())
         }
         config::Secret::Command(command) => {
             debug!(relay = %relay.name, "running password_command");
-            run_password_command(command, relay.timeout).await.map(Some)
+            Ok(Some(run_password_command(command, relay.timeout).await?))
         }
-        config::Secret::OAuth2(settings) => tokens::access_token(relay, settings, false)
-            .await
-            .map(|t| Some(t.secret().to_owned()))
-            .map_err(|e| e.to_string()),
+        config::Secret::OAuth2(settings) => Ok(Some(
+            tokens::access_token(relay, settings, false)
+                .await?
+                .secret()
+                .to_owned(),
+        )),
     }
 }
 
 /// A new access token for an OAuth2 relay, not the one in memory (the relay refused it).
-pub(crate) async fn fetch_renewed(relay: &Relay) -> Result<Option<String>, String> {
+pub(crate) async fn fetch_renewed(relay: &Relay) -> Result<Option<String>, CredentialError> {
     match relay.auth.as_ref().map(|a| &a.secret) {
-        Some(config::Secret::OAuth2(settings)) => tokens::access_token(relay, settings, true)
-            .await
-            .map(|t| Some(t.secret().to_owned()))
-            .map_err(|e| e.to_string()),
+        Some(config::Secret::OAuth2(settings)) => Ok(Some(
+            tokens::access_token(relay, settings, true)
+                .await?
+                .secret()
+                .to_owned(),
+        )),
         _ => fetch(relay).await,
     }
 }
@@ -69,11 +99,11 @@ pub(crate) fn refused_token(relay: &Relay, v: &Verdict) -> bool {
 
 /// The verdict of a password or token source that gave nothing: the mail waits (a relay
 /// that needs a login is held, never failed).
-pub(crate) fn verdict(text: String) -> Verdict {
+pub(crate) fn verdict(e: CredentialError) -> Verdict {
     Verdict {
         stage: Stage::Auth,
         code: None,
-        text,
+        text: e.text,
         outcome: Outcome::Deferred,
     }
 }

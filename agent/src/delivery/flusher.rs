@@ -87,6 +87,9 @@ pub enum FlushEvent {
         id: String,
         reason: String,
     },
+    /// A relay's OAuth2 refresh token is missing or was refused: its mail waits for
+    /// `linkrelay login` (sent once, until a refresh works again).
+    NeedsLogin { relay: RelayName, reason: String },
     /// A relay refused us on a link.
     RelayRefused {
         user: UserName,
@@ -495,7 +498,10 @@ impl Flusher {
     /// The password (or access token) for `relay`. Passwords are kept for the flusher's
     /// life; OAuth2 access tokens are kept by [`crate::delivery::tokens`], which knows when
     /// they end.
-    async fn password_for(&mut self, relay: &Relay) -> Result<Option<String>, String> {
+    async fn password_for(
+        &mut self,
+        relay: &Relay,
+    ) -> Result<Option<String>, credentials::CredentialError> {
         if let Some(p) = self.passwords.get(&relay.name) {
             return Ok(Some(p.clone()));
         }
@@ -644,6 +650,12 @@ impl Flusher {
         let password = match self.password_for(relay).await {
             Ok(p) => p,
             Err(e) => {
+                if e.needs_login && crate::delivery::tokens::first_login_notice(&relay.name).await {
+                    self.emit(FlushEvent::NeedsLogin {
+                        relay: relay.name.clone(),
+                        reason: e.text.clone(),
+                    });
+                }
                 let v = credentials::verdict(e);
                 b.down.insert(relay.name.clone(), v.clone());
                 return Err(Step::Next(v));

@@ -32,6 +32,8 @@ struct Slot {
     /// The refresh token the access token came from.
     refresh: Option<Token>,
     access: Option<Access>,
+    /// Whether the user was told that this relay needs a login, since its last good refresh.
+    told_login: bool,
 }
 
 type Slots = Mutex<HashMap<RelayName, Arc<tokio::sync::Mutex<Slot>>>>;
@@ -108,12 +110,24 @@ pub(crate) async fn access_token(
         current = rotated;
     }
     slot.refresh = Some(current);
+    slot.told_login = false;
     slot.access = Some(Access {
         token: tokens.access.clone(),
         obtained,
         lifetime: tokens.expires_in.unwrap_or(DEFAULT_LIFETIME),
     });
     Ok(tokens.access)
+}
+
+/// Whether the user should now be told that `relay` needs a login: once, until a refresh
+/// works again.
+pub(crate) async fn first_login_notice(relay: &RelayName) -> bool {
+    let slot = {
+        let mut slots = SLOTS.lock().unwrap_or_else(|e| e.into_inner());
+        slots.entry(relay.clone()).or_default().clone()
+    };
+    let mut slot = slot.lock().await;
+    !std::mem::replace(&mut slot.told_login, true)
 }
 
 #[cfg(test)]

@@ -161,8 +161,8 @@ pub async fn run(
     let password = match credentials::fetch(relay).await {
         Ok(p) => p,
         Err(e) => {
-            out.steps.push(step("auth", "failed", e.clone()));
-            out.verdict = format!("cannot log in: {e}");
+            out.steps.push(step("auth", "failed", e.text.clone()));
+            out.verdict = format!("cannot log in: {}", e.text);
             return out;
         }
     };

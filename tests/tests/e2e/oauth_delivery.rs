@@ -8,6 +8,7 @@ use std::time::Duration;
 use linkrelay_tests::config::{Config, Link, Relay, User, Value};
 use linkrelay_tests::keyring::Keyring;
 use linkrelay_tests::nm::{ActiveSpec, FakeNm};
+use linkrelay_tests::notifications::FakeNotifications;
 use linkrelay_tests::oidc::{CLIENT_ID, OidcProvider};
 use linkrelay_tests::postfix::{Listener, Passdb, PostfixRelays};
 use linkrelay_tests::world::{World, cli_json};
@@ -242,9 +243,14 @@ async fn a_revoked_refresh_token_holds_the_mail_until_login_again() {
     device_login(&p.w, &p.provider).await;
     let refresh = p.keyring.lookup(&item()).unwrap();
     p.provider.revoke(&refresh).await.unwrap();
+    let notices = FakeNotifications::start(&p.w.session.address, &["body"])
+        .await
+        .unwrap();
     p.w.start_agent().await.unwrap();
 
     p.w.send("bob@bob.example", "carol@dest.example", "held-for-login")
+        .unwrap();
+    p.w.send("bob@bob.example", "dave@dest.example", "held-too")
         .unwrap();
     eventually("the mail waits for a login", &p.w, || {
         let q = cli_json(&p.w, &["queue"]);
@@ -261,7 +267,7 @@ async fn a_revoked_refresh_token_holds_the_mail_until_login_again() {
     let q = cli_json(&p.w, &["queue"]);
     assert_eq!(
         q.as_array().map(Vec::len),
-        Some(1),
+        Some(2),
         "still queued, not failed: {q}"
     );
     assert!(p.postfix.with_subject("held-for-login").is_empty());
@@ -270,4 +276,5 @@ async fn a_revoked_refresh_token_holds_the_mail_until_login_again() {
     let out = device_login(&p.w, &p.provider).await;
     assert!(out.contains("linkrelayd is sending the mail"), "{out}");
     assert_eq!(p.delivered("held-for-login").await, 1);
+    assert_eq!(p.delivered("held-too").await, 1);
 }
