@@ -271,6 +271,21 @@ async fn a_revoked_refresh_token_holds_the_mail_until_login_again() {
         "still queued, not failed: {q}"
     );
     assert!(p.postfix.with_subject("held-for-login").is_empty());
+    let shown = notices.wait_for(1, Duration::from_secs(10)).await.unwrap();
+    let flush = p.w.run_cli(&["flush", "--wait"]).unwrap();
+    assert!(flush.status.success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let logins: Vec<_> = notices
+        .shown()
+        .into_iter()
+        .filter(|n| n.summary == "Relay mail needs you to log in")
+        .collect();
+    assert_eq!(logins.len(), 1, "told once: {shown:?}");
+    assert!(
+        logins[0].body.contains("linkrelay login mail"),
+        "{:?}",
+        logins[0]
+    );
 
     // Logging in again flushes at once (no waiting for the retry delay of an hour).
     let out = device_login(&p.w, &p.provider).await;
