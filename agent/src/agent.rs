@@ -748,6 +748,9 @@ impl Agent {
                 self.notifier.failed(&user, &id, &reason);
                 let _ = AgentInterface::message_failed(&e, &user, &id, &reason).await;
             }
+            FlushEvent::NeedsLogin { relay, reason } => {
+                self.notifier.needs_login(&relay, &reason);
+            }
             FlushEvent::RelayRefused {
                 user,
                 relay,

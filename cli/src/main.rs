@@ -16,6 +16,7 @@ mod say;
 mod connect;
 mod edit;
 mod install;
+mod login;
 mod output;
 mod panel;
 mod queue;
@@ -90,6 +91,11 @@ enum Verb {
     /// and routes that follow from it
     #[command(subcommand)]
     Routes(RoutesVerb),
+    /// Log in to a relay's OAuth2 provider (Gmail, Microsoft 365, ...) and keep the refresh
+    /// token in the desktop keyring (or the relay's token_file)
+    Login(LoginArgs),
+    /// Forget a relay's OAuth2 refresh token (and revoke it at the provider when it can)
+    Logout(LogoutArgs),
     /// Check, create or locate the config file
     #[command(subcommand)]
     Config(ConfigVerb),
@@ -155,6 +161,30 @@ struct TestRelayArgs {
     /// Print JSON instead of text
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, ClapArgs)]
+struct LoginArgs {
+    /// The [[relay]] name
+    relay: String,
+    /// Log in with a code typed in any browser (RFC 8628 device grant)
+    #[arg(long, conflicts_with = "browser")]
+    device: bool,
+    /// Log in in this machine's browser (authorization code with PKCE, loopback redirect)
+    #[arg(long)]
+    browser: bool,
+    /// The config file [default: $XDG_CONFIG_HOME/linkrelay/config.toml]
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, ClapArgs)]
+struct LogoutArgs {
+    /// The [[relay]] name
+    relay: String,
+    /// The config file [default: $XDG_CONFIG_HOME/linkrelay/config.toml]
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -333,7 +363,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    runtime.block_on(agent_verb(cli))
+    match &cli.verb {
+        Verb::Login(a) => {
+            let flow = match (a.device, a.browser) {
+                (true, _) => Some(linkrelay_config::LoginFlow::Device),
+                (_, true) => Some(linkrelay_config::LoginFlow::Browser),
+                _ => None,
+            };
+            let path = config_path(a.config.clone())?;
+            runtime.block_on(login::login(&path, &a.relay, flow, cli.system))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Verb::Logout(a) => {
+            let path = config_path(a.config.clone())?;
+            runtime.block_on(login::logout(&path, &a.relay))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => runtime.block_on(agent_verb(cli)),
+    }
+}
+
+/// `path`, or the default config path.
+fn config_path(path: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    path.or_else(linkrelay_config::default_config_path)
+        .context("no config path: pass --config, or set XDG_CONFIG_HOME or HOME")
 }
 
 fn config_verb(verb: &ConfigVerb) -> anyhow::Result<ExitCode> {
@@ -730,6 +783,8 @@ async fn agent_verb(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Verb::Config(_)
+        | Verb::Login(_)
+        | Verb::Logout(_)
         | Verb::Sendmail { .. }
         | Verb::Install(_)
         | Verb::Completions { .. }

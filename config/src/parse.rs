@@ -20,6 +20,7 @@ use crate::{
 };
 
 mod relay_auth;
+mod relay_oauth2;
 
 type Span = Range<usize>;
 
@@ -170,6 +171,7 @@ const RELAY: Schema = Schema {
         key("tls", r#"tls = "starttls" (or "tls", "none")"#),
         key("helo", r#"helo = "laptop""#),
         key("username", r#"username = "alice""#),
+        key("auth", r#"auth = "password" (or "xoauth2", "oauthbearer")"#),
         key(
             "password_command",
             r#"password_command = "pass show smtp/relay-a""#,
@@ -177,6 +179,10 @@ const RELAY: Schema = Schema {
         key(
             "password_secret",
             r#"password_secret = { service = "smtp", username = "alice" }"#,
+        ),
+        key(
+            "oauth2",
+            r#"[relay.oauth2] on a line of its own after the relay's keys, with provider = "google" and client_id = "...""#,
         ),
         key("ca_file", r#"ca_file = "/etc/ssl/my-ca.pem""#),
         key("timeout", r#"timeout = "60s""#),
@@ -190,6 +196,58 @@ const RELAY: Schema = Schema {
         "passwords are not written in the config file",
         r#"remove it: keep the password in the desktop keyring and write password_secret = { service = "smtp", username = "alice" } (stored with `secret-tool store --label=smtp service smtp username alice`), or write password_command = "pass show smtp/relay-a" (a command whose first line of output is the password)"#,
     )],
+};
+
+const OAUTH2: Schema = Schema {
+    title: "[relay.oauth2]",
+    keys: &[
+        key("provider", r#"provider = "google" (or "microsoft")"#),
+        key("tenant", r#"tenant = "contoso.onmicrosoft.com""#),
+        key(
+            "authorization_url",
+            r#"authorization_url = "https://login.example.net/authorize""#,
+        ),
+        key(
+            "token_url",
+            r#"token_url = "https://login.example.net/token""#,
+        ),
+        key(
+            "device_url",
+            r#"device_url = "https://login.example.net/device""#,
+        ),
+        key(
+            "revocation_url",
+            r#"revocation_url = "https://login.example.net/revoke""#,
+        ),
+        key("scopes", r#"scopes = ["https://mail.google.com/"]"#),
+        key(
+            "client_id",
+            r#"client_id = "1234-abc.apps.googleusercontent.com""#,
+        ),
+        key(
+            "client_secret_command",
+            r#"client_secret_command = "pass show oauth/client-secret""#,
+        ),
+        key("login", r#"login = "browser" (or "device")"#),
+        key("token_file", r#"token_file = "relay-a.token""#),
+    ],
+    refused: &[
+        (
+            "client_secret",
+            "client secrets are not written in the config file",
+            r#"write client_secret_command = "pass show oauth/client-secret" (a command whose first line of output is the secret)"#,
+        ),
+        (
+            "refresh_token",
+            "tokens are not written in the config file",
+            "remove it and run `linkrelay login RELAY`: the refresh token goes to the desktop keyring (or to token_file)",
+        ),
+        (
+            "access_token",
+            "tokens are not written in the config file",
+            "remove it and run `linkrelay login RELAY`: the agent gets access tokens by itself",
+        ),
+    ],
 };
 
 const USER: Schema = Schema {

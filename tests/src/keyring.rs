@@ -5,6 +5,7 @@
 //!
 //! Killed and reaped on drop.
 
+use std::ffi::OsStr;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -111,7 +112,11 @@ impl Keyring {
     }
 
     /// What `secret-tool lookup ATTRIBUTES` prints (the secret), as a user would check it.
-    pub fn lookup(&self, attributes: &[(&str, &str)]) -> anyhow::Result<String> {
+    /// `attributes`: pairs, from an array or a map.
+    pub fn lookup<K: AsRef<OsStr>, V: AsRef<OsStr>>(
+        &self,
+        attributes: impl IntoIterator<Item = (K, V)>,
+    ) -> anyhow::Result<String> {
         let mut cmd = Command::new(SECRET_TOOL);
         cmd.arg("lookup");
         for (k, v) in attributes {
@@ -128,7 +133,7 @@ impl Keyring {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        Ok(String::from_utf8(out.stdout)?)
     }
 
     /// Locks every collection (as the screen locker or `Lock` would), through the Secret

@@ -17,6 +17,9 @@
 //!   that records what the user would have read;
 //! - [`keyring`]: [`keyring::Keyring`], a real gnome-keyring-daemon serving the Secret Service
 //!   on a test bus;
+//! - [`oidc`]: [`oidc::OidcProvider`], a real OAuth2 authorization server (oidc-provider on
+//!   node), and [`oidc::Browser`], the user's browser at it; with [`postfix`]'s loopback
+//!   submission whose Dovecot checks bearer tokens by introspection, the OAuth2 tests' parts;
 //! - [`config`]: the agent's config file, built in code ([`config::Config`]);
 //! - [`world`]: one test's whole world: both buses, a home, the real `linkrelayd` and
 //!   `linkrelay` binaries.
@@ -37,6 +40,7 @@ pub mod maildomain;
 pub mod netns;
 pub mod nm;
 pub mod notifications;
+pub mod oidc;
 pub mod postfix;
 pub mod realnm;
 pub mod run;

@@ -213,12 +213,22 @@ pub async fn run(
     let password = match credentials::fetch(relay).await {
         Ok(p) => p,
         Err(e) => {
-            out.steps.push(step("auth", "failed", e.clone()));
-            out.verdict = format!("cannot log in: {e}");
+            out.steps.push(step("auth", "failed", e.text.clone()));
+            out.verdict = format!("cannot log in: {}", e.text);
             return out;
         }
     };
-    let mut session = match Session::open(relay, password).await {
+    let mut opened = Session::open(relay, password).await;
+    if let Err(v) = &opened
+        && credentials::refused_token(relay, v)
+    {
+        // As the flusher does: one refresh of the access token, one more try.
+        opened = match credentials::fetch_renewed(relay).await {
+            Ok(token) => Session::open(relay, token).await,
+            Err(e) => Err(credentials::verdict(e)),
+        };
+    }
+    let mut session = match opened {
         Ok(s) => s,
         Err(v) => {
             out.steps = steps_before(relay, v.stage, &address);
@@ -260,7 +270,14 @@ pub async fn run(
         Some(auth) => out.steps.push(step(
             "auth",
             "ok",
-            format!("logged in as {}", auth.username),
+            match auth.mechanism {
+                linkrelay_config::Mechanism::Password => format!("logged in as {}", auth.username),
+                bearer => format!(
+                    "logged in as {} with an OAuth2 access token (AUTH {})",
+                    auth.username,
+                    crate::delivery::sasl::name(bearer)
+                ),
+            },
         )),
         None => out.steps.push(step("auth", "skipped", "no username")),
     }

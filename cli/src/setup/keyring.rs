@@ -3,15 +3,11 @@
 //! is read from the terminal without echo (or a line of standard input) and never written
 //! anywhere else.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{Context, bail};
-use linkrelay_dbus::secrets::Secret;
-use linkrelay_dbus::secrets::collection::{ATTRIBUTES, CollectionProxy, LABEL};
 use linkrelay_dbus::secrets::service::ServiceProxy;
-use linkrelay_dbus::secrets::session::SessionProxy;
-use zbus::Variant;
 
 /// Whether the keyring holds an item with exactly these attributes (locked or not).
 pub async fn has(conn: &zbus::Connection, attributes: &[(String, String)]) -> anyhow::Result<bool> {
@@ -27,42 +23,17 @@ pub async fn has(conn: &zbus::Connection, attributes: &[(String, String)]) -> an
 }
 
 /// Stores `password` under `attributes` in the default collection, replacing an item with the
-/// same attributes.
+/// same attributes (the Secret Service client the agent uses to read it back).
 pub async fn store(
     conn: &zbus::Connection,
     attributes: &[(String, String)],
     label: &str,
     password: &str,
 ) -> anyhow::Result<()> {
-    let service = ServiceProxy::new(conn).await?;
-    let (_, session) = service
-        .open_session("plain", &Variant::from(""))
+    let attributes: BTreeMap<String, String> = attributes.iter().cloned().collect();
+    linkrelay_dbus::secrets::client::store_on(conn, &attributes, label, password)
         .await
-        .context("cannot open a Secret Service session")?;
-    let attrs: HashMap<String, String> = attributes.iter().cloned().collect();
-    let mut properties = HashMap::new();
-    properties.insert(LABEL, Variant::from(label));
-    properties.insert(ATTRIBUTES, Variant::from(attrs));
-    let secret = Secret {
-        session: session.clone(),
-        parameters: Vec::new(),
-        value: password.as_bytes().to_vec(),
-        content_type: "text/plain".into(),
-    };
-    let created = CollectionProxy::new(conn)
-        .await?
-        .create_item(properties, &secret, true)
-        .await;
-    if let Ok(s) = SessionProxy::builder(conn).path(&session).build().await {
-        let _ = s.close().await;
-    }
-    let (_, prompt) = created.context("the keyring refused to store the password")?;
-    if prompt.as_str() != "/" {
-        bail!(
-            "the keyring is locked: unlock it (log in to your desktop session), then run setup again"
-        );
-    }
-    Ok(())
+        .context("the keyring did not store the password")
 }
 
 /// Reads a password: from the terminal with echo off, after `prompt` on stderr; else one line

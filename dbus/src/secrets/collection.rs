@@ -1,4 +1,4 @@
-//! `org.freedesktop.Secret.Collection`: storing a secret in a keyring.
+//! `org.freedesktop.Secret.Collection`: a keyring, where items are created.
 
 use std::collections::HashMap;
 
@@ -6,22 +6,16 @@ use zbus::{OwnedObjectPath, Variant, proxy};
 
 use super::Secret;
 
-/// The item property that holds the label a keyring manager shows.
-pub const LABEL: &str = "org.freedesktop.Secret.Item.Label";
-/// The item property that holds the attributes a secret is found by.
-pub const ATTRIBUTES: &str = "org.freedesktop.Secret.Item.Attributes";
-
-/// A collection of items; the default one (where `secret-tool store` writes) is at
+/// A collection (keyring), e.g. the default one at
 /// `/org/freedesktop/secrets/aliases/default`.
 #[proxy(
     interface = "org.freedesktop.Secret.Collection",
-    default_service = "org.freedesktop.secrets",
-    default_path = "/org/freedesktop/secrets/aliases/default"
+    default_service = "org.freedesktop.secrets"
 )]
 pub trait Collection {
-    /// Stores `secret` as a new item with `properties` ([`LABEL`], [`ATTRIBUTES`]), replacing
-    /// an item with the same attributes when `replace`. Returns the item and a prompt to show
-    /// first ("/" when none is needed, the item then being stored).
+    /// Creates an item with `properties` (its label and attributes) holding `secret`,
+    /// replacing an item with the same attributes when `replace`. Returns the item ("/" when a
+    /// prompt must be shown first) and the prompt ("/" when none is needed).
     fn create_item(
         &self,
         properties: HashMap<&str, Variant<'_>>,

@@ -21,6 +21,8 @@ mod listing;
 mod netlink;
 mod nm_source;
 mod notify;
+mod oauth_delivery;
+mod oauth_login;
 mod routes;
 mod secrets;
 mod seed;

@@ -326,7 +326,7 @@ async fn setup_on_a_fresh_config_writes_a_relay_the_link_and_the_user_and_the_ma
     assert!(!said.contains("pw-alice"), "nor on the screen");
     assert_eq!(
         d.keyring
-            .lookup(&[
+            .lookup([
                 ("service", "smtp"),
                 ("host", "smtp.good.example"),
                 ("username", "alice")
