@@ -10,7 +10,7 @@ use linkrelay_config::{Config, ConfigError, UserName};
 use linkrelay_dbus::address;
 use linkrelay_dbus::agent::{
     AGENT_BUS_NAME, AGENT_PATH, AgentError, FlushResult, OverrideInfo, PruneResult, QueueCount,
-    RouteInfo,
+    RelayAnswer, RouteInfo, SeenLink,
 };
 use linkrelay_outbox::{AgentLock, Counts, Limits, LockError, Outbox, OutboxError, Owner};
 use tokio::signal::unix::{SignalKind, signal};
@@ -23,7 +23,7 @@ use crate::clock::now;
 use crate::delivery::flusher::{
     self, BatchResult, FlushEvent, FlushRequest, FlushSettings, UserRoute,
 };
-use crate::delivery::memory::{LinkKey, RelayMemory};
+use crate::delivery::memory::{self, LinkKey, RelayMemory, lock};
 use crate::lifecycle;
 use crate::router::{self, Override, Route, Routing};
 use crate::service::interface::{AgentInterface, Command, Published, Reply};
@@ -351,12 +351,26 @@ impl Agent {
         }
     }
 
-    fn user_route(&self, user: &str) -> UserRoute {
-        let link = match (&self.routing.link_name, &self.link.link) {
+    /// The link that is up, as the relay memory names it.
+    fn link_key(&self) -> LinkKey {
+        match (&self.routing.link_name, &self.link.link) {
             (Some(rule), _) => LinkKey::Rule(rule.clone()),
             (None, Some(link)) => LinkKey::Unmatched(link.facts.id.clone()),
             (None, None) => LinkKey::NoLink,
-        };
+        }
+    }
+
+    /// What a relay test needs: the config, the link and the memory its answer goes into.
+    fn bench(&self) -> crate::service::relaytest::Bench {
+        crate::service::relaytest::Bench {
+            config: self.config.clone(),
+            link: self.link_key(),
+            memory: self.memory.clone(),
+        }
+    }
+
+    fn user_route(&self, user: &str) -> UserRoute {
+        let link = self.link_key();
         let route = self
             .routing
             .routes
@@ -559,6 +573,9 @@ impl Agent {
         }
         let old = std::mem::replace(&mut self.routing, routing);
         let link_changed = old.link_name != self.routing.link_name;
+        if let Some(link) = &self.link.link {
+            lock(&self.memory).link_facts(&self.link_key(), &link.facts);
+        }
         let emitter = self.iface.signal_emitter().clone();
         let users: Vec<UserName> = self.flushers.keys().cloned().collect();
         for user in users {
@@ -742,6 +759,9 @@ impl Agent {
                 self.notifier.failed(&user, &id, &reason);
                 let _ = AgentInterface::message_failed(&e, &user, &id, &reason).await;
             }
+            FlushEvent::NeedsLogin { relay, reason } => {
+                self.notifier.needs_login(&relay, &reason);
+            }
             FlushEvent::RelayRefused {
                 user,
                 relay,
@@ -841,14 +861,17 @@ impl Agent {
                 from,
                 to,
                 reply,
-            } => crate::service::relaytest::spawn(
-                self.config.clone(),
-                self.routing.link_name.clone(),
+            } => crate::service::relaytest::spawn(self.bench(), relay, from, to, reply),
+            Command::ProbeRelay {
                 relay,
                 from,
                 to,
                 reply,
-            ),
+            } => crate::service::relaytest::spawn_probe(self.bench(), *relay, from, to, reply),
+            Command::LinkHistory { reply } => {
+                let history = lock(&self.memory).history();
+                let _ = reply.send(Ok(history.into_iter().map(seen_link_info).collect()));
+            }
         }
     }
 
@@ -1031,9 +1054,12 @@ impl Agent {
     }
 
     async fn reload(&mut self) -> Result<(), AgentError> {
-        let Some(path) = self.opts.config_path.clone() else {
+        // An agent that started without a file takes the one written since (`linkrelay
+        // config init` or `linkrelay setup`) at the default path.
+        let written = || linkrelay_config::default_config_path().filter(|p| p.exists());
+        let Some(path) = self.opts.config_path.clone().or_else(written) else {
             return Err(AgentError::ConfigInvalid(
-                "running on the embedded default config; there is no file to reload (write one with `linkrelay config init`)".into(),
+                "running on the embedded default config; there is no file to reload (write one with `linkrelay config init` or `linkrelay setup`)".into(),
             ));
         };
         match Config::load(&path).map_err(|e| match e {
@@ -1045,6 +1071,7 @@ impl Agent {
             }
             Ok(config) => {
                 info!(path = %path.display(), "config reloaded");
+                self.opts.config_path = Some(path);
                 if config.agent.source != self.config.agent.source {
                     warn!(
                         "[agent] source changed to {}; the link source changes when linkrelayd restarts",
@@ -1083,6 +1110,24 @@ fn list_or_none(names: &[&str]) -> String {
         "(none)".into()
     } else {
         names.join(", ")
+    }
+}
+
+/// The D-Bus form of a link in the relay memory's history.
+fn seen_link_info(seen: memory::SeenLink) -> SeenLink {
+    SeenLink {
+        key: seen.key,
+        facts: seen.facts.into_iter().collect(),
+        answers: seen
+            .answers
+            .into_iter()
+            .map(|(relay, a)| RelayAnswer {
+                relay: relay.into(),
+                accepted: a.accepted,
+                at: a.at,
+                reply: a.reply,
+            })
+            .collect(),
     }
 }
 

@@ -14,13 +14,17 @@
 mod say;
 
 mod connect;
+mod edit;
 mod install;
+mod login;
 mod mailq;
 mod output;
 mod panel;
 mod queue;
 mod relay;
+mod routes;
 mod sendmail;
+mod setup;
 mod smtp_stdio;
 
 use std::path::PathBuf;
@@ -90,6 +94,18 @@ enum Verb {
         #[arg(long)]
         renew: bool,
     },
+    /// Find the submission server of an address (autoconfig, the ISP database, SRV and MX
+    /// records, guesses), have the agent try it from this link, and propose the config for it
+    Setup(setup::SetupArgs),
+    /// Routes learnt per link: what each relay answered on each link, and the [[link]] rules
+    /// and routes that follow from it
+    #[command(subcommand)]
+    Routes(RoutesVerb),
+    /// Log in to a relay's OAuth2 provider (Gmail, Microsoft 365, ...) and keep the refresh
+    /// token in the desktop keyring (or the relay's token_file)
+    Login(LoginArgs),
+    /// Forget a relay's OAuth2 refresh token (and revoke it at the provider when it can)
+    Logout(LogoutArgs),
     /// Check, create or locate the config file
     #[command(subcommand)]
     Config(ConfigVerb),
@@ -155,6 +171,30 @@ struct TestRelayArgs {
     /// Print JSON instead of text
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, ClapArgs)]
+struct LoginArgs {
+    /// The [[relay]] name
+    relay: String,
+    /// Log in with a code typed in any browser (RFC 8628 device grant)
+    #[arg(long, conflicts_with = "browser")]
+    device: bool,
+    /// Log in in this machine's browser (authorization code with PKCE, loopback redirect)
+    #[arg(long)]
+    browser: bool,
+    /// The config file [default: $XDG_CONFIG_HOME/linkrelay/config.toml]
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, ClapArgs)]
+struct LogoutArgs {
+    /// The [[relay]] name
+    relay: String,
+    /// The config file [default: $XDG_CONFIG_HOME/linkrelay/config.toml]
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -245,6 +285,31 @@ struct QueueArgs {
 }
 
 #[derive(Debug, Subcommand)]
+enum RoutesVerb {
+    /// Per link seen, the relays that accepted there and those that refused; proposes the
+    /// [[link]] rules and routes that follow (a relay that logs in is offered only to the
+    /// users already sending through it, or to all while none does)
+    Suggest {
+        /// Write the proposal into the config (shown as a diff first) and reload the agent
+        #[arg(long)]
+        apply: bool,
+        /// Print JSON instead of text
+        #[arg(long, conflicts_with = "apply")]
+        json: bool,
+        /// The config file [default: the agent's, else $XDG_CONFIG_HOME/linkrelay/config.toml]
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
+    /// Test every configured relay from the link that is up (nothing is sent), so that the
+    /// agent learns which accept us here
+    Probe {
+        /// Print JSON instead of text
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ConfigVerb {
     /// Check a config file; prints every problem as file:line:col with a fix
     Check {
@@ -318,7 +383,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    runtime.block_on(agent_verb(cli))
+    match &cli.verb {
+        Verb::Login(a) => {
+            let flow = match (a.device, a.browser) {
+                (true, _) => Some(linkrelay_config::LoginFlow::Device),
+                (_, true) => Some(linkrelay_config::LoginFlow::Browser),
+                _ => None,
+            };
+            let path = config_path(a.config.clone())?;
+            runtime.block_on(login::login(&path, &a.relay, flow, cli.system))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Verb::Logout(a) => {
+            let path = config_path(a.config.clone())?;
+            runtime.block_on(login::logout(&path, &a.relay))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => runtime.block_on(agent_verb(cli)),
+    }
+}
+
+/// `path`, or the default config path.
+fn config_path(path: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    path.or_else(linkrelay_config::default_config_path)
+        .context("no config path: pass --config, or set XDG_CONFIG_HOME or HOME")
 }
 
 fn config_verb(verb: &ConfigVerb) -> anyhow::Result<ExitCode> {
@@ -705,6 +793,8 @@ async fn agent_verb(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", output::prune_text(&results));
             }
         }
+        Verb::Routes(r) => return routes_verb(&agent, r).await,
+        Verb::Setup(a) => return setup::run(&agent, a).await,
         Verb::Reload => match agent.reload().await {
             Ok(()) => println!("config reloaded"),
             Err(e) => {
@@ -713,6 +803,8 @@ async fn agent_verb(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Verb::Config(_)
+        | Verb::Login(_)
+        | Verb::Logout(_)
         | Verb::Sendmail { .. }
         | Verb::Install(_)
         | Verb::Completions { .. }
@@ -720,6 +812,93 @@ async fn agent_verb(cli: Cli) -> anyhow::Result<ExitCode> {
         | Verb::Token { .. } => unreachable!("handled before connecting"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The config file the agent runs on, else `explicit`, else the default path.
+async fn config_file(agent: &AgentProxy<'_>, explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p);
+    }
+    match agent.config_path().await {
+        Ok(p) if !p.is_empty() => Ok(PathBuf::from(p)),
+        _ => linkrelay_config::default_config_path()
+            .context("no config path: pass --config, or set XDG_CONFIG_HOME or HOME"),
+    }
+}
+
+/// After the config file changed: the agent reloads it, or says why not.
+async fn reload_after_write(agent: &AgentProxy<'_>) -> anyhow::Result<ExitCode> {
+    match agent.reload().await {
+        Ok(()) => {
+            println!("linkrelayd reloaded the config");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!(
+                "linkrelay: the agent did not take the new config: {:#}",
+                dbus_error(e)
+            );
+            Ok(ExitCode::from(EX_CONFIG))
+        }
+    }
+}
+
+async fn routes_verb(agent: &AgentProxy<'_>, verb: RoutesVerb) -> anyhow::Result<ExitCode> {
+    match verb {
+        RoutesVerb::Probe { json } => {
+            let config =
+                Config::load(&config_file(agent, None).await?).map_err(|e| anyhow!("{e}"))?;
+            let mut results = Vec::new();
+            for r in &config.relays {
+                let t = agent
+                    .test_relay(&r.name, "", "")
+                    .await
+                    .map_err(dbus_error)?;
+                if !json {
+                    println!("{}", routes::probe_line(&t));
+                }
+                results.push(t);
+            }
+            if json {
+                let all: Vec<_> = results.iter().map(relay::to_json).collect();
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else if results.is_empty() {
+                println!("no [[relay]] in the config: `linkrelay setup ADDRESS` finds one");
+            } else {
+                println!("Nothing was sent. `linkrelay routes suggest` shows what follows.");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RoutesVerb::Suggest {
+            apply,
+            json,
+            config,
+        } => {
+            let path = config_file(agent, config).await?;
+            let text = edit::read_or_empty(&path)?;
+            let config = Config::parse(&text, &path).map_err(|e| anyhow!("{e}"))?;
+            let history = agent.link_history().await.map_err(dbus_error)?;
+            let s = routes::suggest(&config, &history);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&routes::to_json(&s))?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            print!("{}", routes::render(&s, output::unix_now()));
+            let new = routes::apply(&text, &path, &s)?;
+            let diff = edit::diff(&text, &new, &path);
+            if diff.is_empty() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            if !apply {
+                println!("\nProposed change (write it with --apply):\n{diff}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("\n{diff}");
+            edit::write_checked(&path, &new)?;
+            println!("wrote {}", path.display());
+            reload_after_write(agent).await
+        }
+    }
 }
 
 async fn watch(conn: &zbus::Connection, agent: &AgentProxy<'_>, json: bool) -> anyhow::Result<()> {

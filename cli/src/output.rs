@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use linkrelay_dbus::agent::{
     AgentProxy, FlushResult, MessageInfo, OverrideInfo, PruneResult, QueueCount, RouteInfo,
+    SeenLink,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -21,6 +22,13 @@ pub struct Status {
     pub(crate) config_path: String,
     pub(crate) config_error: String,
     pub(crate) version: String,
+    /// On a link no rule matches: the relays that accepted there before, with when.
+    pub(crate) accepted_here: Vec<(String, u64)>,
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    now()
 }
 
 fn now() -> u64 {
@@ -28,6 +36,29 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// The relays that accepted on `link` before, by the history: the entries of the same
+/// connection (uuid), else of the same id; most recent first.
+pub fn accepted_on(link: &HashMap<String, String>, history: &[SeenLink]) -> Vec<(String, u64)> {
+    let get = |k: &str| link.get(k).map(String::as_str).unwrap_or("");
+    let same = |s: &&SeenLink| {
+        let f = |k: &str| s.facts.get(k).map(String::as_str).unwrap_or("");
+        match get("uuid") {
+            "" => !get("id").is_empty() && f("id") == get("id"),
+            uuid => f("uuid") == uuid,
+        }
+    };
+    let mut out: Vec<(String, u64)> = history
+        .iter()
+        .filter(same)
+        .flat_map(|s| s.answers.iter())
+        .filter(|a| a.accepted)
+        .map(|a| (a.relay.clone(), a.at))
+        .collect();
+    out.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    out.dedup_by(|a, b| a.0 == b.0);
+    out
 }
 
 /// " for 30m" style suffix for an override of `secs` (0 = until cleared).
@@ -40,6 +71,13 @@ pub fn for_text(secs: u64) -> String {
             humantime::format_duration(Duration::from_secs(secs))
         )
     }
+}
+
+/// How long ago `t` was, to the minute.
+fn until_back(t: u64) -> String {
+    let secs = now().saturating_sub(t);
+    let secs = if secs < 60 { secs } else { secs / 60 * 60 };
+    humantime::format_duration(Duration::from_secs(secs)).to_string()
 }
 
 fn until(t: u64) -> String {
@@ -60,7 +98,20 @@ impl Status {
             config_path: agent.config_path().await?,
             config_error: agent.config_error().await?,
             version: agent.version().await?,
-        })
+            accepted_here: Vec::new(),
+        }
+        .with_history(agent)
+        .await)
+    }
+
+    /// On a link no rule matches, adds what the agent's history says accepted there before.
+    /// An agent without `LinkHistory` (older) adds nothing.
+    async fn with_history(mut self, agent: &AgentProxy<'_>) -> Status {
+        let unmatched = !self.link.is_empty() && self.link.get("name").is_none_or(|n| n.is_empty());
+        if unmatched && let Ok(history) = agent.link_history().await {
+            self.accepted_here = accepted_on(&self.link, &history);
+        }
+        self
     }
 
     /// The JSON form (stable keys).
@@ -100,6 +151,7 @@ impl Status {
             "users": users,
             "config_path": if self.config_path.is_empty() { Value::Null } else { json!(self.config_path) },
             "config_error": if self.config_error.is_empty() { Value::Null } else { json!(self.config_error) },
+            "accepted_here_before": self.accepted_here.iter().map(|(r, at)| json!({"relay": r, "at": at})).collect::<Vec<_>>(),
         })
     }
 
@@ -133,6 +185,18 @@ impl Status {
             }
             details.push(format!("connectivity {}", get("connectivity")));
             let _ = writeln!(out, "link:      {name} ({})", details.join(", "));
+            if !self.accepted_here.is_empty() {
+                let relays: Vec<String> = self
+                    .accepted_here
+                    .iter()
+                    .map(|(r, at)| format!("{r} ({} ago)", until_back(*at)))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "known:     accepted on this link before: {}; `linkrelay routes suggest` proposes a rule and routes",
+                    relays.join(", ")
+                );
+            }
         }
         let _ = writeln!(out, "source:    {}", self.source);
         if !self.source_problem.is_empty() {

@@ -338,6 +338,7 @@ mod tests {
             config_path: "/c".into(),
             config_error: String::new(),
             version: "0".into(),
+            accepted_here: Vec::new(),
         }
     }
 

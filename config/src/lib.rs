@@ -79,6 +79,8 @@ pub struct Config {
     pub submission: SubmissionSettings,
     /// `[outbox]`
     pub outbox: OutboxSettings,
+    /// `[setup]`
+    pub setup: SetupSettings,
     /// `[[link]]` tables, in file order (the order [`Config::match_link`] tries them in).
     pub links: Vec<LinkRule>,
     /// `[[relay]]` tables, in file order.
@@ -293,6 +295,27 @@ impl Default for OutboxSettings {
     }
 }
 
+/// `[setup]`: where `linkrelay setup` looks for a mail domain's settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetupSettings {
+    /// `ispdb`: the base URL of the ISP database (Thunderbird's, or a mirror of it);
+    /// `None` = Thunderbird's.
+    pub ispdb: Option<String>,
+    /// `nameserver`: the DNS server to ask for SRV and MX records and host addresses;
+    /// `None` = the system's (`/etc/resolv.conf`).
+    pub nameserver: Option<std::net::SocketAddr>,
+}
+
+impl SetupSettings {
+    /// `"192.0.2.53"`, `"192.0.2.53:5353"` or `"[2001:db8::53]:53"` as an address (port 53
+    /// when none is given).
+    pub fn parse_nameserver(text: &str) -> Option<std::net::SocketAddr> {
+        text.parse::<std::net::SocketAddr>()
+            .ok()
+            .or_else(|| text.parse::<IpAddr>().ok().map(|ip| (ip, 53).into()))
+    }
+}
+
 /// `[[link]]`: a named kind of network link, recognised by its [`LinkMatch`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkRule {
@@ -483,25 +506,170 @@ impl Relay {
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 }
 
-/// `[[relay]] username` and its password source: how we log in to a relay.
+/// `[[relay]] username`, `auth` and the secret's source: how we log in to a relay.
+///
+/// The parser pairs [`Secret::OAuth2`] only with a bearer mechanism ([`Mechanism::Xoauth2`],
+/// [`Mechanism::OAuthBearer`]); with those, a [`Secret::Keyring`] or [`Secret::Command`] gives
+/// an access token made elsewhere (a helper such as oama or pizauth) rather than a password.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Auth {
     /// `username`: the account name on the relay.
     pub username: String,
-    /// Where the password comes from.
+    /// `auth`: the SASL mechanism. Default [`Mechanism::Password`].
+    pub mechanism: Mechanism,
+    /// Where the password or token comes from.
     pub secret: Secret,
 }
 
-/// Where a relay's password comes from: exactly one of `password_secret` and
-/// `password_command`.
+/// `[[relay]] auth`: how the relay is shown who we are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mechanism {
+    /// `"password"`: AUTH PLAIN, or LOGIN when only that is offered (the default).
+    #[default]
+    Password,
+    /// `"xoauth2"`: Google's and Microsoft's SASL XOAUTH2 with an OAuth2 access token.
+    Xoauth2,
+    /// `"oauthbearer"`: SASL OAUTHBEARER (RFC 7628) with an OAuth2 access token.
+    OAuthBearer,
+}
+
+impl Mechanism {
+    /// The word used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mechanism::Password => "password",
+            Mechanism::Xoauth2 => "xoauth2",
+            Mechanism::OAuthBearer => "oauthbearer",
+        }
+    }
+
+    /// Whether it sends an OAuth2 bearer token rather than a password.
+    pub fn is_bearer(self) -> bool {
+        !matches!(self, Mechanism::Password)
+    }
+}
+
+impl fmt::Display for Mechanism {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a relay's password or token comes from: exactly one of `password_secret`,
+/// `password_command` and `[relay.oauth2]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Secret {
     /// `password_secret = { service = "smtp", username = "bob" }`: the password is the secret
     /// of the item with these attributes in the Secret Service (the desktop keyring, as
     /// `secret-tool lookup service smtp username bob` finds it).
     Keyring(BTreeMap<String, String>),
-    /// `password_command`: run with `sh -c`; the first line of its stdout is the password.
+    /// `password_command`: run with `sh -c`; the first line of its stdout is the password
+    /// (or, with a bearer mechanism, the access token).
     Command(String),
+    /// `[relay.oauth2]`: access tokens come from an OAuth2 provider, by a refresh token that
+    /// `linkrelay login` obtained.
+    OAuth2(OAuth2),
+}
+
+/// `[relay.oauth2]`: the OAuth2 provider that issues the relay's access tokens, and where the
+/// refresh token is kept. A `provider` preset fills in the endpoints and scopes; keys given
+/// beside it override the preset's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuth2 {
+    /// `provider`: the preset used, if any.
+    pub provider: Option<Provider>,
+    /// `authorization_url`: where the browser logs in (authorization code grant). `None`: no
+    /// browser login.
+    pub authorization_url: Option<String>,
+    /// `token_url`: where codes and refresh tokens are exchanged for access tokens.
+    pub token_url: String,
+    /// `device_url`: the device authorization endpoint (RFC 8628). `None`: no device login.
+    pub device_url: Option<String>,
+    /// `revocation_url`: where `linkrelay logout` revokes the refresh token (RFC 7009), if the
+    /// provider has one.
+    pub revocation_url: Option<String>,
+    /// `scopes`: what the tokens allow, e.g. `["https://mail.google.com/"]`.
+    pub scopes: Vec<String>,
+    /// `client_id`: the user's own client registration with the provider.
+    pub client_id: String,
+    /// `client_secret_command`: run with `sh -c`; its first line is the client secret (for
+    /// providers that want one even from a desktop client, such as Google).
+    pub client_secret_command: Option<String>,
+    /// `login`: the grant `linkrelay login` uses when given neither `--device` nor
+    /// `--browser`. Default: the provider's ([`Provider::default_login`]), else device when
+    /// there is a `device_url`.
+    pub login: LoginFlow,
+    /// The host name of the loopback redirect of a browser login: `127.0.0.1`, or `localhost`
+    /// for Microsoft, whose app registrations take only that.
+    pub redirect_host: &'static str,
+    /// `token_file`: where the refresh token is kept. Default: the desktop keyring.
+    pub token_store: TokenStore,
+}
+
+/// `[relay.oauth2] provider`: a preset for a well-known provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    /// `"google"`: Gmail and Google Workspace.
+    Google,
+    /// `"microsoft"`: Microsoft 365 and Outlook.com (Exchange Online), in the tenant given by
+    /// `tenant` (default `common`).
+    Microsoft,
+}
+
+impl Provider {
+    /// The word used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Google => "google",
+            Provider::Microsoft => "microsoft",
+        }
+    }
+
+    /// The login grant that works with this provider's mail scopes: Google allows its mail
+    /// scope only to the browser (authorization code) grant; Microsoft allows the device grant.
+    pub fn default_login(self) -> LoginFlow {
+        match self {
+            Provider::Google => LoginFlow::Browser,
+            Provider::Microsoft => LoginFlow::Device,
+        }
+    }
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How `linkrelay login` obtains the first tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginFlow {
+    /// The device authorization grant (RFC 8628): a code to enter on any device's browser.
+    Device,
+    /// The authorization code grant with PKCE and a loopback redirect (RFC 8252), in this
+    /// machine's browser.
+    Browser,
+}
+
+impl LoginFlow {
+    /// The word used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoginFlow::Device => "device",
+            LoginFlow::Browser => "browser",
+        }
+    }
+}
+
+/// Where a relay's OAuth2 refresh token is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenStore {
+    /// The desktop keyring (Secret Service), in an item whose attributes name the relay and
+    /// the account (the default).
+    Keyring,
+    /// `token_file`: a file of mode 0600. A relative path in the config is taken relative to
+    /// the config file's directory.
+    File(PathBuf),
 }
 
 /// `[[relay]] tls`: how the connection to a relay is secured.
@@ -603,6 +771,13 @@ impl Config {
         parse::parse(text, origin).map_err(ConfigError::Invalid)
     }
 
+    /// Validates `text` as one `[[relay]]` table and nothing else, by the rules of the file
+    /// (an inline password is refused, ...): how the agent takes a relay that is not in the
+    /// config yet (`ProbeRelay`).
+    pub fn parse_relay(text: &str, origin: &Path) -> Result<Relay, ConfigError> {
+        parse::parse_relay(text, origin).map_err(ConfigError::Invalid)
+    }
+
     /// The config used when there is no file: no links, no relays, one user `default` with
     /// `from = ["*"]` (so all mail is held with "no relay"), default agent and retry settings.
     pub fn embedded_default() -> Config {
@@ -613,6 +788,7 @@ impl Config {
             notify: NotifySettings::default(),
             submission: SubmissionSettings::default(),
             outbox: OutboxSettings::default(),
+            setup: SetupSettings::default(),
             links: Vec::new(),
             relays: Vec::new(),
             users: vec![User {

@@ -15,11 +15,12 @@ use toml::de::{DeString, DeTable, DeValue};
 use crate::diag::{Diagnostic, Diagnostics, Note, line_col};
 use crate::{
     AgentSettings, Config, IpNet, LinkMatch, LinkName, LinkRule, MeteredPolicy, NETLINK_FIELDS,
-    NotifySettings, OutboxSettings, Relay, RelayName, RetrySettings, SourceKind,
+    NotifySettings, OutboxSettings, Relay, RelayName, RetrySettings, SetupSettings, SourceKind,
     SubmissionSettings, TlsMode, User, glob,
 };
 
 mod relay_auth;
+mod relay_oauth2;
 mod submission;
 
 type Span = Range<usize>;
@@ -65,6 +66,10 @@ const ROOT: Schema = Schema {
         key(
             "submission",
             "[submission] on a line of its own, with its keys below it",
+        ),
+        key(
+            "setup",
+            "[setup] on a line of its own, with its keys below it",
         ),
         key(
             "link",
@@ -124,6 +129,18 @@ const OUTBOX: Schema = Schema {
     refused: &[],
 };
 
+const SETUP: Schema = Schema {
+    title: "[setup]",
+    keys: &[
+        key(
+            "ispdb",
+            r#"ispdb = "https://autoconfig.thunderbird.net/v1.1/""#,
+        ),
+        key("nameserver", r#"nameserver = "192.0.2.53""#),
+    ],
+    refused: &[],
+};
+
 const LINK: Schema = Schema {
     title: "[[link]]",
     keys: &[
@@ -159,6 +176,7 @@ const RELAY: Schema = Schema {
         key("tls", r#"tls = "starttls" (or "tls", "none")"#),
         key("helo", r#"helo = "laptop""#),
         key("username", r#"username = "alice""#),
+        key("auth", r#"auth = "password" (or "xoauth2", "oauthbearer")"#),
         key(
             "password_command",
             r#"password_command = "pass show smtp/relay-a""#,
@@ -166,6 +184,10 @@ const RELAY: Schema = Schema {
         key(
             "password_secret",
             r#"password_secret = { service = "smtp", username = "alice" }"#,
+        ),
+        key(
+            "oauth2",
+            r#"[relay.oauth2] on a line of its own after the relay's keys, with provider = "google" and client_id = "...""#,
         ),
         key("ca_file", r#"ca_file = "/etc/ssl/my-ca.pem""#),
         key("timeout", r#"timeout = "60s""#),
@@ -179,6 +201,58 @@ const RELAY: Schema = Schema {
         "passwords are not written in the config file",
         r#"remove it: keep the password in the desktop keyring and write password_secret = { service = "smtp", username = "alice" } (stored with `secret-tool store --label=smtp service smtp username alice`), or write password_command = "pass show smtp/relay-a" (a command whose first line of output is the password)"#,
     )],
+};
+
+const OAUTH2: Schema = Schema {
+    title: "[relay.oauth2]",
+    keys: &[
+        key("provider", r#"provider = "google" (or "microsoft")"#),
+        key("tenant", r#"tenant = "contoso.onmicrosoft.com""#),
+        key(
+            "authorization_url",
+            r#"authorization_url = "https://login.example.net/authorize""#,
+        ),
+        key(
+            "token_url",
+            r#"token_url = "https://login.example.net/token""#,
+        ),
+        key(
+            "device_url",
+            r#"device_url = "https://login.example.net/device""#,
+        ),
+        key(
+            "revocation_url",
+            r#"revocation_url = "https://login.example.net/revoke""#,
+        ),
+        key("scopes", r#"scopes = ["https://mail.google.com/"]"#),
+        key(
+            "client_id",
+            r#"client_id = "1234-abc.apps.googleusercontent.com""#,
+        ),
+        key(
+            "client_secret_command",
+            r#"client_secret_command = "pass show oauth/client-secret""#,
+        ),
+        key("login", r#"login = "browser" (or "device")"#),
+        key("token_file", r#"token_file = "relay-a.token""#),
+    ],
+    refused: &[
+        (
+            "client_secret",
+            "client secrets are not written in the config file",
+            r#"write client_secret_command = "pass show oauth/client-secret" (a command whose first line of output is the secret)"#,
+        ),
+        (
+            "refresh_token",
+            "tokens are not written in the config file",
+            "remove it and run `linkrelay login RELAY`: the refresh token goes to the desktop keyring (or to token_file)",
+        ),
+        (
+            "access_token",
+            "tokens are not written in the config file",
+            "remove it and run `linkrelay login RELAY`: the agent gets access tokens by itself",
+        ),
+    ],
 };
 
 const USER: Schema = Schema {
@@ -759,6 +833,51 @@ pub(crate) fn parse(text: &str, origin: &Path) -> Result<Config, Diagnostics> {
     }
 }
 
+/// The top level of a text that holds one `[[relay]]` table and nothing else.
+const RELAY_ONLY: Schema = Schema {
+    title: "a relay's settings",
+    keys: &[key(
+        "relay",
+        "[[relay]] on a line of its own, with its keys below it",
+    )],
+    refused: &[],
+};
+
+/// Validates `text` as exactly one `[[relay]]` table, with the file's own rules for it.
+pub(crate) fn parse_relay(text: &str, origin: &Path) -> Result<Relay, Diagnostics> {
+    let mut ctx = Ctx {
+        text,
+        origin,
+        diags: Vec::new(),
+        notes: Vec::new(),
+    };
+    let (root, errors) = DeTable::parse_recoverable(text);
+    if !errors.is_empty() {
+        for error in &errors {
+            syntax_error(&mut ctx, error);
+        }
+        return Err(finish(ctx));
+    }
+    let root = Table::new(&mut ctx, root.get_ref(), 0..0, &RELAY_ONLY);
+    let mut relays = Vec::new();
+    for (t, span) in root.tables(&mut ctx, "relay") {
+        let t = Table::new(&mut ctx, t, span, &RELAY);
+        let name = name(&mut ctx, &t, "relay");
+        relays.push(relay(&mut ctx, &t, name.as_ref().map_or("", |n| n.value)));
+    }
+    if relays.len() != 1 && ctx.diags.is_empty() {
+        ctx.error(
+            0,
+            format!("{} [[relay]] tables where one is expected", relays.len()),
+            "give exactly one [[relay]] table",
+        );
+    }
+    match (relays.pop(), ctx.diags.is_empty()) {
+        (Some(relay), true) => Ok(relay),
+        _ => Err(finish(ctx)),
+    }
+}
+
 fn finish(ctx: Ctx<'_>) -> Diagnostics {
     let mut diags = ctx.diags;
     diags.sort_by_key(|d| (d.line, d.col));
@@ -984,6 +1103,35 @@ fn outbox(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> OutboxSettings {
         outbox.keep_sent = d;
     }
     outbox
+}
+
+fn setup(ctx: &mut Ctx<'_>, t: &Table<'_, '_>) -> SetupSettings {
+    let mut setup = SetupSettings::default();
+    if let Some(s) = t.text(ctx, "ispdb") {
+        if s.value.starts_with("https://") || s.value.starts_with("http://") {
+            setup.ispdb = Some(s.value.to_string());
+        } else {
+            ctx.error(
+                s.span.start,
+                format!("`ispdb` must be an http(s) URL, not {:?}", s.value),
+                r#"write ispdb = "https://autoconfig.thunderbird.net/v1.1/" (or your own mirror of it)"#,
+            );
+        }
+    }
+    if let Some(s) = t.text(ctx, "nameserver") {
+        match SetupSettings::parse_nameserver(s.value) {
+            Some(addr) => setup.nameserver = Some(addr),
+            None => ctx.error(
+                s.span.start,
+                format!(
+                    "`nameserver` must be an IP address, with or without a port, not {:?}",
+                    s.value
+                ),
+                r#"write nameserver = "192.0.2.53" (or "192.0.2.53:5353", "[2001:db8::53]:53")"#,
+            ),
+        }
+    }
+    setup
 }
 
 fn link(ctx: &mut Ctx<'_>, t: &Table<'_, '_>, name: &str, source: SourceKind) -> LinkRule {
@@ -1402,6 +1550,14 @@ fn config(ctx: &mut Ctx<'_>, root: &DeTable<'_>) -> Config {
         None => SubmissionSettings::default(),
     };
 
+    let setup = match root.table(ctx, "setup") {
+        Some((t, span)) => {
+            let t = Table::new(ctx, t, span, &SETUP);
+            setup(ctx, &t)
+        }
+        None => SetupSettings::default(),
+    };
+
     let mut links = Vec::new();
     let mut link_names = Vec::new();
     for (t, span) in root.tables(ctx, "link") {
@@ -1459,6 +1615,7 @@ fn config(ctx: &mut Ctx<'_>, root: &DeTable<'_>) -> Config {
         notify,
         outbox,
         submission,
+        setup,
         links,
         relays,
         users,

@@ -73,21 +73,27 @@ fn problems(
             "chmod go-w {path}".to_owned(),
         ));
     }
-    let has_command = config.relays.iter().any(|r| {
-        r.auth
-            .as_ref()
-            .is_some_and(|a| matches!(a.secret, Secret::Command(_)))
-    });
-    if has_command && mode & 0o044 != 0 {
+    let command = config
+        .relays
+        .iter()
+        .filter_map(|r| match &r.auth.as_ref()?.secret {
+            Secret::Command(_) => Some("password_command"),
+            Secret::OAuth2(o) if o.client_secret_command.is_some() => Some("client_secret_command"),
+            _ => None,
+        })
+        .min_by_key(|key| key_offset(text, key));
+    if let Some(key) = command
+        && mode & 0o044 != 0
+    {
         let who = if mode & 0o004 != 0 {
             "anyone"
         } else {
             "its group"
         };
         out.push((
-            key_offset(text, "password_command"),
+            key_offset(text, key),
             format!(
-                "the config file has a `password_command` and can be read by {who} (mode {:04o}): a password written in the command would be readable too",
+                "the config file has a `{key}` and can be read by {who} (mode {:04o}): a secret written in the command would be readable too",
                 mode & 0o7777
             ),
             "chmod 600 {path} (or use password_secret = { ... } to keep the password in the desktop keyring)".to_owned(),
@@ -154,6 +160,17 @@ mod tests {
             assert!(p[0].1.contains("password_command"), "{}", p[0].1);
             assert!(p[0].2.starts_with("chmod 600 {path}"), "{}", p[0].2);
         }
+    }
+
+    #[test]
+    fn a_readable_file_with_a_client_secret_command_is_refused_at_that_command() {
+        let text = "[[relay]]\nname = \"r\"\nhost = \"h\"\ntls = \"tls\"\nusername = \"u\"\nauth = \"xoauth2\"\n[relay.oauth2]\nprovider = \"google\"\nclient_id = \"id\"\nclient_secret_command = \"pass show g\"\n[[user]]\nname = \"u\"\n";
+        let c = config(text);
+        let p = problems(1000, 0o100644, 1000, text, &c);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(line_col(text, p[0].0), (10, 1));
+        assert!(p[0].1.contains("`client_secret_command`"), "{}", p[0].1);
+        assert!(problems(1000, 0o100600, 1000, text, &c).is_empty());
     }
 
     #[test]

@@ -179,8 +179,15 @@ fn starter_config_options_are_valid_when_uncommented() {
     // the listener it offers is the loopback pair the docs give
     let listen: Vec<String> = c.submission.listen.iter().map(|a| a.to_string()).collect();
     assert_eq!(listen, ["127.0.0.1:2525", "[::1]:2525"]);
+    assert_eq!(
+        c.setup.ispdb.as_deref(),
+        Some("https://autoconfig.thunderbird.net/v1.1/")
+    );
+    assert_eq!(c.setup.nameserver, Some(([192, 0, 2, 53], 53).into()));
     // every key of every table is shown in the starter
     for key in [
+        "ispdb",
+        "nameserver",
         "source",
         "debounce",
         "min",
@@ -209,6 +216,14 @@ fn starter_config_options_are_valid_when_uncommented() {
         "username",
         "password_command",
         "password_secret",
+        "auth",
+        "provider",
+        "tenant",
+        "client_id",
+        "client_secret_command",
+        "scopes",
+        "login",
+        "token_file",
         "dangerous_plaintext_auth",
         "ca_file",
         "timeout",
@@ -226,6 +241,28 @@ fn starter_config_options_are_valid_when_uncommented() {
             "starter config does not show `{key}`"
         );
     }
+}
+
+#[test]
+fn setup_settings_take_a_url_and_a_nameserver_with_or_without_a_port() {
+    let c = parse(
+        "[setup]\nispdb = \"https://ispdb.test/v1.1/\"\nnameserver = \"[2001:db8::53]:5353\"\n[[user]]\nname = \"u\"\nfrom = [\"*\"]\n",
+    );
+    assert_eq!(c.setup.nameserver.map(|a| a.port()), Some(5353));
+    let err = Config::parse(
+        "[setup]\nispdb = \"ftp://x\"\nnameserver = \"ns.example\"\n[[user]]\nname = \"u\"\nfrom = [\"*\"]\n",
+        Path::new("c.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("c.toml:2:9: error: `ispdb` must be an http(s) URL"),
+        "{err}"
+    );
+    assert!(
+        err.contains("c.toml:3:14: error: `nameserver` must be an IP address"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -516,7 +553,7 @@ fn unknown_keys_everywhere_are_all_reported() {
     assert_eq!(
         d[0].help.as_deref(),
         Some(
-            "valid keys are `agent`, `retry`, `notify`, `outbox`, `submission`, `link`, `relay`, `user`"
+            "valid keys are `agent`, `retry`, `notify`, `outbox`, `submission`, `setup`, `link`, `relay`, `user`"
         )
     );
     assert_eq!(d[1].message, "unknown key `sorce` in [agent]");
@@ -544,7 +581,7 @@ fn unknown_keys_everywhere_are_all_reported() {
         d[5].help.as_deref(),
         Some(
             "did you mean `port`? valid keys are `name`, `host`, `port`, `tls`, `helo`, \
-             `username`, `password_command`, `password_secret`, `ca_file`, `timeout`, \
+             `username`, `auth`, `password_command`, `password_secret`, `oauth2`, `ca_file`, `timeout`, \
              `dangerous_plaintext_auth`"
         )
     );
@@ -1886,6 +1923,7 @@ fn a_password_command_with_a_username_is_how_to_log_in() {
         r.auth,
         Some(Auth {
             username: "bob".into(),
+            mechanism: Mechanism::Password,
             secret: Secret::Command("pass show r".into()),
         })
     );
@@ -1984,4 +2022,262 @@ fn dangerous_plaintext_auth_only_with_tls_none_and_a_username() {
         message,
         "`dangerous_plaintext_auth` in [[relay]] must be true or false, not a string"
     );
+}
+
+// ---- OAuth2 -----------------------------------------------------------------------------------
+
+/// A relay `r` logging in as bob with `auth`, then the given lines (an `[relay.oauth2]` table).
+fn oauth_relay(auth: &str, lines: &[&str]) -> String {
+    let mut all = vec![
+        "[[relay]]",
+        r#"name = "r""#,
+        r#"host = "smtp.example.net""#,
+        r#"tls = "starttls""#,
+        r#"username = "bob@example.net""#,
+        auth,
+    ];
+    all.extend_from_slice(lines);
+    all.push(USER);
+    doc(&all)
+}
+
+fn oauth2_of(c: &Config) -> (&Auth, &OAuth2) {
+    let auth = c.relay("r").and_then(|r| r.auth.as_ref()).expect("auth");
+    let Secret::OAuth2(o) = &auth.secret else {
+        panic!("not oauth2: {:?}", auth.secret);
+    };
+    (auth, o)
+}
+
+#[test]
+fn a_google_relay_takes_its_endpoints_and_scope_from_the_preset_and_logs_in_by_browser() {
+    let c = parse(&oauth_relay(
+        r#"auth = "xoauth2""#,
+        &[
+            "[relay.oauth2]",
+            r#"provider = "google""#,
+            r#"client_id = "1234-abc.apps.googleusercontent.com""#,
+            r#"client_secret_command = "pass show google/secret""#,
+        ],
+    ));
+    let (auth, o) = oauth2_of(&c);
+    assert_eq!(auth.mechanism, Mechanism::Xoauth2);
+    assert_eq!(auth.username, "bob@example.net");
+    assert_eq!(o.provider, Some(Provider::Google));
+    assert_eq!(o.token_url, "https://oauth2.googleapis.com/token");
+    assert_eq!(
+        o.authorization_url.as_deref(),
+        Some("https://accounts.google.com/o/oauth2/v2/auth")
+    );
+    assert_eq!(o.scopes, ["https://mail.google.com/"]);
+    assert_eq!(o.login, LoginFlow::Browser);
+    assert_eq!(o.redirect_host, "127.0.0.1");
+    assert_eq!(o.token_store, TokenStore::Keyring);
+    assert_eq!(
+        o.client_secret_command.as_deref(),
+        Some("pass show google/secret")
+    );
+}
+
+#[test]
+fn a_microsoft_relay_uses_its_tenant_and_logs_in_with_a_device_code() {
+    let c = parse(&oauth_relay(
+        r#"auth = "xoauth2""#,
+        &[
+            "[relay.oauth2]",
+            r#"provider = "microsoft""#,
+            r#"tenant = "contoso.onmicrosoft.com""#,
+            r#"client_id = "00000000-1111-2222-3333-444444444444""#,
+        ],
+    ));
+    let (_, o) = oauth2_of(&c);
+    assert_eq!(
+        o.device_url.as_deref(),
+        Some("https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/devicecode")
+    );
+    assert_eq!(
+        o.scopes,
+        ["https://outlook.office.com/SMTP.Send", "offline_access"]
+    );
+    assert_eq!(o.login, LoginFlow::Device);
+    assert_eq!(o.redirect_host, "localhost");
+    assert_eq!(o.revocation_url, None);
+}
+
+#[test]
+fn explicit_endpoints_stand_alone_and_a_token_file_is_found_beside_the_config() {
+    let text = oauth_relay(
+        r#"auth = "oauthbearer""#,
+        &[
+            "[relay.oauth2]",
+            r#"token_url = "http://127.0.0.1:8080/token""#,
+            r#"device_url = "http://[::1]:8080/device""#,
+            r#"scopes = ["openid", "offline_access", "smtp"]"#,
+            r#"client_id = "linkrelay""#,
+            r#"token_file = "tokens/r.token""#,
+        ],
+    );
+    let c =
+        Config::parse(&text, Path::new("/home/bob/.config/linkrelay/config.toml")).expect("valid");
+    let (auth, o) = oauth2_of(&c);
+    assert_eq!(auth.mechanism, Mechanism::OAuthBearer);
+    assert_eq!(o.provider, None);
+    assert_eq!(o.authorization_url, None);
+    assert_eq!(o.login, LoginFlow::Device);
+    assert_eq!(o.scopes, ["openid", "offline_access", "smtp"]);
+    assert_eq!(
+        o.token_store,
+        TokenStore::File("/home/bob/.config/linkrelay/tokens/r.token".into())
+    );
+}
+
+#[test]
+fn a_password_command_can_print_an_access_token_for_xoauth2() {
+    let c = parse(&oauth_relay(
+        r#"auth = "xoauth2""#,
+        &[r#"password_command = "oama access bob@example.net""#],
+    ));
+    let auth = c.relay("r").and_then(|r| r.auth.as_ref()).expect("auth");
+    assert_eq!(auth.mechanism, Mechanism::Xoauth2);
+    assert_eq!(
+        auth.secret,
+        Secret::Command("oama access bob@example.net".into())
+    );
+}
+
+#[test]
+fn oauth2_settings_that_cannot_work_are_reported_at_their_key() {
+    let google = |extra: &[&str]| {
+        let mut lines = vec!["[relay.oauth2]", r#"provider = "google""#];
+        lines.extend_from_slice(extra);
+        oauth_relay(r#"auth = "xoauth2""#, &lines)
+    };
+
+    let (line, col, message, help) = one(&google(&[]));
+    assert_eq!((line, col), (7, 1));
+    assert_eq!(message, r#"the `oauth2` of relay "r" has no `client_id`"#);
+    assert!(help.contains("docs/oauth2.md"), "{help}");
+
+    let (line, col, message, help) = one(&google(&[
+        r#"client_id = "x""#,
+        r#"token_url = "http://login.example.net/token""#,
+    ]));
+    assert_eq!((line, col), (10, 13));
+    assert_eq!(
+        message,
+        r#"`token_url` "http://login.example.net/token" is not https: tokens would cross the network in clear"#
+    );
+    assert!(help.contains("https://"), "{help}");
+
+    let (line, col, message, _) = one(&google(&[r#"client_id = "x""#, r#"tenant = "t""#]));
+    assert_eq!((line, col), (10, 10));
+    assert_eq!(
+        message,
+        r#"`tenant` is only used with provider = "microsoft""#
+    );
+
+    let (_, _, message, help) = one(&google(&[r#"client_id = "x""#, r#"provider = "gogle""#]));
+    assert!(message.starts_with("TOML syntax"), "{message}: {help}");
+
+    let (line, col, message, help) = one(&oauth_relay(
+        r#"auth = "xoauth2""#,
+        &[
+            "[relay.oauth2]",
+            r#"provider = "gogle""#,
+            r#"client_id = "x""#,
+        ],
+    ));
+    assert_eq!((line, col), (8, 12));
+    assert_eq!(message, r#"unknown OAuth2 provider "gogle""#);
+    assert!(help.starts_with(r#"did you mean "google"?"#), "{help}");
+
+    let (line, col, message, _) = one(&oauth_relay(
+        r#"auth = "xoauth2""#,
+        &[
+            "[relay.oauth2]",
+            r#"token_url = "https://login.example.net/token""#,
+            r#"authorization_url = "https://login.example.net/authorize""#,
+            r#"client_id = "x""#,
+            r#"login = "device""#,
+        ],
+    ));
+    assert_eq!((line, col), (11, 9));
+    assert_eq!(message, r#"login = "device" needs a `device_url`"#);
+
+    let (line, col, message, _) = one(&oauth_relay(
+        r#"auth = "xoauth2""#,
+        &["[relay.oauth2]", r#"client_id = "x""#],
+    ));
+    assert_eq!((line, col), (7, 1));
+    assert_eq!(
+        message,
+        r#"the `oauth2` of relay "r" has no `token_url` and no `provider`"#
+    );
+
+    let (line, col, message, help) = one(&google(&[
+        r#"client_id = "x""#,
+        r#"client_secret = "s3cret""#,
+    ]));
+    assert_eq!((line, col), (10, 1));
+    assert_eq!(message, "client secrets are not written in the config file");
+    assert!(!help.contains("s3cret"));
+}
+
+#[test]
+fn a_bearer_mechanism_needs_a_username_and_one_token_source() {
+    let (line, col, message, help) = one(&oauth_relay(r#"auth = "xoauth2""#, &[]));
+    assert_eq!((line, col), (5, 1));
+    assert_eq!(
+        message,
+        r#"relay "r" has auth = "xoauth2" but no token source"#
+    );
+    assert!(help.contains("linkrelay login r"), "{help}");
+
+    let (line, col, message, _) = one(&oauth_relay(
+        r#"auth = "oauthbearer""#,
+        &[
+            r#"password_command = "oama access bob""#,
+            "[relay.oauth2]",
+            r#"provider = "google""#,
+            r#"client_id = "x""#,
+        ],
+    ));
+    assert_eq!((line, col), (8, 8));
+    assert_eq!(
+        message,
+        r#"relay "r" has both `password_command` and [relay.oauth2]"#
+    );
+
+    let (line, col, message, help) = one(&oauth_relay(
+        r#"auth = "password""#,
+        &[
+            "[relay.oauth2]",
+            r#"provider = "google""#,
+            r#"client_id = "x""#,
+        ],
+    ));
+    assert_eq!((line, col), (7, 8));
+    assert_eq!(
+        message,
+        r#"relay "r" has [relay.oauth2] but logs in with a password"#
+    );
+    assert!(help.contains(r#"auth = "xoauth2""#), "{help}");
+
+    let (line, col, message, _) = one(&doc(&[
+        "[[relay]]",
+        r#"name = "r""#,
+        r#"host = "h""#,
+        r#"tls = "tls""#,
+        r#"auth = "xoauth2""#,
+        USER,
+    ]));
+    assert_eq!((line, col), (5, 1));
+    assert_eq!(
+        message,
+        r#"relay "r" has auth = "xoauth2" but no `username`"#
+    );
+
+    let (_, _, message, help) = one(&oauth_relay(r#"auth = "oauth""#, &[]));
+    assert_eq!(message, r#"unknown auth mechanism "oauth""#);
+    assert!(help.contains("xoauth2"), "{help}");
 }

@@ -172,6 +172,32 @@ pub struct RelayTest {
     pub verdict: String,
 }
 
+/// A relay's last answer on a link, as `LinkHistory` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct RelayAnswer {
+    /// The relay's name in the config (or the name a `ProbeRelay` gave it).
+    pub relay: String,
+    /// Whether it took mail for elsewhere from us (`false`: it refused to relay for us).
+    pub accepted: bool,
+    /// Unix seconds of the answer.
+    pub at: u64,
+    /// The server's reply to a refusal; "" for an acceptance.
+    pub reply: String,
+}
+
+/// A link relays answered on, as `LinkHistory` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct SeenLink {
+    /// The link's identity: NetworkManager's connection uuid, else its id (the interface
+    /// under netlink).
+    pub key: String,
+    /// What the link looked like: id, uuid, type, interface, gateway, ssid, domains (the keys
+    /// of the `Link` property; empty ones left out).
+    pub facts: HashMap<String, String>,
+    /// Each relay's last answer there.
+    pub answers: Vec<RelayAnswer>,
+}
+
 /// Errors the agent returns, as D-Bus error names `org.linkrelay.Agent1.Error.*`.
 #[derive(Debug, DBusError, PartialEq)]
 #[zbus(prefix = "org.linkrelay.Agent1.Error")]
@@ -230,6 +256,11 @@ pub trait Agent {
     /// Connects to a relay as a flush would (TLS, AUTH), asks MAIL FROM `from` and RCPT TO
     /// `to` and resets: sends nothing. "" picks defaults.
     fn test_relay(&self, relay: &str, from: &str, to: &str) -> zbus::Result<RelayTest>;
+    /// Tests a relay given by its settings (one `[[relay]]` table in TOML, as in the config
+    /// file; never a password) like `test_relay`.
+    fn probe_relay(&self, relay: &str, from: &str, to: &str) -> zbus::Result<RelayTest>;
+    /// Every link relays answered on, with each relay's last answer there.
+    fn link_history(&self) -> zbus::Result<Vec<SeenLink>>;
 
     /// The agent's version.
     #[zbus(property)]

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use linkrelay_config::{Config, ConfigError};
+use linkrelay_config::{Config, ConfigError, Secret};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -18,8 +18,12 @@ fuzz_target!(|data: &[u8]| {
             for r in &config.relays {
                 assert!(r.port > 0);
                 // A password source without a username cannot be represented; the username
-                // that comes with one is not empty.
+                // that comes with one is not empty. OAuth2 tokens go with a bearer mechanism
+                // only (the type allows a password mechanism; the parser must not).
                 assert!(r.auth.as_ref().is_none_or(|a| !a.username.is_empty()));
+                assert!(r.auth.as_ref().is_none_or(|a| {
+                    !matches!(a.secret, Secret::OAuth2(_)) || a.mechanism.is_bearer()
+                }));
             }
         }
         Err(ConfigError::Invalid(diags)) => {

@@ -31,6 +31,15 @@ impl Value {
         }
         Value(entries.inline())
     }
+
+    /// An inline table of any values: `{ token_url = "...", scopes = ["a", "b"] }`.
+    pub fn inline(pairs: Vec<(&str, Value)>) -> Value {
+        let mut entries = Entries::default();
+        for (k, v) in pairs {
+            entries.set(k, v);
+        }
+        Value(entries.inline())
+    }
 }
 
 impl From<&str> for Value {
@@ -331,6 +340,14 @@ impl Relay {
     pub fn password_secret(self, username: &str, attributes: &[(&str, &str)]) -> Relay {
         self.set("username", username)
             .set("password_secret", Value::table(attributes))
+    }
+
+    /// Logs in as `username` with `mechanism` ("xoauth2", "oauthbearer") and OAuth2 tokens
+    /// from the provider that `oauth2` (the `[relay.oauth2]` keys, as [`Value::inline`]) names.
+    pub fn oauth2(self, username: &str, mechanism: &str, oauth2: Value) -> Relay {
+        self.set("username", username)
+            .set("auth", mechanism)
+            .set("oauth2", oauth2)
     }
 
     /// Sets any other key (`helo`, `dangerous_plaintext_auth`).

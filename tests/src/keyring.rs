@@ -5,6 +5,7 @@
 //!
 //! Killed and reaped on drop.
 
+use std::ffi::OsStr;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -108,6 +109,31 @@ impl Keyring {
             );
         }
         Ok(())
+    }
+
+    /// What `secret-tool lookup ATTRIBUTES` prints (the secret), as a user would check it.
+    /// `attributes`: pairs, from an array or a map.
+    pub fn lookup<K: AsRef<OsStr>, V: AsRef<OsStr>>(
+        &self,
+        attributes: impl IntoIterator<Item = (K, V)>,
+    ) -> anyhow::Result<String> {
+        let mut cmd = Command::new(SECRET_TOOL);
+        cmd.arg("lookup");
+        for (k, v) in attributes {
+            cmd.arg(k).arg(v);
+        }
+        env(&mut cmd, &self.bus_address, &self.home);
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .context("running secret-tool")?;
+        if !out.status.success() {
+            bail!(
+                "secret-tool lookup found nothing: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
     }
 
     /// Locks every collection (as the screen locker or `Lock` would), through the Secret

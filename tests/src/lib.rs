@@ -11,10 +11,15 @@
 //! - [`netns`]: [`NetNs`], a network namespace per test with veth links (root only), where
 //!   the agent follows the kernel's default route, and [`netns::pair::NetnsPair`], two of them
 //!   joined by a veth pair, for a relay that is not on loopback;
+//! - [`maildomain`]: [`maildomain::DomainServers`], dnsmasq and an HTTPS server in a
+//!   namespace, answering what `linkrelay setup` asks (autoconfig, ISP database, SRV, MX);
 //! - [`notifications`]: [`notifications::FakeNotifications`], a desktop notification server
 //!   that records what the user would have read;
 //! - [`keyring`]: [`keyring::Keyring`], a real gnome-keyring-daemon serving the Secret Service
 //!   on a test bus;
+//! - [`oidc`]: [`oidc::OidcProvider`], a real OAuth2 authorization server (oidc-provider on
+//!   node), and [`oidc::Browser`], the user's browser at it; with [`postfix`]'s loopback
+//!   submission whose Dovecot checks bearer tokens by introspection, the OAuth2 tests' parts;
 //! - [`config`]: the agent's config file, built in code ([`config::Config`]);
 //! - [`world`]: one test's whole world: both buses, a home, the real `linkrelayd` and
 //!   `linkrelay` binaries.
@@ -31,9 +36,11 @@
 pub mod bus;
 pub mod config;
 pub mod keyring;
+pub mod maildomain;
 pub mod netns;
 pub mod nm;
 pub mod notifications;
+pub mod oidc;
 pub mod postfix;
 pub mod realnm;
 pub mod run;

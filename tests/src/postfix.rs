@@ -8,6 +8,11 @@
 //! SASL partner) against a passwd-file. Postfix relays what it accepts to Postfix's
 //! `smtp-sink` on the namespace's loopback, which writes every message to a file:
 //! [`PostfixRelays::delivered`] reads them back.
+//!
+//! [`PostfixRelays::start_on_loopback`] runs the same on this machine's loopback, without a
+//! namespace (the OAuth2 tests: the provider, the agent and `linkrelay login` all meet there),
+//! and [`Passdb::OAuth2`] has Dovecot check bearer tokens (XOAUTH2, OAUTHBEARER) by
+//! introspection at an OAuth2 provider instead of passwords.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -17,10 +22,25 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use crate::netns::{self, NetNs};
+
 use crate::run::run;
 
 /// The port smtp-sink listens on, on the ISP namespace's loopback.
 const SINK_PORT: u16 = 2525;
+
+/// How Dovecot checks the logins of the listeners that want AUTH.
+#[derive(Debug, Clone)]
+pub enum Passdb {
+    /// A passwd-file of each such listener's `auth_user` (AUTH PLAIN and LOGIN).
+    PasswdFile,
+    /// Bearer tokens (AUTH XOAUTH2 and OAUTHBEARER), each checked by a POST to this RFC 7662
+    /// introspection URL (with the introspecting client's credentials in it); the token's
+    /// `sub` must be the user name the client logs in as.
+    OAuth2 {
+        /// e.g. `http://dovecot:secret@127.0.0.1:PORT/token/introspection`
+        introspection_url: String,
+    },
+}
 
 /// One ISP's relay: a `smtpd` listener.
 #[derive(Debug, Clone)]
@@ -245,7 +265,11 @@ pub struct PostfixRelays {
     dir: PathBuf,
     conf: PathBuf,
     sink: PathBuf,
-    ns_name: String,
+    /// `None` on this machine's loopback.
+    ns_name: Option<String>,
+    sink_port: u16,
+    /// smtp-sink, killed on drop (a namespace's end would not reach it on the loopback).
+    sink_child: Option<std::process::Child>,
     /// The test CA whose certificate the relays present.
     pub ca: TestCa,
 }
@@ -255,6 +279,35 @@ impl PostfixRelays {
     /// `nobody` users) and starts Postfix, Dovecot (when a listener wants AUTH) and smtp-sink
     /// inside `ns`, whose addresses must already be up.
     pub fn start(ns: &NetNs, dir: &Path, listeners: &[Listener]) -> anyhow::Result<Self> {
+        Self::start_in(Some(ns.name()), dir, listeners, &Passdb::PasswdFile)
+    }
+
+    /// The same on this machine's loopback (the listeners' addresses are 127.0.0.1, on ports
+    /// of the caller's choosing), with `passdb` checking logins. Needs root, as Postfix does.
+    pub fn start_on_loopback(
+        dir: &Path,
+        listeners: &[Listener],
+        passdb: &Passdb,
+    ) -> anyhow::Result<Self> {
+        Self::start_in(None, dir, listeners, passdb)
+    }
+
+    fn start_in(
+        ns_name: Option<&str>,
+        dir: &Path,
+        listeners: &[Listener],
+        passdb: &Passdb,
+    ) -> anyhow::Result<Self> {
+        let command = |program: &str| match ns_name {
+            Some(ns) => netns::command_in(ns, program),
+            None => Command::new(program),
+        };
+        let sink_port = match ns_name {
+            Some(_) => SINK_PORT,
+            None => std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port(),
+        };
         for tool in [
             "/usr/sbin/postfix",
             "/usr/sbin/smtp-sink",
@@ -284,7 +337,9 @@ impl PostfixRelays {
 
         let d = dir.display();
         let auth_socket = dovecot.join("auth");
-        let inet: Vec<&str> = listeners.iter().map(|l| l.addr.as_str()).collect();
+        let mut inet: Vec<&str> = listeners.iter().map(|l| l.addr.as_str()).collect();
+        inet.push("127.0.0.1");
+        inet.dedup();
         let main_cf = format!(
             "compatibility_level = 3.6
 config_directory = {d}/etc
@@ -298,10 +353,10 @@ mydestination =
 alias_maps =
 alias_database =
 local_recipient_maps =
-inet_interfaces = {inet}, 127.0.0.1
+inet_interfaces = {inet}
 inet_protocols = ipv4
 # What a listener accepts goes on to smtp-sink, which writes it to a file for the test.
-relayhost = [127.0.0.1]:{SINK_PORT}
+relayhost = [127.0.0.1]:{sink_port}
 smtpd_peername_lookup = no
 disable_dns_lookups = yes
 smtp_dns_support_level = disabled
@@ -363,11 +418,38 @@ bounce_queue_lifetime = 1h
             dir: dir.to_path_buf(),
             conf: conf.clone(),
             sink: sink.clone(),
-            ns_name: ns.name().to_string(),
+            ns_name: ns_name.map(str::to_owned),
+            sink_port,
+            sink_child: None,
             ca,
         };
+        let mut relays = relays;
+        let (mechanisms, passdb_conf) = match passdb {
+            Passdb::PasswdFile => {
+                std::fs::write(dovecot.join("users"), users.concat())?;
+                (
+                    "plain login",
+                    format!("  driver = passwd-file\n  args = scheme=PLAIN {d}/dovecot/users\n"),
+                )
+            }
+            Passdb::OAuth2 { introspection_url } => {
+                let file = dovecot.join("oauth2.conf.ext");
+                std::fs::write(
+                    &file,
+                    format!(
+                        "introspection_mode = post\nintrospection_url = {introspection_url}\nforce_introspection = yes\nusername_attribute = sub\nactive_attribute = active\nactive_value = true\n"
+                    ),
+                )?;
+                (
+                    "xoauth2 oauthbearer",
+                    format!(
+                        "  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {}\n",
+                        file.display()
+                    ),
+                )
+            }
+        };
         if !users.is_empty() {
-            std::fs::write(dovecot.join("users"), users.concat())?;
             std::fs::write(
                 dovecot.join("dovecot.conf"),
                 format!(
@@ -376,11 +458,9 @@ state_dir = {d}/dovecot/state
 log_path = {d}/dovecot.log
 protocols =
 ssl = no
-auth_mechanisms = plain login
+auth_mechanisms = {mechanisms}
 passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN {d}/dovecot/users
-}}
+{passdb_conf}}}
 service auth {{
   unix_listener {auth} {{
     mode = 0666
@@ -391,7 +471,7 @@ service auth {{
                 ),
             )?;
             daemon(
-                ns.command("/usr/sbin/dovecot")
+                command("/usr/sbin/dovecot")
                     .arg("-c")
                     .arg(dovecot.join("dovecot.conf")),
                 &dir.join("dovecot.start.log"),
@@ -400,18 +480,19 @@ service auth {{
         }
         let sink_log = std::fs::File::create(dir.join("smtp-sink.log"))?;
         // smtp-sink daemonizes nothing: it runs until the namespace is torn down.
-        ns.command("/usr/sbin/smtp-sink")
+        let sink_child = command("/usr/sbin/smtp-sink")
             .args(["-u", "nobody", "-d"])
             .arg(format!("{}/%M.", sink.display()))
-            .arg(format!("127.0.0.1:{SINK_PORT}"))
+            .arg(format!("127.0.0.1:{sink_port}"))
             .arg("50")
             .stdin(Stdio::null())
             .stdout(sink_log.try_clone()?)
             .stderr(sink_log)
             .spawn()
             .context("starting smtp-sink")?;
+        relays.sink_child = Some(sink_child);
         daemon(
-            ns.command("/usr/sbin/postfix")
+            command("/usr/sbin/postfix")
                 .arg("-c")
                 .arg(&conf)
                 .arg("start"),
@@ -425,14 +506,12 @@ service auth {{
     fn wait_listening(&self, listeners: &[Listener]) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let out = netns::command_in(&self.ns_name, "ss")
-                .arg("-ltnH")
-                .output()?;
+            let out = self.command("ss").arg("-ltnH").output()?;
             let text = String::from_utf8_lossy(&out.stdout);
             let want = listeners
                 .iter()
                 .map(|l| format!("{}:{}", l.addr, l.port))
-                .chain([format!("127.0.0.1:{SINK_PORT}")]);
+                .chain([format!("127.0.0.1:{}", self.sink_port)]);
             let missing: Vec<String> = want.filter(|w| !text.contains(w.as_str())).collect();
             if missing.is_empty() {
                 return Ok(());
@@ -445,6 +524,14 @@ service auth {{
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `program`, to run where Postfix runs.
+    fn command(&self, program: &str) -> Command {
+        match &self.ns_name {
+            Some(ns) => netns::command_in(ns, program),
+            None => Command::new(program),
         }
     }
 
@@ -504,13 +591,24 @@ service auth {{
 
 impl Drop for PostfixRelays {
     fn drop(&mut self) {
-        let _ = netns::command_in(&self.ns_name, "/usr/sbin/postfix")
+        let _ = self
+            .command("/usr/sbin/postfix")
             .arg("-c")
             .arg(&self.conf)
             .arg("stop")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+        if let Some(mut sink) = self.sink_child.take() {
+            let _ = sink.kill();
+            let _ = sink.wait();
+        }
+        let dovecot_pid = std::fs::read_to_string(self.dir.join("dovecot/run/master.pid"));
+        if let Ok(pid) = dovecot_pid.unwrap_or_default().trim().parse::<i32>()
+            && let Some(pid) = rustix::process::Pid::from_raw(pid)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
     }
 }
 

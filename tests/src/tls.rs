@@ -46,9 +46,17 @@ impl TestCa {
         std::fs::write(path, self.pem()).with_context(|| format!("writing {}", path.display()))
     }
 
-    /// A server configuration with a certificate for `names` (host names or IP addresses)
-    /// signed by this CA, the CA certificate sent along.
-    pub fn server_config(&self, names: &[&str]) -> anyhow::Result<Arc<ServerConfig>> {
+    /// A certificate for `names` signed by this CA, followed by the CA's, and its private key:
+    /// both PEM, for a server of another program (Python's ssl module, nginx).
+    pub fn server_pem(&self, names: &[&str]) -> anyhow::Result<(String, String)> {
+        let (cert, key) = self.sign(names)?;
+        Ok((
+            format!("{}{}", cert.pem(), self.issuer.pem()),
+            key.serialize_pem(),
+        ))
+    }
+
+    fn sign(&self, names: &[&str]) -> anyhow::Result<(rcgen::Certificate, KeyPair)> {
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
         params.distinguished_name.push(
@@ -64,6 +72,13 @@ impl TestCa {
         let cert = params
             .signed_by(&key, &self.issuer)
             .context("signing the server certificate")?;
+        Ok((cert, key))
+    }
+
+    /// A server configuration with a certificate for `names` (host names or IP addresses)
+    /// signed by this CA, the CA certificate sent along.
+    pub fn server_config(&self, names: &[&str]) -> anyhow::Result<Arc<ServerConfig>> {
+        let (cert, key) = self.sign(names)?;
         let chain: Vec<CertificateDer<'static>> =
             vec![cert.der().clone(), self.issuer.der().clone()];
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));

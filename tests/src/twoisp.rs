@@ -11,6 +11,8 @@
 //!                                                      STARTTLS + AUTH (Dovecot SASL)
 //!                                                    connectivity check 203.0.113.1:80 (python)
 //!                                                    smtp-sink 127.0.0.1:2525 <- Postfix
+//!                                                    [serve_discovery] dnsmasq and HTTPS
+//!                                                      on 203.0.113.53, the laptop's DNS
 //! ```
 //!
 //! Each relay refuses the other ISP's clients with Postfix's own "Relay access denied": a
@@ -30,6 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use crate::config::{Config, Link, Relay, User};
+use crate::maildomain::{DomainServers, Site, autoconfig_xml};
 use crate::netns::{self, NetNs};
 use crate::postfix::{Delivered, Listener, PostfixRelays};
 use crate::realnm::{Profile, RealNm};
@@ -51,6 +54,8 @@ pub const SUBMISSION: u16 = 587;
 pub const HOST_A: &str = "smtp.isp-a.example";
 /// ISP B's relay's host name.
 pub const HOST_B: &str = "smtp.isp-b.example";
+/// Where [`TwoIsp::serve_discovery`] answers DNS and HTTPS (in the ISP namespace).
+pub const DISCOVERY_ADDR: &str = "203.0.113.53";
 /// What the connectivity check answers when the Internet is "reachable".
 const ONLINE: &str = "linkrelay-online";
 
@@ -68,6 +73,9 @@ pub struct TwoIsp {
     check_server: Child,
     check_dir: PathBuf,
     bin_dir: PathBuf,
+    discovery: Option<DomainServers>,
+    /// The CA bundle the agent and the CLI trust once [`TwoIsp::serve_discovery`] runs.
+    trust: Option<PathBuf>,
     laptop: NetNs,
     isp: NetNs,
     dir: tempfile::TempDir,
@@ -169,6 +177,8 @@ impl TwoIsp {
             check_server,
             check_dir,
             bin_dir,
+            discovery: None,
+            trust: None,
             laptop,
             isp,
             dir,
@@ -180,6 +190,15 @@ impl TwoIsp {
     /// The agent's config: links ISP-A and ISP-B (metered: hold), relay A (STARTTLS) and relay
     /// B (STARTTLS + AUTH as bob), both trusting the test CA when `trust_ca`; one user "me".
     pub fn config(&self, trust_ca: bool) -> String {
+        self.config_with(trust_ca, true)
+    }
+
+    /// [`TwoIsp::config`] without routes: user "me" has none until they are learnt.
+    pub fn config_unrouted(&self) -> String {
+        self.config_with(true, false)
+    }
+
+    fn config_with(&self, trust_ca: bool, routed: bool) -> String {
         let relay = |name: &str, host: &str| {
             let relay = Relay::new(name)
                 .host(host)
@@ -200,13 +219,66 @@ impl TwoIsp {
             .link(Link::new("isp-b").id("ISP-B").set("metered", "hold"))
             .relay(relay("relay-a", RELAY_A))
             .relay(relay("relay-b", RELAY_B).password_command("bob", &password))
-            .user(
-                User::new("me")
+            .user(match routed {
+                true => User::new("me")
                     .from(["*"])
                     .route("isp-a", ["relay-a"])
                     .route("isp-b", ["relay-b"]),
-            )
+                false => User::new("me").from(["*"]),
+            })
             .to_string()
+    }
+
+    /// Serves what `linkrelay setup` looks up, for both ISPs' domains, from the ISP namespace:
+    /// isp-a.example by HTTPS autoconfig, isp-b.example by an RFC 6186 SRV record, and both
+    /// relays' host names. The laptop namespace's DNS server is then this one, and the agent
+    /// and [`TwoIsp::laptop_cli`] trust the web server's and the relays' test CAs as the
+    /// system's roots (`SSL_CERT_FILE`), so that a relay block written by setup needs no
+    /// `ca_file`. Call it before [`TwoIsp::start_agent`].
+    pub fn serve_discovery(&mut self) -> anyhow::Result<()> {
+        self.isp
+            .ip(&format!("addr add {DISCOVERY_ADDR}/32 dev lo"))?;
+        let site = Site::new()
+            .host("autoconfig.isp-a.example", DISCOVERY_ADDR)
+            .host(HOST_A, RELAY_A)
+            .host(HOST_B, RELAY_B)
+            .page(
+                "https://autoconfig.isp-a.example/mail/config-v1.1.xml",
+                &autoconfig_xml("isp-a.example", HOST_A, SUBMISSION, "STARTTLS", ""),
+            )
+            .srv("_submission._tcp.isp-b.example", HOST_B, SUBMISSION);
+        let servers = DomainServers::start(
+            &self.isp,
+            DISCOVERY_ADDR,
+            &self.dir.path().join("domains"),
+            &site,
+        )?;
+        self.laptop.set_nameserver(DISCOVERY_ADDR)?;
+        let trust = self.dir.path().join("trust.pem");
+        std::fs::write(
+            &trust,
+            format!(
+                "{}{}",
+                std::fs::read_to_string(&self.relays.ca.ca_pem)?,
+                std::fs::read_to_string(&servers.ca_pem)?
+            ),
+        )?;
+        self.world
+            .set_agent_env("SSL_CERT_FILE", &trust.display().to_string());
+        self.discovery = Some(servers);
+        self.trust = Some(trust);
+        Ok(())
+    }
+
+    /// Runs `linkrelay ARGS` inside the laptop namespace, in the user's environment (and
+    /// trusting the test CAs once [`TwoIsp::serve_discovery`] ran).
+    pub fn laptop_cli(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        let mut cmd = self.laptop.command(bin("linkrelay"));
+        self.world.env(&mut cmd);
+        if let Some(trust) = &self.trust {
+            cmd.env("SSL_CERT_FILE", trust);
+        }
+        Ok(cmd.args(args).stdin(Stdio::null()).output()?)
     }
 
     /// Starts linkrelayd inside the laptop namespace.
@@ -303,11 +375,15 @@ impl TwoIsp {
     /// Everything a person debugging a failure wants to read.
     pub fn logs(&self) -> String {
         format!(
-            "===== linkrelayd =====\n{}\n===== Postfix =====\n{}\n===== NetworkManager =====\n{}\n===== connectivity check server =====\n{}",
+            "===== linkrelayd =====\n{}\n===== Postfix =====\n{}\n===== NetworkManager =====\n{}\n===== connectivity check server =====\n{}\n{}",
             self.world.agent_log(),
             self.relays.log(),
             self.nm.log(),
             std::fs::read_to_string(self.dir.path().join("check-server.log")).unwrap_or_default(),
+            self.discovery
+                .as_ref()
+                .map(|d| d.logs())
+                .unwrap_or_default(),
         )
     }
 

@@ -19,7 +19,7 @@ use crate::delivery::backoff::{next_step, retry_delay, route_key};
 use crate::delivery::credentials;
 use crate::delivery::memory::{LinkKey, RelayMemory, lock};
 use crate::delivery::message::Message;
-use crate::delivery::outcome::{Outcome, Stage};
+use crate::delivery::outcome::Outcome;
 use crate::delivery::smtp::{Session, Verdict};
 use crate::router::Route;
 
@@ -89,6 +89,9 @@ pub enum FlushEvent {
         id: String,
         reason: String,
     },
+    /// A relay's OAuth2 refresh token is missing or was refused: its mail waits for
+    /// `linkrelay login` (sent once, until a refresh works again).
+    NeedsLogin { relay: RelayName, reason: String },
     /// A relay refused us on a link.
     RelayRefused {
         user: UserName,
@@ -509,12 +512,20 @@ impl Flusher {
         result
     }
 
-    async fn password_for(&mut self, relay: &Relay) -> Result<Option<String>, String> {
+    /// The password (or access token) for `relay`. Passwords are kept for the flusher's
+    /// life; OAuth2 access tokens are kept by [`crate::delivery::tokens`], which knows when
+    /// they end.
+    async fn password_for(
+        &mut self,
+        relay: &Relay,
+    ) -> Result<Option<String>, credentials::CredentialError> {
         if let Some(p) = self.passwords.get(&relay.name) {
             return Ok(Some(p.clone()));
         }
         let p = credentials::fetch(relay).await?;
-        if let Some(p) = &p {
+        if let Some(p) = &p
+            && !credentials::is_oauth2(relay)
+        {
             self.passwords.insert(relay.name.clone(), p.clone());
         }
         Ok(p)
@@ -662,20 +673,39 @@ impl Flusher {
         let password = match self.password_for(relay).await {
             Ok(p) => p,
             Err(e) => {
-                let v = Verdict {
-                    stage: Stage::Auth,
-                    code: None,
-                    text: e,
-                    outcome: Outcome::Deferred,
-                };
+                if e.needs_login && crate::delivery::tokens::first_login_notice(&relay.name).await {
+                    self.emit(FlushEvent::NeedsLogin {
+                        relay: relay.name.clone(),
+                        reason: e.text.clone(),
+                    });
+                }
+                let v = credentials::verdict(e);
                 b.down.insert(relay.name.clone(), v.clone());
                 return Err(Step::Next(v));
             }
         };
-        let Some(opened) = until_rerouted(&mut b.rerouted, Session::open(relay, password)).await
+        let Some(mut opened) =
+            until_rerouted(&mut b.rerouted, Session::open(relay, password)).await
         else {
             return Err(Step::End(Done::Interrupted));
         };
+        if let Err(v) = &opened
+            && credentials::refused_token(relay, v)
+        {
+            // The access token in memory may have been revoked or cut short: one refresh,
+            // one more try.
+            info!(user = %self.user, relay = %relay.name, reply = %v.describe(), "access token refused; refreshing it once");
+            let retried = async {
+                match credentials::fetch_renewed(relay).await {
+                    Ok(token) => Session::open(relay, token).await,
+                    Err(e) => Err(credentials::verdict(e)),
+                }
+            };
+            let Some(retried) = until_rerouted(&mut b.rerouted, retried).await else {
+                return Err(Step::End(Done::Interrupted));
+            };
+            opened = retried;
+        }
         let v = match opened {
             Ok(session) => {
                 return Ok(Open {
@@ -1274,6 +1304,7 @@ mod tests {
 
     use super::Step::{Next, Stop};
     use super::*;
+    use crate::delivery::outcome::Stage;
 
     fn message(recipients: &[&str]) -> MessageState {
         let envelope = Envelope {

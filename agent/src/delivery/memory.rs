@@ -1,6 +1,11 @@
 //! What the agent remembers about relays per link: who accepted last (tried first next time) and
 //! who refused us (skipped for a while). Decisions are pure functions of this data.
 //!
+//! It also keeps a history: per link, the facts the link showed (NetworkManager's connection id
+//! and uuid, the DHCP domain, ...) and each relay's last answer there, accepted or refused, with
+//! its time, from flushes and relay tests alike. `linkrelay routes suggest` proposes `[[link]]`
+//! rules and routes from it.
+//!
 //! The memory survives restarts: [`RelayMemory::load`] reads it from a small JSON file beside
 //! the outboxes (`<data_dir>/.relay-memory.json`), and every change is written back atomically
 //! (temporary file, fsync, rename, fsync of the directory). Losing the file loses nothing but
@@ -11,7 +16,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use linkrelay_config::{LinkName, RelayName};
+use linkrelay_config::{LinkFacts, LinkName, RelayName};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
@@ -79,12 +84,82 @@ impl OnLink {
     }
 }
 
+/// The most links the history keeps; past it the link answered on longest ago is forgotten.
+pub const MAX_SEEN_LINKS: usize = 64;
+
+/// How stale a remembered answer's time may grow before a repeat of the same answer is written
+/// down: every sent message is an acceptance, and a file write per message would slow a flush.
+const ANSWER_TIME_GRAIN: u64 = 3600;
+
+/// A relay's last answer on a link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer {
+    /// It took mail for elsewhere from us (`true`), or refused to relay for us (`false`).
+    pub accepted: bool,
+    /// Unix seconds of the answer (of the first of a run of equal answers within an hour).
+    pub at: u64,
+    /// The server's reply, for a refusal; empty for an acceptance.
+    #[serde(default)]
+    pub reply: String,
+}
+
+/// A link relays answered on: what it looked like, and each relay's last answer there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenLink {
+    /// The link's identity ([`link_identity`]): NetworkManager's connection uuid, else its id
+    /// (the interface under netlink).
+    pub key: String,
+    /// The link's facts when a relay last answered there, as the `Link` property names them
+    /// (id, uuid, type, interface, gateway, ssid, domains); enough to write a rule for it.
+    #[serde(default)]
+    pub facts: BTreeMap<String, String>,
+    /// Relay -> its last answer on this link.
+    #[serde(default)]
+    pub answers: BTreeMap<RelayName, Answer>,
+}
+
+impl SeenLink {
+    /// When any relay last answered here.
+    fn latest(&self) -> u64 {
+        self.answers.values().map(|a| a.at).max().unwrap_or(0)
+    }
+}
+
+/// The facts of a link worth keeping to recognise it and write a `[[link]]` rule for it.
+pub fn facts_map(facts: &LinkFacts) -> BTreeMap<String, String> {
+    let mut map = BTreeMap::new();
+    let mut put = |k: &str, v: &str| {
+        if !v.is_empty() {
+            map.insert(k.to_string(), v.to_string());
+        }
+    };
+    put("id", &facts.id);
+    put("uuid", &facts.uuid);
+    put("type", &facts.conn_type);
+    put("interface", &facts.interface);
+    put("gateway", facts.gateway.as_deref().unwrap_or(""));
+    put("ssid", facts.ssid.as_deref().unwrap_or(""));
+    put("domains", &facts.domains.join(","));
+    map
+}
+
+/// What tells one link from another in the history: NetworkManager's connection uuid, else the
+/// link's id (the interface under netlink).
+pub fn link_identity(facts: &BTreeMap<String, String>) -> Option<String> {
+    facts.get("uuid").or_else(|| facts.get("id")).cloned()
+}
+
 /// Relay memory, keyed by link.
 #[derive(Debug, Default, Clone)]
 pub struct RelayMemory {
     /// [`LinkKey::as_str`] -> the relay that accepted last on that link.
     good: HashMap<String, RelayName>,
     refused: HashMap<OnLink, Refusal>,
+    /// The history, by [`link_identity`].
+    seen: BTreeMap<String, SeenLink>,
+    /// [`LinkKey::as_str`] -> the facts of the link it stands for now, as the event loop last
+    /// said ([`RelayMemory::link_facts`]); written into the history with the next answer.
+    facts: HashMap<String, BTreeMap<String, String>>,
     /// Where changes are written; `None` keeps the memory in this process only.
     path: Option<PathBuf>,
 }
@@ -98,7 +173,13 @@ struct Stored {
     accepted: BTreeMap<String, RelayName>,
     #[serde(default)]
     refused: Vec<StoredRefusal>,
+    /// The history; absent from files of version 1.
+    #[serde(default)]
+    seen: Vec<SeenLink>,
 }
+
+/// The version [`RelayMemory::save`] writes; files of version 1 (no history) load too.
+const VERSION: u32 = 2;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct StoredRefusal {
@@ -134,6 +215,11 @@ impl RelayMemory {
             }
         };
         memory.good = stored.accepted.into_iter().collect();
+        memory.seen = stored
+            .seen
+            .into_iter()
+            .map(|l| (l.key.clone(), l))
+            .collect();
         for r in stored.refused {
             if r.until > now {
                 memory.refused.insert(
@@ -154,7 +240,8 @@ impl RelayMemory {
     /// Remembers that `relay` accepted mail on `link`.
     pub fn accepted(&mut self, link: &LinkKey, relay: &RelayName) {
         let changed = (self.good.get(link.as_str()) != Some(relay))
-            | self.refused.remove(&OnLink::new(link, relay)).is_some();
+            | self.refused.remove(&OnLink::new(link, relay)).is_some()
+            | self.note_answer(link, relay, true, "", crate::clock::now());
         if changed {
             self.good.insert(link.as_str().to_owned(), relay.clone());
             self.save();
@@ -173,7 +260,97 @@ impl RelayMemory {
         if self.good.get(link.as_str()) == Some(relay) {
             self.good.remove(link.as_str());
         }
+        self.note_answer(link, relay, false, reply, crate::clock::now());
         self.save();
+    }
+
+    /// Remembers what a relay test found: `relay` would relay for us on `link` (`accepted`),
+    /// or refused to with `reply`. It goes into the history only: a test steers no flush,
+    /// except that an acceptance ends an older refusal of the same relay on the same link.
+    pub fn tested(&mut self, link: &LinkKey, relay: &RelayName, accepted: bool, reply: &str) {
+        let lifted = accepted && self.refused.remove(&OnLink::new(link, relay)).is_some();
+        if self.note_answer(link, relay, accepted, reply, crate::clock::now()) | lifted {
+            self.save();
+        }
+    }
+
+    /// Tells the memory which link `link` stands for now, so that answers there are kept
+    /// with the link's facts.
+    pub fn link_facts(&mut self, link: &LinkKey, facts: &LinkFacts) {
+        if *link != LinkKey::NoLink {
+            self.facts
+                .insert(link.as_str().to_owned(), facts_map(facts));
+        }
+    }
+
+    /// Files `relay`'s answer on `link` in the history. Returns whether the history changed
+    /// enough to be written: a new link or relay, another verdict or reply, new facts, or a
+    /// time more than [`ANSWER_TIME_GRAIN`] later.
+    fn note_answer(
+        &mut self,
+        link: &LinkKey,
+        relay: &RelayName,
+        accepted: bool,
+        reply: &str,
+        at: u64,
+    ) -> bool {
+        // Filed by the link itself, not the rule: under a link override the rule names
+        // another link than the one the relay saw us on.
+        let Some(facts) = self.facts.get(link.as_str()).cloned() else {
+            return false;
+        };
+        let Some(identity) = link_identity(&facts) else {
+            return false;
+        };
+        let seen = self
+            .seen
+            .entry(identity.clone())
+            .or_insert_with(|| SeenLink {
+                key: identity,
+                facts: BTreeMap::new(),
+                answers: BTreeMap::new(),
+            });
+        let mut changed = false;
+        if seen.facts != facts {
+            seen.facts = facts;
+            changed = true;
+        }
+        let answer = Answer {
+            accepted,
+            at,
+            reply: reply.to_owned(),
+        };
+        match seen.answers.get_mut(relay) {
+            Some(old)
+                if old.accepted == accepted
+                    && old.reply == reply
+                    && at < old.at.saturating_add(ANSWER_TIME_GRAIN) => {}
+            Some(old) => {
+                *old = answer;
+                changed = true;
+            }
+            None => {
+                seen.answers.insert(relay.clone(), answer);
+                changed = true;
+            }
+        }
+        while self.seen.len() > MAX_SEEN_LINKS {
+            let Some(oldest) = self
+                .seen
+                .values()
+                .min_by_key(|l| l.latest())
+                .map(|l| l.key.clone())
+            else {
+                break;
+            };
+            self.seen.remove(&oldest);
+        }
+        changed
+    }
+
+    /// The history: every link relays answered on, with their last answers.
+    pub fn history(&self) -> Vec<SeenLink> {
+        self.seen.values().cloned().collect()
     }
 
     /// Writes the memory to its file, if it has one. Failures are logged: the memory stays
@@ -196,9 +373,10 @@ impl RelayMemory {
             .collect();
         refused.sort_by(|a, b| (&a.link, &a.relay).cmp(&(&b.link, &b.relay)));
         let stored = Stored {
-            version: 1,
+            version: VERSION,
             accepted: self.good.clone().into_iter().collect(),
             refused,
+            seen: self.history(),
         };
         let result = serde_json::to_vec_pretty(&stored)
             .map_err(std::io::Error::other)
@@ -419,5 +597,159 @@ mod tests {
         m.accepted(&link("home"), &relay("b"));
         m.refused(&link("home"), &relay("b"), 100, "535");
         assert_eq!(m.order(&link("home"), &relays, 0), names(&["a"]));
+    }
+
+    fn isp_a() -> LinkFacts {
+        LinkFacts {
+            id: "ISP-A".into(),
+            uuid: "0a1b".into(),
+            conn_type: "802-3-ethernet".into(),
+            interface: "lr-a".into(),
+            domains: vec!["isp-a.example".into()],
+            ..LinkFacts::default()
+        }
+    }
+
+    #[test]
+    fn the_history_keeps_each_relays_last_answer_with_the_links_facts() {
+        let mut m = RelayMemory::default();
+        let unmatched = LinkKey::Unmatched("ISP-A".into());
+        m.link_facts(&unmatched, &isp_a());
+        m.accepted(&unmatched, &relay("a"));
+        m.refused(
+            &unmatched,
+            &relay("b"),
+            100,
+            "554 5.7.1 Relay access denied",
+        );
+        m.tested(&link("isp-b"), &relay("b"), true, "");
+        m.tested(&LinkKey::NoLink, &relay("a"), true, "");
+        assert_eq!(m.history().len(), 1);
+
+        let history = m.history();
+        assert_eq!(
+            history.len(),
+            1,
+            "no history without the link's facts: {history:?}"
+        );
+        let a = &history[0];
+        assert_eq!(a.key, "0a1b", "filed by the connection's uuid");
+        assert_eq!(a.facts["id"], "ISP-A");
+        assert_eq!(a.facts["uuid"], "0a1b");
+        assert_eq!(a.facts["domains"], "isp-a.example");
+        assert!(!a.facts.contains_key("ssid"), "empty facts are left out");
+        assert!(a.answers[&relay("a")].accepted);
+        assert!(!a.answers[&relay("b")].accepted);
+        assert_eq!(
+            a.answers[&relay("b")].reply,
+            "554 5.7.1 Relay access denied"
+        );
+
+        // Under a link override the rule's name stands for the link that is really up.
+        let isp_b = LinkFacts {
+            id: "ISP-B".into(),
+            ..LinkFacts::default()
+        };
+        m.link_facts(&link("isp-a"), &isp_b);
+        m.tested(
+            &link("isp-a"),
+            &relay("a"),
+            false,
+            "554 5.7.1 Relay access denied",
+        );
+        let history = m.history();
+        assert_eq!(history.len(), 2);
+        assert_eq!(history[1].key, "ISP-B", "no uuid: filed by the id");
+        assert!(!history[1].answers[&relay("a")].accepted);
+
+        // A later acceptance replaces the refusal.
+        m.accepted(&unmatched, &relay("b"));
+        assert!(m.history()[0].answers[&relay("b")].accepted);
+    }
+
+    #[test]
+    fn a_tested_acceptance_ends_a_refusal_and_a_tested_refusal_steers_nothing() {
+        let mut m = RelayMemory::default();
+        let relays = names(&["a", "b"]);
+        m.refused(
+            &link("home"),
+            &relay("a"),
+            100,
+            "554 5.7.1 Relay access denied",
+        );
+        m.tested(&link("home"), &relay("a"), true, "");
+        assert_eq!(m.order(&link("home"), &relays, 50), relays);
+        m.tested(
+            &link("home"),
+            &relay("b"),
+            false,
+            "554 5.7.1 Relay access denied",
+        );
+        assert_eq!(m.order(&link("home"), &relays, 50), relays);
+    }
+
+    #[test]
+    fn the_history_survives_a_restart_and_a_file_without_one_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        std::fs::write(
+            &path,
+            r#"{"version":1,"accepted":{"home":"a"},"refused":[]}"#,
+        )
+        .unwrap();
+        let mut m = RelayMemory::load(&path, 0);
+        assert_eq!(
+            m.order(&link("home"), &names(&["b", "a"]), 0),
+            names(&["a", "b"])
+        );
+        assert!(m.history().is_empty());
+        m.link_facts(&link("home"), &isp_a());
+        m.tested(
+            &link("home"),
+            &relay("b"),
+            false,
+            "530 5.7.0 Authentication required",
+        );
+        let again = RelayMemory::load(&path, 0);
+        assert_eq!(again.history(), m.history());
+        assert_eq!(again.history()[0].facts["interface"], "lr-a");
+    }
+
+    #[test]
+    fn the_history_forgets_the_link_answered_on_longest_ago() {
+        let mut m = RelayMemory::default();
+        for i in 0..=MAX_SEEN_LINKS as u64 {
+            let facts = LinkFacts {
+                id: format!("l{i}"),
+                ..LinkFacts::default()
+            };
+            m.link_facts(&link("wifi"), &facts);
+            m.note_answer(&link("wifi"), &relay("a"), true, "", 1000 + i);
+        }
+        let history = m.history();
+        assert_eq!(history.len(), MAX_SEEN_LINKS);
+        assert!(!history.iter().any(|l| l.key == "l0"), "the oldest is gone");
+    }
+
+    #[test]
+    fn a_repeated_answer_is_written_down_again_only_after_an_hour() {
+        let mut m = RelayMemory::default();
+        m.link_facts(&link("home"), &isp_a());
+        assert!(m.note_answer(&link("home"), &relay("a"), true, "", 1000));
+        assert!(!m.note_answer(&link("home"), &relay("a"), true, "", 1000 + 60));
+        assert!(m.note_answer(
+            &link("home"),
+            &relay("a"),
+            true,
+            "",
+            1000 + ANSWER_TIME_GRAIN
+        ));
+        assert!(m.note_answer(
+            &link("home"),
+            &relay("a"),
+            false,
+            "554",
+            1000 + ANSWER_TIME_GRAIN
+        ));
     }
 }

@@ -22,6 +22,8 @@ pub(crate) mod message;
 pub(crate) mod outcome;
 pub(crate) mod plaintext;
 pub(crate) mod reply;
+pub(crate) mod sasl;
 pub(crate) mod smtp;
 pub(crate) mod tls_hint;
+pub(crate) mod tokens;
 pub(crate) mod wire;

@@ -98,6 +98,28 @@ pub fn enhanced_code(text: &str) -> Option<(u8, u16, u16)> {
     Some((class as u8, subject, detail))
 }
 
+/// Enhanced codes and words with which relays refuse a password because they want OAuth2:
+/// Microsoft's `550 5.7.30 Basic authentication is not supported for Client Submission` and
+/// `535 5.7.139 ... basic authentication is disabled`, Google's `534 5.7.9 Application-specific
+/// password required` and `534 5.7.14 Please log in with your web browser`.
+const OAUTH2_CODES: &[(u8, u16, u16)] = &[(5, 7, 30), (5, 7, 139), (5, 7, 9), (5, 7, 14)];
+const OAUTH2_WORDS: &[&str] = &[
+    "basic authentication is not supported",
+    "basic authentication is disabled",
+    "application-specific password required",
+    "please log in with your web browser",
+];
+
+/// Whether a refusal of a password says that the relay wants OAuth2 instead.
+pub fn wants_oauth2(code: Option<u16>, text: &str) -> bool {
+    if !code.is_some_and(|c| (500..600).contains(&c)) {
+        return false;
+    }
+    let lower = text.to_ascii_lowercase();
+    enhanced_code(text).is_some_and(|e| OAUTH2_CODES.contains(&e))
+        || OAUTH2_WORDS.iter().any(|w| lower.contains(w))
+}
+
 /// Classifies one reply. `code` is `None` for transport trouble (connection refused or dropped,
 /// timeout, TLS failure, malformed reply): those are always worth another try.
 pub fn classify(stage: Stage, code: Option<u16>, text: &str) -> Outcome {
@@ -343,5 +365,40 @@ mod tests {
         assert_eq!(enhanced_code("5.+7.1 x"), None);
         assert_eq!(enhanced_code("5.7.1000 x"), None);
         assert_eq!(enhanced_code("5..1 x"), None);
+    }
+
+    #[test]
+    fn refusals_of_a_password_that_mean_the_relay_wants_oauth2() {
+        let table: &[(Option<u16>, &str, bool)] = &[
+            (
+                Some(550),
+                "5.7.30 Basic authentication is not supported for Client Submission",
+                true,
+            ),
+            (
+                Some(535),
+                "5.7.139 Authentication unsuccessful, basic authentication is disabled",
+                true,
+            ),
+            (
+                Some(534),
+                "5.7.9 Application-specific password required. Learn more at https://support.google.com/mail/?p=InvalidSecondFactor",
+                true,
+            ),
+            (
+                Some(534),
+                "5.7.14 Please log in with your web browser",
+                true,
+            ),
+            (Some(535), "5.7.8 Username and Password not accepted", false),
+            (Some(454), "4.7.0 Too many login attempts", false),
+            (None, "basic authentication is not supported", false),
+        ];
+        for (code, text, wants) in table {
+            assert_eq!(wants_oauth2(*code, text), *wants, "{code:?} {text}");
+            if *wants {
+                assert_eq!(classify(Stage::Auth, *code, text), Outcome::RelayRefused);
+            }
+        }
     }
 }

@@ -218,6 +218,18 @@ pub fn data_timeout(limit: Duration, size: u64) -> Duration {
     limit + Duration::from_secs(size / 16_384)
 }
 
+/// A password refused because the relay wants OAuth2 (Microsoft's `550 5.7.30`, Google's
+/// `534 5.7.9`): the verdict says so, and what to write in the config.
+fn with_oauth2_hint(mut v: Verdict) -> Verdict {
+    if crate::delivery::outcome::wants_oauth2(v.code, &v.text) {
+        v.text.push_str(OAUTH2_HINT);
+    }
+    v
+}
+
+/// What [`with_oauth2_hint`] adds.
+pub const OAUTH2_HINT: &str = " (this relay needs OAuth2, not a password: give it auth = \"xoauth2\" and a [relay.oauth2] table, then run `linkrelay login`; see docs/oauth2.md)";
+
 /// An AUTH mechanism the agent speaks.
 #[derive(Debug, Clone, Copy)]
 enum Mechanism {
@@ -304,7 +316,71 @@ impl Session {
                 "no password: the relay's password source gave nothing",
             ));
         };
-        self.auth(&auth.username, &password).await
+        if auth.mechanism.is_bearer() {
+            return self
+                .bearer_auth(relay, auth.mechanism, &auth.username, &password)
+                .await;
+        }
+        self.auth(&auth.username, &password)
+            .await
+            .map_err(with_oauth2_hint)
+    }
+
+    /// AUTH XOAUTH2 or OAUTHBEARER with an access token, in one command with the initial
+    /// response. A refused token comes back as a 334 challenge (the provider's error, in
+    /// JSON); the client's answer to it brings the relay's final 5xx, which is the result.
+    /// The commands are never logged: they carry the token.
+    async fn bearer_auth(
+        &mut self,
+        relay: &Relay,
+        mechanism: linkrelay_config::Mechanism,
+        user: &str,
+        token: &str,
+    ) -> Result<(), Verdict> {
+        use crate::delivery::sasl;
+        let name = sasl::name(mechanism);
+        if !self.offers.has_auth(name) {
+            return Err(Verdict::local(
+                Stage::Auth,
+                Outcome::RelayRefused,
+                format!("the relay does not offer AUTH {name} (auth = \"{mechanism}\")"),
+            ));
+        }
+        let Some(command) = sasl::auth_command(mechanism, user, &relay.host, relay.port, token)
+        else {
+            return Err(Verdict::local(
+                Stage::Auth,
+                Outcome::Deferred,
+                format!("{mechanism} is not a bearer mechanism"),
+            ));
+        };
+        let reply = exchange(
+            &mut self.conn,
+            Stage::Auth,
+            self.timeout,
+            command.as_bytes(),
+        )
+        .await?;
+        if reply.code / 100 == 2 {
+            return Ok(());
+        }
+        let answer = sasl::after_refusal(mechanism).as_bytes();
+        match exchange(&mut self.conn, Stage::Auth, self.timeout, answer).await {
+            Err(v) => Err(v),
+            Ok(reply) => {
+                // A second challenge, or success after a refusal: out of step.
+                self.broken = true;
+                Err(Verdict::local(
+                    Stage::Auth,
+                    Outcome::Deferred,
+                    format!(
+                        "unexpected reply to AUTH {name}: {} {}",
+                        reply.code,
+                        reply.text()
+                    ),
+                ))
+            }
+        }
     }
 
     /// Says EHLO and keeps what the relay offers.

@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use linkrelay_config::RelayName;
+use linkrelay_config::{Config, Relay, RelayName};
 use linkrelay_dbus::agent::{
     AgentError, FlushResult, MessageInfo, OverrideInfo, PruneResult, QueueCount, RelayTest,
-    RouteInfo,
+    RouteInfo, SeenLink,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use zbus::message::Header;
@@ -20,6 +20,8 @@ use crate::service::listing::Listing;
 
 /// Longest string argument accepted (names, ids): anything longer is hostile or a mistake.
 const MAX_ARG: usize = 256;
+/// Longest `[[relay]]` table `ProbeRelay` takes.
+const MAX_RELAY_TOML: usize = 4096;
 /// Queue listings served at once; more callers wait for a slot.
 const MAX_LISTINGS: usize = 4;
 
@@ -97,6 +99,17 @@ pub enum Command {
         to: String,
         reply: Reply<RelayTest>,
     },
+    /// Test a relay that is given by its settings, without sending.
+    ProbeRelay {
+        relay: Box<Relay>,
+        /// Envelope sender to try ("" = a default).
+        from: String,
+        /// Recipient to try ("" = a default).
+        to: String,
+        reply: Reply<RelayTest>,
+    },
+    /// The links relays answered on.
+    LinkHistory { reply: Reply<Vec<SeenLink>> },
 }
 
 /// The served object.
@@ -182,7 +195,18 @@ fn bounded(what: &str, value: &str) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// Mail routing by network link: the current link, each user's route, and their outboxes.
+/// The relay `ProbeRelay` was given: TOML with exactly one `[[relay]]` table, checked by the
+/// config file's own rules (so an inline password is refused as it is in the file).
+fn probe_target(text: &str) -> Result<Relay, AgentError> {
+    if text.len() > MAX_RELAY_TOML {
+        return Err(AgentError::InvalidArgument(format!(
+            "relay is longer than {MAX_RELAY_TOML} bytes"
+        )));
+    }
+    Config::parse_relay(text, std::path::Path::new("ProbeRelay"))
+        .map_err(|e| AgentError::InvalidArgument(format!("relay: {e}")))
+}
+
 /// SetOverride's `kind` and `name` as the override they ask for: `"link"` names a [[link]]
 /// rule, `"relay"` a relay. Any other kind is an InvalidArgument.
 fn override_target(kind: &str, name: String) -> Result<Override, AgentError> {
@@ -366,6 +390,46 @@ impl AgentInterface {
         .await
     }
 
+    /// Tests a relay that need not be in the config, given by its settings: `relay` is one
+    /// [[relay]] table in TOML as the config file has it (name, host, port, tls, username with
+    /// password_secret or password_command, ca_file, ...; an inline password is refused). The
+    /// test and its answer are those of TestRelay. `linkrelay setup` tries a relay it found
+    /// with it before writing it into the config.
+    async fn probe_relay(
+        &self,
+        relay: String,
+        from: String,
+        to: String,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<RelayTest, AgentError> {
+        self.check_caller(conn, &header).await?;
+        bounded("from", &from)?;
+        bounded("to", &to)?;
+        let relay = Box::new(probe_target(&relay)?);
+        self.ask(|reply| Command::ProbeRelay {
+            relay,
+            from,
+            to,
+            reply,
+        })
+        .await
+    }
+
+    /// Every link relays answered on (in flushes and relay tests), keyed by the link's
+    /// identity (NetworkManager's connection uuid, else its id: the interface under netlink);
+    /// with its facts (id, uuid, type, interface, gateway, ssid, domains) and each relay's last
+    /// answer there: (relay, accepted, unix seconds, the refusal's reply). `linkrelay routes
+    /// suggest` reads it.
+    async fn link_history(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<Vec<SeenLink>, AgentError> {
+        self.check_caller(conn, &header).await?;
+        self.ask(|reply| Command::LinkHistory { reply }).await
+    }
+
     /// The agent's version.
     #[zbus(property(emits_changed_signal = "const"))]
     fn version(&self) -> String {
@@ -490,6 +554,34 @@ impl AgentInterface {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_probed_relay_is_one_relay_table_without_a_password() {
+        let relay = probe_target(
+            "[[relay]]\nname = \"isp-a\"\nhost = \"smtp.isp-a.example\"\ntls = \"starttls\"\n",
+        )
+        .map(|r| (r.name.to_string(), r.host, r.port));
+        assert_eq!(
+            relay,
+            Ok(("isp-a".into(), "smtp.isp-a.example".into(), 587))
+        );
+        let inline = probe_target(
+            "[[relay]]\nname = \"b\"\nhost = \"h\"\ntls = \"tls\"\nusername = \"bob\"\npassword = \"hunter2\"\n",
+        );
+        match inline {
+            Err(AgentError::InvalidArgument(text)) => {
+                assert!(text.contains("password"), "{text}");
+                assert!(
+                    !text.contains("hunter2"),
+                    "the password is never repeated: {text}"
+                );
+            }
+            other => panic!("an inline password must be refused: {other:?}"),
+        }
+        let two = "[[relay]]\nname = \"a\"\nhost = \"h\"\ntls = \"tls\"\n".repeat(2);
+        assert!(probe_target(&two).is_err());
+        assert!(probe_target(&"#".repeat(MAX_RELAY_TOML + 1)).is_err());
+    }
 
     #[test]
     fn an_override_names_a_link_or_a_relay_and_any_other_kind_is_refused() {

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::ControlFlow;
 use std::time::Duration;
 
-use linkrelay_config::{NotifySettings, UserName};
+use linkrelay_config::{NotifySettings, RelayName, UserName};
 use linkrelay_dbus::agent::{AgentError, MessageInfo};
 use linkrelay_dbus::notifications::NotificationsProxy;
 use tokio::sync::{mpsc, oneshot};
@@ -138,6 +138,19 @@ pub fn failed_note(user: &str, id: &str, reason: &str) -> Note {
     }
 }
 
+/// The notice for a relay whose OAuth2 login is needed (its refresh token is missing, or the
+/// provider refused it).
+pub fn login_note(relay: &str, reason: &str) -> Note {
+    Note {
+        summary: format!("Relay {relay} needs you to log in"),
+        body: format!(
+            "{reason}\nRun `linkrelay login {relay}`: the mail waiting for it goes out at once. Nothing is lost meanwhile."
+        ),
+        urgency: Urgency::Critical,
+        category: "email",
+    }
+}
+
 /// The notice for `n` messages of a user queued for longer than `after`, `oldest` first.
 pub fn waiting_note(user: &str, n: usize, oldest: &MessageInfo, after: Duration) -> Note {
     let after = humantime::format_duration(after);
@@ -197,6 +210,10 @@ enum Event {
         id: String,
         reason: String,
     },
+    NeedsLogin {
+        relay: RelayName,
+        reason: String,
+    },
     QueueChanged,
     Settings(NotifySettings),
     Problem(Note),
@@ -235,6 +252,14 @@ impl Notifier {
         let _ = self
             .tx
             .send(Event::Problem(problem_note(user, what, advice)));
+    }
+
+    /// A relay needs an OAuth2 login.
+    pub fn needs_login(&self, relay: &RelayName, reason: &str) {
+        let _ = self.tx.send(Event::NeedsLogin {
+            relay: relay.clone(),
+            reason: reason.into(),
+        });
     }
 
     /// Something in the outboxes changed: look again (coalesced).
@@ -308,6 +333,11 @@ async fn run(
                     st.told.insert(id.clone());
                     if st.settings.enabled {
                         st.show(failed_note(&user, &id, &reason), 0).await;
+                    }
+                }
+                Some(Event::NeedsLogin { relay, reason }) => {
+                    if st.settings.enabled {
+                        st.show(login_note(&relay, &reason), 0).await;
                     }
                 }
                 // Turned off: nothing to look for (turning it on again looks at once).
@@ -441,6 +471,18 @@ mod tests {
     use linkrelay_dbus::agent::RecipientInfo;
 
     use super::*;
+
+    #[test]
+    fn a_relay_that_needs_a_login_says_which_command_and_that_nothing_is_lost() {
+        let n = login_note(
+            "gmail",
+            "gmail needs login (linkrelay login gmail): invalid_grant",
+        );
+        assert_eq!(n.summary, "Relay gmail needs you to log in");
+        assert!(n.body.contains("Run `linkrelay login gmail`"), "{}", n.body);
+        assert!(n.body.contains("Nothing is lost"), "{}", n.body);
+        assert_eq!(n.urgency, Urgency::Critical);
+    }
 
     fn msg(id: &str, to: &str, status: &str) -> MessageInfo {
         MessageInfo {

@@ -13,14 +13,19 @@
 //! no DATA is ever sent. When the session cannot be opened past the greeting, a second,
 //! credential-less connection lists what the relay offers, so the user sees why (no STARTTLS,
 //! no AUTH mechanism we speak, ...).
+//!
+//! `ProbeRelay` runs the same test on a relay given by its settings rather than by name
+//! (`linkrelay setup` tries a relay it found before writing it down). Either answer, when it
+//! says yes or no, goes into the relay memory's history of the link.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use linkrelay_config::{Config, LinkName, Relay, RelayName, TlsMode, UserName};
 use linkrelay_dbus::agent::{AgentError, RelayStep, RelayTest};
 use tracing::info;
 
 use crate::delivery::credentials;
+use crate::delivery::memory::{LinkKey, RelayMemory, lock};
 use crate::delivery::outcome::{Outcome, Stage};
 use crate::delivery::smtp::{Session, Verdict};
 use crate::service::interface::Reply;
@@ -28,17 +33,26 @@ use crate::service::interface::Reply;
 /// The recipient tried when none is given: a domain no ISP relay is the destination of.
 pub const DEFAULT_TO: &str = "postmaster@example.com";
 
-/// Checks the request, then runs the test in a task of its own and replies when it is done.
-pub fn spawn(
-    config: Arc<Config>,
-    link: Option<LinkName>,
-    relay: RelayName,
-    from: String,
-    to: String,
-    reply: Reply<RelayTest>,
-) {
-    let Some(r) = config.relay(&relay).cloned() else {
-        let known: Vec<_> = config.relays.iter().map(|r| r.name.as_str()).collect();
+/// Where a test runs: the config, the link that is up, and the memory its answer goes into.
+pub struct Bench {
+    /// The running config.
+    pub config: Arc<Config>,
+    /// The link that is up, as the relay memory names it.
+    pub link: LinkKey,
+    /// The relay memory.
+    pub memory: Arc<Mutex<RelayMemory>>,
+}
+
+/// Checks the request for the configured relay `relay`, then runs the test in a task of its
+/// own and replies when it is done.
+pub fn spawn(bench: Bench, relay: RelayName, from: String, to: String, reply: Reply<RelayTest>) {
+    let Some(r) = bench.config.relay(&relay).cloned() else {
+        let known: Vec<_> = bench
+            .config
+            .relays
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
         let known = if known.is_empty() {
             "(none)".to_string()
         } else {
@@ -49,6 +63,18 @@ pub fn spawn(
         ))));
         return;
     };
+    start(bench, r, from, to, true, reply);
+}
+
+/// Checks the request for a relay given by its settings, then tests it like [`spawn`]. Its
+/// answer is remembered unless the config has a relay of that name with other settings (the
+/// history would then speak of the wrong server).
+pub fn spawn_probe(bench: Bench, relay: Relay, from: String, to: String, reply: Reply<RelayTest>) {
+    let record = bench.config.relay(&relay.name).is_none_or(|r| *r == relay);
+    start(bench, relay, from, to, record, reply);
+}
+
+fn start(bench: Bench, r: Relay, from: String, to: String, record: bool, reply: Reply<RelayTest>) {
     for (what, addr) in [("from", &from), ("to", &to)] {
         if !addr.is_empty() && addr.parse::<lettre::Address>().is_err() {
             let _ = reply.send(Err(AgentError::InvalidArgument(format!(
@@ -57,22 +83,48 @@ pub fn spawn(
             return;
         }
     }
-    let routed_for = routed_for(&config, link.as_ref(), &r.name)
+    let rule = match &bench.link {
+        LinkKey::Rule(name) => Some(name.clone()),
+        _ => None,
+    };
+    let routed_for = routed_for(&bench.config, rule.as_ref(), &r.name)
         .into_iter()
         .map(String::from)
         .collect();
     let from = if from.is_empty() {
-        default_from(&config, &r.name)
+        default_from(&bench.config, &r.name)
     } else {
         from
     };
     let to = if to.is_empty() { DEFAULT_TO.into() } else { to };
     tokio::spawn(async move {
-        let link = link.map(String::from).unwrap_or_default();
+        let link = rule.map(String::from).unwrap_or_default();
         let result = run(&r, &from, &to, link, routed_for).await;
         info!(relay = %result.relay, may_relay = %result.may_relay, "relay test: {}", result.verdict);
+        if record {
+            remember(&bench, &r.name, &result);
+        }
         let _ = reply.send(Ok(result));
     });
+}
+
+/// Files a yes or no of `result` in the relay memory's history of the link.
+fn remember(bench: &Bench, relay: &RelayName, result: &RelayTest) {
+    let refusal = || {
+        result
+            .steps
+            .iter()
+            .rev()
+            .find(|s| s.state == "failed")
+            .map(|s| s.text.clone())
+            .unwrap_or_else(|| result.verdict.clone())
+    };
+    let mut memory = lock(&bench.memory);
+    match result.may_relay.as_str() {
+        "yes" => memory.tested(&bench.link, relay, true, ""),
+        "no" => memory.tested(&bench.link, relay, false, &refusal()),
+        _ => {}
+    }
 }
 
 /// The users whose route on `link` lists `relay`.
@@ -161,12 +213,22 @@ pub async fn run(
     let password = match credentials::fetch(relay).await {
         Ok(p) => p,
         Err(e) => {
-            out.steps.push(step("auth", "failed", e.clone()));
-            out.verdict = format!("cannot log in: {e}");
+            out.steps.push(step("auth", "failed", e.text.clone()));
+            out.verdict = format!("cannot log in: {}", e.text);
             return out;
         }
     };
-    let mut session = match Session::open(relay, password).await {
+    let mut opened = Session::open(relay, password).await;
+    if let Err(v) = &opened
+        && credentials::refused_token(relay, v)
+    {
+        // As the flusher does: one refresh of the access token, one more try.
+        opened = match credentials::fetch_renewed(relay).await {
+            Ok(token) => Session::open(relay, token).await,
+            Err(e) => Err(credentials::verdict(e)),
+        };
+    }
+    let mut session = match opened {
         Ok(s) => s,
         Err(v) => {
             out.steps = steps_before(relay, v.stage, &address);
@@ -208,7 +270,14 @@ pub async fn run(
         Some(auth) => out.steps.push(step(
             "auth",
             "ok",
-            format!("logged in as {}", auth.username),
+            match auth.mechanism {
+                linkrelay_config::Mechanism::Password => format!("logged in as {}", auth.username),
+                bearer => format!(
+                    "logged in as {} with an OAuth2 access token (AUTH {})",
+                    auth.username,
+                    crate::delivery::sasl::name(bearer)
+                ),
+            },
         )),
         None => out.steps.push(step("auth", "skipped", "no username")),
     }

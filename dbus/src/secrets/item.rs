@@ -1,6 +1,6 @@
 //! `org.freedesktop.Secret.Item`: one stored secret.
 
-use zbus::{ObjectPath, proxy};
+use zbus::{ObjectPath, OwnedObjectPath, proxy};
 
 use super::Secret;
 
@@ -12,4 +12,7 @@ use super::Secret;
 pub trait Item {
     /// The item's secret, encoded for `session`.
     fn get_secret(&self, session: &ObjectPath<'_>) -> zbus::Result<Secret>;
+
+    /// Deletes the item; returns a prompt to show, or "/" when none is needed.
+    fn delete(&self) -> zbus::Result<OwnedObjectPath>;
 }

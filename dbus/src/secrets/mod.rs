@@ -2,22 +2,27 @@
 //! Keyring, KeePassXC, KWallet's bridge), one module per interface, and the secret it hands
 //! out.
 //!
-//! Only what a plain password lookup needs is declared: `OpenSession("plain")`,
-//! `SearchItems(attributes)`, `Unlock` with its prompt when the matching item is locked, and
-//! `Item.GetSecret`. The agent's client (`agent/src/delivery/credentials.rs`) uses these over
-//! the workspace's zbus 6 rather than `oo7` or `secret-service`, which still pull in zbus 5.
+//! Only what a lookup, a store and a delete need is declared: `OpenSession("plain")`,
+//! `SearchItems(attributes)`, `Unlock` with its prompt when the matching item is locked,
+//! `Item.GetSecret`, `Collection.CreateItem` in the default collection and `Item.Delete`.
+//! [`client`] uses these over the workspace's zbus 6 rather than `oo7` or `secret-service`,
+//! which still pull in zbus 5 (a second copy of the whole D-Bus stack).
 
+pub mod client;
+pub mod collection;
 pub mod item;
 pub mod prompt;
 pub mod service;
 pub mod session;
 
-use serde::Deserialize;
+pub use client::{SecretError, delete, lookup, store};
+
+use serde::{Deserialize, Serialize};
 use zbus::{OwnedObjectPath, Type};
 
 /// A secret as the Secret Service hands it out: `(oayays)`. With a "plain" session the value
 /// is the secret itself.
-#[derive(Debug, Deserialize, Type)]
+#[derive(Debug, Deserialize, Serialize, Type)]
 pub struct Secret {
     /// The session it was encoded for.
     pub session: OwnedObjectPath,

@@ -25,6 +25,9 @@ pub trait Service {
         attributes: HashMap<&str, &str>,
     ) -> zbus::Result<(Vec<OwnedObjectPath>, Vec<OwnedObjectPath>)>;
 
+    /// The collection that `name` (e.g. "default") stands for, or "/" when there is none.
+    fn read_alias(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+
     /// Unlocks `objects`: (those unlocked at once, a prompt to show for the others, or "/").
     fn unlock(
         &self,

@@ -29,6 +29,9 @@ use crate::run::{run, run_with_input, text};
 /// The `ip` binary (iproute2).
 pub const IP: &str = "/usr/sbin/ip";
 
+/// Where `ip netns exec` finds a namespace's own files for /etc.
+const ETC_NETNS: &str = "/etc/netns";
+
 /// The prefix of every namespace the harness makes.
 const PREFIX: &str = "lrt-";
 
@@ -167,6 +170,16 @@ impl NetNs {
         }
     }
 
+    /// Gives the namespace its own `/etc/resolv.conf`: `ip netns exec` mounts
+    /// `/etc/netns/NAME/resolv.conf` over it for every program it starts afterwards (the
+    /// directory goes with the namespace).
+    pub fn set_nameserver(&self, ip: &str) -> anyhow::Result<()> {
+        let dir = Path::new(ETC_NETNS).join(&self.name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(dir.join("resolv.conf"), format!("nameserver {ip}\n"))
+            .with_context(|| format!("writing {}/resolv.conf", dir.display()))
+    }
+
     /// A TCP listener on the namespace's own `127.0.0.1`, on a free port (non-blocking, for
     /// tokio).
     pub fn loopback_listener(&self) -> anyhow::Result<std::net::TcpListener> {
@@ -206,6 +219,7 @@ fn remove(name: &str) {
         }
     }
     let _ = ip(&["netns", "del", name]);
+    let _ = std::fs::remove_dir_all(Path::new(ETC_NETNS).join(name));
 }
 
 /// Removes the namespaces left behind by test processes that no longer run.

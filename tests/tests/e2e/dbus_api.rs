@@ -245,6 +245,17 @@ async fn another_user_on_the_bus_may_not_use_the_agent() {
         ("Retry", "s", &[&id]),
         ("Drop", "s", &[&id]),
         ("Reload", "", &[]),
+        ("TestRelay", "sss", &["relay-a", "", ""]),
+        (
+            "ProbeRelay",
+            "sss",
+            &[
+                "[[relay]]\nname = \"x\"\nhost = \"127.0.0.1\"\ntls = \"none\"\n",
+                "",
+                "",
+            ],
+        ),
+        ("LinkHistory", "", &[]),
     ];
     for (method, signature, args) in calls {
         let (ok, text) = call_as_nobody(w, method, signature, args);
@@ -312,6 +323,8 @@ async fn every_method_survives_hostile_arguments() {
             name(agent.stream_queue(s).await.map(|_| ())),
             name(agent.retry(s).await),
             name(agent.drop(s).await),
+            name(agent.probe_relay(s, "", "").await.map(|_| ())),
+            name(agent.probe_relay("", s, "").await.map(|_| ())),
         ] {
             assert!(
                 r.starts_with("org.linkrelay.Agent1.Error."),
@@ -339,6 +352,9 @@ async fn every_method_survives_hostile_arguments() {
         "Retry",
         "Drop",
         "Reload",
+        "TestRelay",
+        "ProbeRelay",
+        "LinkHistory",
     ] {
         let bodies: Vec<zbus::Result<zbus::Message>> = vec![
             conn.call_method(

@@ -23,9 +23,13 @@ mod listing;
 mod netlink;
 mod nm_source;
 mod notify;
+mod oauth_delivery;
+mod oauth_login;
+mod routes;
 mod secrets;
 mod seed;
 mod sendmail_modes;
+mod setup;
 mod test_relay;
 mod tls;
 

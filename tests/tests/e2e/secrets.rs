@@ -345,3 +345,38 @@ fn a_config_others_can_read_with_a_password_command_or_write_is_refused_clearly(
     );
     assert!(err.contains(&format!("help: chmod go-w {path}")), "{err}");
 }
+
+/// The Secret Service client that `linkrelay login` and the agent store refresh tokens with:
+/// an item it stores is found by attributes (by it and by `secret-tool`), a second store with
+/// the same attributes replaces the first, and delete removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_stored_by_the_client_replaces_its_namesake_and_can_be_deleted() {
+    use linkrelay_dbus::secrets::{SecretError, client};
+    let bus = linkrelay_tests::bus::TestBus::session().unwrap();
+    let keyring = Keyring::start(&bus).await.unwrap();
+    let conn = bus.connect().await.unwrap();
+    let attributes: std::collections::BTreeMap<String, String> = [
+        ("xdg:schema".to_owned(), "org.linkrelay.test".to_owned()),
+        ("relay".to_owned(), "isp-b".to_owned()),
+    ]
+    .into();
+
+    client::store_on(&conn, &attributes, "first", "token-one")
+        .await
+        .unwrap();
+    client::store_on(&conn, &attributes, "second", "token-two")
+        .await
+        .unwrap();
+    assert_eq!(
+        client::lookup_on(&conn, &attributes).await.unwrap(),
+        "token-two"
+    );
+    assert_eq!(keyring.lookup(&attributes).unwrap(), "token-two");
+
+    assert_eq!(client::delete_on(&conn, &attributes).await.unwrap(), 1);
+    assert!(matches!(
+        client::lookup_on(&conn, &attributes).await,
+        Err(SecretError::NotFound(..))
+    ));
+    assert_eq!(client::delete_on(&conn, &attributes).await.unwrap(), 0);
+}

@@ -8,6 +8,7 @@
 //! Postfix's and NetworkManager's logs.
 
 mod clients;
+mod learning;
 mod scenarios;
 
 use std::time::Duration;
