@@ -106,6 +106,8 @@ struct Agent {
     published: Arc<Mutex<Published>>,
     iface: InterfaceRef<AgentInterface>,
     notifier: Notifier,
+    /// The SMTP submission listener, once the agent owns its bus name.
+    listener: Option<crate::submission::Listener>,
     prunes: Prunes,
 }
 
@@ -183,6 +185,7 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
         published,
         iface,
         notifier,
+        listener: None,
         // Once at start-up: mail may have aged while the agent was down.
         prunes: Prunes {
             at: Some(now()),
@@ -205,19 +208,27 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
     // Subscribed before the loop: nothing the loop polls between events may call the bus (see
     // lifecycle::BusWatch).
     let mut bus = lifecycle::BusWatch::subscribe(&conn).await;
+    // Before anyone can see the agent (its name, its listener): a SIGHUP sent as soon as it
+    // shows must reload it, not end it as the default action would.
+    let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
+    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
     // Claim the name last: once a client sees it, the state behind it is real.
     let flags = zbus::fdo::RequestNameFlags::DO_NOT_QUEUE;
     match conn.request_name_with_flags(AGENT_BUS_NAME, flags).await? {
         zbus::fdo::RequestNameReply::PrimaryOwner | zbus::fdo::RequestNameReply::AlreadyOwner => {}
         _ => return Err(RunError::AlreadyRunning(AGENT_BUS_NAME.into())),
     }
+    // Only now: a second agent of the same user stops at the name, before it could take over
+    // the first one's socket.
+    agent.listener = Some(crate::submission::Listener::start(
+        agent.config.clone(),
+        agent.opts.data_dir.clone(),
+        linkrelay_config::submission_socket_path(),
+    ));
     info!(bus = ?agent.opts.bus, "linkrelayd ready as {AGENT_BUS_NAME}");
     lifecycle::ready(&format!("serving {AGENT_BUS_NAME}"));
     let mut watchdog = lifecycle::Watchdog::from_env();
-
-    let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
-    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signal)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
 
     let debounce = agent.config.agent.debounce;
     let mut last_applied = Instant::now();
@@ -1070,6 +1081,12 @@ impl Agent {
                 self.config = Arc::new(config);
                 self.config_error = None;
                 self.notifier.settings(self.config.notify);
+                if let Some(listener) = &mut self.listener {
+                    listener.reload(
+                        self.config.clone(),
+                        linkrelay_config::submission_socket_path(),
+                    );
+                }
                 self.sync_flushers();
                 self.reroute().await;
                 self.publish_all().await;

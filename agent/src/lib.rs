@@ -8,6 +8,7 @@
 //! router.rs  route(config, link, override)         -> each user's Route     (pure)
 //! delivery/  one flusher per user: SMTP sessions   -> outcomes, outbox state
 //! service/   D-Bus interface, listings, notifications, TestRelay
+//! submission/ a way in: the SMTP submission listener -> the user's outbox
 //! ```
 //!
 //! The event loop (`agent.rs`) owns all state and is the only path between the stages:
@@ -29,6 +30,7 @@ pub mod logging;
 pub(crate) mod router;
 pub(crate) mod service;
 pub(crate) mod source;
+pub(crate) mod submission;
 
 pub use agent::{Options, RunError, ServeBus, run};
 pub use source::link::{Link, LinkState, SourceName};

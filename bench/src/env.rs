@@ -22,6 +22,8 @@ pub struct Settings {
     pub source_n: usize,
     /// Messages per enqueue run (one process each).
     pub enqueue_n: usize,
+    /// Messages per submission run over SMTP (one session, and four).
+    pub submit_n: usize,
     /// Messages per run for the slow peers (msmtp, msmtpq, nullmailer).
     pub peer_n: usize,
     /// Samples of each reaction.
@@ -46,6 +48,7 @@ impl Settings {
             flush4_n: 1000,
             source_n: 5000,
             enqueue_n: 200,
+            submit_n: 2000,
             peer_n: 100,
             reaction_n: 21,
             idle: Duration::from_secs(60),
@@ -64,6 +67,7 @@ impl Settings {
             flush4_n: 10,
             source_n: 50,
             enqueue_n: 5,
+            submit_n: 20,
             peer_n: 5,
             reaction_n: 3,
             idle: Duration::from_secs(1),

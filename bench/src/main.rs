@@ -10,6 +10,7 @@ mod peers;
 mod procfs;
 mod seed;
 mod stats;
+mod submit;
 mod table;
 
 use std::path::PathBuf;
@@ -31,14 +32,17 @@ struct Args {
     /// Where nullmailer's .deb was extracted (bench/install-deps does it)
     #[arg(long, value_name = "DIR")]
     nullmailer: PathBuf,
+    /// Where msmtp-mta's .deb (msmtpd) was extracted (bench/install-deps does it)
+    #[arg(long, value_name = "DIR")]
+    msmtpd: PathBuf,
     /// Also write the table (with date and machine) to this file
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
     /// Skip the peers (linkrelay only)
     #[arg(long)]
     no_peers: bool,
-    /// Run only these groups (comma-separated): source, flush, peers, enqueue, reaction, idle,
-    /// scale, big
+    /// Run only these groups (comma-separated): source, flush, peers, enqueue, submit,
+    /// reaction, idle, scale, big
     #[arg(long, value_delimiter = ',', value_name = "GROUPS")]
     only: Vec<String>,
     /// Repetitions (default 5; smoke 1)
@@ -223,6 +227,22 @@ async fn run(args: Args) -> anyhow::Result<(String, Vec<String>)> {
     } else {
         None
     };
+    progress("submit over SMTP: linkrelay, Postfix's smtpd, msmtpd -> msmtpq");
+    let (mut sub_ours, mut sub_pf, mut sub_msmtpd) = (None, None, None);
+    if on("submit") {
+        sub_ours = t.take("submit, linkrelay", submit::ours(&s, port).await);
+        // The peers of these rows run with them (`--only submit` included).
+        if !args.no_peers {
+            sub_pf = t.take(
+                "submit, Postfix smtpd",
+                submit::postfix(&s, work.path(), port),
+            );
+            sub_msmtpd = t.take(
+                "submit, msmtpd -> msmtpq",
+                submit::msmtpd(&s, &args.msmtpd, work.path()),
+            );
+        }
+    }
     progress("reaction");
     let reaction = if on("reaction") {
         t.take("reaction", ours::reaction(&s).await)
@@ -311,6 +331,50 @@ async fn run(args: Args) -> anyhow::Result<(String, Vec<String>)> {
             enq_off,
         )
         .target(Target::AtLeast(500.0), ""),
+    );
+
+    for (label, pick, four) in [
+        (
+            "submit over SMTP, one session reused, durable",
+            (|r: &submit::Rates| median(&r.one)) as fn(&submit::Rates) -> Option<f64>,
+            false,
+        ),
+        (
+            "submit over SMTP, 4 sessions, durable",
+            |r| median(&r.four),
+            true,
+        ),
+    ] {
+        let mine = sub_ours.as_ref().and_then(|f| pick(&f.rates));
+        let theirs = sub_pf.as_ref().and_then(pick);
+        let mut r = Row::new(label, "msg/s", Better::Higher, mine);
+        if !args.no_peers {
+            r = r
+                .peer("Postfix smtpd -> cleanup -> queue", theirs)
+                .peer("msmtpd -> msmtpq", sub_msmtpd.as_ref().and_then(pick));
+        }
+        if !four {
+            r = r.target(Target::AtLeast(2000.0), "");
+        }
+        if let Some(v) = theirs {
+            r = r.target(Target::AtLeast(2.0 * v), "2x Postfix's smtpd");
+        }
+        if let Some(f) = &sub_ours {
+            r = r.note(format!(
+                "append + fdatasync of 4 KB on this disk during the run: {:.2} ms",
+                f.fdatasync_ms
+            ));
+        }
+        rows.push(r);
+    }
+    rows.push(
+        Row::new(
+            "submission: agent memory per idle session",
+            "KiB",
+            Better::Lower,
+            sub_ours.as_ref().map(|f| f.idle_session_kib),
+        )
+        .target(Target::Below(64.0), ""),
     );
 
     let (routed, accepted) = match &reaction {

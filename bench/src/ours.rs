@@ -438,6 +438,7 @@ pub async fn reaction(s: &Settings) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     let env = Envelope {
         from: sender(1),
         recipients: vec![RCPT.into()],
+        dsn: None,
     };
     let msg = crlf(&message());
     let quiet = Duration::from_millis(400); // longer than the debounce: the leading edge applies

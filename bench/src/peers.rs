@@ -72,7 +72,13 @@ impl Msmtp {
         Ok(m)
     }
 
-    fn cmd(&self, program: &str, online: bool) -> Command {
+    /// `program` run as msmtp and msmtpq run here: with the online home (its msmtprc sends to
+    /// the sink) or the offline one (a closed port), and the private queue.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>, online: bool) -> Command {
+        self.cmd(program, online)
+    }
+
+    fn cmd(&self, program: impl AsRef<std::ffi::OsStr>, online: bool) -> Command {
         let mut c = Command::new(program);
         c.env("HOME", if online { &self.online } else { &self.offline })
             .env("MSMTPQ_Q", &self.queue)
@@ -91,7 +97,8 @@ impl Msmtp {
         Ok(n as f64 / t.elapsed().as_secs_f64())
     }
 
-    fn queued(&self) -> usize {
+    /// Messages in msmtpq's queue.
+    pub fn queued(&self) -> usize {
         std::fs::read_dir(&self.queue)
             .map(|rd| {
                 rd.flatten()
@@ -261,6 +268,16 @@ impl Postfix {
     /// Writes the instance's main.cf and master.cf (copied from /etc/postfix) and creates its
     /// queue directories.
     pub fn new(work: &Path, port: u16) -> anyhow::Result<Postfix> {
+        Postfix::build(work, port, None)
+    }
+
+    /// The same, with smtpd listening on `127.0.0.1:smtpd` (the submission rows; no reverse
+    /// lookups of the client).
+    pub fn with_smtpd(work: &Path, port: u16, smtpd: u16) -> anyhow::Result<Postfix> {
+        Postfix::build(work, port, Some(smtpd))
+    }
+
+    fn build(work: &Path, port: u16, smtpd: Option<u16>) -> anyhow::Result<Postfix> {
         let dir = work.join("postfix");
         let config = dir.join("etc");
         let spool = dir.join("spool");
@@ -277,11 +294,30 @@ impl Postfix {
         for d in ["postfix-files.d", "dynamicmaps.cf.d"] {
             std::fs::create_dir_all(config.join(d))?;
         }
+        let listeners = match smtpd {
+            None => "master_service_disable = inet\n".to_owned(),
+            Some(p) => {
+                // Debian's `smtp inet` line (port 25) becomes ours.
+                let master = std::fs::read_to_string(config.join("master.cf"))?;
+                let master: String = master
+                    .lines()
+                    .map(|l| {
+                        if l.starts_with("smtp ") && l.contains(" inet ") {
+                            format!("127.0.0.1:{p} inet n - y - - smtpd\n")
+                        } else {
+                            format!("{l}\n")
+                        }
+                    })
+                    .collect();
+                std::fs::write(config.join("master.cf"), master)?;
+                "smtpd_peername_lookup = no\n".to_owned()
+            }
+        };
         std::fs::write(
             config.join("main.cf"),
             format!(
                 "compatibility_level = 3.6\nqueue_directory = {}\ndata_directory = {}\n\
-                 inet_interfaces = loopback-only\ninet_protocols = ipv4\nmaster_service_disable = inet\n\
+                 inet_interfaces = loopback-only\ninet_protocols = ipv4\n{listeners}\
                  mydestination =\nmyhostname = bench.localdomain\nrelayhost = [127.0.0.1]:{port}\n\
                  smtp_tls_security_level = none\nmaillog_file_prefixes = {}\nmaillog_file = {}\n",
                 spool.display(),

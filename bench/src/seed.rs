@@ -18,6 +18,7 @@ pub fn seed(root: &Path, count: usize, from: &str, to: &str, message: &[u8]) -> 
     let env = Envelope {
         from: from.to_string(),
         recipients: vec![to.to_string()],
+        dsn: None,
     };
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
     let secs = now.as_secs();

@@ -17,6 +17,7 @@ mod connect;
 mod edit;
 mod install;
 mod login;
+mod mailq;
 mod output;
 mod panel;
 mod queue;
@@ -24,6 +25,7 @@ mod relay;
 mod routes;
 mod sendmail;
 mod setup;
+mod smtp_stdio;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -84,6 +86,14 @@ enum Verb {
     /// Try a relay from the link that is up, as the agent would use it, without sending: EHLO,
     /// STARTTLS, AUTH, then MAIL FROM and RCPT TO and RSET. Exits 0 when it would relay for us
     TestRelay(TestRelayArgs),
+    /// Print the password of the submission listener (AUTH PLAIN), making one if there is
+    /// none. Only clients the kernel cannot name need it: your own programs are known by their
+    /// uid and need no password
+    Token {
+        /// Replace the token with a new one (clients using the old one must be told)
+        #[arg(long)]
+        renew: bool,
+    },
     /// Find the submission server of an address (autoconfig, the ISP database, SRV and MX
     /// records, guesses), have the agent try it from this link, and propose the config for it
     Setup(setup::SetupArgs),
@@ -330,6 +340,10 @@ fn main() -> ExitCode {
         argv.remove(0);
         return sendmail::main(argv);
     }
+    if called_as == "mailq" {
+        argv[0] = "-bp".to_owned();
+        return sendmail::main(argv);
+    }
     let cli = Cli::parse();
     if let Verb::Sendmail { args } = cli.verb {
         return sendmail::main(args);
@@ -357,6 +371,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Verb::Man { dir } => return man_verb(dir.as_deref()),
+        Verb::Token { renew } => {
+            let dir = sendmail::data_dir()
+                .context("cannot find the data directory: set XDG_DATA_HOME or HOME")?;
+            println!("{}", linkrelay_outbox::token::token(&dir, *renew)?);
+            return Ok(ExitCode::SUCCESS);
+        }
         _ => {}
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -788,7 +808,8 @@ async fn agent_verb(cli: Cli) -> anyhow::Result<ExitCode> {
         | Verb::Sendmail { .. }
         | Verb::Install(_)
         | Verb::Completions { .. }
-        | Verb::Man { .. } => unreachable!("handled before connecting"),
+        | Verb::Man { .. }
+        | Verb::Token { .. } => unreachable!("handled before connecting"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -12,6 +12,10 @@
 //! body is normalised as it is read. A message over 1 MiB does not go through the spool: it
 //! is written straight into `queue/` as it is read (the agent watches `queue/` too), so that
 //! sendmail's memory does not grow with the message (a 100 MiB message: under 14 MiB).
+//!
+//! The other modes: `-bs` speaks the listener's SMTP dialogue on standard input and output
+//! ([`crate::smtp_stdio`]), `-bp` (and the name `mailq`) prints the queue ([`crate::mailq`]),
+//! `-q` asks the agent to flush.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -19,19 +23,21 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use linkrelay_config::{Config, ConfigError};
-use linkrelay_outbox::sendmail::{Args, ReadError, parse_args, prepare_stream};
+use linkrelay_outbox::sendmail::{Args, Mode, ReadError, parse_args, prepare_stream};
 use linkrelay_outbox::{Envelope, Limits, Outbox, OutboxError};
 
 const EX_USAGE: u8 = 64;
 const EX_DATAERR: u8 = 65;
 const EX_NOUSER: u8 = 67;
-const EX_SOFTWARE: u8 = 70;
-const EX_TEMPFAIL: u8 = 75;
+const EX_UNAVAILABLE: u8 = 69;
+pub(crate) const EX_SOFTWARE: u8 = 70;
+pub(crate) const EX_TEMPFAIL: u8 = 75;
 const EX_CONFIG: u8 = 78;
 
 const HELP: &str = "\
 usage: linkrelay sendmail [options] [recipient...] < message
        sendmail [options] [recipient...] < message
+       sendmail -bs | sendmail -bp (or mailq) | sendmail -q
 
 Queues the message in your linkrelay outbox; linkrelayd sends it through the relay that
 matches the link that is up. Exits 0 only once the message is safely on disk.
@@ -40,14 +46,23 @@ matches the link that is up. Exits 0 only once the message is safely on disk.
   -i, -oi       a line with a single dot does not end the message
   -f ADDR       envelope sender (also -r ADDR); default: the From: header
   -F NAME       full name for an added From: header
+  -N DSN        never, or any of success,failure,delay: when to be told about delivery
+  -R RET        full or hdrs: what a delivery notice returns of the message
+  -V ENVID      your own id for the message, quoted in delivery notices
+  -bm           read a message on standard input (the default)
+  -bs           speak SMTP on standard input and output (as PHP and Alpine use it)
+  -bp           print the queue, as mailq does
+  -q            ask linkrelayd to send what is queued now
   --user NAME   queue for this linkrelay user instead of choosing by sender
   --config PATH the config to read users from
-Other sendmail options that mail clients pass (-oem, -odb, -v, ...) are accepted and ignored.
+Other sendmail options that cron daemons and mail clients pass (-oem, -odb, -odi,
+-B8BITMIME, -v, ...) are accepted and ignored; an unknown option is a usage error (64)
+naming it. -N, -R and -V are passed on to relays that offer DSN.
 Exit codes: 0 queued, 64 usage, 65 bad message (or larger than [outbox]
-max_message_size), 67 no user for the sender, 75 try again
+max_message_size), 67 no user for the sender, 69 agent not running (-q), 75 try again
 (disk full, I/O), 78 config broken.";
 
-fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
+pub(crate) fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
     errln!("sendmail: {msg}");
     ExitCode::from(code)
 }
@@ -87,6 +102,20 @@ pub fn main(args: Vec<String>) -> ExitCode {
         Ok(p) => p,
         Err(e) => return fail(e.exit_code() as u8, e),
     };
+    match parsed.mode {
+        Mode::Deliver => {}
+        Mode::Flush => return flush(),
+        Mode::Smtp | Mode::Print => {
+            let config = match load_config(config_path) {
+                Ok(c) => c,
+                Err(e) => return fail(EX_CONFIG, e),
+            };
+            if parsed.mode == Mode::Print {
+                return crate::mailq::main(&config);
+            }
+            return crate::smtp_stdio::main(&Context { user, config });
+        }
+    }
     let mut input = std::io::stdin().lock();
     let result = queue_message(&parsed, &mut input, user, config_path);
     // Read what the client still writes (after a lone dot, or after an error), so that it
@@ -212,6 +241,96 @@ fn queue(
     }
 }
 
+/// What `-bs` needs beyond the dialogue: `--user`, and the config.
+pub(crate) struct Context {
+    /// `--user`: every message goes to this user.
+    pub(crate) user: Option<String>,
+    pub(crate) config: Config,
+}
+
+impl Context {
+    /// The user mail from `sender` belongs to: `--user`, else by the `from` patterns.
+    pub(crate) fn user_for(&self, sender: &str) -> Result<String, String> {
+        if let Some(u) = &self.user {
+            return match self.config.user(u) {
+                Some(user) => Ok(user.name.to_string()),
+                None => Err(format!("no [[user]] named {u:?} in the config")),
+            };
+        }
+        match self.config.user_for_sender(sender) {
+            Some(u) => Ok(u.name.to_string()),
+            None => Err(format!(
+                "no [[user]] has a `from` pattern matching {sender:?} and none is \
+                 `default = true`; add one, or pass --user"
+            )),
+        }
+    }
+
+    /// The outbox of `user`, with the config's limits.
+    pub(crate) fn outbox(&self, user: &str) -> Result<Outbox, String> {
+        let data_dir =
+            data_dir().ok_or("cannot find the data directory: set XDG_DATA_HOME or HOME")?;
+        let limits = Limits {
+            max_message_size: self.config.outbox.max_message_size,
+        };
+        Outbox::open(&data_dir.join(user))
+            .map(|o| o.with_limits(limits))
+            .map_err(|e| format!("cannot open the outbox of {user}: {e}"))
+    }
+}
+
+/// Where the outboxes are: `LINKRELAY_DATA_DIR`, else the XDG default.
+pub(crate) fn data_dir() -> Option<PathBuf> {
+    std::env::var_os("LINKRELAY_DATA_DIR")
+        .map(PathBuf::from)
+        .or_else(linkrelay_config::default_data_dir)
+}
+
+/// Queues a message held whole (`-bs`): through the spool when an agent holds the outbox,
+/// else straight into the queue. Returns the id, and whether the agent should be nudged.
+pub(crate) fn queue_whole(
+    outbox: &Outbox,
+    envelope: &Envelope,
+    message: &[u8],
+) -> Result<(String, bool), OutboxError> {
+    if outbox.agent_holds_it() {
+        outbox.submit(envelope, message).map(|id| (id, false))
+    } else {
+        outbox.enqueue(envelope, message).map(|id| (id, true))
+    }
+}
+
+/// `-q`: asks the agent to send what is queued now (D-Bus activation starts an installed
+/// one). The agent runs the queue; this only says "now".
+fn flush() -> ExitCode {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return fail(EX_SOFTWARE, "cannot start the tokio runtime");
+    };
+    let result = rt.block_on(async {
+        let call = async {
+            let conn = zbus::Connection::session().await?;
+            let agent = linkrelay_dbus::agent::AgentProxy::new(&conn).await?;
+            agent.flush("", false).await?;
+            Ok::<_, zbus::Error>(())
+        };
+        tokio::time::timeout(Duration::from_secs(10), call).await
+    });
+    match result {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => fail(
+            EX_UNAVAILABLE,
+            format!(
+                "cannot ask linkrelayd to send the queue ({e}); is it running? \
+                 (linkrelayd, or linkrelay install --user)"
+            ),
+        ),
+        Err(_) => fail(EX_UNAVAILABLE, "linkrelayd did not answer within 10 s"),
+    }
+}
+
 fn default_from() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
@@ -239,7 +358,7 @@ fn load_config(explicit: Option<PathBuf>) -> Result<Config, String> {
 /// Tells the agent to look at the outbox now, starting it through D-Bus activation if it is
 /// installed but not running. Best effort and bounded: the message is already safe, and an
 /// agent finds it when it starts.
-fn nudge(user: &str) {
+pub(crate) fn nudge(user: &str) {
     let Ok(rt) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -40,7 +40,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -75,6 +75,8 @@ pub struct Config {
     pub retry: RetrySettings,
     /// `[notify]`
     pub notify: NotifySettings,
+    /// `[submission]`
+    pub submission: SubmissionSettings,
     /// `[outbox]`
     pub outbox: OutboxSettings,
     /// `[setup]`
@@ -214,6 +216,41 @@ impl Default for NotifySettings {
         NotifySettings {
             enabled: true,
             after: Duration::from_secs(60 * 60),
+        }
+    }
+}
+
+/// `[submission]`: the SMTP submission listener, where mail clients (Thunderbird, Evolution,
+/// Geary, KMail, msmtp, ...) hand mail to linkrelay. It takes mail only from programs of the
+/// agent's own uid on this machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubmissionSettings {
+    /// `listen`: loopback TCP addresses to listen on, e.g. `127.0.0.1:2525` and `[::1]:2525`.
+    /// Default none: a port is shared by every user of the machine, so it is opt-in.
+    pub listen: Vec<SocketAddr>,
+    /// `socket`: listen on the unix socket [`submission_socket_path`] too. Default true.
+    /// (The largest message it takes, announced as `SIZE`, is `[outbox] max_message_size`.)
+    pub socket: bool,
+    /// `max_sessions`: the most clients served at once; more wait to be accepted. Default 32.
+    pub max_sessions: usize,
+    /// `max_recipients`: the most recipients of one message. Default 1000.
+    pub max_recipients: usize,
+    /// `timeout`: how long a client may take over each command. Default 5 minutes.
+    pub timeout: Duration,
+    /// `data_timeout`: how long a client may take over a whole message's data. Default 10
+    /// minutes.
+    pub data_timeout: Duration,
+}
+
+impl Default for SubmissionSettings {
+    fn default() -> Self {
+        SubmissionSettings {
+            listen: Vec::new(),
+            socket: true,
+            max_sessions: 32,
+            max_recipients: 1000,
+            timeout: Duration::from_secs(5 * 60),
+            data_timeout: Duration::from_secs(10 * 60),
         }
     }
 }
@@ -749,6 +786,7 @@ impl Config {
             agent: AgentSettings::default(),
             retry: RetrySettings::default(),
             notify: NotifySettings::default(),
+            submission: SubmissionSettings::default(),
             outbox: OutboxSettings::default(),
             setup: SetupSettings::default(),
             links: Vec::new(),
@@ -815,6 +853,15 @@ pub fn default_config_path() -> Option<PathBuf> {
 /// `$HOME/.local/share/linkrelay`; `None` if neither variable is usable.
 pub fn default_data_dir() -> Option<PathBuf> {
     xdg_dir("XDG_DATA_HOME", ".local/share").map(|d| d.join("linkrelay"))
+}
+
+/// The submission listener's unix socket: `$XDG_RUNTIME_DIR/linkrelay/submission.sock`;
+/// `None` when `XDG_RUNTIME_DIR` is not set to an absolute path.
+pub fn submission_socket_path() -> Option<PathBuf> {
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .map(|d| d.join("linkrelay").join("submission.sock"))
 }
 
 /// `$var` if it is set to an absolute path (the XDG spec says to ignore relative ones), else

@@ -16,11 +16,12 @@ use crate::diag::{Diagnostic, Diagnostics, Note, line_col};
 use crate::{
     AgentSettings, Config, IpNet, LinkMatch, LinkName, LinkRule, MeteredPolicy, NETLINK_FIELDS,
     NotifySettings, OutboxSettings, Relay, RelayName, RetrySettings, SetupSettings, SourceKind,
-    TlsMode, User, glob,
+    SubmissionSettings, TlsMode, User, glob,
 };
 
 mod relay_auth;
 mod relay_oauth2;
+mod submission;
 
 type Span = Range<usize>;
 
@@ -61,6 +62,10 @@ const ROOT: Schema = Schema {
         key(
             "outbox",
             "[outbox] on a line of its own, with its keys below it",
+        ),
+        key(
+            "submission",
+            "[submission] on a line of its own, with its keys below it",
         ),
         key(
             "setup",
@@ -1537,6 +1542,13 @@ fn config(ctx: &mut Ctx<'_>, root: &DeTable<'_>) -> Config {
         }
         None => OutboxSettings::default(),
     };
+    let submission = match root.table(ctx, "submission") {
+        Some((t, span)) => {
+            let t = Table::new(ctx, t, span, &submission::SUBMISSION);
+            submission::submission(ctx, &t)
+        }
+        None => SubmissionSettings::default(),
+    };
 
     let setup = match root.table(ctx, "setup") {
         Some((t, span)) => {
@@ -1602,6 +1614,7 @@ fn config(ctx: &mut Ctx<'_>, root: &DeTable<'_>) -> Config {
         retry,
         notify,
         outbox,
+        submission,
         setup,
         links,
         relays,

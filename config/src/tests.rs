@@ -176,6 +176,9 @@ fn starter_config_options_are_valid_when_uncommented() {
         c.users[0].relays_for("home"),
         Some(&[RelayName::from("my-isp")][..])
     );
+    // the listener it offers is the loopback pair the docs give
+    let listen: Vec<String> = c.submission.listen.iter().map(|a| a.to_string()).collect();
+    assert_eq!(listen, ["127.0.0.1:2525", "[::1]:2525"]);
     assert_eq!(
         c.setup.ispdb.as_deref(),
         Some("https://autoconfig.thunderbird.net/v1.1/")
@@ -227,6 +230,11 @@ fn starter_config_options_are_valid_when_uncommented() {
         "from",
         "default",
         "routes",
+        "listen",
+        "socket",
+        "max_sessions",
+        "max_recipients",
+        "data_timeout",
     ] {
         assert!(
             text.contains(&format!("{key} = ")),
@@ -545,7 +553,7 @@ fn unknown_keys_everywhere_are_all_reported() {
     assert_eq!(
         d[0].help.as_deref(),
         Some(
-            "valid keys are `agent`, `retry`, `notify`, `outbox`, `setup`, `link`, `relay`, `user`"
+            "valid keys are `agent`, `retry`, `notify`, `outbox`, `submission`, `setup`, `link`, `relay`, `user`"
         )
     );
     assert_eq!(d[1].message, "unknown key `sorce` in [agent]");
@@ -1552,6 +1560,66 @@ fn xdg_paths() {
     }
     if let Some(p) = default_data_dir() {
         assert!(p.ends_with("linkrelay"));
+    }
+}
+
+// ---- [submission] ---------------------------------------------------------------------------
+
+#[test]
+fn submission_is_a_private_socket_by_default_and_tcp_when_asked() {
+    let c = parse(USER);
+    assert_eq!(c.submission, SubmissionSettings::default());
+    assert!(c.submission.listen.is_empty());
+    assert!(c.submission.socket);
+    let c = parse(&doc(&[
+        "[submission]",
+        r#"listen = ["127.0.0.1:2525", "[::1]:2525"]"#,
+        "socket = false",
+        "max_sessions = 4",
+        "max_recipients = 10",
+        r#"timeout = "30s""#,
+        r#"data_timeout = "2m""#,
+        USER,
+    ]));
+    let s = &c.submission;
+    let addrs: Vec<String> = s.listen.iter().map(|a| a.to_string()).collect();
+    assert_eq!(addrs, ["127.0.0.1:2525", "[::1]:2525"]);
+    assert!(!s.socket);
+    assert_eq!((s.max_sessions, s.max_recipients), (4, 10));
+    assert_eq!(s.timeout, Duration::from_secs(30));
+    assert_eq!(s.data_timeout, Duration::from_secs(120));
+}
+
+#[test]
+fn submission_listens_only_on_this_machine() {
+    let (line, col, message, help) = one(&doc(&[
+        "[submission]",
+        r#"listen = ["127.0.0.1:2525", "0.0.0.0:2525"]"#,
+        USER,
+    ]));
+    assert_eq!((line, col), (2, 29));
+    assert_eq!(
+        message,
+        "\"0.0.0.0:2525\" is not on this machine: the listener takes mail only from local programs"
+    );
+    assert!(help.contains("127.0.0.1 or [::1]"), "{help}");
+    for (bad, message) in [
+        (
+            r#"listen = ["localhost:2525"]"#,
+            "is not an address and port",
+        ),
+        (r#"listen = ["::1:2525"]"#, "is not an address and port"),
+        (r#"listen = ["127.0.0.1:0"]"#, "has no port"),
+        (r#"listen = "127.0.0.1:2525""#, "must be an array"),
+        ("max_sessions = 0", "must be more than 0"),
+        ("max_recipients = -1", "must be more than 0"),
+        (r#"timeout = "0s""#, "must be more than 0"),
+        ("sockets = true", "did you mean"),
+    ] {
+        let d = diags(&doc(&["[submission]", bad, USER]));
+        let text = format!("{}", Diagnostics(d.clone()));
+        assert_eq!(d.len(), 1, "{bad}: {text}");
+        assert!(text.contains(message), "{bad}: {text}");
     }
 }
 

@@ -60,6 +60,7 @@ fuzz_target!(|data: &[u8]| {
         } else {
             Vec::new()
         },
+        ..Args::default()
     };
     let whole = prepare(&args, input, "me@localhost");
     if let Ok((envelope, message)) = &whole {

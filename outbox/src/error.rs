@@ -87,6 +87,37 @@ impl OutboxError {
         matches!(self, OutboxError::NotFound(_))
     }
 
+    /// The same error again, for another message of a batch that one write failed for (an
+    /// I/O error keeps its code, so that [`OutboxError::is_no_space`] still tells).
+    pub(crate) fn for_each_of_a_batch(&self) -> OutboxError {
+        match self {
+            OutboxError::Io { context, source } => OutboxError::Io {
+                context: context.clone(),
+                source: match source.raw_os_error() {
+                    Some(code) => io::Error::from_raw_os_error(code),
+                    None => io::Error::new(source.kind(), source.to_string()),
+                },
+            },
+            OutboxError::BadId(id) => OutboxError::BadId(id.clone()),
+            OutboxError::NotFound(id) => OutboxError::NotFound(id.clone()),
+            OutboxError::WrongFolder { id, folder, action } => OutboxError::WrongFolder {
+                id: id.clone(),
+                folder: *folder,
+                action,
+            },
+            OutboxError::BadEnvelope(why) => OutboxError::BadEnvelope(why.clone()),
+            OutboxError::TooLarge { max } => OutboxError::TooLarge { max: *max },
+            OutboxError::Corrupt { path, reason } => OutboxError::Corrupt {
+                path: path.clone(),
+                reason: reason.clone(),
+            },
+            OutboxError::Unsafe { path, reason } => OutboxError::Unsafe {
+                path: path.clone(),
+                reason: reason.clone(),
+            },
+        }
+    }
+
     pub(crate) fn io(context: impl Into<String>, source: impl Into<io::Error>) -> Self {
         OutboxError::Io {
             context: context.into(),

@@ -8,7 +8,7 @@
 //! two syncs (the file, then `incoming/`): the message is as safe, sooner. The agent, which
 //! watches `incoming/`, then moves both kinds into the queue with [`Outbox::ingest_incoming`]:
 //! it builds `queue/<id>/` without syncing, makes every message of the round durable with one
-//! `syncfs`, and only then removes their files and empties the spool. A crash in between
+//! `syncfs`, and only then removes their files and what it took of the spool. A crash in between
 //! leaves a message whose id is already queued (or sent): the next round sees the id and only
 //! removes it, so nothing is queued twice. This is the shape of Postfix's maildrop and pickup.
 //!
@@ -38,18 +38,50 @@ impl Outbox {
     /// ([`Outbox::agent_holds_it`]); without one, [`Outbox::enqueue`] puts the message where
     /// every tool sees it at once. On error nothing is left behind.
     pub fn submit(&self, env: &Envelope, message: &[u8]) -> Result<String, OutboxError> {
-        check_envelope(env)?;
-        let id = new_id();
-        let mut data = Vec::with_capacity(MAGIC.len() + 256 + message.len());
-        data.extend_from_slice(MAGIC);
-        serde_json::to_writer(&mut data, env)
-            .map_err(|e| OutboxError::io("encoding the envelope", io::Error::other(e)))?;
-        data.push(b'\n');
-        data.extend_from_slice(message);
-        if !self.append_to_spool(&id, &data)? {
-            self.submit_file(&id, &data)?;
+        let mut results = self.submit_batch(&[(env, message)]);
+        results
+            .pop()
+            .unwrap_or_else(|| Err(OutboxError::BadEnvelope("no message".into())))
+    }
+
+    /// Queues several messages through `incoming/` at once, as [`Outbox::submit`] does one,
+    /// with one durable write for them all (group commit: the submission listener batches
+    /// the messages of its sessions this way). Returns each message's id, or why it was not
+    /// queued, in order: a bad envelope fails its own message only; an I/O error fails every
+    /// message of the batch that was not queued, and leaves nothing of them behind.
+    pub fn submit_batch(
+        &self,
+        messages: &[(&Envelope, &[u8])],
+    ) -> Vec<Result<String, OutboxError>> {
+        let mut results: Vec<Result<String, OutboxError>> = Vec::with_capacity(messages.len());
+        let mut records = Vec::with_capacity(messages.len());
+        for (env, message) in messages {
+            match check_envelope(env).and_then(|()| payload(env, message)) {
+                Ok(data) => {
+                    let id = new_id();
+                    records.push((id.clone(), data));
+                    results.push(Ok(id));
+                }
+                Err(e) => results.push(Err(e)),
+            }
         }
-        Ok(id)
+        if records.is_empty() {
+            return results;
+        }
+        let stored = match self.append_to_spool(&records) {
+            Ok(true) => Ok(()),
+            // No spool: a file each (an agent that made none, or a test without one).
+            Ok(false) => records
+                .iter()
+                .try_for_each(|(id, data)| self.submit_file(id, data)),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = stored {
+            for result in results.iter_mut().filter(|r| r.is_ok()) {
+                *result = Err(e.for_each_of_a_batch());
+            }
+        }
+        results
     }
 
     /// Writes `incoming/<id>` (through `tmp/`) and syncs it and its directory entry.
@@ -88,10 +120,10 @@ impl Outbox {
 
     /// Moves the messages of `incoming/` (its files and the spool) into the queue (see the
     /// module documentation): one `syncfs` for the whole round, then their files are removed
-    /// and the spool emptied. A message that cannot be parsed goes to `failed/` with the
-    /// reason (bytes of the spool that are no record, only by a round that takes everything
-    /// in: a round that leaves the spool would store them again); an I/O error leaves it for
-    /// the next round. Returns what happened to each: the files, then the spool's records,
+    /// and what was taken of the spool (`.spool.taken`) too. A message that cannot be parsed
+    /// goes to `failed/` with the reason (bytes of the spool that are no record, only by a
+    /// round that takes everything in: a round that leaves them would store them again); an
+    /// I/O error leaves it for the next round. Returns what happened to each: the files, then the spool's records,
     /// then its garbage, each in order.
     pub fn ingest_incoming(&self) -> Vec<Ingested> {
         let dir = self.root().join(INCOMING);
@@ -120,7 +152,7 @@ impl Outbox {
                 Err(error) => out.push(Ingested::Deferred { file: name, error }),
             }
         }
-        // The spool is emptied only when every record in it is in a folder now.
+        // What was taken is removed only when every record in it is in a folder now.
         let mut spool_taken = true;
         if let Some(drain) = &drain {
             let (ingested, errors) = self.ingest_spool(drain);
@@ -323,6 +355,18 @@ impl Outbox {
             Err(e) => Err(e),
         }
     }
+}
+
+/// What an `incoming/` file (or a spool record) holds for a message: the envelope line, then
+/// the message.
+fn payload(env: &Envelope, message: &[u8]) -> Result<Vec<u8>, OutboxError> {
+    let mut data = Vec::with_capacity(MAGIC.len() + 256 + message.len());
+    data.extend_from_slice(MAGIC);
+    serde_json::to_writer(&mut data, env)
+        .map_err(|e| OutboxError::io("encoding the envelope", io::Error::other(e)))?;
+    data.push(b'\n');
+    data.extend_from_slice(message);
+    Ok(data)
 }
 
 /// Splits an `incoming/` file into its envelope and message.

@@ -16,6 +16,7 @@ fn env(rcpts: &[&str]) -> Envelope {
     Envelope {
         from: "alice@example.net".into(),
         recipients: rcpts.iter().map(|s| s.to_string()).collect(),
+        dsn: None,
     }
 }
 

@@ -18,6 +18,7 @@ fn queue_one(ob: &Outbox) -> MessageState {
     let env = Envelope {
         from: "alice@example.net".into(),
         recipients: vec!["bob@example.org".into()],
+        dsn: None,
     };
     let id = ob.enqueue(&env, b"Subject: hi\r\n\r\nbody\r\n").unwrap();
     ob.state(Folder::Queue, &id).unwrap()

@@ -25,18 +25,22 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod agent_lock;
+pub mod dsn;
 mod error;
 mod fsutil;
 mod id;
 mod incoming;
 mod journal;
 mod limits;
+pub mod mailq;
 mod outbox;
 mod prune;
 mod scan;
 pub mod sendmail;
 mod spool;
 mod state;
+pub mod submission;
+pub mod token;
 
 pub use agent_lock::{AGENT_LOCK, AgentLock, LockError, Owner, holder};
 pub use error::OutboxError;

@@ -15,6 +15,7 @@ fn env(from: &str, rcpts: &[&str]) -> Envelope {
     Envelope {
         from: from.to_owned(),
         recipients: rcpts.iter().map(|s| s.to_string()).collect(),
+        dsn: None,
     }
 }
 

@@ -9,12 +9,15 @@ use std::io::Read;
 
 use mailparse::{MailAddr, addrparse_header, parse_header, parse_headers};
 
+use crate::dsn::{Dsn, ENVID_MAX, Notify, RecipientDsn, Ret};
 use crate::id::now_secs;
 use crate::state::Envelope;
 
 /// The `sendmail` command line, as far as linkrelay uses it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Args {
+    /// What to do: read a message (the default), speak SMTP, print the queue, or flush it.
+    pub mode: Mode,
     /// `-t`: take the recipients from the To:, Cc: and Bcc: headers too.
     pub extract_recipients: bool,
     /// `-i` or `-oi`: a line with a single dot does not end the message.
@@ -23,8 +26,52 @@ pub struct Args {
     pub from: Option<String>,
     /// `-F name`: the full name for the From: header if one is added.
     pub full_name: Option<String>,
+    /// `-N never|success,failure,delay`: when each recipient's delivery should be notified
+    /// (passed on to a relay that offers DSN).
+    pub notify: Option<Notify>,
+    /// `-R full|hdrs`: what a notification returns of the message.
+    pub ret: Option<Ret>,
+    /// `-V envid`: the sender's own id for the message, for notifications.
+    pub envid: Option<String>,
     /// The recipients on the command line.
     pub recipients: Vec<String>,
+}
+
+impl Args {
+    /// The DSN requests of `-N`, `-R` and `-V` for a message to `recipients` (`-N` applies
+    /// to each of them); `None` when none was given.
+    pub fn dsn(&self, recipients: &[String]) -> Option<Dsn> {
+        let dsn = Dsn {
+            ret: self.ret,
+            envid: self.envid.clone(),
+            recipients: match self.notify {
+                Some(notify) => recipients
+                    .iter()
+                    .map(|addr| RecipientDsn {
+                        addr: addr.clone(),
+                        notify: Some(notify),
+                        orcpt: None,
+                    })
+                    .collect(),
+                None => Vec::new(),
+            },
+        };
+        (!dsn.is_empty()).then_some(dsn)
+    }
+}
+
+/// What sendmail is asked to do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// `-bm` (the default): read one message from standard input and queue it.
+    #[default]
+    Deliver,
+    /// `-bs`: speak SMTP on standard input and output, queueing each message.
+    Smtp,
+    /// `-bp`, or called as `mailq`: print the queue.
+    Print,
+    /// `-q`: ask the agent to send what is queued now.
+    Flush,
 }
 
 /// Why sendmail mode gives up; [`SendmailError::exit_code`] gives the sysexits code.
@@ -52,11 +99,13 @@ impl SendmailError {
 /// clustered (`-ti`), values attached or separate (`-faddr`, `-f addr`), options and
 /// recipients may be mixed, and `--` ends the options.
 ///
-/// Accepted and ignored, as mail clients pass them: `-o<anything>` (`-oem`, `-odb`, `-oo`,
-/// ... but `-oi` means `-i`), `-O opt=val`, `-v`, `-m`, `-n`, `-G`, `-U`, `-bm`, and with
-/// their values `-N dsn`, `-R ret`, `-V envid`, `-B type`, `-X log`, `-A`, `-C`, `-L`, `-e`,
-/// `-h`, `-p`. Other modes (`-bp`, `-bs`, `-bd`, ...), `-q` and `-I` are
-/// [`SendmailError::Usage`] naming the option, and so is anything unknown.
+/// Modes: `-bm` (the default), `-bs`, `-bp` and `-q` (any form: `-q`, `-q30m`, `-qIid`: the
+/// agent runs the queue, so each asks it to flush now). DSN: `-N`, `-R`, `-V`, whose values
+/// are checked. Accepted and ignored, as cron daemons and mail clients pass them:
+/// `-o<anything>` (`-oem`, `-odb`, `-odi`, ... but `-oi` means `-i`), `-O opt=val`, `-v`,
+/// `-m`, `-n`, `-G`, `-U`, and with their values `-B type`, `-X log`, `-A`, `-C`, `-L`,
+/// `-e`, `-h`, `-p`. Other modes (`-bd`, `-bv`, ...), `-I` and anything unknown are
+/// [`SendmailError::Usage`] naming the option.
 pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Args, SendmailError> {
     let mut args = args.into_iter();
     let mut out = Args::default();
@@ -82,11 +131,9 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Args, Sendm
                     ));
                 }
                 'q' => {
-                    return Err(SendmailError::Usage(format!(
-                        "-{} (queue run) is not supported: linkrelayd runs the queue \
-                         (see `linkrelay flush`)",
-                        &cluster[i..]
-                    )));
+                    // -q, -q30m, -qIid, -qRsite: whatever is asked, the agent runs the queue.
+                    out.mode = Mode::Flush;
+                    break;
                 }
                 'A' | 'B' | 'C' | 'F' | 'L' | 'N' | 'O' | 'R' | 'V' | 'X' | 'b' | 'e' | 'f'
                 | 'h' | 'o' | 'p' | 'r' => {
@@ -98,18 +145,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Args, Sendm
                     } else {
                         rest.to_owned()
                     };
-                    match c {
-                        'F' => out.full_name = Some(value),
-                        'f' | 'r' => out.from = Some(value),
-                        'o' if value == "i" => out.ignore_dots = true,
-                        'b' if value != "m" => {
-                            return Err(SendmailError::Usage(format!(
-                                "-b{value} is not supported: linkrelay's sendmail only reads a \
-                                 message from standard input (-bm)"
-                            )));
-                        }
-                        _ => {}
-                    }
+                    option_with_value(&mut out, c, value)?;
                     break;
                 }
                 other => {
@@ -121,6 +157,54 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Args, Sendm
         }
     }
     Ok(out)
+}
+
+/// An option that takes a value (`-f addr`, `-bs`, `-N never`, ...).
+fn option_with_value(out: &mut Args, c: char, value: String) -> Result<(), SendmailError> {
+    let usage = |text: String| Err(SendmailError::Usage(text));
+    match c {
+        'F' => out.full_name = Some(value),
+        'f' | 'r' => out.from = Some(value),
+        'o' if value == "i" => out.ignore_dots = true,
+        'b' => {
+            out.mode = match value.as_str() {
+                "m" => Mode::Deliver,
+                "s" => Mode::Smtp,
+                "p" => Mode::Print,
+                _ => {
+                    return usage(format!(
+                        "-b{value} is not supported: linkrelay's sendmail reads a message \
+                         (-bm), speaks SMTP on standard input (-bs) or prints the queue (-bp)"
+                    ));
+                }
+            }
+        }
+        'N' => match Notify::parse(&value) {
+            Ok(notify) => out.notify = Some(notify),
+            Err(why) => {
+                return usage(format!(
+                    "-N {value}: {why} (write -N never, or a list of success, failure, delay)"
+                ));
+            }
+        },
+        'R' => match Ret::parse(&value) {
+            Some(ret) => out.ret = Some(ret),
+            None => return usage(format!("-R {value}: write -R full or -R hdrs")),
+        },
+        'V' => {
+            if value.is_empty()
+                || value.chars().count() > ENVID_MAX
+                || value.chars().any(|c| c.is_control() || c.is_whitespace())
+            {
+                return usage(format!(
+                    "-V {value:?}: an envelope id is 1 to {ENVID_MAX} printable characters"
+                ));
+            }
+            out.envid = Some(value);
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Turns what sendmail read on standard input into the envelope and the message to queue.
@@ -138,12 +222,13 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Args, Sendm
 ///   `-t`. A missing `From:` is added with the envelope sender (or `default_from` for a null
 ///   sender) and the `-F` name (RFC 2047-encoded if not ASCII); a missing `Date:` and
 ///   `Message-ID:` are added too, as Postfix does.
+/// - `-N`, `-R` and `-V` become the envelope's DSN requests (`-N` for every recipient).
 pub fn prepare(
     args: &Args,
     input: &[u8],
     default_from: &str,
 ) -> Result<(Envelope, Vec<u8>), SendmailError> {
-    build(
+    let (mut envelope, message) = build(
         &Request {
             dot_ends: !args.ignore_dots,
             extract: args.extract_recipients,
@@ -153,7 +238,9 @@ pub fn prepare(
             default_from: Some(default_from),
         },
         input,
-    )
+    )?;
+    envelope.dsn = args.dsn(&envelope.recipients);
+    Ok((envelope, message))
 }
 
 /// Reads the envelope of a complete message file (from the outbox's `new/`): recipients from
@@ -172,6 +259,26 @@ pub fn envelope_from_headers(message: &[u8]) -> Result<(Envelope, Vec<u8>), Send
         },
         message,
     )
+}
+
+/// Prepares a message that came over SMTP (the submission listener, `sendmail -bs`) for the
+/// queue. The envelope is the dialogue's (`MAIL FROM`, `RCPT TO`) and is not changed; the
+/// message must start with a valid header section ([`SendmailError::DataErr`] else), loses
+/// its `Bcc:` fields and gains `Date:`, `Message-ID:` and `From:` (the envelope sender) when
+/// missing, as with `sendmail`. Dots are not special: the dialogue has unstuffed them.
+pub fn prepare_submitted(envelope: &Envelope, data: &[u8]) -> Result<Vec<u8>, SendmailError> {
+    build(
+        &Request {
+            dot_ends: false,
+            extract: false,
+            recipients: &envelope.recipients,
+            from: Some(&envelope.from),
+            full_name: None,
+            default_from: None,
+        },
+        data,
+    )
+    .map(|(_, message)| message)
 }
 
 /// The largest header section read into memory: a message whose header section (up to the
@@ -199,7 +306,7 @@ pub fn prepare_stream<R: Read>(
     input: R,
     default_from: &str,
 ) -> Result<MessageStream<R>, ReadError> {
-    stream(
+    let mut message = stream(
         &Request {
             dot_ends: !args.ignore_dots,
             extract: args.extract_recipients,
@@ -209,7 +316,9 @@ pub fn prepare_stream<R: Read>(
             default_from: Some(default_from),
         },
         input,
-    )
+    )?;
+    message.envelope.dsn = args.dsn(&message.envelope.recipients);
+    Ok(message)
 }
 
 /// [`envelope_from_headers`] on a stream (a file of `new/`), as [`prepare_stream`] is to
@@ -495,6 +604,7 @@ fn build_head(req: &Request<'_>, msg: &[u8]) -> Result<(Envelope, Vec<u8>, usize
         Envelope {
             from: sender,
             recipients: recipients.list,
+            dsn: None,
         },
         out,
         section.body.unwrap_or(msg.len()),
@@ -952,7 +1062,7 @@ fn rfc5322_date(secs: u64) -> String {
 
 /// (year, month 1..=12, day 1..=31) of a day count since 1970-01-01 (H. Hinnant's
 /// algorithm, for days on or after the epoch).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
+pub(crate) fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468;
     let era = z / 146_097;
     let doe = z - era * 146_097;
@@ -1031,6 +1141,23 @@ mod tests {
         let a = args(&["-tif", "a@b.c"]).unwrap();
         assert!(a.extract_recipients && a.ignore_dots);
         assert_eq!(a.from.as_deref(), Some("a@b.c"));
+        // Cron daemons.
+        let a = args(&[
+            "-FCronDaemon",
+            "-i",
+            "-odi",
+            "-oem",
+            "-oi",
+            "-t",
+            "-f",
+            "root",
+        ])
+        .unwrap();
+        assert!(a.ignore_dots && a.extract_recipients);
+        assert_eq!(a.from.as_deref(), Some("root"));
+        assert_eq!(a.full_name.as_deref(), Some("CronDaemon"));
+        let a = args(&["-i", "-B8BITMIME", "-oem", "user@example.org"]).unwrap();
+        assert_eq!(a.recipients, ["user@example.org"]);
         let a = args(&[
             "-odb",
             "-oee",
@@ -1064,6 +1191,7 @@ mod tests {
         assert!(!a.ignore_dots && !a.extract_recipients);
         assert_eq!(a.recipients, ["x@y.z"]);
         assert_eq!(a.from, None);
+        assert_eq!(a.mode, Mode::Deliver);
         // -o with a separate value, and -oi spelled that way.
         let a = args(&["-o", "i", "x@y.z"]).unwrap();
         assert!(a.ignore_dots);
@@ -1077,12 +1205,13 @@ mod tests {
     #[test]
     fn parse_args_usage_errors_name_the_option() {
         for (argv, needle) in [
-            (&["-bp"][..], "-bp"),
-            (&["-bs"][..], "-bs"),
             (&["-bd"][..], "-bd"),
             (&["-b", "v", "x@y.z"][..], "-bv"),
-            (&["-q"][..], "-q"),
-            (&["-q1h"][..], "-q1h"),
+            (&["-bi"][..], "-bi"),
+            (&["-N", "sometimes"][..], "-N sometimes"),
+            (&["-Nnever,success"][..], "-N never,success"),
+            (&["-R", "all"][..], "-R all"),
+            (&["-V", "two words"][..], "-V"),
             (&["-I"][..], "-I"),
             (&["-Z"][..], "-Z"),
             (&["-tZ"][..], "-Z"),
@@ -1098,6 +1227,41 @@ mod tests {
                 other => panic!("{argv:?}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn modes_are_chosen_by_b_and_q() {
+        assert_eq!(args(&["-bs"]).unwrap().mode, Mode::Smtp);
+        assert_eq!(args(&["-b", "p"]).unwrap().mode, Mode::Print);
+        assert_eq!(args(&["-bm", "x@y.z"]).unwrap().mode, Mode::Deliver);
+        for q in ["-q", "-q30m", "-qIabc", "-qRexample.org"] {
+            assert_eq!(args(&[q]).unwrap().mode, Mode::Flush, "{q}");
+        }
+    }
+
+    #[test]
+    fn dsn_flags_become_the_envelopes_dsn_requests() {
+        let a = args(&["-N", "success,failure", "-R", "hdrs", "-V", "cron.42", "-t"]).unwrap();
+        let (env, _) = prepare(
+            &a,
+            b"From: a@b.example\nTo: c@d.example, e@f.example\n\nhi\n",
+            "me@localhost",
+        )
+        .unwrap();
+        let dsn = env.dsn.unwrap();
+        assert_eq!(dsn.ret, Some(Ret::Hdrs));
+        assert_eq!(dsn.envid.as_deref(), Some("cron.42"));
+        let params: Vec<String> = dsn
+            .rcpt_params("e@f.example")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(params, ["NOTIFY=SUCCESS,FAILURE"]);
+        assert_eq!(dsn.recipients.len(), 2);
+        let (env, _) = prepare(&args(&["x@y.z"]).unwrap(), b"Subject: x\n\n", "me@h").unwrap();
+        assert_eq!(env.dsn, None, "no flag, no DSN request");
+        let never = args(&["-Nnever"]).unwrap();
+        assert_eq!(never.notify, Some(Notify::NEVER));
     }
 
     #[test]

@@ -18,10 +18,17 @@
 //!
 //! Locking (`flock` on the spool): a submitter holds it exclusively while it appends and
 //! `fdatasync`s, so that on any error it can cut its own record off again and leave nothing
-//! behind. The agent holds it while it drains: it builds `queue/<id>/` for every record
-//! without syncing, `syncfs`es once, and only then empties the spool (a crash in between
-//! leaves records whose ids are queued already: the next drain skips them). Listings read the
-//! spool without the lock and skip what does not check out (a record being written).
+//! behind. A drain holds it only for a moment: it makes an empty `.spool.taken`, swaps the
+//! two names (`RENAME_EXCHANGE`: there is always a spool to append to) and keeps the lock of
+//! what it took. Submitters go on at once with the new, empty spool (one that waited for the
+//! lock finds its file renamed away, and opens the spool again); the drain builds
+//! `queue/<id>/` for every record it took without syncing, `syncfs`es once, and only then
+//! removes `.spool.taken`. The `syncfs` (tens of ms on a busy disk) so never holds up a
+//! submitter: the listener's sessions wait for their own `fdatasync` only. A crash (or a
+//! round that cannot finish, a full disk) leaves `.spool.taken`: the next drain takes it
+//! first, skipping records whose ids are queued already. Drains take turns on the lock of
+//! `.spool.taken`. Listings read both files without a lock and skip what does not check out
+//! (a record being written).
 //!
 //! Bytes that are no record (a writer killed in the middle of its append) go to `failed/` with
 //! the reason, like any unusable input, and the drain goes on at the next record header.
@@ -29,7 +36,7 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rustix::fs::{FileType, FlockOperation, Mode, OFlags};
 
@@ -41,6 +48,9 @@ use crate::outbox::{INCOMING, Outbox};
 /// The spool's name in `incoming/`. Its leading dot keeps it from being taken for a message
 /// file (ids start with a letter or digit).
 pub(crate) const SPOOL: &str = ".spool";
+
+/// What a drain took from the spool, until the records are durable in the queue.
+pub(crate) const TAKEN: &str = ".spool.taken";
 
 /// The start of every record's header line.
 const HEADER: &[u8] = b"linkrelay-spool 1 ";
@@ -119,7 +129,7 @@ impl Bytes for [u8] {
 }
 
 /// The spool file, with the size it had when opened: what is appended later is the next
-/// round's (a drain holds the lock, so nothing is).
+/// round's (a drain swapped it away and holds its lock, so nothing is).
 pub(crate) struct SpoolFile {
     file: File,
     size: u64,
@@ -322,9 +332,13 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// Opens the spool (never following a link, never blocking on a FIFO) and checks that it is a
 /// regular file. `None` when there is no spool.
 fn open(outbox: &Outbox, flags: OFlags) -> Result<Option<File>, OutboxError> {
-    let path = outbox.spool_path();
+    open_at(&outbox.spool_path(), flags)
+}
+
+/// [`open`] for the file at `path` (the spool, or what a drain took).
+fn open_at(path: &Path, flags: OFlags) -> Result<Option<File>, OutboxError> {
     let fd: OwnedFd = match rustix::fs::open(
-        &path,
+        path,
         flags | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
         Mode::empty(),
     ) {
@@ -343,10 +357,21 @@ fn open(outbox: &Outbox, flags: OFlags) -> Result<Option<File>, OutboxError> {
     Ok(Some(File::from(fd)))
 }
 
-/// Takes the spool's lock, waiting for it.
-fn lock(outbox: &Outbox, file: &File) -> Result<(), OutboxError> {
+/// Whether `file` is still the one named `path` (a drain renames the spool away).
+fn still_named(file: &File, path: &Path) -> bool {
+    let (Ok(a), Ok(b)) = (
+        rustix::fs::fstat(file),
+        rustix::fs::statat(rustix::fs::CWD, path, rustix::fs::AtFlags::SYMLINK_NOFOLLOW),
+    ) else {
+        return false;
+    };
+    (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+}
+
+/// Takes the lock of `file` (named `path`), waiting for it.
+fn lock(path: &Path, file: &File) -> Result<(), OutboxError> {
     rustix::fs::flock(file, FlockOperation::LockExclusive)
-        .map_err(|e| OutboxError::io(format!("locking {}", outbox.spool_path().display()), e))
+        .map_err(|e| OutboxError::io(format!("locking {}", path.display()), e))
 }
 
 /// The spool's size; 0 when there is none.
@@ -354,8 +379,8 @@ fn size(outbox: &Outbox) -> u64 {
     std::fs::symlink_metadata(outbox.spool_path()).map_or(0, |m| m.len())
 }
 
-/// A spool being drained, locked: emptied by [`Drain::finish`] once what was taken from it
-/// is durable.
+/// What a drain took from the spool (renamed `.spool.taken`, still locked): removed by
+/// [`Drain::finish`] once what was taken from it is durable.
 pub(crate) struct Drain {
     outbox: Outbox,
     /// Open for reading only: closing a file opened for writing is what wakes the agent's
@@ -370,29 +395,18 @@ impl Drain {
         items(&self.spool, self.outbox.limits().max_submission())
     }
 
-    /// Empties the spool (no sync needed: a record that comes back after a crash has its id
-    /// queued already) and lets submitters in again. Truncates through a second descriptor,
-    /// opened for writing only now, after checking that it is the file locked.
+    /// Removes `.spool.taken` (no sync needed: a record that comes back after a crash has
+    /// its id queued already), after checking that it is the file locked.
     pub(crate) fn finish(self) -> Result<(), OutboxError> {
-        let ctx = |e| {
-            OutboxError::io(
-                format!("emptying {}", self.outbox.spool_path().display()),
-                e,
-            )
-        };
-        let Some(writable) = open(&self.outbox, OFlags::WRONLY)? else {
-            return Ok(());
-        };
-        let (a, b) = (
-            rustix::fs::fstat(&self.spool.file).map_err(|e| ctx(e.into()))?,
-            rustix::fs::fstat(&writable).map_err(|e| ctx(e.into()))?,
-        );
-        if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino) {
-            return Err(ctx(io::Error::other(
-                "the spool was replaced while it was drained",
-            )));
+        let taken = self.outbox.taken_path();
+        if !still_named(&self.spool.file, &taken) {
+            return Err(OutboxError::io(
+                format!("removing {}", taken.display()),
+                io::Error::other("it was replaced while it was drained"),
+            ));
         }
-        writable.set_len(0).map_err(ctx)
+        std::fs::remove_file(&taken)
+            .map_err(|e| OutboxError::io(format!("removing {}", taken.display()), e))
     }
 }
 
@@ -400,6 +414,11 @@ impl Outbox {
     /// `incoming/.spool`.
     fn spool_path(&self) -> PathBuf {
         self.root().join(INCOMING).join(SPOOL)
+    }
+
+    /// `incoming/.spool.taken`.
+    fn taken_path(&self) -> PathBuf {
+        self.root().join(INCOMING).join(TAKEN)
     }
 
     /// Creates the spool if there is none (mode 0600). The agent calls it when it takes the
@@ -416,66 +435,144 @@ impl Outbox {
             .map_err(|e| OutboxError::io(format!("setting the mode of {}", path.display()), e))
     }
 
-    /// Appends message `id` to the spool and makes it durable; `Ok(false)` when there is no
-    /// spool. On error the record is cut off again: nothing is left behind.
-    pub(crate) fn append_to_spool(&self, id: &str, payload: &[u8]) -> Result<bool, OutboxError> {
-        let Some(mut file) = open(self, OFlags::WRONLY | OFlags::APPEND)? else {
-            return Ok(false);
+    /// Appends the records `(id, payload)` to the spool and makes them durable with one
+    /// `fdatasync`; `Ok(false)` when there is no spool. On error every record is cut off
+    /// again: nothing is left behind.
+    pub(crate) fn append_to_spool(
+        &self,
+        records: &[(String, Vec<u8>)],
+    ) -> Result<bool, OutboxError> {
+        let path = self.spool_path();
+        let mut file = loop {
+            let Some(file) = open(self, OFlags::WRONLY | OFlags::APPEND)? else {
+                return Ok(false);
+            };
+            lock(&path, &file)?;
+            // A drain swapped it away while we waited for the lock: append to the new one.
+            if still_named(&file, &path) {
+                break file;
+            }
         };
-        lock(self, &file)?;
-        let ctx = || format!("appending to {}", self.spool_path().display());
+        let ctx = || format!("appending to {}", path.display());
         let before = file
             .metadata()
             .map_err(|e| OutboxError::io(ctx(), e))?
             .len();
-        let record = encode(id, payload);
+        let mut bytes = Vec::with_capacity(records.iter().map(|(_, p)| p.len() + 96).sum());
+        for (id, payload) in records {
+            bytes.extend_from_slice(&encode(id, payload));
+        }
         let written = file
-            .write_all(&record)
+            .write_all(&bytes)
             .and_then(|()| rustix::fs::fdatasync(&file).map_err(io::Error::from));
         if let Err(e) = written {
-            // We hold the lock: nobody appended after us, and the agent has not drained.
+            // We hold the lock: nobody appended after us, and no drain took it.
             let _ = file.set_len(before);
             return Err(OutboxError::io(ctx(), e));
         }
         Ok(true)
     }
 
-    /// Locks the spool for draining; `None` when it is missing or empty (checked first with
-    /// a `stat`: the agent asks after every arrival, and it is mostly empty).
+    /// Takes what waits in the spool for draining: what an earlier drain took and did not
+    /// finish (`.spool.taken`), else the spool's records, swapped out as `.spool.taken` (see
+    /// the module documentation). `None` when there is nothing (checked first with a `stat`:
+    /// the agent asks after every arrival, and the spool is mostly empty).
     pub(crate) fn drain_spool(&self) -> Result<Option<Drain>, OutboxError> {
+        let taken = self.taken_path();
+        if let Some(file) = open_at(&taken, OFlags::RDONLY)? {
+            lock(&taken, &file)?;
+            // Another drain may have finished it while we waited.
+            if still_named(&file, &taken) {
+                return self.drain_of(file, &taken).map(Some);
+            }
+        }
         if size(self) == 0 {
             return Ok(None);
         }
+        let path = self.spool_path();
         let Some(file) = open(self, OFlags::RDONLY)? else {
             return Ok(None);
         };
-        lock(self, &file)?;
-        let spool = SpoolFile::new(file)
-            .map_err(|e| OutboxError::io(format!("reading {}", self.spool_path().display()), e))?;
-        Ok(Some(Drain {
-            outbox: self.clone(),
-            spool,
-        }))
+        lock(&path, &file)?;
+        if !still_named(&file, &path) {
+            // Another drain took it while we waited.
+            return Ok(None);
+        }
+        // The empty spool to come, made read-only so that closing it wakes no watch.
+        match rustix::fs::open(
+            &taken,
+            OFlags::RDONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(FILE_MODE),
+        ) {
+            Ok(fd) => {
+                rustix::fs::fchmod(&fd, Mode::from_raw_mode(FILE_MODE))
+                    .map_err(|e| OutboxError::io(format!("creating {}", taken.display()), e))?;
+            }
+            // Another drain swapped it just now: its turn.
+            Err(rustix::io::Errno::EXIST) => return Ok(None),
+            Err(e) => return Err(OutboxError::io(format!("creating {}", taken.display()), e)),
+        }
+        let swapped = rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            &path,
+            rustix::fs::CWD,
+            &taken,
+            rustix::fs::RenameFlags::EXCHANGE,
+        );
+        if let Err(e) = swapped {
+            // A file system without the swap: a moment without a spool, when a submitter
+            // writes a file of its own instead.
+            let fallback = std::fs::rename(&path, &taken).and_then(|()| {
+                rustix::fs::open(
+                    &path,
+                    OFlags::RDONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(FILE_MODE),
+                )
+                .map(drop)
+                .map_err(io::Error::from)
+            });
+            if let Err(e2) = fallback {
+                let _ = std::fs::remove_file(&taken);
+                return Err(OutboxError::io(
+                    format!("taking {}", path.display()),
+                    io::Error::other(format!("{e}; then {e2}")),
+                ));
+            }
+        }
+        // Still locked: we hold the file that is now `.spool.taken`.
+        self.drain_of(file, &taken).map(Some)
     }
 
-    /// The records of the spool as it is now, read without the lock (for listings: a
-    /// record being written does not check out and is skipped), one at a time, each given
-    /// to `f`. Nothing when there is no spool or it cannot be read.
+    fn drain_of(&self, file: File, path: &Path) -> Result<Drain, OutboxError> {
+        let spool = SpoolFile::new(file)
+            .map_err(|e| OutboxError::io(format!("reading {}", path.display()), e))?;
+        Ok(Drain {
+            outbox: self.clone(),
+            spool,
+        })
+    }
+
+    /// The records waiting in the spool as it is now (what a drain took, then the spool),
+    /// read without the lock (for listings: a record being written does not check out and is
+    /// skipped), one at a time, each given to `f`. Nothing for a file that is missing or
+    /// cannot be read.
     pub(crate) fn peek_spool(&self, mut f: impl FnMut(&str, &[u8])) {
-        if size(self) == 0 {
-            return;
-        }
-        let Ok(Some(file)) = open(self, OFlags::RDONLY) else {
-            return;
-        };
-        let Ok(spool) = SpoolFile::new(file) else {
-            return;
-        };
-        for item in items(&spool, self.limits().max_submission()) {
-            match item {
-                Ok(Item::Record { id, payload }) => f(&id, &payload),
-                Ok(Item::Garbage { .. }) => {}
-                Err(_) => return,
+        for path in [self.taken_path(), self.spool_path()] {
+            if std::fs::symlink_metadata(&path).map_or(0, |m| m.len()) == 0 {
+                continue;
+            }
+            let Ok(Some(file)) = open_at(&path, OFlags::RDONLY) else {
+                continue;
+            };
+            let Ok(spool) = SpoolFile::new(file) else {
+                continue;
+            };
+            for item in items(&spool, self.limits().max_submission()) {
+                match item {
+                    Ok(Item::Record { id, payload }) => f(&id, &payload),
+                    Ok(Item::Garbage { .. }) => {}
+                    Err(_) => break,
+                }
             }
         }
     }

@@ -21,13 +21,18 @@ fn env(rcpt: &str) -> Envelope {
     Envelope {
         from: "alice@example.net".into(),
         recipients: vec![rcpt.into()],
+        dsn: None,
     }
 }
 
+/// Bytes waiting in the spool: appended and not yet taken, or taken by a drain that has not
+/// finished (`.spool.taken`).
 fn spool_len(ob: &Outbox) -> u64 {
+    let taken = fs::metadata(ob.root().join("incoming/.spool.taken")).map_or(0, |m| m.len());
     fs::metadata(ob.root().join("incoming/.spool"))
         .unwrap()
         .len()
+        + taken
 }
 
 fn queued(ob: &Outbox) -> Vec<String> {
@@ -349,4 +354,80 @@ fn a_round_that_cannot_take_everything_in_keeps_garbage_for_the_round_that_can()
     assert_eq!(queued(&ob), [good, blocked]);
     // The junk, once.
     assert_eq!(fs::read_dir(ob.root().join("failed")).unwrap().count(), 1);
+}
+
+#[test]
+fn a_batch_is_one_append_and_a_bad_envelope_fails_only_its_own_message() {
+    let (_d, ob, _j) = held();
+    let dsn = crate::dsn::Dsn {
+        ret: Some(crate::dsn::Ret::Hdrs),
+        envid: Some("env-1".into()),
+        recipients: Vec::new(),
+    };
+    let with_dsn = Envelope {
+        dsn: Some(dsn.clone()),
+        ..env("carol@example.org")
+    };
+    let bad = env("not an address");
+    let results = ob.submit_batch(&[
+        (&env("bob@example.org"), MSG),
+        (&bad, MSG),
+        (&with_dsn, MSG),
+    ]);
+    assert_eq!(results.len(), 3);
+    assert!(matches!(
+        results[1],
+        Err(crate::OutboxError::BadEnvelope(_))
+    ));
+    let (first, third) = (results[0].as_ref().unwrap(), results[2].as_ref().unwrap());
+    assert!(first < third, "ids keep the order of the batch");
+    let spool = fs::read(ob.root().join("incoming/.spool")).unwrap();
+    assert_eq!(
+        items(&spool).len(),
+        2,
+        "two records, nothing for the bad one"
+    );
+    ob.ingest_incoming();
+    assert_eq!(queued(&ob), [first.clone(), third.clone()]);
+    let state = ob.state(Folder::Queue, third).unwrap();
+    assert_eq!(
+        state.dsn,
+        Some(dsn),
+        "the DSN request is stored with the message"
+    );
+}
+
+#[test]
+fn a_drain_in_progress_holds_up_no_submitter_and_loses_nothing() {
+    let (_d, ob, _j) = held();
+    let first = ob.submit(&env("bob@example.org"), MSG).unwrap();
+    let drain = ob.drain_spool().unwrap().unwrap();
+    assert_eq!(drain.items().count(), 1);
+    // While the drain holds what it took (its syncfs can take long), a submitter appends to
+    // the new spool at once.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ob2 = ob.clone();
+    std::thread::spawn(move || tx.send(ob2.submit(&env("carol@example.org"), MSG).unwrap()));
+    let second = rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("the submitter was not held up by the drain");
+    // Both are listed meanwhile.
+    let listed: Vec<String> = ob
+        .list(Folder::Queue)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(listed, [first.clone(), second.clone()]);
+    // A round that does not finish (a crash, a full disk) leaves what it took for the next.
+    drop(drain);
+    ob.ingest_incoming();
+    assert_eq!(
+        ob.message_ids(Folder::Queue).unwrap(),
+        std::slice::from_ref(&first)
+    );
+    ob.ingest_incoming();
+    assert_eq!(ob.message_ids(Folder::Queue).unwrap(), [first, second]);
+    assert_eq!(spool_len(&ob), 0);
+    assert!(!ob.root().join("incoming/.spool.taken").exists());
 }

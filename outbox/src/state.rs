@@ -4,6 +4,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::dsn::Dsn;
+
 /// The SMTP envelope of a message: who it is from (`MAIL FROM`) and to (`RCPT TO`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -11,6 +13,10 @@ pub struct Envelope {
     pub from: String,
     /// The envelope recipients, in order, without duplicates.
     pub recipients: Vec<String>,
+    /// Delivery status notifications asked for (SMTP's DSN parameters, sendmail's `-N`, `-R`,
+    /// `-V`); `None` when none were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dsn: Option<Dsn>,
 }
 
 /// Where delivery to one recipient stands.
@@ -93,6 +99,10 @@ pub struct MessageState {
     /// applies a record only over an older state, never over a newer one.
     #[serde(default)]
     pub revision: u64,
+    /// Delivery status notifications asked for when the message was submitted, passed on to
+    /// a relay that offers DSN. Absent in states written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dsn: Option<Dsn>,
 }
 
 impl MessageState {
@@ -127,6 +137,7 @@ impl MessageState {
             backoff_step: 0,
             backoff_route: None,
             revision: 0,
+            dsn: envelope.dsn.clone(),
         }
     }
 
@@ -147,6 +158,7 @@ impl MessageState {
         Envelope {
             from: self.from.clone(),
             recipients: self.recipients.iter().map(|r| r.addr.clone()).collect(),
+            dsn: self.dsn.clone(),
         }
     }
 }

@@ -166,6 +166,7 @@ pub struct Config {
     agent: Entries,
     retry: Entries,
     outbox: Entries,
+    submission: Entries,
     links: Vec<Link>,
     relays: Vec<Relay>,
     users: Vec<User>,
@@ -195,6 +196,12 @@ impl Config {
         self
     }
 
+    /// Sets `key` in `[submission]` (`listen`, `socket`, `max_sessions`, `timeout`...).
+    pub fn submission(mut self, key: &str, value: impl Into<Value>) -> Config {
+        self.submission.set(key, value);
+        self
+    }
+
     /// Adds a `[[link]]`.
     pub fn link(mut self, link: Link) -> Config {
         self.links.push(link);
@@ -220,6 +227,7 @@ impl fmt::Display for Config {
             ("[agent]", &self.agent),
             ("[retry]", &self.retry),
             ("[outbox]", &self.outbox),
+            ("[submission]", &self.submission),
         ] {
             if !table.is_empty() {
                 table.write(f, header)?;

@@ -184,6 +184,9 @@ pub struct RelayScript {
     /// The AUTH mechanisms offered (and taken) when there are credentials: `PLAIN LOGIN`
     /// unless a test wants fewer. Another gets `504`.
     pub auth_mechanisms: String,
+    /// More extensions EHLO offers (`DSN`, `SMTPUTF8`); their parameters on MAIL and RCPT
+    /// are taken as any parameter is, and recorded with the commands.
+    pub offers: Vec<String>,
 }
 
 impl Default for RelayScript {
@@ -206,6 +209,7 @@ impl Default for RelayScript {
             without_8bitmime: None,
             max_message_size: MAX_MESSAGE_SIZE,
             auth_mechanisms: "PLAIN LOGIN".to_owned(),
+            offers: Vec::new(),
         }
     }
 }
@@ -233,6 +237,7 @@ impl fmt::Debug for RelayScript {
             .field("without_8bitmime", &self.without_8bitmime)
             .field("max_message_size", &self.max_message_size)
             .field("auth_mechanisms", &self.auth_mechanisms)
+            .field("offers", &self.offers)
             .finish()
     }
 }
@@ -857,6 +862,7 @@ async fn ehlo(
         if script.pipelining {
             lines.push("PIPELINING".to_owned());
         }
+        lines.extend(script.offers.iter().cloned());
         lines.push("HELP".to_owned());
         io.reply(250, &lines.join("\n")).await?;
     }

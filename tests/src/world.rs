@@ -118,6 +118,13 @@ impl World {
         let config_path = home.join(".config/linkrelay/config.toml");
         let data_dir = home.join(".local/share/linkrelay");
         std::fs::create_dir_all(config_path.parent().context("config dir")?)?;
+        // $XDG_RUNTIME_DIR, private as a login's is (the listener's socket goes there).
+        let runtime = dir.path().join("run");
+        std::fs::create_dir(&runtime)?;
+        std::fs::set_permissions(
+            &runtime,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )?;
         Ok(World {
             session: TestBus::start(BusKind::Session)?,
             system: TestBus::start(BusKind::System)?,
@@ -142,6 +149,16 @@ impl World {
         &self.home
     }
 
+    /// `$XDG_RUNTIME_DIR` of the world (0700).
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    /// The submission listener's unix socket: `$XDG_RUNTIME_DIR/linkrelay/submission.sock`.
+    pub fn submission_socket(&self) -> PathBuf {
+        self.runtime_dir().join("linkrelay/submission.sock")
+    }
+
     /// The environment [`World::env`] gives a command, as pairs (for a bus daemon that starts
     /// activated services in this world).
     pub fn env_pairs(&self) -> Vec<(String, String)> {
@@ -152,6 +169,7 @@ impl World {
             ("USER".into(), "tester".into()),
             ("XDG_CONFIG_HOME".into(), s(&self.home.join(".config"))),
             ("XDG_DATA_HOME".into(), s(&self.home.join(".local/share"))),
+            ("XDG_RUNTIME_DIR".into(), s(&self.runtime_dir())),
             (
                 "DBUS_SESSION_BUS_ADDRESS".into(),
                 self.session.address.clone(),
@@ -181,6 +199,7 @@ impl World {
             .env("USER", "tester")
             .env("XDG_CONFIG_HOME", self.home.join(".config"))
             .env("XDG_DATA_HOME", self.home.join(".local/share"))
+            .env("XDG_RUNTIME_DIR", self.runtime_dir())
             .env("DBUS_SESSION_BUS_ADDRESS", &self.session.address)
             .env("DBUS_SYSTEM_BUS_ADDRESS", &self.system.address);
     }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use futures_util::StreamExt;
-use inotify::{Inotify, WatchMask};
+use inotify::{EventMask, Inotify, WatchMask};
 use linkrelay_config::UserName;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -32,6 +32,11 @@ pub fn spawn(
     Ok(tokio::spawn(async move {
         while let Some(event) = events.next().await {
             match event {
+                // The agent's own swap of the spool (`.spool` and `.spool.taken` trade names)
+                // is no arrival: a submitter's append shows as the spool's close after writing,
+                // and what mail clients and sendmail rename in has a name without a dot.
+                Ok(ev)
+                    if ev.mask.contains(EventMask::MOVED_TO) && is_dotfile(ev.name.as_deref()) => {}
                 Ok(ev) => {
                     if let Some(user) = users.get(&ev.wd) {
                         debug!(%user, file = ?ev.name, "new mail in the outbox");
@@ -47,4 +52,9 @@ pub fn spawn(
             }
         }
     }))
+}
+
+/// Whether an event's file name starts with a dot.
+fn is_dotfile(name: Option<&std::ffi::OsStr>) -> bool {
+    name.is_some_and(|n| n.as_encoded_bytes().starts_with(b"."))
 }

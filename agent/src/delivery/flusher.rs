@@ -621,7 +621,13 @@ impl Flusher {
         let pending: Vec<String> = msg.pending().map(|r| r.addr.clone()).collect();
         let Some(transaction) = until_rerouted(
             &mut b.rerouted,
-            o.session.send(&msg.from, &pending, message, self.durable()),
+            o.session.send(
+                &msg.from,
+                &pending,
+                msg.dsn.as_ref(),
+                message,
+                self.durable(),
+            ),
         )
         .await
         else {
@@ -1304,6 +1310,7 @@ mod tests {
         let envelope = Envelope {
             from: "alice@example.org".into(),
             recipients: recipients.iter().map(|r| r.to_string()).collect(),
+            dsn: None,
         };
         MessageState::new("m1", &envelope, 100, 0)
     }

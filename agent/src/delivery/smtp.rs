@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use lettre::Address;
 use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt};
-use lettre::transport::smtp::extension::{ClientId, MailBodyParameter, MailParameter};
+use lettre::transport::smtp::extension::{
+    ClientId, MailBodyParameter, MailParameter, RcptParameter,
+};
 use linkrelay_config::{Relay, TlsMode};
+use linkrelay_outbox::dsn::Dsn;
 
 use crate::delivery::message::Message;
 use crate::delivery::outcome::{Outcome, Stage, classify};
@@ -499,10 +502,15 @@ impl Session {
     /// the data goes: the flusher makes the previous message's outcome durable there, so that
     /// its disk flush overlaps this message's MAIL, RCPT and DATA round trips, and yet no
     /// message is handed over before the one ahead of it is recorded.
+    ///
+    /// `dsn`, the notifications the sender asked for, goes to a relay that offers DSN
+    /// (RFC 3461); to one that does not, the request is dropped (linkrelay writes no
+    /// notifications itself).
     pub async fn send(
         &mut self,
         from: &str,
         recipients: &[String],
+        dsn: Option<&Dsn>,
         message: &Message,
         before_data: impl Future<Output = ()>,
     ) -> Result<Transaction, Verdict> {
@@ -524,27 +532,58 @@ impl Session {
         if message.is_8bit() && self.offers.has("8BITMIME") {
             params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
         }
+        // Non-ASCII addresses (RFC 6531) are declared where the relay takes them; elsewhere
+        // they go as they are, and a relay that cannot take them says so.
+        let utf8 = !from.is_ascii() || recipients.iter().any(|r| !r.is_ascii());
+        if utf8 && self.offers.has("SMTPUTF8") {
+            params.push(MailParameter::SmtpUtfEight);
+        }
+        let dsn = dsn.filter(|_| self.offers.has("DSN"));
+        params.extend(
+            dsn.into_iter()
+                .flat_map(Dsn::mail_params)
+                .map(|p| MailParameter::Other {
+                    keyword: p.keyword.to_owned(),
+                    value: Some(p.value),
+                }),
+        );
+        let rcpt = |addr: &Address, rcpt: &str| {
+            let params = dsn.into_iter().flat_map(|d| d.rcpt_params(rcpt));
+            Rcpt::new(
+                addr.clone(),
+                params
+                    .map(|p| RcptParameter::Other {
+                        keyword: p.keyword.to_owned(),
+                        value: Some(p.value),
+                    })
+                    .collect(),
+            )
+            .to_string()
+        };
         let mail = Mail::new(sender, params);
         let addresses: Vec<Result<Address, String>> = recipients
             .iter()
             .map(|r| r.parse::<Address>().map_err(|e| e.to_string()))
             .collect();
-        if self.offers.has("PIPELINING") && addresses.iter().any(Result::is_ok) {
+        let rcpts: Vec<Result<String, String>> = recipients
+            .iter()
+            .zip(addresses)
+            .map(|(r, a)| a.map(|a| rcpt(&a, r)))
+            .collect();
+        if self.offers.has("PIPELINING") && rcpts.iter().any(Result::is_ok) {
             return self
-                .send_pipelined(mail, recipients, &addresses, message, before_data)
+                .send_pipelined(mail, recipients, &rcpts, message, before_data)
                 .await;
         }
         self.command(Stage::Mail, &mail.to_string()).await?;
 
         let mut verdicts: Vec<(String, Verdict)> = Vec::with_capacity(recipients.len());
         let mut accepted = Vec::new();
-        for (rcpt, addr) in recipients.iter().zip(addresses) {
-            let verdict = match addr {
+        for (rcpt, command) in recipients.iter().zip(rcpts) {
+            let verdict = match command {
                 Err(e) => bad_address(rcpt, &e),
-                Ok(addr) => {
-                    let r = self
-                        .command(Stage::Rcpt, &Rcpt::new(addr, vec![]).to_string())
-                        .await;
+                Ok(command) => {
+                    let r = self.command(Stage::Rcpt, &command).await;
                     let (verdict, ok) = Self::rcpt_verdict(r)?;
                     if ok {
                         accepted.push(verdicts.len());
@@ -573,13 +612,13 @@ impl Session {
         &mut self,
         mail: Mail,
         recipients: &[String],
-        addresses: &[Result<Address, String>],
+        rcpts: &[Result<String, String>],
         message: &Message,
         before_data: impl Future<Output = ()>,
     ) -> Result<Transaction, Verdict> {
         let mut batch = mail.to_string();
-        for addr in addresses.iter().flatten() {
-            batch.push_str(&Rcpt::new(addr.clone(), vec![]).to_string());
+        for command in rcpts.iter().flatten() {
+            batch.push_str(command);
         }
         batch.push_str(&Data.to_string());
         // Writes the whole batch, then reads the first reply (MAIL's).
@@ -591,8 +630,8 @@ impl Session {
         }
         let mut verdicts: Vec<(String, Verdict)> = Vec::with_capacity(recipients.len());
         let mut accepted = Vec::new();
-        for (rcpt, addr) in recipients.iter().zip(addresses) {
-            let verdict = match addr {
+        for (rcpt, command) in recipients.iter().zip(rcpts) {
+            let verdict = match command {
                 Err(e) => bad_address(rcpt, e),
                 Ok(_) => {
                     let r = self.reply_to_earlier(Stage::Rcpt).await;

@@ -159,7 +159,7 @@ async fn sendmail_refuses_bad_input_with_sysexits_and_works_without_the_agent() 
         text(&out.stderr)
     );
 
-    let out = w.sendmail(&["-bp"], "").unwrap();
+    let out = w.sendmail(&["-bd"], "").unwrap();
     assert_eq!(
         out.status.code(),
         Some(64),

@@ -47,6 +47,7 @@ async fn sigkill_at_random_moments_loses_nothing_and_duplicates_at_most_one_per_
     let envelope = Envelope {
         from: "me@example.org".into(),
         recipients: vec!["you@dest.example".into()],
+        dsn: None,
     };
     for i in 0..MESSAGES {
         let msg = format!(

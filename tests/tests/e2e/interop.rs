@@ -340,6 +340,7 @@ async fn a_100_mb_message_goes_out_from_disk_and_the_agent_stays_small() {
     let envelope = linkrelay_outbox::Envelope {
         from: "me@example.org".into(),
         recipients: vec!["you@example.net".into()],
+        dsn: None,
     };
     outbox.enqueue(&envelope, &message).unwrap();
     let out = w.run_cli(&["flush"]).unwrap();

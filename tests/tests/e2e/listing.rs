@@ -36,6 +36,7 @@ async fn a_streamed_listing_says_what_list_queue_says_and_a_stalled_reader_stops
     let env = Envelope {
         from: "bob@bob.example".into(),
         recipients: (0..1000).map(|i| format!("r{i}@dest.example")).collect(),
+        dsn: None,
     };
     for _ in 0..40 {
         outbox
