@@ -24,9 +24,15 @@ fn run_ok(t: &TwoIsp, args: &[&str]) -> String {
     text(&out.stdout)
 }
 
-fn switch_to(t: &TwoIsp, down: &str, up: &str) {
+/// Takes link `down` down and `up` up, then waits until `linkrelay status` shows `up`, as a
+/// user would before probing: a probe is remembered for the link the agent sees.
+async fn switch_to(t: &TwoIsp, down: &str, up: &str) {
     t.nm.down(down).expect("nmcli takes the link down");
     t.nm.up(up).expect("nmcli brings the link up");
+    eventually(&format!("linkrelay status shows the link {up}"), || {
+        cli_json(&t.world, &["status"])["link"]["id"] == up
+    })
+    .await;
 }
 
 /// The relay that took the one message with `subject`.
@@ -68,7 +74,7 @@ async fn probing_each_link_teaches_the_routes_relay_a_on_isp_a_then_relay_b_on_i
         .await
         .unwrap();
 
-    switch_to(&t, "ISP-A", "ISP-B");
+    switch_to(&t, "ISP-A", "ISP-B").await;
     t.wait_route("held: no route on isp-b", |r| r.hold.contains("isp-b"))
         .await
         .unwrap();
@@ -125,7 +131,7 @@ async fn setup_then_routes_suggest_on_each_link_gives_a_config_that_delivers_on_
     );
 
     // On ISP B: bob's provider has an SRV record; relay B wants a login.
-    switch_to(&t, "ISP-A", "ISP-B");
+    switch_to(&t, "ISP-A", "ISP-B").await;
     eventually("the agent sees ISP-B", || {
         cli_json(&t.world, &["status"])["link"]["id"] == "ISP-B"
     })
@@ -164,7 +170,7 @@ async fn setup_then_routes_suggest_on_each_link_gives_a_config_that_delivers_on_
         "{said}"
     );
 
-    switch_to(&t, "ISP-B", "ISP-A");
+    switch_to(&t, "ISP-B", "ISP-A").await;
     run_ok(&t, &["routes", "probe"]);
     let said = run_ok(&t, &["routes", "suggest", "--apply"]);
     assert!(
@@ -190,7 +196,7 @@ async fn setup_then_routes_suggest_on_each_link_gives_a_config_that_delivers_on_
     assert_eq!(relayed_by(&t, "bob-on-a").await, HOST_A);
     // ...and bob on ISP B through relay B, logged in; alice's mail waits there (relay B is
     // bob's account, and relay A refuses us on ISP B).
-    switch_to(&t, "ISP-A", "ISP-B");
+    switch_to(&t, "ISP-A", "ISP-B").await;
     eventually("bob routes through isp-b.example", || {
         cli_json(&t.world, &["status"])["users"]
             .as_array()
