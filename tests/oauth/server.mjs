@@ -10,6 +10,10 @@
 // logs NAME in (any name; the account id is the name, and introspection answers it as `sub`).
 // Consent is given at once for what the client asked. Refresh tokens are issued to every
 // client allowed the refresh_token grant, and rotate as the library does by default.
+//
+// One route is for the tests only: POST /test/end-access-tokens ends every access token issued
+// so far before its time (as a provider does after a security event), leaving refresh tokens
+// valid; it answers the count.
 import http from 'node:http';
 import fs from 'node:fs';
 import Provider from 'oidc-provider';
@@ -45,6 +49,15 @@ const provider = new Provider(issuer, {
   cookies: { keys: ['linkrelay-test-cookie-key'] },
 });
 provider.on('server_error', (ctx, err) => console.error('server_error', err));
+
+const accessTokens = [];
+provider.on('access_token.saved', (token) => accessTokens.push(token));
+
+async function endAccessTokens(res) {
+  const ended = accessTokens.splice(0);
+  await Promise.all(ended.map((token) => token.destroy()));
+  res.end(String(ended.length));
+}
 
 function readBody(req) {
   return new Promise((resolve, reject) => {
@@ -93,7 +106,12 @@ async function interaction(req, res) {
 
 const callback = provider.callback();
 server.on('request', (req, res) => {
-  if (req.url.startsWith('/interaction/')) {
+  if (req.method === 'POST' && req.url === '/test/end-access-tokens') {
+    endAccessTokens(res).catch((err) => {
+      res.statusCode = 500;
+      res.end(String(err));
+    });
+  } else if (req.url.startsWith('/interaction/')) {
     interaction(req, res).catch((err) => {
       console.error('interaction', err);
       res.statusCode = 500;

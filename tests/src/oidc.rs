@@ -162,6 +162,19 @@ impl OidcProvider {
         Ok(())
     }
 
+    /// Ends every access token issued so far before its time (refresh tokens stay valid), as a
+    /// provider does after a security event; how many it ended.
+    pub async fn end_access_tokens(&self) -> anyhow::Result<u32> {
+        let reply = http()
+            .post(format!("{}/test/end-access-tokens", self.issuer()))
+            .send()
+            .await?;
+        if !reply.status().is_success() {
+            bail!("ending the access tokens answered {}", reply.status());
+        }
+        Ok(reply.text().await?.trim().parse()?)
+    }
+
     /// Whether `token` is active, as Dovecot would be told.
     pub async fn is_active(&self, token: &str) -> anyhow::Result<bool> {
         let reply: serde_json::Value = http()

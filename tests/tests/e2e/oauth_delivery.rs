@@ -293,3 +293,60 @@ async fn a_revoked_refresh_token_holds_the_mail_until_login_again() {
     assert_eq!(p.delivered("held-for-login").await, 1);
     assert_eq!(p.delivered("held-too").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_token_the_provider_ended_early_is_refreshed_once_and_the_mail_goes_out() {
+    let mut p = parts(Duration::from_secs(3600), "xoauth2").await;
+    device_login(&p.w, &p.provider).await;
+    let notices = FakeNotifications::start(&p.w.session.address, &["body"])
+        .await
+        .unwrap();
+    p.w.start_agent().await.unwrap();
+    p.w.send(
+        "bob@bob.example",
+        "carol@dest.example",
+        "with-the-first-token",
+    )
+    .unwrap();
+    assert_eq!(p.delivered("with-the-first-token").await, 1);
+
+    // The agent still holds the first access token, good for an hour by its own clock; the
+    // provider ends it now, so Dovecot's introspection calls it inactive and Postfix refuses
+    // the AUTH. The refresh token stays good.
+    let ended = p.provider.end_access_tokens().await.unwrap();
+    assert!(ended >= 1, "the provider had issued an access token");
+    p.w.send(
+        "bob@bob.example",
+        "carol@dest.example",
+        "after-the-token-ended",
+    )
+    .unwrap();
+    assert_eq!(p.delivered("after-the-token-ended").await, 1);
+
+    let log = p.w.agent_log();
+    assert_eq!(
+        log.matches("access token refused; refreshing it once")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        p.postfix.log_count("authentication failed"),
+        1,
+        "one refused AUTH, then the refreshed token: {}",
+        p.postfix.log()
+    );
+    let q = cli_json(&p.w, &["queue"]);
+    assert_eq!(q.as_array().map(Vec::len), Some(0), "nothing waits: {q}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        p.postfix.with_subject("with-the-first-token").len(),
+        1,
+        "not resent"
+    );
+    assert!(
+        notices.shown().is_empty(),
+        "no login asked for: {:?}",
+        notices.shown()
+    );
+}
