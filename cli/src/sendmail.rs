@@ -58,6 +58,8 @@ matches the link that is up. Exits 0 only once the message is safely on disk.
 Other sendmail options that cron daemons and mail clients pass (-oem, -odb, -odi,
 -B8BITMIME, -v, ...) are accepted and ignored; an unknown option is a usage error (64)
 naming it. -N, -R and -V are passed on to relays that offer DSN.
+A local name (root, alice: no @domain, as cron writes them) stands for your own address, the
+first `from` address without wildcards of your [[user]] (docs/clients.md).
 Exit codes: 0 queued, 64 usage, 65 bad message (or larger than [outbox]
 max_message_size), 67 no user for the sender, 69 agent not running (-q), 75 try again
 (disk full, I/O), 78 config broken.";
@@ -140,7 +142,15 @@ fn queue_message(
     user: Option<String>,
     config_path: Option<PathBuf>,
 ) -> Result<(String, String), (u8, String)> {
-    let mut message = match prepare_stream(parsed, input, &default_from()) {
+    // Loaded first for the address local names stand for; its error counts only after the
+    // message is read, as before.
+    let config = load_config(config_path);
+    let mut parsed = parsed.clone();
+    parsed.local_names = config
+        .as_ref()
+        .ok()
+        .and_then(|c| local_address(c, user.as_deref()));
+    let mut message = match prepare_stream(&parsed, input, &default_from()) {
         Ok(m) => m,
         Err(ReadError::Io(e)) => {
             return Err((EX_TEMPFAIL, format!("cannot read the message: {e}")));
@@ -148,7 +158,7 @@ fn queue_message(
         Err(ReadError::Message(e)) => return Err((e.exit_code() as u8, e.to_string())),
     };
     let envelope = message.envelope.clone();
-    let config = load_config(config_path).map_err(|e| (EX_CONFIG, e))?;
+    let config = config.map_err(|e| (EX_CONFIG, e))?;
     let user = match user {
         Some(u) => match config.user(&u) {
             Some(u) => u.name.clone(),
@@ -204,6 +214,21 @@ fn queue_message(
         nudge(&user);
     }
     Ok((id, user.to_string()))
+}
+
+/// The address a local name (`root`, `alice`: no `@domain`, as cron writes them) stands for:
+/// the first `from` address without wildcards of `--user`'s user, else of the default user
+/// (`default = true`, or the only one). Mail from cron so reaches your own mailbox through
+/// your relay, as nullmailer's `adminaddr` does.
+fn local_address(config: &Config, user: Option<&str>) -> Option<String> {
+    let user = match user {
+        Some(name) => config.user(name)?,
+        None => config.default_user()?,
+    };
+    user.from
+        .iter()
+        .find(|f| f.contains('@') && !f.contains(['*', '?', '[']))
+        .cloned()
 }
 
 /// Messages up to this size are read whole: with an agent running they go through its spool

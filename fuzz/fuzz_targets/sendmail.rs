@@ -60,6 +60,7 @@ fuzz_target!(|data: &[u8]| {
         } else {
             Vec::new()
         },
+        local_names: (flags & 32 != 0).then(|| "me@example.org".to_owned()),
         ..Args::default()
     };
     let whole = prepare(&args, input, "me@localhost");

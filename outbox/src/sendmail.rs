@@ -35,6 +35,13 @@ pub struct Args {
     pub envid: Option<String>,
     /// The recipients on the command line.
     pub recipients: Vec<String>,
+    /// The address that a local name stands for (`root`, `alice`: an address without
+    /// `@domain`, as cron and other local programs write them), set by the caller from the
+    /// config, not by a flag. With it, such a sender or recipient becomes this address (your
+    /// own mailbox, as nullmailer's `adminaddr`), and a From:, To: or Cc: header that holds
+    /// only local names is rewritten to it. Without it, a local name is a
+    /// [`SendmailError::DataErr`] that says how to set it.
+    pub local_names: Option<String>,
 }
 
 impl Args {
@@ -236,6 +243,7 @@ pub fn prepare(
             from: args.from.as_deref(),
             full_name: args.full_name.as_deref(),
             default_from: Some(default_from),
+            local: args.local_names.as_deref(),
         },
         input,
     )?;
@@ -256,6 +264,7 @@ pub fn envelope_from_headers(message: &[u8]) -> Result<(Envelope, Vec<u8>), Send
             from: None,
             full_name: None,
             default_from: None,
+            local: None,
         },
         message,
     )
@@ -275,6 +284,7 @@ pub fn prepare_submitted(envelope: &Envelope, data: &[u8]) -> Result<Vec<u8>, Se
             from: Some(&envelope.from),
             full_name: None,
             default_from: None,
+            local: None,
         },
         data,
     )
@@ -314,6 +324,7 @@ pub fn prepare_stream<R: Read>(
             from: args.from.as_deref(),
             full_name: args.full_name.as_deref(),
             default_from: Some(default_from),
+            local: args.local_names.as_deref(),
         },
         input,
     )?;
@@ -332,6 +343,7 @@ pub fn envelope_from_headers_stream<R: Read>(input: R) -> Result<MessageStream<R
             from: None,
             full_name: None,
             default_from: None,
+            local: None,
         },
         input,
     )
@@ -484,6 +496,8 @@ struct Request<'a> {
     from: Option<&'a str>,
     full_name: Option<&'a str>,
     default_from: Option<&'a str>,
+    /// [`Args::local_names`].
+    local: Option<&'a str>,
 }
 
 /// One header field: its bytes `start..end` (continuation lines and the final CRLF
@@ -524,14 +538,24 @@ fn build_head(req: &Request<'_>, msg: &[u8]) -> Result<(Envelope, Vec<u8>, usize
     let mut recipients = Recipients::default();
     for arg in req.recipients {
         for addr in split_list(arg) {
-            recipients.add(strip_angle(addr), "recipient")?;
+            recipients.add(
+                qualify(strip_angle(addr), req.local, "recipient")?,
+                "recipient",
+            )?;
         }
     }
     if req.extract {
         for field in &section.fields {
             if field.is("to") || field.is("cc") || field.is("bcc") {
-                for addr in field_addresses(msg, field)? {
-                    recipients.add(&addr, "recipient")?;
+                match field_addresses_or_local(msg, field, req.local)? {
+                    FieldAddrs::Addresses(list) => {
+                        for addr in list {
+                            recipients.add(&addr, "recipient")?;
+                        }
+                    }
+                    FieldAddrs::Local { .. } => {
+                        recipients.add(req.local.unwrap_or_default(), "recipient")?;
+                    }
                 }
             }
         }
@@ -542,11 +566,11 @@ fn build_head(req: &Request<'_>, msg: &[u8]) -> Result<(Envelope, Vec<u8>, usize
 
     let header_sender = match req.from {
         Some(_) => None,
-        None => sender_from_headers(msg, &section)?,
+        None => sender_from_headers(msg, &section, req.local)?,
     };
     let sender = match (req.from, header_sender, req.default_from) {
         (Some(f), _, _) => {
-            let f = strip_angle(f.trim());
+            let f = qualify(strip_angle(f.trim()), req.local, "sender")?;
             check_address(f, "sender")?;
             f.to_owned()
         }
@@ -594,7 +618,10 @@ fn build_head(req: &Request<'_>, msg: &[u8]) -> Result<(Envelope, Vec<u8>, usize
     let head_len = section.fields.last().map_or(0, |f| f.end);
     let mut out = Vec::with_capacity(head_len + added.len() + 2);
     for field in section.fields.iter().filter(|f| !f.is("bcc")) {
-        out.extend_from_slice(&msg[field.start..field.end]);
+        match local_rewrite(req, msg, field) {
+            Some(rewritten) => out.extend_from_slice(rewritten.as_bytes()),
+            None => out.extend_from_slice(&msg[field.start..field.end]),
+        }
     }
     out.extend_from_slice(added.as_bytes());
     if section.body.is_some() {
@@ -862,17 +889,124 @@ fn field_addresses(msg: &[u8], field: &Field) -> Result<Vec<String>, SendmailErr
     Ok(out)
 }
 
-/// The first address of the Sender: header, else of the From: header.
-fn sender_from_headers(msg: &[u8], section: &Section) -> Result<Option<String>, SendmailError> {
+/// The first address of the Sender: header, else of the From: header (a local name there
+/// stands for `local`).
+fn sender_from_headers(
+    msg: &[u8],
+    section: &Section,
+    local: Option<&str>,
+) -> Result<Option<String>, SendmailError> {
     for name in ["sender", "from"] {
-        if let Some(field) = section.fields.iter().find(|f| f.is(name))
-            && let Some(addr) = field_addresses(msg, field)?.into_iter().next()
-        {
+        let Some(field) = section.fields.iter().find(|f| f.is(name)) else {
+            continue;
+        };
+        let addr = match field_addresses_or_local(msg, field, local)? {
+            FieldAddrs::Addresses(list) => list.into_iter().next(),
+            FieldAddrs::Local { .. } => local.map(str::to_owned),
+        };
+        if let Some(addr) = addr {
             check_address(&addr, "sender")?;
             return Ok(Some(addr));
         }
     }
     Ok(None)
+}
+
+/// What a local name needs, said where one is refused.
+const LOCAL_NAME_HINT: &str = "a local name (no @domain, as cron writes them) stands for your \
+    own address when linkrelay knows it: give the [[user]] this mail belongs to (`default = \
+    true`, or the only one) a `from` address without wildcards, or pass --user";
+
+/// Whether `addr` is a local name: a mailbox without `@domain` (`root`, `alice.b`), as cron
+/// and other local programs write them.
+fn is_local_name(addr: &str) -> bool {
+    !addr.is_empty()
+        && addr.len() <= 64
+        && !addr.starts_with('.')
+        && !addr.ends_with('.')
+        && addr
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c))
+}
+
+/// `addr`, or `local` when `addr` is a local name; a local name with no `local` is an error.
+fn qualify<'a>(
+    addr: &'a str,
+    local: Option<&'a str>,
+    what: &str,
+) -> Result<&'a str, SendmailError> {
+    if !is_local_name(addr) {
+        return Ok(addr);
+    }
+    local.ok_or_else(|| SendmailError::DataErr(format!("{what} {addr:?}: {LOCAL_NAME_HINT}")))
+}
+
+/// One item of an address header made of local names: `root` or `root (Cron Daemon)`; its
+/// comment.
+fn header_local_name(item: &str) -> Option<Option<&str>> {
+    let item = item.trim();
+    let (name, comment) = match item.split_once('(') {
+        Some((name, rest)) => (name.trim(), Some(rest.strip_suffix(')')?.trim())),
+        None => (item, None),
+    };
+    is_local_name(name).then_some(comment.filter(|c| !c.is_empty() && !c.contains(['(', ')'])))
+}
+
+/// What an address header field holds.
+enum FieldAddrs {
+    /// Addresses (groups flattened).
+    Addresses(Vec<String>),
+    /// Only local names (there is an address for them); the first one's comment, as in
+    /// cron's `From: root (Cron Daemon)`.
+    Local { comment: Option<String> },
+}
+
+/// The addresses of an address header field, or that it holds only local names.
+fn field_addresses_or_local(
+    msg: &[u8],
+    field: &Field,
+    local: Option<&str>,
+) -> Result<FieldAddrs, SendmailError> {
+    let error = match field_addresses(msg, field) {
+        Ok(list) => return Ok(FieldAddrs::Addresses(list)),
+        Err(e) => e,
+    };
+    let Ok((header, _)) = parse_header(&msg[field.start..field.end]) else {
+        return Err(error);
+    };
+    let value = header.get_value();
+    let items: Option<Vec<_>> = value.split(',').map(header_local_name).collect();
+    match (items, local) {
+        (Some(items), Some(_)) => Ok(FieldAddrs::Local {
+            comment: items.into_iter().next().flatten().map(str::to_owned),
+        }),
+        (Some(_), None) => Err(SendmailError::DataErr(format!(
+            "the {}: header {}: {LOCAL_NAME_HINT}",
+            field.name,
+            show(value.as_bytes())
+        ))),
+        (None, _) => Err(error),
+    }
+}
+
+/// The field that replaces a From:, To: or Cc: field made of local names, when there is an
+/// address for them: the From: keeps the comment as its display name (`From: Cron Daemon
+/// <alice@example.org>`).
+fn local_rewrite(req: &Request<'_>, msg: &[u8], field: &Field) -> Option<String> {
+    let local = req.local?;
+    if !(field.is("from") || field.is("to") || field.is("cc")) {
+        return None;
+    }
+    // Any other field is kept as it is, as before (a From: is not even read when -f is given).
+    let Ok(FieldAddrs::Local { comment }) = field_addresses_or_local(msg, field, Some(local))
+    else {
+        return None;
+    };
+    Some(if field.is("from") {
+        from_field(comment.as_deref().or(req.full_name), local)
+    } else {
+        format!("{}: {local}\r\n", field.name)
+    })
 }
 
 fn check_address(addr: &str, what: &str) -> Result<(), SendmailError> {
@@ -1530,6 +1664,78 @@ mod tests {
         let a = args(&["<bob@example.org>"]).unwrap();
         let (env, _) = prepare(&a, b"Subject: x\n\nb\n", "me@example.net").unwrap();
         assert_eq!(env.recipients, ["bob@example.org"]);
+    }
+
+    /// What Debian's cron pipes to `sendmail -FCronDaemon -i -B8BITMIME -oem alice`.
+    const CRON_MAIL: &[u8] =
+        b"From: root (Cron Daemon)\nTo: alice\nSubject: Cron <alice@laptop> backup\n\
+        MIME-Version: 1.0\nContent-Type: text/plain; charset=UTF-8\n\nbackup done\n";
+
+    fn cron_args(local: Option<&str>) -> Args {
+        let mut a = args(&["-FCronDaemon", "-i", "-B8BITMIME", "-oem", "alice"]).unwrap();
+        a.local_names = local.map(str::to_owned);
+        a
+    }
+
+    #[test]
+    fn cron_mail_to_a_local_name_goes_to_your_own_address_with_headers_a_relay_takes() {
+        let a = cron_args(Some("alice@isp-a.example"));
+        let (env, msg) = prepare(&a, CRON_MAIL, "alice@laptop").unwrap();
+        assert_eq!(env.from, "alice@isp-a.example");
+        assert_eq!(env.recipients, ["alice@isp-a.example"]);
+        assert_eq!(
+            header_values(&msg, "from"),
+            ["Cron Daemon <alice@isp-a.example>"]
+        );
+        assert_eq!(header_values(&msg, "to"), ["alice@isp-a.example"]);
+        assert_eq!(
+            header_values(&msg, "subject"),
+            ["Cron <alice@laptop> backup"]
+        );
+        assert_eq!(body(&msg), b"backup done\r\n");
+        // The same with -t, and with the streamed reader.
+        let mut t = args(&["-t", "-i"]).unwrap();
+        t.local_names = Some("alice@isp-a.example".into());
+        let (env, _) = prepare(&t, CRON_MAIL, "alice@laptop").unwrap();
+        assert_eq!(env.recipients, ["alice@isp-a.example"]);
+        let dated = [
+            b"Date: Sun, 06 Dec 2026 01:00:00 +0000\nMessage-ID: <1@laptop>\n".as_slice(),
+            CRON_MAIL,
+        ]
+        .concat();
+        let (_, whole) = prepare(&a, &dated, "alice@laptop").unwrap();
+        let mut streamed = prepare_stream(&a, dated.as_slice(), "alice@laptop").unwrap();
+        let mut bytes = Vec::new();
+        streamed.read_to_end(&mut bytes).unwrap();
+        assert_eq!(text(&bytes), text(&whole));
+    }
+
+    #[test]
+    fn a_local_name_without_an_address_for_it_says_how_to_give_one() {
+        let e = prepare(&cron_args(None), CRON_MAIL, "alice@laptop").unwrap_err();
+        assert!(matches!(e, SendmailError::DataErr(_)), "{e}");
+        assert!(e.to_string().contains("recipient \"alice\""), "{e}");
+        assert!(
+            e.to_string().contains("`from` address without wildcards"),
+            "{e}"
+        );
+        let mut t = args(&["-t"]).unwrap();
+        let e = prepare(&t, b"To: alice (me)\n\nb\n", "me@example.net").unwrap_err();
+        assert!(e.to_string().contains("the To: header"), "{e}");
+        assert!(e.to_string().contains("--user"), "{e}");
+        // Qualified addresses are left alone; a list that mixes both is not guessed at.
+        t.local_names = Some("alice@isp-a.example".into());
+        let (env, msg) = prepare(
+            &t,
+            b"From: Bob <bob@example.org>\nTo: carol@example.org\n\nb\n",
+            "me@example.net",
+        )
+        .unwrap();
+        assert_eq!(env.from, "bob@example.org");
+        assert_eq!(env.recipients, ["carol@example.org"]);
+        assert_eq!(header_values(&msg, "from"), ["Bob <bob@example.org>"]);
+        let e = prepare(&t, b"To: carol@example.org, dave\n\nb\n", "me@example.net").unwrap_err();
+        assert!(matches!(e, SendmailError::DataErr(_)), "{e}");
     }
 
     #[test]

@@ -178,3 +178,58 @@ async fn the_flags_of_cron_daemons_and_muas_are_taken_and_dsn_flags_kept() {
         "nothing more queued"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_mail_for_a_local_name_reaches_your_own_address_through_the_relay() {
+    let relay = ScriptedRelay::start(RelayScript::default()).await.unwrap();
+    let mut w = World::new().unwrap();
+    let _nm = FakeNm::start(
+        &w.system.address,
+        vec![ActiveSpec::ethernet("Office", "eth0", "192.0.2.1")],
+        4,
+    )
+    .await
+    .unwrap();
+    // Without an address of yours in the config, the local name is refused and says why.
+    w.write_config(&office(&relay).to_string()).unwrap();
+    // Exactly what Debian's cron runs and writes for a job of user me with output.
+    let cron = ["-FCronDaemon", "-i", "-B8BITMIME", "-oem", "me"];
+    let report = "From: root (Cron Daemon)\nTo: me\nSubject: Cron <me@laptop> backup\n\
+                  MIME-Version: 1.0\nContent-Type: text/plain; charset=UTF-8\n\
+                  X-Cron-Env: <SHELL=/bin/sh>\n\nbackup done\n";
+    let out = w.sendmail(&cron, report).unwrap();
+    assert_eq!(out.status.code(), Some(65), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("`from` address without wildcards"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let config = Config::new()
+        .agent("debounce", "50ms")
+        .link(Link::new("office").id("Office"))
+        .relay(Relay::local("r", relay.port()).timeout("5s"))
+        .user(
+            User::new("me")
+                .from(["me@isp-a.example", "*"])
+                .route("office", ["r"]),
+        );
+    w.write_config(&config.to_string()).unwrap();
+    w.start_agent().await.unwrap();
+    let out = w.sendmail(&cron, report).unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let got = relay.wait_for(1, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(got[0].from, "me@isp-a.example");
+    assert_eq!(got[0].rcpts, ["me@isp-a.example"]);
+    let data = got[0].data_text();
+    assert!(
+        data.contains("From: Cron Daemon <me@isp-a.example>\r\n"),
+        "{data}"
+    );
+    assert!(data.contains("To: me@isp-a.example\r\n"), "{data}");
+    assert!(
+        data.contains("Subject: Cron <me@laptop> backup\r\n"),
+        "{data}"
+    );
+    assert!(data.ends_with("backup done\r\n"), "{data}");
+}
