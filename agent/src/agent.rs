@@ -66,6 +66,9 @@ pub enum ServeBus {
     System,
 }
 
+/// How often a user whose outbox cannot be used is tried again, without a reload.
+const HELD_RECHECK: Duration = Duration::from_secs(15);
+
 /// How the agent was started.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -95,6 +98,8 @@ struct Agent {
     /// Users whose outbox cannot be used, with why: they have no flusher, their route holds
     /// their mail with that reason, and the others run.
     held: BTreeMap<UserName, String>,
+    /// When to try the held users' outboxes again (unix seconds), while any is held.
+    held_recheck: Option<u64>,
     /// The open-files limit in force (raised to the hard one at start); `None`: unlimited.
     fd_limit: Option<u64>,
     counts: BTreeMap<UserName, Counts>,
@@ -175,6 +180,7 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
         },
         flushers: BTreeMap::new(),
         held: BTreeMap::new(),
+        held_recheck: None,
         fd_limit,
         counts: BTreeMap::new(),
         next_due: BTreeMap::new(),
@@ -499,12 +505,14 @@ impl Agent {
     /// Holds `user`, whose outbox cannot be used: logged and notified (once per reason), and
     /// shown as the user's route.
     fn hold(&mut self, user: &UserName, e: &OutboxError) {
+        self.held_recheck = Some(now().saturating_add(HELD_RECHECK.as_secs()));
         let why = format!("its outbox cannot be used: {e}");
         if self.held.get(user) == Some(&why) {
             return;
         }
         let advice = format!(
-            "Mail from {user} is held meanwhile; the other users' mail goes on. Fix it, then `linkrelay reload`."
+            "Mail from {user} is held meanwhile; the other users' mail goes on. Fix it: linkrelayd \
+             tries it again every 15 s, or at once on `linkrelay reload`."
         );
         warn!(%user, "{why}. {advice}");
         self.notifier
@@ -568,7 +576,10 @@ impl Agent {
         let ovr = self.override_now();
         let mut routing = router::route(&self.config, &self.link, ovr.as_ref());
         for (user, why) in &self.held {
-            let reason = format!("{why}; fix it, then `linkrelay reload`");
+            let reason = format!(
+                "{why}; fix it: it is tried again every {} s (or `linkrelay reload`)",
+                HELD_RECHECK.as_secs()
+            );
             routing.routes.insert(user.clone(), Route::Hold { reason });
         }
         let old = std::mem::replace(&mut self.routing, routing);
@@ -709,11 +720,25 @@ impl Agent {
     fn next_wake(&self) -> Option<u64> {
         let due = self.next_due.values().copied();
         let ovr = self.ovr.as_ref().map(|(_, e)| *e).filter(|e| *e != 0);
-        due.chain(ovr).chain(self.prunes.at).min()
+        due.chain(ovr)
+            .chain(self.prunes.at)
+            .chain(self.held_recheck)
+            .min()
     }
 
     async fn on_timer(&mut self) {
         let t = now();
+        if self.held_recheck.is_some_and(|at| at <= t) {
+            // A user fixed their outbox (permissions, a full disk): start its flusher without
+            // a reload. A user still held sets the next try.
+            self.held_recheck = None;
+            let held = self.held.len();
+            self.sync_flushers();
+            if self.held.len() < held {
+                self.reroute().await;
+                self.publish_all().await;
+            }
+        }
         if self.prunes.at.is_some_and(|at| at <= t) {
             self.prune("", None);
         }

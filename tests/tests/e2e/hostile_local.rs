@@ -455,6 +455,45 @@ async fn a_user_whose_outbox_is_unusable_is_held_with_the_reason_and_the_others_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_user_whose_outbox_is_fixed_sends_again_without_a_reload() {
+    let relay = ScriptedRelay::start(RelayScript::default()).await.unwrap();
+    let mut w = World::new().unwrap();
+    w.write_config(&config(relay.port(), &["alice", "bob"]).to_string())
+        .unwrap();
+    let elsewhere = w.dir().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::create_dir_all(w.data_dir.join("bob")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, w.data_dir.join("bob/queue")).unwrap();
+    let _nm = FakeNm::start(
+        &w.system.address,
+        vec![ActiveSpec::ethernet("Office", "eth0", "192.0.2.1")],
+        4,
+    )
+    .await
+    .unwrap();
+    w.start_agent().await.unwrap();
+    let hold = status_of(&w, "bob")["hold"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(hold.contains("tried again every 15 s"), "{hold}");
+
+    // bob mends it and sends; nobody reloads. sendmail queues straight into queue/ (the
+    // agent holds no lock for bob), and the agent's next try takes bob in.
+    std::fs::remove_file(w.data_dir.join("bob/queue")).unwrap();
+    w.send("bob@example.org", "you@dest.example", "mended")
+        .unwrap();
+    let got = relay.wait_for(1, Duration::from_secs(30)).await.unwrap();
+    assert!(got[0].data_text().contains("Subject: mended"));
+    assert!(status_of(&w, "bob")["hold"].is_null());
+    assert!(
+        w.agent_log().contains("the outbox can be used again"),
+        "{}",
+        w.agent_log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_adds_a_bad_user_and_a_good_one_is_refused_whole_and_says_why() {
     let relay = ScriptedRelay::start(RelayScript::default()).await.unwrap();
     let mut w = World::new().unwrap();
