@@ -1293,11 +1293,7 @@ async fn until_rerouted<T>(
         v = &mut fut => return Some(v),
         () = changed => {}
     }
-    if committed() {
-        Some(fut.await)
-    } else {
-        None
-    }
+    if committed() { Some(fut.await) } else { None }
 }
 
 /// For [`until_rerouted`]: whether the end of the data of message `id` is on its way through
@@ -1420,6 +1416,42 @@ mod tests {
         let mut msg = message(&["a@example.net"]);
         let applied = apply_verdicts(&mut msg, "relay-a", vec![(addr.to_string(), v)]);
         (msg, applied)
+    }
+
+    fn held(reason: &str) -> UserRoute {
+        UserRoute {
+            link: LinkKey::NoLink,
+            route: Route::Hold {
+                reason: reason.into(),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_route_change_abandons_an_attempt_only_before_the_end_of_its_data() {
+        // (whether the end of the data was out when the route changed, what the attempt gives)
+        for (past_the_dot, given) in [(false, None), (true, Some("250 2.0.0 Ok"))] {
+            let (route, rerouted) = watch::channel(held("no link"));
+            let (answer, relay_answers) = oneshot::channel();
+            let attempt = until_rerouted(&rerouted, || past_the_dot, async {
+                relay_answers.await.unwrap_or("the relay hung up")
+            });
+            let relay = async {
+                tokio::task::yield_now().await;
+                route.send_replace(held("another link"));
+                // Two turns: the attempt sees the change before the answer comes, whichever
+                // of the two join! polls first.
+                tokio::task::yield_now().await;
+                tokio::task::yield_now().await;
+                let _ = answer.send("250 2.0.0 Ok");
+            };
+            let (got, ()) = tokio::join!(attempt, relay);
+            assert_eq!(got, given, "past the dot: {past_the_dot}");
+            assert!(
+                rerouted.has_changed().unwrap(),
+                "the batch still sees the change and stops at it"
+            );
+        }
     }
 
     #[test]
