@@ -476,9 +476,9 @@ async fn a_disk_that_fills_up_while_sending_does_not_make_the_agent_send_twice()
 }
 
 /// Messages each user has queued in the two-user crash test.
-const PER_USER: usize = 150;
+const PER_USER: usize = 100;
 /// Kills in the two-user crash test.
-const KILLS_WHILE_BOTH_FLUSH: usize = 6;
+const KILLS_WHILE_BOTH_FLUSH: usize = 10;
 
 /// Users "ann" and "ben" on link "office" (NetworkManager id "Office"), each sending through a
 /// relay of their own: two flushers, two SMTP sessions at once.
