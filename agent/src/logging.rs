@@ -90,7 +90,7 @@ fn env_filter() -> EnvFilter {
 }
 
 /// Installs the global subscriber: `RUST_LOG` (default `info`, lettre's connection module
-/// capped: see [`env_filter`]), stderr, in `style`.
+/// capped; see `env_filter` for why), stderr, in `style`.
 pub fn init(style: LogStyle) {
     let filter = env_filter();
     let builder = tracing_subscriber::fmt()
