@@ -70,11 +70,17 @@ fn priority(level: Level) -> u8 {
     }
 }
 
-/// lettre's module that logs the SMTP lines it writes, AUTH included (the password in base64).
+/// lettre's connection module, which logs every SMTP line it writes at debug level, AUTH
+/// included (the password in base64).
 const LETTRE_CONNECTION: &str = "lettre::transport::smtp::client";
 
-/// `RUST_LOG` (default `info`) with the secret-bearing targets capped: lettre's connection
-/// module never logs below `info`, so secrets never reach the logs, even at `RUST_LOG=trace`.
+/// `RUST_LOG` (default `info`), with lettre's connection module capped at `info`.
+///
+/// The agent no longer sends through that module: it speaks SMTP itself
+/// ([`crate::delivery::wire`]) and never logs the lines it writes, only the relays' replies, at
+/// `trace`; lettre only formats the commands and checks the addresses. The cap stays so that
+/// no later use of lettre's connection (say, by a dependency) can log a secret, even at
+/// `RUST_LOG=trace` (docs/security.md).
 fn env_filter() -> EnvFilter {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match format!("{LETTRE_CONNECTION}=info").parse() {
@@ -84,7 +90,7 @@ fn env_filter() -> EnvFilter {
 }
 
 /// Installs the global subscriber: `RUST_LOG` (default `info`, lettre's connection module
-/// capped at `info` so that no secret reaches the logs), stderr, in `style`.
+/// capped; see `env_filter` for why), stderr, in `style`.
 pub fn init(style: LogStyle) {
     let filter = env_filter();
     let builder = tracing_subscriber::fmt()

@@ -97,6 +97,36 @@ impl Fault {
     }
 }
 
+/// A gate a test opens when it is ready: a relay holding an answer at it waits until then
+/// ([`RelayScript::answer_gate`]). Clones are the same gate.
+#[derive(Clone, Debug)]
+pub struct Gate(Arc<watch::Sender<bool>>);
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate(Arc::new(watch::channel(false).0))
+    }
+}
+
+impl Gate {
+    /// A closed gate.
+    pub fn new() -> Gate {
+        Gate::default()
+    }
+
+    /// Opens the gate: what waits at it goes on, and nothing waits at it any more.
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Waits until the gate is open.
+    async fn passed(&self) {
+        let mut open = self.0.subscribe();
+        // The sender lives as long as `self`: this cannot fail.
+        let _ = open.wait_for(|open| *open).await;
+    }
+}
+
 /// Whether and how the relay speaks TLS.
 #[derive(Clone, Default)]
 pub enum RelayTls {
@@ -164,6 +194,10 @@ pub struct RelayScript {
     /// Reset, Stall or 4xx there, this is a relay that took the mail and then lost the
     /// connection or the answer (the client must assume it was not sent, and sends it again).
     pub record_before_after_dot: bool,
+    /// Hold the answer after the final dot until this gate opens. The message is recorded as
+    /// soon as its data is in (as with `record_before_after_dot`), so that a test can wait for
+    /// it ([`ScriptedRelay::wait_for`]) and act while the client waits for the answer.
+    pub answer_gate: Option<Gate>,
     /// The ISP's network check, asked at each RCPT TO: when it says false, the recipient gets
     /// Postfix's `554 5.7.1 <rcpt>: Recipient address rejected: Relay access denied`.
     pub allow_client: ClientCheck,
@@ -202,6 +236,7 @@ impl Default for RelayScript {
             data: None,
             after_dot: None,
             record_before_after_dot: false,
+            answer_gate: None,
             allow_client: Arc::new(|| true),
             credentials: None,
             tls: RelayTls::Off,
@@ -227,6 +262,7 @@ impl fmt::Debug for RelayScript {
             .field("data", &self.data)
             .field("after_dot", &self.after_dot)
             .field("record_before_after_dot", &self.record_before_after_dot)
+            .field("answer_gate", &self.answer_gate.is_some())
             .field("allow_client", &(self.allow_client)())
             .field(
                 "credentials",
@@ -285,6 +321,13 @@ impl RelayScript {
     /// Speak TLS from the first byte with this certificate.
     pub fn with_implicit_tls(mut self, config: Arc<ServerConfig>) -> Self {
         self.tls = RelayTls::Implicit(config);
+        self
+    }
+
+    /// Hold the answer after each message's final dot until `gate` opens
+    /// ([`RelayScript::answer_gate`]).
+    pub fn with_answer_gate(mut self, gate: Gate) -> Self {
+        self.answer_gate = Some(gate);
         self
     }
 
@@ -1170,8 +1213,11 @@ async fn data(io: &mut Io, shared: &Shared, s: &mut Session, arg: &str) -> anyho
 
     // The script may have changed while the data came in.
     let script = shared.script();
-    if script.record_before_after_dot && !too_big {
+    if (script.record_before_after_dot || script.answer_gate.is_some()) && !too_big {
         record(shared, s, std::mem::take(&mut body), io.tls);
+        if let Some(gate) = &script.answer_gate {
+            gate.passed().await;
+        }
         return match &script.after_dot {
             Some(fault) => io.fault(fault).await,
             None => {

@@ -259,7 +259,8 @@ struct BatchState {
     /// Relays that did not answer (connect, greeting, TLS, a timeout) earlier in this batch,
     /// with why: the next messages skip them instead of waiting for the same timeout again.
     down: HashMap<RelayName, Verdict>,
-    /// Resolves when the route changes: an attempt in flight is then abandoned.
+    /// Tells when the route changes: an attempt in flight is then abandoned, unless the end of
+    /// its data is out ([`until_rerouted`]). Never marked seen: the batch stops at the change.
     rerouted: watch::Receiver<UserRoute>,
 }
 
@@ -619,8 +620,10 @@ impl Flusher {
             Err(step) => return step,
         };
         let pending: Vec<String> = msg.pending().map(|r| r.addr.clone()).collect();
+        let committed = past_the_dot(&o.session, &self.user, &msg.id, &relay.name);
         let Some(transaction) = until_rerouted(
-            &mut b.rerouted,
+            &b.rerouted,
+            committed,
             o.session.send(
                 &msg.from,
                 &pending,
@@ -631,7 +634,8 @@ impl Flusher {
         )
         .await
         else {
-            // Dropping the session closes the connection; nothing was confirmed.
+            // Dropping the session closes the connection before the end of the data: the relay
+            // took nothing.
             return Step::End(Done::Interrupted);
         };
         let verdicts = match transaction {
@@ -685,7 +689,7 @@ impl Flusher {
             }
         };
         let Some(mut opened) =
-            until_rerouted(&mut b.rerouted, Session::open(relay, password)).await
+            until_rerouted(&b.rerouted, never, Session::open(relay, password)).await
         else {
             return Err(Step::End(Done::Interrupted));
         };
@@ -701,7 +705,7 @@ impl Flusher {
                     Err(e) => Err(credentials::verdict(e)),
                 }
             };
-            let Some(retried) = until_rerouted(&mut b.rerouted, retried).await else {
+            let Some(retried) = until_rerouted(&b.rerouted, never, retried).await else {
                 return Err(Step::End(Done::Interrupted));
             };
             opened = retried;
@@ -1264,20 +1268,60 @@ fn apply_verdicts(
 
 /// Runs `fut` unless the route changes first (`None` then). When the agent drops the route
 /// (the user was removed from the config) the attempt runs to its end.
+///
+/// Once `committed` says so when the route changes (the end of a message's data is on the
+/// wire: the relay may have taken it), `fut` runs to its end all the same, and its result is
+/// what happened: abandoning it then would send the message again through the new route. The
+/// session's time limits bound that wait.
+///
+/// The change is left unseen in `rerouted`: the batch stops at it, and later attempts in it
+/// give up at once.
 async fn until_rerouted<T>(
-    rerouted: &mut watch::Receiver<UserRoute>,
+    rerouted: &watch::Receiver<UserRoute>,
+    committed: impl FnOnce() -> bool,
     fut: impl Future<Output = T>,
 ) -> Option<T> {
+    let mut watch = rerouted.clone();
     let changed = async {
-        if rerouted.changed().await.is_err() {
+        if watch.changed().await.is_err() {
             std::future::pending::<()>().await;
         }
     };
+    let mut fut = std::pin::pin!(fut);
     tokio::select! {
         biased;
-        v = fut => Some(v),
-        () = changed => None,
+        v = &mut fut => return Some(v),
+        () = changed => {}
     }
+    if committed() { Some(fut.await) } else { None }
+}
+
+/// For [`until_rerouted`]: whether the end of the data of message `id` is on its way through
+/// `session`, said in the log when it is (the user may wonder why the old route is still used).
+fn past_the_dot(
+    session: &Session,
+    user: &UserName,
+    id: &str,
+    relay: &RelayName,
+) -> impl FnOnce() -> bool + use<> {
+    let (flag, user, id, relay) = (
+        session.past_the_dot(),
+        user.clone(),
+        id.to_owned(),
+        relay.clone(),
+    );
+    move || {
+        let past = flag.load(Ordering::SeqCst);
+        if past {
+            info!(%user, %id, %relay, "route changed while the relay's answer to the message is due; waiting for it, so that the message does not go out twice");
+        }
+        past
+    }
+}
+
+/// For [`until_rerouted`]: an attempt that may always be abandoned (nothing is handed over).
+fn never() -> bool {
+    false
 }
 
 /// Where one message stands after a batch looked at it.
@@ -1372,6 +1416,42 @@ mod tests {
         let mut msg = message(&["a@example.net"]);
         let applied = apply_verdicts(&mut msg, "relay-a", vec![(addr.to_string(), v)]);
         (msg, applied)
+    }
+
+    fn held(reason: &str) -> UserRoute {
+        UserRoute {
+            link: LinkKey::NoLink,
+            route: Route::Hold {
+                reason: reason.into(),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_route_change_abandons_an_attempt_only_before_the_end_of_its_data() {
+        // (whether the end of the data was out when the route changed, what the attempt gives)
+        for (past_the_dot, given) in [(false, None), (true, Some("250 2.0.0 Ok"))] {
+            let (route, rerouted) = watch::channel(held("no link"));
+            let (answer, relay_answers) = oneshot::channel();
+            let attempt = until_rerouted(&rerouted, || past_the_dot, async {
+                relay_answers.await.unwrap_or("the relay hung up")
+            });
+            let relay = async {
+                tokio::task::yield_now().await;
+                route.send_replace(held("another link"));
+                // Two turns: the attempt sees the change before the answer comes, whichever
+                // of the two join! polls first.
+                tokio::task::yield_now().await;
+                tokio::task::yield_now().await;
+                let _ = answer.send("250 2.0.0 Ok");
+            };
+            let (got, ()) = tokio::join!(attempt, relay);
+            assert_eq!(got, given, "past the dot: {past_the_dot}");
+            assert!(
+                rerouted.has_changed().unwrap(),
+                "the batch still sees the change and stops at it"
+            );
+        }
     }
 
     #[test]

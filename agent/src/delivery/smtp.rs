@@ -2,6 +2,8 @@
 //! time limit. The bytes go through [`crate::delivery::wire`], which reads replies with
 //! bounds; lettre formats the commands and checks the addresses in them.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use lettre::Address;
@@ -111,6 +113,8 @@ pub struct Session {
     broken: bool,
     /// What the relay offered in its last EHLO reply.
     offers: Offers,
+    /// See [`Session::past_the_dot`].
+    past_the_dot: Arc<AtomicBool>,
 }
 
 fn helo_name(relay: &Relay) -> ClientId {
@@ -260,6 +264,7 @@ impl Session {
             timeout: limit,
             broken: false,
             offers: Offers::default(),
+            past_the_dot: Arc::default(),
         };
         match session.begin(relay, &hello, &peers, password).await {
             Ok(()) => Ok(session),
@@ -449,6 +454,15 @@ impl Session {
         !self.broken
     }
 
+    /// Set while [`Session::send`] has begun to write the end of the message's data (the final
+    /// `.`) and waits for the relay's answer to it; cleared when the next `send` begins. From
+    /// then on the relay may have taken the message: abandoning the send (dropping its future)
+    /// cannot take it back, and would have the message sent again. The caller keeps this to
+    /// know, when it wants to give up on a send, whether it still may.
+    pub fn past_the_dot(&self) -> Arc<AtomicBool> {
+        self.past_the_dot.clone()
+    }
+
     /// Writes `command` and reads its reply at `stage`, noting what it means for the
     /// connection.
     async fn command(&mut self, stage: Stage, command: &str) -> Result<Reply, Verdict> {
@@ -498,6 +512,10 @@ impl Session {
     /// Sends one message to `recipients`. An `Err` means the transaction as a whole did not
     /// happen (MAIL refused, connection lost before the data was accepted).
     ///
+    /// The future may be dropped (the connection is then dropped too) until the end of the data
+    /// goes out; after that the relay's answer must be waited for: see
+    /// [`Session::past_the_dot`]. The data's time limit bounds that wait.
+    ///
     /// `before_data` is awaited once the relay has said go ahead with the data (354) and before
     /// the data goes: the flusher makes the previous message's outcome durable there, so that
     /// its disk flush overlaps this message's MAIL, RCPT and DATA round trips, and yet no
@@ -514,6 +532,7 @@ impl Session {
         message: &Message,
         before_data: impl Future<Output = ()>,
     ) -> Result<Transaction, Verdict> {
+        self.past_the_dot.store(false, Ordering::SeqCst);
         let sender = if from.is_empty() {
             None
         } else {
@@ -689,8 +708,9 @@ impl Session {
         before_data.await;
         let limit = data_timeout(self.timeout, message.size());
         let conn = &mut self.conn;
+        let ending = &self.past_the_dot;
         let sent = async {
-            conn.send_data(message).await?;
+            conn.send_data(message, ending).await?;
             conn.read_reply().await
         };
         let end = match tokio::time::timeout(limit, sent).await {

@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
@@ -182,7 +183,15 @@ impl Connection {
     /// Sends a message's data after the relay's 354: dot-stuffed (RFC 5321 4.5.2), a piece
     /// of at most [`PIECE`] bytes at a time read from the message's file, then the final `.`
     /// line. The message's last line end is the one before the dot ([`Message::data_len`]).
-    pub async fn send_data(&mut self, message: &Message) -> Result<(), WireError> {
+    ///
+    /// `ending` is set just before the last write, the one with the final dot, begins: from
+    /// then on the relay may have the whole message, and may take it whatever happens to the
+    /// connection on our side.
+    pub async fn send_data(
+        &mut self,
+        message: &Message,
+        ending: &AtomicBool,
+    ) -> Result<(), WireError> {
         let mut stuffer = DotStuffer::default();
         let mut buf = Vec::new();
         let mut out = Vec::with_capacity(PIECE + PIECE / 8);
@@ -198,6 +207,7 @@ impl Connection {
             let last = offset >= message.data_len();
             if last {
                 out.extend_from_slice(b"\r\n.\r\n");
+                ending.store(true, Ordering::SeqCst);
             }
             self.stream.get_mut().write_all(&out).await?;
             if last {
@@ -320,8 +330,12 @@ mod tests {
         big.extend(std::iter::repeat_n(b'x', PIECE * 2));
         big.extend_from_slice(b"\r\n.last\r\n");
         let mut conn = Connection::connect(&[addr]).await.unwrap();
-        conn.send_data(&Message::in_memory(big)).await.unwrap();
-        conn.send_data(&Message::in_memory(Vec::new()))
+        let ending = AtomicBool::new(false);
+        conn.send_data(&Message::in_memory(big), &ending)
+            .await
+            .unwrap();
+        assert!(ending.load(Ordering::SeqCst), "the dot is on its way");
+        conn.send_data(&Message::in_memory(Vec::new()), &ending)
             .await
             .unwrap();
         drop(conn);

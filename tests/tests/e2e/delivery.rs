@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use linkrelay_tests::config::{Config, Link, Relay, User};
 use linkrelay_tests::nm::{ActiveSpec, FakeNm};
-use linkrelay_tests::smtp::{Fault, RelayScript, ScriptedRelay};
+use linkrelay_tests::smtp::{Fault, Gate, RelayScript, ScriptedRelay};
 use linkrelay_tests::world::{World, cli_json};
 use serde_json::Value;
 
@@ -110,9 +110,9 @@ async fn a_hung_relay_does_not_hold_up_another_users_mail() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_change_mid_send_abandons_the_attempt_and_the_new_route_takes_the_mail() {
-    // Relay A takes the data and then never answers; its timeout is far beyond this test.
+    // Relay A never says go ahead to the data; its timeout is far beyond this test.
     let relay_a = ScriptedRelay::start(RelayScript {
-        after_dot: Some(Fault::Stall),
+        data: Some(Fault::Stall),
         ..RelayScript::named("a.test")
     })
     .await
@@ -139,7 +139,7 @@ async fn a_link_change_mid_send_abandons_the_attempt_and_the_new_route_takes_the
     w.send("me@example.org", "you@dest.example", "moving")
         .unwrap();
     eventually(
-        "the attempt through A is waiting for the answer",
+        "the attempt through A is waiting for the go-ahead to the data",
         &w,
         || {
             relay_a.connections() == 1
@@ -150,8 +150,6 @@ async fn a_link_change_mid_send_abandons_the_attempt_and_the_new_route_takes_the
         },
     )
     .await;
-    // The data and its final dot follow the DATA command at once; the relay then stalls.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let started = Instant::now();
     nm.deactivate("A").await.unwrap();
     nm.activate(eth("B")).await.unwrap();
@@ -164,6 +162,61 @@ async fn a_link_change_mid_send_abandons_the_attempt_and_the_new_route_takes_the
     })
     .await;
     assert!(w.agent_log().contains("route changed during the attempt"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_change_after_the_final_dot_waits_for_the_answer_and_the_message_goes_out_once() {
+    // Relay A has the whole message and holds its answer until the test opens the gate; its
+    // timeout is far beyond this test.
+    let gate = Gate::new();
+    let relay_a = ScriptedRelay::start(RelayScript::named("a.test").with_answer_gate(gate.clone()))
+        .await
+        .unwrap();
+    let relay_b = ScriptedRelay::start(RelayScript::named("b.test"))
+        .await
+        .unwrap();
+    let mut w = World::new().unwrap();
+    let config = offices()
+        .relay(local("ra", &relay_a, "1h"))
+        .relay(local("rb", &relay_b, "5s"))
+        .user(
+            User::new("me")
+                .from(["*"])
+                .route("office-a", ["ra"])
+                .route("office-b", ["rb"]),
+        );
+    w.write_config(&config.to_string()).unwrap();
+    let nm = FakeNm::start(&w.system.address, vec![eth("A")], 4)
+        .await
+        .unwrap();
+    w.start_agent().await.unwrap();
+
+    w.send("me@example.org", "you@dest.example", "in-doubt")
+        .unwrap();
+    relay_a.wait_for(1, WAIT).await.unwrap();
+    // The route moves to B while A's answer is due.
+    nm.deactivate("A").await.unwrap();
+    nm.activate(eth("B")).await.unwrap();
+    w.wait_route("me", "via rb", |r| r.relays == ["rb"])
+        .await
+        .unwrap();
+    eventually("the agent waits for A's answer", &w, || {
+        w.agent_log()
+            .contains("waiting for it, so that the message does not go out twice")
+    })
+    .await;
+    gate.open();
+    eventually("sent/ has it", &w, || {
+        w.outbox_entries("me", "sent").len() == 1
+    })
+    .await;
+    // A flush on the new route finds nothing left to send.
+    let out = w.run_cli(&["flush", "--wait"]).unwrap();
+    assert!(out.status.success(), "{}", w.agent_log());
+    assert_eq!(subjects(&relay_a), ["in-doubt"]);
+    assert!(relay_b.received().is_empty(), "{}", w.agent_log());
+    assert!(w.outbox_entries("me", "queue").is_empty());
+    assert!(w.outbox_entries("me", "failed").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

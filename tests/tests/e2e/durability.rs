@@ -1,5 +1,5 @@
 //! Crash safety and a full disk: SIGKILL at random moments of a flush loses nothing and sends at
-//! most one message twice per kill; sendmail on a full disk says "try again" (EX_TEMPFAIL) and
+//! most one message twice per kill and SMTP session in flight (one per user flushing); sendmail on a full disk says "try again" (EX_TEMPFAIL) and
 //! leaves nothing half-written behind, whether it queues the message itself or hands it to a
 //! running agent through the spool.
 
@@ -29,14 +29,28 @@ fn office(relay: &ScriptedRelay) -> Config {
         .user(User::new("me").from(["*"]).route("office", ["r"]))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_at_random_moments_loses_nothing_and_duplicates_at_most_one_per_kill() {
+/// The seed of the kill moments: `LINKRELAY_KILL_SEED`, or a random one (printed, to replay).
+fn kill_seed() -> (u64, rand::rngs::StdRng) {
     let seed: u64 = std::env::var("LINKRELAY_KILL_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(rand::random);
     eprintln!("kill moments from seed {seed} (set LINKRELAY_KILL_SEED to replay)");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (seed, rand::rngs::StdRng::seed_from_u64(seed))
+}
+
+/// How many times `relay` took each subject.
+fn deliveries(relay: &ScriptedRelay) -> BTreeMap<String, usize> {
+    let mut deliveries: BTreeMap<String, usize> = BTreeMap::new();
+    for s in subjects(relay) {
+        *deliveries.entry(s).or_default() += 1;
+    }
+    deliveries
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_loses_nothing_and_duplicates_at_most_one_per_kill() {
+    let (seed, mut rng) = kill_seed();
 
     let relay = ScriptedRelay::start(RelayScript::default()).await.unwrap();
     let mut w = World::new().unwrap();
@@ -102,10 +116,7 @@ async fn sigkill_at_random_moments_loses_nothing_and_duplicates_at_most_one_per_
     );
     w.stop_agent();
 
-    let mut deliveries: BTreeMap<String, usize> = BTreeMap::new();
-    for s in subjects(&relay) {
-        *deliveries.entry(s).or_default() += 1;
-    }
+    let deliveries = deliveries(&relay);
     let missing: Vec<String> = (0..MESSAGES)
         .map(|i| format!("m{i:04}"))
         .filter(|s| !deliveries.contains_key(s))
@@ -462,4 +473,144 @@ async fn a_disk_that_fills_up_while_sending_does_not_make_the_agent_send_twice()
     assert!(w.outbox_entries("me", "queue").is_empty());
     assert_eq!(relay.received().len(), 1);
     w.stop_agent();
+}
+
+/// Messages each user has queued in the two-user crash test.
+const PER_USER: usize = 100;
+/// Kills in the two-user crash test.
+const KILLS_WHILE_BOTH_FLUSH: usize = 10;
+
+/// Users "ann" and "ben" on link "office" (NetworkManager id "Office"), each sending through a
+/// relay of their own: two flushers, two SMTP sessions at once.
+fn two_users(ann: &ScriptedRelay, ben: &ScriptedRelay) -> Config {
+    Config::new()
+        .agent("debounce", "50ms")
+        .link(Link::new("office").id("Office"))
+        .relay(Relay::local("ra", ann.port()).timeout("5s"))
+        .relay(Relay::local("rb", ben.port()).timeout("5s"))
+        .user(
+            User::new("ann")
+                .from(["ann@example.org"])
+                .route("office", ["ra"]),
+        )
+        .user(
+            User::new("ben")
+                .from(["ben@example.org"])
+                .route("office", ["rb"]),
+        )
+        .retry("min", "1s")
+        .retry("max", "2s")
+}
+
+/// Queues `PER_USER` messages for `user` the way sendmail does (the same library call),
+/// subjects `<user>-0000` and on.
+fn queue_for(w: &World, user: &str) {
+    let outbox = Outbox::open(&w.data_dir.join(user)).unwrap();
+    let from = format!("{user}@example.org");
+    let envelope = Envelope {
+        from: from.clone(),
+        recipients: vec!["you@dest.example".into()],
+        dsn: None,
+    };
+    for i in 0..PER_USER {
+        let msg = format!(
+            "From: {from}\r\nTo: you@dest.example\r\nSubject: {user}-{i:04}\r\n\r\nmessage {i}\r\n"
+        );
+        outbox.enqueue(&envelope, msg.as_bytes()).unwrap();
+    }
+}
+
+/// What a user's relay and outbox show after the crashes: every message delivered at least
+/// once, at most `kills` of them twice, all in sent/.
+fn assert_each_once_and_at_most_one_twice_per_kill(
+    w: &World,
+    user: &str,
+    relay: &ScriptedRelay,
+    kills: usize,
+    seed: u64,
+) {
+    let deliveries = deliveries(relay);
+    let missing: Vec<String> = (0..PER_USER)
+        .map(|i| format!("{user}-{i:04}"))
+        .filter(|s| !deliveries.contains_key(s))
+        .collect();
+    assert!(missing.is_empty(), "{user} lost: {missing:?} (seed {seed})");
+    assert_eq!(deliveries.len(), PER_USER, "{user} (seed {seed})");
+    let extra = relay.received().len() - PER_USER;
+    let twice: Vec<_> = deliveries.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        extra <= kills,
+        "{user}: {extra} duplicates for {kills} kills: {twice:?} (seed {seed})"
+    );
+    eprintln!("{user}: {extra} duplicates for {kills} kills");
+    assert_eq!(w.outbox_entries(user, "sent").len(), PER_USER, "{user}");
+    assert!(w.outbox_entries(user, "queue").is_empty(), "{user}");
+    assert!(w.outbox_entries(user, "failed").is_empty(), "{user}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_two_users_flush_loses_nothing_and_duplicates_at_most_one_per_kill_per_user()
+{
+    let (seed, mut rng) = kill_seed();
+    let ann = ScriptedRelay::start(RelayScript::named("a.test"))
+        .await
+        .unwrap();
+    let ben = ScriptedRelay::start(RelayScript::named("b.test"))
+        .await
+        .unwrap();
+    let mut w = World::new().unwrap();
+    w.write_config(&two_users(&ann, &ben).to_string()).unwrap();
+    queue_for(&w, "ann");
+    queue_for(&w, "ben");
+    let _nm = FakeNm::start(
+        &w.system.address,
+        vec![ActiveSpec::ethernet("Office", "eth0", "192.0.2.1")],
+        4,
+    )
+    .await
+    .unwrap();
+
+    let mut kills = 0;
+    while kills < KILLS_WHILE_BOTH_FLUSH {
+        let before = [ann.received().len(), ben.received().len()];
+        w.start_agent().await.unwrap();
+        // Both users flushing: each relay took a message since this start (the first may be
+        // the one the last kill left in doubt). Then a random moment more: mid-transaction,
+        // between the relay's answer and the record, mid-rename.
+        ann.wait_for(before[0] + 1, Duration::from_secs(10))
+            .await
+            .unwrap();
+        ben.wait_for(before[1] + 1, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let wait = Duration::from_millis(rng.random_range(0..40));
+        tokio::time::sleep(wait).await;
+        w.kill_agent();
+        kills += 1;
+        let queued = [
+            w.outbox_entries("ann", "queue").len(),
+            w.outbox_entries("ben", "queue").len(),
+        ];
+        eprintln!(
+            "kill {kills} {wait:?} after both flushed one: relays have {} and {}, {queued:?} still queued",
+            ann.received().len(),
+            ben.received().len()
+        );
+        assert!(
+            queued.iter().all(|q| *q > 0),
+            "a queue ran out before kill {kills}: the kills did not all hit two flushes"
+        );
+    }
+    // The last start runs to the end.
+    w.start_agent().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(w.outbox_entries("ann", "queue").is_empty()
+        && w.outbox_entries("ben", "queue").is_empty())
+    {
+        assert!(Instant::now() < deadline, "{}", w.agent_log());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    w.stop_agent();
+    assert_each_once_and_at_most_one_twice_per_kill(&w, "ann", &ann, kills, seed);
+    assert_each_once_and_at_most_one_twice_per_kill(&w, "ben", &ben, kills, seed);
 }
