@@ -109,6 +109,9 @@ struct Agent {
     /// The SMTP submission listener, once the agent owns its bus name.
     listener: Option<crate::submission::Listener>,
     prunes: Prunes,
+    /// The link source's task, and where it publishes: a reload that changes `[agent]
+    /// source` stops it and starts the new one.
+    source: (tokio::task::JoinHandle<()>, watch::Sender<LinkState>),
 }
 
 /// Where pruning of sent mail stands (see [`crate::service::prune`]).
@@ -156,7 +159,10 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
     let notifier = Notifier::spawn(config.notify, session, notifier_commands);
 
     let (link_tx, mut link_rx) = watch::channel(LinkState::unknown());
-    crate::source::start(config.agent.source, link_tx);
+    let source = (
+        crate::source::start(config.agent.source, link_tx.clone()),
+        link_tx,
+    );
 
     // Which relay took mail on which link, and who refused us: kept across restarts.
     let memory = RelayMemory::load(
@@ -193,6 +199,7 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
             sent_since: false,
             done: prunes_tx,
         },
+        source,
     };
     agent.sync_flushers();
 
@@ -230,13 +237,14 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
     lifecycle::ready(&format!("serving {AGENT_BUS_NAME}"));
     let mut watchdog = lifecycle::Watchdog::from_env();
 
-    let debounce = agent.config.agent.debounce;
     let mut last_applied = Instant::now();
     let mut pending_link: Option<LinkState> = None;
     let far = Duration::from_secs(365 * 86400);
     let mut link_source_alive = true;
 
     loop {
+        // Read each time round: a reload may have changed it.
+        let debounce = agent.config.agent.debounce;
         let debounce_at = match pending_link {
             Some(_) => last_applied + debounce,
             None => Instant::now() + far,
@@ -591,8 +599,7 @@ impl Agent {
             let _ = f.handle.route.send(new_route.clone());
             let _ = f.handle.requests.send(FlushRequest {
                 force: true,
-                done: None,
-                arrival: false,
+                ..FlushRequest::default()
             });
             let info = route_info(&user, &new_route.route);
             let _ = AgentInterface::route_changed(&emitter, &user, info.relays, &info.hold).await;
@@ -829,7 +836,10 @@ impl Agent {
                 let r = match r {
                     Ok(user) => {
                         if let Some(f) = self.flushers.get(&user) {
-                            let _ = f.handle.requests.send(FlushRequest::default());
+                            let _ = f.handle.requests.send(FlushRequest {
+                                once_more: true,
+                                ..FlushRequest::default()
+                            });
                         }
                         Ok(())
                     }
@@ -901,6 +911,8 @@ impl Agent {
         info!(?ovr, expires, "override set");
         self.ovr = Some((ovr, expires));
         self.reroute().await;
+        // The user chose the route: its relays are tried now, even one that refused us.
+        self.flush_all(true);
         Ok(())
     }
 
@@ -923,6 +935,7 @@ impl Agent {
                 force: true,
                 done: wait.then_some(tx),
                 arrival: false,
+                once_more: true,
             });
             waits.push((u.clone(), rx));
         }
@@ -1072,27 +1085,65 @@ impl Agent {
             Ok(config) => {
                 info!(path = %path.display(), "config reloaded");
                 self.opts.config_path = Some(path);
-                if config.agent.source != self.config.agent.source {
-                    warn!(
-                        "[agent] source changed to {}; the link source changes when linkrelayd restarts",
-                        config.agent.source
-                    );
-                }
-                self.config = Arc::new(config);
-                self.config_error = None;
-                self.notifier.settings(self.config.notify);
-                if let Some(listener) = &mut self.listener {
-                    listener.reload(
-                        self.config.clone(),
-                        linkrelay_config::submission_socket_path(),
-                    );
-                }
-                self.sync_flushers();
-                self.reroute().await;
-                self.publish_all().await;
+                self.apply(config).await;
                 Ok(())
             }
             Err(text) => self.reload_failed(text).await,
+        }
+    }
+
+    /// Puts a reloaded config in force, every setting of it: `[agent] debounce` is read by the
+    /// loop each time round, the rest is applied here.
+    async fn apply(&mut self, config: Config) {
+        let old = std::mem::replace(&mut self.config, Arc::new(config));
+        self.config_error = None;
+        if old.agent.source != self.config.agent.source {
+            info!(source = %self.config.agent.source, "[agent] source changed; starting it");
+            self.source.0.abort();
+            let tx = self.source.1.clone();
+            self.source.0 = crate::source::start(self.config.agent.source, tx);
+        }
+        self.notifier.settings(self.config.notify);
+        if let Some(listener) = &mut self.listener {
+            listener.reload(
+                self.config.clone(),
+                linkrelay_config::submission_socket_path(),
+            );
+        }
+        if old.outbox.keep_sent != self.config.outbox.keep_sent
+            || old.outbox.keep_sent_size != self.config.outbox.keep_sent_size
+        {
+            self.prunes.at = Some(now());
+        }
+        let relays = changed_relays(&old, &self.config);
+        {
+            let mut memory = lock(&self.memory);
+            for relay in &relays {
+                info!(%relay, "relay settings changed; forgetting what the old settings met");
+                memory.forget_relay(relay);
+            }
+            memory
+                .refusal_memory_changed(old.retry.refusal_memory, self.config.retry.refusal_memory);
+        }
+        self.sync_flushers();
+        self.reroute().await;
+        // Mail that waits on what the old settings decided (a refusal, a backoff) is tried
+        // under the new ones now.
+        if !relays.is_empty() || old.retry != self.config.retry {
+            self.flush_all(false);
+        }
+        self.publish_all().await;
+    }
+
+    /// Asks every flusher for a batch that ignores the backoff; with `once_more`, relays
+    /// whose refusal is remembered are tried once more too.
+    fn flush_all(&self, once_more: bool) {
+        for f in self.flushers.values() {
+            let _ = f.handle.requests.send(FlushRequest {
+                force: true,
+                once_more,
+                ..FlushRequest::default()
+            });
         }
     }
 
@@ -1103,6 +1154,21 @@ impl Agent {
         self.publish_all().await;
         Err(AgentError::ConfigInvalid(text))
     }
+}
+
+/// The relays whose settings differ between `old` and `new`, added and removed ones included.
+/// Pure.
+fn changed_relays(old: &Config, new: &Config) -> Vec<linkrelay_config::RelayName> {
+    let mut names: Vec<_> = old
+        .relays
+        .iter()
+        .chain(&new.relays)
+        .map(|r| r.name.clone())
+        .collect();
+    names.sort();
+    names.dedup();
+    names.retain(|n| old.relay(n) != new.relay(n));
+    names
 }
 
 fn list_or_none(names: &[&str]) -> String {
@@ -1144,5 +1210,41 @@ pub fn route_info(user: &str, route: &Route) -> RouteInfo {
             relays: Vec::new(),
             hold: reason.clone(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(relays: &str) -> Config {
+        let text = format!(
+            "{relays}\n[[user]]\nname = \"me\"\nfrom = [\"*\"]\nroutes = {{ \"*\" = [\"a\"] }}\n"
+        );
+        Config::parse(&text, std::path::Path::new("test.toml")).unwrap()
+    }
+
+    #[test]
+    fn a_reload_names_the_relays_whose_settings_changed_and_only_those() {
+        let a = "[[relay]]\nname = \"a\"\nhost = \"a.example\"\ntls = \"tls\"\n";
+        let a_port = "[[relay]]\nname = \"a\"\nhost = \"a.example\"\ntls = \"tls\"\nport = 2525\n";
+        let b = "[[relay]]\nname = \"b\"\nhost = \"b.example\"\ntls = \"tls\"\n";
+        let names = |v: Vec<linkrelay_config::RelayName>| -> Vec<String> {
+            v.iter().map(|r| r.to_string()).collect()
+        };
+        let ab = format!("{a}{b}");
+        let table: [(&str, &str, &[&str]); 4] = [
+            (a, a, &[]),
+            (a, a_port, &["a"]),
+            (&ab, a, &["b"]),
+            (a, &ab, &["b"]),
+        ];
+        for (old, new, want) in table {
+            assert_eq!(
+                names(changed_relays(&config(old), &config(new))),
+                want,
+                "{old} -> {new}"
+            );
+        }
     }
 }
