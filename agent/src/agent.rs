@@ -38,6 +38,18 @@ pub enum RunError {
     /// D-Bus trouble (no session bus, ...).
     #[error("D-Bus: {0}")]
     Bus(#[from] zbus::Error),
+    /// The bus to serve on cannot be reached: said once, with what to do.
+    #[error("cannot connect to the {bus} bus at {address} ({why}). {fix}")]
+    NoBus {
+        /// "session" or "system".
+        bus: &'static str,
+        /// The address tried.
+        address: String,
+        /// The innermost cause (the socket's error).
+        why: String,
+        /// What to do about it.
+        fix: &'static str,
+    },
     /// Another agent owns the name.
     #[error("another linkrelayd already owns {0} on this bus")]
     AlreadyRunning(String),
@@ -145,7 +157,8 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
     let conn = builder
         .serve_at(AGENT_PATH, AgentInterface::new(cmd_tx, published.clone()))
         .build()
-        .await?;
+        .await
+        .map_err(|e| no_bus(opts.bus, &e))?;
     let iface = conn
         .object_server()
         .interface::<_, AgentInterface>(AGENT_PATH)
@@ -310,6 +323,35 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
     lifecycle::stopping();
     info!("linkrelayd stopping");
     Ok(())
+}
+
+/// The error for a bus that cannot be reached. zbus repeats its cause at each level of the
+/// chain; the innermost one is said once, with the fixes.
+fn no_bus(bus: ServeBus, e: &zbus::Error) -> RunError {
+    let mut inner: &dyn std::error::Error = e;
+    while let Some(next) = inner.source() {
+        inner = next;
+    }
+    let (bus, address, fix) = match bus {
+        ServeBus::Session => (
+            "session",
+            address::session_bus_address(),
+            "Run linkrelayd from your desktop session (or as the user service that `linkrelay install --user` sets up), \
+             start a session bus for it with `dbus-run-session -- linkrelayd`, \
+             or serve the system bus with `linkrelayd --bus system`",
+        ),
+        ServeBus::System => (
+            "system",
+            address::system_bus_address(),
+            "Is the system dbus-daemon running? Or serve your session bus: run linkrelayd without `--bus system`",
+        ),
+    };
+    RunError::NoBus {
+        bus,
+        address,
+        why: inner.to_string(),
+        fix,
+    }
 }
 
 /// Takes the lock of the data directory for this process, saying where it serves.

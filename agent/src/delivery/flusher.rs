@@ -795,14 +795,23 @@ impl Flusher {
             let last = msg.last_error.clone().unwrap_or_default();
             return self.expire(msg, a.settings, &last).await;
         }
-        let all_refused = !tries.tried_any && tries.last.is_none();
-        self.defer(msg, a, all_refused).await
+        // Every relay of the route refuses us now (remembered, or just now): nothing can be
+        // tried before the first refusal ends.
+        let all_refused = lock(&self.memory).order(a.link, a.relays, a.t).is_empty();
+        let nothing_tried = !tries.tried_any && tries.last.is_none();
+        self.defer(msg, a, all_refused, nothing_tried).await
     }
 
     /// Keeps a pending message queued until its next attempt: after the backoff of its route,
     /// or, when every relay refused us recently on this link (`all_refused`), when the first of
-    /// those refusals ends, if that is sooner.
-    async fn defer(&mut self, msg: &mut MessageState, a: &Attempt<'_>, all_refused: bool) -> Done {
+    /// those refusals ends. When `nothing_tried`, its last error says why.
+    async fn defer(
+        &mut self,
+        msg: &mut MessageState,
+        a: &Attempt<'_>,
+        all_refused: bool,
+        nothing_tried: bool,
+    ) -> Done {
         let key = route_key(a.link, a.relays);
         let step = next_step(
             msg.backoff_step,
@@ -821,7 +830,9 @@ impl Flusher {
         if all_refused {
             let (release, why) = self.refused_everywhere(a);
             at = after_refusals(at, release, a.t);
-            msg.last_error = Some(why);
+            if nothing_tried {
+                msg.last_error = Some(why);
+            }
         }
         msg.next_attempt = at;
         self.save(msg).await;
