@@ -113,6 +113,27 @@ async fn a_debounce_changed_in_the_file_applies_on_reload_without_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_source_changed_in_the_file_applies_on_reload() {
+    let mut w = World::new().unwrap();
+    let config = office("50ms", 25).agent("source", "networkmanager");
+    w.write_config(&config.to_string()).unwrap();
+    let _nm = FakeNm::start(&w.system.address, vec![eth("A")], 4)
+        .await
+        .unwrap();
+    w.start_agent().await.unwrap();
+    assert_eq!(cli_json(&w, &["status"])["source"], "networkmanager");
+
+    let config = office("50ms", 25).agent("source", "netlink");
+    w.write_config(&config.to_string()).unwrap();
+    run_ok(&w, &["reload"]);
+    let deadline = Instant::now() + WAIT;
+    while cli_json(&w, &["status"])["source"] != "netlink" {
+        assert!(Instant::now() < deadline, "{}", w.agent_log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mail_every_relay_refused_waits_until_the_refusal_ends_and_says_so() {
     let (w, _nm, relay, m) = refused_world("1h").await;
     assert_eq!(relay.connections(), 1);
