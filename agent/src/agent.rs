@@ -246,6 +246,7 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
         agent.opts.data_dir.clone(),
         linkrelay_config::submission_socket_path(),
     ));
+    agent.publish_all().await;
     info!(bus = ?agent.opts.bus, "linkrelayd ready as {AGENT_BUS_NAME}");
     lifecycle::ready(&format!("serving {AGENT_BUS_NAME}"));
     let mut watchdog = lifecycle::Watchdog::from_env();
@@ -681,6 +682,11 @@ impl Agent {
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
             config_error: self.config_error.clone().unwrap_or_default(),
+            not_in_force: self
+                .listener
+                .as_ref()
+                .map(|l| l.problems())
+                .unwrap_or_default(),
         };
         let old = {
             let mut p = self.published.lock().unwrap_or_else(|p| p.into_inner());
@@ -718,6 +724,9 @@ impl Agent {
         }
         if old.config_error != next.config_error {
             let _ = iface.config_error_changed(e).await;
+        }
+        if old.not_in_force != next.not_in_force {
+            let _ = iface.config_not_in_force_changed(e).await;
         }
     }
 

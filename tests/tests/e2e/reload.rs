@@ -215,6 +215,34 @@ async fn reload_takes_the_file_config_init_wrote_for_an_agent_on_the_embedded_de
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listen_address_that_cannot_be_bound_is_named_by_reload_and_status() {
+    let mut w = World::new().unwrap();
+    w.write_config(&office("50ms", 25).to_string()).unwrap();
+    w.start_agent().await.unwrap();
+    // Someone else holds the port the file asks the agent to listen on.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let config = office("50ms", 25).submission("listen", [addr.as_str()]);
+    w.write_config(&config.to_string()).unwrap();
+    let said = run_ok(&w, &["reload"]);
+    let line = format!("not in force: [submission] listen: cannot listen on {addr}");
+    assert!(said.contains(&line), "{said}");
+    assert!(run_ok(&w, &["status"]).contains(&line));
+    let status = cli_json(&w, &["status"]);
+    assert_eq!(
+        status["config_not_in_force"].as_array().unwrap().len(),
+        1,
+        "{status}"
+    );
+
+    // The port is free again: the next reload listens there, and says nothing more.
+    drop(taken);
+    let said = run_ok(&w, &["reload"]);
+    assert!(!said.contains("not in force"), "{said}");
+    assert!(!run_ok(&w, &["status"]).contains("not in force"));
+}
+
 #[test]
 fn without_a_session_bus_linkrelayd_says_so_once_with_the_fixes() {
     let w = World::new().unwrap();
