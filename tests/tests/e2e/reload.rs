@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use linkrelay_tests::config::{Config, Link, Relay, User};
 use linkrelay_tests::nm::{ActiveSpec, FakeNm};
 use linkrelay_tests::run::text;
-use linkrelay_tests::smtp::{RelayScript, ScriptedRelay};
+use linkrelay_tests::smtp::{Fault, RelayScript, ScriptedRelay};
 use linkrelay_tests::world::{World, bin, cli_json};
 use serde_json::Value;
 
@@ -186,6 +186,40 @@ async fn a_relay_corrected_in_the_file_gets_the_waiting_mail_on_reload() {
     assert_eq!(wrong.connections(), 1);
     let memory = std::fs::read_to_string(w.data_dir.join(".relay-memory.json")).unwrap();
     assert!(!memory.contains("Relay access denied"), "{memory}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shorter_retry_delays_apply_on_reload_to_mail_already_waiting() {
+    let relay = ScriptedRelay::start(RelayScript {
+        mail: Some(Fault::reply(451, "4.3.0 try later")),
+        ..RelayScript::default()
+    })
+    .await
+    .unwrap();
+    let mut w = World::new().unwrap();
+    let slow = office("50ms", relay.port()).retry("min", "1h");
+    w.write_config(&slow.to_string()).unwrap();
+    let _nm = FakeNm::start(&w.system.address, vec![eth("A")], 4)
+        .await
+        .unwrap();
+    w.start_agent().await.unwrap();
+    w.send("me@example.org", "you@dest.example", "later")
+        .unwrap();
+    let m = wait_message(&w, "deferred", |m| m["attempts"].as_u64() == Some(1)).await;
+    assert!(
+        m["next_attempt"].as_i64().unwrap() - unix_now() > 2000,
+        "{m}"
+    );
+
+    let quick = office("50ms", relay.port())
+        .retry("min", "1m")
+        .retry("max", "1m");
+    w.write_config(&quick.to_string()).unwrap();
+    run_ok(&w, &["reload"]);
+    // Tried again at once, and then a minute later, not an hour.
+    let m = wait_message(&w, "tried again", |m| m["attempts"].as_u64() == Some(2)).await;
+    let wait = m["next_attempt"].as_i64().unwrap() - unix_now();
+    assert!(wait <= 73, "next attempt in {wait} s: {m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
