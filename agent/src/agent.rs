@@ -1161,10 +1161,16 @@ impl Agent {
                 linkrelay_config::submission_socket_path(),
             );
         }
-        if old.outbox.keep_sent != self.config.outbox.keep_sent
-            || old.outbox.keep_sent_size != self.config.outbox.keep_sent_size
+        // Sent mail the new `keep_sent`/`keep_sent_size` no longer keeps goes now, unless a
+        // prune runs now (`at` is `None`; the next one applies them).
+        if (old.outbox.keep_sent, old.outbox.keep_sent_size)
+            != (
+                self.config.outbox.keep_sent,
+                self.config.outbox.keep_sent_size,
+            )
+            && let Some(at) = &mut self.prunes.at
         {
-            self.prunes.at = Some(now());
+            *at = now();
         }
         let relays = changed_relays(&old, &self.config);
         {
