@@ -223,6 +223,27 @@ async fn shorter_retry_delays_apply_on_reload_to_mail_already_waiting() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shorter_keep_sent_prunes_sent_mail_on_reload() {
+    let relay = ScriptedRelay::start(RelayScript::default()).await.unwrap();
+    let mut w = World::new().unwrap();
+    w.write_config(&office("50ms", relay.port()).to_string())
+        .unwrap();
+    let _nm = FakeNm::start(&w.system.address, vec![eth("A")], 4)
+        .await
+        .unwrap();
+    w.start_agent().await.unwrap();
+    w.send("me@example.org", "you@dest.example", "kept")
+        .unwrap();
+    assert_eq!(w.wait_entries("me", "sent", 1).await.len(), 1);
+
+    let config = office("50ms", relay.port()).outbox("keep_sent", "0s");
+    w.write_config(&config.to_string()).unwrap();
+    run_ok(&w, &["reload"]);
+    let left = w.wait_entries("me", "sent", 0).await;
+    assert!(left.is_empty(), "{left:?}\n{}", w.agent_log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shorter_refusal_memory_applies_on_reload() {
     let (w, _nm, relay, _) = refused_world("1h").await;
     relay.set_script(RelayScript::default());
