@@ -38,6 +38,18 @@ pub enum RunError {
     /// D-Bus trouble (no session bus, ...).
     #[error("D-Bus: {0}")]
     Bus(#[from] zbus::Error),
+    /// The bus to serve on cannot be reached: said once, with what to do.
+    #[error("cannot connect to the {bus} bus at {address} ({why}). {fix}")]
+    NoBus {
+        /// "session" or "system".
+        bus: &'static str,
+        /// The address tried.
+        address: String,
+        /// The innermost cause (the socket's error).
+        why: String,
+        /// What to do about it.
+        fix: &'static str,
+    },
     /// Another agent owns the name.
     #[error("another linkrelayd already owns {0} on this bus")]
     AlreadyRunning(String),
@@ -114,6 +126,9 @@ struct Agent {
     /// The SMTP submission listener, once the agent owns its bus name.
     listener: Option<crate::submission::Listener>,
     prunes: Prunes,
+    /// The link source's task, and where it publishes: a reload that changes `[agent]
+    /// source` stops it and starts the new one.
+    source: (tokio::task::JoinHandle<()>, watch::Sender<LinkState>),
 }
 
 /// Where pruning of sent mail stands (see [`crate::service::prune`]).
@@ -147,7 +162,8 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
     let conn = builder
         .serve_at(AGENT_PATH, AgentInterface::new(cmd_tx, published.clone()))
         .build()
-        .await?;
+        .await
+        .map_err(|e| no_bus(opts.bus, &e))?;
     let iface = conn
         .object_server()
         .interface::<_, AgentInterface>(AGENT_PATH)
@@ -161,7 +177,10 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
     let notifier = Notifier::spawn(config.notify, session, notifier_commands);
 
     let (link_tx, mut link_rx) = watch::channel(LinkState::unknown());
-    crate::source::start(config.agent.source, link_tx);
+    let source = (
+        crate::source::start(config.agent.source, link_tx.clone()),
+        link_tx,
+    );
 
     // Which relay took mail on which link, and who refused us: kept across restarts.
     let memory = RelayMemory::load(
@@ -199,6 +218,7 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
             sent_since: false,
             done: prunes_tx,
         },
+        source,
     };
     agent.sync_flushers();
 
@@ -232,17 +252,19 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
         agent.opts.data_dir.clone(),
         linkrelay_config::submission_socket_path(),
     ));
+    agent.publish_all().await;
     info!(bus = ?agent.opts.bus, "linkrelayd ready as {AGENT_BUS_NAME}");
     lifecycle::ready(&format!("serving {AGENT_BUS_NAME}"));
     let mut watchdog = lifecycle::Watchdog::from_env();
 
-    let debounce = agent.config.agent.debounce;
     let mut last_applied = Instant::now();
     let mut pending_link: Option<LinkState> = None;
     let far = Duration::from_secs(365 * 86400);
     let mut link_source_alive = true;
 
     loop {
+        // Read each time round: a reload may have changed it.
+        let debounce = agent.config.agent.debounce;
         let debounce_at = match pending_link {
             Some(_) => last_applied + debounce,
             None => Instant::now() + far,
@@ -308,6 +330,35 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
     lifecycle::stopping();
     info!("linkrelayd stopping");
     Ok(())
+}
+
+/// The error for a bus that cannot be reached. zbus repeats its cause at each level of the
+/// chain; the innermost one is said once, with the fixes.
+fn no_bus(bus: ServeBus, e: &zbus::Error) -> RunError {
+    let mut inner: &dyn std::error::Error = e;
+    while let Some(next) = inner.source() {
+        inner = next;
+    }
+    let (bus, address, fix) = match bus {
+        ServeBus::Session => (
+            "session",
+            address::session_bus_address(),
+            "Run linkrelayd from your desktop session (or as the user service that `linkrelay install --user` sets up), \
+             start a session bus for it with `dbus-run-session -- linkrelayd`, \
+             or serve the system bus with `linkrelayd --bus system`",
+        ),
+        ServeBus::System => (
+            "system",
+            address::system_bus_address(),
+            "Is the system dbus-daemon running? Or serve your session bus: run linkrelayd without `--bus system`",
+        ),
+    };
+    RunError::NoBus {
+        bus,
+        address,
+        why: inner.to_string(),
+        fix,
+    }
 }
 
 /// Takes the lock of the data directory for this process, saying where it serves.
@@ -602,8 +653,7 @@ impl Agent {
             let _ = f.handle.route.send(new_route.clone());
             let _ = f.handle.requests.send(FlushRequest {
                 force: true,
-                done: None,
-                arrival: false,
+                ..FlushRequest::default()
             });
             let info = route_info(&user, &new_route.route);
             let _ = AgentInterface::route_changed(&emitter, &user, info.relays, &info.hold).await;
@@ -643,6 +693,11 @@ impl Agent {
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
             config_error: self.config_error.clone().unwrap_or_default(),
+            not_in_force: self
+                .listener
+                .as_ref()
+                .map(|l| l.problems())
+                .unwrap_or_default(),
         };
         let old = {
             let mut p = self.published.lock().unwrap_or_else(|p| p.into_inner());
@@ -680,6 +735,9 @@ impl Agent {
         }
         if old.config_error != next.config_error {
             let _ = iface.config_error_changed(e).await;
+        }
+        if old.not_in_force != next.not_in_force {
+            let _ = iface.config_not_in_force_changed(e).await;
         }
     }
 
@@ -854,7 +912,10 @@ impl Agent {
                 let r = match r {
                     Ok(user) => {
                         if let Some(f) = self.flushers.get(&user) {
-                            let _ = f.handle.requests.send(FlushRequest::default());
+                            let _ = f.handle.requests.send(FlushRequest {
+                                once_more: true,
+                                ..FlushRequest::default()
+                            });
                         }
                         Ok(())
                     }
@@ -926,6 +987,8 @@ impl Agent {
         info!(?ovr, expires, "override set");
         self.ovr = Some((ovr, expires));
         self.reroute().await;
+        // The user chose the route: its relays are tried now, even one that refused us.
+        self.flush_all(true);
         Ok(())
     }
 
@@ -948,6 +1011,7 @@ impl Agent {
                 force: true,
                 done: wait.then_some(tx),
                 arrival: false,
+                once_more: true,
             });
             waits.push((u.clone(), rx));
         }
@@ -1097,27 +1161,71 @@ impl Agent {
             Ok(config) => {
                 info!(path = %path.display(), "config reloaded");
                 self.opts.config_path = Some(path);
-                if config.agent.source != self.config.agent.source {
-                    warn!(
-                        "[agent] source changed to {}; the link source changes when linkrelayd restarts",
-                        config.agent.source
-                    );
-                }
-                self.config = Arc::new(config);
-                self.config_error = None;
-                self.notifier.settings(self.config.notify);
-                if let Some(listener) = &mut self.listener {
-                    listener.reload(
-                        self.config.clone(),
-                        linkrelay_config::submission_socket_path(),
-                    );
-                }
-                self.sync_flushers();
-                self.reroute().await;
-                self.publish_all().await;
+                self.apply(config).await;
                 Ok(())
             }
             Err(text) => self.reload_failed(text).await,
+        }
+    }
+
+    /// Puts a reloaded config in force, every setting of it: `[agent] debounce` is read by the
+    /// loop each time round, the rest is applied here.
+    async fn apply(&mut self, config: Config) {
+        let old = std::mem::replace(&mut self.config, Arc::new(config));
+        self.config_error = None;
+        if old.agent.source != self.config.agent.source {
+            info!(source = %self.config.agent.source, "[agent] source changed; starting it");
+            self.source.0.abort();
+            let tx = self.source.1.clone();
+            self.source.0 = crate::source::start(self.config.agent.source, tx);
+        }
+        self.notifier.settings(self.config.notify);
+        if let Some(listener) = &mut self.listener {
+            listener.reload(
+                self.config.clone(),
+                linkrelay_config::submission_socket_path(),
+            );
+        }
+        // Sent mail the new `keep_sent`/`keep_sent_size` no longer keeps goes now, unless a
+        // prune runs now (`at` is `None`; the next one applies them).
+        if (old.outbox.keep_sent, old.outbox.keep_sent_size)
+            != (
+                self.config.outbox.keep_sent,
+                self.config.outbox.keep_sent_size,
+            )
+            && let Some(at) = &mut self.prunes.at
+        {
+            *at = now();
+        }
+        let relays = changed_relays(&old, &self.config);
+        {
+            let mut memory = lock(&self.memory);
+            for relay in &relays {
+                info!(%relay, "relay settings changed; forgetting what the old settings met");
+                memory.forget_relay(relay);
+            }
+            memory
+                .refusal_memory_changed(old.retry.refusal_memory, self.config.retry.refusal_memory);
+        }
+        self.sync_flushers();
+        self.reroute().await;
+        // Mail that waits on what the old settings decided (a refusal, a backoff) is tried
+        // under the new ones now.
+        if !relays.is_empty() || old.retry != self.config.retry {
+            self.flush_all(false);
+        }
+        self.publish_all().await;
+    }
+
+    /// Asks every flusher for a batch that ignores the backoff; with `once_more`, relays
+    /// whose refusal is remembered are tried once more too.
+    fn flush_all(&self, once_more: bool) {
+        for f in self.flushers.values() {
+            let _ = f.handle.requests.send(FlushRequest {
+                force: true,
+                once_more,
+                ..FlushRequest::default()
+            });
         }
     }
 
@@ -1128,6 +1236,16 @@ impl Agent {
         self.publish_all().await;
         Err(AgentError::ConfigInvalid(text))
     }
+}
+
+/// The relays of both `old` and `new` whose settings differ. An added relay keeps what is
+/// known of it: `linkrelay setup` probes a relay before it writes it into the file. Pure.
+fn changed_relays(old: &Config, new: &Config) -> Vec<linkrelay_config::RelayName> {
+    old.relays
+        .iter()
+        .filter(|r| new.relay(&r.name).is_some_and(|n| n != *r))
+        .map(|r| r.name.clone())
+        .collect()
 }
 
 fn list_or_none(names: &[&str]) -> String {
@@ -1169,5 +1287,41 @@ pub fn route_info(user: &str, route: &Route) -> RouteInfo {
             relays: Vec::new(),
             hold: reason.clone(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(relays: &str) -> Config {
+        let text = format!(
+            "{relays}\n[[user]]\nname = \"me\"\nfrom = [\"*\"]\nroutes = {{ \"*\" = [\"a\"] }}\n"
+        );
+        Config::parse(&text, std::path::Path::new("test.toml")).unwrap()
+    }
+
+    #[test]
+    fn a_reload_names_the_relays_whose_settings_changed_and_only_those() {
+        let a = "[[relay]]\nname = \"a\"\nhost = \"a.example\"\ntls = \"tls\"\n";
+        let a_port = "[[relay]]\nname = \"a\"\nhost = \"a.example\"\ntls = \"tls\"\nport = 2525\n";
+        let b = "[[relay]]\nname = \"b\"\nhost = \"b.example\"\ntls = \"tls\"\n";
+        let names = |v: Vec<linkrelay_config::RelayName>| -> Vec<String> {
+            v.iter().map(|r| r.to_string()).collect()
+        };
+        let ab = format!("{a}{b}");
+        let table: [(&str, &str, &[&str]); 4] = [
+            (a, a, &[]),
+            (a, a_port, &["a"]),
+            (&ab, a, &[]),
+            (a, &ab, &[]),
+        ];
+        for (old, new, want) in table {
+            assert_eq!(
+                names(changed_relays(&config(old), &config(new))),
+                want,
+                "{old} -> {new}"
+            );
+        }
     }
 }

@@ -796,7 +796,12 @@ async fn agent_verb(cli: Cli) -> anyhow::Result<ExitCode> {
         Verb::Routes(r) => return routes_verb(&agent, r).await,
         Verb::Setup(a) => return setup::run(&agent, a).await,
         Verb::Reload => match agent.reload().await {
-            Ok(()) => println!("config reloaded"),
+            Ok(()) => {
+                println!("config reloaded");
+                for line in agent.config_not_in_force().await.unwrap_or_default() {
+                    println!("not in force: {line}");
+                }
+            }
             Err(e) => {
                 eprintln!("linkrelay: {:#}", dbus_error(e));
                 return Ok(ExitCode::from(EX_CONFIG));
@@ -831,6 +836,9 @@ async fn reload_after_write(agent: &AgentProxy<'_>) -> anyhow::Result<ExitCode> 
     match agent.reload().await {
         Ok(()) => {
             println!("linkrelayd reloaded the config");
+            for line in agent.config_not_in_force().await.unwrap_or_default() {
+                println!("not in force: {line}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {

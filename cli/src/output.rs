@@ -21,6 +21,8 @@ pub struct Status {
     pub(crate) queue: Vec<QueueCount>,
     pub(crate) config_path: String,
     pub(crate) config_error: String,
+    /// What the running config asks for that is not in force, each with why.
+    pub(crate) not_in_force: Vec<String>,
     pub(crate) version: String,
     /// On a link no rule matches: the relays that accepted there before, with when.
     pub(crate) accepted_here: Vec<(String, u64)>,
@@ -97,6 +99,8 @@ impl Status {
             queue: agent.queue().await?,
             config_path: agent.config_path().await?,
             config_error: agent.config_error().await?,
+            // An older agent has no such property: nothing to say.
+            not_in_force: agent.config_not_in_force().await.unwrap_or_default(),
             version: agent.version().await?,
             accepted_here: Vec::new(),
         }
@@ -151,6 +155,7 @@ impl Status {
             "users": users,
             "config_path": if self.config_path.is_empty() { Value::Null } else { json!(self.config_path) },
             "config_error": if self.config_error.is_empty() { Value::Null } else { json!(self.config_error) },
+            "config_not_in_force": self.not_in_force,
             "accepted_here_before": self.accepted_here.iter().map(|(r, at)| json!({"relay": r, "at": at})).collect::<Vec<_>>(),
         })
     }
@@ -227,6 +232,9 @@ impl Status {
             for line in self.config_error.lines() {
                 let _ = writeln!(out, "  {line}");
             }
+        }
+        for line in &self.not_in_force {
+            let _ = writeln!(out, "not in force: {line}");
         }
         let _ = writeln!(out, "users:");
         for r in &self.routes {

@@ -337,6 +337,7 @@ mod tests {
             queue,
             config_path: "/c".into(),
             config_error: String::new(),
+            not_in_force: Vec::new(),
             version: "0".into(),
             accepted_here: Vec::new(),
         }

@@ -289,6 +289,10 @@ pub trait Agent {
     /// The error of the last failed reload; "" when the file in use is the file on disk.
     #[zbus(property)]
     fn config_error(&self) -> zbus::Result<String>;
+    /// What the running config asks for that is not in force, each with why; empty when all
+    /// of it is.
+    #[zbus(property)]
+    fn config_not_in_force(&self) -> zbus::Result<Vec<String>>;
 
     /// A user's route changed.
     #[zbus(signal)]

@@ -53,6 +53,9 @@ pub struct FlushRequest {
     /// Asked only because new mail arrived (inotify): while mail is held and the queue was
     /// walked since the route last changed, taking the new mail in is all there is to do.
     pub arrival: bool,
+    /// The user asked (`retry ID`, `flush`, `override`): a relay whose refusal on this link
+    /// is remembered is tried once more in this batch.
+    pub once_more: bool,
 }
 
 /// How a batch ended.
@@ -262,6 +265,9 @@ struct BatchState {
     /// Tells when the route changes: an attempt in flight is then abandoned, unless the end of
     /// its data is out ([`until_rerouted`]). Never marked seen: the batch stops at the change.
     rerouted: watch::Receiver<UserRoute>,
+    /// When the user asked for this batch: the relays tried so far in it. A relay whose
+    /// refusal is remembered is tried once more, then the memory decides again.
+    once_more: Option<HashSet<RelayName>>,
 }
 
 impl Flusher {
@@ -274,10 +280,12 @@ impl Flusher {
             }
             // Coalesce everything that queued up meanwhile into one batch.
             let mut force = first.force;
+            let mut once_more = first.once_more;
             let mut arrivals_only = first.arrival;
             let mut waiters: Vec<_> = first.done.into_iter().collect();
             while let Ok(more) = requests.try_recv() {
                 force |= more.force;
+                once_more |= more.once_more;
                 arrivals_only &= more.arrival;
                 waiters.extend(more.done);
             }
@@ -285,10 +293,10 @@ impl Flusher {
             let result = if arrivals_only && !force {
                 match self.arrivals_while_held() {
                     Some(result) => result,
-                    None => self.batch(force).await,
+                    None => self.batch(force, once_more).await,
                 }
             } else {
-                self.batch(force).await
+                self.batch(force, once_more).await
             };
             for w in waiters {
                 let _ = w.send(result);
@@ -382,13 +390,14 @@ impl Flusher {
         Some(result)
     }
 
-    async fn batch(&mut self, force: bool) -> BatchResult {
+    async fn batch(&mut self, force: bool, once_more: bool) -> BatchResult {
         let (route, settings, ids) = self.begin_batch();
         let mut tally = Tally::default();
         let mut b = BatchState {
             open: None,
             down: HashMap::new(),
             rerouted: self.route.clone(),
+            once_more: once_more.then(HashSet::new),
         };
         for id in ids {
             self.take_unrecorded(&mut tally);
@@ -423,7 +432,11 @@ impl Flusher {
         // the "starting" placeholder and is not a change of the message's route.
         let rerouted = self.route.has_changed().unwrap_or(false);
         let route = self.route.borrow_and_update().clone();
+        let old = self.settings.borrow().clone();
         let settings = self.settings.borrow_and_update().clone();
+        // A relay whose settings changed (a reload) may have new credentials.
+        self.passwords
+            .retain(|name, _| old.relays.get(name) == settings.relays.get(name));
         self.outbox = self.outbox.clone().with_limits(settings.limits);
         let ids = self.queued();
         if rerouted && self.batches > 0 {
@@ -551,7 +564,12 @@ impl Flusher {
             Ok(message) => message,
             Err(done) => return done,
         };
-        let order = lock(&self.memory).order(link, relays, a.t);
+        let order = match &b.once_more {
+            Some(tried) => {
+                lock(&self.memory).order_retrying(link, relays, a.t, |r| !tried.contains(r))
+            }
+            None => lock(&self.memory).order(link, relays, a.t),
+        };
         let mut tries = Tries {
             last: None,
             tried_any: false,
@@ -565,6 +583,9 @@ impl Flusher {
                 continue;
             }
             tries.tried_any = true;
+            if let Some(tried) = &mut b.once_more {
+                tried.insert(relay_name.clone());
+            }
             match self.try_relay(msg, relay, &message, &a, b).await {
                 Step::Next(v) => tries.last = Some((relay_name.clone(), v)),
                 Step::Stop(v) => {
@@ -769,11 +790,7 @@ impl Flusher {
     /// recipient is pending any more, fails when its lifetime is over, and is deferred
     /// otherwise.
     async fn conclude(&mut self, msg: &mut MessageState, a: &Attempt<'_>, tries: Tries) -> Done {
-        msg.attempts += 1;
-        msg.last_attempt = Some(a.t);
-        if let Some((relay, v)) = &tries.last {
-            msg.last_error = Some(format!("{relay}: {}", v.describe()));
-        }
+        note_attempt(msg, &tries, a.t);
         if msg.is_done() {
             return self.complete(msg, a.t).await;
         }
@@ -782,14 +799,23 @@ impl Flusher {
             let last = msg.last_error.clone().unwrap_or_default();
             return self.expire(msg, a.settings, &last).await;
         }
-        let all_refused = !tries.tried_any && tries.last.is_none();
-        self.defer(msg, a, all_refused).await
+        // Every relay of the route refuses us now (remembered, or just now): nothing can be
+        // tried before the first refusal ends.
+        let all_refused = lock(&self.memory).order(a.link, a.relays, a.t).is_empty();
+        let nothing_tried = !tries.tried_any && tries.last.is_none();
+        self.defer(msg, a, all_refused, nothing_tried).await
     }
 
     /// Keeps a pending message queued until its next attempt: after the backoff of its route,
     /// or, when every relay refused us recently on this link (`all_refused`), when the first of
-    /// those refusals ends, if that is sooner.
-    async fn defer(&mut self, msg: &mut MessageState, a: &Attempt<'_>, all_refused: bool) -> Done {
+    /// those refusals ends. When `nothing_tried`, its last error says why.
+    async fn defer(
+        &mut self,
+        msg: &mut MessageState,
+        a: &Attempt<'_>,
+        all_refused: bool,
+        nothing_tried: bool,
+    ) -> Done {
         let key = route_key(a.link, a.relays);
         let step = next_step(
             msg.backoff_step,
@@ -807,10 +833,10 @@ impl Flusher {
                 .max(1);
         if all_refused {
             let (release, why) = self.refused_everywhere(a);
-            if let Some(release) = release {
-                at = at.min(release.max(a.t + 1));
+            at = after_refusals(at, release, a.t);
+            if nothing_tried {
+                msg.last_error = Some(why);
             }
-            msg.last_error = Some(why);
         }
         msg.next_attempt = at;
         self.save(msg).await;
@@ -1181,6 +1207,29 @@ struct Tries {
     tried_any: bool,
 }
 
+/// Writes down an attempt that went through the relays: one more attempt only when a relay
+/// was actually tried (a relay left out for its remembered refusal, or down earlier in the
+/// batch, is no attempt), and why the last relay did not take the message. Pure.
+fn note_attempt(msg: &mut MessageState, tries: &Tries, t: u64) {
+    if tries.tried_any {
+        msg.attempts += 1;
+        msg.last_attempt = Some(t);
+    }
+    if let Some((relay, v)) = &tries.last {
+        msg.last_error = Some(format!("{relay}: {}", v.describe()));
+    }
+}
+
+/// The next attempt of a message every relay of whose route refused us recently: when the
+/// first refusal ends (`release`), which is when the message can next go anywhere, and what
+/// its `last_error` says; the backoff's `at` only when no refusal is known. Pure.
+fn after_refusals(at: u64, release: Option<u64>, t: u64) -> u64 {
+    match release {
+        Some(release) => release.max(t + 1),
+        None => at,
+    }
+}
+
 /// What comes after trying one relay.
 #[derive(Debug, PartialEq, Eq)]
 enum Step {
@@ -1469,5 +1518,48 @@ mod tests {
         assert_eq!(msg.recipients[0].status, Pending);
         assert_eq!(msg.recipients[0].reply, None);
         assert_eq!(msg.sent_via, None);
+    }
+
+    #[test]
+    fn attempts_count_only_relays_actually_tried_and_last_error_says_why() {
+        let down = || Some((RelayName::from("a"), busy()));
+        // (relay tried, last answer) -> (attempts, last attempt, last error)
+        let table = [
+            (true, down(), 1, Some(500), Some("a: ")),
+            (true, None, 1, Some(500), None),
+            // Left out for its remembered refusal: no attempt.
+            (false, None, 0, None, None),
+            // Down earlier in the batch: no attempt, but the reason stands.
+            (false, down(), 0, None, Some("a: ")),
+        ];
+        for (tried_any, last, attempts, last_attempt, error) in table {
+            let mut msg = message(&["x@example.org"]);
+            let tries = Tries { last, tried_any };
+            note_attempt(&mut msg, &tries, 500);
+            assert_eq!(msg.attempts, attempts, "{tried_any}");
+            assert_eq!(msg.last_attempt, last_attempt, "{tried_any}");
+            match error {
+                Some(prefix) => assert!(
+                    msg.last_error.as_deref().unwrap().starts_with(prefix),
+                    "{:?}",
+                    msg.last_error
+                ),
+                None => assert_eq!(msg.last_error, None),
+            }
+        }
+    }
+
+    #[test]
+    fn mail_every_relay_refused_waits_for_the_first_refusal_to_end_not_the_backoff() {
+        // (backoff's time, first refusal's end, now) -> next attempt
+        let table = [
+            (160, Some(3700), 100, 3700),
+            (9000, Some(3700), 100, 3700),
+            (160, Some(50), 100, 101),
+            (160, None, 100, 160),
+        ];
+        for (at, release, t, want) in table {
+            assert_eq!(after_refusals(at, release, t), want, "{at} {release:?} {t}");
+        }
     }
 }

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use linkrelay_config::{LinkFacts, LinkName, RelayName};
 use serde::{Deserialize, Serialize};
@@ -348,6 +349,38 @@ impl RelayMemory {
         changed
     }
 
+    /// Forgets everything about `relay`: its refusals, its acceptances and its answers in
+    /// the history. For a relay whose settings changed: what the old settings met says
+    /// nothing about the new ones.
+    pub fn forget_relay(&mut self, relay: &RelayName) {
+        let before = (self.refused.len(), self.good.len());
+        self.refused.retain(|on, _| on.relay != *relay);
+        self.good.retain(|_, good| good != relay);
+        let mut changed = before != (self.refused.len(), self.good.len());
+        for seen in self.seen.values_mut() {
+            changed |= seen.answers.remove(relay).is_some();
+        }
+        self.seen.retain(|_, seen| !seen.answers.is_empty());
+        if changed {
+            self.save();
+        }
+    }
+
+    /// Moves the end of every refusal remembered for `old` (`[retry] refusal_memory`) to
+    /// where `new` puts it: a reload that shortens the memory frees relays sooner.
+    pub fn refusal_memory_changed(&mut self, old: Duration, new: Duration) {
+        if old == new || self.refused.is_empty() {
+            return;
+        }
+        for r in self.refused.values_mut() {
+            r.until = r
+                .until
+                .saturating_sub(old.as_secs())
+                .saturating_add(new.as_secs());
+        }
+        self.save();
+    }
+
     /// The history: every link relays answered on, with their last answers.
     pub fn history(&self) -> Vec<SeenLink> {
         self.seen.values().cloned().collect()
@@ -404,9 +437,21 @@ impl RelayMemory {
     /// The order to try `relays` in on `link`: the one that accepted last first, the rest in
     /// route order, relays with an active refusal left out.
     pub fn order(&self, link: &LinkKey, relays: &[RelayName], now: u64) -> Vec<RelayName> {
+        self.order_retrying(link, relays, now, |_| false)
+    }
+
+    /// [`RelayMemory::order`], except that relays with an active refusal for which
+    /// `once_more` says so are kept: the user asked for them to be tried again.
+    pub fn order_retrying(
+        &self,
+        link: &LinkKey,
+        relays: &[RelayName],
+        now: u64,
+        once_more: impl Fn(&RelayName) -> bool,
+    ) -> Vec<RelayName> {
         let mut out: Vec<RelayName> = relays
             .iter()
-            .filter(|r| self.refusal(link, r, now).is_none())
+            .filter(|r| self.refusal(link, r, now).is_none() || once_more(r))
             .cloned()
             .collect();
         if let Some(good) = self.good.get(link.as_str())
@@ -755,5 +800,52 @@ mod tests {
             "554",
             1000 + ANSWER_TIME_GRAIN
         ));
+    }
+
+    #[test]
+    fn a_relay_whose_settings_changed_is_forgotten_everywhere_and_the_others_are_kept() {
+        let mut m = RelayMemory::default();
+        let relays = names(&["a", "b"]);
+        m.link_facts(&link("home"), &isp_a());
+        m.refused(&link("home"), &relay("a"), 100, "554 5.7.1");
+        m.refused(&link("office"), &relay("a"), 100, "554 5.7.1");
+        m.accepted(&link("cafe"), &relay("a"));
+        m.refused(&link("office"), &relay("b"), 100, "554 5.7.1");
+        m.forget_relay(&relay("a"));
+        assert_eq!(m.order(&link("home"), &relays, 0), relays);
+        assert_eq!(m.order(&link("office"), &relays, 0), names(&["a"]));
+        assert!(m.good.is_empty(), "{:?}", m.good);
+        assert!(m.history().is_empty(), "{:?}", m.history());
+    }
+
+    #[test]
+    fn a_changed_refusal_memory_moves_the_end_of_each_refusal() {
+        let mut m = RelayMemory::default();
+        // Refused at 1000 with a memory of 3600 s.
+        m.refused(&link("home"), &relay("a"), 4600, "554");
+        m.refusal_memory_changed(Duration::from_secs(3600), Duration::from_secs(60));
+        assert_eq!(
+            m.refusal(&link("home"), &relay("a"), 0).unwrap().until,
+            1060
+        );
+        m.refusal_memory_changed(Duration::from_secs(60), Duration::from_secs(7200));
+        assert_eq!(
+            m.refusal(&link("home"), &relay("a"), 0).unwrap().until,
+            8200
+        );
+    }
+
+    #[test]
+    fn a_relay_asked_for_once_more_is_kept_in_the_order_despite_its_refusal() {
+        let mut m = RelayMemory::default();
+        let relays = names(&["a", "b", "c"]);
+        m.refused(&link("home"), &relay("a"), 100, "554");
+        m.refused(&link("home"), &relay("b"), 100, "554");
+        let a = relay("a");
+        assert_eq!(
+            m.order_retrying(&link("home"), &relays, 50, |r| *r == a),
+            names(&["a", "c"])
+        );
+        assert_eq!(m.order(&link("home"), &relays, 50), names(&["c"]));
     }
 }

@@ -43,6 +43,8 @@ pub struct Published {
     pub config_path: String,
     /// Last reload error.
     pub config_error: String,
+    /// What the running config asks for that is not in force, each with why.
+    pub not_in_force: Vec<String>,
 }
 
 /// A reply channel for a command.
@@ -490,6 +492,13 @@ impl AgentInterface {
     #[zbus(property)]
     fn config_error(&self) -> String {
         self.snapshot().config_error
+    }
+
+    /// What the running config asks for that is not in force, each with why (a listen address
+    /// that cannot be bound: the port is taken, or needs privileges); empty when all of it is.
+    #[zbus(property)]
+    fn config_not_in_force(&self) -> Vec<String> {
+        self.snapshot().not_in_force
     }
 
     /// A user's route changed: relays in order, or empty with the reason mail is held.

@@ -25,18 +25,13 @@ const MAX_RETRY: Duration = Duration::from_secs(60);
 /// before netlink is used instead.
 const NM_GRACE: Duration = Duration::from_secs(2);
 
-/// Starts the source(s) that `kind` asks for; they publish into `tx` until the runtime ends.
-pub fn start(kind: SourceKind, tx: watch::Sender<LinkState>) {
+/// Starts the source(s) that `kind` asks for; they publish into `tx` until the runtime ends or
+/// the returned task is aborted (a reload that changes `[agent] source`).
+pub fn start(kind: SourceKind, tx: watch::Sender<LinkState>) -> tokio::task::JoinHandle<()> {
     match kind {
-        SourceKind::NetworkManager => {
-            tokio::spawn(networkmanager(tx));
-        }
-        SourceKind::Netlink => {
-            tokio::spawn(netlink(tx));
-        }
-        SourceKind::Auto => {
-            tokio::spawn(auto(tx));
-        }
+        SourceKind::NetworkManager => tokio::spawn(networkmanager(tx)),
+        SourceKind::Netlink => tokio::spawn(netlink(tx)),
+        SourceKind::Auto => tokio::spawn(auto(tx)),
     }
 }
 

@@ -66,6 +66,8 @@ enum Endpoint {
 pub(crate) struct Listener {
     shared: Arc<Shared>,
     loops: HashMap<Endpoint, JoinHandle<()>>,
+    /// The endpoints the config asks for that could not be bound, each with why.
+    problems: Vec<String>,
 }
 
 impl Listener {
@@ -89,6 +91,7 @@ impl Listener {
         let mut listener = Listener {
             shared,
             loops: HashMap::new(),
+            problems: Vec::new(),
         };
         listener.bind(&config, socket_path);
         listener
@@ -114,7 +117,14 @@ impl Listener {
         self.bind(&config, socket_path);
     }
 
+    /// What the config asks for that is not in force: the endpoints that could not be bound
+    /// (at start or at the last reload), each with why.
+    pub(crate) fn problems(&self) -> Vec<String> {
+        self.problems.clone()
+    }
+
     fn bind(&mut self, config: &Config, socket_path: Option<PathBuf>) {
+        self.problems.clear();
         let mut wanted: Vec<Endpoint> = config
             .submission
             .listen
@@ -153,6 +163,8 @@ impl Listener {
                     Ok(l) => tokio::spawn(accept_tcp(l, shared)),
                     Err(e) => {
                         warn!("submission listener: cannot listen on {addr}: {e}");
+                        self.problems
+                            .push(format!("[submission] listen: cannot listen on {addr}: {e}"));
                         continue;
                     }
                 },
@@ -163,6 +175,10 @@ impl Listener {
                             "submission listener: cannot listen on {}: {e}",
                             path.display()
                         );
+                        self.problems.push(format!(
+                            "[submission] socket: cannot listen on {}: {e}",
+                            path.display()
+                        ));
                         continue;
                     }
                 },

@@ -25,6 +25,7 @@ mod nm_source;
 mod notify;
 mod oauth_delivery;
 mod oauth_login;
+mod reload;
 mod routes;
 mod secrets;
 mod seed;
