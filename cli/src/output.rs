@@ -382,15 +382,20 @@ pub fn flushed(results: &[FlushResult], routes: &[RouteInfo]) -> Vec<Flushed> {
         .collect()
 }
 
-/// JSON of a flush reply: per user, what was sent, what remains and why it is held (null
-/// when the route sends).
+/// JSON of a flush reply: per user, what was sent and what remains, and `hold`, why its
+/// route holds the mail, when it does (absent when the route sends).
 pub fn flush_json(flushed: &[Flushed]) -> Value {
     json!(
         flushed
             .iter()
-            .map(|f| json!({"user": f.result.user, "sent": f.result.sent,
-                            "remaining": f.result.remaining,
-                            "hold": if f.hold.is_empty() { Value::Null } else { json!(f.hold) }}))
+            .map(|f| {
+                let mut v = json!({"user": f.result.user, "sent": f.result.sent,
+                                   "remaining": f.result.remaining});
+                if !f.hold.is_empty() {
+                    v["hold"] = json!(f.hold);
+                }
+                v
+            })
             .collect::<Vec<_>>()
     )
 }
@@ -695,7 +700,10 @@ mod tests {
             "alice: held: no link; sent 0, 2 still queued\nbob: sent 1, 0 still queued\n"
         );
         assert_eq!(flush_json(&f)[0]["hold"], "no link");
-        assert_eq!(flush_json(&f)[1]["hold"], Value::Null);
+        assert_eq!(
+            flush_json(&f)[1],
+            json!({"user": "bob", "sent": 1, "remaining": 0})
+        );
         let empty = flushed(
             &[FlushResult {
                 user: "alice".into(),
