@@ -699,12 +699,13 @@ impl Agent {
             }
             (changed, waits_changed)
         };
-        let iface = self.iface.get().await;
         if changed {
+            let iface = self.iface.get().await;
             let _ = iface.queue_changed(self.iface.signal_emitter()).await;
             self.notifier.queue_changed();
         }
         if waits_changed {
+            let iface = self.iface.get().await;
             let _ = iface.waits_changed(self.iface.signal_emitter()).await;
         }
     }
