@@ -10,7 +10,7 @@ use linkrelay_config::{Config, ConfigError, UserName};
 use linkrelay_dbus::address;
 use linkrelay_dbus::agent::{
     AGENT_BUS_NAME, AGENT_PATH, AgentError, FlushResult, OverrideInfo, PruneResult, QueueCount,
-    RelayAnswer, RouteInfo, SeenLink,
+    RelayAnswer, RouteInfo, SeenLink, UserWait,
 };
 use linkrelay_outbox::{AgentLock, Counts, Limits, LockError, Outbox, OutboxError, Owner};
 use tokio::signal::unix::{SignalKind, signal};
@@ -30,6 +30,7 @@ use crate::service::interface::{AgentInterface, Command, Published, Reply};
 use crate::service::listing::{ListedUser, Listing, map_outbox_err};
 use crate::service::notify::Notifier;
 use crate::service::prune;
+use crate::service::waits::Waits;
 use crate::source::link::{LinkState, link_property};
 
 /// Errors that stop the agent.
@@ -121,6 +122,8 @@ struct Agent {
     drops_tx: mpsc::UnboundedSender<UserName>,
     drop_watch: Option<tokio::task::JoinHandle<()>>,
     published: Arc<Mutex<Published>>,
+    /// What the flushers said lately that the `Waits` property shows.
+    waits: Waits,
     iface: InterfaceRef<AgentInterface>,
     notifier: Notifier,
     /// The SMTP submission listener, once the agent owns its bus name.
@@ -208,6 +211,7 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
         drops_tx,
         drop_watch: None,
         published,
+        waits: Waits::default(),
         iface,
         notifier,
         listener: None,
@@ -449,6 +453,7 @@ impl Agent {
         self.flushers.retain(|name, _| users.contains(name));
         self.held.retain(|name, _| users.contains(name));
         self.counts.retain(|name, _| users.contains(name));
+        self.waits.retain_users(&users);
         let limits = self.outbox_limits();
         for name in users {
             if let Some(f) = self.flushers.get_mut(&name) {
@@ -698,6 +703,7 @@ impl Agent {
                 .as_ref()
                 .map(|l| l.problems())
                 .unwrap_or_default(),
+            waits: self.wait_infos(),
         };
         let old = {
             let mut p = self.published.lock().unwrap_or_else(|p| p.into_inner());
@@ -739,14 +745,20 @@ impl Agent {
         if old.not_in_force != next.not_in_force {
             let _ = iface.config_not_in_force_changed(e).await;
         }
+        if old.waits != next.waits {
+            let _ = iface.waits_changed(e).await;
+        }
     }
 
     async fn publish_queue(&mut self) {
         let queue = self.queue_counts();
-        let changed = {
+        let waits = self.wait_infos();
+        let (changed, waits_changed) = {
             let mut p = self.published.lock().unwrap_or_else(|p| p.into_inner());
             let changed = p.queue != queue;
+            let waits_changed = p.waits != waits;
             p.queue = queue;
+            p.waits = waits;
             if changed {
                 lifecycle::status(&lifecycle::status_line(
                     self.routing.link_name.as_deref(),
@@ -754,13 +766,31 @@ impl Agent {
                     &p.queue,
                 ));
             }
-            changed
+            (changed, waits_changed)
         };
         if changed {
             let iface = self.iface.get().await;
             let _ = iface.queue_changed(self.iface.signal_emitter()).await;
             self.notifier.queue_changed();
         }
+        if waits_changed {
+            let iface = self.iface.get().await;
+            let _ = iface.waits_changed(self.iface.signal_emitter()).await;
+        }
+    }
+
+    /// Why each user's mail waits, beyond its route ([`Waits::info`]).
+    fn wait_infos(&self) -> Vec<UserWait> {
+        let t = now();
+        let memory = lock(&self.memory);
+        self.flushers
+            .keys()
+            .map(|user| {
+                let route = self.user_route(user);
+                let next_due = self.next_due.get(user).copied();
+                self.waits.info(user, &route, &memory, next_due, t)
+            })
+            .collect()
     }
 
     fn queue_counts(&self) -> Vec<QueueCount> {
@@ -818,6 +848,7 @@ impl Agent {
     }
 
     async fn on_flush_event(&mut self, ev: FlushEvent) {
+        self.waits.record(&ev, now());
         let e = self.iface.signal_emitter().clone();
         match ev {
             FlushEvent::Sent {
@@ -936,6 +967,9 @@ impl Agent {
                     self.publish_queue().await;
                 }
                 let _ = reply.send(r);
+            }
+            Command::MessageUser { id, reply } => {
+                let _ = reply.send(self.find(&id).map(|(user, _)| user.to_string()));
             }
             Command::Prune { user, reply } => self.prune(&user, Some(reply)),
             Command::Reload { reply } => {

@@ -42,6 +42,8 @@ use serde_json::json;
 const EX_UNAVAILABLE: u8 = 69;
 /// sysexits EX_CONFIG.
 const EX_CONFIG: u8 = 78;
+/// sysexits EX_TEMPFAIL: `flush --wait` ended with mail its route holds.
+const EX_TEMPFAIL: u8 = 75;
 
 /// Query and steer linkrelayd, the agent that sends your mail through the SMTP relay of the
 /// network link that is up; and queue mail (`linkrelay sendmail`, or this binary called as
@@ -734,25 +736,28 @@ async fn agent_verb(cli: Cli) -> anyhow::Result<ExitCode> {
                 agent.flush(&user, f.wait).await.map_err(dbus_error)?
             };
             let waited = f.wait || f.connect;
+            // Read after the flush: the routes it ended under.
+            let routes = agent.routes().await.unwrap_or_default();
+            let flushed = output::flushed(&results, &routes);
             if f.json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&output::flush_json(&results))?
+                    serde_json::to_string_pretty(&output::flush_json(&flushed))?
                 );
             } else {
-                for r in &results {
-                    if waited {
-                        println!("{}: sent {}, {} still queued", r.user, r.sent, r.remaining);
-                    } else {
-                        println!("{}: flushing ({} queued)", r.user, r.remaining);
-                    }
-                }
+                print!("{}", output::flush_text(&flushed, waited));
+            }
+            if waited && flushed.iter().any(output::Flushed::held_back) {
+                return Ok(ExitCode::from(EX_TEMPFAIL));
             }
         }
         Verb::Queue(q) => queue::print(&agent, &q.user.unwrap_or_default(), q.json).await?,
         Verb::Retry { id } => {
+            // Whose message it is, before it may be sent and gone (an older agent cannot say).
+            let user = agent.message_user(&id).await.ok();
             agent.retry(&id).await.map_err(dbus_error)?;
-            println!("{id}: will be retried now");
+            let routes = agent.routes().await.unwrap_or_default();
+            println!("{}", output::retry_text(&id, user.as_deref(), &routes));
         }
         Verb::Drop { id } => {
             agent.drop(&id).await.map_err(dbus_error)?;

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use linkrelay_dbus::agent::{
     AgentProxy, FlushResult, MessageInfo, OverrideInfo, PruneResult, QueueCount, RouteInfo,
-    SeenLink,
+    SeenLink, UserWait,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -26,6 +26,10 @@ pub struct Status {
     pub(crate) version: String,
     /// On a link no rule matches: the relays that accepted there before, with when.
     pub(crate) accepted_here: Vec<(String, u64)>,
+    /// Why each user's mail waits beyond its route (empty from an agent without `Waits`).
+    pub(crate) waits: Vec<UserWait>,
+    /// Unix seconds when it was read (refusals that ended before are not shown).
+    pub(crate) read_at: u64,
 }
 
 /// Unix seconds now.
@@ -87,6 +91,64 @@ fn until(t: u64) -> String {
     humantime::format_duration(Duration::from_secs(left)).to_string()
 }
 
+/// A unix time as the local clock shows it: "14:05" today, "Mon 14:05" within a week, else
+/// "2026-12-24 14:05".
+pub fn clock_time(t: u64) -> String {
+    use chrono::{Local, TimeZone};
+    let (Some(at), now) = (
+        i64::try_from(t)
+            .ok()
+            .and_then(|t| Local.timestamp_opt(t, 0).single()),
+        Local::now(),
+    ) else {
+        return format!("unix time {t}");
+    };
+    let days = (at.date_naive() - now.date_naive()).num_days();
+    if days == 0 {
+        at.format("%H:%M").to_string()
+    } else if (0..7).contains(&days) {
+        at.format("%a %H:%M").to_string()
+    } else {
+        at.format("%Y-%m-%d %H:%M").to_string()
+    }
+}
+
+/// Why one user's mail waits beyond its route, one sentence each: the refusals remembered
+/// (not those that ended by `t`), the relays that need a login, the last error and the next
+/// retry. `at` writes a unix time for people ([`clock_time`]). Pure.
+pub fn wait_lines(w: &UserWait, t: u64, at: &dyn Fn(u64) -> String) -> Vec<String> {
+    let mut out: Vec<String> = w
+        .refusals
+        .iter()
+        .filter(|r| r.until > t)
+        .map(|r| {
+            format!(
+                "{} refuses us on {} ({}) until {}",
+                r.relay,
+                r.link,
+                r.reply,
+                at(r.until)
+            )
+        })
+        .collect();
+    for relay in &w.needs_login {
+        out.push(format!("{relay} needs login (linkrelay login {relay})"));
+    }
+    if !w.last_error.is_empty() {
+        out.push(format!(
+            "last error ({}): {}",
+            at(w.last_error_at),
+            w.last_error
+        ));
+    }
+    if w.next_retry > t {
+        out.push(format!("next retry {}", at(w.next_retry)));
+    } else if w.next_retry != 0 {
+        out.push("next retry now".into());
+    }
+    out
+}
+
 impl Status {
     /// Reads every property of the agent.
     pub async fn read(agent: &AgentProxy<'_>) -> zbus::Result<Status> {
@@ -103,6 +165,9 @@ impl Status {
             not_in_force: agent.config_not_in_force().await.unwrap_or_default(),
             version: agent.version().await?,
             accepted_here: Vec::new(),
+            // An older agent has no `Waits`: its status shows the routes alone.
+            waits: agent.waits().await.unwrap_or_default(),
+            read_at: now(),
         }
         .with_history(agent)
         .await)
@@ -116,6 +181,36 @@ impl Status {
             self.accepted_here = accepted_on(&self.link, &history);
         }
         self
+    }
+
+    /// What `Waits` says of `user`, if anything.
+    pub(crate) fn wait_of(&self, user: &str) -> Option<&UserWait> {
+        self.waits.iter().find(|w| w.user == user)
+    }
+
+    /// The JSON of why `user`'s mail waits beyond its route: refusals still in force,
+    /// relays that need a login, the last error and the next retry, and the same in words.
+    fn waits_json(&self, user: &str) -> Value {
+        let t = self.read_at;
+        let Some(w) = self.wait_of(user) else {
+            return json!({"refusals": [], "needs_login": [], "last_error": null,
+                          "last_error_at": null, "next_retry": null, "reasons": []});
+        };
+        let refusals: Vec<Value> = w
+            .refusals
+            .iter()
+            .filter(|r| r.until > t)
+            .map(|r| json!({"relay": r.relay, "link": r.link, "reply": r.reply, "until": r.until}))
+            .collect();
+        let some = |v: u64| if v == 0 { Value::Null } else { json!(v) };
+        json!({
+            "refusals": refusals,
+            "needs_login": w.needs_login,
+            "last_error": if w.last_error.is_empty() { Value::Null } else { json!(w.last_error) },
+            "last_error_at": some(w.last_error_at),
+            "next_retry": some(w.next_retry),
+            "reasons": wait_lines(w, t, &clock_time),
+        })
     }
 
     /// The JSON form (stable keys).
@@ -136,14 +231,20 @@ impl Status {
             .iter()
             .map(|r| {
                 let q = self.queue.iter().find(|q| q.user == r.user);
-                json!({
+                let mut user = json!({
                     "user": r.user,
                     "relays": r.relays,
                     "hold": if r.hold.is_empty() { Value::Null } else { json!(r.hold) },
                     "queued": q.map(|q| q.queued).unwrap_or(0),
                     "failed": q.map(|q| q.failed).unwrap_or(0),
                     "sent": q.map(|q| q.sent).unwrap_or(0),
-                })
+                });
+                if let (Some(u), Value::Object(w)) =
+                    (user.as_object_mut(), self.waits_json(&r.user))
+                {
+                    u.extend(w);
+                }
+                user
             })
             .collect();
         json!({
@@ -248,19 +349,99 @@ impl Status {
                 .map(|q| format!("queued {}, failed {}, sent {}", q.queued, q.failed, q.sent))
                 .unwrap_or_default();
             let _ = writeln!(out, "  {:<12} {route}  [{counts}]", r.user);
+            if let Some(w) = self.wait_of(&r.user) {
+                for line in wait_lines(w, self.read_at, &clock_time) {
+                    let _ = writeln!(out, "  {:<12} {line}", "");
+                }
+            }
         }
         out
     }
 }
 
-/// JSON of a flush reply.
-pub fn flush_json(results: &[FlushResult]) -> Value {
+/// One user's flush, with the route it ended under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flushed {
+    /// The agent's reply for the user.
+    pub result: FlushResult,
+    /// Why the user's route holds mail; "" when it sends.
+    pub hold: String,
+}
+
+impl Flushed {
+    /// Mail stays queued because the route holds it.
+    pub fn held_back(&self) -> bool {
+        !self.hold.is_empty() && self.result.remaining > 0
+    }
+}
+
+/// Each user's flush result with the hold reason of its route in `routes`.
+pub fn flushed(results: &[FlushResult], routes: &[RouteInfo]) -> Vec<Flushed> {
+    results
+        .iter()
+        .map(|r| Flushed {
+            result: r.clone(),
+            hold: routes
+                .iter()
+                .find(|route| route.user == r.user)
+                .map(|route| route.hold.clone())
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// JSON of a flush reply: per user, what was sent and what remains, and `hold`, why its
+/// route holds the mail, when it does (absent when the route sends).
+pub fn flush_json(flushed: &[Flushed]) -> Value {
     json!(
-        results
+        flushed
             .iter()
-            .map(|r| json!({"user": r.user, "sent": r.sent, "remaining": r.remaining}))
+            .map(|f| {
+                let mut v = json!({"user": f.result.user, "sent": f.result.sent,
+                                   "remaining": f.result.remaining});
+                if !f.hold.is_empty() {
+                    v["hold"] = json!(f.hold);
+                }
+                v
+            })
             .collect::<Vec<_>>()
     )
+}
+
+/// Text of a flush reply, a line per user; `waited`: the flush is over (`--wait`).
+pub fn flush_text(flushed: &[Flushed], waited: bool) -> String {
+    let mut out = String::new();
+    for f in flushed {
+        let r = &f.result;
+        let _ = match (waited, f.held_back()) {
+            (true, true) => writeln!(
+                out,
+                "{}: held: {}; sent {}, {} still queued",
+                r.user, f.hold, r.sent, r.remaining
+            ),
+            (true, false) => writeln!(
+                out,
+                "{}: sent {}, {} still queued",
+                r.user, r.sent, r.remaining
+            ),
+            (false, true) => writeln!(out, "{}: held: {} ({} queued)", r.user, f.hold, r.remaining),
+            (false, false) => writeln!(out, "{}: flushing ({} queued)", r.user, r.remaining),
+        };
+    }
+    out
+}
+
+/// What `linkrelay retry ID` says once the message is due: that it is held, and why, when
+/// the route of its `user` holds mail; else that it goes now.
+pub fn retry_text(id: &str, user: Option<&str>, routes: &[RouteInfo]) -> String {
+    let hold = user.and_then(|u| routes.iter().find(|r| r.user == u && !r.hold.is_empty()));
+    match hold {
+        Some(r) => format!(
+            "{id}: held: {}; it is due now and goes as soon as {}'s route allows",
+            r.hold, r.user
+        ),
+        None => format!("{id}: will be retried now"),
+    }
 }
 
 /// JSON of a prune's results.
@@ -490,7 +671,121 @@ pub fn event_line(msg: &zbus::Message, as_json: bool) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use linkrelay_dbus::agent::RecipientInfo;
+    use linkrelay_dbus::agent::{RecipientInfo, RefusalInfo};
+
+    fn route(user: &str, hold: &str) -> RouteInfo {
+        RouteInfo {
+            user: user.into(),
+            relays: if hold.is_empty() {
+                vec!["relay-a".into()]
+            } else {
+                vec![]
+            },
+            hold: hold.into(),
+        }
+    }
+
+    #[test]
+    fn a_flush_that_leaves_mail_held_says_why() {
+        let results = [
+            FlushResult {
+                user: "alice".into(),
+                sent: 0,
+                remaining: 2,
+            },
+            FlushResult {
+                user: "bob".into(),
+                sent: 1,
+                remaining: 0,
+            },
+        ];
+        let routes = [route("alice", "no link"), route("bob", "")];
+        let f = flushed(&results, &routes);
+        assert!(f[0].held_back());
+        assert!(!f[1].held_back());
+        assert_eq!(
+            flush_text(&f, true),
+            "alice: held: no link; sent 0, 2 still queued\nbob: sent 1, 0 still queued\n"
+        );
+        assert_eq!(flush_json(&f)[0]["hold"], "no link");
+        assert_eq!(
+            flush_json(&f)[1],
+            json!({"user": "bob", "sent": 1, "remaining": 0})
+        );
+        let empty = flushed(
+            &[FlushResult {
+                user: "alice".into(),
+                sent: 0,
+                remaining: 0,
+            }],
+            &routes,
+        );
+        assert!(
+            !empty[0].held_back(),
+            "nothing is held back when nothing is queued"
+        );
+    }
+
+    #[test]
+    fn a_retry_of_held_mail_says_it_is_held_and_why() {
+        let routes = [route("alice", "no link"), route("bob", "")];
+        assert_eq!(
+            retry_text("1.2.3.abcd", Some("alice"), &routes),
+            "1.2.3.abcd: held: no link; it is due now and goes as soon as alice's route allows"
+        );
+        assert_eq!(
+            retry_text("1.2.3.abcd", Some("bob"), &routes),
+            "1.2.3.abcd: will be retried now"
+        );
+        assert_eq!(
+            retry_text("1.2.3.abcd", None, &routes),
+            "1.2.3.abcd: will be retried now"
+        );
+    }
+
+    #[test]
+    fn wait_lines_name_refusals_logins_the_last_error_and_the_next_retry() {
+        let w = UserWait {
+            user: "alice".into(),
+            refusals: vec![
+                RefusalInfo {
+                    relay: "relay-b".into(),
+                    link: "isp-a".into(),
+                    reply: "554 5.7.1 relaying denied".into(),
+                    until: 2000,
+                },
+                RefusalInfo {
+                    relay: "relay-c".into(),
+                    link: "isp-a".into(),
+                    reply: "554 over".into(),
+                    until: 1000,
+                },
+            ],
+            needs_login: vec!["relay-x".into()],
+            last_error: "relay-a: cannot connect".into(),
+            last_error_at: 900,
+            next_retry: 1300,
+        };
+        let at = |t: u64| format!("@{t}");
+        assert_eq!(
+            wait_lines(&w, 1000, &at),
+            vec![
+                "relay-b refuses us on isp-a (554 5.7.1 relaying denied) until @2000",
+                "relay-x needs login (linkrelay login relay-x)",
+                "last error (@900): relay-a: cannot connect",
+                "next retry @1300",
+            ]
+        );
+        let idle = UserWait {
+            refusals: vec![],
+            needs_login: vec![],
+            last_error: String::new(),
+            last_error_at: 0,
+            next_retry: 0,
+            ..w
+        };
+        assert!(wait_lines(&idle, 1000, &at).is_empty());
+    }
 
     /// The JSON of a message as `linkrelay queue --json` wrote it before `MessageJson`.
     fn as_value_did(m: &MessageInfo) -> Value {

@@ -152,6 +152,11 @@ pub fn summarize(s: &Status) -> Panel {
             _ => String::new(),
         };
         let _ = writeln!(tooltip, "{}: {route}{counts}", r.user);
+        if let Some(w) = s.wait_of(&r.user) {
+            for line in crate::output::wait_lines(w, s.read_at, &crate::output::clock_time) {
+                let _ = writeln!(tooltip, "  {line}");
+            }
+        }
     }
     if !s.source_problem.is_empty() {
         let _ = writeln!(tooltip, "problem: {}", s.source_problem);
@@ -311,7 +316,7 @@ pub async fn run(system: bool, format: PanelFormat, follow: bool) -> anyhow::Res
 mod tests {
     use std::collections::HashMap;
 
-    use linkrelay_dbus::agent::{OverrideInfo, QueueCount, RouteInfo};
+    use linkrelay_dbus::agent::{OverrideInfo, QueueCount, RefusalInfo, RouteInfo, UserWait};
 
     use super::*;
 
@@ -340,6 +345,8 @@ mod tests {
             not_in_force: Vec::new(),
             version: "0".into(),
             accepted_here: Vec::new(),
+            waits: Vec::new(),
+            read_at: 1000,
         }
     }
 
@@ -423,6 +430,47 @@ mod tests {
         assert!(p.tooltip.contains("problem: NetworkManager is not running"));
         assert_eq!(line(&p), "isp-a (NetworkManager is not running)");
         assert!(p.tooltip.contains("has no owner); start it"));
+    }
+
+    #[test]
+    fn the_tooltip_says_why_a_users_mail_waits_beyond_its_route() {
+        let mut s = status(vec![via("bob", "relay-b")], vec![q("bob", 2, 0)]);
+        s.waits = vec![UserWait {
+            user: "bob".into(),
+            refusals: vec![RefusalInfo {
+                relay: "relay-b".into(),
+                link: "isp-a".into(),
+                reply: "554 5.7.1 relaying denied".into(),
+                until: 4600,
+            }],
+            needs_login: vec!["relay-x".into()],
+            last_error: "relay-b: cannot connect to relay-b.example:587".into(),
+            last_error_at: 900,
+            next_retry: 1600,
+        }];
+        let p = summarize(&s);
+        let at = crate::output::clock_time;
+        for want in [
+            format!(
+                "  relay-b refuses us on isp-a (554 5.7.1 relaying denied) until {}",
+                at(4600)
+            ),
+            "  relay-x needs login (linkrelay login relay-x)".to_string(),
+            format!(
+                "  last error ({}): relay-b: cannot connect to relay-b.example:587",
+                at(900)
+            ),
+            format!("  next retry {}", at(1600)),
+        ] {
+            assert!(p.tooltip.contains(&want), "{want:?} in {}", p.tooltip);
+        }
+        s.read_at = 5000;
+        let later = summarize(&s);
+        assert!(
+            !later.tooltip.contains("refuses us"),
+            "an ended refusal is not shown: {}",
+            later.tooltip
+        );
     }
 
     #[test]

@@ -23,6 +23,38 @@ pub struct RouteInfo {
     pub hold: String,
 }
 
+/// A relay refusal the agent remembers: the relay is not tried on that link until `until`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct RefusalInfo {
+    /// The relay's name in the config.
+    pub relay: String,
+    /// The link it refused us on (the `[[link]]` rule, else the link's id).
+    pub link: String,
+    /// The relay's reply ("554 5.7.1 ...").
+    pub reply: String,
+    /// Unix seconds when the refusal is forgotten and the relay tried again.
+    pub until: u64,
+}
+
+/// Why one user's mail waits, beyond the route: what `Waits` reports per user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct UserWait {
+    /// The user.
+    pub user: String,
+    /// Relays of the user's route that refuse us on the current link, remembered.
+    pub refusals: Vec<RefusalInfo>,
+    /// OAuth2 relays of the user's route that wait for `linkrelay login RELAY`.
+    pub needs_login: Vec<String>,
+    /// The last error of a delivery attempt (connection, TLS, a reply), "" when none since
+    /// mail last went out.
+    pub last_error: String,
+    /// Unix seconds of `last_error`; 0 when none.
+    pub last_error_at: u64,
+    /// Unix seconds of the next attempt at deferred mail; 0 when none is planned (nothing
+    /// deferred, or the route holds the mail).
+    pub next_retry: u64,
+}
+
 /// Message counts of one user's outbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
 pub struct QueueCount {
@@ -248,6 +280,8 @@ pub trait Agent {
     fn retry(&self, id: &str) -> zbus::Result<()>;
     /// Deletes a queued, failed or sent message.
     fn drop(&self, id: &str) -> zbus::Result<()>;
+    /// The user whose outbox holds message `id` (queued, failed or sent).
+    fn message_user(&self, id: &str) -> zbus::Result<String>;
     /// Removes the sent mail of a user ("" = all) that `[outbox] keep_sent` and
     /// `keep_sent_size` no longer keep.
     fn prune(&self, user: &str) -> zbus::Result<Vec<PruneResult>>;
@@ -277,6 +311,10 @@ pub trait Agent {
     /// The route of each user.
     #[zbus(property)]
     fn routes(&self) -> zbus::Result<Vec<RouteInfo>>;
+    /// Why each user's mail waits: remembered refusals, relays that need a login, the last
+    /// error and the next retry.
+    #[zbus(property)]
+    fn waits(&self) -> zbus::Result<Vec<UserWait>>;
     /// The override, if any.
     #[zbus(property, name = "Override")]
     fn override_(&self) -> zbus::Result<OverrideInfo>;

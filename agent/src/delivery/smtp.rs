@@ -69,7 +69,7 @@ impl Verdict {
     /// Transport trouble at `stage`: the connection, TLS or a reply that is none.
     fn wire(stage: Stage, err: &WireError) -> Self {
         let text = match err {
-            WireError::Tls(text) => crate::delivery::tls_hint::explain(text),
+            WireError::Tls(text) => crate::delivery::tls_hint::explain(text, None),
             other => other.to_string(),
         };
         Self::new(stage, None, text)
@@ -180,6 +180,10 @@ async fn secure(conn: &mut Connection, relay: &Relay, limit: Duration) -> Result
         .map_err(|text| Verdict::local(Stage::Tls, Outcome::Deferred, text))?;
     match tokio::time::timeout(limit, conn.start_tls(config, &relay.host)).await {
         Ok(Ok(())) => Ok(()),
+        Ok(Err(WireError::Tls(text))) => {
+            let text = crate::delivery::tls_hint::explain(&text, relay.ca_file.as_deref());
+            Err(Verdict::new(Stage::Tls, None, text))
+        }
         Ok(Err(e)) => Err(Verdict::wire(Stage::Tls, &e)),
         Err(_) => Err(Verdict::timeout(Stage::Tls, limit)),
     }

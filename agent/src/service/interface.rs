@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use linkrelay_config::{Config, Relay, RelayName};
 use linkrelay_dbus::agent::{
     AgentError, FlushResult, MessageInfo, OverrideInfo, PruneResult, QueueCount, RelayTest,
-    RouteInfo, SeenLink,
+    RouteInfo, SeenLink, UserWait,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use zbus::message::Header;
@@ -45,6 +45,8 @@ pub struct Published {
     pub config_error: String,
     /// What the running config asks for that is not in force, each with why.
     pub not_in_force: Vec<String>,
+    /// Why each user's mail waits, beyond the route.
+    pub waits: Vec<UserWait>,
 }
 
 /// A reply channel for a command.
@@ -85,6 +87,8 @@ pub enum Command {
     Retry { id: String, reply: Reply<()> },
     /// Delete a message.
     Drop { id: String, reply: Reply<()> },
+    /// Whose outbox holds a message.
+    MessageUser { id: String, reply: Reply<String> },
     /// Prune a user's sent mail ("" = all).
     Prune {
         user: String,
@@ -341,6 +345,19 @@ impl AgentInterface {
         self.ask(|reply| Command::Drop { id, reply }).await
     }
 
+    /// The user whose outbox holds message `id` (queued, failed or sent): `linkrelay retry` reads
+    /// that user's route to say whether the message is held, and why.
+    async fn message_user(
+        &self,
+        id: String,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<String, AgentError> {
+        self.check_caller(conn, &header).await?;
+        bounded("id", &id)?;
+        self.ask(|reply| Command::MessageUser { id, reply }).await
+    }
+
     /// Removes the sent mail of a user ("" = every user) that `[outbox] keep_sent` and
     /// `keep_sent_size` no longer keep; says per user how many messages and bytes went and
     /// how many messages stay. The agent does the same by itself, at most once an hour.
@@ -463,6 +480,17 @@ impl AgentInterface {
     #[zbus(property)]
     fn routes(&self) -> Vec<RouteInfo> {
         self.snapshot().routes
+    }
+
+    /// Why each user's mail waits beyond its route: (user, refusals remembered for the relays
+    /// of its route on this link [(relay, link, the relay's reply, until unix seconds)],
+    /// OAuth2 relays of its route that need `linkrelay login RELAY`, the last error of a
+    /// delivery attempt ("" when none since mail last went out), its unix seconds (0 = none),
+    /// the next retry of deferred mail in unix seconds (0 = none planned, or the route holds
+    /// the mail)).
+    #[zbus(property)]
+    fn waits(&self) -> Vec<UserWait> {
+        self.snapshot().waits
     }
 
     /// The override: (kind "" | "link" | "relay", name, expires unix seconds or 0).

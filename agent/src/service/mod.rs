@@ -2,7 +2,8 @@
 //! `org.linkrelay.Agent1` D-Bus interface ([`interface`], a thin shim that turns calls into
 //! commands for the event loop and reads properties from the snapshot the loop publishes),
 //! queue listings walked off the loop ([`listing`]), desktop notifications ([`notify`]),
-//! pruning of sent mail ([`prune`]) and `TestRelay` ([`relaytest`]). Not pure: all of it is D-Bus or file I/O, and every decision
+//! pruning of sent mail ([`prune`]), `TestRelay` ([`relaytest`]) and why each user's mail waits
+//! ([`waits`]). Not pure: all of it is D-Bus or file I/O, and every decision
 //! stays with the event loop.
 
 pub(crate) mod interface;
@@ -10,3 +11,4 @@ pub(crate) mod listing;
 pub(crate) mod notify;
 pub(crate) mod prune;
 pub(crate) mod relaytest;
+pub(crate) mod waits;

@@ -285,10 +285,40 @@ async fn queue_retry_drop_and_flush_over_the_cli() {
         text(&out.stderr)
     );
 
-    let flushed = cli_json(w, &["flush", "--user", "bob", "--wait"]);
+    // bob's route holds his mail (no link is up): a retry says so, and why.
+    let hold = cli_json(w, &["status"])["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["user"] == "bob")
+        .unwrap()["hold"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let kept = q[0]["id"].as_str().unwrap();
+    let out = w.run_cli(&["retry", kept]).unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        format!("{kept}: held: {hold}; it is due now and goes as soon as bob's route allows\n")
+    );
+
+    // A flush that waits ends with the mail still held: exit 75 (EX_TEMPFAIL), and why.
+    let out = w
+        .run_cli(&["flush", "--user", "bob", "--wait", "--json"])
+        .unwrap();
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out.stderr));
+    let flushed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(flushed[0]["user"], "bob");
-    assert_eq!(flushed[0]["sent"], 0, "held: no link");
+    assert_eq!(flushed[0]["sent"], 0);
     assert_eq!(flushed[0]["remaining"], 1);
+    assert_eq!(flushed[0]["hold"], hold.as_str());
+    let out = w.run_cli(&["flush", "--user", "bob", "--wait"]).unwrap();
+    assert_eq!(out.status.code(), Some(75));
+    assert_eq!(
+        text(&out.stdout),
+        format!("bob: held: {hold}; sent 0, 1 still queued\n")
+    );
     let out = w.run_cli(&["queue", "--user", "nobody"]).unwrap();
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("no user named"));

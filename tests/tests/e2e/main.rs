@@ -33,6 +33,7 @@ mod sendmail_modes;
 mod setup;
 mod test_relay;
 mod tls;
+mod waits;
 
 /// Shared helpers for the modules.
 mod util;

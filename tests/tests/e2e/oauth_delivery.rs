@@ -286,12 +286,33 @@ async fn a_revoked_refresh_token_holds_the_mail_until_login_again() {
         "{:?}",
         logins[0]
     );
+    // `linkrelay status` gives the login as the reason bob's mail waits.
+    let needs_login = |w: &World| {
+        let status = cli_json(w, &["status"]);
+        status["users"]
+            .as_array()
+            .and_then(|users| users.iter().find(|u| u["user"] == "bob"))
+            .map(|bob| bob["needs_login"].clone())
+            .unwrap_or(serde_json::Value::Null)
+    };
+    assert_eq!(needs_login(&p.w), serde_json::json!(["mail"]));
+    let out = p.w.run_cli(&["status"]).unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.lines()
+            .any(|l| l.trim() == "mail needs login (linkrelay login mail)"),
+        "{said}"
+    );
 
     // Logging in again flushes at once (no waiting for the retry delay of an hour).
     let out = device_login(&p.w, &p.provider).await;
     assert!(out.contains("linkrelayd is sending the mail"), "{out}");
     assert_eq!(p.delivered("held-for-login").await, 1);
     assert_eq!(p.delivered("held-too").await, 1);
+    eventually("status no longer asks for a login", &p.w, || {
+        needs_login(&p.w) == serde_json::json!([])
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -154,6 +154,16 @@ async fn refused_certificate(relay: ScriptedRelay, config: Relay, want: &[&str],
     assert!(text.contains(hint), "and say what to do ({hint:?}): {m}");
     assert!(!text.contains("Connection error: Connection error"), "{m}");
     assert!(m["status"].as_str().unwrap().starts_with("deferred"), "{m}");
+    // `linkrelay status` says the same of alice, with when she is tried again.
+    let status = cli_json(&w, &["status"]);
+    let alice = &status["users"][0];
+    assert_eq!(alice["last_error"], m["last_error"], "{status}");
+    assert_eq!(alice["next_retry"], m["next_attempt"], "{status}");
+    let out = w.run_cli(&["status"]).unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("last error ("), "{said}");
+    assert!(said.contains(hint), "{said}");
+    assert!(said.contains("next retry "), "{said}");
     assert_eq!(w.wait_entries("alice", "queue", 1).await.len(), 1);
     assert!(relay.received().is_empty());
     let sent = verbs(
@@ -172,7 +182,7 @@ async fn refused_certificate(relay: ScriptedRelay, config: Relay, want: &[&str],
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_certificate_from_an_unknown_ca_is_refused_and_the_message_waits() {
+async fn a_certificate_the_given_ca_file_does_not_sign_is_refused_and_the_hint_says_so() {
     let theirs = TestCa::new("somebody else's CA").unwrap();
     let ours = TestCa::new("the CA we were told to trust").unwrap();
     let relay = ScriptedRelay::start(
@@ -187,7 +197,7 @@ async fn a_certificate_from_an_unknown_ca_is_refused_and_the_message_waits() {
         relay,
         relay_r("127.0.0.1", port, "starttls").ca_file(&dir.path().join("ca.pem")),
         &["unknownissuer"],
-        "not signed by a CA this machine trusts; if the relay uses a CA of its own, give it as ca_file",
+        "ca.pem does not sign the relay's certificate",
     )
     .await;
 }

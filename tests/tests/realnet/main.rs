@@ -36,9 +36,29 @@ pub async fn on_isp_a() -> TwoIsp {
     t
 }
 
-/// `linkrelay flush --wait`: returns (sent, remaining) once the agent's batch is over.
+/// `linkrelay flush --wait`: returns (sent, remaining) once the agent's batch is over. It
+/// exits 75 exactly when a route still holds queued mail, and then says why (`hold`).
 pub fn flush_wait(t: &TwoIsp) -> (u64, u64) {
-    let v = cli_json(&t.world, &["flush", "--wait"]);
+    let out = t
+        .world
+        .run_cli(&["flush", "--wait", "--json"])
+        .expect("linkrelay runs");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "flush --wait prints JSON: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            t.world.agent_log()
+        )
+    });
+    let held = v.as_array().is_some_and(|a| {
+        a.iter()
+            .any(|r| r["hold"].is_string() && r["remaining"].as_u64() > Some(0))
+    });
+    assert_eq!(
+        out.status.code(),
+        Some(if held { 75 } else { 0 }),
+        "flush --wait exits 75 when held mail remains: {v}"
+    );
     let me = v
         .as_array()
         .and_then(|a| a.iter().find(|r| r["user"] == "me"))
