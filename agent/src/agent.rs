@@ -30,6 +30,7 @@ use crate::service::interface::{AgentInterface, Command, Published, Reply};
 use crate::service::listing::{ListedUser, Listing, map_outbox_err};
 use crate::service::notify::Notifier;
 use crate::service::prune;
+use crate::source::debounce;
 use crate::source::link::{LinkState, link_property};
 
 /// Errors that stop the agent.
@@ -230,13 +231,14 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
     lifecycle::ready(&format!("serving {AGENT_BUS_NAME}"));
     let mut watchdog = lifecycle::Watchdog::from_env();
 
-    let debounce = agent.config.agent.debounce;
     let mut last_applied = Instant::now();
     let mut pending_link: Option<LinkState> = None;
     let far = Duration::from_secs(365 * 86400);
     let mut link_source_alive = true;
 
     loop {
+        // Read each time round: a reload changes it.
+        let debounce = agent.config.agent.debounce;
         let debounce_at = match pending_link {
             Some(_) => last_applied + debounce,
             None => Instant::now() + far,
@@ -252,14 +254,20 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
                     continue;
                 }
                 let state = link_rx.borrow_and_update().clone();
-                // Leading edge: a change after a quiet period applies at once; changes inside
-                // the debounce window wait for its end, so a flapping link settles first.
-                if pending_link.is_none() && last_applied.elapsed() >= debounce {
-                    agent.link = state;
-                    last_applied = Instant::now();
-                    agent.reroute().await;
-                } else {
-                    pending_link = Some(state);
+                let change = debounce::Change {
+                    quiet: last_applied.elapsed() >= debounce,
+                    pending: pending_link.is_some(),
+                    sendable_before: agent.sends_any(),
+                    sendable_after: agent.would_send(&state),
+                };
+                match debounce::decide(change) {
+                    debounce::Step::Apply => {
+                        pending_link = None;
+                        agent.link = state;
+                        last_applied = Instant::now();
+                        agent.reroute().await;
+                    }
+                    debounce::Step::Wait => pending_link = Some(state),
                 }
             }
             _ = tokio::time::sleep_until(debounce_at), if pending_link.is_some() => {
@@ -560,6 +568,17 @@ impl Agent {
             self.ovr = None;
         }
         self.ovr.as_ref().map(|(o, _)| o.clone())
+    }
+
+    /// Whether the routes in effect send some user's mail.
+    fn sends_any(&self) -> bool {
+        router::sends_any(&self.routing)
+    }
+
+    /// Whether link state `state` would send some user's mail (the override as it stands).
+    fn would_send(&self, state: &LinkState) -> bool {
+        let ovr = self.ovr.as_ref().map(|(o, _)| o);
+        router::sends_any(&router::route(&self.config, state, ovr))
     }
 
     /// Recomputes every route; changed ones go to their flusher (which flushes at once, backoff

@@ -162,6 +162,14 @@ pub fn route(config: &Config, state: &LinkState, ovr: Option<&Override>) -> Rout
     }
 }
 
+/// Whether `routing` sends some user's mail (rather than holding everyone's). Pure.
+pub fn sends_any(routing: &Routing) -> bool {
+    routing
+        .routes
+        .values()
+        .any(|r| matches!(r, Route::Send { .. }))
+}
+
 /// How every hold reason names a link: the `[[link]]` rule's name, then NetworkManager's
 /// connection id and the interface in parentheses (`isp-b (ISP-B, veth-b)`); a link no rule
 /// matches is `link ID (interface)`. The interface is left out where it is the id (netlink) or
