@@ -436,8 +436,9 @@ mod tests {
     #[test]
     fn the_primary_devices_connectivity_decides_over_the_global_value() {
         use Connectivity as C;
-        // (devices' (Ip4Connectivity, Ip6Connectivity), Manager.Connectivity, result)
-        let table: &[(&[(u32, u32)], u32, Connectivity)] = &[
+        /// The devices' (Ip4Connectivity, Ip6Connectivity), Manager.Connectivity, the result.
+        type Case = (&'static [(u32, u32)], u32, Connectivity);
+        let table: &[Case] = &[
             // NM 1.42's stale global NONE after the primary moved to a healthy link.
             (&[(4, 0)], 1, C::Full),
             // The better of IPv4 and IPv6.

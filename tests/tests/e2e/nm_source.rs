@@ -187,7 +187,7 @@ async fn a_stale_global_connectivity_does_not_hold_mail_on_a_healthy_primary() {
     assert_eq!(manager.state().await.unwrap(), 60, "CONNECTED_SITE");
     let device_path = nm.device_path("veth-b").await.expect("veth-b's device");
     let device = DeviceProxy::builder(nm.connection())
-        .path(zbus::zvariant::OwnedObjectPath::try_from(device_path).unwrap())
+        .path(zbus::OwnedObjectPath::try_from(device_path).unwrap())
         .build()
         .await
         .unwrap();
