@@ -245,3 +245,50 @@ async fn connectivity_none_on_the_primary_holds_mail_and_names_the_link() {
     nm.set_device_connectivity("veth-b", 4, 0).await.unwrap();
     s.relay_b.wait_for(1, WAIT).await.unwrap();
 }
+
+/// NetworkManager brings a link up in steps: it becomes the primary connection while its
+/// device's connectivity is still NONE, and turns FULL a moment later. With a debounce of an
+/// hour, both steps fall inside the window that the agent's start opened (the first, a hold
+/// for another, waits); the second makes mail sendable, so it applies at once and the queued
+/// mail goes out (it would wait the hour otherwise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_that_becomes_usable_is_used_at_once_whatever_the_debounce() {
+    let s = seed().await;
+    let mut world = s.world;
+    let config = example_config_for(s.relay_a.port(), s.relay_b.port())
+        .expect("config")
+        .replace("debounce = \"50ms\"", "debounce = \"1h\"");
+    assert!(config.contains("debounce = \"1h\""), "{config}");
+    world.write_config(&config).expect("config");
+    s.network.set("ISP-A");
+    let nm = FakeNm::start(&world.system.address, vec![], 1)
+        .await
+        .expect("fake NM");
+    // The device exists (as after an earlier connection), its connectivity not checked yet.
+    nm.activate(ActiveSpec::ethernet("ISP-A", "eth0", "192.0.2.1"))
+        .await
+        .unwrap();
+    nm.deactivate("ISP-A").await.unwrap();
+    nm.set_device_connectivity("eth0", 1, 1).await.unwrap();
+    world.start_agent().await.expect("agent starts");
+    world
+        .wait_route("bob", "held: no link", |r| r.hold == "no link")
+        .await
+        .unwrap();
+    world
+        .send(
+            "bob@bob.example",
+            "ivan@dest.example",
+            "first-after-link-up",
+        )
+        .unwrap();
+
+    nm.activate(ActiveSpec::ethernet("ISP-A", "eth0", "192.0.2.1"))
+        .await
+        .unwrap();
+    nm.set_device_connectivity("eth0", 4, 1).await.unwrap();
+    s.relay_a.wait_for(1, WAIT).await.unwrap();
+    let status = cli_json(&world, &["status"]);
+    assert_eq!(status["link"]["name"], "isp-a", "{status}");
+    assert_eq!(status["link"]["connectivity"], "full", "{status}");
+}
