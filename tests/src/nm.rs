@@ -10,7 +10,10 @@
 //! - active connections `/org/freedesktop/NetworkManager/ActiveConnection/<n>`
 //!   (`org.freedesktop.NetworkManager.Connection.Active`, with the `StateChanged(u, u)` signal);
 //! - devices `/org/freedesktop/NetworkManager/Devices/<n>` (`...Device`, and for wifi
-//!   `...Device.Wireless`), one per interface name, kept when their connection goes down;
+//!   `...Device.Wireless`), one per interface name, kept when their connection goes down; their
+//!   `Ip4Connectivity`/`Ip6Connectivity` are 0 (unknown) until
+//!   [`FakeNm::set_device_connectivity`] sets them, apart from the manager's `Connectivity` (so
+//!   NM 1.42's stale global value after a carrier loss can be played);
 //! - access points `/org/freedesktop/NetworkManager/AccessPoint/<n>` (`...AccessPoint`, Ssid);
 //! - IPv4 configurations `/org/freedesktop/NetworkManager/IP4Config/<n>` (`...IP4Config`);
 //! - profiles `/org/freedesktop/NetworkManager/Settings/<n>`
