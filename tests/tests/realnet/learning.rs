@@ -165,6 +165,12 @@ async fn setup_then_routes_suggest_on_each_link_gives_a_config_that_delivers_on_
     );
 
     switch_to(&t, "ISP-B", "ISP-A");
+    // The probe records the link the agent has applied: wait for it to be ISP-A (NM's steps
+    // while ISP-B goes down can fall inside the debounce window).
+    eventually("the agent sees ISP-A", || {
+        cli_json(&t.world, &["status"])["link"]["id"] == "ISP-A"
+    })
+    .await;
     run_ok(&t, &["routes", "probe"]);
     let said = run_ok(&t, &["routes", "suggest", "--apply"]);
     assert!(
