@@ -117,10 +117,7 @@ async fn when_the_primary_links_carrier_is_pulled_mail_goes_out_through_the_othe
     t.wait_route("relay-b", |r| r.relays == ["relay-b"])
         .await
         .unwrap();
-    send(&t, "after-the-pull");
-    t.wait_delivered("after-the-pull", 1).await.unwrap();
-
-    // What NM said meanwhile, for whoever reads the output.
+    // What NM says as the agent follows it, for whoever reads the output.
     let general = t.nm.nmcli(&["-t", "-f", "STATE,CONNECTIVITY", "general"]);
     let device = t.nm.nmcli(&[
         "-t",
@@ -131,6 +128,8 @@ async fn when_the_primary_links_carrier_is_pulled_mail_goes_out_through_the_othe
         "lr-b",
     ]);
     eprintln!("after the pull: general {general:?}; lr-b {device:?}");
+    send(&t, "after-the-pull");
+    t.wait_delivered("after-the-pull", 1).await.unwrap();
 
     let status = cli_json(&t.world, &["status"]);
     assert_eq!(status["link"]["name"], "isp-b", "{status}");
