@@ -31,6 +31,7 @@ use crate::service::listing::{ListedUser, Listing, map_outbox_err};
 use crate::service::notify::Notifier;
 use crate::service::prune;
 use crate::service::waits::Waits;
+use crate::source::debounce;
 use crate::source::link::{LinkState, link_property};
 
 /// Errors that stop the agent.
@@ -284,14 +285,20 @@ pub async fn run(opts: Options, config: Config) -> Result<(), RunError> {
                     continue;
                 }
                 let state = link_rx.borrow_and_update().clone();
-                // Leading edge: a change after a quiet period applies at once; changes inside
-                // the debounce window wait for its end, so a flapping link settles first.
-                if pending_link.is_none() && last_applied.elapsed() >= debounce {
-                    agent.link = state;
-                    last_applied = Instant::now();
-                    agent.reroute().await;
-                } else {
-                    pending_link = Some(state);
+                let change = debounce::Change {
+                    quiet: last_applied.elapsed() >= debounce,
+                    pending: pending_link.is_some(),
+                    sendable_before: agent.sends_any(),
+                    sendable_after: agent.would_send(&state),
+                };
+                match debounce::decide(change) {
+                    debounce::Step::Apply => {
+                        pending_link = None;
+                        agent.link = state;
+                        last_applied = Instant::now();
+                        agent.reroute().await;
+                    }
+                    debounce::Step::Wait => pending_link = Some(state),
                 }
             }
             _ = tokio::time::sleep_until(debounce_at), if pending_link.is_some() => {
@@ -624,6 +631,17 @@ impl Agent {
             self.ovr = None;
         }
         self.ovr.as_ref().map(|(o, _)| o.clone())
+    }
+
+    /// Whether the routes in effect send some user's mail.
+    fn sends_any(&self) -> bool {
+        router::sends_any(&self.routing)
+    }
+
+    /// Whether link state `state` would send some user's mail (the override as it stands).
+    fn would_send(&self, state: &LinkState) -> bool {
+        let ovr = self.ovr.as_ref().map(|(o, _)| o);
+        router::sends_any(&router::route(&self.config, state, ovr))
     }
 
     /// Recomputes every route; changed ones go to their flusher (which flushes at once, backoff

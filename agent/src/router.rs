@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use linkrelay_config::{Config, LinkName, MeteredPolicy, RelayName, UserName};
+use linkrelay_config::{Config, LinkFacts, LinkName, MeteredPolicy, RelayName, UserName};
 use linkrelay_dbus::nm::Connectivity;
 
 use crate::source::link::LinkState;
@@ -96,19 +96,26 @@ pub fn route(config: &Config, state: &LinkState, ovr: Option<&Override>) -> Rout
                 };
                 return held(why.to_string());
             };
-            match link.connectivity {
-                Connectivity::Portal => {
-                    return held(format!("captive portal on link {}", link.facts.id));
+            let rule = config.match_link(&link.facts);
+            let name = link_label(rule.map(|r| r.name.as_str()), &link.facts);
+            let why = match link.connectivity {
+                Connectivity::Portal => Some(format!("captive portal on {name}")),
+                Connectivity::Limited => Some(format!("limited connectivity on {name}")),
+                Connectivity::None => Some(format!("connectivity none on {name}")),
+                Connectivity::Full | Connectivity::Unknown => None,
+            };
+            match (rule, why) {
+                (Some(rule), None) => rule,
+                // The link a rule matches is up, but cannot reach the Internet: say so, and
+                // name the rule (it is the link in effect, only held).
+                (Some(rule), Some(why)) => {
+                    return Routing {
+                        link_name: Some(rule.name.clone()),
+                        ..held(why)
+                    };
                 }
-                Connectivity::Limited => {
-                    return held(format!("limited connectivity on link {}", link.facts.id));
-                }
-                Connectivity::None => return held("no link".into()),
-                Connectivity::Full | Connectivity::Unknown => {}
-            }
-            match config.match_link(&link.facts) {
-                Some(rule) => rule,
-                None => {
+                (None, Some(why)) => return held(why),
+                (None, None) => {
                     return held(format!(
                         "no relay for link {} (no [[link]] rule matches it)",
                         link.facts.id
@@ -120,6 +127,8 @@ pub fn route(config: &Config, state: &LinkState, ovr: Option<&Override>) -> Rout
 
     // With a link override the link's metered flag is not ours to judge: the user chose.
     let metered = ovr.is_none() && state.link.as_ref().is_some_and(|l| l.facts.metered);
+    let no_facts = LinkFacts::default();
+    let facts = state.link.as_ref().map_or(&no_facts, |l| &l.facts);
     let routes = config
         .users
         .iter()
@@ -130,9 +139,10 @@ pub fn route(config: &Config, state: &LinkState, ovr: Option<&Override>) -> Rout
                     rule.name, user.name
                 )),
                 Some(relays) => match (&rule.metered, metered) {
-                    (MeteredPolicy::Hold, true) => {
-                        Route::hold(format!("metered link {}, hold", rule.name))
-                    }
+                    (MeteredPolicy::Hold, true) => Route::hold(format!(
+                        "metered link {}, hold",
+                        link_label(Some(&rule.name), facts)
+                    )),
                     (MeteredPolicy::Small { max_size }, true) => Route::Send {
                         relays: relays.to_vec(),
                         max_size: Some(*max_size),
@@ -152,11 +162,41 @@ pub fn route(config: &Config, state: &LinkState, ovr: Option<&Override>) -> Rout
     }
 }
 
+/// Whether `routing` sends some user's mail (rather than holding everyone's). Pure.
+pub fn sends_any(routing: &Routing) -> bool {
+    routing
+        .routes
+        .values()
+        .any(|r| matches!(r, Route::Send { .. }))
+}
+
+/// How every hold reason names a link: the `[[link]]` rule's name, then NetworkManager's
+/// connection id and the interface in parentheses (`isp-b (ISP-B, veth-b)`); a link no rule
+/// matches is `link ID (interface)`. The interface is left out where it is the id (netlink) or
+/// unknown. Pure.
+pub fn link_label(rule: Option<&str>, facts: &LinkFacts) -> String {
+    let mut inside: Vec<&str> = Vec::new();
+    if rule.is_some() && !facts.id.is_empty() {
+        inside.push(&facts.id);
+    }
+    if !facts.interface.is_empty() && facts.interface != facts.id {
+        inside.push(&facts.interface);
+    }
+    let head = match rule {
+        Some(rule) => rule.to_string(),
+        None => format!("link {}", facts.id),
+    };
+    if inside.is_empty() {
+        head
+    } else {
+        format!("{head} ({})", inside.join(", "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::source::link::{Link, SourceName};
-    use linkrelay_config::LinkFacts;
     use std::path::Path;
 
     const CONFIG: &str = r#"
@@ -208,6 +248,7 @@ routes = { isp-b = ["relay-b"], isp-a = ["relay-a", "relay-b"] }
             link: Some(Link {
                 facts: LinkFacts {
                     id: id.into(),
+                    interface: "eth0".into(),
                     metered,
                     ..Default::default()
                 },
@@ -262,21 +303,77 @@ routes = { isp-b = ["relay-b"], isp-a = ["relay-a", "relay-b"] }
             route(&c, &offline, None).routes["alice"],
             Route::hold("no link")
         );
-        let portal = route(&c, &up("ISP-A", Connectivity::Portal, false), None);
-        assert_eq!(
-            portal.routes["bob"],
-            Route::hold("captive portal on link ISP-A")
-        );
-        let limited = route(&c, &up("ISP-A", Connectivity::Limited, false), None);
-        assert_eq!(
-            limited.routes["bob"],
-            Route::hold("limited connectivity on link ISP-A")
-        );
+        // (connectivity, link id, hold reason, rule in effect): a link a rule matches is named
+        // by rule, NM id and interface, and stays the link in effect while it is held.
+        let table = [
+            (
+                Connectivity::Portal,
+                "ISP-A",
+                "captive portal on isp-a (ISP-A, eth0)",
+                Some("isp-a"),
+            ),
+            (
+                Connectivity::Limited,
+                "ISP-A",
+                "limited connectivity on isp-a (ISP-A, eth0)",
+                Some("isp-a"),
+            ),
+            (
+                Connectivity::None,
+                "ISP-B",
+                "connectivity none on isp-b (ISP-B, eth0)",
+                Some("isp-b"),
+            ),
+            (
+                Connectivity::None,
+                "Hotel",
+                "connectivity none on link Hotel (eth0)",
+                None,
+            ),
+        ];
+        for (connectivity, id, reason, rule) in table {
+            let r = route(&c, &up(id, connectivity, false), None);
+            assert_eq!(
+                r.routes["bob"],
+                Route::hold(reason),
+                "{id} {connectivity:?}"
+            );
+            assert_eq!(
+                r.routes["alice"],
+                Route::hold(reason),
+                "{id} {connectivity:?}"
+            );
+            assert_eq!(r.link_name.as_deref(), rule, "{id} {connectivity:?}");
+        }
         let other = route(&c, &up("Hotel", Connectivity::Full, false), None);
         assert_eq!(other.link_name, None);
         assert!(
             matches!(&other.routes["alice"], Route::Hold { reason } if reason.contains("Hotel"))
         );
+    }
+
+    #[test]
+    fn a_link_is_named_by_rule_then_nm_id_and_interface() {
+        let facts = |id: &str, interface: &str| LinkFacts {
+            id: id.into(),
+            interface: interface.into(),
+            ..Default::default()
+        };
+        let table = [
+            (
+                Some("isp-b"),
+                facts("ISP-B", "veth-b"),
+                "isp-b (ISP-B, veth-b)",
+            ),
+            (Some("isp-b"), facts("ISP-B", ""), "isp-b (ISP-B)"),
+            // Netlink: the id is the interface.
+            (Some("wired"), facts("eth0", "eth0"), "wired (eth0)"),
+            (None, facts("Hotel", "wlan0"), "link Hotel (wlan0)"),
+            (None, facts("eth0", "eth0"), "link eth0"),
+        ];
+        for (rule, facts, want) in table {
+            assert_eq!(link_label(rule, &facts), want);
+        }
     }
 
     #[test]
@@ -296,7 +393,10 @@ routes = { isp-b = ["relay-b"], isp-a = ["relay-a", "relay-b"] }
     fn metered_policies() {
         let c = config();
         let b = route(&c, &up("ISP-B", Connectivity::Full, true), None);
-        assert_eq!(b.routes["bob"], Route::hold("metered link isp-b, hold"));
+        assert_eq!(
+            b.routes["bob"],
+            Route::hold("metered link isp-b (ISP-B, eth0), hold")
+        );
         let b_unmetered = route(&c, &up("ISP-B", Connectivity::Full, false), None);
         assert_eq!(b_unmetered.routes["bob"], send(&["relay-b"]));
         let cafe = route(&c, &wifi("Cafe", true), None);

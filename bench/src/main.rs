@@ -407,6 +407,21 @@ async fn run(args: Args) -> anyhow::Result<(String, Vec<String>)> {
         .target(Target::Below(50.0), "")
         .note(p90(&accepted)),
     );
+    rows.push(
+        Row::new(
+            "link up -> first message accepted, p90",
+            "ms",
+            Better::Lower,
+            accepted.as_ref().and_then(|v| quantile(v, 0.9)),
+        )
+        .target(Target::Below(50.0), "")
+        .note(
+            accepted
+                .as_ref()
+                .map(|v| format!("{} samples", v.len()))
+                .unwrap_or_default(),
+        ),
+    );
 
     let ((rss, wake), (pf_rss, pf_wake)) = match idle {
         Some(((a, b), (c, d))) => ((Some(mib(a)), Some(b)), (Some(mib(c)), Some(d))),

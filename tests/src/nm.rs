@@ -10,7 +10,10 @@
 //! - active connections `/org/freedesktop/NetworkManager/ActiveConnection/<n>`
 //!   (`org.freedesktop.NetworkManager.Connection.Active`, with the `StateChanged(u, u)` signal);
 //! - devices `/org/freedesktop/NetworkManager/Devices/<n>` (`...Device`, and for wifi
-//!   `...Device.Wireless`), one per interface name, kept when their connection goes down;
+//!   `...Device.Wireless`), one per interface name, kept when their connection goes down; their
+//!   `Ip4Connectivity`/`Ip6Connectivity` are 0 (unknown) until
+//!   [`FakeNm::set_device_connectivity`] sets them, apart from the manager's `Connectivity` (so
+//!   NM 1.42's stale global value after a carrier loss can be played);
 //! - access points `/org/freedesktop/NetworkManager/AccessPoint/<n>` (`...AccessPoint`, Ssid);
 //! - IPv4 configurations `/org/freedesktop/NetworkManager/IP4Config/<n>` (`...IP4Config`);
 //! - profiles `/org/freedesktop/NetworkManager/Settings/<n>`
@@ -627,6 +630,10 @@ struct Device {
     active_connection: OwnedObjectPath,
     state: u32,
     state_reason: u32,
+    /// `NMConnectivityState` of the device's IPv4 and IPv6 (NM >= 1.16); 0 until set with
+    /// [`FakeNm::set_device_connectivity`], so tests that only set the manager's see that.
+    ip4_connectivity: u32,
+    ip6_connectivity: u32,
 }
 
 #[interface(
@@ -682,6 +689,16 @@ impl Device {
     #[zbus(property, name = "StateReason")]
     fn state_reason(&self) -> (u32, u32) {
         (self.state, self.state_reason)
+    }
+
+    #[zbus(property, name = "Ip4Connectivity")]
+    fn ip4_connectivity(&self) -> u32 {
+        self.ip4_connectivity
+    }
+
+    #[zbus(property, name = "Ip6Connectivity")]
+    fn ip6_connectivity(&self) -> u32 {
+        self.ip6_connectivity
     }
 
     #[zbus(property, name = "Managed")]
@@ -1443,6 +1460,30 @@ impl FakeNm {
         self.update_manager(&inner).await
     }
 
+    /// Set the `Ip4Connectivity` and `Ip6Connectivity` of the device for `interface` (values as
+    /// for [`FakeNm::set_connectivity`]), with one PropertiesChanged; the manager's Connectivity
+    /// and State stay as they are, as NM 1.42 leaves them when the primary link changes under
+    /// a failing check.
+    pub async fn set_device_connectivity(
+        &self,
+        interface: &str,
+        ip4: u32,
+        ip6: u32,
+    ) -> anyhow::Result<()> {
+        let inner = self.inner.lock().await;
+        let device = inner
+            .devices
+            .get(interface)
+            .ok_or_else(|| anyhow!("no device {interface:?}"))?
+            .path
+            .clone();
+        update::<Device, _>(&self.conn, device.as_str(), |d| {
+            d.ip4_connectivity = ip4;
+            d.ip6_connectivity = ip6;
+        })
+        .await
+    }
+
     /// Mark connection `id` metered (Device.Metered 1) or not (2); the manager's Metered follows
     /// when it is the primary connection.
     pub async fn set_metered(&self, id: &str, metered: bool) -> anyhow::Result<()> {
@@ -1583,6 +1624,8 @@ impl FakeNm {
                 active_connection: root_path(),
                 state: DEVICE_STATE_DISCONNECTED,
                 state_reason: 0,
+                ip4_connectivity: CONNECTIVITY_UNKNOWN,
+                ip6_connectivity: CONNECTIVITY_UNKNOWN,
             },
         )
         .await?;

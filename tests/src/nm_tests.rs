@@ -103,6 +103,10 @@ mod device {
         fn active_connection(&self) -> zbus::Result<OwnedObjectPath>;
         #[zbus(property)]
         fn state(&self) -> zbus::Result<u32>;
+        #[zbus(property)]
+        fn ip4_connectivity(&self) -> zbus::Result<u32>;
+        #[zbus(property)]
+        fn ip6_connectivity(&self) -> zbus::Result<u32>;
     }
 }
 
@@ -1162,4 +1166,61 @@ async fn the_object_manager_gives_the_whole_state_and_follows_exports() {
     let after = om.get_managed_objects().await.unwrap();
     assert!(!after.keys().any(|p| p.as_str() == home));
     assert!(after.keys().any(|p| p.as_str() == wlan0));
+}
+
+/// NM 1.42 after the primary link lost its carrier beside a healthy one: the fake can be put in
+/// that stale state (PrimaryConnection the healthy link, its device's Ip4Connectivity FULL,
+/// the manager's Connectivity NONE and State CONNECTED_SITE), and a device's connectivity
+/// changing is announced with PropertiesChanged, as NM does.
+#[tokio::test]
+async fn the_fake_holds_nm_1_42s_stale_global_connectivity() {
+    let (bus, client) = system_bus().await;
+    let nm = FakeNm::start(
+        &bus.address,
+        vec![
+            ActiveSpec::ethernet("ISP-A", "veth-a", "192.0.2.1"),
+            ActiveSpec::ethernet("ISP-B", "veth-b", "198.51.100.1"),
+        ],
+        CONNECTIVITY_FULL,
+    )
+    .await
+    .unwrap();
+    let b_device = path(&nm.device_path("veth-b").await.unwrap());
+    let d = device(&client, &b_device).await;
+    assert_eq!(d.ip4_connectivity().await.unwrap(), CONNECTIVITY_UNKNOWN);
+    let rule = MatchRule::builder()
+        .msg_type(MessageType::Signal)
+        .path(b_device.clone())
+        .member("PropertiesChanged")
+        .build()
+        .expect("match rule");
+    let mut changes = MessageStream::for_match_rule(rule, &client, None)
+        .await
+        .unwrap();
+
+    nm.set_device_connectivity("veth-b", CONNECTIVITY_FULL, CONNECTIVITY_NONE)
+        .await
+        .unwrap();
+    let signal = tokio::time::timeout(Duration::from_secs(5), changes.next())
+        .await
+        .expect("PropertiesChanged for the device")
+        .unwrap()
+        .unwrap();
+    let (iface, changed, _): (String, HashMap<String, OwnedVariant>, Vec<String>) =
+        signal.body().deserialize().unwrap();
+    assert_eq!(iface, "org.freedesktop.NetworkManager.Device");
+    assert_eq!(number(&changed["Ip4Connectivity"]), CONNECTIVITY_FULL);
+    assert_eq!(number(&changed["Ip6Connectivity"]), CONNECTIVITY_NONE);
+
+    nm.set_connectivity(CONNECTIVITY_NONE).await.unwrap();
+    nm.set_primary("ISP-B").await.unwrap();
+    let m = manager(&client).await;
+    assert_eq!(
+        m.primary_connection().await.unwrap().as_str(),
+        nm.active_path("ISP-B").await.unwrap()
+    );
+    assert_eq!(m.connectivity().await.unwrap(), CONNECTIVITY_NONE);
+    assert_eq!(m.state().await.unwrap(), NM_STATE_CONNECTED_SITE);
+    assert_eq!(d.ip4_connectivity().await.unwrap(), CONNECTIVITY_FULL);
+    assert_eq!(d.ip6_connectivity().await.unwrap(), CONNECTIVITY_NONE);
 }

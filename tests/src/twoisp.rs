@@ -312,6 +312,27 @@ impl TwoIsp {
         self.nm.check_connectivity()
     }
 
+    /// Takes the ISP's end of a link (`isp-a` or `isp-b`) down, or up again: the laptop's
+    /// interface on that link loses (or regains) its carrier, as when the ISP's box goes off or
+    /// a cable is pulled. NetworkManager sees only the carrier.
+    pub fn set_isp_carrier(&self, isp_iface: &str, up: bool) -> anyhow::Result<()> {
+        let relay = match isp_iface {
+            "isp-a" => RELAY_A,
+            "isp-b" => RELAY_B,
+            other => bail!("no ISP link {other:?}"),
+        };
+        // Both relays are one Postfix, whose smtpd refuses to start (for either relay) while
+        // one of its listening addresses is on no interface that is up: keep the relay's
+        // address on the ISP's loopback too. The laptop still reaches it only through a link.
+        let on_lo = self.isp.ip("addr show dev lo")?;
+        if !on_lo.contains(&format!("{relay}/32")) {
+            self.isp.ip(&format!("addr add {relay}/32 dev lo"))?;
+        }
+        let state = if up { "up" } else { "down" };
+        self.isp.ip(&format!("link set {isp_iface} {state}"))?;
+        Ok(())
+    }
+
     /// A directory whose `sendmail` is linkrelay, to put first in a mail client's PATH or to
     /// name in its config.
     pub fn sendmail_path(&self) -> PathBuf {

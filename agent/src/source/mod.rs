@@ -7,8 +7,10 @@
 //! - [`choose`]: which source runs (`[agent] source`: networkmanager, netlink or auto).
 //! - [`nm`], [`netlink`]: the two sources.
 //! - [`link`]: what they report.
+//! - [`debounce`]: when a new report applies (pure).
 
 pub(crate) mod choose;
+pub(crate) mod debounce;
 pub(crate) mod link;
 pub(crate) mod netlink;
 pub(crate) mod nm;

@@ -259,7 +259,7 @@ impl Reader {
         if is_none(&primary) {
             return Ok(None);
         }
-        let connectivity = Connectivity::from_nm(manager.req("Connectivity")?);
+        let global: u32 = manager.req("Connectivity")?;
         let mut active = self.get_all(&primary, ACTIVE_IFACE).await?;
         if active.req::<u32>("State")? != nm::ACTIVE_STATE_ACTIVATED {
             return Ok(None);
@@ -275,19 +275,33 @@ impl Reader {
 
         // The device, its access point if it is wifi (asked before knowing: an error otherwise,
         // and ignored), and the connection's IP4Config do not depend on each other.
-        let (device, wifi_ap, ip4) = match devices.into_iter().next() {
+        // The other devices of the connection (rare: bonds, bridges) only count for
+        // connectivity; read with the rest.
+        let others = futures_util::future::join_all(
+            devices
+                .iter()
+                .skip(1)
+                .map(|path| self.get_all(path, DEVICE_IFACE)),
+        );
+        let (device, wifi_ap, ip4, others) = match devices.first() {
             Some(dev_path) => {
-                let (device, ap, ip4) = tokio::join!(
-                    self.get_all(&dev_path, DEVICE_IFACE),
-                    self.get(&dev_path, WIRELESS_IFACE, "ActiveAccessPoint"),
+                let (device, ap, ip4, others) = tokio::join!(
+                    self.get_all(dev_path, DEVICE_IFACE),
+                    self.get(dev_path, WIRELESS_IFACE, "ActiveAccessPoint"),
                     self.read_ip4(&active_ip4),
+                    others,
                 );
-                (Some(device?), ap.ok(), ip4)
+                (Some(device?), ap.ok(), ip4, others)
             }
-            None => (None, None, self.read_ip4(&active_ip4).await),
+            None => (None, None, self.read_ip4(&active_ip4).await, Vec::new()),
         };
+        let mut per_device: Vec<(u32, u32)> = Vec::new();
+        for other in others {
+            per_device.push(device_connectivity(&mut other?));
+        }
         let mut ip4 = ip4;
         if let Some(mut device) = device {
+            per_device.push(device_connectivity(&mut device));
             let ip_iface: String = device.opt("IpInterface").unwrap_or_default();
             facts.interface = if ip_iface.is_empty() {
                 device.req("Interface")?
@@ -334,7 +348,7 @@ impl Reader {
         }
         Ok(Some(Link {
             facts,
-            connectivity,
+            connectivity: primary_connectivity(&per_device, global),
         }))
     }
 
@@ -379,6 +393,30 @@ impl Props {
     }
 }
 
+/// A device's `(Ip4Connectivity, Ip6Connectivity)`; 0 (unknown) where NM does not have them
+/// (before 1.16).
+fn device_connectivity(device: &mut Props) -> (u32, u32) {
+    (
+        device.opt("Ip4Connectivity").unwrap_or(0),
+        device.opt("Ip6Connectivity").unwrap_or(0),
+    )
+}
+
+/// The connectivity of the primary connection: the best that any of its devices reports over
+/// IPv4 or IPv6, and NM's global `Connectivity` only where the devices report none (all 0,
+/// unknown). Not the global value first: NM 1.42 computes it from the failing device when the
+/// primary link drops and may not compute it again after the default route has moved. Pure.
+pub(crate) fn primary_connectivity(devices: &[(u32, u32)], global: u32) -> Connectivity {
+    // NM's values rank as they are numbered: unknown 0 < none < portal < limited < full 4.
+    let rank = |v: u32| if v > 4 { 0 } else { v };
+    let best = devices
+        .iter()
+        .map(|&(ip4, ip6)| rank(ip4).max(rank(ip6)))
+        .max()
+        .unwrap_or(0);
+    Connectivity::from_nm(if best == 0 { global } else { best })
+}
+
 fn problem(text: String) -> LinkState {
     LinkState {
         source: SourceName::None,
@@ -389,4 +427,41 @@ fn problem(text: String) -> LinkState {
 
 fn is_none(path: &OwnedObjectPath) -> bool {
     path.as_str() == "/"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_primary_devices_connectivity_decides_over_the_global_value() {
+        use Connectivity as C;
+        /// The devices' (Ip4Connectivity, Ip6Connectivity), Manager.Connectivity, the result.
+        type Case = (&'static [(u32, u32)], u32, Connectivity);
+        let table: &[Case] = &[
+            // NM 1.42's stale global NONE after the primary moved to a healthy link.
+            (&[(4, 0)], 1, C::Full),
+            // The better of IPv4 and IPv6.
+            (&[(1, 4)], 1, C::Full),
+            (&[(2, 3)], 4, C::Limited),
+            // A portal on the primary holds, whatever the global value says.
+            (&[(2, 0)], 4, C::Portal),
+            (&[(1, 0)], 4, C::None),
+            // Devices that give nothing (NM < 1.16, or not checked yet): the global value.
+            (&[(0, 0)], 2, C::Portal),
+            (&[], 3, C::Limited),
+            (&[], 0, C::Unknown),
+            // Several devices: the best of them.
+            (&[(1, 0), (4, 0)], 1, C::Full),
+            // Values NM does not define count as unknown.
+            (&[(9, 0)], 4, C::Full),
+        ];
+        for (devices, global, want) in table {
+            assert_eq!(
+                primary_connectivity(devices, *global),
+                *want,
+                "devices {devices:?}, global {global}"
+            );
+        }
+    }
 }

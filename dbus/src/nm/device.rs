@@ -27,6 +27,14 @@ pub trait Device {
     /// Its IPv4 configuration object ("/" when none).
     #[zbus(property)]
     fn ip4_config(&self) -> zbus::Result<OwnedObjectPath>;
+
+    /// `NMConnectivityState` of the device's IPv4 (NM >= 1.16).
+    #[zbus(property)]
+    fn ip4_connectivity(&self) -> zbus::Result<u32>;
+
+    /// `NMConnectivityState` of the device's IPv6 (NM >= 1.16).
+    #[zbus(property)]
+    fn ip6_connectivity(&self) -> zbus::Result<u32>;
 }
 
 /// `NMDeviceType` of a wifi device.

@@ -207,7 +207,10 @@ async fn seed_scenario() {
     w.send("bob@bob.example", "judy@dest.example", "behind-portal")
         .unwrap();
     let q = cli_json(w, &["queue", "--user", "bob"]);
-    assert_eq!(q[0]["status"], "held: captive portal on link ISP-A", "{q}");
+    assert_eq!(
+        q[0]["status"], "held: captive portal on isp-a (ISP-A, eth0)",
+        "{q}"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         s.relay_a.received().len(),
@@ -248,7 +251,7 @@ async fn state_present_before_start_is_used_and_metered_link_holds() {
     let w = &s.world;
     // The agent read the link at start-up (nothing changed after it started).
     let bob = w.route("bob").await.unwrap().unwrap();
-    assert_eq!(bob.hold, "metered link isp-b, hold");
+    assert_eq!(bob.hold, "metered link isp-b (ISP-B, wwan0), hold");
     w.send("bob@bob.example", "kim@dest.example", "metered")
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;

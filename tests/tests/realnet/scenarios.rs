@@ -101,6 +101,48 @@ async fn with_isp_a_down_and_isp_b_up_new_mail_goes_through_relay_b() {
     assert_eq!(t.relays.log_count("reject:"), 0);
 }
 
+/// Both links up, NetworkManager's connectivity check on, and ISP A (the primary: lower route
+/// metric) loses its carrier on the ISP's side. NM 1.42 may leave its global Connectivity at
+/// what it computed from the failing device; the agent follows the primary connection's own
+/// device: mail queued after the pull goes out through ISP B, and `status` names ISP B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_primary_links_carrier_is_pulled_mail_goes_out_through_the_other_link() {
+    let t = on_isp_a().await;
+    t.nm.up("ISP-B").unwrap();
+    assert_eq!(t.nm.check_connectivity().unwrap(), "full");
+    let status = cli_json(&t.world, &["status"]);
+    assert_eq!(status["link"]["id"], "ISP-A", "A stays primary: {status}");
+
+    t.set_isp_carrier("isp-a", false).unwrap();
+    t.wait_route("relay-b", |r| r.relays == ["relay-b"])
+        .await
+        .unwrap();
+    // What NM says as the agent follows it, for whoever reads the output.
+    let general = t.nm.nmcli(&["-t", "-f", "STATE,CONNECTIVITY", "general"]);
+    let device = t.nm.nmcli(&[
+        "-t",
+        "-f",
+        "GENERAL.IP4-CONNECTIVITY,GENERAL.IP6-CONNECTIVITY",
+        "device",
+        "show",
+        "lr-b",
+    ]);
+    eprintln!("after the pull: general {general:?}; lr-b {device:?}");
+    send(&t, "after-the-pull");
+    t.wait_delivered("after-the-pull", 1).await.unwrap();
+
+    let status = cli_json(&t.world, &["status"]);
+    assert_eq!(status["link"]["name"], "isp-b", "{status}");
+    assert_eq!(status["link"]["id"], "ISP-B", "{status}");
+    assert_eq!(status["link"]["interface"], "lr-b", "{status}");
+    let text = t.world.run_cli(&["status"]).unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(!text.contains("no link"), "{text}");
+    assert!(!text.contains("no [[link]] rule matches"), "{text}");
+    postfix_idle(&t).await;
+    assert_once_via(&t, "after-the-pull", HOST_B, LAPTOP_B);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_override_to_the_wrong_relay_is_refused_by_postfix_and_the_mail_waits() {
     let t = on_isp_a().await;
@@ -161,13 +203,16 @@ async fn a_failing_connectivity_check_holds_mail_until_it_passes() {
     // Captive portal: NM's check gets a login page instead of its answer.
     assert_eq!(t.set_portal(true).unwrap(), "portal");
     t.wait_route("held: captive portal", |r| {
-        r.hold == "captive portal on link ISP-A"
+        r.hold == "captive portal on isp-a (ISP-A, lr-a)"
     })
     .await
     .unwrap();
     send(&t, "behind-portal");
     assert_eq!(flush_wait(&t), (0, 1), "nothing goes out behind a portal");
-    assert_eq!(queue(&t)[0]["status"], "held: captive portal on link ISP-A");
+    assert_eq!(
+        queue(&t)[0]["status"],
+        "held: captive portal on isp-a (ISP-A, lr-a)"
+    );
     assert!(t.relays.with_subject("behind-portal").is_empty());
     assert_eq!(t.set_portal(false).unwrap(), "full");
     t.wait_delivered("behind-portal", 1).await.unwrap();
@@ -175,7 +220,7 @@ async fn a_failing_connectivity_check_holds_mail_until_it_passes() {
     // Limited: the check cannot reach its server at all.
     assert_eq!(t.set_check_unreachable(true).unwrap(), "limited");
     t.wait_route("held: limited", |r| {
-        r.hold == "limited connectivity on link ISP-A"
+        r.hold == "limited connectivity on isp-a (ISP-A, lr-a)"
     })
     .await
     .unwrap();
@@ -243,9 +288,11 @@ async fn a_metered_isp_b_with_a_hold_policy_holds_mail_until_isp_a_returns() {
     t.nm.nmcli(&["connection", "modify", "ISP-B", "connection.metered", "yes"])
         .unwrap();
     t.nm.up("ISP-B").unwrap();
-    t.wait_route("held: metered", |r| r.hold == "metered link isp-b, hold")
-        .await
-        .unwrap();
+    t.wait_route("held: metered", |r| {
+        r.hold == "metered link isp-b (ISP-B, lr-b), hold"
+    })
+    .await
+    .unwrap();
     let status = cli_json(&t.world, &["status"]);
     assert_eq!(status["link"]["metered"], "yes", "{status}");
 
@@ -255,7 +302,10 @@ async fn a_metered_isp_b_with_a_hold_policy_holds_mail_until_isp_a_returns() {
         (0, 1),
         "nothing goes out on the metered link"
     );
-    assert_eq!(queue(&t)[0]["status"], "held: metered link isp-b, hold");
+    assert_eq!(
+        queue(&t)[0]["status"],
+        "held: metered link isp-b (ISP-B, lr-b), hold"
+    );
     assert!(t.relays.delivered().is_empty());
 
     // ISP A comes up beside B; its lower route metric makes it the primary link.
