@@ -476,7 +476,7 @@ async fn a_disk_that_fills_up_while_sending_does_not_make_the_agent_send_twice()
 }
 
 /// Messages each user has queued in the two-user crash test.
-const PER_USER: usize = 100;
+const PER_USER: usize = 300;
 /// Kills in the two-user crash test.
 const KILLS_WHILE_BOTH_FLUSH: usize = 10;
 
