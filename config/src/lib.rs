@@ -97,7 +97,9 @@ pub struct Config {
 pub struct AgentSettings {
     /// `source`: where link state comes from. Default [`SourceKind::Auto`].
     pub source: SourceKind,
-    /// `debounce`: how long a link must be stable before the route follows it. Default 300 ms.
+    /// `debounce`: the window that rides out a flapping link. A change that makes mail
+    /// sendable, or one after a quiet window, applies at once; switching away or back within
+    /// the window waits for its end. Default 300 ms.
     pub debounce: Duration,
 }
 
