@@ -235,18 +235,7 @@ pub fn prepare(
     input: &[u8],
     default_from: &str,
 ) -> Result<(Envelope, Vec<u8>), SendmailError> {
-    let (mut envelope, message) = build(
-        &Request {
-            dot_ends: !args.ignore_dots,
-            extract: args.extract_recipients,
-            recipients: &args.recipients,
-            from: args.from.as_deref(),
-            full_name: args.full_name.as_deref(),
-            default_from: Some(default_from),
-            local: args.local_names.as_deref(),
-        },
-        input,
-    )?;
+    let (mut envelope, message) = build(&Request::of(args, default_from), input)?;
     envelope.dsn = args.dsn(&envelope.recipients);
     Ok((envelope, message))
 }
@@ -316,18 +305,7 @@ pub fn prepare_stream<R: Read>(
     input: R,
     default_from: &str,
 ) -> Result<MessageStream<R>, ReadError> {
-    let mut message = stream(
-        &Request {
-            dot_ends: !args.ignore_dots,
-            extract: args.extract_recipients,
-            recipients: &args.recipients,
-            from: args.from.as_deref(),
-            full_name: args.full_name.as_deref(),
-            default_from: Some(default_from),
-            local: args.local_names.as_deref(),
-        },
-        input,
-    )?;
+    let mut message = stream(&Request::of(args, default_from), input)?;
     message.envelope.dsn = args.dsn(&message.envelope.recipients);
     Ok(message)
 }
@@ -498,6 +476,21 @@ struct Request<'a> {
     default_from: Option<&'a str>,
     /// [`Args::local_names`].
     local: Option<&'a str>,
+}
+
+impl<'a> Request<'a> {
+    /// What the command line `args` asks of a message read on standard input.
+    fn of(args: &'a Args, default_from: &'a str) -> Request<'a> {
+        Request {
+            dot_ends: !args.ignore_dots,
+            extract: args.extract_recipients,
+            recipients: &args.recipients,
+            from: args.from.as_deref(),
+            full_name: args.full_name.as_deref(),
+            default_from: Some(default_from),
+            local: args.local_names.as_deref(),
+        }
+    }
 }
 
 /// One header field: its bytes `start..end` (continuation lines and the final CRLF
