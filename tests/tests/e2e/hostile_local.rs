@@ -391,6 +391,14 @@ fn status_of(w: &World, user: &str) -> serde_json::Value {
         .unwrap_or(serde_json::Value::Null)
 }
 
+/// Makes bob's `queue/` a link to somewhere else: the outbox refuses it.
+fn link_bobs_queue_elsewhere(w: &World) {
+    let elsewhere = w.dir().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::create_dir_all(w.data_dir.join("bob")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, w.data_dir.join("bob/queue")).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_whose_outbox_is_unusable_is_held_with_the_reason_and_the_others_send() {
     use linkrelay_tests::notifications::FakeNotifications;
@@ -398,11 +406,7 @@ async fn a_user_whose_outbox_is_unusable_is_held_with_the_reason_and_the_others_
     let mut w = World::new().unwrap();
     w.write_config(&config(relay.port(), &["alice", "bob"]).to_string())
         .unwrap();
-    // bob's queue/ is a link to somewhere else: the outbox refuses it.
-    let elsewhere = w.dir().join("elsewhere");
-    std::fs::create_dir_all(&elsewhere).unwrap();
-    std::fs::create_dir_all(w.data_dir.join("bob")).unwrap();
-    std::os::unix::fs::symlink(&elsewhere, w.data_dir.join("bob/queue")).unwrap();
+    link_bobs_queue_elsewhere(&w);
     let notes = FakeNotifications::start(&w.session.address, &["body"])
         .await
         .unwrap();
@@ -460,10 +464,7 @@ async fn a_held_user_whose_outbox_is_fixed_sends_again_without_a_reload() {
     let mut w = World::new().unwrap();
     w.write_config(&config(relay.port(), &["alice", "bob"]).to_string())
         .unwrap();
-    let elsewhere = w.dir().join("elsewhere");
-    std::fs::create_dir_all(&elsewhere).unwrap();
-    std::fs::create_dir_all(w.data_dir.join("bob")).unwrap();
-    std::os::unix::fs::symlink(&elsewhere, w.data_dir.join("bob/queue")).unwrap();
+    link_bobs_queue_elsewhere(&w);
     let _nm = FakeNm::start(
         &w.system.address,
         vec![ActiveSpec::ethernet("Office", "eth0", "192.0.2.1")],
