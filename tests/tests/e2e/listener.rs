@@ -51,6 +51,15 @@ pub async fn desk_with(adjust: impl FnOnce(Config) -> Config) -> Desk {
 
 /// A desk whose relay plays `script`.
 pub async fn desk_for(script: RelayScript, adjust: impl FnOnce(Config) -> Config) -> Desk {
+    desk_wrapped(script, adjust, Vec::new()).await
+}
+
+/// A desk whose agent runs under the command `prefix` (e.g. tests/tools/without-sock-diag).
+pub async fn desk_wrapped(
+    script: RelayScript,
+    adjust: impl FnOnce(Config) -> Config,
+    prefix: Vec<String>,
+) -> Desk {
     let relay = ScriptedRelay::start(script).await.unwrap();
     let port = free_port();
     let mut world = World::new().unwrap();
@@ -64,6 +73,7 @@ pub async fn desk_for(script: RelayScript, adjust: impl FnOnce(Config) -> Config
     )
     .await
     .unwrap();
+    world.set_agent_prefix(prefix);
     world.start_agent().await.unwrap();
     wait_listening(&world, port).await;
     Desk {

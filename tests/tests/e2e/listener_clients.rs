@@ -1,17 +1,18 @@
 //! Clients we did not write hand mail to the submission listener (and to `sendmail -bs`), and
 //! each message reaches the relay intact: swaks (pipelined, over TCP and the unix socket),
 //! msmtp, Python's smtplib with SMTPUTF8 and a DSN request, s-nail, git send-email, and a
-//! script that drives `sendmail -bs` through a pipe.
+//! script that drives `sendmail -bs` through a pipe; and swaks logging in with the token where the
+//! agent cannot ask the kernel who connected (run as on a kernel without sock_diag).
 
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use linkrelay_tests::run::{run_with_input, text};
-use linkrelay_tests::world::{World, bin};
+use linkrelay_tests::world::{World, bin, repo_root};
 
 use linkrelay_tests::smtp::RelayScript;
 
-use crate::listener::{Desk, desk, desk_for};
+use crate::listener::{Desk, desk, desk_for, desk_wrapped};
 
 /// Runs `cmd` in the desk's world (home, XDG dirs, buses) and asserts it succeeded.
 fn run_ok(w: &World, cmd: &mut Command, input: &[u8]) -> Output {
@@ -71,6 +72,83 @@ async fn swaks_pipelines_over_tcp_and_over_the_unix_socket() {
             "the body arrives as swaks sent it: {data}"
         );
     }
+}
+
+/// swaks over loopback TCP to the desk, with `extra` arguments; what it printed and whether
+/// it succeeded.
+fn swaks_tcp(d: &Desk, subject: &str, extra: &[&str]) -> (String, bool) {
+    let mut cmd = Command::new("swaks");
+    cmd.args(["--server", &format!("127.0.0.1:{}", d.port)])
+        .args(["--from", "me@example.org", "--to", "you@dest.example"])
+        .args(["--header", &format!("Subject: {subject}")])
+        .args(extra);
+    d.world.env(&mut cmd);
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("swaks runs (scripts/install-test-deps)");
+    (text(&out.stdout), out.status.success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn where_the_kernel_cannot_name_a_tcp_client_swaks_logs_in_with_the_token() {
+    // The agent runs where socket(AF_NETLINK, NETLINK_SOCK_DIAG) fails as on a kernel built
+    // without sock_diag: it cannot ask who owns a loopback connection.
+    let tool = repo_root().join("tests/tools/without-sock-diag");
+    let d = desk_wrapped(
+        RelayScript::default(),
+        |c| c,
+        vec![tool.display().to_string()],
+    )
+    .await;
+    let w = &d.world;
+
+    let (said, ok) = swaks_tcp(&d, "no login", &[]);
+    assert!(!ok && said.contains("250 AUTH PLAIN"), "{said}");
+    assert!(
+        said.contains("530 5.7.0 Authentication required: AUTH PLAIN with the token"),
+        "{said}"
+    );
+    let (said, ok) = swaks_tcp(
+        &d,
+        "wrong token",
+        &["--auth", "PLAIN", "-au", "me", "-ap", "guess"],
+    );
+    assert!(!ok && said.contains("535 5.7.8"), "{said}");
+
+    let out = w.run_cli(&["token"]).unwrap();
+    let token = text(&out.stdout).trim().to_owned();
+    assert!(out.status.success() && token.len() >= 32, "{token}");
+    let (said, ok) = swaks_tcp(
+        &d,
+        "with the token",
+        &["--auth", "PLAIN", "-au", "me", "-ap", &token],
+    );
+    assert!(ok && said.contains("235 2.7.0"), "{said}");
+    assert!(said.contains("250 2.0.0 Ok: queued as "), "{said}");
+    // The unix socket still knows its peer (SO_PEERCRED): no login there.
+    let mut cmd = Command::new("swaks");
+    cmd.arg("--socket").arg(w.submission_socket());
+    cmd.args(["--from", "me@example.org", "--to", "you@dest.example"])
+        .args(["--header", "Subject: over the socket"]);
+    run_ok(w, &mut cmd, b"");
+
+    let got = d.relay.wait_for(2, Duration::from_secs(10)).await.unwrap();
+    let subjects: Vec<bool> = ["with the token", "over the socket"]
+        .iter()
+        .map(|s| {
+            got.iter()
+                .any(|r| r.data_text().contains(&format!("Subject: {s}\r\n")))
+        })
+        .collect();
+    assert_eq!(subjects, [true, true], "{got:#?}");
+    assert_eq!(got.len(), 2, "nothing refused went out: {got:#?}");
+    let log = w.agent_log();
+    assert_eq!(
+        log.matches("the kernel cannot say who connected").count(),
+        1,
+        "said once: {log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
