@@ -44,6 +44,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod autoconfig;
 mod diag;
 mod glob;
 mod names;

@@ -19,7 +19,7 @@ use anyhow::{anyhow, bail};
 use reqwest::Url;
 
 use super::net::{Fetched, Net, in_domain};
-use super::{Server, Tls, autoconfig};
+use super::{Server, Tls};
 
 /// Thunderbird's ISP database.
 pub const DEFAULT_ISPDB: &str = "https://autoconfig.thunderbird.net/v1.1/";
@@ -110,7 +110,7 @@ async fn from_xml(
         }
         Fetched::Refused(why) => bail!("{what}: {why}; nothing was written"),
     };
-    let servers = autoconfig::smtp_servers(&body, address)
+    let servers = linkrelay_config::autoconfig::smtp_servers(&body, address)
         .map_err(|e| anyhow!("{what} at {at}: {e}; nothing was written"))?;
     log.push(format!("{what} {at}: found"));
     let verified = at.scheme() == "https";

@@ -10,7 +10,6 @@
 //!
 //! Nothing is written when any step fails.
 
-mod autoconfig;
 pub mod discover;
 mod keyring;
 mod net;
@@ -27,55 +26,7 @@ use linkrelay_dbus::agent::{AgentProxy, RelayTest};
 use crate::edit::{self, Login, RelaySpec, SecretSpec};
 use crate::{relay, routes};
 
-/// How a server secures the connection; servers without TLS are never proposed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tls {
-    /// STARTTLS (usually port 587).
-    Starttls,
-    /// TLS from the first byte (usually port 465).
-    Implicit,
-}
-
-impl Tls {
-    /// The config's word for it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tls::Starttls => "starttls",
-            Tls::Implicit => "tls",
-        }
-    }
-}
-
-/// A submission server as discovery reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Server {
-    /// Host name.
-    pub host: String,
-    /// Port.
-    pub port: u16,
-    /// TLS mode.
-    pub tls: Tls,
-    /// The login the provider says to use, if any.
-    pub username: Option<String>,
-}
-
-/// Whether `host` is a DNS host name (letters, digits and hyphens in dot-separated labels of at
-/// most 63 characters, 253 in all) or an IP address.
-pub fn valid_host(host: &str) -> bool {
-    if host.parse::<std::net::IpAddr>().is_ok() {
-        return true;
-    }
-    let host = host.strip_suffix('.').unwrap_or(host);
-    !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        })
-}
+pub use linkrelay_config::autoconfig::{Server, Tls, valid_host};
 
 /// `linkrelay setup`'s options.
 #[derive(Debug, clap::Args)]
@@ -418,31 +369,6 @@ fn confirm(question: &str, default_yes: bool) -> anyhow::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn host_names_are_checked_label_by_label() {
-        for ok in [
-            "smtp.isp-a.example",
-            "a.b",
-            "xn--bcher-kva.example.",
-            "192.0.2.1",
-            "2001:db8::1",
-        ] {
-            assert!(valid_host(ok), "{ok}");
-        }
-        for bad in [
-            "",
-            ".",
-            "-a.example",
-            "a-.example",
-            "a..b",
-            "a b.example",
-            "smtp.x.example;rm",
-            &"a".repeat(64),
-        ] {
-            assert!(!valid_host(bad), "{bad:?}");
-        }
-    }
 
     #[test]
     fn an_address_splits_into_its_local_part_and_a_real_domain() {

@@ -1,33 +1,75 @@
 //! The autoconfig format (`config-v1.1.xml`, Thunderbird's, served by providers and the ISP
-//! database): the SMTP servers it lists. Pure; the size cap is applied before this is called.
+//! database) and the submission servers it lists: what `linkrelay setup` learns from a
+//! provider. Pure, and fuzzed (`fuzz/fuzz_targets/autoconfig.rs`): the document comes from the
+//! network. The caller caps its size before parsing.
 //!
 //! roxmltree refuses a document with a DTD, so no entity can expand into a huge one.
 
-use super::{Server, Tls, valid_host};
-
-/// Why an autoconfig document gives no server to use.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum XmlError {
-    /// Not well-formed XML, or not an autoconfig document.
-    Malformed(String),
-    /// It lists SMTP servers, but only ones that speak without TLS.
-    PlaintextOnly(String),
-    /// It lists no SMTP server.
-    NoSmtp,
+/// How a server secures the connection; servers without TLS are never proposed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tls {
+    /// STARTTLS (usually port 587).
+    Starttls,
+    /// TLS from the first byte (usually port 465).
+    Implicit,
 }
 
-impl std::fmt::Display for XmlError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl Tls {
+    /// The config's word for it.
+    pub fn as_str(self) -> &'static str {
         match self {
-            XmlError::Malformed(why) => write!(f, "malformed autoconfig XML: {why}"),
-            XmlError::PlaintextOnly(host) => write!(
-                f,
-                "it points only to a plaintext SMTP server ({host}, socketType plain): linkrelay \
-                 never sends a password or mail over a connection without TLS"
-            ),
-            XmlError::NoSmtp => write!(f, "it names no SMTP server (outgoingServer type=\"smtp\")"),
+            Tls::Starttls => "starttls",
+            Tls::Implicit => "tls",
         }
     }
+}
+
+/// A submission server as discovery reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    /// Host name.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// TLS mode.
+    pub tls: Tls,
+    /// The login the provider says to use, if any.
+    pub username: Option<String>,
+}
+
+/// Whether `host` is a DNS host name (letters, digits and hyphens in dot-separated labels of at
+/// most 63 characters, 253 in all) or an IP address.
+pub fn valid_host(host: &str) -> bool {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let host = host.strip_suffix('.').unwrap_or(host);
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+/// Why an autoconfig document gives no server to use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum XmlError {
+    /// Not well-formed XML, or not an autoconfig document.
+    #[error("malformed autoconfig XML: {0}")]
+    Malformed(String),
+    /// It lists SMTP servers, but only ones that speak without TLS.
+    #[error(
+        "it points only to a plaintext SMTP server ({0}, socketType plain): linkrelay never \
+         sends a password or mail over a connection without TLS"
+    )]
+    PlaintextOnly(String),
+    /// It lists no SMTP server.
+    #[error("it names no SMTP server (outgoingServer type=\"smtp\")")]
+    NoSmtp,
 }
 
 /// The SMTP servers of `xml`, in the document's order, for `address` (its placeholders
@@ -108,6 +150,31 @@ pub fn smtp_servers(xml: &str, address: &str) -> Result<Vec<Server>, XmlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_names_are_checked_label_by_label() {
+        for ok in [
+            "smtp.isp-a.example",
+            "a.b",
+            "xn--bcher-kva.example.",
+            "192.0.2.1",
+            "2001:db8::1",
+        ] {
+            assert!(valid_host(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "-a.example",
+            "a-.example",
+            "a..b",
+            "a b.example",
+            "smtp.x.example;rm",
+            &"a".repeat(64),
+        ] {
+            assert!(!valid_host(bad), "{bad:?}");
+        }
+    }
 
     fn doc(servers: &str) -> String {
         format!(
