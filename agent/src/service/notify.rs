@@ -64,6 +64,13 @@ pub fn advice(status: &str, id: Option<&str>) -> String {
         "`linkrelay flush --connect` connects to a network that has a relay for you and sends; \
          `linkrelay override --relay NAME` sends through a relay anyway."
             .into()
+    } else if status.starts_with("held: connectivity none")
+        || status.starts_with("held: limited connectivity")
+    {
+        "NetworkManager finds no way to the Internet on this link; the mail goes out by itself once \
+         it does. If the relay answers anyway (your ISP's own network), `linkrelay override --link \
+         NAME` sends over it; `linkrelay flush --connect` tries another network."
+            .into()
     } else if status.starts_with("held: ") && status.contains("metered") {
         "`linkrelay override --link NAME` sends over this metered link anyway; otherwise it waits for another link."
             .into()
@@ -548,6 +555,14 @@ mod tests {
         );
         assert!(advice("held: metered link isp-b holds mail", None).contains("override --link"));
         assert!(advice("held: no link", None).contains("flush --connect"));
+        for held in [
+            "held: connectivity none on isp-b (ISP-B, veth-b)",
+            "held: limited connectivity on isp-a (ISP-A, eth0)",
+        ] {
+            let said = advice(held, None);
+            assert!(said.contains("no way to the Internet"), "{said}");
+            assert!(said.contains("override --link"), "{said}");
+        }
         assert!(advice("due: sending", Some("9")).contains("linkrelay retry 9"));
     }
 
