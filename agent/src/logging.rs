@@ -13,7 +13,7 @@ use std::fmt;
 use std::io::IsTerminal;
 
 use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
@@ -76,37 +76,45 @@ const LETTRE_CONNECTION: &str = "lettre::transport::smtp::client";
 
 /// `RUST_LOG` (default `info`), with lettre's connection module capped at `info`.
 ///
-/// The agent no longer sends through that module: it speaks SMTP itself
+/// `RUST_LOG` is read as a list of `target=level` directives and levels (`debug`,
+/// `info,linkrelay_agent::delivery=trace`): tracing-subscriber's [`Targets`], not its
+/// `EnvFilter`, whose span and field filters need a regex engine the agent would carry (and
+/// keep in memory) for nobody. One that does not parse is reported and `info` is used.
+///
+/// The agent no longer sends through lettre's connection module: it speaks SMTP itself
 /// ([`crate::delivery::wire`]) and never logs the lines it writes, only the relays' replies, at
 /// `trace`; lettre only formats the commands and checks the addresses. The cap stays so that
 /// no later use of lettre's connection (say, by a dependency) can log a secret, even at
 /// `RUST_LOG=trace` (docs/security.md).
-fn env_filter() -> EnvFilter {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    match format!("{LETTRE_CONNECTION}=info").parse() {
-        Ok(cap) => filter.add_directive(cap),
-        Err(_) => filter,
-    }
+fn filter(rust_log: Option<&str>) -> Targets {
+    let default = || Targets::new().with_default(LevelFilter::INFO);
+    let targets = match rust_log.map(str::trim).filter(|v| !v.is_empty()) {
+        None => default(),
+        Some(v) => v.parse::<Targets>().unwrap_or_else(|e| {
+            eprintln!("linkrelayd: RUST_LOG={v:?} is not a list of target=level ({e}); using info");
+            default()
+        }),
+    };
+    targets.with_target(LETTRE_CONNECTION, LevelFilter::INFO)
 }
 
 /// Installs the global subscriber: `RUST_LOG` (default `info`, lettre's connection module
-/// capped; see `env_filter` for why), stderr, in `style`.
+/// capped; see `filter` for why), stderr, in `style`.
 pub fn init(style: LogStyle) {
-    let filter = env_filter();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    use tracing_subscriber::prelude::*;
+    let filter = filter(std::env::var("RUST_LOG").ok().as_deref());
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     match style {
-        LogStyle::Terminal => builder.init(),
-        LogStyle::Plain => builder.with_ansi(false).init(),
+        LogStyle::Terminal => registry.with(layer).init(),
+        LogStyle::Plain => registry.with(layer.with_ansi(false)).init(),
         LogStyle::Journal => {
             let inner = tracing_subscriber::fmt::format()
                 .without_time()
                 .with_level(false)
                 .with_ansi(false);
-            builder
-                .with_ansi(false)
-                .event_format(JournalFormat(inner))
+            registry
+                .with(layer.with_ansi(false).event_format(JournalFormat(inner)))
                 .init()
         }
     }
@@ -149,6 +157,36 @@ mod tests {
         assert_eq!(style_for(Some(""), s, true), LogStyle::Terminal);
         assert_eq!(style_for(None, s, false), LogStyle::Plain);
         assert_eq!(style_for(Some("2049:77"), None, false), LogStyle::Plain);
+    }
+
+    #[test]
+    fn rust_log_sets_levels_and_lettres_connection_stays_capped_at_info() {
+        let lettre = "lettre::transport::smtp::client::connection";
+        let agent = "linkrelay_agent::delivery::wire";
+        // (RUST_LOG, target, level, shown)
+        let table: &[(Option<&str>, &str, Level, bool)] = &[
+            (None, agent, Level::INFO, true),
+            (None, agent, Level::DEBUG, false),
+            (Some(""), agent, Level::INFO, true),
+            (Some("debug"), agent, Level::DEBUG, true),
+            (Some("debug"), "zbus", Level::TRACE, false),
+            (Some("debug,zbus=info"), "zbus::conn", Level::DEBUG, false),
+            (Some("debug,zbus=info"), agent, Level::DEBUG, true),
+            (Some("linkrelay_agent=trace"), agent, Level::TRACE, true),
+            (Some("linkrelay_agent=trace"), "zbus", Level::ERROR, false),
+            (Some("linkrelay_agent=loud"), agent, Level::INFO, true),
+            (Some("linkrelay_agent=loud"), agent, Level::DEBUG, false),
+            (Some("trace"), lettre, Level::DEBUG, false),
+            (Some("trace"), lettre, Level::INFO, true),
+            (Some("trace,lettre=trace"), lettre, Level::DEBUG, false),
+        ];
+        for &(rust_log, target, level, shown) in table {
+            assert_eq!(
+                filter(rust_log).would_enable(target, &level),
+                shown,
+                "RUST_LOG={rust_log:?}: {target} at {level}"
+            );
+        }
     }
 
     #[test]
