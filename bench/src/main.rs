@@ -14,7 +14,7 @@ mod stats;
 mod submit;
 mod table;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -124,6 +124,51 @@ fn machine() -> String {
     )
 }
 
+/// The TLS rows' figures (msg/s per repetition): linkrelay's flush of one user and msmtp,
+/// each over STARTTLS and over implicit TLS, through stunnel in front of the sink.
+#[derive(Default)]
+struct TlsFigures {
+    starttls: Option<Vec<f64>>,
+    implicit: Option<Vec<f64>>,
+    msmtp_starttls: Option<Vec<f64>>,
+    msmtp_implicit: Option<Vec<f64>>,
+}
+
+async fn tls_figures(
+    s: &Settings,
+    t: &mut Tally,
+    work: &Path,
+    port: u16,
+    peers: bool,
+) -> TlsFigures {
+    let mut f = TlsFigures::default();
+    let Some(tls) = t.take("tls sink", TlsSink::start(work, port)) else {
+        return f;
+    };
+    f.starttls = t.take(
+        "linkrelay flush, STARTTLS",
+        ours::flush_tls(s, tls.starttls, "starttls", &tls.ca).await,
+    );
+    f.implicit = t.take(
+        "linkrelay flush, implicit TLS",
+        ours::flush_tls(s, tls.implicit, "tls", &tls.ca).await,
+    );
+    // The peers of these rows run with them (`--only flush` included), on a quarter of the
+    // slow peers' count: msmtp's every STARTTLS message waits 200 ms for stunnel.
+    if peers {
+        let n = (s.peer_n / 4).max(1);
+        let msg = message();
+        let msmtp = |port, starttls| {
+            reps(s.reps.min(3), || {
+                peers::msmtp_tls(work, port, starttls, &tls.ca, n, &msg)
+            })
+        };
+        f.msmtp_starttls = t.take("msmtp, STARTTLS", msmtp(tls.starttls, true));
+        f.msmtp_implicit = t.take("msmtp, implicit TLS", msmtp(tls.implicit, false));
+    }
+    f
+}
+
 async fn run(args: Args) -> anyhow::Result<(String, Vec<String>)> {
     let mut s = if args.smoke {
         Settings::smoke()
@@ -180,40 +225,10 @@ async fn run(args: Args) -> anyhow::Result<(String, Vec<String>)> {
     };
     progress("flush over TLS (stunnel in front of the sink): linkrelay, msmtp");
     let tls = if on("flush") {
-        t.take("tls sink", TlsSink::start(work.path(), port))
+        tls_figures(&s, &mut t, work.path(), port, !args.no_peers).await
     } else {
-        None
+        TlsFigures::default()
     };
-    let (mut flush_starttls, mut flush_implicit) = (None, None);
-    let (mut msmtp_starttls, mut msmtp_implicit) = (None, None);
-    if let Some(tls) = &tls {
-        flush_starttls = t.take(
-            "linkrelay flush, STARTTLS",
-            ours::flush_tls(&s, tls.starttls, "starttls", &tls.ca).await,
-        );
-        flush_implicit = t.take(
-            "linkrelay flush, implicit TLS",
-            ours::flush_tls(&s, tls.implicit, "tls", &tls.ca).await,
-        );
-        // The peers of these rows run with them (`--only flush` included), on a quarter of
-        // the slow peers' count: msmtp's every STARTTLS message waits 200 ms for stunnel.
-        let n = (s.peer_n / 4).max(1);
-        if !args.no_peers {
-            msmtp_starttls = t.take(
-                "msmtp, STARTTLS",
-                reps(slow_reps, || {
-                    peers::msmtp_tls(work.path(), tls.starttls, true, &tls.ca, n, &msg)
-                }),
-            );
-            msmtp_implicit = t.take(
-                "msmtp, implicit TLS",
-                reps(slow_reps, || {
-                    peers::msmtp_tls(work.path(), tls.implicit, false, &tls.ca, n, &msg)
-                }),
-            );
-        }
-    }
-    drop(tls);
 
     let (mut msmtp_direct, mut msmtpq_enq, mut msmtpq_flush) = (None, None, None);
     let (mut nm_inject, mut nm_send) = (None, None);
@@ -366,13 +381,13 @@ async fn run(args: Args) -> anyhow::Result<(String, Vec<String>)> {
     for (label, mine, theirs) in [
         (
             "flush, 1 user, STARTTLS, durable",
-            med(&flush_starttls),
-            med(&msmtp_starttls),
+            med(&tls.starttls),
+            med(&tls.msmtp_starttls),
         ),
         (
             "flush, 1 user, implicit TLS, durable",
-            med(&flush_implicit),
-            med(&msmtp_implicit),
+            med(&tls.implicit),
+            med(&tls.msmtp_implicit),
         ),
     ] {
         let mut r = Row::new(label, "msg/s", Better::Higher, mine)
