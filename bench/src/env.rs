@@ -1,11 +1,12 @@
 //! What every measurement shares: the settings (full or smoke), the 4 KB message, and the one
 //! Postfix smtp-sink on 127.0.0.1 that linkrelay and every peer send to.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use linkrelay_tests::postfix::TestCa;
 
 /// How much to measure.
 #[derive(Debug, Clone)]
@@ -157,6 +158,77 @@ impl Sink {
 }
 
 impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// TLS in front of the sink: stunnel (OpenSSL) on two loopback ports, one speaking TLS from
+/// the first byte (port 465 style) and one offering STARTTLS (its `protocol = smtp`), both
+/// passing the cleartext on to smtp-sink. The certificate names 127.0.0.1 and is signed by a
+/// CA of the run, which the clients are told to trust.
+pub struct TlsSink {
+    child: Child,
+    /// The implicit-TLS port.
+    pub implicit: u16,
+    /// The STARTTLS port.
+    pub starttls: u16,
+    /// The CA certificate (PEM), for the relay's `ca_file` and msmtp's `tls_trust_file`.
+    pub ca: PathBuf,
+}
+
+impl TlsSink {
+    /// Starts stunnel in front of the sink on `sink`, its files in `dir`.
+    pub fn start(dir: &Path, sink: u16) -> anyhow::Result<TlsSink> {
+        let dir = dir.join("tls-sink");
+        std::fs::create_dir_all(&dir)?;
+        let ca = TestCa::generate(&dir, &["IP:127.0.0.1".to_string()])?;
+        let (implicit, starttls) = (free_port()?, free_port()?);
+        let service = |name: &str, port: u16, extra: &str| {
+            format!(
+                "[{name}]\naccept = 127.0.0.1:{port}\nconnect = 127.0.0.1:{sink}\n\
+                 cert = {}\nkey = {}\n{extra}",
+                ca.cert_pem.display(),
+                ca.key_pem.display()
+            )
+        };
+        let conf = dir.join("stunnel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "foreground = yes\npid =\nsyslog = no\ndebug = err\noutput = {}\n{}{}",
+                dir.join("stunnel.log").display(),
+                service("implicit", implicit, ""),
+                service("starttls", starttls, "protocol = smtp\n")
+            ),
+        )?;
+        let child = Command::new("stunnel4")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting stunnel4 (package stunnel4; run bench/install-deps)")?;
+        let sink = TlsSink {
+            child,
+            implicit,
+            starttls,
+            ca: ca.ca_pem,
+        };
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(("127.0.0.1", implicit)).is_ok()
+                && std::net::TcpStream::connect(("127.0.0.1", starttls)).is_ok()
+            {
+                return Ok(sink);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        bail!("stunnel never listened on 127.0.0.1:{implicit} and :{starttls}")
+    }
+}
+
+impl Drop for TlsSink {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

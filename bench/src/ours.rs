@@ -229,8 +229,12 @@ struct Setup {
 
 impl Setup {
     async fn new(port: u16, users: usize, links: Vec<ActiveSpec>) -> anyhow::Result<Setup> {
+        Setup::with_config(&config(port, users), links).await
+    }
+
+    async fn with_config(config: &str, links: Vec<ActiveSpec>) -> anyhow::Result<Setup> {
         let w = World::new()?;
-        w.write_config(&config(port, users))?;
+        w.write_config(config)?;
         let nm = FakeNm::start(&w.system.address, links, 4).await?;
         let (agent, _) = Agent::start(&w, &w.dir().join("linkrelayd.log")).await?;
         Ok(Setup { w, nm, agent })
@@ -357,6 +361,51 @@ pub async fn flush(s: &Settings, port: u16) -> anyhow::Result<FlushFigures> {
         four,
         rss_after_kib,
     })
+}
+
+/// Flush throughput of one user over TLS (`tls` is the relay's `tls`: "starttls" or
+/// "tls"), the relay at `port` checked against the CA in `ca_file`: msg/s per repetition.
+pub async fn flush_tls(
+    s: &Settings,
+    port: u16,
+    tls: &str,
+    ca_file: &Path,
+) -> anyhow::Result<Vec<f64>> {
+    let relay = Relay::local("office-relay", port)
+        .tls(tls)
+        .ca_file(ca_file)
+        .set("helo", "bench.localdomain")
+        .timeout("30s");
+    let config = Config::new()
+        .agent("debounce", "300ms")
+        .link(Link::new("office").id("Office"))
+        .relay(relay)
+        .user(
+            User::new("u1")
+                .from([sender(1).as_str()])
+                .set("default", true)
+                .route("office", ["office-relay"]),
+        );
+    let setup = Setup::with_config(&config.to_string(), vec![office()]).await?;
+    let agent = setup.w.agent().await?;
+    let msg = crlf(&message());
+    let mut rates = Vec::new();
+    for _ in 0..s.reps {
+        seed::seed(&setup.outbox(1), s.flush_n, &sender(1), RCPT, &msg)?;
+        let t = Instant::now();
+        let r = agent.flush("u1", true).await?;
+        let dt = t.elapsed().as_secs_f64();
+        let sent: u32 = r.iter().map(|f| f.sent).sum();
+        ensure!(
+            sent as usize == s.flush_n && seed::count(&setup.outbox(1), "sent") == s.flush_n,
+            "flush over {tls} sent {sent} of {}: {r:?}\n{}",
+            s.flush_n,
+            setup.log_tail()
+        );
+        rates.push(s.flush_n as f64 / dt);
+        seed::clear_sent(&setup.outbox(1))?;
+    }
+    Ok(rates)
 }
 
 /// Runs `linkrelay sendmail -f u1 rcpt` `n` times, one process per message, each waiting for

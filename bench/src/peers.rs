@@ -36,6 +36,41 @@ pub fn smtp_source(port: u16, sessions: usize, n: usize) -> anyhow::Result<f64> 
     Ok(n as f64 / t.elapsed().as_secs_f64())
 }
 
+/// msmtp over TLS to the TLS sink at `port` (`starttls`: STARTTLS, else TLS from the first
+/// byte), checking the certificate against `ca`; one process per message: msg/s.
+pub fn msmtp_tls(
+    work: &Path,
+    port: u16,
+    starttls: bool,
+    ca: &Path,
+    n: usize,
+    msg: &[u8],
+) -> anyhow::Result<f64> {
+    let rc = work.join(format!("msmtprc-tls-{port}"));
+    write_mode(
+        &rc,
+        &format!(
+            "defaults\nauth off\ntls on\ntls_trust_file {}\ntls_starttls {}\n\n\
+             account default\nhost 127.0.0.1\nport {port}\ndomain bench.localdomain\nfrom {}\n",
+            ca.display(),
+            if starttls { "on" } else { "off" },
+            sender(1)
+        ),
+        0o600,
+    )?;
+    let t = Instant::now();
+    for _ in 0..n {
+        run_with_input(
+            Command::new("msmtp")
+                .arg("-C")
+                .arg(&rc)
+                .args(["-f", &sender(1), RCPT]),
+            msg,
+        )?;
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
 /// msmtp and msmtpq with private homes (`~/.msmtprc`) and queue.
 pub struct Msmtp {
     online: PathBuf,

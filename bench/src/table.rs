@@ -36,6 +36,9 @@ pub struct Row {
     pub better: Better,
     /// Peers measured in the same run: (name, median).
     pub peers: Vec<(String, Option<f64>)>,
+    /// The disk's durable floor that matches a durable row, measured in the same run:
+    /// (which floor, its median in records/s).
+    pub floor: Option<(String, Option<f64>)>,
     /// The target.
     pub target: Target,
     /// How the target was derived ("50% of smtp-source c1"); empty for a fixed one.
@@ -53,6 +56,7 @@ impl Row {
             unit,
             better,
             peers: Vec::new(),
+            floor: None,
             target: Target::None,
             target_text: String::new(),
             note: String::new(),
@@ -62,6 +66,12 @@ impl Row {
     /// Adds a peer's median.
     pub fn peer(mut self, name: &str, value: Option<f64>) -> Row {
         self.peers.push((name.to_string(), value));
+        self
+    }
+
+    /// Sets the durable floor this row is compared with (`bench/src/floor.rs`).
+    pub fn floor(mut self, name: &str, value: Option<f64>) -> Row {
+        self.floor = Some((name.to_string(), value));
         self
     }
 
@@ -121,9 +131,9 @@ pub fn render(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| measure | linkrelay | peers, same run (linkrelay's advantage) | target | met |"
+        "| measure | linkrelay | of the disk's floor, same run | peers, same run (linkrelay's advantage) | target | met |"
     );
-    let _ = writeln!(out, "|---|---:|---|---|---|");
+    let _ = writeln!(out, "|---|---:|---|---|---|---|");
     for r in rows {
         let ours = match r.ours {
             Some(v) => format!("{} {}", fmt_num(v), r.unit),
@@ -141,6 +151,14 @@ pub fn render(rows: &[Row]) -> String {
                 (None, _) => format!("{name} n/a"),
             })
             .collect();
+        let floor = match (&r.floor, r.ours) {
+            (None, _) => "-".to_string(),
+            (Some((name, Some(f))), Some(o)) => {
+                format!("{}% of {name} {}/s", fmt_num(100.0 * o / f), fmt_num(*f))
+            }
+            (Some((name, Some(f))), None) => format!("{name} {}/s", fmt_num(*f)),
+            (Some((name, None)), _) => format!("{name} n/a"),
+        };
         let derived = match r.target_text.as_str() {
             "" => String::new(),
             text => format!(" ({text})"),
@@ -162,8 +180,8 @@ pub fn render(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} |",
-            r.measure, ours, peers, target, met
+            "| {} | {} | {} | {} | {} | {} |",
+            r.measure, ours, floor, peers, target, met
         );
     }
     let notes: Vec<&Row> = rows.iter().filter(|r| !r.note.is_empty()).collect();
@@ -184,6 +202,7 @@ mod tests {
     fn renders_ratio_and_verdict() {
         let rows = vec![
             Row::new("flush", "msg/s", Better::Higher, Some(200.0))
+                .floor("1 append", Some(400.0))
                 .peer("peer", Some(20.0))
                 .target(Target::AtLeast(500.0), "half of x"),
             Row::new("rss", "MiB", Better::Lower, Some(4.0))
@@ -193,12 +212,12 @@ mod tests {
         let t = render(&rows);
         assert!(
             t.contains(
-                "| flush | 200.0 msg/s | peer 20.00 (10.00x) | >= 500.0 (half of x) | **no** |"
+                "| flush | 200.0 msg/s | 50.00% of 1 append 400.0/s | peer 20.00 (10.00x) | >= 500.0 (half of x) | **no** |"
             ),
             "{t}"
         );
         assert!(
-            t.contains("| rss | 4.000 MiB | postfix 19.00 (4.750x) | < 8.000 | yes |"),
+            t.contains("| rss | 4.000 MiB | - | postfix 19.00 (4.750x) | < 8.000 | yes |"),
             "{t}"
         );
     }
