@@ -28,6 +28,19 @@ pub struct Floor {
     pub group32: f64,
 }
 
+impl Floor {
+    /// The median of each kind over `floors` (the measurements before each group), for the
+    /// floor's own rows; `None` when there is none.
+    pub fn median_of(floors: &[Floor]) -> Option<Floor> {
+        let of = |pick: fn(&Floor) -> f64| median(&floors.iter().map(pick).collect::<Vec<_>>());
+        Some(Floor {
+            single: of(|f| f.single)?,
+            group4: of(|f| f.group4)?,
+            group32: of(|f| f.group32)?,
+        })
+    }
+}
+
 /// Appends `syncs` times `group` records of 4 KB to a new file in `dir`, each append followed
 /// by `fdatasync` (so the file grows, as a journal does): records made durable per second.
 pub fn appends(dir: &Path, group: usize, syncs: usize) -> anyhow::Result<f64> {
