@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use futures_util::StreamExt;
-use linkrelay_dbus::agent::{AGENT_BUS_NAME, AGENT_PATH};
+use linkrelay_dbus::agent::{AGENT_BUS_NAME, AGENT_PATH, AgentProxy};
 use linkrelay_outbox::{Envelope, Outbox};
 use linkrelay_tests::config::{Config, Link, Relay, User};
 use linkrelay_tests::nm::{ActiveSpec, FakeNm};
@@ -318,19 +318,7 @@ pub async fn flush(s: &Settings, port: u16) -> anyhow::Result<FlushFigures> {
     let mut one = Vec::new();
     let mut four = Vec::new();
     for _ in 0..s.reps {
-        seed::seed(&setup.outbox(1), s.flush_n, &sender(1), RCPT, &msg)?;
-        let t = Instant::now();
-        let r = agent.flush("u1", true).await?;
-        let dt = t.elapsed().as_secs_f64();
-        let sent: u32 = r.iter().map(|f| f.sent).sum();
-        ensure!(
-            sent as usize == s.flush_n && seed::count(&setup.outbox(1), "sent") == s.flush_n,
-            "flush sent {sent} of {}: {r:?}\n{}",
-            s.flush_n,
-            setup.log_tail()
-        );
-        one.push(s.flush_n as f64 / dt);
-        seed::clear_sent(&setup.outbox(1))?;
+        one.push(flush_one_user(&setup, &agent, s.flush_n, &msg, "flush").await?);
 
         for u in 1..=4 {
             seed::seed(&setup.outbox(u), s.flush4_n, &sender(u), RCPT, &msg)?;
@@ -390,22 +378,34 @@ pub async fn flush_tls(
     let agent = setup.w.agent().await?;
     let msg = crlf(&message());
     let mut rates = Vec::new();
+    let what = format!("flush over {tls}");
     for _ in 0..s.reps {
-        seed::seed(&setup.outbox(1), s.flush_n, &sender(1), RCPT, &msg)?;
-        let t = Instant::now();
-        let r = agent.flush("u1", true).await?;
-        let dt = t.elapsed().as_secs_f64();
-        let sent: u32 = r.iter().map(|f| f.sent).sum();
-        ensure!(
-            sent as usize == s.flush_n && seed::count(&setup.outbox(1), "sent") == s.flush_n,
-            "flush over {tls} sent {sent} of {}: {r:?}\n{}",
-            s.flush_n,
-            setup.log_tail()
-        );
-        rates.push(s.flush_n as f64 / dt);
-        seed::clear_sent(&setup.outbox(1))?;
+        rates.push(flush_one_user(&setup, &agent, s.flush_n, &msg, &what).await?);
     }
     Ok(rates)
+}
+
+/// Seeds `n` messages for u1, flushes them (`Flush("u1", wait)`), checks that all went to
+/// sent/, clears it: msg/s. `what` names the row in an error.
+async fn flush_one_user(
+    setup: &Setup,
+    agent: &AgentProxy<'_>,
+    n: usize,
+    msg: &[u8],
+    what: &str,
+) -> anyhow::Result<f64> {
+    seed::seed(&setup.outbox(1), n, &sender(1), RCPT, msg)?;
+    let t = Instant::now();
+    let r = agent.flush("u1", true).await?;
+    let dt = t.elapsed().as_secs_f64();
+    let sent: u32 = r.iter().map(|f| f.sent).sum();
+    ensure!(
+        sent as usize == n && seed::count(&setup.outbox(1), "sent") == n,
+        "{what} sent {sent} of {n}: {r:?}\n{}",
+        setup.log_tail()
+    );
+    seed::clear_sent(&setup.outbox(1))?;
+    Ok(n as f64 / dt)
 }
 
 /// Runs `linkrelay sendmail -f u1 rcpt` `n` times, one process per message, each waiting for
